@@ -1,0 +1,3 @@
+from mergekit_safety.cli import main
+
+main()

@@ -1,0 +1,20 @@
+"""The ``mergekit-safety`` command: one click group, one module per subcommand."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mergekit-safety")
+def main() -> None:
+    """Restore safety alignment by merging weights: inspect, evaluate, sweep and publish."""
+
+
+def _add_commands() -> None:
+    from mergekit_safety.cli import inspect
+
+    main.add_command(inspect.inspect_command)
+
+
+_add_commands()

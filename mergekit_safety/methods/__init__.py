@@ -1,0 +1,22 @@
+"""The safety merge methods, one per file, and their registration with mergekit."""
+
+from __future__ import annotations
+
+from mergekit_safety.methods.safe_linear import safe_linear
+from mergekit_safety.methods.safe_lora import safe_lora
+from mergekit_safety.methods.safemerge import safemerge
+
+METHODS = (safe_linear, safemerge, safe_lora)
+
+
+def register_all() -> None:
+    """Register each method with mergekit once; a second call (or a second import) is a no-op."""
+    from mergekit import merge_methods
+
+    known = {method.spec.name for method in merge_methods.registered_methods()}
+    for method in METHODS:
+        if method.spec.name not in known:
+            merge_methods.register(method)
+
+
+__all__ = ["METHODS", "register_all", "safe_linear", "safe_lora", "safemerge"]

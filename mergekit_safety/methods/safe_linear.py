@@ -1,0 +1,76 @@
+"""Pre/post-tuning linear merge (Farn et al., arXiv 2412.19512), with an optional safety gate.
+
+θ = θ_aligned + Σᵢ λᵢ (θ_ftᵢ − θ_aligned), λ = each fine-tuned model's ``weight``. With an
+``unaligned`` input the merge is gated: only 2-D weights whose update left the alignment subspace
+(ρ < ``threshold``) are interpolated; the others keep the fine-tuned weights.
+"""
+
+from __future__ import annotations
+
+import torch
+from mergekit.merge_methods.base import (
+    BasePolicy,
+    BatchParameter,
+    InputContract,
+    ParameterScope,
+    PerNonBase,
+    TensorBatch,
+    TensorGroup,
+)
+from mergekit.merge_methods.easy_define import merge_method
+from typing_extensions import Annotated
+
+from mergekit_safety.methods.base import RoleCheckedMethod, RoleInputs
+from mergekit_safety.roles import Role, RoleRule, RoleValue
+from mergekit_safety.subspace import compute_dtype, drifts, score
+
+DEFAULT_WEIGHT = 0.7
+"""λ on the fine-tuned update: the middle of the 0.6–0.9 range Farn et al. report. Model-specific;
+``mergekit-safety sweep`` picks it under a safety gate."""
+DEFAULT_THRESHOLD = 0.35
+
+CONTRACT = InputContract(base=BasePolicy.REQUIRED, min_non_base=1)
+URL = "https://arxiv.org/abs/2412.19512"
+
+
+@merge_method(name="safe_linear", pretty_name="Safe Linear", reference_url=URL, contract=CONTRACT)
+def safe_linear_batch(
+    batch: TensorBatch,
+    weight: Annotated[torch.Tensor, BatchParameter(float, ParameterScope.NON_BASE)],
+) -> torch.Tensor:
+    """The ungated merge, packed across tensors: θ_a (1 − Σλ) + Σ λᵢ θᵢ."""
+    base = batch.tensors[batch.base_index]
+    dtype = compute_dtype(base)
+    weight = weight.to(dtype)
+    shape = (base.shape[0],) + (1,) * (base.ndim - 1)
+    result = base.to(dtype) * (1 - weight.sum(dim=1)).reshape(shape)
+    others = (t for i, t in enumerate(batch.tensors) if i != batch.base_index)
+    for tensor, coefficient in zip(others, weight.unbind(1)):
+        result.addcmul_(tensor, coefficient.reshape(shape))
+    return result.to(base.dtype)
+
+
+@merge_method(name="safe_linear", pretty_name="Safe Linear", reference_url=URL, contract=CONTRACT)
+def safe_linear_group(
+    group: TensorGroup,
+    role: PerNonBase[RoleValue] = Role.FINETUNED,
+    weight: PerNonBase[float] = DEFAULT_WEIGHT,
+    threshold: float = DEFAULT_THRESHOLD,
+) -> torch.Tensor:
+    inputs = RoleInputs.from_group(group, role)
+    merge = True
+    if inputs.unaligned is not None:
+        merge = inputs.gateable and drifts(score(inputs.update(), inputs.alignment()), threshold)
+    if not merge:
+        return inputs.finetuned_weights().to(group.base.tensor.dtype)
+    result = inputs.aligned.clone()
+    for key, tensor in zip(inputs.finetuned_ids, inputs.finetuned):
+        result += weight[key] * (tensor - inputs.aligned)
+    return result.to(group.base.tensor.dtype)
+
+
+safe_linear = RoleCheckedMethod(
+    group=safe_linear_group,
+    batch=safe_linear_batch,
+    rule=RoleRule("safe_linear", {Role.FINETUNED: (1, None), Role.UNALIGNED: (0, 1)}),
+)

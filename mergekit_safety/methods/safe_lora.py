@@ -1,0 +1,42 @@
+"""Safe LoRA (Hsu et al., arXiv 2405.16833): project drifting updates onto the alignment subspace.
+
+For 2-D weights with ρ ≤ ``threshold``: θ = θ_aligned + C Δ, ``C = V Vᵀ / ‖V‖_F``; otherwise θ_ft.
+"""
+
+from __future__ import annotations
+
+import torch
+from mergekit.merge_methods.base import BasePolicy, InputContract, PerNonBase, TensorGroup
+from mergekit.merge_methods.easy_define import merge_method
+
+from mergekit_safety.methods.base import RoleCheckedMethod, RoleInputs
+from mergekit_safety.roles import Role, RoleRule, RoleValue
+from mergekit_safety.subspace import drifts, score_and_project
+
+DEFAULT_THRESHOLD = 0.35
+
+
+@merge_method(
+    name="safe_lora",
+    pretty_name="Safe LoRA",
+    reference_url="https://arxiv.org/abs/2405.16833",
+    contract=InputContract(base=BasePolicy.REQUIRED, min_non_base=2),
+)
+def safe_lora_merge(
+    group: TensorGroup,
+    role: PerNonBase[RoleValue] = Role.FINETUNED,
+    threshold: float = DEFAULT_THRESHOLD,
+) -> torch.Tensor:
+    inputs = RoleInputs.from_group(group, role)
+    if inputs.gateable:
+        update = inputs.update()
+        rho, projected = score_and_project(update, inputs.alignment())
+        if drifts(rho, threshold, inclusive=True):
+            return (inputs.aligned + projected).to(group.base.tensor.dtype)
+    return inputs.finetuned_weights().to(group.base.tensor.dtype)
+
+
+safe_lora = RoleCheckedMethod(
+    group=safe_lora_merge,
+    rule=RoleRule("safe_lora", {Role.FINETUNED: (1, None), Role.UNALIGNED: (1, 1)}),
+)

@@ -1,0 +1,86 @@
+"""SafeMERGE (arXiv 2503.17239): merge only the drifting matrices with a safety fine-tune.
+
+For 2-D weights with ρ < ``threshold``: θ = θ_aligned + w_ft Δ + w_safe (θ_safe − θ_aligned), with
+the models' ``weight`` defaulting to 0.8 (fine-tuned) and 0.2 (safe) as in the reference code;
+otherwise θ_ft. ``merge_type: dare_linear`` first drops each update's entries at random, keeping a
+``density`` fraction rescaled by 1/density, from a generator seeded by ``seed`` and the tensor name.
+
+The reference code mixes peft LoRA factors (A and B separately), which adds a cross term
+w_ft·w_safe·(B_ft A_safe + B_safe A_ft); this method uses the paper's weight-space equation.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Literal
+
+import torch
+from mergekit.merge_methods.base import BasePolicy, InputContract, PerNonBase, TensorGroup
+from mergekit.merge_methods.easy_define import merge_method
+
+from mergekit_safety.methods.base import RoleCheckedMethod, RoleInputs
+from mergekit_safety.roles import Role, RoleRule, RoleValue
+from mergekit_safety.subspace import drifts, score
+
+DEFAULT_THRESHOLD = 0.35
+DEFAULT_WEIGHTS = {Role.FINETUNED: 0.8, Role.SAFE: 0.2}
+
+
+@merge_method(
+    name="safemerge",
+    pretty_name="SafeMERGE",
+    reference_url="https://arxiv.org/abs/2503.17239",
+    contract=InputContract(base=BasePolicy.REQUIRED, min_non_base=3),
+)
+def safemerge_merge(
+    group: TensorGroup,
+    role: PerNonBase[RoleValue] = Role.FINETUNED,
+    weight: PerNonBase[float | None] = None,
+    threshold: float = DEFAULT_THRESHOLD,
+    merge_type: Literal["linear", "dare_linear"] = "linear",
+    density: float = 0.5,
+    seed: int = 0,
+) -> torch.Tensor:
+    inputs = RoleInputs.from_group(group, role)
+    if not (inputs.gateable and drifts(score(inputs.update(), inputs.alignment()), threshold)):
+        return inputs.finetuned_weights().to(group.base.tensor.dtype)
+
+    def weighted_update(key, tensor: torch.Tensor, index: int) -> torch.Tensor:
+        update = tensor - inputs.aligned
+        if merge_type == "dare_linear":
+            update = dare(update, density, seed_for(group.metadata.name, seed, index))
+        w = weight[key]
+        return update * (DEFAULT_WEIGHTS[role[key]] if w is None else w)
+
+    result = inputs.aligned.clone()
+    sources = list(zip(inputs.finetuned_ids, inputs.finetuned)) + [(inputs.safe_id, inputs.safe)]
+    for index, (key, tensor) in enumerate(sources):
+        result += weighted_update(key, tensor, index)
+    return result.to(group.base.tensor.dtype)
+
+
+def dare(update: torch.Tensor, density: float, seed: int) -> torch.Tensor:
+    """Drop-and-rescale (arXiv 2311.03099), reproducible across runs and devices.
+
+    The mask is drawn on the CPU from a private generator, so it depends only on ``seed``.
+    """
+    if not 0 < density <= 1:
+        raise ValueError(f"density must be in (0, 1]; got {density}")
+    if density == 1:
+        return update
+    generator = torch.Generator().manual_seed(seed)
+    keep = torch.rand(update.shape, generator=generator) < density
+    return update * keep.to(update.device) / density
+
+
+def seed_for(tensor_name: str | None, seed: int, index: int) -> int:
+    """A per-tensor, per-input seed: independent of the order mergekit runs tensors in."""
+    return (zlib.crc32((tensor_name or "").encode()) * 1_000_003 + seed * 97 + index) % 2**63
+
+
+safemerge = RoleCheckedMethod(
+    group=safemerge_merge,
+    rule=RoleRule(
+        "safemerge", {Role.FINETUNED: (1, None), Role.UNALIGNED: (1, 1), Role.SAFE: (1, 1)}
+    ),
+)
