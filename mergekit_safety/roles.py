@@ -58,8 +58,7 @@ class RoleRule:
             found = by_role[role]
             if high == 0 and found:
                 raise ConfigError(
-                    f"{self.method} takes no model with role {role.value!r}; "
-                    f"got {_names(found)}"
+                    f"{self.method} takes no model with role {role.value!r}; got {_names(found)}"
                 )
             if len(found) < low:
                 raise ConfigError(

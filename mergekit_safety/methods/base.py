@@ -1,15 +1,15 @@
 """What the safety methods share: role checking, the inputs sorted by role, and batch dispatch.
 
 mergekit 0.1.5 gives a method no planning hook that sees per-model parameters, so
-:class:`RoleCheckedMethod` checks roles in two places: while mergekit plans each tensor (it reads the
-resolved ``role`` values off the ``ExecuteMergeMethodTask`` being validated, before anything
+:class:`RoleCheckedMethod` checks roles in two places: while mergekit plans each tensor (it reads
+the resolved ``role`` values off the ``ExecuteMergeMethodTask`` being validated, before anything
 loads) and, for the Python API and as a guarantee, before the first kernel runs.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,20 +22,38 @@ from mergekit.merge_methods.base import (
     TensorGroup,
 )
 
+from mergekit_safety.preflight import check_same_architecture
 from mergekit_safety.roles import Role, RoleRule, split_by_role
-from mergekit_safety.subspace import compute_dtype
+from mergekit_safety.subspace import compute_dtype, drifts, score
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a method does with one tensor, and why: the record ``inspect`` prints."""
+
+    merge: bool
+    reason: str
+    rho: float | None = None
 
 
 class RoleCheckedMethod(MergeMethod):
     """A group kernel whose inputs carry roles, with an optional batch kernel for plain cases.
 
     ``batch`` (if given) runs when no input has role ``unaligned``: that is the ungated case,
-    which mergekit can pack into batches. Its spec must be a subset of ``group``'s.
+    which mergekit can pack into batches. Its spec must be a subset of ``group``'s. ``decide``
+    is the method's gate, shared by its kernel and by ``mergekit-safety inspect``.
     """
 
-    def __init__(self, group: MergeMethod, rule: RoleRule, batch: MergeMethod | None = None):
+    def __init__(
+        self,
+        group: MergeMethod,
+        rule: RoleRule,
+        decide: Callable[[RoleInputs, Mapping[str, Any]], Decision],
+        batch: MergeMethod | None = None,
+    ):
         self.spec: MergeMethodSpec = group.spec
         self.rule = rule
+        self.decide = decide
         self.group = group
         self.batch = batch
         self.supports_batching = batch is not None
@@ -56,6 +74,7 @@ class RoleCheckedMethod(MergeMethod):
                 if model != task.base_model and "role" in task.input_parameters.get(model, {})
             }
             self.rule.check(roles, task.base_model)
+            check_same_architecture(task.model_order)
 
     def _execute(
         self,
@@ -66,7 +85,7 @@ class RoleCheckedMethod(MergeMethod):
         input_dtypes: Sequence[torch.dtype | None],
         out_dtype: torch.dtype | None = None,
     ) -> tuple[torch.Tensor, ...]:
-        for group, values in zip(groups, parameters):
+        for group, values in zip(groups, parameters, strict=True):
             self.rule.check(values["role"], group.base.id if group.base else None)
         gated = any(Role.UNALIGNED in values["role"].values() for values in parameters)
         if self.batch is None or gated:
@@ -139,3 +158,14 @@ class RoleInputs:
         if len(self.finetuned) == 1:
             return self.finetuned[0]
         return self.aligned + self.update()
+
+
+def gate(inputs: RoleInputs, threshold: float, *, inclusive: bool = False) -> Decision:
+    """The subspace gate: merge a 2-D weight only if its update left the alignment subspace."""
+    if not inputs.gateable:
+        return Decision(False, "not gated: 1-D, or has a vocabulary axis")
+    rho = score(inputs.update(), inputs.alignment())
+    if drifts(rho, threshold, inclusive=inclusive):
+        return Decision(True, f"rho {'<=' if inclusive else '<'} threshold", rho)
+    why = "undefined rho (V = 0 or delta = 0)" if rho != rho else "rho above threshold"
+    return Decision(False, why, rho)

@@ -7,6 +7,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Annotated, Any
+
 import torch
 from mergekit.merge_methods.base import (
     BasePolicy,
@@ -18,11 +21,10 @@ from mergekit.merge_methods.base import (
     TensorGroup,
 )
 from mergekit.merge_methods.easy_define import merge_method
-from typing_extensions import Annotated
 
-from mergekit_safety.methods.base import RoleCheckedMethod, RoleInputs
+from mergekit_safety.methods.base import Decision, RoleCheckedMethod, RoleInputs, gate
 from mergekit_safety.roles import Role, RoleRule, RoleValue
-from mergekit_safety.subspace import compute_dtype, drifts, score
+from mergekit_safety.subspace import compute_dtype
 
 DEFAULT_WEIGHT = 0.7
 """λ on the fine-tuned update: the middle of the 0.6–0.9 range Farn et al. report. Model-specific;
@@ -45,7 +47,7 @@ def safe_linear_batch(
     shape = (base.shape[0],) + (1,) * (base.ndim - 1)
     result = base.to(dtype) * (1 - weight.sum(dim=1)).reshape(shape)
     others = (t for i, t in enumerate(batch.tensors) if i != batch.base_index)
-    for tensor, coefficient in zip(others, weight.unbind(1)):
+    for tensor, coefficient in zip(others, weight.unbind(1), strict=True):
         result.addcmul_(tensor, coefficient.reshape(shape))
     return result.to(base.dtype)
 
@@ -58,19 +60,24 @@ def safe_linear_group(
     threshold: float = DEFAULT_THRESHOLD,
 ) -> torch.Tensor:
     inputs = RoleInputs.from_group(group, role)
-    merge = True
-    if inputs.unaligned is not None:
-        merge = inputs.gateable and drifts(score(inputs.update(), inputs.alignment()), threshold)
-    if not merge:
+    if not decide(inputs, {"threshold": threshold}).merge:
         return inputs.finetuned_weights().to(group.base.tensor.dtype)
     result = inputs.aligned.clone()
-    for key, tensor in zip(inputs.finetuned_ids, inputs.finetuned):
+    for key, tensor in zip(inputs.finetuned_ids, inputs.finetuned, strict=True):
         result += weight[key] * (tensor - inputs.aligned)
     return result.to(group.base.tensor.dtype)
 
 
+def decide(inputs: RoleInputs, parameters: Mapping[str, Any]) -> Decision:
+    """Ungated without an ``unaligned`` input; otherwise the subspace gate (ρ < τ)."""
+    if inputs.unaligned is None:
+        return Decision(True, "ungated: no unaligned model")
+    return gate(inputs, parameters["threshold"])
+
+
 safe_linear = RoleCheckedMethod(
     group=safe_linear_group,
+    decide=decide,
     batch=safe_linear_batch,
     rule=RoleRule("safe_linear", {Role.FINETUNED: (1, None), Role.UNALIGNED: (0, 1)}),
 )

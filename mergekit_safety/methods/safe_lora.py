@@ -5,11 +5,14 @@ For 2-D weights with ρ ≤ ``threshold``: θ = θ_aligned + C Δ, ``C = V Vᵀ 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 from mergekit.merge_methods.base import BasePolicy, InputContract, PerNonBase, TensorGroup
 from mergekit.merge_methods.easy_define import merge_method
 
-from mergekit_safety.methods.base import RoleCheckedMethod, RoleInputs
+from mergekit_safety.methods.base import Decision, RoleCheckedMethod, RoleInputs, gate
 from mergekit_safety.roles import Role, RoleRule, RoleValue
 from mergekit_safety.subspace import drifts, score_and_project
 
@@ -20,7 +23,7 @@ DEFAULT_THRESHOLD = 0.35
     name="safe_lora",
     pretty_name="Safe LoRA",
     reference_url="https://arxiv.org/abs/2405.16833",
-    contract=InputContract(base=BasePolicy.REQUIRED, min_non_base=2),
+    contract=InputContract(base=BasePolicy.REQUIRED, min_non_base=1),
 )
 def safe_lora_merge(
     group: TensorGroup,
@@ -36,7 +39,12 @@ def safe_lora_merge(
     return inputs.finetuned_weights().to(group.base.tensor.dtype)
 
 
+def decide(inputs: RoleInputs, parameters: Mapping[str, Any]) -> Decision:
+    return gate(inputs, parameters["threshold"], inclusive=True)
+
+
 safe_lora = RoleCheckedMethod(
     group=safe_lora_merge,
+    decide=decide,
     rule=RoleRule("safe_lora", {Role.FINETUNED: (1, None), Role.UNALIGNED: (1, 1)}),
 )

@@ -12,15 +12,15 @@ w_ft·w_safe·(B_ft A_safe + B_safe A_ft); this method uses the paper's weight-s
 from __future__ import annotations
 
 import zlib
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import torch
 from mergekit.merge_methods.base import BasePolicy, InputContract, PerNonBase, TensorGroup
 from mergekit.merge_methods.easy_define import merge_method
 
-from mergekit_safety.methods.base import RoleCheckedMethod, RoleInputs
+from mergekit_safety.methods.base import Decision, RoleCheckedMethod, RoleInputs, gate
 from mergekit_safety.roles import Role, RoleRule, RoleValue
-from mergekit_safety.subspace import drifts, score
 
 DEFAULT_THRESHOLD = 0.35
 DEFAULT_WEIGHTS = {Role.FINETUNED: 0.8, Role.SAFE: 0.2}
@@ -30,7 +30,7 @@ DEFAULT_WEIGHTS = {Role.FINETUNED: 0.8, Role.SAFE: 0.2}
     name="safemerge",
     pretty_name="SafeMERGE",
     reference_url="https://arxiv.org/abs/2503.17239",
-    contract=InputContract(base=BasePolicy.REQUIRED, min_non_base=3),
+    contract=InputContract(base=BasePolicy.REQUIRED, min_non_base=1),
 )
 def safemerge_merge(
     group: TensorGroup,
@@ -42,7 +42,7 @@ def safemerge_merge(
     seed: int = 0,
 ) -> torch.Tensor:
     inputs = RoleInputs.from_group(group, role)
-    if not (inputs.gateable and drifts(score(inputs.update(), inputs.alignment()), threshold)):
+    if not decide(inputs, {"threshold": threshold}).merge:
         return inputs.finetuned_weights().to(group.base.tensor.dtype)
 
     def weighted_update(key, tensor: torch.Tensor, index: int) -> torch.Tensor:
@@ -53,7 +53,8 @@ def safemerge_merge(
         return update * (DEFAULT_WEIGHTS[role[key]] if w is None else w)
 
     result = inputs.aligned.clone()
-    sources = list(zip(inputs.finetuned_ids, inputs.finetuned)) + [(inputs.safe_id, inputs.safe)]
+    sources = [*zip(inputs.finetuned_ids, inputs.finetuned, strict=True)]
+    sources.append((inputs.safe_id, inputs.safe))
     for index, (key, tensor) in enumerate(sources):
         result += weighted_update(key, tensor, index)
     return result.to(group.base.tensor.dtype)
@@ -78,8 +79,13 @@ def seed_for(tensor_name: str | None, seed: int, index: int) -> int:
     return (zlib.crc32((tensor_name or "").encode()) * 1_000_003 + seed * 97 + index) % 2**63
 
 
+def decide(inputs: RoleInputs, parameters: Mapping[str, Any]) -> Decision:
+    return gate(inputs, parameters["threshold"])
+
+
 safemerge = RoleCheckedMethod(
     group=safemerge_merge,
+    decide=decide,
     rule=RoleRule(
         "safemerge", {Role.FINETUNED: (1, None), Role.UNALIGNED: (1, 1), Role.SAFE: (1, 1)}
     ),
