@@ -44,8 +44,18 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def score(delta: torch.Tensor, v: torch.Tensor) -> float:
-    """ρ = cos(C Δ, Δ). NaN when ``V`` or ``Δ`` is zero: there is nothing to measure."""
-    return cosine(subspace_product(delta, v), delta)
+    """ρ = cos(C Δ, Δ). NaN when ``V`` or ``Δ`` is zero: there is nothing to measure.
+
+    An update orthogonal to a non-empty subspace (``C Δ = 0``) scores 0: it left it entirely.
+    """
+    return _rho(subspace_product(delta, v), delta, v)
+
+
+def _rho(product: torch.Tensor, delta: torch.Tensor, v: torch.Tensor) -> float:
+    if not (torch.any(v != 0) and torch.any(delta != 0)):
+        return math.nan
+    rho = cosine(product, delta)
+    return 0.0 if math.isnan(rho) else rho
 
 
 def score_and_project(delta: torch.Tensor, v: torch.Tensor) -> tuple[float, torch.Tensor]:
@@ -53,7 +63,7 @@ def score_and_project(delta: torch.Tensor, v: torch.Tensor) -> tuple[float, torc
     product = subspace_product(delta, v)
     norm = torch.linalg.vector_norm(v)
     projected = product / norm if norm != 0 else torch.zeros_like(delta)
-    return cosine(product, delta), projected
+    return _rho(product, delta, v), projected
 
 
 def drifts(rho: float, threshold: float, *, inclusive: bool = False) -> bool:
