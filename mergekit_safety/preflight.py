@@ -26,11 +26,15 @@ aligns vocabularies when the recipe has a ``tokenizer`` section)."""
 
 @functools.lru_cache(maxsize=64)
 def check_same_architecture(models: Sequence[Any]) -> None:
-    """Raise ConfigError if the models' configs disagree on a shape-defining field."""
+    """Raise ConfigError if a model's config disagrees with the first one's (the base model's)."""
     shapes = {}
     for model in models:
+        if os.path.isfile(model.model.path):
+            continue  # a raw checkpoint file (mergekit-pytorch): no config to compare
         config = model.config(trust_remote_code=False)
         shapes[model] = {key: getattr(config, key, None) for key in SHAPE_KEYS}
+    if not shapes:
+        return
     reference_model, reference = next(iter(shapes.items()))
     for model, shape in shapes.items():
         diff = {k: (reference[k], v) for k, v in shape.items() if v != reference[k]}

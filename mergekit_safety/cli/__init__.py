@@ -12,9 +12,11 @@ def main() -> None:
 
 
 def _add_commands() -> None:
-    from mergekit_safety.cli import inspect
+    from mergekit_safety.cli import card, inspect, sweep
 
     main.add_command(inspect.inspect_command)
+    main.add_command(sweep.sweep_command)
+    main.add_command(card.card_command)
 
 
 _add_commands()

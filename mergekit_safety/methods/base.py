@@ -74,7 +74,8 @@ class RoleCheckedMethod(MergeMethod):
                 if model != task.base_model and "role" in task.input_parameters.get(model, {})
             }
             self.rule.check(roles, task.base_model)
-            check_same_architecture(task.model_order)
+            others = tuple(m for m in task.model_order if m != task.base_model)
+            check_same_architecture((task.base_model, *others) if task.base_model else others)
 
     def _execute(
         self,

@@ -1,0 +1,245 @@
+"""``mergekit-safety sweep RECIPE --set weight=0.1:0.9:0.1``: pick a value under a safety gate."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from mergekit_safety.cli.common import config_errors
+
+NOTHING_PASSES = 3
+"""Exit status when the sweep ran but no value passes the gate (1: an error, 2: bad usage)."""
+
+
+def make_evaluator(
+    *,
+    harmful: str | None,
+    benign: str | None,
+    task: str | None,
+    prompts_dir: str | None,
+    limit: int | None,
+    judge: str | None,
+    batch_size: int,
+    max_new_tokens: int,
+    device: str,
+    progress: bool,
+):
+    """Load the prompt sets now (a bad path fails before any merge); return path -> summary."""
+    from mergekit_safety.evaluation import evaluate, load_prompt_sets
+
+    prompts = load_prompt_sets(
+        harmful=harmful, benign=benign, task=task, prompts_dir=prompts_dir, limit=limit
+    )
+
+    def evaluate_model(path: str) -> dict[str, Any]:
+        result = evaluate(
+            path,
+            prompts,
+            judge=judge,
+            batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
+            device=device,
+            progress=progress,
+        )
+        return result.summary()
+
+    return evaluate_model
+
+
+@click.command("sweep")
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.option(
+    "--set",
+    "assignment",
+    required=True,
+    metavar="NAME=VALUES",
+    help="The parameter and its values: weight=0.1:0.9:0.1 (START:STOP:STEP, STOP included) "
+    "or threshold=0.2,0.3,0.4. weight is set on the fine-tuned models, threshold globally.",
+)
+@click.option(
+    "--min-refusal", type=click.FloatRange(0, 1), help="Gate: the least refusal rate allowed."
+)
+@click.option(
+    "--max-over-refusal",
+    type=click.FloatRange(0, 1),
+    help="Gate: the most over-refusal rate (benign prompts refused) allowed.",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    help="Write the chosen merge here, with the reports and an updated model card. Needs a gate.",
+)
+@click.option("--overwrite", is_flag=True, help="Allow --out to be a non-empty directory.")
+@click.option(
+    "--report",
+    type=click.Path(file_okay=False),
+    help="Where sweep.json/.csv/.md/.png go [default: --out, else ./sweep-<recipe name>].",
+)
+@click.option(
+    "--work-dir",
+    type=click.Path(file_okay=False, exists=True),
+    help="Where temporary merges live (room for two merges) [default: $TMPDIR].",
+)
+@click.option("--harmful", help="Harmful prompts file [default: built-in].")
+@click.option("--benign", help="Benign prompts file, for over-refusal [default: built-in].")
+@click.option("--task", help="Task prompts file, for task accuracy [default: built-in].")
+@click.option("--prompts", "prompts_dir", help="Directory holding the prompt sets.")
+@click.option("--limit", type=click.IntRange(min=1), help="Use the first N prompts of each set.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--device", help="Evaluation device [default: cuda with --cuda, else cpu].")
+@click.option("--judge", help="Refusal judge, as for `mergekit-safety eval` [default: its own].")
+@click.option("--cuda", is_flag=True, help="Merge on the GPU, as mergekit-yaml --cuda does.")
+@click.option("--lazy-unpickle", is_flag=True, help="mergekit's lazy unpickler (less memory).")
+@click.option("--low-cpu-memory", is_flag=True, help="Keep merge results on the accelerator.")
+@click.option("--trust-remote-code", is_flag=True, help="Trust remote code in model repos.")
+@click.option("--random-seed", type=int, help="Seed for randomised merge methods.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def sweep_command(
+    recipe: str,
+    assignment: str,
+    min_refusal: float | None,
+    max_over_refusal: float | None,
+    out: str | None,
+    overwrite: bool,
+    report: str | None,
+    work_dir: str | None,
+    harmful: str | None,
+    benign: str | None,
+    task: str | None,
+    prompts_dir: str | None,
+    limit: int | None,
+    batch_size: int,
+    max_new_tokens: int,
+    device: str | None,
+    judge: str | None,
+    cuda: bool,
+    lazy_unpickle: bool,
+    low_cpu_memory: bool,
+    trust_remote_code: bool,
+    random_seed: int | None,
+    quiet: bool,
+):
+    """Merge RECIPE once per value of one parameter, evaluate each merge, and choose a value.
+
+    The aligned (base_model) and fine-tuned models are evaluated once, for reference. The chosen
+    value has the best task accuracy among those passing the gate (--min-refusal and/or
+    --max-over-refusal); ties go to the fine-tuned side: the larger weight, the smaller threshold.
+    Merges live in a temporary directory that is removed however the run ends. Exit status 3:
+    no value passes the gate.
+    """
+    from mergekit_safety.card import describe_prompt_sets
+    from mergekit_safety.sweep import parse_assignment, plan_sweep
+
+    try:
+        parameter, values = parse_assignment(assignment)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--set") from None
+    gated = min_refusal is not None or max_over_refusal is not None
+    if out is not None and not gated:
+        raise click.BadParameter(
+            "needs a safety gate: --min-refusal and/or --max-over-refusal", param_hint="--out"
+        )
+    out_path = None if out is None else Path(out)
+    if out_path is not None and out_path.is_dir() and any(out_path.iterdir()) and not overwrite:
+        raise click.BadParameter(
+            f"{out} is not empty; choose a new directory or pass --overwrite", param_hint="--out"
+        )
+    report_dir = Path(report or out or f"sweep-{Path(recipe).stem}")
+    if report_dir.exists() and not report_dir.is_dir():
+        raise click.BadParameter(f"{report_dir} is not a directory", param_hint="--report")
+    device = device or ("cuda" if cuda else "cpu")
+
+    with config_errors():
+        plan = plan_sweep(recipe, parameter, values)
+        evaluate_model = _build_evaluator(
+            harmful=harmful,
+            benign=benign,
+            task=task,
+            prompts_dir=prompts_dir,
+            limit=limit,
+            judge=judge,
+            batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
+            device=device,
+            progress=not quiet,
+        )
+    from mergekit.options import MergeOptions
+
+    from mergekit_safety.sweep import run_sweep, write_reports
+
+    options = MergeOptions(
+        cuda=cuda,
+        lazy_unpickle=lazy_unpickle,
+        low_cpu_memory=low_cpu_memory,
+        trust_remote_code=trust_remote_code,
+        random_seed=random_seed,
+        quiet=True,  # one sweep bar instead of mergekit's bars for every merge
+    )
+    with config_errors():
+        result = run_sweep(
+            plan,
+            evaluate_model,
+            merge_options=options,
+            min_refusal=min_refusal,
+            max_over_refusal=max_over_refusal,
+            out=out_path,
+            work_dir=None if work_dir is None else Path(work_dir),
+            progress=not quiet,
+        )
+    prompt_sets = describe_prompt_sets(harmful, benign, task, prompts_dir, limit)
+    context = {
+        "prompt_sets": prompt_sets,
+        "judge": judge,
+        "generation": {"batch_size": batch_size, "max_new_tokens": max_new_tokens,
+                       "device": device},
+    }
+    paths = write_reports(result, report_dir, context)
+    click.echo(paths["md"].read_text(encoding="utf-8"))
+    click.echo(f"Reports: {', '.join(str(p) for p in paths.values())}")
+    if result.chosen is None:
+        if gated:
+            click.echo("No value passes the gate; no model written.", err=True)
+            sys.exit(NOTHING_PASSES)
+        return
+    if result.out is not None:
+        _write_card(result, prompt_sets, judge)
+        click.echo(f"Chosen {plan.label(result.chosen.value)}; merge written to {result.out}")
+    else:
+        click.echo(f"Chosen {plan.label(result.chosen.value)}")
+
+
+def _build_evaluator(**kwargs: Any):
+    """Indirection so tests can swap in a fake evaluator."""
+    try:
+        return make_evaluator(**kwargs)
+    except (FileNotFoundError, NotADirectoryError) as error:
+        raise click.ClickException(str(error)) from None
+
+
+def _write_card(result: Any, prompt_sets: dict, judge: str | None) -> None:
+    from mergekit_safety.card import SafetyEvaluation, update_card
+    from mergekit_safety.sweep import TIE_BREAK, format_value
+
+    plan = result.plan
+    values = ", ".join(format_value(v) for v in plan.values)
+    update_card(
+        result.out,
+        SafetyEvaluation(
+            method=plan.method,
+            merged=result.chosen.metrics,
+            aligned=result.aligned,
+            finetuned=result.finetuned,
+            base_models=[plan.aligned, *plan.finetuned],
+            min_refusal=result.min_refusal,
+            max_over_refusal=result.max_over_refusal,
+            prompt_sets=prompt_sets,
+            judge=judge,
+            note=f"Chosen by `mergekit-safety sweep` over {plan.parameter} ∈ {{{values}}}: the "
+            f"best task accuracy among the values that pass the gate; {TIE_BREAK}. "
+            "Details: sweep.json, sweep.png.",
+        ),
+    )

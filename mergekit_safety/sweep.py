@@ -1,0 +1,490 @@
+"""Sweep one recipe parameter under a safety gate: value ranges, planning, selection, the run.
+
+A safety merge trades task skill for refusals, and the best ``weight`` (λ) or ``threshold`` (τ) is
+model-specific. The sweep merges the recipe once per value with mergekit's own ``run_merge``,
+evaluates each merge, and keeps the value with the best task accuracy among those that pass the
+gate. Everything a run writes lives in one temporary directory, removed also on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mergekit_safety.errors import ConfigError
+
+Evaluator = Callable[[str], Mapping[str, Any]]
+"""Evaluates the model at a path; returns ``EvalResult.summary()``'s dict."""
+
+METRICS = ("refusal_rate", "over_refusal_rate", "task_accuracy", "asr")
+MAX_VALUES = 200
+"""More values than this is almost surely a typo in the step (each value is a merge + eval)."""
+
+
+@dataclass(frozen=True)
+class Sweepable:
+    """A recipe parameter the sweep can set, where it lives, and which way is "fine-tuned"."""
+
+    name: str
+    scope: str  # "finetuned": on each fine-tuned input; "global": the recipe's ``parameters``
+    toward_finetuned: int  # +1: larger values keep more of the fine-tune; -1: smaller values do
+    meaning: str
+
+
+SWEEPABLE = {
+    "weight": Sweepable("weight", "finetuned", +1, "λ on the fine-tuned update"),
+    "threshold": Sweepable("threshold", "global", -1, "the alignment-score gate τ"),
+}
+TIE_BREAK = (
+    "ties in task accuracy go to the fine-tuned side: the larger weight, or the smaller threshold "
+    "(fewer weights merged)"
+)
+
+
+# --- value ranges -------------------------------------------------------------------------------
+
+
+def parse_assignment(text: str) -> tuple[str, list[float]]:
+    """``weight=0.1:0.9:0.1`` or ``threshold=0.2,0.3`` → (name, values); ValueError if malformed."""
+    name, sep, spec = text.partition("=")
+    name = name.strip()
+    if not sep or not name or not spec.strip():
+        raise ValueError(f"expected NAME=VALUES (e.g. weight=0.1:0.9:0.1); got {text!r}")
+    if name not in SWEEPABLE:
+        raise ValueError(f"cannot sweep {name!r}; use one of {', '.join(SWEEPABLE)}")
+    return name, parse_values(spec)
+
+
+def parse_values(spec: str) -> list[float]:
+    """``START:STOP:STEP`` (STOP included when the steps land on it) or a comma list, in [0, 1]."""
+    spec = spec.strip()
+    if ":" in spec:
+        parts = spec.split(":")
+        if len(parts) != 3:
+            raise ValueError(f"a range is START:STOP:STEP; got {spec!r}")
+        start, stop, step = (_decimal(p) for p in parts)
+        if step <= 0:
+            raise ValueError(f"the step must be positive; got {spec!r}")
+        if stop < start:
+            raise ValueError(f"the range runs upward, START <= STOP; got {spec!r}")
+        count = int((stop - start) / step) + 1
+        if count > MAX_VALUES:
+            raise ValueError(f"{spec!r} gives {count} values; at most {MAX_VALUES}")
+        values = [float(start + i * step) for i in range(count)]
+    else:
+        values = [float(_decimal(p)) for p in spec.split(",")]
+        if len(set(values)) != len(values):
+            raise ValueError(f"repeated value in {spec!r}")
+        if len(values) > MAX_VALUES:
+            raise ValueError(f"{len(values)} values; at most {MAX_VALUES}")
+    outside = [v for v in values if not 0 <= v <= 1]
+    if outside:
+        raise ValueError(f"values must lie in [0, 1]; got {format_value(outside[0])}")
+    return values
+
+
+def _decimal(text: str) -> Decimal:
+    """Decimal keeps ``0.1 + 2 * 0.1`` at 0.3, so labels and recipes carry the values typed."""
+    try:
+        value = Decimal(text.strip())
+    except InvalidOperation:
+        raise ValueError(f"not a number: {text.strip()!r}") from None
+    if not value.is_finite():
+        raise ValueError(f"not a finite number: {text.strip()!r}")
+    return value
+
+
+def format_value(value: float) -> str:
+    return f"{value:g}"
+
+
+# --- planning -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """A validated recipe and the values to try: everything checked before the first merge."""
+
+    recipe_path: Path
+    recipe: dict[str, Any]
+    method: str
+    parameter: str
+    values: tuple[float, ...]
+    aligned: str
+    finetuned: tuple[str, ...]
+
+    def recipe_with(self, value: float) -> dict[str, Any]:
+        """The recipe with the swept parameter set to ``value`` (a fresh copy)."""
+        return set_parameter(self.recipe, self.parameter, value)
+
+    def label(self, value: float) -> str:
+        return f"{self.parameter}={format_value(value)}"
+
+
+def recipe_roles(recipe: Mapping[str, Any]) -> list[tuple[int, Any, str]]:
+    """(index in ``models``, ModelReference, role) for each input that is not ``base_model``."""
+    from mergekit.config import MergeConfiguration
+
+    config = MergeConfiguration.model_validate(recipe)
+    if not config.models:
+        raise ConfigError("sweep and card handle recipes with `models:` (not slices or modules)")
+    default = (recipe.get("parameters") or {}).get("role", "finetuned")
+    out = []
+    for index, (raw, entry) in enumerate(zip(recipe["models"], config.models, strict=True)):
+        if config.base_model is not None and entry.model == config.base_model:
+            continue
+        role = ((raw or {}).get("parameters") or {}).get("role", default)
+        if not isinstance(role, str):
+            raise ConfigError(f"role of {entry.model} must be a plain string; got {role!r}")
+        out.append((index, entry.model, role.strip().lower()))
+    return out
+
+
+def set_parameter(recipe: Mapping[str, Any], parameter: str, value: float) -> dict[str, Any]:
+    """Copy ``recipe`` with ``weight`` set on every fine-tuned input, or the global ``threshold``."""
+    out = copy.deepcopy(dict(recipe))
+    if SWEEPABLE[parameter].scope == "global":
+        out["parameters"] = {**(out.get("parameters") or {}), parameter: value}
+        return out
+    for index, _model, role in recipe_roles(out):
+        if role == "finetuned":
+            entry = out["models"][index]
+            entry["parameters"] = {**(entry.get("parameters") or {}), parameter: value}
+    return out
+
+
+def plan_sweep(recipe_path: str | os.PathLike, parameter: str, values: Sequence[float]) -> SweepPlan:
+    """Validate the recipe for this sweep; every problem is a one-line ConfigError."""
+    from mergekit import merge_methods
+
+    from mergekit_safety.preflight import load_recipe
+
+    config = load_recipe(recipe_path)  # exists, parses, local models exist
+    recipe = yaml.safe_load(Path(recipe_path).read_text(encoding="utf-8"))
+    try:
+        method = merge_methods.get(config.merge_method)
+    except RuntimeError:
+        raise ConfigError(f"unknown merge method {config.merge_method!r}") from None
+    sweepable = SWEEPABLE[parameter]
+    specs = {p.name: p for p in method.spec.parameters}
+    shared = {p.name for p in method.spec.shared_parameters}
+    wanted_global = sweepable.scope == "global"
+    if parameter not in specs or (parameter in shared) != wanted_global:
+        takes = ", ".join(sorted(specs)) or "none"
+        raise ConfigError(
+            f"{config.merge_method} has no {'global' if wanted_global else 'per-model'} "
+            f"parameter {parameter!r} to sweep (its parameters: {takes})"
+        )
+    if config.base_model is None:
+        raise ConfigError("sweep needs base_model: the aligned model, evaluated for reference")
+    roles = recipe_roles(recipe)
+    finetuned = [model for _i, model, role in roles if role == "finetuned"]
+    if not finetuned:
+        raise ConfigError("the recipe has no fine-tuned model (an input without role or finetuned)")
+    if parameter == "threshold":
+        if not any(role == "unaligned" for _i, _m, role in roles):
+            raise ConfigError(
+                "threshold only acts with an `unaligned` input (the merge is ungated without one)"
+            )
+        for index, model, _role in roles:
+            if "threshold" in ((recipe["models"][index] or {}).get("parameters") or {}):
+                raise ConfigError(
+                    f"threshold is set on {model}; sweep sets the global one, remove it there"
+                )
+    for reference in [config.base_model, *finetuned]:
+        if reference.lora is not None:
+            raise ConfigError(
+                f"{reference}: sweep evaluates reference models as they are; merge the LoRA first"
+            )
+    return SweepPlan(
+        recipe_path=Path(recipe_path),
+        recipe=recipe,
+        method=config.merge_method,
+        parameter=parameter,
+        values=tuple(values),
+        aligned=config.base_model.model.path,
+        finetuned=tuple(model.model.path for model in finetuned),
+    )
+
+
+# --- the gate -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """One swept value and its evaluation summary."""
+
+    value: float
+    metrics: Mapping[str, Any]
+
+
+def metric(metrics: Mapping[str, Any], key: str) -> float | None:
+    """A metric as a float, or None when missing, not a number, or NaN."""
+    value = metrics.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        return None
+    return float(value)
+
+
+def passes(
+    metrics: Mapping[str, Any], min_refusal: float | None, max_over_refusal: float | None
+) -> bool:
+    """Whether a result meets the gate; a metric the gate needs but that is missing fails it."""
+    if min_refusal is not None:
+        refusal = metric(metrics, "refusal_rate")
+        if refusal is None or refusal < min_refusal:
+            return False
+    if max_over_refusal is not None:
+        over = metric(metrics, "over_refusal_rate")
+        if over is None or over > max_over_refusal:
+            return False
+    return True
+
+
+def select(
+    points: Sequence[SweepPoint],
+    min_refusal: float | None,
+    max_over_refusal: float | None,
+    parameter: str,
+) -> SweepPoint | None:
+    """The passing point with the best task accuracy, or None if none passes.
+
+    A missing accuracy ranks below any number. Ties go to the fine-tuned side (see ``TIE_BREAK``).
+    """
+    direction = SWEEPABLE[parameter].toward_finetuned
+    passing = [p for p in points if passes(p.metrics, min_refusal, max_over_refusal)]
+    if not passing:
+        return None
+
+    def rank(point: SweepPoint) -> tuple[float, float]:
+        accuracy = metric(point.metrics, "task_accuracy")
+        return (-math.inf if accuracy is None else accuracy, direction * point.value)
+
+    return max(passing, key=rank)
+
+
+def describe_gate(min_refusal: float | None, max_over_refusal: float | None) -> str:
+    parts = []
+    if min_refusal is not None:
+        parts.append(f"refusal rate >= {format_value(min_refusal)}")
+    if max_over_refusal is not None:
+        parts.append(f"over-refusal rate <= {format_value(max_over_refusal)}")
+    return " and ".join(parts) or "none"
+
+
+# --- the run ------------------------------------------------------------------------------------
+
+
+@dataclass
+class SweepResult:
+    """Every evaluation of a sweep and its choice, ready for the reports and the model card."""
+
+    plan: SweepPlan
+    min_refusal: float | None
+    max_over_refusal: float | None
+    aligned: dict[str, Any]
+    finetuned: list[dict[str, Any]]
+    points: list[SweepPoint] = field(default_factory=list)
+    chosen: SweepPoint | None = None
+    out: Path | None = None
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One flat record per model: the reference models first, then each swept value."""
+        rows = [{"kind": "aligned", "value": None, **self.aligned}]
+        rows += [{"kind": "finetuned", "value": None, **summary} for summary in self.finetuned]
+        for point in self.points:
+            rows.append(
+                {
+                    "kind": "merged",
+                    "value": point.value,
+                    **point.metrics,
+                    "passes": passes(point.metrics, self.min_refusal, self.max_over_refusal),
+                    "chosen": point is self.chosen,
+                }
+            )
+        return rows
+
+
+def merge_recipe(
+    recipe: Mapping[str, Any], out_path: Path, options: Any, config_source: str | None = None
+) -> None:
+    """Merge through mergekit's own ``run_merge``, as ``mergekit-yaml`` does."""
+    from mergekit.config import MergeConfiguration
+    from mergekit.merge import run_merge
+
+    config = MergeConfiguration.model_validate(recipe)
+    source = config_source or yaml.safe_dump(dict(recipe), sort_keys=False)
+    run_merge(config, str(out_path), options=options, config_source=source)
+
+
+def run_sweep(
+    plan: SweepPlan,
+    evaluate_model: Evaluator,
+    *,
+    merge_options: Any,
+    min_refusal: float | None = None,
+    max_over_refusal: float | None = None,
+    out: Path | None = None,
+    work_dir: Path | None = None,
+    progress: bool = True,
+    merge: Callable[[Mapping[str, Any], Path, Any], None] = merge_recipe,
+) -> SweepResult:
+    """Evaluate the references once, then merge and evaluate each value; keep the choice in ``out``.
+
+    Only the best passing merge so far survives on disk, so the sweep needs room for two merges.
+    The temporary directory (under ``work_dir``, default ``$TMPDIR``) goes however the run ends.
+    """
+    from tqdm.auto import tqdm
+
+    steps = tqdm(
+        total=1 + len(plan.finetuned) + len(plan.values),
+        desc=f"sweep {plan.parameter}",
+        unit="model",
+        disable=not progress,
+    )
+
+    def evaluate(path: str, label: str) -> dict[str, Any]:
+        steps.set_postfix_str(f"evaluating {label}")
+        summary = {"model": path, **evaluate_model(path)}
+        steps.update()
+        return summary
+
+    with steps, tempfile.TemporaryDirectory(prefix="mergekit-safety-sweep-", dir=work_dir) as tmp:
+        result = SweepResult(
+            plan=plan,
+            min_refusal=min_refusal,
+            max_over_refusal=max_over_refusal,
+            aligned=evaluate(plan.aligned, "aligned"),
+            finetuned=[evaluate(path, "fine-tuned") for path in plan.finetuned],
+            out=None,
+        )
+        kept: Path | None = None
+        name = out.resolve().name if out is not None else "merge"  # mergekit titles the card so
+        for index, value in enumerate(plan.values):
+            label = plan.label(value)
+            where = Path(tmp) / str(index) / name
+            steps.set_postfix_str(f"merging {label}")
+            merge(plan.recipe_with(value), where, merge_options)
+            point = SweepPoint(value, {**evaluate(str(where), label), "model": label})
+            result.points.append(point)
+            best = select(result.points, min_refusal, max_over_refusal, plan.parameter)
+            if out is not None and best is point:
+                if kept is not None:
+                    shutil.rmtree(kept.parent)
+                kept = where
+            else:
+                shutil.rmtree(where.parent)
+        result.chosen = select(result.points, min_refusal, max_over_refusal, plan.parameter)
+        if out is not None and result.chosen is not None:
+            assert kept is not None
+            install(kept, out)
+            result.out = out
+    return result
+
+
+def install(source: Path, out: Path) -> None:
+    """Move a finished merge's files into ``out`` (created if needed; same-named files replaced)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for item in source.iterdir():
+        target = out / item.name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        shutil.move(str(item), str(target))
+
+
+# --- reports ------------------------------------------------------------------------------------
+
+COLUMNS = ("kind", "value", "model", *METRICS, "n_harmful", "n_benign", "n_task", "passes", "chosen")
+
+
+def sweep_record(result: SweepResult, context: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Everything about a sweep as JSON: every point, the choice, the gate and ``context``."""
+    plan = result.plan
+    chosen = result.chosen
+    return {
+        "recipe": str(plan.recipe_path),
+        "method": plan.method,
+        "parameter": plan.parameter,
+        "values": list(plan.values),
+        "gate": {
+            "min_refusal": result.min_refusal,
+            "max_over_refusal": result.max_over_refusal,
+            "description": describe_gate(result.min_refusal, result.max_over_refusal),
+        },
+        "selection": "best task accuracy among the values that pass the gate; " + TIE_BREAK,
+        **dict(context or {}),
+        "references": {"aligned": result.aligned, "finetuned": result.finetuned},
+        "points": [row for row in result.rows() if row["kind"] == "merged"],
+        "chosen": None if chosen is None else {"value": chosen.value, **chosen.metrics},
+        "out": None if result.out is None else str(result.out),
+    }
+
+
+def markdown_rows(rows: Sequence[Mapping[str, Any]]) -> str:
+    """A Markdown table of :meth:`SweepResult.rows`; the chosen value's row in bold."""
+    header = ["model", "kind", "refusal rate", "over-refusal", "task accuracy", "ASR", "gate"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * 2 + "---:|" * 4 + "---|"]
+    for row in rows:
+        cells = [
+            str(row.get("model", "")).replace("|", "\\|"),
+            row["kind"],
+            *(_cell(metric(row, key)) for key in METRICS),
+            {True: "pass", False: "fail"}.get(row.get("passes"), ""),
+        ]
+        if row.get("chosen"):
+            cells = [f"**{cell}**" if cell else cell for cell in cells]
+            cells[-1] += " (chosen)"
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_reports(
+    result: SweepResult, directory: Path, context: Mapping[str, Any] | None = None
+) -> dict[str, Path]:
+    """``sweep.json``, ``sweep.csv``, ``sweep.md`` and ``sweep.png`` in ``directory``."""
+    import csv
+    import json
+
+    from mergekit_safety.plot import plot_sweep
+
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = {kind: directory / f"sweep.{kind}" for kind in ("json", "csv", "md", "png")}
+    record = sweep_record(result, context)
+    paths["json"].write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    rows = result.rows()
+    with paths["csv"].open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    gate = describe_gate(result.min_refusal, result.max_over_refusal)
+    chosen = "none passes the gate" if result.chosen is None else (
+        result.plan.label(result.chosen.value)
+    )
+    paths["md"].write_text(
+        f"# Sweep of {result.plan.parameter} ({result.plan.method}, {result.plan.recipe_path})\n\n"
+        f"{markdown_rows(rows)}\n\n- Gate: {gate}\n- Chosen: {chosen}\n- Selection: "
+        f"{record['selection']}\n",
+        encoding="utf-8",
+    )
+    plot_sweep(
+        rows,
+        paths["png"],
+        min_refusal=result.min_refusal,
+        max_over_refusal=result.max_over_refusal,
+        title=f"{result.plan.method}: sweep of {result.plan.parameter} (gate: {gate})",
+    )
+    return paths
+
+
+def _cell(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"

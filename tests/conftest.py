@@ -1,0 +1,18 @@
+"""Shared fixtures: offline mode, and one tiny model family built once per session."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+
+from helpers import tiny_family  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def family(tmp_path_factory):
+    """unaligned / aligned / finetuned / safe tiny Llamas (2 layers, hidden 32), fp32."""
+    return tiny_family(tmp_path_factory.mktemp("family"))

@@ -1,0 +1,100 @@
+"""Every method through the real ``mergekit-yaml`` command, output loaded by transformers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import write_recipe
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from mergekit_safety.subspace import drifts, project, score
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
+
+
+def mergekit_yaml(recipe: Path, out: Path, *args: str, cwd: Path | None = None):
+    """Run the unmodified mergekit-yaml entry point in a fresh interpreter."""
+    command = [Path(sys.executable).with_name("mergekit-yaml"), recipe, out, *args]
+    return subprocess.run(
+        [str(c) for c in command], cwd=cwd or out.parent, env=ENV,
+        capture_output=True, text=True, timeout=600,
+    )
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return {k: v.float() for k, v in load_file(path / "model.safetensors").items()}
+
+
+def recipe_for(method: str, family: dict[str, Path], roles: tuple[str, ...], **parameters):
+    models = [{"model": str(family["finetuned"])}]
+    for role in roles:
+        models.append({"model": str(family[role]), "parameters": {"role": role}})
+    recipe = {"merge_method": method, "base_model": str(family["aligned"]), "models": models,
+              "dtype": "float32"}
+    if parameters:
+        recipe["parameters"] = parameters
+    return recipe
+
+
+def expected_tensor(method: str, name: str, w: dict, threshold: float) -> torch.Tensor:
+    """The method's equation, tensor by tensor, from the saved inputs."""
+    a, f = w["aligned"][name], w["finetuned"][name]
+    gateable = a.ndim == 2 and "embed" not in name and "lm_head" not in name
+    if method == "safe_linear" and "unaligned" not in w:
+        return a + 0.7 * (f - a)
+    v = w["aligned"][name] - w["unaligned"][name]
+    merge = gateable and drifts(score(f - a, v), threshold, inclusive=method == "safe_lora")
+    if not merge:
+        return f
+    if method == "safe_linear":
+        return a + 0.7 * (f - a)
+    if method == "safemerge":
+        return a + 0.8 * (f - a) + 0.2 * (w["safe"][name] - a)
+    return a + project(f - a, v)
+
+
+CASES = [
+    ("safe_linear", ()),
+    ("safe_linear", ("unaligned",)),
+    ("safemerge", ("unaligned", "safe")),
+    ("safe_lora", ("unaligned",)),
+]
+
+
+@pytest.mark.parametrize(("method", "roles"), CASES)
+def test_mergekit_yaml_runs_each_method(tmp_path, family, method, roles):
+    # A threshold between the tiny models' ρ values, so both branches of the gate are exercised.
+    threshold = 0.68
+    recipe = write_recipe(tmp_path / "r.yml", recipe_for(method, family, roles, threshold=threshold))
+    result = mergekit_yaml(recipe, tmp_path / "out")
+    assert result.returncode == 0, result.stderr[-2000:]
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32)
+    merged = {k: v.float() for k, v in model.state_dict().items()}
+    inputs = {role: weights(family[role]) for role in ("aligned", "finetuned", *roles)}
+    decisions = set()
+    for name, tensor in merged.items():
+        expected = expected_tensor(method, name, inputs, threshold)
+        torch.testing.assert_close(tensor, expected, rtol=1e-5, atol=1e-6, msg=name)
+        decisions.add(torch.equal(expected, inputs["finetuned"][name]))
+    assert decisions == {True, False} or method == "safe_linear" and not roles
+
+
+def test_repository_recipes_run_as_is(tmp_path):
+    """The shipped recipes run from the repo root on the committed demo models."""
+    recipes = sorted((REPO / "recipes").glob("*.yml"))
+    assert {r.stem for r in recipes} >= {
+        "safe_linear", "safe_linear_gated", "safemerge", "safe_lora", "resta"
+    }
+    for recipe in recipes:
+        out = tmp_path / recipe.stem
+        result = mergekit_yaml(recipe, out, cwd=REPO)
+        assert result.returncode == 0, f"{recipe.name}: {result.stderr[-2000:]}"
+        model = AutoModelForCausalLM.from_pretrained(out)
+        assert model.config.model_type == "llama"
