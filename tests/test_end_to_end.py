@@ -98,3 +98,31 @@ def test_repository_recipes_run_as_is(tmp_path):
         assert result.returncode == 0, f"{recipe.name}: {result.stderr[-2000:]}"
         model = AutoModelForCausalLM.from_pretrained(out)
         assert model.config.model_type == "llama"
+
+
+def test_lora_adapter_input(tmp_path, family):
+    """`aligned+adapter` (mergekit applies the LoRA on load) gated by safe_lora."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(family["aligned"], dtype=torch.float32)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                        init_lora_weights=False)
+    get_peft_model(base, config).save_pretrained(tmp_path / "adapter")
+    recipe = recipe_for("safe_lora", family, ("unaligned",), threshold=1.0)
+    recipe["models"][0]["model"] = f"{family['aligned']}+{tmp_path / 'adapter'}"
+    result = mergekit_yaml(write_recipe(tmp_path / "r.yml", recipe), tmp_path / "out",
+                           "--lora-merge-cache", str(tmp_path / "cache"))
+    assert result.returncode == 0, result.stderr[-2000:]
+
+    fresh = AutoModelForCausalLM.from_pretrained(family["aligned"], dtype=torch.float32)
+    finetuned = PeftModel.from_pretrained(fresh, tmp_path / "adapter").merge_and_unload()
+    merged = weights(tmp_path / "out")
+    w = {"aligned": weights(family["aligned"]), "unaligned": weights(family["unaligned"]),
+         "finetuned": {k: v.float() for k, v in finetuned.state_dict().items()}}
+    touched = 0
+    for name, tensor in merged.items():
+        expected = expected_tensor("safe_lora", name, w, threshold=1.0)
+        torch.testing.assert_close(tensor, expected, rtol=1e-4, atol=1e-5, msg=name)
+        touched += not torch.equal(w["finetuned"][name], w["aligned"][name])
+    assert touched == 4  # q_proj and v_proj in both layers carry the adapter's update

@@ -1,0 +1,502 @@
+"""Sweep: value ranges, recipe planning, gate selection, the run's clean-up, and the CLI."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import json  # noqa: E402
+import math  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import yaml  # noqa: E402
+from click.testing import CliRunner  # noqa: E402
+from helpers import write_recipe  # noqa: E402
+
+from mergekit_safety.cli import main  # noqa: E402
+from mergekit_safety.errors import ConfigError  # noqa: E402
+from mergekit_safety.plot import pareto_front  # noqa: E402
+from mergekit_safety.sweep import (  # noqa: E402
+    SweepPoint,
+    parse_assignment,
+    parse_values,
+    passes,
+    plan_sweep,
+    run_sweep,
+    select,
+    write_reports,
+)
+
+# --- value ranges -------------------------------------------------------------------------------
+
+
+def test_range_includes_stop_and_keeps_typed_decimals():
+    values = parse_values("0.1:0.9:0.1")
+    assert len(values) == 9
+    assert values[0] == 0.1 and values[2] == 0.3 and values[-1] == 0.9  # no 0.30000000000000004
+
+
+def test_range_stops_before_an_unreached_stop():
+    assert parse_values("0.2:0.5:0.2") == [0.2, 0.4]
+    assert parse_values("0.5:0.5:0.1") == [0.5]
+
+
+def test_comma_list_keeps_order():
+    assert parse_values("0.7, 0.3,0.5") == [0.7, 0.3, 0.5]
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("0.1:0.9:0", "step must be positive"),
+        ("0.1:0.9:-0.1", "step must be positive"),
+        ("0.9:0.1:0.1", "START <= STOP"),
+        ("0.1:0.9", "START:STOP:STEP"),
+        ("0:1:0.0001", "at most"),
+        ("0.5,1.5", "[0, 1]"),
+        ("-0.1:0.5:0.1", "[0, 1]"),
+        ("0.3,0.3", "repeated"),
+        ("0.3,abc", "not a number"),
+        ("nan", "finite"),
+        ("0.3,", "not a number"),
+    ],
+)
+def test_bad_values_are_rejected(spec, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        parse_values(spec)
+
+
+def test_assignment():
+    assert parse_assignment("threshold=0.2,0.3") == ("threshold", [0.2, 0.3])
+    with pytest.raises(ValueError, match="cannot sweep 'density'"):
+        parse_assignment("density=0.5")
+    with pytest.raises(ValueError, match="NAME=VALUES"):
+        parse_assignment("weight")
+
+
+# --- selection ----------------------------------------------------------------------------------
+
+
+def point(value, refusal=0.9, over=0.1, accuracy=0.5):
+    return SweepPoint(
+        value,
+        {"refusal_rate": refusal, "over_refusal_rate": over, "task_accuracy": accuracy},
+    )
+
+
+def test_select_best_accuracy_among_passing():
+    points = [
+        point(0.3, 0.95, accuracy=0.4),
+        point(0.6, 0.85, accuracy=0.6),
+        point(0.9, 0.5, 0.1, 0.9),
+    ]
+    chosen = select(points, 0.8, None, "weight")
+    assert chosen is points[1]  # 0.9 has better accuracy but fails the refusal gate
+
+
+def test_select_over_refusal_gate():
+    points = [point(0.3, over=0.5, accuracy=0.9), point(0.6, over=0.2, accuracy=0.4)]
+    assert select(points, None, 0.3, "weight") is points[1]
+    assert select(points, None, 0.5, "weight") is points[0]  # the bound is inclusive
+
+
+def test_select_gate_bounds_are_inclusive():
+    assert passes({"refusal_rate": 0.8, "over_refusal_rate": 0.2}, 0.8, 0.2)
+    assert not passes({"refusal_rate": 0.79, "over_refusal_rate": 0.2}, 0.8, 0.2)
+
+
+def test_ties_go_to_the_finetuned_side():
+    weights = [point(0.3), point(0.7), point(0.5)]
+    assert select(weights, 0.5, None, "weight").value == 0.7
+    thresholds = [point(0.3), point(0.1), point(0.5)]
+    assert select(thresholds, 0.5, None, "threshold").value == 0.1
+
+
+def test_missing_gate_metric_fails_the_gate():
+    points = [point(0.3, refusal=None, accuracy=0.9), point(0.6, refusal=math.nan, accuracy=0.8)]
+    points.append(point(0.9, accuracy=0.1))
+    assert select(points, 0.5, None, "weight") is points[2]
+    no_over = SweepPoint(0.2, {"refusal_rate": 1.0, "task_accuracy": 1.0})
+    assert select([no_over], None, 0.5, "weight") is None
+    assert select([no_over], 0.5, None, "weight") is no_over  # over-refusal not gated
+
+
+def test_missing_accuracy_ranks_last_but_can_be_chosen():
+    points = [point(0.9, accuracy=None), point(0.3, accuracy=0.0)]
+    assert select(points, 0.5, None, "weight") is points[1]
+    assert select(points[:1], 0.5, None, "weight") is points[0]
+    ties = [point(0.9, accuracy=None), point(0.3, accuracy=None)]
+    assert select(ties, 0.5, None, "weight").value == 0.9
+
+
+def test_nothing_passes():
+    assert select([point(0.3, 0.2), point(0.6, 0.1)], 0.5, None, "weight") is None
+    assert select([], 0.5, None, "weight") is None
+
+
+def test_no_gate_means_best_accuracy():
+    points = [point(0.3, 0.0, 1.0, 0.2), point(0.6, 0.0, 1.0, 0.7)]
+    assert select(points, None, None, "weight") is points[1]
+
+
+def test_pareto_front():
+    xy = [(0.2, 0.9), (0.5, 0.7), (0.4, 0.6), (0.8, 0.2), (0.5, 0.7)]
+    # (0.4, 0.6) is beaten by (0.5, 0.7); equal points do not dominate each other
+    assert pareto_front(xy) == [0, 1, 3, 4]
+
+
+# --- planning -----------------------------------------------------------------------------------
+
+
+def recipe_dict(family, method="safe_linear", **extra):
+    models = [
+        {"model": str(family["finetuned"])},
+        {"model": str(family["unaligned"]), "parameters": {"role": "unaligned"}},
+    ]
+    if method == "safemerge":
+        models.append({"model": str(family["safe"]), "parameters": {"role": "safe"}})
+    return {
+        "merge_method": method,
+        "base_model": str(family["aligned"]),
+        "models": models,
+        "parameters": {"threshold": 0.35},
+        "dtype": "float32",
+        **extra,
+    }
+
+
+def test_plan_sets_weight_on_finetuned_models_only(family, tmp_path):
+    recipe = write_recipe(tmp_path / "r.yaml", recipe_dict(family, "safemerge"))
+    plan = plan_sweep(recipe, "weight", [0.5])
+    assert plan.aligned == str(family["aligned"])
+    assert plan.finetuned == (str(family["finetuned"]),)
+    models = plan.recipe_with(0.5)["models"]
+    assert models[0]["parameters"] == {"weight": 0.5}
+    assert "weight" not in models[1]["parameters"] and "weight" not in models[2]["parameters"]
+    assert "weight" not in plan.recipe["models"][0].get("parameters", {})  # a copy
+
+
+def test_plan_sets_threshold_globally(family, tmp_path):
+    recipe = write_recipe(tmp_path / "r.yaml", recipe_dict(family, "safe_lora"))
+    plan = plan_sweep(recipe, "threshold", [0.2])
+    changed = plan.recipe_with(0.2)
+    assert changed["parameters"]["threshold"] == 0.2
+    assert changed["models"] == plan.recipe["models"]
+
+
+@pytest.mark.parametrize(
+    "change, parameter, message",
+    [
+        ({"merge_method": "no_such_method"}, "weight", "unknown merge method"),
+        ({"merge_method": "safe_lora"}, "weight", "safe_lora has no per-model parameter 'weight'"),
+        ({"models": "unaligned-only"}, "weight", "no fine-tuned model"),
+        ({"models": "no-unaligned"}, "threshold", "only acts with an `unaligned` input"),
+        ({"models": "threshold-on-model"}, "threshold", "sweep sets the global one"),
+        ({"base_model": None}, "weight", "needs base_model"),
+    ],
+)
+def test_plan_rejects_bad_recipes(family, tmp_path, change, parameter, message):
+    data = recipe_dict(family)
+    finetuned, unaligned = data["models"]
+    models = {
+        "unaligned-only": [unaligned],
+        "no-unaligned": [finetuned],
+        "threshold-on-model": [{"model": finetuned["model"], "parameters": {"threshold": 0.2}}],
+    }
+    for key, value in change.items():
+        data[key] = models.get(value, value) if key == "models" else value
+    if data["base_model"] is None:
+        del data["base_model"]
+    if change.get("models") == "threshold-on-model":
+        data["models"].append(unaligned)
+    recipe = write_recipe(tmp_path / "r.yaml", data)
+    with pytest.raises(ConfigError, match=message):
+        plan_sweep(recipe, parameter, [0.5])
+
+
+def test_plan_rejects_missing_and_unparsable_recipes(tmp_path):
+    with pytest.raises(ConfigError, match="recipe not found"):
+        plan_sweep(tmp_path / "nope.yaml", "weight", [0.5])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("merge_method: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        plan_sweep(bad, "weight", [0.5])
+
+
+# --- the run ------------------------------------------------------------------------------------
+
+
+class FakeEvaluator:
+    """Scores keyed on the model: references fixed, merges from the weight in their recipe."""
+
+    def __init__(self, raise_at: int | None = None, error: type[BaseException] = RuntimeError):
+        self.calls: list[str] = []
+        self.raise_at = raise_at
+        self.error = error
+
+    def __call__(self, path: str) -> dict:
+        self.calls.append(path)
+        if self.raise_at is not None and len(self.calls) == self.raise_at:
+            raise self.error("evaluator failed on purpose")
+        config = Path(path) / "mergekit_config.yml"
+        if config.is_file():  # a merge: more weight, more accuracy, fewer refusals
+            weight = yaml.safe_load(config.read_text())["models"][0]["parameters"]["weight"]
+            return {
+                "model": path,
+                "refusal_rate": 1 - weight,
+                "over_refusal_rate": 0.1,
+                "task_accuracy": weight,
+                "asr": weight,
+                "n_harmful": 4,
+                "n_benign": 4,
+                "n_task": 4,
+            }
+        aligned = path.endswith("aligned") and not path.endswith("unaligned")
+        return {
+            "model": path,
+            "refusal_rate": 1.0 if aligned else 0.0,
+            "over_refusal_rate": 0.1,
+            "task_accuracy": 0.2 if aligned else 1.0,
+            "asr": 0.0 if aligned else 1.0,
+            "n_harmful": 4,
+            "n_benign": 4,
+            "n_task": 4,
+        }
+
+
+def merge_options():
+    from mergekit.options import MergeOptions
+
+    return MergeOptions(quiet=True)
+
+
+def test_run_keeps_the_choice_and_nothing_else(family, tmp_path):
+    recipe = write_recipe(tmp_path / "r.yaml", recipe_dict(family))
+    work, out = tmp_path / "work", tmp_path / "chosen"
+    work.mkdir()
+    evaluator = FakeEvaluator()
+    plan = plan_sweep(recipe, "weight", [0.2, 0.5, 0.8])
+    result = run_sweep(
+        plan,
+        evaluator,
+        merge_options=merge_options(),
+        min_refusal=0.4,
+        out=out,
+        work_dir=work,
+        progress=False,
+    )
+    assert result.chosen is not None and result.chosen.value == 0.5
+    assert evaluator.calls.count(str(family["aligned"])) == 1
+    assert evaluator.calls.count(str(family["finetuned"])) == 1
+    assert len(evaluator.calls) == 2 + 3
+    assert list(work.iterdir()) == []
+    assert yaml.safe_load((out / "mergekit_config.yml").read_text())["models"][0]["parameters"] == {
+        "weight": 0.5
+    }
+    assert (out / "model.safetensors").is_file()
+    paths = write_reports(result, out, {"judge": None})
+    record = json.loads(paths["json"].read_text())
+    assert record["chosen"]["value"] == 0.5
+    assert [p["passes"] for p in record["points"]] == [True, True, False]
+    assert [p["chosen"] for p in record["points"]] == [False, True, False]
+    assert paths["png"].stat().st_size > 0
+    assert "weight=0.5" in paths["md"].read_text()
+
+
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+@pytest.mark.parametrize("raise_at", [1, 4])  # on the aligned model; on the second merge
+def test_interrupted_run_leaves_no_temporary_models(family, tmp_path, error, raise_at):
+    recipe = write_recipe(tmp_path / "r.yaml", recipe_dict(family))
+    work, out = tmp_path / "work", tmp_path / "chosen"
+    work.mkdir()
+    plan = plan_sweep(recipe, "weight", [0.2, 0.5, 0.8])
+    evaluator = FakeEvaluator(raise_at=raise_at, error=error)
+    with pytest.raises(error, match="on purpose"):
+        run_sweep(
+            plan,
+            evaluator,
+            merge_options=merge_options(),
+            min_refusal=0.0,
+            out=out,
+            work_dir=work,
+            progress=False,
+        )
+    assert len(evaluator.calls) == raise_at
+    assert list(work.iterdir()) == []
+    assert not out.exists()
+
+
+# --- the command --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fake_cli_evaluator(monkeypatch):
+    """Swap the real evaluator for a fake one in the CLI; return the fake."""
+    from mergekit_safety.cli import sweep as cli_sweep
+
+    evaluator = FakeEvaluator()
+    monkeypatch.setattr(cli_sweep, "make_evaluator", lambda **_kwargs: evaluator)
+    return evaluator
+
+
+def test_cli_nothing_passes_exits_3_and_writes_no_model(family, tmp_path, fake_cli_evaluator):
+    recipe = write_recipe(tmp_path / "r.yaml", recipe_dict(family))
+    work, out = tmp_path / "work", tmp_path / "chosen"
+    work.mkdir()
+    args = [
+        "sweep",
+        str(recipe),
+        "--set",
+        "weight=0.6,0.8",
+        "--min-refusal",
+        "0.9",
+        "--out",
+        str(out),
+        "--work-dir",
+        str(work),
+        "--quiet",
+    ]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 3, result.output
+    assert "No value passes the gate" in result.output
+    assert "| weight=0.6 | merged" in result.output  # the table is printed
+    assert not (out / "model.safetensors").exists() and not (out / "config.json").exists()
+    record = json.loads((out / "sweep.json").read_text())
+    assert record["chosen"] is None and len(record["points"]) == 2
+    assert list(work.iterdir()) == []
+
+
+def test_cli_writes_model_reports_and_card(family, tmp_path, fake_cli_evaluator):
+    recipe = write_recipe(tmp_path / "r.yaml", recipe_dict(family))
+    work, out = tmp_path / "work", tmp_path / "chosen"
+    work.mkdir()
+    args = [
+        "sweep",
+        str(recipe),
+        "--set",
+        "weight=0.2:0.8:0.3",
+        "--min-refusal",
+        "0.4",
+        "--out",
+        str(out),
+        "--work-dir",
+        str(work),
+        "--quiet",
+    ]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "Chosen weight=0.5" in result.output
+    for name in ("sweep.json", "sweep.csv", "sweep.md", "sweep.png", "README.md"):
+        assert (out / name).is_file(), name
+    assert (out / "README.md").read_text().count("## Safety evaluation") == 1
+    assert list(work.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--set", "weight=0.9:0.1:0.1"], "START <= STOP"),
+        (["--set", "lambda=0.5"], "cannot sweep 'lambda'"),
+        (["--set", "weight=0.5", "--min-refusal", "1.01"], "0<=x<=1"),
+        (["--set", "weight=0.5", "--out", "OUT"], "needs a safety gate"),
+    ],
+)
+def test_cli_rejects_bad_options_before_any_work(
+    family, tmp_path, fake_cli_evaluator, extra, message
+):
+    recipe = write_recipe(tmp_path / "r.yaml", recipe_dict(family))
+    extra = [str(tmp_path / "out") if arg == "OUT" else arg for arg in extra]
+    result = CliRunner().invoke(main, ["sweep", str(recipe), *extra])
+    assert result.exit_code == 2
+    assert message in result.output
+    assert fake_cli_evaluator.calls == []
+
+
+def test_cli_bad_recipe_is_one_line(tmp_path, fake_cli_evaluator):
+    result = CliRunner().invoke(main, ["sweep", str(tmp_path / "nope.yaml"), "--set", "weight=0.5"])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        f"Error: recipe not found: {tmp_path / 'nope.yaml'}"
+    ]
+
+
+def test_cli_refuses_a_non_empty_out(family, tmp_path, fake_cli_evaluator):
+    recipe = write_recipe(tmp_path / "r.yaml", recipe_dict(family))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    args = ["sweep", str(recipe), "--set", "weight=0.5", "--min-refusal", "0", "--out", str(out)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and "not empty" in result.output
+
+
+# --- end to end, with the real evaluator ----------------------------------------------------------
+
+
+def test_sweep_end_to_end(family, tmp_path):
+    evaluation = pytest.importorskip("mergekit_safety.evaluation")
+    if not hasattr(evaluation, "evaluate"):
+        pytest.skip("the evaluation API is not in the tree yet")
+    from transformers import AutoModelForCausalLM
+
+    recipe = write_recipe(tmp_path / "r.yaml", recipe_dict(family))
+    work, out = tmp_path / "work", tmp_path / "chosen"
+    work.mkdir()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TMPDIR": str(work)}
+    command = [
+        sys.executable,
+        "-m",
+        "mergekit_safety",
+        "sweep",
+        str(recipe),
+        "--set",
+        "weight=0.3,0.9",
+        "--min-refusal",
+        "0",
+        "--out",
+        str(out),
+        "--work-dir",
+        str(work),
+        "--limit",
+        "2",
+        "--max-new-tokens",
+        "4",
+        "--batch-size",
+        "4",
+        "--quiet",
+    ]
+    run = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+
+    record = json.loads((out / "sweep.json").read_text())
+    assert record["parameter"] == "weight" and record["values"] == [0.3, 0.9]
+    assert record["gate"]["min_refusal"] == 0
+    assert set(record["prompt_sets"]) >= {"harmful", "benign", "task"}
+    assert "judge" in record
+    assert [p["value"] for p in record["points"]] == [0.3, 0.9]
+    assert record["references"]["aligned"]["model"] == str(family["aligned"])
+    chosen = record["chosen"]
+    assert chosen["value"] in (0.3, 0.9)
+    assert chosen["refusal_rate"] >= 0
+    assert sum(p["chosen"] for p in record["points"]) == 1
+    passing = [p for p in record["points"] if p["passes"]]
+    best = max((p["task_accuracy"] or -1) for p in passing)
+    assert (chosen["task_accuracy"] or -1) == best
+    assert (out / "sweep.png").stat().st_size > 1000
+    assert (out / "sweep.csv").read_text().count("\n") == 1 + 2 + 2
+    assert (
+        yaml.safe_load((out / "mergekit_config.yml").read_text())["models"][0]["parameters"][
+            "weight"
+        ]
+        == chosen["value"]
+    )
+    AutoModelForCausalLM.from_pretrained(out)
+    readme = (out / "README.md").read_text()
+    assert readme.count("## Safety evaluation") == 1
+    meta = yaml.safe_load(readme.split("---\n")[1])
+    assert "safe_linear" in meta["tags"] and str(family["finetuned"]) in meta["base_model"]
+    assert list(work.iterdir()) == []
