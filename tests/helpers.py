@@ -24,7 +24,7 @@ CHAT_TEMPLATE = (
 
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
     """A word-level tokenizer with a chat template and a pad token."""
-    vocab = {token: i for i, token in enumerate(SPECIAL + WORDS)}
+    vocab = {token: i for i, token in enumerate(dict.fromkeys(SPECIAL + WORDS))}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.Whitespace()
     core.add_special_tokens(SPECIAL)
