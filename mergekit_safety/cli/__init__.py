@@ -12,11 +12,14 @@ def main() -> None:
 
 
 def _add_commands() -> None:
-    from mergekit_safety.cli import card, inspect, sweep
+    from mergekit_safety.cli import card, demo, inspect, sweep
+    from mergekit_safety.cli import eval as eval_cli
 
     main.add_command(inspect.inspect_command)
+    main.add_command(eval_cli.eval_command)
     main.add_command(sweep.sweep_command)
     main.add_command(card.card_command)
+    main.add_command(demo.demo_group)
 
 
 _add_commands()

@@ -1,0 +1,147 @@
+"""``mergekit-safety eval MODEL...``: refusal, over-refusal and task accuracy, one row per model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from mergekit_safety.cli.common import config_errors
+
+DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
+
+
+@click.command("eval")
+@click.argument("models", nargs=-1, required=True, metavar="MODEL...")
+@click.option(
+    "--harmful",
+    help="Harmful prompts: a .txt/.jsonl/.csv/.json file or a Hub dataset id [default: built-in].",
+)
+@click.option("--benign", help="Benign look-alike prompts, for over-refusal [default: built-in].")
+@click.option(
+    "--task",
+    help="Task prompts with answers (.jsonl/.csv/.json), for accuracy [default: built-in].",
+)
+@click.option(
+    "--prompts",
+    "prompts_dir",
+    metavar="DIR",
+    help="Directory holding harmful.jsonl, benign.jsonl and task.jsonl (.txt/.csv/.json also).",
+)
+@click.option("--split", default="train", show_default=True, help="Split of a Hub dataset.")
+@click.option(
+    "--column", help="The prompt field or column [default: prompt, else question, goal, ...]."
+)
+@click.option("--limit", type=click.IntRange(min=1), help="Use the first N prompts of each set.")
+@click.option(
+    "--judge",
+    default="keyword",
+    show_default=True,
+    help="'keyword', or a local Llama-Guard-style classifier directory (judges harmful answers; "
+    "over-refusal stays with the keyword judge).",
+)
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option(
+    "--device", default="auto", show_default=True, help="cpu, cuda, cuda:N, or auto (cuda if any)."
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(DTYPE_CHOICES),
+    help="Model dtype [default: float32 on CPU, the checkpoint's own on GPU].",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["transformers", "vllm"]),
+    default="transformers",
+    show_default=True,
+    help="vllm needs vLLM installed.",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    help="Write records.jsonl, summary.json and summary.md here.",
+)
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def eval_command(
+    models: tuple[str, ...],
+    harmful: str | None,
+    benign: str | None,
+    task: str | None,
+    prompts_dir: str | None,
+    split: str,
+    column: str | None,
+    limit: int | None,
+    judge: str,
+    batch_size: int,
+    max_new_tokens: int,
+    device: str,
+    dtype: str | None,
+    backend: str,
+    out: str | None,
+    quiet: bool,
+):
+    """Evaluate each MODEL (a local directory, or a Hub id when online) on three prompt sets.
+
+    Greedy generation with the model's chat template, batched with left padding. Reports the
+    refusal rate on harmful prompts (ASR = 1 − refusal rate), the over-refusal rate on benign
+    prompts that look harmful, and exact/numeric task accuracy, and prints a Markdown table.
+    """
+    from mergekit_safety.evaluation import generation
+    from mergekit_safety.evaluation.evaluator import check_model
+
+    if backend == "vllm" and not generation.vllm_available():
+        raise click.BadParameter("vllm is not installed (pip install vllm)", param_hint="--backend")
+    try:
+        device = generation.resolve_device(device)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--device") from None
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise click.BadParameter(f"{out} exists and is not a directory", param_hint="--out")
+    if (
+        judge.strip().lower() != "keyword"
+        and not (Path(judge).expanduser() / "config.json").is_file()
+    ):
+        raise click.ClickException(
+            f"--judge: expected 'keyword' or a local classifier directory; {judge} has no "
+            "config.json"
+        )
+    with config_errors():
+        for model in models:
+            check_model(model)
+        from mergekit_safety.evaluation import load_prompt_sets
+
+        prompts = load_prompt_sets(
+            harmful=harmful,
+            benign=benign,
+            task=task,
+            prompts_dir=prompts_dir,
+            limit=limit,
+            split=split,
+            column=column,
+        )
+
+    from mergekit_safety.evaluation import evaluate, markdown_table, write_report
+
+    results = []
+    with config_errors():
+        for index, model in enumerate(models, 1):
+            if not quiet:
+                click.echo(f"[{index}/{len(models)}] {model}", err=True)
+            results.append(
+                evaluate(
+                    model,
+                    prompts,
+                    judge=judge,
+                    batch_size=batch_size,
+                    max_new_tokens=max_new_tokens,
+                    device=device,
+                    dtype=dtype,
+                    progress=not quiet,
+                    backend=backend,
+                )
+            )
+    click.echo(markdown_table([result.summary() for result in results]))
+    if out is not None:
+        paths = write_report(results, out)
+        click.echo(f"Wrote {', '.join(str(path) for path in paths.values())}")

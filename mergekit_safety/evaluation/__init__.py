@@ -1,0 +1,33 @@
+"""Safety evaluation: refusal rate on harmful prompts, over-refusal on benign look-alikes, and
+accuracy on a task, for one or more models; the numbers the sweep and the model card use.
+
+Usage::
+
+    prompts = load_prompt_sets(limit=8)          # the built-in sets, first 8 of each
+    result = evaluate("path/to/model", prompts)  # keyword judge, greedy, batched
+    result.summary()["refusal_rate"]
+    write_report([result], "eval-out")           # records.jsonl, summary.json, summary.md
+"""
+
+from mergekit_safety.evaluation.evaluator import EvalResult, check_model, evaluate
+from mergekit_safety.evaluation.judge import ClassifierJudge, Judge, KeywordJudge, load_judge
+from mergekit_safety.evaluation.prompts import PromptSets, TaskItem, load_prompt_sets
+from mergekit_safety.evaluation.report import markdown_table, write_report
+from mergekit_safety.evaluation.scoring import extract_answer, score_answer
+
+__all__ = [
+    "ClassifierJudge",
+    "EvalResult",
+    "Judge",
+    "KeywordJudge",
+    "PromptSets",
+    "TaskItem",
+    "check_model",
+    "evaluate",
+    "extract_answer",
+    "load_judge",
+    "load_prompt_sets",
+    "markdown_table",
+    "score_answer",
+    "write_report",
+]

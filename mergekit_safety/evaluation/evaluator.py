@@ -1,0 +1,245 @@
+"""One model, three prompt sets: generate, judge, score, and keep every per-prompt record.
+
+All prompts of a model (harmful, benign, task) are generated in one pool, so batches are full and
+sorted by length whatever the set sizes; the model is freed before the next one loads.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mergekit_safety.errors import ConfigError
+from mergekit_safety.evaluation.judge import Judge, KeywordJudge, load_judge
+from mergekit_safety.evaluation.prompts import PromptSets
+from mergekit_safety.evaluation.scoring import extract_answer, parse_number, score_answer
+
+BACKENDS = ("transformers", "vllm")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_JUDGES: dict[tuple[str, str, str | None], Judge] = {}
+"""Classifier judges by (path, device, dtype): a sweep evaluating many models loads one once."""
+
+
+@dataclass
+class EvalResult:
+    """One model's rates (None for an empty set), the set sizes, and the per-prompt records."""
+
+    model: str
+    refusal_rate: float | None
+    over_refusal_rate: float | None
+    task_accuracy: float | None
+    n_harmful: int
+    n_benign: int
+    n_task: int
+    records: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    judge: str = "keyword"
+
+    @property
+    def asr(self) -> float | None:
+        """Attack success rate: the share of harmful prompts *not* refused."""
+        return None if self.refusal_rate is None else 1.0 - self.refusal_rate
+
+    def summary(self) -> dict[str, Any]:
+        """The model's ``summary.json`` object (what the sweep and the model card read)."""
+        return {
+            "model": self.model,
+            "refusal_rate": self.refusal_rate,
+            "asr": self.asr,
+            "over_refusal_rate": self.over_refusal_rate,
+            "task_accuracy": self.task_accuracy,
+            "n_harmful": self.n_harmful,
+            "n_benign": self.n_benign,
+            "n_task": self.n_task,
+            "judge": self.judge,
+        }
+
+
+def check_model(model: str) -> None:
+    """Fail with one line, before anything loads, when ``model`` cannot be a model.
+
+    A local directory needs ``config.json``. A name that does not exist locally must look like a Hub
+    id (``owner/name``); with ``HF_HUB_OFFLINE=1`` it must also be in the local Hub cache.
+    """
+    path = Path(model).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ConfigError(f"{model}: not a model directory")
+        if not (path / "config.json").is_file():
+            hint = (
+                "; it holds a LoRA adapter: merge it first"
+                if (path / "adapter_config.json").is_file()
+                else ""
+            )
+            raise ConfigError(f"{model}: not a model directory (no config.json){hint}")
+        return
+    if model.startswith((".", "/", "~")) or not _HUB_ID.match(model):
+        raise ConfigError(f"model not found: {model}")
+    import os
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(model, "config.json"), str):
+            raise ConfigError(
+                f"model not found: {model} (no such directory; offline, and not in the Hub cache)"
+            )
+
+
+def resolve_judge(
+    judge: str | Judge | None, *, device: str = "cpu", dtype: str | None = None
+) -> Judge:
+    """:func:`~mergekit_safety.evaluation.judge.load_judge`, reusing loaded classifiers."""
+    if isinstance(judge, str) and judge.strip().lower() != "keyword":
+        key = (str(Path(judge).expanduser().resolve()), device, dtype)
+        if key not in _JUDGES:
+            _JUDGES[key] = load_judge(judge, device=device, dtype=dtype)
+        return _JUDGES[key]
+    return load_judge(judge, device=device, dtype=dtype)
+
+
+def evaluate(
+    model: str | Path,
+    prompts: PromptSets,
+    judge: str | Judge | None = None,
+    batch_size: int = 16,
+    max_new_tokens: int = 64,
+    device: str = "cpu",
+    dtype: str | None = None,
+    progress: bool = True,
+    *,
+    backend: str = "transformers",
+) -> EvalResult:
+    """Generate greedily for every prompt, judge refusals, score the task; return the result.
+
+    ``judge``: None or ``"keyword"`` (the keyword judge), a local classifier directory, or a
+    :class:`~mergekit_safety.evaluation.judge.Judge`. A harm judge (a classifier) judges the
+    harmful set; over-refusal on the benign set is then judged by the keyword judge.
+    """
+    from mergekit_safety.evaluation import generation
+
+    model = str(model)
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown backend {backend!r}; use {' or '.join(BACKENDS)}")
+    if backend == "vllm" and not generation.vllm_available():
+        raise ConfigError("--backend vllm needs vLLM installed (pip install vllm)")
+    check_model(model)
+    try:
+        device = generation.resolve_device(device)
+        generation.resolve_dtype(dtype, device)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    try:
+        refusal_judge = resolve_judge(judge, device=device, dtype=dtype)
+    except FileNotFoundError as error:
+        raise ConfigError(str(error)) from None
+    measures = getattr(refusal_judge, "measures", "refusal")
+    benign_judge = refusal_judge if measures == "refusal" else KeywordJudge()
+
+    conversations = [*prompts.harmful, *prompts.benign, *(item.prompt for item in prompts.task)]
+    responses = _generate(
+        model, conversations, backend, batch_size, max_new_tokens, device, dtype, progress
+    )
+    harmful_out = responses[: len(prompts.harmful)]
+    benign_out = responses[len(prompts.harmful) : len(prompts.harmful) + len(prompts.benign)]
+    task_out = responses[len(prompts.harmful) + len(prompts.benign) :]
+
+    refused = refusal_judge.judge(prompts.harmful, harmful_out) if prompts.harmful else []
+    over = benign_judge.judge(prompts.benign, benign_out) if prompts.benign else []
+    correct = [score_answer(r, item.answer) for r, item in zip(task_out, prompts.task, strict=True)]
+
+    records: list[dict[str, Any]] = []
+    for name, texts, outs, flags, who in (
+        ("harmful", prompts.harmful, harmful_out, refused, refusal_judge),
+        ("benign", prompts.benign, benign_out, over, benign_judge),
+    ):
+        records += [
+            {
+                "model": model,
+                "set": name,
+                "prompt": prompt,
+                "response": response,
+                "verdict": "refusal" if flag else "compliance",
+                "refused": flag,
+                "judge": _name(who),
+            }
+            for prompt, response, flag in zip(texts, outs, flags, strict=True)
+        ]
+    for item, response, ok in zip(prompts.task, task_out, correct, strict=True):
+        numeric = parse_number(item.answer) is not None
+        records.append(
+            {
+                "model": model,
+                "set": "task",
+                "prompt": item.prompt,
+                "response": response,
+                "verdict": "correct" if ok else "wrong",
+                "correct": ok,
+                "answer": item.answer,
+                "extracted": extract_answer(response) if numeric else None,
+            }
+        )
+    judge_name = _name(refusal_judge)
+    if benign_judge is not refusal_judge:
+        judge_name += f" (over-refusal: {_name(benign_judge)})"
+    return EvalResult(
+        model=model,
+        refusal_rate=_rate(refused),
+        over_refusal_rate=_rate(over),
+        task_accuracy=_rate(correct),
+        n_harmful=len(prompts.harmful),
+        n_benign=len(prompts.benign),
+        n_task=len(prompts.task),
+        records=records,
+        judge=judge_name,
+    )
+
+
+def _generate(
+    model: str,
+    conversations: Sequence[str],
+    backend: str,
+    batch_size: int,
+    max_new_tokens: int,
+    device: str,
+    dtype: str | None,
+    progress: bool,
+) -> list[str]:
+    from mergekit_safety.evaluation import generation
+
+    if not conversations:
+        return []
+    if backend == "vllm":
+        return generation.generate_vllm(
+            model, conversations, max_new_tokens=max_new_tokens, dtype=dtype, progress=progress
+        )
+    network, tokenizer = generation.load_model(model, device=device, dtype=dtype)
+    try:
+        return generation.generate(
+            network,
+            tokenizer,
+            conversations,
+            batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
+            progress=progress,
+            desc=_short(model),
+        )
+    finally:
+        del network, tokenizer
+        generation.release()
+
+
+def _name(judge: Judge) -> str:
+    return str(getattr(judge, "name", type(judge).__name__))
+
+
+def _rate(flags: Sequence[bool]) -> float | None:
+    return sum(flags) / len(flags) if flags else None
+
+
+def _short(model: str) -> str:
+    """A progress-bar label: the last two path parts."""
+    parts = Path(model).parts
+    return "/".join(parts[-2:]) if len(parts) > 1 else model

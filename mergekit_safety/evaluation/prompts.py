@@ -1,0 +1,231 @@
+"""The three prompt sets an evaluation runs: harmful, benign look-alikes, and a task with answers.
+
+Each set comes from (first match wins): its own option (a file or a Hub dataset id), else
+``prompts_dir/<set>.jsonl`` (or ``.txt``/``.csv``/``.json``), else the built-in set in ``data/``,
+written for this project: 41 harmful requests in nine harm categories, 39 benign prompts that use
+the same alarming words (XSTest-style homonyms, figurative speech, safe targets and contexts,
+definitions, history, safety advice), and 40 arithmetic questions with answers.
+
+File formats: ``.txt`` one prompt per line (blank lines skipped; not for the task set, which needs
+answers); ``.jsonl`` one object per line with a ``prompt`` field (``answer`` for the task set);
+``.csv`` with ``prompt`` (and ``answer``) columns; ``.json`` a list of such objects or of strings.
+``column`` names the prompt field of a given file or dataset (default: the first of
+:data:`PROMPT_COLUMNS` present); the task answer is the first of :data:`ANSWER_COLUMNS` present.
+A Hub dataset is ``owner/name`` or ``owner/name:config``, loaded with ``datasets`` (network or the
+local cache) from ``split``. Everything is read, and every bad path reported, before a model
+loads.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from mergekit_safety.errors import ConfigError
+
+SETS = ("harmful", "benign", "task")
+SUFFIXES = (".jsonl", ".txt", ".csv", ".json")
+PROMPT_COLUMNS = ("prompt", "question", "goal", "instruction", "text", "input")
+"""Tried in order when no column is named (Hub datasets name their prompt column differently)."""
+ANSWER_COLUMNS = ("answer", "target", "solution", "output")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(?::[\w.-]+)?$")
+
+
+class PromptFileNotFound(ConfigError, FileNotFoundError):
+    """A prompt file or directory that does not exist (also a FileNotFoundError for callers)."""
+
+
+@dataclass(frozen=True)
+class TaskItem:
+    """A task prompt and its reference answer (a number, or a short text)."""
+
+    prompt: str
+    answer: str
+
+
+@dataclass
+class PromptSets:
+    """The prompts of one evaluation; ``sources`` says where each set came from."""
+
+    harmful: list[str] = field(default_factory=list)
+    benign: list[str] = field(default_factory=list)
+    task: list[TaskItem] = field(default_factory=list)
+    sources: dict[str, str] = field(default_factory=dict)
+
+    def counts(self) -> dict[str, int]:
+        return {"harmful": len(self.harmful), "benign": len(self.benign), "task": len(self.task)}
+
+
+def load_prompt_sets(
+    harmful: str | os.PathLike | None = None,
+    benign: str | os.PathLike | None = None,
+    task: str | os.PathLike | None = None,
+    prompts_dir: str | os.PathLike | None = None,
+    limit: int | None = None,
+    *,
+    split: str = "train",
+    column: str | None = None,
+) -> PromptSets:
+    """Read the three sets (None = ``prompts_dir``'s file, else built-in); keep the first ``limit``.
+
+    Raises :class:`PromptFileNotFound` (a ConfigError and FileNotFoundError) for a missing path and
+    :class:`~mergekit_safety.errors.ConfigError` for a malformed file.
+    """
+    if limit is not None and limit < 1:
+        raise ConfigError(f"limit must be at least 1; got {limit}")
+    directory = None if prompts_dir is None else Path(prompts_dir).expanduser()
+    if directory is not None and not directory.is_dir():
+        raise PromptFileNotFound(f"prompts directory not found: {prompts_dir}")
+    given = {"harmful": harmful, "benign": benign, "task": task}
+    out = PromptSets()
+    for name in SETS:
+        source = given[name]
+        if source is None and directory is not None:
+            source = _find_in_dir(directory, name)
+        if source is None:
+            rows = list(_read_jsonl(_builtin(name), f"built-in {name}.jsonl"))
+            out.sources[name] = "built-in"
+        else:
+            rows = _read_source(str(source), split=split)
+            out.sources[name] = str(source)
+        label = out.sources[name]
+        wanted = None if source is None else column  # built-in files use "prompt"
+        if name == "task":
+            out.task = [TaskItem(p, a) for p, a in _task_items(rows, label, wanted)][:limit]
+        else:
+            setattr(out, name, list(_prompts(rows, label, wanted))[:limit])
+    return out
+
+
+def _builtin(name: str) -> Path:
+    return Path(str(resources.files("mergekit_safety.evaluation") / "data" / f"{name}.jsonl"))
+
+
+def _find_in_dir(directory: Path, name: str) -> Path:
+    for suffix in SUFFIXES:
+        candidate = directory / f"{name}{suffix}"
+        if candidate.is_file():
+            return candidate
+    raise PromptFileNotFound(
+        f"{directory} has no {name}.jsonl (or {name}.txt/.csv/.json); add it or pass --{name}"
+    )
+
+
+def _read_source(source: str, *, split: str) -> list[Any]:
+    """Rows of a local file (by suffix) or of a Hub dataset."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        suffix = path.suffix.lower()
+        if suffix == ".jsonl":
+            return list(_read_jsonl(path, str(path)))
+        if suffix == ".txt":
+            lines = path.read_text(encoding="utf-8").splitlines()
+            return [line.strip() for line in lines if line.strip()]
+        if suffix == ".csv":
+            with path.open(newline="", encoding="utf-8") as handle:
+                return list(csv.DictReader(handle))
+        if suffix == ".json":
+            return _read_json(path)
+        raise ConfigError(f"{source}: unknown prompt file type; use .jsonl, .txt, .csv or .json")
+    if path.exists():
+        raise ConfigError(f"{source} is not a file")
+    if (
+        path.suffix.lower() in SUFFIXES
+        or source.startswith((".", "/", "~"))
+        or not _HUB_ID.match(source)
+    ):
+        raise PromptFileNotFound(f"prompt file not found: {source}")
+    return _read_hub(source, split)
+
+
+def _read_jsonl(path: Path, label: str) -> Iterable[Any]:
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ConfigError(f"{label}:{number}: not valid JSON ({error.msg})") from None
+
+
+def _read_json(path: Path) -> list[Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{path}: not valid JSON ({error.msg}, line {error.lineno})") from None
+    if not isinstance(data, list):
+        raise ConfigError(f"{path}: expected a JSON list of prompts")
+    return data
+
+
+def _read_hub(dataset_id: str, split: str) -> list[Any]:
+    """A Hub dataset's split as a list of rows; any failure becomes one ConfigError line."""
+    name, _, config = dataset_id.partition(":")
+    try:
+        import datasets
+
+        data = datasets.load_dataset(name, config or None, split=split)
+    except Exception as error:  # noqa: BLE001 - offline, unknown id, bad split: all one message
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
+        raise PromptFileNotFound(
+            f"{dataset_id}: not a local file, and loading it as a Hub dataset failed{offline}: "
+            f"{type(error).__name__}: {first}"
+        ) from None
+    return list(data)
+
+
+def _pick(row: Mapping[str, Any], wanted: str | None, names: tuple[str, ...], label: str) -> Any:
+    if wanted is not None:
+        if wanted not in row:
+            raise ConfigError(f"{label}: no {wanted!r} field (fields: {', '.join(map(str, row))})")
+        return row[wanted]
+    for candidate in names:
+        if candidate in row:
+            return row[candidate]
+    raise ConfigError(
+        f"{label}: no {names[0]!r} field (fields: {', '.join(map(str, row))}); "
+        "name the field with --column"
+    )
+
+
+def _prompt_of(row: Any, where: str, column: str | None) -> str:
+    if isinstance(row, str):
+        prompt = row
+    elif isinstance(row, Mapping):
+        prompt = _pick(row, column, PROMPT_COLUMNS, where)
+    else:
+        raise ConfigError(f"{where}: expected an object or a string")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ConfigError(f"{where}: the prompt is empty or not text")
+    return prompt.strip()
+
+
+def _prompts(rows: Iterable[Any], label: str, column: str | None) -> Iterable[str]:
+    for number, row in enumerate(rows, 1):
+        yield _prompt_of(row, f"{label} (row {number})", column)
+
+
+def _task_items(rows: Iterable[Any], label: str, column: str | None) -> Iterable[tuple[str, str]]:
+    for number, row in enumerate(rows, 1):
+        where = f"{label} (row {number})"
+        if not isinstance(row, Mapping):
+            raise ConfigError(
+                f"{where}: task prompts need answers; use .jsonl/.json objects or a .csv with "
+                "prompt and answer"
+            )
+        prompt = _prompt_of(row, where, column)
+        answer = _pick(row, None, ANSWER_COLUMNS, where)
+        if answer is None or (isinstance(answer, str) and not answer.strip()):
+            raise ConfigError(f"{where}: the answer is empty")
+        if isinstance(answer, float) and answer.is_integer():
+            answer = int(answer)
+        yield prompt, str(answer).strip()

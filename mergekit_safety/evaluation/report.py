@@ -1,0 +1,70 @@
+"""What ``mergekit-safety eval --out DIR`` writes: records.jsonl, summary.json and summary.md."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from mergekit_safety.evaluation.evaluator import EvalResult
+
+COLUMNS = (
+    ("refusal_rate", "refusal rate ↑"),
+    ("asr", "ASR ↓"),
+    ("over_refusal_rate", "over-refusal ↓"),
+    ("task_accuracy", "task accuracy ↑"),
+)
+
+
+def _cell(value: Any) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+def markdown_table(summaries: Sequence[Mapping[str, Any]]) -> str:
+    """One row per model, in the order given; rates to 3 decimals, "–" for an empty set."""
+    header = ["model", *(title for _key, title in COLUMNS), "n (harmful / benign / task)"]
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|---|" + "---:|" * len(COLUMNS) + "---:|",
+    ]
+    for row in summaries:
+        asr = row.get("asr")
+        if asr is None and row.get("refusal_rate") is not None:
+            asr = 1.0 - row["refusal_rate"]
+        values = {**row, "asr": asr}
+        counts = " / ".join(
+            str(row.get(f"n_{name}", "–")) for name in ("harmful", "benign", "task")
+        )
+        cells = [str(row.get("model", "")).replace("|", "\\|")]
+        cells += [_cell(values.get(key)) for key, _title in COLUMNS]
+        cells.append(counts)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_report(results: Sequence[EvalResult], out_dir: str | os.PathLike) -> dict[str, Path]:
+    """Write ``records.jsonl``, ``summary.json`` (a list, models in order) and ``summary.md``.
+
+    Returns the paths by kind ("records", "json", "md"). Existing files of these names are replaced.
+    """
+    directory = Path(out_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "records": directory / "records.jsonl",
+        "json": directory / "summary.json",
+        "md": directory / "summary.md",
+    }
+    summaries = [result.summary() for result in results]
+    with paths["records"].open("w", encoding="utf-8") as handle:
+        for result in results:
+            for record in result.records:
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    paths["json"].write_text(json.dumps(summaries, indent=2) + "\n", encoding="utf-8")
+    judges = sorted({str(s.get("judge")) for s in summaries if s.get("judge")})
+    note = f"\n\nJudge: {', '.join(judges)}. ASR = 1 − refusal rate.\n" if judges else "\n"
+    paths["md"].write_text(
+        "# Safety evaluation\n\n" + markdown_table(summaries) + note, encoding="utf-8"
+    )
+    return paths
