@@ -14,10 +14,18 @@ REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
 
 
-def python(code: str, *flags: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+def python(
+    code: str, *flags: str, cwd: Path, env: dict | None = None
+) -> subprocess.CompletedProcess:
     """A fresh interpreter outside the repository, so only site-packages can supply the hook."""
-    return subprocess.run([sys.executable, *flags, "-c", code], cwd=cwd, env=env or ENV,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, *flags, "-c", code],
+        cwd=cwd,
+        env=env or ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_startup_imports_neither_torch_nor_mergekit(tmp_path):
@@ -69,8 +77,14 @@ def test_mergekit_pytorch_runs_our_method(tmp_path):
         "  - model: u.safetensors\n    parameters: {role: unaligned}\n"
     )
     command = Path(sys.executable).with_name("mergekit-pytorch")
-    result = subprocess.run([str(command), "r.yml", "out"], cwd=tmp_path, env=ENV,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [str(command), "r.yml", "out"],
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     (merged,) = (tmp_path / "out").glob("*.safetensors")
     # V and Δ are parallel (ρ = 1 ≥ τ): the gate keeps the fine-tuned tensor.
@@ -89,7 +103,11 @@ def test_mergekit_multi_runs_our_method(tmp_path, family):
     command = Path(sys.executable).with_name("mergekit-multi")
     result = subprocess.run(
         [str(command), "multi.yml", "-I", str(tmp_path / "inter"), "--out-path", "final"],
-        cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600,
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "inter" / "first" / "model.safetensors").exists()
@@ -100,9 +118,20 @@ def test_built_wheel_ships_the_pth_hook(tmp_path):
     """A regular (non-editable) wheel carries the .pth line and the hook module at its root."""
     pytest.importorskip("hatchling")
     result = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-         "-w", str(tmp_path), str(REPO)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path),
+            str(REPO),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     (wheel,) = tmp_path.glob("mergekit_safety-*.whl")
@@ -112,8 +141,21 @@ def test_built_wheel_ships_the_pth_hook(tmp_path):
         b"import _mergekit_safety_autoload"
     )
     target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target",
-                    str(target), str(wheel)], check=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "-q",
+            "--target",
+            str(target),
+            str(wheel),
+        ],
+        check=True,
+        timeout=300,
+    )
     code = f"""
 import site, sys
 sys.path = [p for p in sys.path if "mergekit_safety" not in p and p != {str(REPO)!r}]

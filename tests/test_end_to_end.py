@@ -23,8 +23,12 @@ def mergekit_yaml(recipe: Path, out: Path, *args: str, cwd: Path | None = None):
     """Run the unmodified mergekit-yaml entry point in a fresh interpreter."""
     command = [Path(sys.executable).with_name("mergekit-yaml"), recipe, out, *args]
     return subprocess.run(
-        [str(c) for c in command], cwd=cwd or out.parent, env=ENV,
-        capture_output=True, text=True, timeout=600,
+        [str(c) for c in command],
+        cwd=cwd or out.parent,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 
@@ -36,8 +40,12 @@ def recipe_for(method: str, family: dict[str, Path], roles: tuple[str, ...], **p
     models = [{"model": str(family["finetuned"])}]
     for role in roles:
         models.append({"model": str(family[role]), "parameters": {"role": role}})
-    recipe = {"merge_method": method, "base_model": str(family["aligned"]), "models": models,
-              "dtype": "float32"}
+    recipe = {
+        "merge_method": method,
+        "base_model": str(family["aligned"]),
+        "models": models,
+        "dtype": "float32",
+    }
     if parameters:
         recipe["parameters"] = parameters
     return recipe
@@ -72,7 +80,9 @@ CASES = [
 def test_mergekit_yaml_runs_each_method(tmp_path, family, method, roles):
     # A threshold between the tiny models' ρ values, so both branches of the gate are exercised.
     threshold = 0.68
-    recipe = write_recipe(tmp_path / "r.yml", recipe_for(method, family, roles, threshold=threshold))
+    recipe = write_recipe(
+        tmp_path / "r.yml", recipe_for(method, family, roles, threshold=threshold)
+    )
     result = mergekit_yaml(recipe, tmp_path / "out")
     assert result.returncode == 0, result.stderr[-2000:]
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32)
@@ -90,7 +100,11 @@ def test_repository_recipes_run_as_is(tmp_path):
     """The shipped recipes run from the repo root on the committed demo models."""
     recipes = sorted((REPO / "recipes").glob("*.yml"))
     assert {r.stem for r in recipes} >= {
-        "safe_linear", "safe_linear_gated", "safemerge", "safe_lora", "resta"
+        "safe_linear",
+        "safe_linear_gated",
+        "safemerge",
+        "safe_lora",
+        "resta",
     }
     for recipe in recipes:
         out = tmp_path / recipe.stem
@@ -106,20 +120,28 @@ def test_lora_adapter_input(tmp_path, family):
 
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_pretrained(family["aligned"], dtype=torch.float32)
-    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                        init_lora_weights=False)
+    config = LoraConfig(
+        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False
+    )
     get_peft_model(base, config).save_pretrained(tmp_path / "adapter")
     recipe = recipe_for("safe_lora", family, ("unaligned",), threshold=1.0)
     recipe["models"][0]["model"] = f"{family['aligned']}+{tmp_path / 'adapter'}"
-    result = mergekit_yaml(write_recipe(tmp_path / "r.yml", recipe), tmp_path / "out",
-                           "--lora-merge-cache", str(tmp_path / "cache"))
+    result = mergekit_yaml(
+        write_recipe(tmp_path / "r.yml", recipe),
+        tmp_path / "out",
+        "--lora-merge-cache",
+        str(tmp_path / "cache"),
+    )
     assert result.returncode == 0, result.stderr[-2000:]
 
     fresh = AutoModelForCausalLM.from_pretrained(family["aligned"], dtype=torch.float32)
     finetuned = PeftModel.from_pretrained(fresh, tmp_path / "adapter").merge_and_unload()
     merged = weights(tmp_path / "out")
-    w = {"aligned": weights(family["aligned"]), "unaligned": weights(family["unaligned"]),
-         "finetuned": {k: v.float() for k, v in finetuned.state_dict().items()}}
+    w = {
+        "aligned": weights(family["aligned"]),
+        "unaligned": weights(family["unaligned"]),
+        "finetuned": {k: v.float() for k, v in finetuned.state_dict().items()},
+    }
     touched = 0
     for name, tensor in merged.items():
         expected = expected_tensor("safe_lora", name, w, threshold=1.0)

@@ -68,8 +68,13 @@ def test_mismatched_models(tmp_path, family):
 def test_api_errors_are_value_errors_raised_before_kernels():
     a = torch.zeros(4, 4)
     with pytest.raises(ValueError) as caught:
-        merge_tensors([a, a + 1, a], "safemerge", base_index=0, ids=["a", "f", "u"],
-                      parameters={"role": {"f": "finetuned", "u": "unaligned"}})
+        merge_tensors(
+            [a, a + 1, a],
+            "safemerge",
+            base_index=0,
+            ids=["a", "f", "u"],
+            parameters={"role": {"f": "finetuned", "u": "unaligned"}},
+        )
     assert isinstance(find_config_error(caught.value), ConfigError)
     assert "needs a model with role 'safe'" in str(caught.value)
     with pytest.raises(ValueError, match="unknown role 'bogus'"):

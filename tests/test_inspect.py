@@ -16,13 +16,15 @@ CLI = [sys.executable, "-m", "mergekit_safety"]
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([*CLI, *args], cwd=cwd, env=ENV, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [*CLI, *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_inspect_json_matches_what_mergekit_yaml_does(tmp_path, family):
-    recipe = write_recipe(tmp_path / "r.yml",
-                          recipe_for("safe_lora", family, ("unaligned",), threshold=0.68))
+    recipe = write_recipe(
+        tmp_path / "r.yml", recipe_for("safe_lora", family, ("unaligned",), threshold=0.68)
+    )
     result = run_cli("inspect", str(recipe), "--json", "--quiet", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)
@@ -40,8 +42,9 @@ def test_inspect_json_matches_what_mergekit_yaml_does(tmp_path, family):
 
 
 def test_inspect_table_and_errors(tmp_path, family):
-    recipe = write_recipe(tmp_path / "r.yml", recipe_for("safemerge", family,
-                                                         ("unaligned", "safe")))
+    recipe = write_recipe(
+        tmp_path / "r.yml", recipe_for("safemerge", family, ("unaligned", "safe"))
+    )
     table = run_cli("inspect", str(recipe), "--quiet", cwd=tmp_path)
     assert table.returncode == 0, table.stderr
     assert "rho" in table.stdout and "tensors merged" in table.stdout
@@ -57,8 +60,10 @@ def test_inspect_table_and_errors(tmp_path, family):
         "Error: safemerge needs a model with role 'safe' (set `parameters: {role: ...}`)"
     )
 
-    stock = {"merge_method": "linear", "models": [{"model": str(family["aligned"]),
-                                                   "parameters": {"weight": 1.0}}]}
+    stock = {
+        "merge_method": "linear",
+        "models": [{"model": str(family["aligned"]), "parameters": {"weight": 1.0}}],
+    }
     result = run_cli("inspect", str(write_recipe(tmp_path / "s.yml", stock)), cwd=tmp_path)
     assert "inspect explains safe_linear, safemerge and safe_lora recipes" in result.stderr
 

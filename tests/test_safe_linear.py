@@ -19,15 +19,22 @@ def test_plain_interpolation_matches_formula(dtype):
     expected = (a + DEFAULT_WEIGHT * (f - a)).to(dtype)
     assert got.dtype == dtype
     # (1 − λ)·θ_a + λ·θ_ft and θ_a + λ·Δ round differently in fp32; bf16 allows one ulp.
-    torch.testing.assert_close(got.float(), expected.float(), rtol=1e-2 * (dtype != torch.float32),
-                               atol=1e-5 if dtype == torch.float32 else 1e-2)
+    torch.testing.assert_close(
+        got.float(),
+        expected.float(),
+        rtol=1e-2 * (dtype != torch.float32),
+        atol=1e-5 if dtype == torch.float32 else 1e-2,
+    )
 
 
 def test_several_finetunes_each_with_its_weight():
     aligned, _, update_a, update_b = matrices(1)
     inputs = [aligned, aligned + update_a, aligned + update_b]
     got = merge_tensors(
-        inputs, "safe_linear", base_index=0, ids=["a", "x", "y"],
+        inputs,
+        "safe_linear",
+        base_index=0,
+        ids=["a", "x", "y"],
         parameters={"weight": {"x": 0.3, "y": 0.9}},
     )
     torch.testing.assert_close(got, aligned + 0.3 * update_a + 0.9 * update_b)
@@ -41,7 +48,10 @@ def test_gate_merges_only_matrices_below_threshold():
     for update, drifted in ((update_in, False), (update_out, True)):
         finetuned = aligned + update
         got = merge_tensors(
-            [aligned, finetuned, unaligned], "safe_linear", base_index=0, ids=["a", "f", "u"],
+            [aligned, finetuned, unaligned],
+            "safe_linear",
+            base_index=0,
+            ids=["a", "f", "u"],
             parameters={"role": {"f": "finetuned", "u": "unaligned"}, "weight": 0.5},
         )
         expected = aligned + 0.5 * update if drifted else finetuned
@@ -54,7 +64,10 @@ def test_threshold_decides_on_both_sides_of_rho():
     finetuned = aligned + update_in
     for threshold, merged in ((r + 1e-3, True), (r - 1e-3, False)):
         got = merge_tensors(
-            [aligned, finetuned, unaligned], "safe_linear", base_index=0, ids=["a", "f", "u"],
+            [aligned, finetuned, unaligned],
+            "safe_linear",
+            base_index=0,
+            ids=["a", "f", "u"],
             parameters={"role": {"u": "unaligned", "f": "finetuned"}, "threshold": threshold},
         )
         expected = aligned + DEFAULT_WEIGHT * update_in if merged else finetuned
@@ -69,7 +82,9 @@ def test_gated_merge_keeps_1d_tensors_finetuned_and_batches_plain_state_dicts():
         "u": {"w": unaligned, "norm": aligned[0] - 1},
     }
     gated = merge_state_dicts(
-        models, "safe_linear", base="a",
+        models,
+        "safe_linear",
+        base="a",
         parameters={"role": {"f": "finetuned", "u": "unaligned"}, "weight": 0.5},
     )
     torch.testing.assert_close(gated["norm"], aligned[0] + 1)  # 1-D: never gated

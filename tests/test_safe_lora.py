@@ -18,8 +18,13 @@ def test_projects_drifting_update(shape, dtype):
     a, u, f = aligned.float(), unaligned.float(), finetuned.float()
     c = explicit_c(a, u)
     assert rho(f - a, c) <= 0.35
-    got = merge_tensors([aligned, finetuned, unaligned], "safe_lora", base_index=0,
-                        ids=["a", "f", "u"], parameters=ROLES)
+    got = merge_tensors(
+        [aligned, finetuned, unaligned],
+        "safe_lora",
+        base_index=0,
+        ids=["a", "f", "u"],
+        parameters=ROLES,
+    )
     expected = (a.double() + c @ (f - a).double()).to(dtype)
     tolerance = 1e-5 if dtype == torch.float32 else 2e-2
     torch.testing.assert_close(got, expected, rtol=tolerance, atol=tolerance)
@@ -30,29 +35,53 @@ def test_inclusive_threshold_and_keep_branch():
     c = explicit_c(aligned, unaligned)
     r = rho(update, c)
     finetuned = aligned + update
-    at = merge_tensors([aligned, finetuned, unaligned], "safe_lora", base_index=0,
-                       ids=["a", "f", "u"], parameters={**ROLES, "threshold": r + 1e-6})
+    at = merge_tensors(
+        [aligned, finetuned, unaligned],
+        "safe_lora",
+        base_index=0,
+        ids=["a", "f", "u"],
+        parameters={**ROLES, "threshold": r + 1e-6},
+    )
     torch.testing.assert_close(at, (aligned.double() + c @ update.double()).float())
-    above = merge_tensors([aligned, finetuned, unaligned], "safe_lora", base_index=0,
-                          ids=["a", "f", "u"], parameters={**ROLES, "threshold": r - 1e-3})
+    above = merge_tensors(
+        [aligned, finetuned, unaligned],
+        "safe_lora",
+        base_index=0,
+        ids=["a", "f", "u"],
+        parameters={**ROLES, "threshold": r - 1e-3},
+    )
     assert torch.equal(above, finetuned)
 
 
 def test_zero_alignment_or_zero_update_keeps_finetuned():
     aligned, _, _, update = matrices(7)
     finetuned = aligned + update
-    same = merge_tensors([aligned, finetuned, aligned.clone()], "safe_lora", base_index=0,
-                         ids=["a", "f", "u"], parameters={**ROLES, "threshold": 1.0})
+    same = merge_tensors(
+        [aligned, finetuned, aligned.clone()],
+        "safe_lora",
+        base_index=0,
+        ids=["a", "f", "u"],
+        parameters={**ROLES, "threshold": 1.0},
+    )
     assert torch.equal(same, finetuned)  # V = 0: no subspace, nothing to project onto
-    untouched = merge_tensors([aligned, aligned.clone(), aligned - update], "safe_lora",
-                              base_index=0, ids=["a", "f", "u"],
-                              parameters={**ROLES, "threshold": 1.0})
+    untouched = merge_tensors(
+        [aligned, aligned.clone(), aligned - update],
+        "safe_lora",
+        base_index=0,
+        ids=["a", "f", "u"],
+        parameters={**ROLES, "threshold": 1.0},
+    )
     assert torch.equal(untouched, aligned)  # Δ = 0
 
 
 def test_fp64_inputs_stay_fp64():
     aligned, unaligned, _, update = (t.double() for t in matrices(8))
-    got = merge_tensors([aligned, aligned + update, unaligned], "safe_lora", base_index=0,
-                        ids=["a", "f", "u"], parameters=ROLES)
+    got = merge_tensors(
+        [aligned, aligned + update, unaligned],
+        "safe_lora",
+        base_index=0,
+        ids=["a", "f", "u"],
+        parameters=ROLES,
+    )
     assert got.dtype == torch.float64
     torch.testing.assert_close(got, aligned + explicit_c(aligned, unaligned) @ update)

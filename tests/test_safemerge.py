@@ -12,8 +12,13 @@ ROLES = {"f": "finetuned", "u": "unaligned", "s": "safe"}
 
 
 def run(aligned, finetuned, unaligned, safe, **parameters):
-    return merge_tensors([aligned, finetuned, unaligned, safe], "safemerge", base_index=0,
-                         ids=IDS, parameters={"role": ROLES, **parameters})
+    return merge_tensors(
+        [aligned, finetuned, unaligned, safe],
+        "safemerge",
+        base_index=0,
+        ids=IDS,
+        parameters={"role": ROLES, **parameters},
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -33,8 +38,9 @@ def test_matrix_inside_subspace_keeps_finetuned_and_weights_apply():
     safe = aligned + 0.01
     kept = run(aligned, aligned + update_in, unaligned, safe)
     assert torch.equal(kept, aligned + update_in)
-    merged = run(aligned, aligned + update_out, unaligned, safe,
-                 weight={"f": 0.6, "s": 0.4, "u": None})
+    merged = run(
+        aligned, aligned + update_out, unaligned, safe, weight={"f": 0.6, "s": 0.4, "u": None}
+    )
     torch.testing.assert_close(merged, aligned + 0.6 * update_out + 0.4 * 0.01)
 
 
