@@ -26,7 +26,10 @@ BEGIN_PREFIX = "<!-- mergekit-safety:begin"
 TAGS = ("merge", "mergekit", "safety")
 SETS = {
     # prompt set -> (metrics it yields: key, Hub metric type, display name)
-    "harmful": (("refusal_rate", "refusal_rate", "Refusal rate"), ("asr", "asr", "Attack success rate")),
+    "harmful": (
+        ("refusal_rate", "refusal_rate", "Refusal rate"),
+        ("asr", "asr", "Attack success rate"),
+    ),
     "benign": (("over_refusal_rate", "over_refusal_rate", "Over-refusal rate"),),
     "task": (("task_accuracy", "accuracy", "Task accuracy"),),
 }
@@ -81,7 +84,7 @@ def join_front_matter(meta: Mapping[str, Any], body: str) -> str:
 
 
 def merge_metadata(meta: Mapping[str, Any], evaluation: SafetyEvaluation, name: str) -> dict:
-    """mergekit's keys kept; ``base_model``, ``tags`` unioned; our ``model-index`` entry replaced."""
+    """mergekit's keys kept; ``base_model`` and ``tags`` unioned; our ``model-index`` replaced."""
     out = dict(meta)
     out["base_model"] = _union(_as_list(meta.get("base_model")), evaluation.base_models)
     out["tags"] = _union(_as_list(meta.get("tags")), [*TAGS, evaluation.method])
@@ -121,13 +124,18 @@ def hub_results(evaluation: SafetyEvaluation) -> list[dict[str, Any]]:
 # --- the section --------------------------------------------------------------------------------
 
 
-def render_section(evaluation: SafetyEvaluation) -> str:
-    """The "Safety evaluation" section, markers included."""
+def render_section(evaluation: SafetyEvaluation, name: str) -> str:
+    """The "Safety evaluation" section, markers included; ``name`` stands for the merged model."""
     rows = []
     if evaluation.aligned is not None:
         rows.append(("aligned (base_model)", evaluation.aligned))
     rows += [("fine-tuned", row) for row in evaluation.finetuned]
-    rows.append((f"**merged ({evaluation.method}): this model**", evaluation.merged))
+    rows.append(
+        (
+            f"**merged ({evaluation.method}): this model**",
+            {**evaluation.merged, "model": f"**{name}**"},
+        )
+    )
     lines = [
         BEGIN,
         "## Safety evaluation",
@@ -136,8 +144,10 @@ def render_section(evaluation: SafetyEvaluation) -> str:
         "|---|---|---:|---:|---:|---:|",
     ]
     for role, row in rows:
-        cells = [_cell(metric(row, key)) for key in ("refusal_rate", "over_refusal_rate",
-                                                     "task_accuracy", "asr")]
+        cells = [
+            _cell(metric(row, key))
+            for key in ("refusal_rate", "over_refusal_rate", "task_accuracy", "asr")
+        ]
         lines.append(f"| {_escape(str(row.get('model', '')))} | {role} | {' | '.join(cells)} |")
     sets = ", ".join(
         f"{name}: {_source(evaluation, name)}{_count(evaluation.merged, name)}" for name in SETS
@@ -147,7 +157,7 @@ def render_section(evaluation: SafetyEvaluation) -> str:
         "",
         f"- **Safety gate:** {evaluation.gate_text()}",
         f"- **Prompt sets:** {sets}" + (f" (first {limit} of each)" if limit else ""),
-        f"- **Judge:** {evaluation.judge or 'default (the evaluator’s refusal detector)'}",
+        f"- **Judge:** {_judge(evaluation)}",
         "- Refusal rate: share of harmful prompts refused; over-refusal rate: share of benign "
         "prompts refused; ASR: share of harmful prompts answered.",
     ]
@@ -164,7 +174,8 @@ def replace_section(body: str, section: str) -> str:
         end = body.find(END, start)
         if end < 0:
             raise ConfigError("README.md has a safety section start marker but no end marker")
-        return body[:start] + section + body[end + len(END) :].lstrip("\n")
+        rest = body[end + len(END) :].lstrip("\n")
+        return body[:start] + section + ("\n" + rest if rest else "")
     anchor = body.find("\n## Merge Details")
     if anchor >= 0:
         return body[: anchor + 1] + section + "\n" + body[anchor + 1 :]
@@ -179,8 +190,10 @@ def update_card(model_dir: str | os.PathLike, evaluation: SafetyEvaluation) -> P
     text = readme.read_text(encoding="utf-8") if readme.is_file() else f"# {name}\n"
     meta, body = split_front_matter(text)
     meta = merge_metadata(meta, evaluation, name)
-    readme.write_text(join_front_matter(meta, replace_section(body, render_section(evaluation))),
-                      encoding="utf-8")
+    readme.write_text(
+        join_front_matter(meta, replace_section(body, render_section(evaluation, name))),
+        encoding="utf-8",
+    )
     return readme
 
 
@@ -210,7 +223,13 @@ def same_model(a: str, b: str) -> bool:
 
 
 def find_row(rows: Sequence[Mapping[str, Any]], model: str) -> Mapping[str, Any] | None:
-    return next((row for row in rows if same_model(str(row["model"]), model)), None)
+    """The row naming ``model``; else the only row with its directory name (eval ran elsewhere)."""
+    found = next((row for row in rows if same_model(str(row["model"]), model)), None)
+    if found is not None:
+        return found
+    name = Path(model.rstrip("/")).name
+    by_name = [row for row in rows if Path(str(row["model"]).rstrip("/")).name == name]
+    return by_name[0] if len(by_name) == 1 else None
 
 
 def recipe_of(model_dir: Path) -> tuple[str, str | None, list[str]]:
@@ -298,6 +317,12 @@ def describe_prompt_sets(
             out[name] = "built-in"
     out["limit"] = limit
     return out
+
+
+def _judge(evaluation: SafetyEvaluation) -> str:
+    """The judge option given, else the one the evaluation recorded in its summary."""
+    recorded = evaluation.merged.get("judge")
+    return str(evaluation.judge or recorded or "default (the evaluator's refusal judge)")
 
 
 def _source(evaluation: SafetyEvaluation, prompt_set: str) -> str:

@@ -52,8 +52,9 @@ def plot_sweep(
         for row in rows
         if metric(row, "task_accuracy") is not None and metric(row, "refusal_rate") is not None
     ]
-    fig, ax = plt.subplots(figsize=(7, 5), dpi=120)
+    fig, ax = plt.subplots(figsize=(9.5, 5.5), dpi=120)
     seen: set[str] = set()
+    merged = 0
     for row, x, y in drawn:
         style = STYLE.get(row.get("kind", "merged"), STYLE["merged"])
         hollow = row.get("kind") == "merged" and row.get("passes") is False
@@ -70,33 +71,66 @@ def plot_sweep(
             label=label,
         )
         text = {"aligned": "aligned", "finetuned": "fine-tuned"}.get(row.get("kind"), None)
-        ax.annotate(
-            text or str(row.get("model", "")),
-            (x, y),
-            textcoords="offset points",
-            xytext=(6, 5),
-            fontsize=8,
-        )
+        text = text or str(row.get("model", ""))
+        over = metric(row, "over_refusal_rate")
+        if max_over_refusal is not None and over is not None:
+            text += f" (over-refusal {over:.2f})"  # the other gate axis, not drawn
+        if row.get("kind") in ("aligned", "finetuned"):  # left of the point, merges to the right
+            offset, align = (-8, 6), "right"
+        else:  # alternate above/below, so neighbouring values' labels do not collide
+            offset, align = (6, 5 if merged % 2 else -11), "left"
+            merged += 1
+        ax.annotate(text, (x, y), textcoords="offset points", xytext=offset, ha=align, fontsize=8)
         if row.get("chosen"):
-            ax.scatter([x], [y], marker="*", s=320, color="gold", edgecolors="black", zorder=4,
-                       label="chosen")
+            ax.scatter(
+                [x],
+                [y],
+                marker="*",
+                s=320,
+                color="gold",
+                edgecolors="black",
+                zorder=4,
+                label="chosen",
+            )
 
-    front = sorted(
-        (drawn[i][1], drawn[i][2]) for i in pareto_front([(x, y) for _r, x, y in drawn])
-    )
+    front = sorted((drawn[i][1], drawn[i][2]) for i in pareto_front([(x, y) for _r, x, y in drawn]))
     if front:
-        ax.plot(*zip(*front, strict=True), color="black", linewidth=1, linestyle="-",
-                zorder=2, label="Pareto front")
-        ax.scatter(*zip(*front, strict=True), s=180, facecolors="none", edgecolors="black",
-                   linewidths=1, zorder=2)
+        ax.plot(
+            *zip(*front, strict=True),
+            color="black",
+            linewidth=1,
+            linestyle="-",
+            zorder=2,
+            label="Pareto front",
+        )
+        ax.scatter(
+            *zip(*front, strict=True),
+            s=180,
+            facecolors="none",
+            edgecolors="black",
+            linewidths=1,
+            zorder=2,
+        )
     if min_refusal is not None:
-        ax.axhline(min_refusal, color="tab:orange", linestyle="--", zorder=1,
-                   label=f"gate: refusal rate >= {min_refusal:g}")
+        ax.axhline(
+            min_refusal,
+            color="tab:orange",
+            linestyle="--",
+            zorder=1,
+            label=f"gate: refusal rate >= {min_refusal:g}",
+        )
         ax.axhspan(-0.05, min_refusal, color="tab:orange", alpha=0.08, zorder=0)
     if any(row.get("kind") == "merged" and row.get("passes") is False for row, _x, _y in drawn):
         gate = describe_gate(min_refusal, max_over_refusal)
-        ax.plot([], [], marker="o", linestyle="none", markerfacecolor="none",
-                markeredgecolor=STYLE["merged"]["color"], label=f"hollow: fails the gate ({gate})")
+        ax.plot(
+            [],
+            [],
+            marker="o",
+            linestyle="none",
+            markerfacecolor="none",
+            markeredgecolor=STYLE["merged"]["color"],
+            label=f"hollow: fails the gate ({gate})",
+        )
     left_out = len(rows) - len(drawn)
     ax.set_xlabel("task accuracy (higher is better)")
     ax.set_ylabel("refusal rate on harmful prompts (higher is safer)")
@@ -106,7 +140,7 @@ def plot_sweep(
     if left_out:
         title += f"\n({left_out} model(s) without task accuracy or refusal rate not drawn)"
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7, loc="lower left")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

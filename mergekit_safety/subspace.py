@@ -1,17 +1,76 @@
 """Alignment-subspace math shared by every gated method (Safe LoRA, arXiv 2405.16833).
 
-Per weight matrix: ``V = W_aligned - W_unaligned``, ``C = V Vᵀ / ‖V‖_F`` and the score
-``ρ = cos(vec(C Δ), vec(Δ))`` of a fine-tuning update ``Δ``. ``C`` itself is never built: ``C Δ`` is
-``V (Vᵀ Δ)`` or ``(V Vᵀ) Δ``, whichever Gram matrix is smaller, so the only intermediate is
-``min(out, in)²`` — never larger than the weight, and never vocabulary-sized. Everything runs in
-fp32 (fp64 for fp64 inputs) on the device of the inputs, so mergekit's ``--cuda`` applies.
+Per weight matrix: ``V = W_aligned − W_unaligned``, ``C = V Vᵀ / ‖V‖_F`` and the score
+``ρ = cos(vec(C Δ), vec(Δ))`` of a fine-tuning update ``Δ`` (``out × in``). ``C`` is never built.
+Everything runs in fp32 (fp64 when an input is fp64) on the inputs' device, so ``--cuda`` applies.
+Norms and inner products are summed in pieces of 1024 (torch's one-pass fp32 norm is off by
+~1e-4 on 10⁶ entries, which alone moved ρ by 1e-4).
+
+:func:`score`, :func:`score_and_project` and :func:`project` pick one of two paths per matrix:
+
+* **dense**, ``O(out·in·m)``, ``m = min(out, in)``: ``C Δ ∝ (V Vᵀ) Δ`` or ``V (Vᵀ Δ)``, whichever
+  Gram matrix is ``m × m``. Two GEMMs, then three elementwise passes. Intermediates: ``m²`` and
+  ``out × in``; never larger than the weight, never ``out × out`` for a tall (vocabulary) matrix.
+* **low-rank**, ``O(out·in·k)``, when Δ is numerically of rank ``k ≤ m/8`` (a merged LoRA).
+  A blocked randomized range finder (Halko–Martinsson–Tropp; blocked as in Martinsson–Voronin's
+  randQB_b) sketches the residual ``R = Δ − Q W`` (never formed) with seeded Gaussian blocks of 16
+  columns, then at most doubling the total (16, 32, 64, …), each block sharpened by one subspace
+  iteration *on R*, so rounding noise barely tilts the basis and weak directions survive fp32,
+  and orthogonalized against the basis so far (block Gram–Schmidt, twice). ``W = QᵀΔ``. The
+  factorization is used only once ``‖Δ − Q W‖_F`` is proved within the tolerance: computed
+  explicitly when ``‖Δ‖² − ‖W‖²`` (exact up to ~k·ε·‖Δ‖²) is within ``SLACK·‖Δ‖²`` of it — always
+  so at the default tolerance — and taken from that estimate when a loose tolerance is far away.
+  Then, with ``Wᵀ = Q_w Tᵀ`` (``T`` a k×k triangle), ``‖VᵀΔ‖ = ‖(VᵀQ) T‖``,
+  ``‖V VᵀΔ‖ = ‖V(VᵀQ) T‖``, ``‖Δ‖ = ‖Q T‖`` (sums of squares, no cancellation) and
+  ``C Δ = V(VᵀQ) W / ‖V‖``; intermediates are ``(out + in) × k``. It gives up — the dense path runs
+  — as soon as the rank it would need exceeds ``m/8``: each missing direction holds at most the
+  energy of the weakest one just captured (the subspace iteration takes the strongest first), so
+  at least ``‖R‖² / σ_min²`` remain. A full-rank Δ costs one 16-column sketch: 4·16/(2m) of the
+  dense GEMM work, ≈ 3 % at m = 1024 (a few % more in memory passes).
+
+**Tolerance.** By default ``‖R‖ ≤ √n · ε · ‖Δ‖`` with ``n = max(out, in)`` and ε of the compute
+dtype: the dense path's own rounding error (its first GEMM sums ``n`` products per entry). On fp32
+inputs both paths then agree to fp32 accuracy, decisions included (``tests/test_lowrank.py``).
+
+A **bf16 checkpoint is never low-rank at that precision.** ``θ_ft = bf16(θ_a + B A)`` stores
+rounding noise ``E`` with ``|E_ij| ≤ u·|θ_ij|`` (u = 2⁻⁸): ``‖E‖ ≈ 0.42·u·‖θ‖``, full rank, 8 % of
+‖Δ‖ for an update of 2 % of ‖θ‖ (30 % at 0.5 %). So by default a bf16 LoRA fails after one sketch
+(rank 8) or a few (rank 64) and the dense path runs: same answers as before, a few % slower.
+Decision: keep that default — the methods' ρ stays the dense ρ of the stored Δ, bit for bit on
+any input — and let a caller that knows the storage precision opt in with
+``tolerance=rounding_tolerance(θ_aligned, storage dtype)`` (``u·‖θ‖_F``, the worst-case rounding
+the checkpoint already carries). What is dropped is then no larger than what the checkpoint cannot
+represent, and ρ becomes ρ(QQᵀΔ): the subspace iteration keeps all of ``B A`` and drops the noise
+orthogonal to it, so it lands *closer* to ρ(B A) — the score of the update actually trained, which
+Safe LoRA computes from LoRA factors — than the dense ρ(Δ), which the noise biases (it adds to ‖Δ‖
+but little to ‖VᵀΔ‖). ρ therefore differs from the dense value by about the noise's share
+(measured: ≤ 2.4e-3 at 2 % updates, 10× nearer ρ(B A); ``benchmarks/README.md``), and a
+decision can flip only for matrices that close to τ. An update that is *entirely* at the
+rounding level (say sparse 1-ulp changes) must not vanish: a caller's tolerance is honoured only
+while ``‖R‖ ≤ ‖Δ‖ / 2``.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
+
+FIRST_SKETCH = 16
+"""Columns of the first Gaussian block: covers rank ≤ 16 LoRAs (8 and 16 are the common ranks)."""
+MIN_LOWRANK_DIM = 64
+"""Below this ``min(out, in)`` the dense path costs less than one sketch: always use it."""
+RANK_FRACTION = 8
+"""Try the low-rank path up to rank ``min(out, in) / 8``: ≈ 30 % of the dense path's work there."""
+DOMINANCE = 0.5
+"""A caller's tolerance is honoured only if ``‖R‖ ≤ DOMINANCE · ‖Δ‖``."""
+POWER_ITERATIONS = 1
+"""Subspace iterations per block: rounding noise in Δ then barely tilts the captured basis."""
+SLACK = 1e-3
+"""``‖Δ‖² − ‖W‖²`` decides when it is more than ``SLACK·‖Δ‖²`` (≫ its rounding) from the limit;
+closer, the residual is computed explicitly. At the default tolerance it always is."""
+SEED = 0x5AFE
 
 
 def compute_dtype(tensor: torch.Tensor) -> torch.dtype:
@@ -20,50 +79,65 @@ def compute_dtype(tensor: torch.Tensor) -> torch.dtype:
 
 
 def subspace_product(delta: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Return ``V Vᵀ Δ`` (``C Δ`` times ``‖V‖_F``) with the cheaper product order."""
+    """Return ``V Vᵀ Δ`` (``C Δ`` times ``‖V‖_F``) densely, with the cheaper product order."""
     out_features, in_features = v.shape
     if out_features <= in_features:
         return (v @ v.T) @ delta
     return v @ (v.T @ delta)
 
 
-def project(delta: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def project(
+    delta: torch.Tensor, v: torch.Tensor, *, tolerance: float | None = None
+) -> torch.Tensor:
     """``C Δ`` with ``C = V Vᵀ / ‖V‖_F``; zero when ``V`` is zero (an empty subspace)."""
-    norm = torch.linalg.vector_norm(v)
-    if norm == 0:
-        return torch.zeros_like(delta)
-    return subspace_product(delta, v) / norm
+    return _evaluate(delta, v, tolerance, want_projection=True)[1]
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     """Cosine of two tensors flattened; NaN when either is zero."""
-    denominator = torch.linalg.vector_norm(a) * torch.linalg.vector_norm(b)
+    denominator = norm_of(a) * norm_of(b)
     if denominator == 0:
         return math.nan
-    return float(torch.sum(a * b) / denominator)
+    return _dot(a, b) / denominator
 
 
-def score(delta: torch.Tensor, v: torch.Tensor) -> float:
+def norm_of(tensor: torch.Tensor) -> float:
+    """‖x‖_F in pieces of 1024: torch's one-pass fp32 norm loses ~1e-4 on millions of entries."""
+    body, tail = _pieces(tensor)
+    squares = torch.linalg.vector_norm(body, dim=1).double().square().sum()
+    return math.sqrt(float(squares) + float(torch.linalg.vector_norm(tail.double())) ** 2)
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> float:
+    """⟨a, b⟩ flattened, summed in pieces for the same reason as :func:`norm_of`."""
+    (a_body, a_tail), (b_body, b_tail) = _pieces(a), _pieces(b)
+    body = torch.linalg.vecdot(a_body, b_body, dim=1).double().sum()
+    return float(body) + float(torch.dot(a_tail.double(), b_tail.double()))
+
+
+def _pieces(tensor: torch.Tensor, width: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """A flat view as rows of ``width`` entries, and the remainder."""
+    flat = tensor.reshape(-1)
+    cut = flat.numel() - flat.numel() % width
+    return flat[:cut].view(-1, width), flat[cut:]
+
+
+def score(delta: torch.Tensor, v: torch.Tensor, *, tolerance: float | None = None) -> float:
     """ρ = cos(C Δ, Δ). NaN when ``V`` or ``Δ`` is zero: there is nothing to measure.
 
     An update orthogonal to a non-empty subspace (``C Δ = 0``) scores 0: it left it entirely.
+    ``tolerance``: see the module docstring (default: working precision, same as dense).
     """
-    return _rho(subspace_product(delta, v), delta, v)
+    return _evaluate(delta, v, tolerance, want_projection=False)[0]
 
 
-def _rho(product: torch.Tensor, delta: torch.Tensor, v: torch.Tensor) -> float:
-    if not (torch.any(v != 0) and torch.any(delta != 0)):
-        return math.nan
-    rho = cosine(product, delta)
-    return 0.0 if math.isnan(rho) else rho
-
-
-def score_and_project(delta: torch.Tensor, v: torch.Tensor) -> tuple[float, torch.Tensor]:
+def score_and_project(
+    delta: torch.Tensor, v: torch.Tensor, *, tolerance: float | None = None
+) -> tuple[float, torch.Tensor]:
     """ρ and ``C Δ`` from one product, for methods that need both."""
-    product = subspace_product(delta, v)
-    norm = torch.linalg.vector_norm(v)
-    projected = product / norm if norm != 0 else torch.zeros_like(delta)
-    return _rho(product, delta, v), projected
+    rho, projected = _evaluate(delta, v, tolerance, want_projection=True)
+    assert projected is not None
+    return rho, projected
 
 
 def drifts(rho: float, threshold: float, *, inclusive: bool = False) -> bool:
@@ -75,3 +149,188 @@ def drifts(rho: float, threshold: float, *, inclusive: bool = False) -> bool:
     if math.isnan(rho):
         return False
     return rho <= threshold if inclusive else rho < threshold
+
+
+# --------------------------------------------------------------------------------------------
+# Tolerances
+
+
+def unit_roundoff(dtype: torch.dtype) -> float:
+    """u = ε/2: the largest relative error of rounding one value to ``dtype``."""
+    return torch.finfo(dtype).eps / 2
+
+
+def working_tolerance(delta: torch.Tensor, norm: float | None = None) -> float:
+    """``√n · ε · ‖Δ‖_F``, ``n = max(out, in)``: the dense path's own rounding error.
+
+    Its first GEMM (``V Vᵀ`` or ``Vᵀ Δ``) sums ``n`` products per entry, so its result carries a
+    relative error of about ``√n · u`` (``u = ε/2``): a smaller change to Δ is invisible to it.
+    """
+    dtype = compute_dtype(delta)
+    if norm is None:
+        norm = norm_of(delta.to(dtype))
+    return math.sqrt(max(delta.shape)) * torch.finfo(dtype).eps * norm
+
+
+def rounding_tolerance(weights: torch.Tensor, dtype: torch.dtype, count: int = 1) -> float:
+    """``count · u(dtype) · ‖θ‖_F``: the rounding a Δ of ``count`` ``dtype`` checkpoints carries.
+
+    ``weights`` is the aligned (or fine-tuned) matrix θ; ``count`` the number of fine-tunes
+    summed into Δ (their rounding errors add).
+    """
+    norm = norm_of(weights.to(compute_dtype(weights)))
+    return count * unit_roundoff(dtype) * norm
+
+
+# --------------------------------------------------------------------------------------------
+# Low-rank path
+
+
+@dataclass(frozen=True)
+class LowRank:
+    """``Δ ≈ q @ w`` with orthonormal ``q`` (``out × k``); ``‖Δ − q w‖_F = residual``."""
+
+    q: torch.Tensor
+    w: torch.Tensor
+    residual: float
+
+    @property
+    def rank(self) -> int:
+        return self.q.shape[1]
+
+
+def factorize(
+    delta: torch.Tensor,
+    *,
+    tolerance: float | None = None,
+    max_rank: int | None = None,
+    norm: float | None = None,
+) -> LowRank | None:
+    """``Δ = Q W`` to within ``tolerance`` (Frobenius), or None if that needs rank > ``max_rank``.
+
+    ``tolerance`` defaults to :func:`working_tolerance`; a larger one is honoured only while
+    ``‖R‖ ≤ ‖Δ‖/2``. ``max_rank`` defaults to ``min(out, in) / 4``.
+    """
+    dtype = compute_dtype(delta)
+    delta = delta.to(dtype)
+    out_features, in_features = delta.shape
+    if norm is None:
+        norm = norm_of(delta)
+    floor = working_tolerance(delta, norm)
+    limit = floor if tolerance is None else max(floor, min(tolerance, DOMINANCE * norm))
+    if max_rank is None:
+        max_rank = min(out_features, in_features) // RANK_FRACTION
+    if not math.isfinite(norm):
+        return None
+
+    generator = torch.Generator(device=delta.device).manual_seed(SEED)
+    q = delta.new_empty(out_features, 0)
+    w = delta.new_empty(0, in_features)
+    rank, block = 0, FIRST_SKETCH
+    while True:
+        block = min(block, max_rank - rank)
+        if block <= 0:
+            return None
+        omega = torch.randn(
+            in_features, block, generator=generator, device=delta.device, dtype=dtype
+        )
+        # Sketch the residual R = Δ − q w without forming it, sharpened by subspace iteration
+        # on R (not Δ: its dynamic range is R's own, so weak directions survive fp32).
+        q_new = torch.linalg.qr(delta @ omega - q @ (w @ omega))[0]
+        for _ in range(POWER_ITERATIONS):
+            z = torch.linalg.qr(delta.T @ q_new - w.T @ (q.T @ q_new))[0]
+            q_new = torch.linalg.qr(delta @ z - q @ (w @ z))[0]
+        for _ in range(2 if rank else 0):  # block Gram–Schmidt, twice: q_new ⟂ q
+            # after the QR: columns beyond Δ's rank are rounding noise, in any direction
+            q_new = torch.linalg.qr(q_new - q @ (q.T @ q_new))[0]
+        w_new = q_new.T @ delta  # = q_newᵀ (Δ − q w): q_new ⟂ q
+        q, w = torch.cat([q, q_new], dim=1), torch.cat([w, w_new], dim=0)
+        rank += block
+        # ‖Δ − q w‖² = ‖Δ‖² − ‖w‖² for orthonormal q, up to rounding of order k·ε·‖Δ‖²
+        estimate = norm**2 - norm_of(w) ** 2
+        if not math.isfinite(estimate):
+            return None
+        if estimate + SLACK * norm**2 <= limit**2:  # a loose tolerance, met with room to spare
+            return LowRank(q, w, math.sqrt(max(estimate, 0.0)))
+        if estimate <= limit**2 + SLACK * norm**2:  # too close to call: compute it
+            residual = norm_of(torch.addmm(delta, q, w, alpha=-1))
+            if residual <= limit:
+                return LowRank(q, w, residual)
+            estimate = residual**2
+        # The power iteration captures R's strongest directions first, so each one still
+        # missing holds no more than the weakest one just captured.
+        captured = float(torch.linalg.eigvalsh(w_new @ w_new.T)[0])  # its σ²
+        needed = (estimate - limit**2) / captured if captured > 0 else math.inf
+        if rank + needed > max_rank:
+            return None
+        block = min(rank, max(FIRST_SKETCH, math.ceil(2 * needed)))  # at most double
+
+
+def lowrank_score_and_project(
+    factors: LowRank,
+    v: torch.Tensor,
+    *,
+    want_projection: bool = True,
+    v_norm: float | None = None,
+) -> tuple[float, torch.Tensor | None]:
+    """ρ and ``C Δ`` for ``Δ = q w``: two ``out·in·k`` products (three with ``C Δ``).
+
+    Norms go through ``T`` (``wᵀ = Q_w Tᵀ``): each is a sum of squares, with no cancellation.
+    """
+    q, w = factors.q, factors.w
+    v = v.to(q.dtype)
+    triangle = torch.linalg.qr(w.T, mode="r")[1].T  # w = T Q_wᵀ
+    z = v.T @ q  # Vᵀ Q: in × k
+    p = v @ z  # V Vᵀ Q: out × k
+    along = norm_of(z @ triangle) ** 2  # ‖Vᵀ Δ‖²
+    size = norm_of(p @ triangle) * norm_of(q @ triangle)  # ‖V Vᵀ Δ‖ · ‖Δ‖
+    rho = along / size if size > 0 else 0.0
+    if not want_projection:
+        return rho, None
+    return rho, (p @ w).div_(norm_of(v) if v_norm is None else v_norm)
+
+
+def dense_score_and_project(
+    delta: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    want_projection: bool = True,
+    v_norm: float | None = None,
+    delta_norm: float | None = None,
+) -> tuple[float, torch.Tensor | None]:
+    """ρ and ``C Δ`` by the dense path: two GEMMs, then three passes (‖P‖, ⟨P, Δ⟩, P/‖V‖)."""
+    product = subspace_product(delta, v)
+    denominator = norm_of(product) * (norm_of(delta) if delta_norm is None else delta_norm)
+    rho = _dot(product, delta) / denominator if denominator > 0 else 0.0
+    if not want_projection:
+        return rho, None
+    return rho, product.div_(norm_of(v) if v_norm is None else v_norm)
+
+
+# --------------------------------------------------------------------------------------------
+# Dispatch
+
+
+def _evaluate(
+    delta: torch.Tensor, v: torch.Tensor, tolerance: float | None, *, want_projection: bool
+) -> tuple[float, torch.Tensor | None]:
+    """ρ and (if asked) ``C Δ``, by the low-rank path when Δ allows it, else densely."""
+    dtype = torch.float64 if torch.float64 in (delta.dtype, v.dtype) else torch.float32
+    delta, v = delta.to(dtype), v.to(dtype)
+    v_norm, delta_norm = norm_of(v), norm_of(delta)
+    if not (_nonzero(v, v_norm) and _nonzero(delta, delta_norm)):
+        return math.nan, torch.zeros_like(delta) if want_projection else None
+    if delta.ndim == 2 and min(delta.shape) >= MIN_LOWRANK_DIM:
+        factors = factorize(delta, tolerance=tolerance, norm=delta_norm)
+        if factors is not None:
+            return lowrank_score_and_project(
+                factors, v, want_projection=want_projection, v_norm=v_norm
+            )
+    return dense_score_and_project(
+        delta, v, want_projection=want_projection, v_norm=v_norm, delta_norm=delta_norm
+    )
+
+
+def _nonzero(tensor: torch.Tensor, norm: float) -> bool:
+    """Whether any entry is nonzero; the norm answers unless every square underflowed."""
+    return norm > 0 or bool(torch.any(tensor != 0))

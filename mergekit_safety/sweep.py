@@ -151,7 +151,7 @@ def recipe_roles(recipe: Mapping[str, Any]) -> list[tuple[int, Any, str]]:
 
 
 def set_parameter(recipe: Mapping[str, Any], parameter: str, value: float) -> dict[str, Any]:
-    """Copy ``recipe`` with ``weight`` set on every fine-tuned input, or the global ``threshold``."""
+    """Copy ``recipe`` with ``weight`` set on each fine-tuned input, or the global ``threshold``."""
     out = copy.deepcopy(dict(recipe))
     if SWEEPABLE[parameter].scope == "global":
         out["parameters"] = {**(out.get("parameters") or {}), parameter: value}
@@ -163,7 +163,9 @@ def set_parameter(recipe: Mapping[str, Any], parameter: str, value: float) -> di
     return out
 
 
-def plan_sweep(recipe_path: str | os.PathLike, parameter: str, values: Sequence[float]) -> SweepPlan:
+def plan_sweep(
+    recipe_path: str | os.PathLike, parameter: str, values: Sequence[float]
+) -> SweepPlan:
     """Validate the recipe for this sweep; every problem is a one-line ConfigError."""
     from mergekit import merge_methods
 
@@ -201,20 +203,35 @@ def plan_sweep(recipe_path: str | os.PathLike, parameter: str, values: Sequence[
                 raise ConfigError(
                     f"threshold is set on {model}; sweep sets the global one, remove it there"
                 )
-    for reference in [config.base_model, *finetuned]:
-        if reference.lora is not None:
-            raise ConfigError(
-                f"{reference}: sweep evaluates reference models as they are; merge the LoRA first"
-            )
     return SweepPlan(
         recipe_path=Path(recipe_path),
         recipe=recipe,
         method=config.merge_method,
         parameter=parameter,
         values=tuple(values),
-        aligned=config.base_model.model.path,
-        finetuned=tuple(model.model.path for model in finetuned),
+        aligned=reference_name(config.base_model),
+        finetuned=tuple(reference_name(model) for model in finetuned),
     )
+
+
+def reference_name(reference: Any) -> str:
+    """A model's path, or ``model+lora`` for an adapter (merged into the work dir to evaluate)."""
+    return str(reference) if reference.lora is not None else reference.model.path
+
+
+def evaluable(name: str, merge_options: Any) -> str:
+    """The directory to evaluate for a reference: itself, or its LoRA merged as mergekit does."""
+    from mergekit.common import ModelReference
+
+    reference = ModelReference.parse(name)
+    if reference.lora is None:
+        return name
+    merged = reference.merged(
+        cache_dir=merge_options.lora_merge_cache,
+        trust_remote_code=merge_options.trust_remote_code,
+        lora_merge_dtype=merge_options.lora_merge_dtype,
+    )
+    return merged.model.path
 
 
 # --- the gate -----------------------------------------------------------------------------------
@@ -353,29 +370,40 @@ def run_sweep(
         disable=not progress,
     )
 
-    def evaluate(path: str, label: str) -> dict[str, Any]:
+    def evaluate(path: str, label: str, name: str) -> dict[str, Any]:
         steps.set_postfix_str(f"evaluating {label}")
-        summary = {"model": path, **evaluate_model(path)}
+        summary = {**evaluate_model(path), "model": name}
         steps.update()
         return summary
 
     with steps, tempfile.TemporaryDirectory(prefix="mergekit-safety-sweep-", dir=work_dir) as tmp:
+        if getattr(merge_options, "lora_merge_cache", "") is None:  # LoRAs merged once, removed
+            merge_options = merge_options.model_copy(
+                update={"lora_merge_cache": str(Path(tmp) / "lora")}
+            )
+        references = [plan.aligned, *plan.finetuned]
+        summaries = [
+            evaluate(evaluable(name, merge_options), label, name)
+            for name, label in zip(
+                references, ["aligned", *["fine-tuned"] * len(plan.finetuned)], strict=True
+            )
+        ]
         result = SweepResult(
             plan=plan,
             min_refusal=min_refusal,
             max_over_refusal=max_over_refusal,
-            aligned=evaluate(plan.aligned, "aligned"),
-            finetuned=[evaluate(path, "fine-tuned") for path in plan.finetuned],
+            aligned=summaries[0],
+            finetuned=summaries[1:],
             out=None,
         )
         kept: Path | None = None
         name = out.resolve().name if out is not None else "merge"  # mergekit titles the card so
         for index, value in enumerate(plan.values):
             label = plan.label(value)
-            where = Path(tmp) / str(index) / name
+            where = Path(tmp) / f"{index}-{label}" / name  # the evaluator shows the tail
             steps.set_postfix_str(f"merging {label}")
             merge(plan.recipe_with(value), where, merge_options)
-            point = SweepPoint(value, {**evaluate(str(where), label), "model": label})
+            point = SweepPoint(value, evaluate(str(where), label, label))
             result.points.append(point)
             best = select(result.points, min_refusal, max_over_refusal, plan.parameter)
             if out is not None and best is point:
@@ -392,9 +420,21 @@ def run_sweep(
     return result
 
 
+WEIGHT_FILES = (
+    "model*.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model*.bin",
+    "pytorch_model.bin.index.json",
+)
+"""A previous model's weights in ``out``: removed, so a stale shard or index cannot be loaded."""
+
+
 def install(source: Path, out: Path) -> None:
     """Move a finished merge's files into ``out`` (created if needed; same-named files replaced)."""
     out.mkdir(parents=True, exist_ok=True)
+    for pattern in WEIGHT_FILES:
+        for stale in out.glob(pattern):
+            stale.unlink()
     for item in source.iterdir():
         target = out / item.name
         if target.is_dir() and not target.is_symlink():
@@ -404,7 +444,17 @@ def install(source: Path, out: Path) -> None:
 
 # --- reports ------------------------------------------------------------------------------------
 
-COLUMNS = ("kind", "value", "model", *METRICS, "n_harmful", "n_benign", "n_task", "passes", "chosen")
+COLUMNS = (
+    "kind",
+    "value",
+    "model",
+    *METRICS,
+    "n_harmful",
+    "n_benign",
+    "n_task",
+    "passes",
+    "chosen",
+)
 
 
 def sweep_record(result: SweepResult, context: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -467,8 +517,10 @@ def write_reports(
         writer.writeheader()
         writer.writerows(rows)
     gate = describe_gate(result.min_refusal, result.max_over_refusal)
-    chosen = "none passes the gate" if result.chosen is None else (
-        result.plan.label(result.chosen.value)
+    chosen = (
+        "none passes the gate"
+        if result.chosen is None
+        else (result.plan.label(result.chosen.value))
     )
     paths["md"].write_text(
         f"# Sweep of {result.plan.parameter} ({result.plan.method}, {result.plan.recipe_path})\n\n"

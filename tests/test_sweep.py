@@ -8,6 +8,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 import json  # noqa: E402
 import math  # noqa: E402
+import signal  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -330,6 +331,102 @@ def test_interrupted_run_leaves_no_temporary_models(family, tmp_path, error, rai
     assert not out.exists()
 
 
+DRIVER = """
+import sys, time
+sys.path.insert(0, {tests!r})
+from mergekit_safety.cli import main, sweep
+from test_sweep import FakeEvaluator
+
+fake = FakeEvaluator()
+
+def slow(path):
+    if "mergekit-safety-sweep-" in path:
+        print("EVALUATING", flush=True)
+        time.sleep(60)
+    return fake(path)
+
+sweep.make_evaluator = lambda **_kwargs: slow
+main({args!r})
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_killed_sweep_leaves_no_temporary_models(family, tmp_path, signum):
+    recipe = write_recipe(tmp_path / "r.yaml", recipe_dict(family))
+    work, out = tmp_path / "work", tmp_path / "chosen"
+    work.mkdir()
+    args = [
+        "sweep",
+        str(recipe),
+        "--set",
+        "weight=0.3,0.6",
+        "--min-refusal",
+        "0",
+        "--out",
+        str(out),
+        "--work-dir",
+        str(work),
+        "--quiet",
+    ]
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER.format(tests=str(Path(__file__).parent), args=args))
+    process = subprocess.Popen(
+        [sys.executable, str(driver)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        for line in process.stdout:
+            if "EVALUATING" in line:
+                break
+        assert list(work.iterdir()), "the merge should be in the work dir while it is evaluated"
+        process.send_signal(signum)
+        assert process.wait(timeout=60) != 0
+    finally:
+        process.kill()
+    assert list(work.iterdir()) == []
+    assert not out.exists()
+
+
+def lora_adapter(base: Path, path: Path) -> Path:
+    """A random LoRA adapter for ``base`` (lora_B nonzero, so the merge changes weights)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.05)
+    peft_model.save_pretrained(path)
+    return path
+
+
+def test_lora_finetune_is_merged_in_the_work_dir(family, tmp_path):
+    adapter = lora_adapter(family["aligned"], tmp_path / "adapter")
+    data = recipe_dict(family)
+    data["models"][0] = {"model": f"{family['aligned']}+{adapter}"}
+    recipe = write_recipe(tmp_path / "r.yaml", data)
+    work = tmp_path / "work"
+    work.mkdir()
+    plan = plan_sweep(recipe, "weight", [0.5])
+    assert plan.finetuned == (f"{family['aligned']}+{adapter}",)
+    seen = []
+
+    def evaluator(path):
+        seen.append((path, (Path(path) / "config.json").is_file()))
+        return FakeEvaluator()(path)
+
+    result = run_sweep(
+        plan, evaluator, merge_options=merge_options(), work_dir=work, progress=False
+    )
+    lora_path, existed = seen[1]
+    assert existed and str(work) in lora_path  # the adapter merged into the work dir
+    assert result.finetuned[0]["model"] == f"{family['aligned']}+{adapter}"
+    assert list(work.iterdir()) == []
+
+
 # --- the command --------------------------------------------------------------------------------
 
 
@@ -434,6 +531,30 @@ def test_cli_refuses_a_non_empty_out(family, tmp_path, fake_cli_evaluator):
     assert result.exit_code == 2 and "not empty" in result.output
 
 
+def test_cli_overwrite_replaces_stale_weights(family, tmp_path, fake_cli_evaluator):
+    recipe = write_recipe(tmp_path / "r.yaml", recipe_dict(family))
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("model-00001-of-00002.safetensors", "model.safetensors.index.json", "keep.txt"):
+        (out / name).write_text("old")
+    args = ["sweep", str(recipe), "--set", "weight=0.5", "--min-refusal", "0", "--out", str(out)]
+    result = CliRunner().invoke(main, [*args, "--overwrite", "--quiet"])
+    assert result.exit_code == 0, result.output
+    names = {p.name for p in out.iterdir()}
+    assert "model.safetensors" in names and "keep.txt" in names
+    assert not names & {"model-00001-of-00002.safetensors", "model.safetensors.index.json"}
+
+
+def test_cli_without_gate_only_reports(family, tmp_path, fake_cli_evaluator, monkeypatch):
+    recipe = write_recipe(tmp_path / "r.yaml", recipe_dict(family))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["sweep", str(recipe), "--set", "weight=0.2,0.8", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "Best task accuracy (no gate given): weight=0.8" in result.output
+    record = json.loads((tmp_path / "sweep-r" / "sweep.json").read_text())
+    assert record["gate"]["description"] == "none" and record["out"] is None
+
+
 # --- end to end, with the real evaluator ----------------------------------------------------------
 
 
@@ -475,8 +596,9 @@ def test_sweep_end_to_end(family, tmp_path):
     record = json.loads((out / "sweep.json").read_text())
     assert record["parameter"] == "weight" and record["values"] == [0.3, 0.9]
     assert record["gate"]["min_refusal"] == 0
-    assert set(record["prompt_sets"]) >= {"harmful", "benign", "task"}
-    assert "judge" in record
+    assert record["prompt_sets"]["harmful"] == "built-in"
+    assert record["prompt_sets"]["counts"] == {"harmful": 2, "benign": 2, "task": 2}
+    assert record["judge"] == "keyword"
     assert [p["value"] for p in record["points"]] == [0.3, 0.9]
     assert record["references"]["aligned"]["model"] == str(family["aligned"])
     chosen = record["chosen"]

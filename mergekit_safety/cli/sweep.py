@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +17,36 @@ from mergekit_safety.cli.common import config_errors
 
 NOTHING_PASSES = 3
 """Exit status when the sweep ran but no value passes the gate (1: an error, 2: bad usage)."""
+
+
+@dataclass
+class PromptEvaluator:
+    """``evaluate`` bound to one set of prompts and settings: model path -> summary dict."""
+
+    prompts: Any
+    judge: str | None
+    batch_size: int
+    max_new_tokens: int
+    device: str
+    progress: bool
+
+    def __call__(self, path: str) -> dict[str, Any]:
+        from mergekit_safety.evaluation import evaluate
+
+        result = evaluate(
+            path,
+            self.prompts,
+            judge=self.judge,
+            batch_size=self.batch_size,
+            max_new_tokens=self.max_new_tokens,
+            device=self.device,
+            progress=self.progress,
+        )
+        return result.summary()
+
+    def prompt_sets(self) -> dict[str, Any]:
+        """Where each set came from and its size, for sweep.json and the card."""
+        return {**self.prompts.sources, "counts": self.prompts.counts()}
 
 
 def make_evaluator(
@@ -26,27 +61,15 @@ def make_evaluator(
     max_new_tokens: int,
     device: str,
     progress: bool,
-):
-    """Load the prompt sets now (a bad path fails before any merge); return path -> summary."""
-    from mergekit_safety.evaluation import evaluate, load_prompt_sets
+) -> PromptEvaluator:
+    """Read the prompt sets and check the judge now, so a bad path fails before any merge."""
+    from mergekit_safety.evaluation import load_judge, load_prompt_sets
 
     prompts = load_prompt_sets(
         harmful=harmful, benign=benign, task=task, prompts_dir=prompts_dir, limit=limit
     )
-
-    def evaluate_model(path: str) -> dict[str, Any]:
-        result = evaluate(
-            path,
-            prompts,
-            judge=judge,
-            batch_size=batch_size,
-            max_new_tokens=max_new_tokens,
-            device=device,
-            progress=progress,
-        )
-        return result.summary()
-
-    return evaluate_model
+    load_judge(judge, device=device)  # a classifier only loads on first use: this is cheap
+    return PromptEvaluator(prompts, judge, batch_size, max_new_tokens, device, progress)
 
 
 @click.command("sweep")
@@ -72,7 +95,11 @@ def make_evaluator(
     type=click.Path(file_okay=False),
     help="Write the chosen merge here, with the reports and an updated model card. Needs a gate.",
 )
-@click.option("--overwrite", is_flag=True, help="Allow --out to be a non-empty directory.")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Allow a non-empty --out; model weights already there are replaced.",
+)
 @click.option(
     "--report",
     type=click.Path(file_okay=False),
@@ -97,6 +124,11 @@ def make_evaluator(
 @click.option("--low-cpu-memory", is_flag=True, help="Keep merge results on the accelerator.")
 @click.option("--trust-remote-code", is_flag=True, help="Trust remote code in model repos.")
 @click.option("--random-seed", type=int, help="Seed for randomised merge methods.")
+@click.option(
+    "--lora-merge-cache",
+    type=click.Path(file_okay=False),
+    help="Keep LoRA-merged inputs here [default: in the work dir, removed after].",
+)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def sweep_command(
     recipe: str,
@@ -121,6 +153,7 @@ def sweep_command(
     low_cpu_memory: bool,
     trust_remote_code: bool,
     random_seed: int | None,
+    lora_merge_cache: str | None,
     quiet: bool,
 ):
     """Merge RECIPE once per value of one parameter, evaluate each merge, and choose a value.
@@ -177,9 +210,10 @@ def sweep_command(
         low_cpu_memory=low_cpu_memory,
         trust_remote_code=trust_remote_code,
         random_seed=random_seed,
+        lora_merge_cache=lora_merge_cache,
         quiet=True,  # one sweep bar instead of mergekit's bars for every merge
     )
-    with config_errors():
+    with config_errors(), _terminate_unwinds():
         result = run_sweep(
             plan,
             evaluate_model,
@@ -191,11 +225,16 @@ def sweep_command(
             progress=not quiet,
         )
     prompt_sets = describe_prompt_sets(harmful, benign, task, prompts_dir, limit)
+    if hasattr(evaluate_model, "prompt_sets"):  # the real evaluator knows what it read
+        prompt_sets = {**evaluate_model.prompt_sets(), "limit": limit}
     context = {
         "prompt_sets": prompt_sets,
-        "judge": judge,
-        "generation": {"batch_size": batch_size, "max_new_tokens": max_new_tokens,
-                       "device": device},
+        "judge": judge or result.aligned.get("judge"),  # the evaluator records its default
+        "generation": {
+            "batch_size": batch_size,
+            "max_new_tokens": max_new_tokens,
+            "device": device,
+        },
     }
     paths = write_reports(result, report_dir, context)
     click.echo(paths["md"].read_text(encoding="utf-8"))
@@ -205,11 +244,27 @@ def sweep_command(
             click.echo("No value passes the gate; no model written.", err=True)
             sys.exit(NOTHING_PASSES)
         return
-    if result.out is not None:
+    chosen = plan.label(result.chosen.value)
+    if not gated:
+        click.echo(f"Best task accuracy (no gate given): {chosen}")
+    elif result.out is not None:
         _write_card(result, prompt_sets, judge)
-        click.echo(f"Chosen {plan.label(result.chosen.value)}; merge written to {result.out}")
+        click.echo(f"Chosen {chosen}; merge written to {result.out}")
     else:
-        click.echo(f"Chosen {plan.label(result.chosen.value)}")
+        click.echo(f"Chosen {chosen} (pass --out DIR to keep the merge)")
+
+
+@contextlib.contextmanager
+def _terminate_unwinds() -> Iterator[None]:
+    """SIGTERM (a scheduler's kill) unwinds like Ctrl-C, so temporary merges are removed too."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(128 + signal.SIGTERM))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _build_evaluator(**kwargs: Any):
@@ -222,10 +277,11 @@ def _build_evaluator(**kwargs: Any):
 
 def _write_card(result: Any, prompt_sets: dict, judge: str | None) -> None:
     from mergekit_safety.card import SafetyEvaluation, update_card
-    from mergekit_safety.sweep import TIE_BREAK, format_value
+    from mergekit_safety.sweep import SWEEPABLE, format_value
 
     plan = result.plan
     values = ", ".join(format_value(v) for v in plan.values)
+    side = "larger" if SWEEPABLE[plan.parameter].toward_finetuned > 0 else "smaller"
     update_card(
         result.out,
         SafetyEvaluation(
@@ -238,8 +294,9 @@ def _write_card(result: Any, prompt_sets: dict, judge: str | None) -> None:
             max_over_refusal=result.max_over_refusal,
             prompt_sets=prompt_sets,
             judge=judge,
-            note=f"Chosen by `mergekit-safety sweep` over {plan.parameter} ∈ {{{values}}}: the "
-            f"best task accuracy among the values that pass the gate; {TIE_BREAK}. "
+            note=f"`{plan.label(result.chosen.value)}` chosen by `mergekit-safety sweep` over "
+            f"{plan.parameter} ∈ {{{values}}}: the best task accuracy among the values that pass "
+            f"the gate (ties: the {side} {plan.parameter}, toward the fine-tune). "
             "Details: sweep.json, sweep.png.",
         ),
     )

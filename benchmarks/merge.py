@@ -1,0 +1,231 @@
+"""One command: build a checkpoint family, time every merge method, write a Markdown + JSON report.
+
+    python -m benchmarks.merge                 # ≈0.5B bf16 Llama, 3 repeats
+    python -m benchmarks.merge --size small    # a quick run
+
+Each merge runs through ``mergekit-yaml`` (``inspect`` through ``mergekit-safety``) in a fresh
+subprocess with the same options; repeats are interleaved (the job order rotates) so load from
+other processes spreads over all jobs alike. Ratios are of medians, against the stock method over
+the same models (see ``benchmarks/jobs.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import tempfile
+from pathlib import Path
+
+import click
+import torch
+from tqdm import tqdm
+
+from benchmarks import checkpoints, kernels, report
+from benchmarks.jobs import Job, plan
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--size",
+    type=click.Choice(list(checkpoints.SIZES)),
+    default="default",
+    show_default=True,
+    help="small ≈7M, default ≈0.5B, large ≈1.3B parameters.",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(["bfloat16", "float32"]),
+    default="bfloat16",
+    show_default=True,
+    help="Checkpoint and recipe dtype.",
+)
+@click.option("--repeats", type=click.IntRange(1), default=3, show_default=True)
+@click.option(
+    "--finetunes",
+    default="full,r8,r64",
+    show_default=True,
+    help="Fine-tunes to merge: full (full-rank update), r8, r64 (merged LoRAs).",
+)
+@click.option(
+    "--all-on-full/--safe-lora-on-full",
+    default=False,
+    show_default=True,
+    help="Run every gated method on the full-rank fine-tune, not only safe_lora.",
+)
+@click.option(
+    "--stock-per-finetune/--stock-once",
+    default=False,
+    show_default=True,
+    help="Run task_arithmetic with each fine-tune listed, not once for all.",
+)
+@click.option(
+    "--inspect-on",
+    default="r8",
+    show_default=True,
+    help="Fine-tunes to run `mergekit-safety inspect` on (comma-separated).",
+)
+@click.option(
+    "--proposal/--no-proposal",
+    default=False,
+    show_default=True,
+    help="Also time the gated methods patched to pass the rounding tolerance.",
+)
+@click.option(
+    "--kernels/--no-kernels",
+    "run_kernels",
+    default=True,
+    show_default=True,
+    help="Dense-path GFLOP/s and the rounding-tolerance ρ study.",
+)
+@click.option(
+    "--gemm-shapes", default=None, help="OUTxIN,... for the GFLOP/s study [default: by size]."
+)
+@click.option(
+    "--sample-layers",
+    type=click.IntRange(1),
+    default=4,
+    show_default=True,
+    help="Layers scored in the ρ study.",
+)
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(tempfile.gettempdir()) / "mergekit-safety-bench",
+    show_default=True,
+    help="Checkpoints (kept and reused), recipes and scratch outputs.",
+)
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Report path (.md; a .json beside it) [default: WORKDIR/report-SIZE.md].",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Torch threads, for the merges (OMP_NUM_THREADS) and in-process kernels alike. 1: on a "
+    "shared 2-core machine, 2-thread OpenMP regions stall whenever one core is taken.",
+)
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def main(size, dtype, repeats, finetunes, all_on_full, stock_per_finetune, inspect_on,
+         proposal, run_kernels, gemm_shapes, sample_layers, workdir, output, threads,
+         quiet):  # fmt: skip
+    """Time safe_linear, safemerge, safe_lora and inspect against stock mergekit methods."""
+    spec = checkpoints.SIZES[size]
+    names = [f.strip() for f in finetunes.split(",") if f.strip()]
+    unknown = set(names) - set(checkpoints.FINETUNES)
+    if unknown:
+        raise click.BadParameter(f"unknown fine-tunes {sorted(unknown)}", param_hint="--finetunes")
+    root = workdir / f"{size}-{dtype}"
+    torch.set_num_threads(threads)
+    repository = str(Path(__file__).resolve().parent.parent)  # for `-m benchmarks.proposal`
+    path = os.pathsep.join(filter(None, [repository, os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": str(threads),
+           "MKL_NUM_THREADS": str(threads)}  # fmt: skip
+    machine = describe_machine()
+    click.echo(f"building {spec.parameters() / 1e6:.0f}M-parameter checkpoints in {root}", err=True)
+    paths = checkpoints.build(root, spec, getattr(torch, dtype), quiet=quiet)
+    warm_page_cache(paths.values())
+
+    jobs = plan(
+        paths,
+        dtype,
+        names,
+        proposal=proposal,
+        stock_per_finetune=stock_per_finetune,
+        all_on_full=all_on_full,
+        inspect_on=tuple(f.strip() for f in inspect_on.split(",")),
+    )
+    for index in tqdm(range(repeats * len(jobs)), desc="merges", disable=quiet):
+        repeat, slot = divmod(index, len(jobs))
+        jobs[(slot + repeat) % len(jobs)].run(workdir, env)  # rotate the order each repeat
+
+    result = {
+        "machine": {**machine, "load_after": os.getloadavg()},
+        "size": {"name": size, **vars(spec), "parameters": spec.parameters(), "dtype": dtype},
+        "repeats": repeats,
+        "merges": summarize(jobs),
+    }
+    if run_kernels:
+        shapes = parse_shapes(gemm_shapes) if gemm_shapes else default_shapes(size)
+        result["dense"] = kernels.dense_efficiency(shapes, repeats, quiet)
+        layers = kernels.sampled_layers(spec, sample_layers)
+        result["rounding"] = kernels.rounding_study(root, spec, layers, names, quiet)
+    output = output or workdir / f"report-{size}.md"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.with_suffix(".json").write_text(json.dumps(result, indent=2))
+    output.write_text(report.markdown(result))
+    click.echo(output.read_text())
+    click.echo(f"written: {output} and {output.with_suffix('.json')}", err=True)
+
+
+def summarize(jobs: list[Job]) -> list[dict]:
+    medians = {
+        j.key: (
+            statistics.median(s.wall for s in j.samples),
+            statistics.median(s.rss for s in j.samples),
+        )
+        for j in jobs
+    }
+    rows = []
+    for j in jobs:
+        wall, rss = medians[j.key]
+        row = {
+            "key": j.key, "method": j.method, "finetune": j.finetune, "inputs": j.inputs,
+            "wall_s": wall, "rss_bytes": rss, "reference": j.reference,
+            "walls": [s.wall for s in j.samples], "rsses": [s.rss for s in j.samples],
+            "target_wall": j.target_wall, "target_rss": j.target_rss,
+        }  # fmt: skip
+        if j.reference in medians:
+            ref_wall, ref_rss = medians[j.reference]
+            row["wall_ratio"], row["rss_ratio"] = wall / ref_wall, rss / ref_rss
+        rows.append(row)
+    return rows
+
+
+def describe_machine() -> dict:
+    model = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    from importlib.metadata import version
+
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "mergekit": version("mergekit"),
+        "python": platform.python_version(),
+        "load_before": os.getloadavg(),
+    }
+
+
+def warm_page_cache(paths) -> None:
+    """Read every checkpoint once so the first timed merge does not pay for the disk."""
+    for path in paths:
+        with open(Path(path) / "model.safetensors", "rb") as handle:
+            while handle.read(1 << 24):
+                pass
+
+
+def default_shapes(size: str) -> list[tuple[int, int]]:
+    if size == "small":
+        return [(1024, 1024), (1024, 2816)]
+    return [(2048, 2048), (2048, 5504), (4096, 4096)]
+
+
+def parse_shapes(text: str) -> list[tuple[int, int]]:
+    return [tuple(int(x) for x in item.lower().split("x")) for item in text.split(",")]
+
+
+if __name__ == "__main__":
+    main()
