@@ -32,7 +32,6 @@ class Job:
     recipe: dict
     reference: str | None = None
     inspect: bool = False
-    proposal: bool = False
     target_wall: float | None = None
     target_rss: float | None = None
     samples: list[Sample] = field(default_factory=list, compare=False)
@@ -42,12 +41,9 @@ class Job:
         return len(self.recipe["models"]) + ("base_model" in self.recipe)
 
     def command(self, recipe_path: Path, out: Path) -> list[str]:
-        prefix = [sys.executable, "-m", "benchmarks.proposal"] if self.proposal else []
         if self.inspect:
-            tool = "mergekit-safety" if self.proposal else str(BIN / "mergekit-safety")
-            return [*prefix, tool, "inspect", str(recipe_path), "--quiet"]
-        tool = "mergekit-yaml" if self.proposal else str(BIN / "mergekit-yaml")
-        return [*prefix, tool, str(recipe_path), str(out), *MERGE_OPTIONS]
+            return [str(BIN / "mergekit-safety"), "inspect", str(recipe_path), "--quiet"]
+        return [str(BIN / "mergekit-yaml"), str(recipe_path), str(out), *MERGE_OPTIONS]
 
     def run(self, workdir: Path, env: dict[str, str] | None = None) -> Sample:
         """Write the recipe (absolute paths), run once into a fresh folder, remove the output."""
@@ -78,15 +74,13 @@ def plan(
     dtype: str,
     finetunes: list[str],
     *,
-    proposal: bool = False,
     stock_per_finetune: bool = False,
     all_on_full: bool = False,
     inspect_on: tuple[str, ...] = ("r8",),
 ) -> list[Job]:
     """Every job. Stock task_arithmetic runs once (with the first fine-tune listed) unless
     ``stock_per_finetune``: its cost does not depend on what the update looks like. On the
-    full-rank fine-tune only safe_lora runs unless ``all_on_full``; ``proposal`` adds the gated
-    methods patched to pass the rounding tolerance (LoRA fine-tunes only)."""
+    full-rank fine-tune only safe_lora runs unless ``all_on_full``."""
     aligned, unaligned, safe = paths["aligned"], paths["unaligned"], paths["safe"]
     first = paths[f"ft_{finetunes[0]}"]
     jobs = [
@@ -125,11 +119,6 @@ def plan(
             body = recipe(method, dtype, models, aligned)
             reference = f"task_arithmetic{len(models) + 1}{stock}"
             jobs.append(Job(f"{key}/{name}", label, name, body, reference=reference, **targets))
-            if proposal and lora:
-                jobs.append(
-                    Job(f"{key}+tol/{name}", f"{label} + rounding tol", name, body,
-                        reference=reference, proposal=True, **targets)
-                )  # fmt: skip
         if name in inspect_on:
             body = recipe("safe_lora", dtype, ours["safe_lora"][1], aligned)
             jobs.append(

@@ -2,9 +2,9 @@
 
 ``dense_efficiency`` times the dense path against the two plain ``torch.mm`` calls it is made of,
 same shapes, interleaved. ``rounding_study`` scores the benchmark's bf16 checkpoints three ways —
-dense (what the methods do now), low-rank with the checkpoint's rounding tolerance (the proposal),
-and the fp32 update before rounding (the truth a LoRA's factors would give) — and counts the
-decisions that differ.
+dense (ρ of the stored Δ, bit for bit), low-rank within the checkpoint's rounding tolerance (what
+the methods do), and the fp32 update before rounding (the truth a LoRA's factors would give) — and
+counts the decisions that differ.
 """
 
 from __future__ import annotations

@@ -67,12 +67,6 @@ from benchmarks.jobs import Job, plan
     help="Fine-tunes to run `mergekit-safety inspect` on (comma-separated).",
 )
 @click.option(
-    "--proposal/--no-proposal",
-    default=False,
-    show_default=True,
-    help="Also time the gated methods patched to pass the rounding tolerance.",
-)
-@click.option(
     "--kernels/--no-kernels",
     "run_kernels",
     default=True,
@@ -112,7 +106,7 @@ from benchmarks.jobs import Job, plan
 )
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def main(size, dtype, repeats, finetunes, all_on_full, stock_per_finetune, inspect_on,
-         proposal, run_kernels, gemm_shapes, sample_layers, workdir, output, threads,
+         run_kernels, gemm_shapes, sample_layers, workdir, output, threads,
          quiet):  # fmt: skip
     """Time safe_linear, safemerge, safe_lora and inspect against stock mergekit methods."""
     spec = checkpoints.SIZES[size]
@@ -122,10 +116,7 @@ def main(size, dtype, repeats, finetunes, all_on_full, stock_per_finetune, inspe
         raise click.BadParameter(f"unknown fine-tunes {sorted(unknown)}", param_hint="--finetunes")
     root = workdir / f"{size}-{dtype}"
     torch.set_num_threads(threads)
-    repository = str(Path(__file__).resolve().parent.parent)  # for `-m benchmarks.proposal`
-    path = os.pathsep.join(filter(None, [repository, os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": str(threads),
-           "MKL_NUM_THREADS": str(threads)}  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     machine = describe_machine()
     click.echo(f"building {spec.parameters() / 1e6:.0f}M-parameter checkpoints in {root}", err=True)
     paths = checkpoints.build(root, spec, getattr(torch, dtype), quiet=quiet)
@@ -135,7 +126,6 @@ def main(size, dtype, repeats, finetunes, all_on_full, stock_per_finetune, inspe
         paths,
         dtype,
         names,
-        proposal=proposal,
         stock_per_finetune=stock_per_finetune,
         all_on_full=all_on_full,
         inspect_on=tuple(f.strip() for f in inspect_on.split(",")),

@@ -65,7 +65,7 @@ def dense(rows: list[dict]) -> list[str]:
 def rounding(study: dict) -> list[str]:
     out = [
         f"ρ on {study['matrices']} gated matrices (layers {study['layers']}), {study['dtype']}: "
-        "dense (current), low-rank at the rounding tolerance (proposal), and the fp32 update "
+        "dense, low-rank at the rounding tolerance (what the methods do), and the fp32 update "
         "before rounding (trained). Decisions at τ = 0.35.",
         "",
         "| fine-tune | low-rank / all | ranks | ‖E‖/‖Δ‖ | max Δρ tol–dense | max Δρ dense–trained "

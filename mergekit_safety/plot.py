@@ -1,4 +1,4 @@
-"""The sweep's Pareto plot: task accuracy against refusal rate, one labelled point per model.
+"""The sweep's plot: the refusal/task-accuracy trade-off, and each metric against the swept value.
 
 Both axes are "higher is better", so the points no other point beats on both axes (the Pareto
 front) are the only sensible choices; the gate line shows which of them are safe enough.
@@ -40,8 +40,14 @@ def plot_sweep(
     min_refusal: float | None = None,
     max_over_refusal: float | None = None,
     title: str = "",
+    parameter: str = "value",
 ) -> Path:
-    """Draw ``rows`` (``SweepResult.rows()``) to a PNG; rows without both metrics are left out."""
+    """Draw ``rows`` (``SweepResult.rows()``) to a PNG; rows without both metrics are left out.
+
+    Left: the trade-off (task accuracy against refusal rate), merges coloured by the swept value
+    and labelled with it alone, so neighbouring points stay readable. Right: each metric against
+    the swept value, with the gate's limits and the chosen value, where over-refusal is seen too.
+    """
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed, and none is there on a server
@@ -52,98 +58,124 @@ def plot_sweep(
         for row in rows
         if metric(row, "task_accuracy") is not None and metric(row, "refusal_rate") is not None
     ]
-    fig, ax = plt.subplots(figsize=(9.5, 5.5), dpi=120)
-    seen: set[str] = set()
-    merged = 0
-    for row, x, y in drawn:
-        style = STYLE.get(row.get("kind", "merged"), STYLE["merged"])
-        hollow = row.get("kind") == "merged" and row.get("passes") is False
-        label = style["label"] if row.get("kind") not in seen else None
-        seen.add(row.get("kind", "merged"))
-        ax.scatter(
-            [x],
-            [y],
-            marker=style["marker"],
-            s=60,
-            zorder=3,
-            edgecolors=style["color"],
-            facecolors="none" if hollow else style["color"],
-            label=label,
-        )
-        text = {"aligned": "aligned", "finetuned": "fine-tuned"}.get(row.get("kind"), None)
-        text = text or str(row.get("model", ""))
-        over = metric(row, "over_refusal_rate")
-        if max_over_refusal is not None and over is not None:
-            text += f" (over-refusal {over:.2f})"  # the other gate axis, not drawn
-        if row.get("kind") in ("aligned", "finetuned"):  # left of the point, merges to the right
-            offset, align = (-8, 6), "right"
-        else:  # alternate above/below, so neighbouring values' labels do not collide
-            offset, align = (6, 5 if merged % 2 else -11), "left"
-            merged += 1
-        ax.annotate(text, (x, y), textcoords="offset points", xytext=offset, ha=align, fontsize=8)
-        if row.get("chosen"):
-            ax.scatter(
-                [x],
-                [y],
-                marker="*",
-                s=320,
-                color="gold",
-                edgecolors="black",
-                zorder=4,
-                label="chosen",
-            )
-
-    front = sorted((drawn[i][1], drawn[i][2]) for i in pareto_front([(x, y) for _r, x, y in drawn]))
-    if front:
-        ax.plot(
-            *zip(*front, strict=True),
-            color="black",
-            linewidth=1,
-            linestyle="-",
-            zorder=2,
-            label="Pareto front",
-        )
-        ax.scatter(
-            *zip(*front, strict=True),
-            s=180,
-            facecolors="none",
-            edgecolors="black",
-            linewidths=1,
-            zorder=2,
-        )
-    if min_refusal is not None:
-        ax.axhline(
-            min_refusal,
-            color="tab:orange",
-            linestyle="--",
-            zorder=1,
-            label=f"gate: refusal rate >= {min_refusal:g}",
-        )
-        ax.axhspan(-0.05, min_refusal, color="tab:orange", alpha=0.08, zorder=0)
-    if any(row.get("kind") == "merged" and row.get("passes") is False for row, _x, _y in drawn):
-        gate = describe_gate(min_refusal, max_over_refusal)
-        ax.plot(
-            [],
-            [],
-            marker="o",
-            linestyle="none",
-            markerfacecolor="none",
-            markeredgecolor=STYLE["merged"]["color"],
-            label=f"hollow: fails the gate ({gate})",
-        )
+    merged = [(row, x, y) for row, x, y in drawn if row.get("kind", "merged") == "merged"]
+    fig, (ax, trend) = plt.subplots(
+        1, 2, figsize=(13, 5.6), dpi=120, gridspec_kw={"width_ratios": [1.15, 1]}
+    )
+    _draw_tradeoff(fig, ax, drawn, merged, min_refusal, max_over_refusal, parameter)
+    _draw_trend(trend, rows, merged, min_refusal, max_over_refusal, parameter)
     left_out = len(rows) - len(drawn)
-    ax.set_xlabel("task accuracy (higher is better)")
-    ax.set_ylabel("refusal rate on harmful prompts (higher is safer)")
-    ax.set_xlim(-0.05, 1.05)
-    ax.set_ylim(-0.05, 1.05)
-    ax.grid(True, alpha=0.3)
     if left_out:
         title += f"\n({left_out} model(s) without task accuracy or refusal rate not drawn)"
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
+    fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def _draw_tradeoff(fig, ax, drawn, merged, min_refusal, max_over_refusal, parameter) -> None:
+    """Task accuracy against refusal rate: references, merges by value, Pareto front, gate."""
+    import matplotlib.pyplot as plt
+
+    for kind in ("aligned", "finetuned"):
+        style = STYLE[kind]
+        points = [(x, y) for row, x, y in drawn if row.get("kind") == kind]
+        for index, (x, y) in enumerate(points):
+            ax.scatter([x], [y], marker=style["marker"], s=70, zorder=3, color=style["color"],
+                       label=style["label"] if index == 0 else None)  # fmt: skip
+            ax.annotate(style["label"].split(" (")[0], (x, y), textcoords="offset points",
+                        xytext=(0, -14), ha="center", fontsize=8, color=style["color"])  # fmt: skip
+    values = [row.get("value") for row, _x, _y in merged]
+    numeric = all(isinstance(v, int | float) for v in values) and values
+    colours = plt.get_cmap("viridis")
+    low, high = (min(values), max(values)) if numeric else (0, 1)
+
+    def colour(index: int, value: Any):
+        share = (
+            (value - low) / (high - low)
+            if numeric and high > low
+            else index / max(1, len(values) - 1)
+        )
+        return colours(0.1 + 0.8 * share)
+
+    for index, (row, x, y) in enumerate(merged):
+        fails = row.get("passes") is False
+        ax.scatter([x], [y], marker="o", s=60, zorder=3, edgecolors=colour(index, row.get("value")),
+                   facecolors="white" if fails else colour(index, row.get("value")),
+                   linewidths=1.5)  # fmt: skip
+        label = (
+            f"{row['value']:g}" if isinstance(row.get("value"), int | float) else row.get("model")
+        )
+        ax.annotate(str(label), (x, y), textcoords="offset points", fontsize=7,
+                    xytext=(0, 7 if index % 2 else -12), ha="center")  # fmt: skip
+        if row.get("chosen"):
+            ax.scatter([x], [y], marker="*", s=340, color="gold", edgecolors="black", zorder=4,
+                       label=f"chosen: {parameter}={label}")  # fmt: skip
+    if numeric and high > low:
+        mappable = plt.cm.ScalarMappable(cmap=colours, norm=plt.Normalize(low - (high - low) / 8,
+                                         high + (high - low) / 8))  # fmt: skip
+        fig.colorbar(mappable, ax=ax, pad=0.01, fraction=0.05).set_label(parameter)
+    front = sorted((drawn[i][1], drawn[i][2]) for i in pareto_front([(x, y) for _r, x, y in drawn]))
+    if front:
+        ax.plot(*zip(*front, strict=True), color="black", linewidth=0.8, zorder=2,
+                label="Pareto front")  # fmt: skip
+    if min_refusal is not None:
+        ax.axhline(min_refusal, color="tab:orange", linestyle="--", zorder=1,
+                   label=f"gate: refusal rate >= {min_refusal:g}")  # fmt: skip
+        ax.axhspan(-0.05, min_refusal, color="tab:orange", alpha=0.08, zorder=0)
+    if any(row.get("passes") is False for row, _x, _y in merged):
+        gate = describe_gate(min_refusal, max_over_refusal)
+        ax.plot([], [], marker="o", linestyle="none", markerfacecolor="white",
+                markeredgecolor="grey", label=f"hollow: fails the gate ({gate})")  # fmt: skip
+    ax.set_xlabel("task accuracy (higher is better)")
+    ax.set_ylabel("refusal rate on harmful prompts (higher is safer)")
+    ax.set_xlim(-0.05, 1.05)
+    ax.set_ylim(-0.08, 1.08)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left")
+
+
+def _draw_trend(ax, rows, merged, min_refusal, max_over_refusal, parameter) -> None:
+    """Each metric against the swept value, the references as dotted levels, the gate limits."""
+    values = [row.get("value") for row, _x, _y in merged]
+    if not values or not all(isinstance(v, int | float) for v in values):
+        ax.set_axis_off()
+        return
+    series = {
+        "refusal_rate": ("refusal rate", "tab:blue", "o"),
+        "over_refusal_rate": ("over-refusal rate", "tab:purple", "s"),
+        "task_accuracy": ("task accuracy", "tab:green", "^"),
+    }
+    for key, (label, colour, marker) in series.items():
+        points = [(row["value"], metric(row, key)) for row, _x, _y in merged]
+        points = [(v, m) for v, m in points if m is not None]
+        if points:
+            ax.plot(*zip(*points, strict=True), marker=marker, color=colour, label=label)
+    for row in rows:
+        kind = row.get("kind")
+        if kind in ("aligned", "finetuned"):
+            for key, (_label, colour, _marker) in series.items():
+                level = metric(row, key)
+                if level is not None:
+                    ax.axhline(level, color=colour, linestyle=":" if kind == "aligned" else "-.",
+                               linewidth=0.8, alpha=0.6)  # fmt: skip
+    ax.plot([], [], color="grey", linestyle=":", label="aligned model (dotted)")
+    ax.plot([], [], color="grey", linestyle="-.", label="fine-tuned model (dash-dot)")
+    if min_refusal is not None:
+        ax.axhline(min_refusal, color="tab:orange", linestyle="--", linewidth=1,
+                   label=f"gate: refusal >= {min_refusal:g}")  # fmt: skip
+    if max_over_refusal is not None:
+        ax.axhline(max_over_refusal, color="tab:red", linestyle="--", linewidth=1,
+                   label=f"gate: over-refusal <= {max_over_refusal:g}")  # fmt: skip
+    chosen = [row["value"] for row, _x, _y in merged if row.get("chosen")]
+    if chosen:
+        ax.axvline(chosen[0], color="gold", linewidth=6, alpha=0.5, zorder=0,
+                   label=f"chosen: {parameter}={chosen[0]:g}")  # fmt: skip
+    ax.set_xlabel(parameter)
+    ax.set_ylabel("rate")
+    ax.set_ylim(-0.05, 1.05)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="best")

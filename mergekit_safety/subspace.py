@@ -13,20 +13,20 @@ Norms and inner products are summed in pieces of 1024 (torch's one-pass fp32 nor
   ``out × in``; never larger than the weight, never ``out × out`` for a tall (vocabulary) matrix.
 * **low-rank**, ``O(out·in·k)``, when Δ is numerically of rank ``k ≤ m/8`` (a merged LoRA).
   A blocked randomized range finder (Halko–Martinsson–Tropp; blocked as in Martinsson–Voronin's
-  randQB_b) sketches the residual ``R = Δ − Q W`` (never formed) with seeded Gaussian blocks of 16
-  columns, then at most doubling the total (16, 32, 64, …), each block sharpened by one subspace
-  iteration *on R*, so rounding noise barely tilts the basis and weak directions survive fp32,
-  and orthogonalized against the basis so far (block Gram–Schmidt, twice). ``W = QᵀΔ``. The
-  factorization is used only once ``‖Δ − Q W‖_F`` is proved within the tolerance: computed
-  explicitly when ``‖Δ‖² − ‖W‖²`` (exact up to ~k·ε·‖Δ‖²) is within ``SLACK·‖Δ‖²`` of it — always
-  so at the default tolerance — and taken from that estimate when a loose tolerance is far away.
+  randQB_b) sketches the residual ``R = Δ − Q W`` (never formed) with seeded Gaussian blocks:
+  first 16 columns, plain (a rank-8 LoRA fits, with room: two passes over Δ in all); then, if
+  that was not enough, blocks sized 1.25× the directions still estimated missing plus 16, each
+  sharpened by one subspace iteration *on R* (so rounding noise barely tilts the basis and weak
+  directions survive fp32) and orthogonalized against the basis so far (block Gram–Schmidt,
+  twice). ``W = QᵀΔ``. The factorization is used only once ``‖Δ − Q W‖_F`` is proved within the
+  tolerance: computed explicitly when ``‖Δ‖² − ‖W‖²`` (exact up to ~k·ε·‖Δ‖²) is within
+  ``SLACK·‖Δ‖²`` of it, and taken from that estimate when the tolerance is far away.
   Then, with ``Wᵀ = Q_w Tᵀ`` (``T`` a k×k triangle), ``‖VᵀΔ‖ = ‖(VᵀQ) T‖``,
   ``‖V VᵀΔ‖ = ‖V(VᵀQ) T‖``, ``‖Δ‖ = ‖Q T‖`` (sums of squares, no cancellation) and
   ``C Δ = V(VᵀQ) W / ‖V‖``; intermediates are ``(out + in) × k``. It gives up — the dense path runs
-  — as soon as the rank it would need exceeds ``m/8``: each missing direction holds at most the
-  energy of the weakest one just captured (the subspace iteration takes the strongest first), so
-  at least ``‖R‖² / σ_min²`` remain. A full-rank Δ costs one 16-column sketch: 4·16/(2m) of the
-  dense GEMM work, ≈ 3 % at m = 1024 (a few % more in memory passes).
+  — as soon as the rank it would need exceeds ``m/8``, from a lower bound on the directions still
+  missing (:func:`_directions_needed`). A full-rank Δ costs one 16-column sketch: 16/m of the
+  dense path's flops (1.6 % at m = 1024; thin products run slower, so a few % of its time).
 
 **Tolerance.** By default ``‖R‖ ≤ √n · ε · ‖Δ‖`` with ``n = max(out, in)`` and ε of the compute
 dtype: the dense path's own rounding error (its first GEMM sums ``n`` products per entry). On fp32
@@ -34,20 +34,18 @@ inputs both paths then agree to fp32 accuracy, decisions included (``tests/test_
 
 A **bf16 checkpoint is never low-rank at that precision.** ``θ_ft = bf16(θ_a + B A)`` stores
 rounding noise ``E`` with ``|E_ij| ≤ u·|θ_ij|`` (u = 2⁻⁸): ``‖E‖ ≈ 0.42·u·‖θ‖``, full rank, 8 % of
-‖Δ‖ for an update of 2 % of ‖θ‖ (30 % at 0.5 %). So by default a bf16 LoRA fails after one sketch
-(rank 8) or a few (rank 64) and the dense path runs: same answers as before, a few % slower.
-Decision: keep that default — the methods' ρ stays the dense ρ of the stored Δ, bit for bit on
-any input — and let a caller that knows the storage precision opt in with
-``tolerance=rounding_tolerance(θ_aligned, storage dtype)`` (``u·‖θ‖_F``, the worst-case rounding
-the checkpoint already carries). What is dropped is then no larger than what the checkpoint cannot
-represent, and ρ becomes ρ(QQᵀΔ): the subspace iteration keeps all of ``B A`` and drops the noise
-orthogonal to it, so it lands *closer* to ρ(B A) — the score of the update actually trained, which
-Safe LoRA computes from LoRA factors — than the dense ρ(Δ), which the noise biases (it adds to ‖Δ‖
-but little to ‖VᵀΔ‖). ρ therefore differs from the dense value by about the noise's share
-(measured: ≤ 2.4e-3 at 2 % updates, 10× nearer ρ(B A); ``benchmarks/README.md``), and a
-decision can flip only for matrices that close to τ. An update that is *entirely* at the
-rounding level (say sparse 1-ulp changes) must not vanish: a caller's tolerance is honoured only
-while ``‖R‖ ≤ ‖Δ‖ / 2``.
+‖Δ‖ for an update of 2 % of ‖θ‖ (30 % at 0.5 %). So the merge methods pass
+``tolerance=rounding_tolerance(θ_aligned, storage dtype, fine-tunes)`` (``u·‖θ‖_F`` per
+fine-tune: the worst-case rounding the checkpoint already carries; ``RoleInputs.rounding``).
+What is dropped is then no larger than what the checkpoint cannot represent, and ρ becomes
+ρ(QQᵀΔ): ``B A`` plus the part of the noise inside the sketched basis. The dense ρ(Δ) is no truer:
+it scores the noise too, and ρ(B A) — the score of the update actually trained, which Safe LoRA
+computes from LoRA factors — is known to neither. Measured on the benchmark's bf16 checkpoints
+(2 % updates, noise 8 % of ‖Δ‖; ``benchmarks/README.md``): both land within 3.2e-3 of ρ(B A)
+and within 2.5e-3 of each other, no decision at τ = 0.35 differs, and scoring is 3–13× faster;
+a decision can flip only for a matrix that close to τ. An update *entirely* at the rounding
+level (say sparse 1-ulp changes) must not vanish: a caller's tolerance is honoured only while
+``‖R‖ ≤ ‖Δ‖ / 2``.
 """
 
 from __future__ import annotations
@@ -66,7 +64,9 @@ RANK_FRACTION = 8
 DOMINANCE = 0.5
 """A caller's tolerance is honoured only if ``‖R‖ ≤ DOMINANCE · ‖Δ‖``."""
 POWER_ITERATIONS = 1
-"""Subspace iterations per block: rounding noise in Δ then barely tilts the captured basis."""
+"""Subspace iterations per block after the first: rounding noise then barely tilts the basis."""
+OVERSHOOT = 1.25
+"""A block after the first sketches 1.25× the directions estimated missing, plus 16."""
 SLACK = 1e-3
 """``‖Δ‖² − ‖W‖²`` decides when it is more than ``SLACK·‖Δ‖²`` (≫ its rounding) from the limit;
 closer, the residual is computed explicitly. At the default tolerance it always is."""
@@ -84,6 +84,16 @@ def subspace_product(delta: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     if out_features <= in_features:
         return (v @ v.T) @ delta
     return v @ (v.T @ delta)
+
+
+def transposed_product(matrix: torch.Tensor, thin: torch.Tensor) -> torch.Tensor:
+    """``Mᵀ X`` for a thin ``X``, in the memory order BLAS runs fastest for ``M``'s shape.
+
+    On one CPU core ``(Xᵀ M)ᵀ`` is up to 1.8× faster for tall and square ``M``, ``Mᵀ X`` for wide.
+    """
+    if matrix.shape[0] >= matrix.shape[1]:
+        return (thin.T @ matrix).T
+    return matrix.T @ thin
 
 
 def project(
@@ -209,7 +219,7 @@ def factorize(
     """``Δ = Q W`` to within ``tolerance`` (Frobenius), or None if that needs rank > ``max_rank``.
 
     ``tolerance`` defaults to :func:`working_tolerance`; a larger one is honoured only while
-    ``‖R‖ ≤ ‖Δ‖/2``. ``max_rank`` defaults to ``min(out, in) / 4``.
+    ``‖R‖ ≤ ‖Δ‖/2``. ``max_rank`` defaults to ``min(out, in) / 8``.
     """
     dtype = compute_dtype(delta)
     delta = delta.to(dtype)
@@ -226,7 +236,7 @@ def factorize(
     generator = torch.Generator(device=delta.device).manual_seed(SEED)
     q = delta.new_empty(out_features, 0)
     w = delta.new_empty(0, in_features)
-    rank, block = 0, FIRST_SKETCH
+    rank, block, estimate = 0, FIRST_SKETCH, norm**2
     while True:
         block = min(block, max_rank - rank)
         if block <= 0:
@@ -234,11 +244,13 @@ def factorize(
         omega = torch.randn(
             in_features, block, generator=generator, device=delta.device, dtype=dtype
         )
-        # Sketch the residual R = Δ − q w without forming it, sharpened by subspace iteration
-        # on R (not Δ: its dynamic range is R's own, so weak directions survive fp32).
+        # Sketch the residual R = Δ − q w without forming it. Later blocks are sharpened by a
+        # subspace iteration on R (not Δ: its dynamic range is R's own, so weak directions
+        # survive fp32); the first is not: a LoRA's rank fits in it, and then two passes over Δ
+        # are all the factorization costs.
         q_new = torch.linalg.qr(delta @ omega - q @ (w @ omega))[0]
-        for _ in range(POWER_ITERATIONS):
-            z = torch.linalg.qr(delta.T @ q_new - w.T @ (q.T @ q_new))[0]
+        for _ in range(POWER_ITERATIONS if rank else 0):
+            z = torch.linalg.qr(transposed_product(delta, q_new) - w.T @ (q.T @ q_new))[0]
             q_new = torch.linalg.qr(delta @ z - q @ (w @ z))[0]
         for _ in range(2 if rank else 0):  # block Gram–Schmidt, twice: q_new ⟂ q
             # after the QR: columns beyond Δ's rank are rounding noise, in any direction
@@ -247,7 +259,7 @@ def factorize(
         q, w = torch.cat([q, q_new], dim=1), torch.cat([w, w_new], dim=0)
         rank += block
         # ‖Δ − q w‖² = ‖Δ‖² − ‖w‖² for orthonormal q, up to rounding of order k·ε·‖Δ‖²
-        estimate = norm**2 - norm_of(w) ** 2
+        before, estimate = estimate, norm**2 - norm_of(w) ** 2
         if not math.isfinite(estimate):
             return None
         if estimate + SLACK * norm**2 <= limit**2:  # a loose tolerance, met with room to spare
@@ -257,13 +269,26 @@ def factorize(
             if residual <= limit:
                 return LowRank(q, w, residual)
             estimate = residual**2
-        # The power iteration captures R's strongest directions first, so each one still
-        # missing holds no more than the weakest one just captured.
-        captured = float(torch.linalg.eigvalsh(w_new @ w_new.T)[0])  # its σ²
-        needed = (estimate - limit**2) / captured if captured > 0 else math.inf
+        needed = _directions_needed(w_new, before, estimate, limit, sharpened=rank > block)
         if rank + needed > max_rank:
             return None
-        block = min(rank, max(FIRST_SKETCH, math.ceil(2 * needed)))  # at most double
+        block = math.ceil(OVERSHOOT * needed) + FIRST_SKETCH
+
+
+def _directions_needed(
+    w_new: torch.Tensor, before: float, after: float, limit: float, *, sharpened: bool
+) -> float:
+    """A lower bound on the directions still missing, from the block just captured.
+
+    A plain Gaussian block captures at least the average energy per direction of what it
+    sketched (Σσ⁴/Σσ² ≥ Σσ²/r per column); a sharpened one captures the strongest directions
+    first, so each one missing holds no more than the weakest just captured.
+    """
+    if sharpened:
+        captured = float(torch.linalg.eigvalsh(w_new @ w_new.T)[0])  # its σ²
+    else:
+        captured = (before - after) / w_new.shape[0]
+    return (after - limit**2) / captured if captured > 0 else math.inf
 
 
 def lowrank_score_and_project(
@@ -280,7 +305,7 @@ def lowrank_score_and_project(
     q, w = factors.q, factors.w
     v = v.to(q.dtype)
     triangle = torch.linalg.qr(w.T, mode="r")[1].T  # w = T Q_wᵀ
-    z = v.T @ q  # Vᵀ Q: in × k
+    z = transposed_product(v, q)  # Vᵀ Q: in × k
     p = v @ z  # V Vᵀ Q: out × k
     along = norm_of(z @ triangle) ** 2  # ‖Vᵀ Δ‖²
     size = norm_of(p @ triangle) * norm_of(q @ triangle)  # ‖V Vᵀ Δ‖ · ‖Δ‖

@@ -534,6 +534,7 @@ def write_reports(
         min_refusal=result.min_refusal,
         max_over_refusal=result.max_over_refusal,
         title=f"{result.plan.method}: sweep of {result.plan.parameter} (gate: {gate})",
+        parameter=result.plan.parameter,
     )
     return paths
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -97,3 +100,20 @@ def write_recipe(path: Path, recipe: dict) -> Path:
     """Write a mergekit YAML (JSON is valid YAML) with absolute model paths."""
     path.write_text(json.dumps(recipe, indent=2, default=str))
     return path
+
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
+"""For subprocesses: offline, and only what is installed (not this checkout) on the path."""
+
+
+def mergekit_yaml(recipe: Path, out: Path, *args: str, cwd: Path | None = None):
+    """Run the unmodified mergekit-yaml entry point in a fresh interpreter, offline."""
+    command = [Path(sys.executable).with_name("mergekit-yaml"), recipe, out, *args]
+    return subprocess.run(
+        [str(c) for c in command],
+        cwd=cwd or out.parent,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )

@@ -2,34 +2,17 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import write_recipe
+from helpers import mergekit_yaml, write_recipe
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from mergekit_safety.subspace import drifts, project, score
 
 REPO = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
-
-
-def mergekit_yaml(recipe: Path, out: Path, *args: str, cwd: Path | None = None):
-    """Run the unmodified mergekit-yaml entry point in a fresh interpreter."""
-    command = [Path(sys.executable).with_name("mergekit-yaml"), recipe, out, *args]
-    return subprocess.run(
-        [str(c) for c in command],
-        cwd=cwd or out.parent,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import tiny_llama, write_recipe
+from helpers import mergekit_yaml, tiny_llama, write_recipe
 from mergekit.merge_methods import merge_tensors
-from test_end_to_end import mergekit_yaml, recipe_for
+from test_end_to_end import recipe_for
 
 from mergekit_safety.errors import ConfigError, find_config_error
 

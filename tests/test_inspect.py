@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import torch
-from helpers import write_recipe
+from helpers import ENV, mergekit_yaml, write_recipe
 from safetensors.torch import load_file
-from test_end_to_end import ENV, mergekit_yaml, recipe_for
+from test_end_to_end import recipe_for
 
 CLI = [sys.executable, "-m", "mergekit_safety"]
 

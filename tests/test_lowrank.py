@@ -167,3 +167,38 @@ def test_rounding_tolerance_never_drops_most_of_the_update():
     assert subspace.norm_of(delta) < tolerance  # the whole Δ is below the rounding bound...
     assert factorize(delta, tolerance=tolerance) is None  # ...yet it is not discarded
     assert score(delta, v, tolerance=tolerance) == score(delta, v)
+
+
+def test_methods_take_the_low_rank_path_on_a_bf16_lora(monkeypatch):
+    """The kernels score within the checkpoint's rounding: a bf16 merged LoRA skips the dense
+    GEMMs, and what they return still matches the explicit-C formula to bf16 precision."""
+    from mergekit.merge_methods import TensorGroup, merge_tensors
+
+    from mergekit_safety.methods.base import RoleInputs, gate
+    from mergekit_safety.roles import Role
+
+    aligned, finetuned, v, _ = bf16_lora(9, scale=0.05)
+    unaligned = (aligned.float() - v).bfloat16()
+    a, f, u = aligned.float(), finetuned.float(), unaligned.float()
+    c = explicit_c(a, u)
+    truth = rho(f - a, c)
+
+    def no_dense(*args, **kwargs):
+        raise AssertionError("the dense path ran")
+
+    monkeypatch.setattr(subspace, "dense_score_and_project", no_dense)
+    group = TensorGroup.from_tensors([aligned, finetuned, unaligned], ids="afu", base_index=0)
+    roles = {"f": Role.FINETUNED, "u": Role.UNALIGNED}
+    for threshold in (truth - 0.05, truth + 0.05):  # both sides of τ
+        decision = gate(RoleInputs.from_group(group, roles), threshold)
+        assert decision.rho == pytest.approx(truth, abs=1e-2)
+        assert decision.merge == drifts(truth, threshold)
+    got = merge_tensors(
+        [aligned, finetuned, unaligned],
+        "safe_lora",
+        base_index=0,
+        ids=["a", "f", "u"],
+        parameters={"role": {"f": "finetuned", "u": "unaligned"}, "threshold": 1.0},
+    )
+    expected = (a.double() + c @ (f - a).double()).bfloat16()
+    torch.testing.assert_close(got, expected, rtol=1.6e-2, atol=1e-5)

@@ -45,7 +45,7 @@ def safe_linear_batch(
     dtype = compute_dtype(base)
     weight = weight.to(dtype)
     shape = (base.shape[0],) + (1,) * (base.ndim - 1)
-    result = base.to(dtype) * (1 - weight.sum(dim=1)).reshape(shape)
+    result = torch.mul(base, (1 - weight.sum(dim=1)).reshape(shape))  # a new fp32 tensor
     others = (t for i, t in enumerate(batch.tensors) if i != batch.base_index)
     for tensor, coefficient in zip(others, weight.unbind(1), strict=True):
         result.addcmul_(tensor, coefficient.reshape(shape))
@@ -61,16 +61,16 @@ def safe_linear_group(
 ) -> torch.Tensor:
     inputs = RoleInputs.from_group(group, role)
     if not decide(inputs, {"threshold": threshold}).merge:
-        return inputs.finetuned_weights().to(group.base.tensor.dtype)
+        return inputs.kept()
     result = inputs.aligned.clone()
-    for key, tensor in zip(inputs.finetuned_ids, inputs.finetuned, strict=True):
-        result += weight[key] * (tensor - inputs.aligned)
-    return result.to(group.base.tensor.dtype)
+    for key, update in zip(inputs.finetuned_ids, inputs.updates, strict=True):
+        result.add_(update, alpha=weight[key])
+    return inputs.cast_back(result)
 
 
 def decide(inputs: RoleInputs, parameters: Mapping[str, Any]) -> Decision:
     """Ungated without an ``unaligned`` input; otherwise the subspace gate (ρ < τ)."""
-    if inputs.unaligned is None:
+    if not inputs.has_unaligned:
         return Decision(True, "ungated: no unaligned model")
     return gate(inputs, parameters["threshold"])
 

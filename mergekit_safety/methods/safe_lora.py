@@ -32,11 +32,12 @@ def safe_lora_merge(
 ) -> torch.Tensor:
     inputs = RoleInputs.from_group(group, role)
     if inputs.gateable:
-        update = inputs.update()
-        rho, projected = score_and_project(update, inputs.alignment())
+        rho, projected = score_and_project(
+            inputs.update, inputs.alignment, tolerance=inputs.rounding()
+        )
         if drifts(rho, threshold, inclusive=True):
-            return (inputs.aligned + projected).to(group.base.tensor.dtype)
-    return inputs.finetuned_weights().to(group.base.tensor.dtype)
+            return inputs.cast_back(projected.add_(inputs.aligned))
+    return inputs.kept()
 
 
 def decide(inputs: RoleInputs, parameters: Mapping[str, Any]) -> Decision:

@@ -43,21 +43,18 @@ def safemerge_merge(
 ) -> torch.Tensor:
     inputs = RoleInputs.from_group(group, role)
     if not decide(inputs, {"threshold": threshold}).merge:
-        return inputs.finetuned_weights().to(group.base.tensor.dtype)
-
-    def weighted_update(key, tensor: torch.Tensor, index: int) -> torch.Tensor:
-        update = tensor - inputs.aligned
+        return inputs.kept()
+    sources = [
+        *zip(inputs.finetuned_ids, inputs.updates, strict=True),
+        (inputs.safe_id, inputs.safe_update),
+    ]
+    result = inputs.aligned.clone()
+    for index, (key, update) in enumerate(sources):
         if merge_type == "dare_linear":
             update = dare(update, density, seed_for(group.metadata.name, seed, index))
         w = weight[key]
-        return update * (DEFAULT_WEIGHTS[role[key]] if w is None else w)
-
-    result = inputs.aligned.clone()
-    sources = [*zip(inputs.finetuned_ids, inputs.finetuned, strict=True)]
-    sources.append((inputs.safe_id, inputs.safe))
-    for index, (key, tensor) in enumerate(sources):
-        result += weighted_update(key, tensor, index)
-    return result.to(group.base.tensor.dtype)
+        result.add_(update, alpha=DEFAULT_WEIGHTS[role[key]] if w is None else w)
+    return inputs.cast_back(result)
 
 
 def dare(update: torch.Tensor, density: float, seed: int) -> torch.Tensor:
