@@ -42,7 +42,7 @@ def build_command(out: str, seed: int, steps_scale: float, threads: int, quiet: 
     """Train unaligned -> aligned -> finetuned (LoRA, subtraction) and safe (LoRA, refusals).
 
     Deterministic on CPU: the defaults rebuild the committed recipes/demo bit for bit (on the
-    same torch build and CPU type) in a few minutes. Writes each model's build_info.json with
+    same torch build and CPU type) in about 10 minutes. Writes each model's build_info.json with
     the seed, schedule, data sizes and the sha256 of its weights, and the held-out prompt sets
     to OUT/prompts.
     """
