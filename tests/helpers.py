@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -101,6 +102,14 @@ def write_recipe(path: Path, recipe: dict) -> Path:
     path.write_text(json.dumps(recipe, indent=2, default=str))
     return path
 
+
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+    ),
+]
+"""Math tests run on every device here: the CPU, and CUDA when there is one."""
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
 """For subprocesses: offline, and only what is installed (not this checkout) on the path."""

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from helpers import DEVICES
 from reference import explicit_c, rho
 
 from mergekit_safety import subspace
@@ -19,12 +20,6 @@ from mergekit_safety.subspace import (
     subspace_product,
 )
 
-DEVICES = [
-    "cpu",
-    pytest.param(
-        "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-    ),
-]
 SHAPES = [(192, 320), (320, 192), (256, 256)]  # wide, tall, square: low-rank up to rank 24
 
 

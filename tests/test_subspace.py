@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from helpers import DEVICES
 from reference import explicit_c, matrices, rho
 
 from mergekit_safety import subspace
@@ -19,13 +20,6 @@ from mergekit_safety.subspace import (
     score_and_project,
     subspace_product,
 )
-
-DEVICES = [
-    "cpu",
-    pytest.param(
-        "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-    ),
-]
 
 
 @pytest.mark.parametrize("device", DEVICES)
