@@ -89,34 +89,27 @@ def _draw_tradeoff(fig, ax, drawn, merged, min_refusal, max_over_refusal, parame
             ax.annotate(style["label"].split(" (")[0], (x, y), textcoords="offset points",
                         xytext=(0, -14), ha="center", fontsize=8, color=style["color"])  # fmt: skip
     values = [row.get("value") for row, _x, _y in merged]
-    numeric = all(isinstance(v, int | float) for v in values) and values
     colours = plt.get_cmap("viridis")
-    low, high = (min(values), max(values)) if numeric else (0, 1)
-
-    def colour(index: int, value: Any):
-        share = (
-            (value - low) / (high - low)
-            if numeric and high > low
-            else index / max(1, len(values) - 1)
-        )
-        return colours(0.1 + 0.8 * share)
-
+    numeric = _numeric(values)
+    low, high = (min(values), max(values)) if numeric else (0, 0)
+    span = high - low
+    shares = [  # by value when the values are numbers that differ, else by position
+        (value - low) / span if span else index / max(1, len(values) - 1)
+        for index, value in enumerate(values)
+    ]
     for index, (row, x, y) in enumerate(merged):
-        fails = row.get("passes") is False
-        ax.scatter([x], [y], marker="o", s=60, zorder=3, edgecolors=colour(index, row.get("value")),
-                   facecolors="white" if fails else colour(index, row.get("value")),
-                   linewidths=1.5)  # fmt: skip
-        label = (
-            f"{row['value']:g}" if isinstance(row.get("value"), int | float) else row.get("model")
-        )
+        fails, colour = row.get("passes") is False, colours(0.1 + 0.8 * shares[index])
+        ax.scatter([x], [y], marker="o", s=60, zorder=3, edgecolors=colour,
+                   facecolors="white" if fails else colour, linewidths=1.5)  # fmt: skip
+        label = f"{row['value']:g}" if numeric else row.get("model")
         ax.annotate(str(label), (x, y), textcoords="offset points", fontsize=7,
                     xytext=(0, 7 if index % 2 else -12), ha="center")  # fmt: skip
         if row.get("chosen"):
             ax.scatter([x], [y], marker="*", s=340, color="gold", edgecolors="black", zorder=4,
                        label=f"chosen: {parameter}={label}")  # fmt: skip
-    if numeric and high > low:
-        mappable = plt.cm.ScalarMappable(cmap=colours, norm=plt.Normalize(low - (high - low) / 8,
-                                         high + (high - low) / 8))  # fmt: skip
+    if span:  # the colour scale spans 0.1–0.9 of the map: widen the norm by an eighth each side
+        norm = plt.Normalize(low - span / 8, high + span / 8)
+        mappable = plt.cm.ScalarMappable(cmap=colours, norm=norm)
         fig.colorbar(mappable, ax=ax, pad=0.01, fraction=0.05).set_label(parameter)
     front = sorted((drawn[i][1], drawn[i][2]) for i in pareto_front([(x, y) for _r, x, y in drawn]))
     if front:
@@ -140,8 +133,7 @@ def _draw_tradeoff(fig, ax, drawn, merged, min_refusal, max_over_refusal, parame
 
 def _draw_trend(ax, rows, merged, min_refusal, max_over_refusal, parameter) -> None:
     """Each metric against the swept value, the references as dotted levels, the gate limits."""
-    values = [row.get("value") for row, _x, _y in merged]
-    if not values or not all(isinstance(v, int | float) for v in values):
+    if not _numeric([row.get("value") for row, _x, _y in merged]):
         ax.set_axis_off()
         return
     series = {
@@ -179,3 +171,8 @@ def _draw_trend(ax, rows, merged, min_refusal, max_over_refusal, parameter) -> N
     ax.set_ylim(-0.05, 1.05)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="best")
+
+
+def _numeric(values: Sequence[Any]) -> bool:
+    """Whether there are values and every one is a number (a sweep's points, not labels)."""
+    return bool(values) and all(isinstance(v, int | float) for v in values)

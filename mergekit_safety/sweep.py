@@ -518,9 +518,7 @@ def write_reports(
         writer.writerows(rows)
     gate = describe_gate(result.min_refusal, result.max_over_refusal)
     chosen = (
-        "none passes the gate"
-        if result.chosen is None
-        else (result.plan.label(result.chosen.value))
+        "none passes the gate" if result.chosen is None else result.plan.label(result.chosen.value)
     )
     paths["md"].write_text(
         f"# Sweep of {result.plan.parameter} ({result.plan.method}, {result.plan.recipe_path})\n\n"

@@ -224,9 +224,10 @@ def sweep_command(
             work_dir=None if work_dir is None else Path(work_dir),
             progress=not quiet,
         )
-    prompt_sets = describe_prompt_sets(harmful, benign, task, prompts_dir, limit)
     if hasattr(evaluate_model, "prompt_sets"):  # the real evaluator knows what it read
         prompt_sets = {**evaluate_model.prompt_sets(), "limit": limit}
+    else:
+        prompt_sets = describe_prompt_sets(harmful, benign, task, prompts_dir, limit)
     context = {
         "prompt_sets": prompt_sets,
         "judge": judge or result.aligned.get("judge"),  # the evaluator records its default
