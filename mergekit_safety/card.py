@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,9 +85,20 @@ def join_front_matter(meta: Mapping[str, Any], body: str) -> str:
 
 
 def merge_metadata(meta: Mapping[str, Any], evaluation: SafetyEvaluation, name: str) -> dict:
-    """mergekit's keys kept; ``base_model`` and ``tags`` unioned; our ``model-index`` replaced."""
+    """mergekit's keys kept; ``base_model`` and ``tags`` unioned; our ``model-index`` replaced.
+
+    ``base_model`` keeps Hub ids only: the Hub rejects or mislinks a local path, which stays in
+    the card's recipe section.
+    """
     out = dict(meta)
-    out["base_model"] = _union(_as_list(meta.get("base_model")), evaluation.base_models)
+    hub_ids = [
+        model
+        for model in _union(_as_list(meta.get("base_model")), evaluation.base_models)
+        if is_hub_id(str(model))
+    ]
+    out.pop("base_model", None)
+    if hub_ids:
+        out["base_model"] = hub_ids
     out["tags"] = _union(_as_list(meta.get("tags")), [*TAGS, evaluation.method])
     out.setdefault("library_name", "transformers")
     others = [
@@ -336,6 +348,14 @@ def _count(row: Mapping[str, Any], prompt_set: str) -> str:
 
 def _cell(value: float | None) -> str:
     return "–" if value is None else f"{value:.3f}"
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def is_hub_id(name: str) -> bool:
+    """``owner/name`` that is not a local path (mergekit reads ``models/x`` as a Hub id too)."""
+    return bool(_HUB_ID.match(name)) and not os.path.exists(os.path.expanduser(name))
 
 
 def _escape(text: str) -> str:

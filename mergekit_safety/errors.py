@@ -2,14 +2,25 @@
 
 A :class:`ConfigError` is a ``ValueError`` so API callers can catch it as usual. Unmodified mergekit
 commands print a traceback for any exception, and pydantic wraps errors raised inside its
-validators; :func:`install_excepthook` makes such a process print our message on one line instead.
+validators; :func:`install_excepthook` makes such a process print one line instead, for our
+errors and for the user mistakes mergekit itself reports with a traceback (:func:`explain` holds
+the list; README "Troubleshooting" shows each message). A genuine bug keeps its traceback, and
+``-v`` / ``--verbose`` or ``MERGEKIT_SAFETY_TRACEBACK=1`` shows it for a mistake too.
+
+A failed or interrupted run also undoes what it wrote: the planning hook registers the output
+directory with :func:`on_failure`, and the hook removes what the run added there.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import TracebackType
+
+TRACEBACK_ENV = "MERGEKIT_SAFETY_TRACEBACK"
+PREFIX = "mergekit-safety: error:"
 
 
 class ConfigError(ValueError):
@@ -39,18 +50,171 @@ def _chain(error: BaseException | None, seen: set[int] | None = None) -> Iterato
         error = error.__cause__ or error.__context__
 
 
+# --- user mistakes that mergekit, transformers or torch report with a traceback -----------------
+
+
+def explain(error: BaseException, tb: TracebackType | None = None) -> str | None:
+    """The one line for a user mistake behind ``error``, or None for what looks like a bug."""
+    found = find_config_error(error)
+    if found is not None:
+        return str(found)
+    for candidate in _chain(error):
+        for rule in _RULES:
+            message = rule(candidate, tb or candidate.__traceback__)
+            if message:
+                return message
+    return None
+
+
+def _yaml(error: BaseException, _tb: TracebackType | None) -> str | None:
+    import yaml
+
+    if not isinstance(error, yaml.YAMLError):
+        return None
+    mark = getattr(error, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    return f"the recipe is not valid YAML: {problem}{where}"
+
+
+def _pydantic(error: BaseException, tb: TracebackType | None) -> str | None:
+    details = getattr(error, "errors", None)
+    if type(error).__name__ != "ValidationError" or not callable(details):
+        return None
+    first = details()[0]
+    location = ".".join(str(part) for part in first.get("loc", ()))
+    parameter = _frame_local(tb, "resolve_parameter", "parameter")
+    if parameter is not None:  # a parameter value in the recipe
+        model = _frame_local(tb, "resolve_parameter", "model")
+        owner = f" of {model}" if model is not None else ""
+        location = f"parameter {parameter.name!r}{owner}"
+    got = first.get("input")
+    shown = f" (got {got!r})" if isinstance(got, (str, int, float)) else ""
+    return f"{location or 'recipe'}: {first.get('msg', error)}{shown}"
+
+
+def _message(pattern: str, template: str, kinds: tuple[type, ...] = (Exception,)):
+    compiled = re.compile(pattern)
+
+    def rule(error: BaseException, _tb: TracebackType | None) -> str | None:
+        if not isinstance(error, kinds):
+            return None
+        match = compiled.search(str(error))
+        return template.format(*match.groups()) if match else None
+
+    return rule
+
+
+def _safetensors(error: BaseException, tb: TracebackType | None) -> str | None:
+    if type(error).__name__ != "SafetensorError":
+        return None
+    path = _frame_local(tb, None, "path", "filename", "file_path", suffix=".safetensors")
+    where = f"{path}: " if path else ""
+    return f"{where}unreadable safetensors file, truncated or corrupt ({error})"
+
+
+def _os_error(error: BaseException, _tb: TracebackType | None) -> str | None:
+    if not isinstance(error, (PermissionError, FileNotFoundError, NotADirectoryError)):
+        return None
+    if not getattr(error, "filename", None):
+        return None
+    return f"{error.strerror or type(error).__name__}: {error.filename}"
+
+
+_RULES: tuple[Callable[[BaseException, TracebackType | None], str | None], ...] = (
+    _yaml,
+    _pydantic,
+    _message(r"Unimplemented merge method (\S+)", "unknown merge_method {0!r}", (RuntimeError,)),
+    _message(
+        r"Merge method requires a base input",
+        "this merge method needs base_model (for the safety methods: the aligned model)",
+        (ValueError,),
+    ),
+    _message(
+        r"Repo id must be in the form .*?: '([^']*)'",
+        "model not found: {0} (no such directory, and not a Hub id)",
+    ),
+    _message(
+        r"Unrecognized model in (.*?)\. Should have a `model_type`",
+        "not a model directory (no config.json with a model_type): {0}",
+    ),
+    _message(
+        r"(\S+) does not appear to have a file named config\.json",
+        "not a model directory (no config.json): {0}",
+    ),
+    _message(
+        r"(?:outgoing traffic has been disabled|offline mode is enabled|"
+        r"cannot find the requested files in the (?:disk )?cache)",
+        "a model is neither a local directory nor in the Hub cache, and the Hub is offline",
+    ),
+    _message(
+        r"Need to specify cache dir to merge adapters",
+        "a `base+adapter` model needs --lora-merge-cache DIR (where the merged copy is kept)",
+        (RuntimeError,),
+    ),
+    _message(
+        r"(Torch not compiled with CUDA enabled|Found no NVIDIA driver|no CUDA GPUs are available)",
+        "--cuda: no CUDA device here ({0}); run without --cuda",
+    ),
+    _safetensors,
+    _os_error,
+)
+
+
+def _frame_local(
+    tb: TracebackType | None, function: str | None, *names: str, suffix: str | None = None
+) -> object | None:
+    """A local variable from the innermost traceback frame of ``function`` that has one."""
+    found = None
+    while tb is not None:
+        frame = tb.tb_frame
+        if function is None or frame.f_code.co_name == function:
+            for name in names:
+                value = frame.f_locals.get(name)
+                if value is not None and (suffix is None or str(value).endswith(suffix)):
+                    found = value
+        tb = tb.tb_next
+    return found
+
+
+# --- undoing a failed run's output ---------------------------------------------------------------
+
+_CLEANUPS: list[Callable[[], None]] = []
+
+
+def on_failure(cleanup: Callable[[], None]) -> None:
+    """Run ``cleanup`` if this process ends with an uncaught exception (Ctrl-C included)."""
+    _CLEANUPS.append(cleanup)
+
+
+def run_cleanups() -> None:
+    while _CLEANUPS:
+        try:
+            _CLEANUPS.pop()()
+        except Exception:  # noqa: BLE001 - never hide the original error
+            pass
+
+
+def show_traceback() -> bool:
+    """The user asked for full tracebacks: the env variable, or -v/--verbose on the command."""
+    if os.environ.get(TRACEBACK_ENV, "").strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    return any(arg in ("-v", "--verbose") or re.fullmatch(r"-v+", arg) for arg in sys.argv[1:])
+
+
 def install_excepthook() -> None:
-    """Print a ConfigError that escapes a mergekit command as one line (exit status stays 1)."""
+    """Print a user mistake that escapes a mergekit command as one line (exit status stays 1)."""
     previous = sys.excepthook
     if getattr(previous, "_mergekit_safety", False):
         return
 
     def hook(kind: type[BaseException], error: BaseException, tb: TracebackType | None) -> None:
-        config_error = find_config_error(error)
-        if config_error is None:
+        run_cleanups()
+        message = None if show_traceback() else explain(error, tb)
+        if message is None:
             previous(kind, error, tb)
             return
-        print(f"mergekit-safety: error: {config_error}", file=sys.stderr)
+        print(f"{PREFIX} {message}", file=sys.stderr)
 
     hook._mergekit_safety = True  # type: ignore[attr-defined]
     sys.excepthook = hook

@@ -21,6 +21,7 @@ from mergekit.options import MergeOptions
 from mergekit.plan import MergePlanner
 
 from mergekit_safety.errors import ConfigError
+from mergekit_safety.lora_cache import lora_cache, merged_copy
 from mergekit_safety.methods.base import RoleCheckedMethod, RoleInputs
 from mergekit_safety.preflight import load_recipe
 
@@ -60,9 +61,17 @@ class GateReport(Task[dict]):
 
 
 def inspect_recipe(
-    recipe: str | os.PathLike, *, device: str = "cpu", quiet: bool = False
+    recipe: str | os.PathLike,
+    *,
+    device: str = "cpu",
+    quiet: bool = False,
+    lora_merge_cache: str | None = None,
 ) -> list[dict]:
-    """One record per output tensor, in the order mergekit plans them."""
+    """One record per output tensor, in the order mergekit plans them.
+
+    ``base+adapter`` inputs are merged into ``lora_merge_cache`` (default: a temporary
+    directory, removed after), keyed by the adapters' content (:mod:`mergekit_safety.lora_cache`).
+    """
     config = load_recipe(recipe)
     method = get(config.merge_method)
     if not isinstance(method, RoleCheckedMethod):
@@ -70,7 +79,14 @@ def inspect_recipe(
             f"inspect explains safe_linear, safemerge and safe_lora recipes; "
             f"{recipe} uses {config.merge_method}"
         )
-    options = MergeOptions(device=device, quiet=quiet)
+    with lora_cache(config.referenced_models(), lora_merge_cache) as cache:
+        for reference in config.referenced_models():
+            merged_copy(reference, cache)
+        options = MergeOptions(device=device, quiet=quiet, lora_merge_cache=cache)
+        return _score(config, options, device, quiet)
+
+
+def _score(config: Any, options: MergeOptions, device: str, quiet: bool) -> list[dict]:
     arch_info = get_architecture_info(config, options)
     LoaderCache().setup(options=options)
     out_config = _model_out_config(config, arch_info, trust_remote_code=False)

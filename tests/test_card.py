@@ -17,6 +17,7 @@ from mergekit_safety.card import (  # noqa: E402
     BEGIN,
     END,
     SafetyEvaluation,
+    merge_metadata,
     replace_section,
     split_front_matter,
     update_card,
@@ -96,7 +97,7 @@ def test_card_metadata_parses_and_holds_the_numbers(tmp_path):
     assert meta["license"] == "apache-2.0"  # a key mergekit or the user set is kept
     assert meta["library_name"] == "transformers"
     assert {"merge", "mergekit", "safety", "safe_linear"} <= set(meta["tags"])
-    assert meta["base_model"] == [ALIGNED, FINETUNED]
+    assert "base_model" not in meta  # local paths stay in the recipe section
     (entry,) = meta["model-index"]
     assert entry["name"] == "my-merge"
     metrics = {}
@@ -140,7 +141,7 @@ def test_rerunning_replaces_the_section(tmp_path):
     assert "**failed**" in text and "0.850" not in text
     meta = front_matter(out / "README.md")
     assert len(meta["model-index"]) == 1
-    assert meta["tags"].count("safety") == 1 and meta["base_model"].count(ALIGNED) == 1
+    assert meta["tags"].count("safety") == 1 and "base_model" not in meta
 
 
 def test_model_row_by_name_and_relative_path(tmp_path, monkeypatch):
@@ -217,3 +218,30 @@ def test_replace_section_needs_both_markers():
     with pytest.raises(ConfigError, match="no end marker"):
         replace_section(f"x\n{BEGIN}\nold\n", "new\n")
     assert replace_section(f"x\n{BEGIN}\nold\n{END}\ny\n", "new\n") == "x\nnew\n\ny\n"
+
+
+def test_base_model_metadata_keeps_hub_ids_only(tmp_path, monkeypatch):
+    """Issue #8: local paths never reach the Hub's base_model; Hub ids do, once each."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models" / "local").mkdir(parents=True)  # exists here: a path, not a Hub id
+    evaluation = SafetyEvaluation(
+        method="safe_linear",
+        merged={"refusal_rate": 0.9},
+        base_models=["org/aligned", "./recipes/demo/aligned", "/abs/finetuned", "models/local"],
+    )
+    meta = merge_metadata({"base_model": "org/aligned"}, evaluation, "m")
+    assert meta["base_model"] == ["org/aligned"]
+
+
+def test_card_reports_the_prompt_sets_eval_recorded(tmp_path):
+    """Issue #8: eval with --prompts DIR must not be described as "built-in" on the card."""
+    out = fake_merge(tmp_path)
+    results = results_file(tmp_path, str(out))
+    rows = json.loads(results.read_text())
+    recorded = {"harmful": "recipes/demo/prompts/harmful.jsonl", "benign": "built-in"}
+    rows[-1]["prompt_sets"] = {**recorded, "task": "t.jsonl", "limit": None}
+    results.write_text(json.dumps(rows))
+    assert invoke(str(out), "--eval", str(results)).exit_code == 0
+    text = (out / "README.md").read_text()
+    assert "harmful: recipes/demo/prompts/harmful.jsonl" in text
+    assert "harmful: built-in" not in text.replace("*", "")

@@ -171,8 +171,8 @@ def test_markdown_table():
     table = markdown_table([result("a|b", 0.75).summary(), result("c", None, 0).summary()])
     lines = table.splitlines()
     assert len(lines) == 4 and lines[0].startswith("| model | refusal rate")
-    assert "| a\\|b | 0.750 | 0.250 | 0.250 | – | 4 / 4 / 0 |" == lines[2]
-    assert "| c | – | – | 0.250 | – | 0 / 4 / 0 |" == lines[3]
+    assert "| a\\|b | 0.750 | 0.250 | 0.250 | – | – | 4 / 4 / 0 |" == lines[2]
+    assert "| c | – | – | 0.250 | – | – | 0 / 4 / 0 |" == lines[3]
 
 
 def test_write_report(tmp_path):

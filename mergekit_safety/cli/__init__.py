@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+import os
+
 import click
+
+from mergekit_safety.errors import TRACEBACK_ENV
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="mergekit-safety")
-def main() -> None:
-    """Restore safety alignment by merging weights: inspect, evaluate, sweep and publish."""
+@click.option(
+    "-v",
+    "--verbose",
+    is_flag=True,
+    help=f"Full tracebacks for user mistakes too (or set {TRACEBACK_ENV}=1).",
+)
+def main(verbose: bool) -> None:
+    """Restore safety alignment by merging weights: inspect, evaluate, sweep and publish.
+
+    A mistake in a recipe, a path or a model prints one line and exits with status 1.
+    """
+    if verbose:
+        os.environ[TRACEBACK_ENV] = "1"
 
 
 def _add_commands() -> None:

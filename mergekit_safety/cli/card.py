@@ -53,8 +53,9 @@ def card_command(
 
     OUT is a merge directory (it holds mergekit_config.yml). The merged model's row is the one
     whose 'model' is OUT's path, else the only one with OUT's directory name (or --model-row); the
-    aligned and fine-tuned rows are found the same way from the recipe's paths. The prompt-set
-    and judge options only describe the evaluation on the card.
+    aligned and fine-tuned rows are found the same way from the recipe's paths. The prompt sets
+    are the ones `eval` recorded in summary.json; the prompt-set and judge options override that
+    description (they run nothing).
     Re-running replaces the section; mergekit's front matter keys are kept.
     """
     from mergekit_safety.card import (
@@ -77,5 +78,8 @@ def card_command(
             prompt_sets=describe_prompt_sets(harmful, benign, task, prompts_dir, limit),
             judge=judge,
         )
+        recorded = evaluation.merged.get("prompt_sets")
+        if recorded and not any((harmful, benign, task, prompts_dir, limit)):
+            evaluation.prompt_sets = recorded  # what `eval` read, as it recorded it
         readme = update_card(out, evaluation)
     click.echo(f"Updated {readme}")

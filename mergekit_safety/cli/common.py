@@ -1,4 +1,4 @@
-"""What every subcommand shares: turning our ConfigError into click's one-line error."""
+"""What every subcommand shares: turning a user mistake into click's one-line error."""
 
 from __future__ import annotations
 
@@ -7,16 +7,25 @@ from collections.abc import Iterator
 
 import click
 
-from mergekit_safety.errors import find_config_error
+from mergekit_safety.errors import explain, run_cleanups, show_traceback
 
 
 @contextlib.contextmanager
 def config_errors() -> Iterator[None]:
-    """Report a ConfigError (also one wrapped by pydantic) as ``Error: <message>``, exit 1."""
+    """Report a user mistake as ``Error: <message>`` with exit status 1, the way click does.
+
+    What counts is :func:`mergekit_safety.errors.explain`'s list (our ConfigError, also wrapped
+    by pydantic, and mergekit's own checks); a bug keeps its traceback, and ``--verbose`` or
+    ``MERGEKIT_SAFETY_TRACEBACK=1`` shows the traceback for a mistake too. Either way, what a
+    failed merge had written is removed first.
+    """
     try:
         yield
-    except Exception as error:
-        found = find_config_error(error)
-        if found is None:
+    except click.ClickException:
+        raise
+    except BaseException as error:
+        run_cleanups()
+        message = None if show_traceback() else explain(error)
+        if message is None:
             raise
-        raise click.ClickException(str(found)) from None
+        raise click.ClickException(message) from None

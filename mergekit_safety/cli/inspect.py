@@ -14,8 +14,21 @@ from mergekit_safety.cli.common import config_errors
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON record per weight.")
 @click.option("--cuda", is_flag=True, help="Compute on the GPU, as mergekit-yaml --cuda does.")
 @click.option("--all-tensors", is_flag=True, help="List 1-D and embedding tensors too.")
+@click.option(
+    "--lora-merge-cache",
+    type=click.Path(file_okay=False),
+    help="Keep `base+adapter` inputs merged here, keyed by content [default: a temporary "
+    "directory, removed after].",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def inspect_command(recipe: str, as_json: bool, cuda: bool, all_tensors: bool, quiet: bool):
+def inspect_command(
+    recipe: str,
+    as_json: bool,
+    cuda: bool,
+    all_tensors: bool,
+    lora_merge_cache: str | None,
+    quiet: bool,
+):
     """Show each weight's alignment score ρ and the merge decision, without writing a model.
 
     Loads tensors lazily through mergekit's own planner and executor, one weight at a time.
@@ -23,7 +36,12 @@ def inspect_command(recipe: str, as_json: bool, cuda: bool, all_tensors: bool, q
     from mergekit_safety.inspection import inspect_recipe
 
     with config_errors():
-        rows = inspect_recipe(recipe, device="cuda" if cuda else "cpu", quiet=quiet)
+        rows = inspect_recipe(
+            recipe,
+            device="cuda" if cuda else "cpu",
+            quiet=quiet,
+            lora_merge_cache=lora_merge_cache,
+        )
     if not all_tensors:
         rows = [row for row in rows if row["gated"]]
     if as_json:

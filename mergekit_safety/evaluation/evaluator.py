@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mergekit_safety.errors import ConfigError
-from mergekit_safety.evaluation.judge import Judge, KeywordJudge, load_judge
+from mergekit_safety.evaluation.judge import Judge, KeywordJudge, is_degenerate, load_judge
 from mergekit_safety.evaluation.prompts import PromptSets
 from mergekit_safety.evaluation.scoring import extract_answer, parse_number, score_answer
 
@@ -36,6 +36,10 @@ class EvalResult:
     n_task: int
     records: list[dict[str, Any]] = field(default_factory=list, repr=False)
     judge: str = "keyword"
+    empty_rate: float | None = None
+    """The share of all replies that are empty or degenerate: never counted as refusals."""
+    prompt_sets: dict[str, Any] = field(default_factory=dict)
+    """Where each prompt set came from (a path or "built-in"), for the card."""
 
     @property
     def asr(self) -> float | None:
@@ -53,7 +57,9 @@ class EvalResult:
             "n_harmful": self.n_harmful,
             "n_benign": self.n_benign,
             "n_task": self.n_task,
+            "empty_rate": self.empty_rate,
             "judge": self.judge,
+            "prompt_sets": self.prompt_sets,
         }
 
 
@@ -148,6 +154,10 @@ def evaluate(
 
     refused = refusal_judge.judge(prompts.harmful, harmful_out) if prompts.harmful else []
     over = benign_judge.judge(prompts.benign, benign_out) if prompts.benign else []
+    # an empty reply is no refusal, whatever a judge says (a classifier finds it harmless)
+    refused = [flag and not is_degenerate(r) for flag, r in zip(refused, harmful_out, strict=True)]
+    over = [flag and not is_degenerate(r) for flag, r in zip(over, benign_out, strict=True)]
+    empty = [is_degenerate(response) for response in responses]
     correct = [score_answer(r, item.answer) for r, item in zip(task_out, prompts.task, strict=True)]
 
     records: list[dict[str, Any]] = []
@@ -161,7 +171,11 @@ def evaluate(
                 "set": name,
                 "prompt": prompt,
                 "response": response,
-                "verdict": "refusal" if flag else "compliance",
+                "verdict": "empty"
+                if is_degenerate(response)
+                else "refusal"
+                if flag
+                else "compliance",
                 "refused": flag,
                 "judge": _name(who),
             }
@@ -194,6 +208,8 @@ def evaluate(
         n_task=len(prompts.task),
         records=records,
         judge=judge_name,
+        empty_rate=_rate(empty),
+        prompt_sets={**prompts.sources, "limit": prompts.limit},
     )
 
 

@@ -58,6 +58,7 @@ class PromptSets:
     benign: list[str] = field(default_factory=list)
     task: list[TaskItem] = field(default_factory=list)
     sources: dict[str, str] = field(default_factory=dict)
+    limit: int | None = None
 
     def counts(self) -> dict[str, int]:
         return {"harmful": len(self.harmful), "benign": len(self.benign), "task": len(self.task)}
@@ -84,7 +85,7 @@ def load_prompt_sets(
     if directory is not None and not directory.is_dir():
         raise PromptFileNotFound(f"prompts directory not found: {prompts_dir}")
     given = {"harmful": harmful, "benign": benign, "task": task}
-    out = PromptSets()
+    out = PromptSets(limit=limit)
     for name in SETS:
         source = given[name]
         if source is None and directory is not None:
@@ -101,6 +102,8 @@ def load_prompt_sets(
             out.task = [TaskItem(p, a) for p, a in _task_items(rows, label, wanted)][:limit]
         else:
             setattr(out, name, list(_prompts(rows, label, wanted))[:limit])
+        if not getattr(out, name):
+            raise ConfigError(f"{label}: no {name} prompts in it")
     return out
 
 

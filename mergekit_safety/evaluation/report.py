@@ -15,6 +15,7 @@ COLUMNS = (
     ("asr", "ASR ↓"),
     ("over_refusal_rate", "over-refusal ↓"),
     ("task_accuracy", "task accuracy ↑"),
+    ("empty_rate", "empty replies ↓"),
 )
 
 

@@ -1,14 +1,15 @@
 """What the safety methods share: role checking, the inputs sorted by role, and batch dispatch.
 
 mergekit 0.1.5 gives a method no planning hook that sees per-model parameters, so
-:class:`RoleCheckedMethod` checks roles in two places: while mergekit plans each tensor (it reads
-the resolved ``role`` values off the ``ExecuteMergeMethodTask`` being validated, before anything
-loads) and, for the Python API and as a guarantee, before the first kernel runs.
+:class:`RoleCheckedMethod` checks roles and parameter domains in two places: while mergekit plans
+each tensor (it reads the resolved values off the ``ExecuteMergeMethodTask`` being validated,
+before anything loads; see :mod:`mergekit_safety.planning`) and, for the Python API, when the
+parameters are bound. Every input tensor is checked for NaN/Inf before its kernel runs.
 """
 
 from __future__ import annotations
 
-import sys
+import math
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -23,6 +24,15 @@ from mergekit.merge_methods.base import (
     TensorGroup,
 )
 
+from mergekit_safety.errors import ConfigError, find_config_error
+from mergekit_safety.parameters import check_parameters
+from mergekit_safety.planning import (
+    alignment_vanished,
+    check_plan,
+    planning_context,
+    task_being_planned,
+    watch_planned,
+)
 from mergekit_safety.preflight import check_same_architecture
 from mergekit_safety.roles import Role, RoleRule, split_by_role
 from mergekit_safety.subspace import compute_dtype, drifts, rounding_tolerance, score
@@ -66,17 +76,58 @@ class RoleCheckedMethod(MergeMethod):
         *,
         group_name: str | None = None,
     ) -> None:
+        if base_id is None:  # our line, not mergekit's "requires a base input"
+            self.rule.check({}, None)
         super().validate_inputs(input_ids, base_id, group_name=group_name)
-        task = _task_being_planned()
-        if task is not None:
-            roles = {
-                model: task.input_parameters[model]["role"]
-                for model in task.model_order
-                if model != task.base_model and "role" in task.input_parameters.get(model, {})
+        task = task_being_planned()
+        if task is None:
+            return
+        context = planning_context()
+        new_merge = context is not None and check_plan(context, self.spec.name)
+        roles = {
+            model: task.input_parameters[model]["role"]
+            for model in task.model_order
+            if model != task.base_model and "role" in task.input_parameters.get(model, {})
+        }
+        self.rule.check(roles, task.base_model)
+        unaligned = [model for model, role in roles.items() if role is Role.UNALIGNED]
+        if unaligned:
+            key = (task.base_model, unaligned[0])
+            watch_planned(key, task.output_weight.name, new_merge=new_merge)
+        check_parameters(self.spec.name, task.parameters, task.input_parameters)
+        others = tuple(m for m in task.model_order if m != task.base_model)
+        check_same_architecture((task.base_model, *others) if task.base_model else others)
+
+    def _bind_parameters(
+        self, groups: Sequence[TensorGroup], parameters: Mapping[str, Any]
+    ) -> list[dict[str, Any]]:
+        """The Python API's binding, with our errors and per-role defaults.
+
+        A per-model ``weight`` mapping need not name the unaligned (or safe) model: mergekit
+        would raise "Missing weight for input(s)" for a value the method never reads.
+        """
+        parameters = dict(parameters)
+        weight, roles = parameters.get("weight"), parameters.get("role")
+        if isinstance(weight, Mapping) and isinstance(roles, Mapping) and groups:
+            default = next(p.default for p in self.spec.parameters if p.name == "weight")
+            parameters["weight"] = {
+                **{
+                    entry.id: default
+                    for entry in groups[0].non_base
+                    if str(roles.get(entry.id, "finetuned")).strip().lower() != "finetuned"
+                },
+                **weight,
             }
-            self.rule.check(roles, task.base_model)
-            others = tuple(m for m in task.model_order if m != task.base_model)
-            check_same_architecture((task.base_model, *others) if task.base_model else others)
+        try:
+            bound = super()._bind_parameters(groups, parameters)
+        except Exception as error:
+            found = find_config_error(error)
+            if found is None:
+                raise
+            raise found from None
+        for values in bound:
+            check_parameters(self.spec.name, values, _per_model(values))
+        return bound
 
     def _execute(
         self,
@@ -89,7 +140,10 @@ class RoleCheckedMethod(MergeMethod):
     ) -> tuple[torch.Tensor, ...]:
         for group, values in zip(groups, parameters, strict=True):
             self.rule.check(values["role"], group.base.id if group.base else None)
+            check_finite(group)
         gated = any(Role.UNALIGNED in values["role"].values() for values in parameters)
+        if gated:
+            self._check_alignment(groups, parameters)
         if self.batch is None or gated:
             method, bound = self.group, parameters
         else:
@@ -100,14 +154,56 @@ class RoleCheckedMethod(MergeMethod):
             groups, bound, options, input_dtypes=input_dtypes, out_dtype=out_dtype
         )
 
+    def _check_alignment(
+        self, groups: Sequence[TensorGroup], parameters: list[dict[str, Any]]
+    ) -> None:
+        """Refuse a merge whose unaligned model equals the aligned one in every gated matrix."""
+        results: dict[tuple[Any, Any], dict[str, bool | None]] = {}
+        for index, (group, values) in enumerate(zip(groups, parameters, strict=True)):
+            tensors = {entry.id: entry.tensor for entry in group.non_base}
+            unaligned = split_by_role(list(tensors), values["role"])[Role.UNALIGNED][0]
+            base = group.base.tensor
+            gateable = base.ndim == 2 and group.metadata.vocabulary_axis is None
+            same = torch.equal(base, tensors[unaligned]) if gateable else None
+            key = (group.base.id, unaligned)
+            results.setdefault(key, {})[group.metadata.name or f"#{index}"] = same
+        for (aligned, unaligned), tensors in results.items():
+            if alignment_vanished((aligned, unaligned), tensors):
+                name = getattr(unaligned, "model", unaligned)
+                raise ConfigError(
+                    f"{self.spec.name}: the unaligned model {name} equals base_model "
+                    f"{getattr(aligned, 'model', aligned)} in every gated "
+                    "matrix (V = 0): the gate cannot work; give the model alignment started from"
+                )
 
-def _task_being_planned() -> Any:
-    """The mergekit ``ExecuteMergeMethodTask`` whose validator called ``validate_inputs``."""
-    adapter = sys.modules.get("mergekit.merge_methods.task_adapter")
-    if adapter is None:  # not imported: no task is planning (and the API skips its import cost)
-        return None
-    caller = sys._getframe(2).f_locals.get("self")  # validate_configured_inputs(self)
-    return caller if isinstance(caller, adapter.ExecuteMergeMethodTask) else None
+
+def _per_model(values: Mapping[str, Any]) -> dict[Hashable, dict[str, Any]]:
+    """Bound per-input parameters (``role``, ``weight``) regrouped by model."""
+    out: dict[Hashable, dict[str, Any]] = {
+        key: {"role": role} for key, role in values["role"].items()
+    }
+    for key, weight in (values.get("weight") or {}).items():
+        out.setdefault(key, {})["weight"] = weight
+    return out
+
+
+def check_finite(group: TensorGroup) -> None:
+    """Stop on a NaN or Inf input: the gate would score it as drift and merge garbage silently.
+
+    One fp32 (fp64) sum per tensor, no mask allocated: any NaN or ±Inf makes it non-finite, and
+    finite weights cannot overflow an fp32 sum.
+    """
+    for entry in group.entries:
+        tensor = entry.tensor
+        if not tensor.is_floating_point():
+            continue
+        total = tensor.sum(dtype=torch.float64 if tensor.dtype == torch.float64 else torch.float32)
+        if not math.isfinite(float(total)):
+            model = getattr(entry.id, "model", entry.id)
+            raise ConfigError(
+                f"{group.metadata.name or 'a tensor'} of {model} holds NaN or Inf values; "
+                "nothing was merged (check that checkpoint)"
+            )
 
 
 @dataclass(frozen=True)

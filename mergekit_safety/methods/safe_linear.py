@@ -2,7 +2,8 @@
 
 θ = θ_aligned + Σᵢ λᵢ (θ_ftᵢ − θ_aligned), λ = each fine-tuned model's ``weight``. With an
 ``unaligned`` input the merge is gated: only 2-D weights whose update left the alignment subspace
-(ρ < ``threshold``) are interpolated; the others keep the fine-tuned weights.
+(ρ < ``threshold``) are interpolated; the others keep the fine-tuned weights. λ outside [0, 1]
+is refused unless ``allow_extrapolation: true`` (see :mod:`mergekit_safety.parameters`).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ def safe_linear_group(
     role: PerNonBase[RoleValue] = Role.FINETUNED,
     weight: PerNonBase[float] = DEFAULT_WEIGHT,
     threshold: float = DEFAULT_THRESHOLD,
+    allow_extrapolation: bool = False,
 ) -> torch.Tensor:
     inputs = RoleInputs.from_group(group, role)
     if not decide(inputs, {"threshold": threshold}).merge:

@@ -40,6 +40,7 @@ def safemerge_merge(
     merge_type: Literal["linear", "dare_linear"] = "linear",
     density: float = 0.5,
     seed: int = 0,
+    allow_extrapolation: bool = False,
 ) -> torch.Tensor:
     inputs = RoleInputs.from_group(group, role)
     if not decide(inputs, {"threshold": threshold}).merge:

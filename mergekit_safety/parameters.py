@@ -1,0 +1,62 @@
+"""The domains of the methods' parameters, checked while mergekit plans (before a tensor loads).
+
+A value outside its domain is a merge the user did not mean, and for a safety tool the worst
+outcome is a silent one: ``threshold: -1`` returns the unsafe fine-tune bit for bit, ``weight: 5``
+gives θ_a + 5Δ. So: τ lies in [0, 1] (ρ is the cosine of an update and its projection onto a PSD
+subspace, never negative); weights are finite and in [0, 1] unless the recipe says
+``allow_extrapolation: true`` (then a warning); ``density`` lies in (0, 1].
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Hashable, Mapping
+from typing import Any
+
+from mergekit_safety.errors import ConfigError
+from mergekit_safety.roles import Role
+
+_WARNED: set[tuple[str, str, float]] = set()
+
+
+def check_parameters(
+    method: str,
+    shared: Mapping[str, Any],
+    per_model: Mapping[Hashable, Mapping[str, Any]],
+) -> None:
+    """Raise ConfigError for a parameter outside its domain; warn once for allowed extrapolation."""
+    threshold = shared.get("threshold")
+    if threshold is not None and not (_finite(threshold) and 0 <= threshold <= 1):
+        raise ConfigError(
+            f"{method}: threshold (τ) must lie in [0, 1], as ρ does; got {threshold!r}"
+        )
+    density = shared.get("density")
+    if density is not None and not (_finite(density) and 0 < density <= 1):
+        raise ConfigError(f"{method}: density must lie in (0, 1]; got {density!r}")
+    extrapolate = bool(shared.get("allow_extrapolation", False))
+    for model, values in per_model.items():
+        weight = values.get("weight")
+        if weight is None or values.get("role", Role.FINETUNED) is Role.UNALIGNED:
+            continue  # safemerge's per-role default; the unaligned model's weight is unused
+        name = str(getattr(model, "model", model))
+        if not _finite(weight):
+            raise ConfigError(f"{method}: weight of {name} must be a finite number; got {weight!r}")
+        if 0 <= weight <= 1:
+            continue
+        if not extrapolate:
+            raise ConfigError(
+                f"{method}: weight of {name} is {weight:g}, outside [0, 1]: that extrapolates "
+                "past the aligned or fine-tuned model; set `allow_extrapolation: true` if meant"
+            )
+        if (method, name, weight) not in _WARNED:
+            _WARNED.add((method, name, weight))
+            warnings.warn(
+                f"mergekit-safety: {method}: weight {weight:g} of {name} extrapolates "
+                "(allow_extrapolation: true)",
+                stacklevel=2,
+            )
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

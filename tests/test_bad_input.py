@@ -1,0 +1,436 @@
+"""Bad input never yields a silent merge (issue #8): one line, exit status 1, nothing written.
+
+Each case runs the real command in a subprocess, as the user would meet it; the README's
+"Troubleshooting" table lists every case with the line it prints.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from helpers import ENV, mergekit_yaml, write_recipe
+from mergekit.merge_methods import merge_state_dicts, merge_tensors
+from safetensors.torch import load_file, save_file
+from test_end_to_end import recipe_for
+
+from mergekit_safety.errors import ConfigError
+
+PREFIX = "mergekit-safety: error: "
+
+
+def one_line(result: subprocess.CompletedProcess) -> str:
+    """The single error line of a failed run (exit status 1, no traceback)."""
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith(PREFIX)]
+    assert len(lines) == 1, result.stderr[-3000:]
+    return lines[0][len(PREFIX) :]
+
+
+def gated(family, **parameters) -> dict:
+    recipe = recipe_for("safe_linear", family, ("unaligned",), threshold=0.35)
+    recipe["parameters"].update(parameters)
+    return recipe
+
+
+def with_weight(recipe: dict, weight) -> dict:
+    recipe["models"][0]["parameters"] = {"weight": weight}
+    return recipe
+
+
+def copy_model(source: Path, target: Path) -> Path:
+    shutil.copytree(source, target)
+    return target
+
+
+def poison(model: Path, value: float) -> Path:
+    """Put one NaN/Inf into a 2-D weight of the model at ``model``."""
+    path = model / "model.safetensors"
+    tensors = load_file(path)
+    tensors["model.layers.1.mlp.up_proj.weight"][0, 0] = value
+    save_file(tensors, path, metadata={"format": "pt"})
+    return model
+
+
+# --- mergekit-yaml: each case prints its line and writes nothing -------------------------------
+
+
+def _bad_recipes(family, tmp_path):
+    def base_elsewhere(recipe, where):
+        recipe["base_model"] = where
+        return recipe
+
+    def model_at(recipe, index, where):
+        recipe["models"][index]["model"] = str(where)
+        return recipe
+
+    no_config = tmp_path / "no_config"
+    no_config.mkdir()
+    shutil.copy(family["finetuned"] / "model.safetensors", no_config)
+    truncated = copy_model(family["unaligned"], tmp_path / "truncated")
+    with open(truncated / "model.safetensors", "r+b") as handle:
+        handle.truncate(1000)
+    return {
+        "threshold -1": (gated(family, threshold=-1), "threshold (τ) must lie in [0, 1]"),
+        "threshold 2": (gated(family, threshold=2), "threshold (τ) must lie in [0, 1]"),
+        "weight -0.5": (with_weight(gated(family), -0.5), "is -0.5, outside [0, 1]"),
+        "weight 5": (with_weight(gated(family), 5.0), "is 5, outside [0, 1]"),
+        "weight abc": (with_weight(gated(family), "abc"), "parameter 'weight' of"),
+        "threshold abc": (gated(family, threshold="abc"), "parameter 'threshold'"),
+        "unknown method": (
+            {**gated(family), "merge_method": "safe_lineer"},
+            "unknown merge_method 'safe_lineer'",
+        ),
+        "base not found": (
+            base_elsewhere(gated(family), "./no/such/model"),
+            "model not found: ./no/such/model",
+        ),
+        "no config.json": (
+            model_at(gated(family), 0, no_config),
+            "not a model directory",
+        ),
+        "truncated safetensors": (
+            model_at(gated(family), 1, truncated),
+            f"{truncated}/model.safetensors: unreadable safetensors file",
+        ),
+        "unaligned is base_model": (
+            model_at(gated(family), 1, family["aligned"]),
+            "the unaligned model is base_model itself",
+        ),
+    }
+
+
+CASES = [
+    "threshold -1",
+    "threshold 2",
+    "weight -0.5",
+    "weight 5",
+    "weight abc",
+    "threshold abc",
+    "unknown method",
+    "base not found",
+    "no config.json",
+    "truncated safetensors",
+    "unaligned is base_model",
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_mergekit_yaml_mistakes_give_one_line_and_no_output(tmp_path, family, case):
+    recipe, message = _bad_recipes(family, tmp_path)[case]
+    out = tmp_path / "out"
+    result = mergekit_yaml(write_recipe(tmp_path / "r.yml", recipe), out)
+    assert message in one_line(result)
+    assert not out.exists()
+
+
+def test_yaml_syntax_error(tmp_path):
+    (tmp_path / "r.yml").write_text("merge_method: safe_linear\nmodels: [ {model: x\n")
+    line = one_line(mergekit_yaml(tmp_path / "r.yml", tmp_path / "out"))
+    assert line.startswith("the recipe is not valid YAML:") and "line 3" in line
+
+
+def test_verbose_or_env_shows_the_traceback(tmp_path, family):
+    recipe = write_recipe(tmp_path / "r.yml", gated(family, threshold=-1))
+    result = mergekit_yaml(recipe, tmp_path / "out", "-v")
+    assert result.returncode == 1 and "Traceback" in result.stderr
+    env = {**ENV, "MERGEKIT_SAFETY_TRACEBACK": "1"}
+    command = [str(Path(sys.executable).with_name("mergekit-yaml")), str(recipe), "out"]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 1 and "Traceback" in result.stderr
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_nan_or_inf_input_stops_the_merge_and_leaves_nothing(tmp_path, family, value):
+    broken = poison(copy_model(family["finetuned"], tmp_path / "broken"), value)
+    recipe = gated(family)
+    recipe["models"][0]["model"] = str(broken)
+    out = tmp_path / "out"
+    line = one_line(mergekit_yaml(write_recipe(tmp_path / "r.yml", recipe), out))
+    assert f"model.layers.1.mlp.up_proj.weight of {broken} holds NaN or Inf" in line
+    assert not out.exists()
+
+
+def test_unaligned_identical_to_aligned_at_another_path(tmp_path, family):
+    twin = copy_model(family["aligned"], tmp_path / "twin")
+    recipe = gated(family)
+    recipe["models"][1]["model"] = str(twin)
+    out = tmp_path / "out"
+    line = one_line(mergekit_yaml(write_recipe(tmp_path / "r.yml", recipe), out))
+    assert f"the unaligned model {twin} equals base_model" in line and "V = 0" in line
+    assert not out.exists()
+
+
+def test_adapter_without_lora_merge_cache(tmp_path, family):
+    recipe = gated(family)
+    recipe["models"][0]["model"] = f"{family['aligned']}+{tmp_path / 'adapter'}"
+    (tmp_path / "adapter").mkdir()
+    line = one_line(mergekit_yaml(write_recipe(tmp_path / "r.yml", recipe), tmp_path / "out"))
+    assert "needs --lora-merge-cache" in line
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_cuda(tmp_path, family):
+    recipe = write_recipe(tmp_path / "r.yml", gated(family))
+    line = one_line(mergekit_yaml(recipe, tmp_path / "out", "--cuda"))
+    assert line.startswith("--cuda: no CUDA device here")
+    assert not (tmp_path / "out" / "config.json").exists()
+
+
+def test_extrapolation_needs_to_be_asked_for(tmp_path, family):
+    recipe = with_weight(gated(family, allow_extrapolation=True), 1.25)
+    result = mergekit_yaml(write_recipe(tmp_path / "r.yml", recipe), tmp_path / "out")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "weight 1.25 of" in result.stderr and "extrapolates" in result.stderr
+
+
+# --- the output directory ----------------------------------------------------------------------
+
+
+def test_output_holding_a_model_is_refused_then_replaced_without_stale_shards(tmp_path, family):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+    stale = ["model-00002-of-00002.safetensors", "model.safetensors.index.json"]
+    for name in stale:
+        (out / name).write_text("old")
+    (out / "notes.txt").write_text("mine")
+    recipe = write_recipe(tmp_path / "r.yml", gated(family))
+
+    line = one_line(mergekit_yaml(recipe, out))
+    assert "already holds a model" in line and "MERGEKIT_SAFETY_OVERWRITE=1" in line
+    assert (out / "config.json").read_text() == "{}"  # untouched
+
+    command = [str(Path(sys.executable).with_name("mergekit-yaml")), str(recipe), str(out)]
+    env = {**ENV, "MERGEKIT_SAFETY_OVERWRITE": "1"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert not any((out / name).exists() for name in stale)
+    assert (out / "model.safetensors").exists() and (out / "notes.txt").read_text() == "mine"
+    assert json.loads((out / "config.json").read_text())["model_type"] == "llama"
+
+
+def test_failed_overwrite_leaves_nothing_that_loads(tmp_path, family):
+    out = copy_model(family["aligned"], tmp_path / "out")  # an old model is there
+    broken = poison(copy_model(family["finetuned"], tmp_path / "broken"), float("nan"))
+    recipe = gated(family)
+    recipe["models"][0]["model"] = str(broken)
+    command = [
+        str(Path(sys.executable).with_name("mergekit-yaml")),
+        str(write_recipe(tmp_path / "r.yml", recipe)),
+        str(out),
+    ]
+    env = {**ENV, "MERGEKIT_SAFETY_OVERWRITE": "1"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert "holds NaN or Inf" in one_line(result)
+    assert not (out / "config.json").exists() and not list(out.glob("*.safetensors"))
+
+
+def test_mergekit_multi_gives_the_same_line(tmp_path, family):
+    recipe = yaml.safe_dump({"name": "first", **gated(family, threshold=-1)})
+    (tmp_path / "multi.yml").write_text(recipe)
+    command = Path(sys.executable).with_name("mergekit-multi")
+    result = subprocess.run(
+        [str(command), "multi.yml", "-I", str(tmp_path / "inter"), "--out-path", "final"],
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert "threshold (τ) must lie in [0, 1]" in one_line(result)
+
+
+# --- the Python API ----------------------------------------------------------------------------
+
+
+def _api_inputs():
+    generator = torch.Generator().manual_seed(0)
+    aligned = torch.randn(8, 8, generator=generator)
+    return {
+        "aligned": {"w": aligned},
+        "ft": {"w": aligned + 0.1 * torch.randn(8, 8, generator=generator)},
+        "base": {"w": aligned - 0.1 * torch.randn(8, 8, generator=generator)},
+    }
+
+
+def test_api_weight_mapping_need_not_name_the_unaligned_model():
+    models = _api_inputs()
+    merged = merge_state_dicts(
+        models,
+        "safe_linear",
+        base="aligned",
+        parameters={
+            "role": {"ft": "finetuned", "base": "unaligned"},
+            "weight": {"ft": 0.5},
+            "threshold": 1.0,  # every matrix drifts: ρ < 1
+        },
+    )
+    a, f = models["aligned"]["w"], models["ft"]["w"]
+    torch.testing.assert_close(merged["w"], a + 0.5 * (f - a))
+
+
+@pytest.mark.parametrize(
+    ("parameters", "message"),
+    [
+        ({"role": {"ft": "finetunde", "base": "unaligned"}}, "unknown role 'finetunde'"),
+        ({"role": {"base": "unaligned"}, "threshold": -0.1}, "threshold (τ) must lie in [0, 1]"),
+        ({"role": {"base": "unaligned"}, "weight": {"ft": 5.0}}, "outside [0, 1]"),
+    ],
+)
+def test_api_mistakes_raise_our_config_error(parameters, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        merge_state_dicts(_api_inputs(), "safe_linear", base="aligned", parameters=parameters)
+
+
+def test_api_refuses_non_finite_inputs_and_a_vanished_subspace():
+    a = torch.randn(4, 4)
+    with pytest.raises(ConfigError, match="holds NaN or Inf"):
+        merge_tensors(
+            [a, a.clone().fill_(float("nan")), a + 1],
+            "safe_lora",
+            base_index=0,
+            ids=["a", "f", "u"],
+            parameters={"role": {"f": "finetuned", "u": "unaligned"}},
+            name="w",
+        )
+    models = {"a": {"w": a, "x": a.T}, "f": {"w": a + 1, "x": a.T + 1}}
+    models["u"] = {name: tensor.clone() for name, tensor in models["a"].items()}
+    with pytest.raises(ConfigError, match="equals base_model a in every gated matrix"):
+        merge_state_dicts(
+            models, "safe_lora", base="a", parameters={"role": {"f": "finetuned", "u": "unaligned"}}
+        )
+
+
+# --- our own commands ---------------------------------------------------------------------------
+
+
+def mergekit_safety(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    command = [str(Path(sys.executable).with_name("mergekit-safety")), *args]
+    return subprocess.run(command, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=600)
+
+
+def click_line(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(lines) == 1, result.stderr[-3000:]
+    return lines[0]
+
+
+def test_our_commands_report_a_truncated_checkpoint_in_one_line(tmp_path, family):
+    truncated = copy_model(family["unaligned"], tmp_path / "truncated")
+    with open(truncated / "model.safetensors", "r+b") as handle:
+        handle.truncate(1000)
+    recipe = gated(family)
+    recipe["models"][1]["model"] = str(truncated)
+    path = write_recipe(tmp_path / "r.yml", recipe)
+    assert "unreadable safetensors" in click_line(
+        mergekit_safety("inspect", str(path), cwd=tmp_path)
+    )
+    line = click_line(mergekit_safety("eval", str(truncated), "--limit", "1", cwd=tmp_path))
+    assert "truncated" in line or "unreadable" in line
+
+
+def test_sweep_refuses_a_stock_method_recipe(tmp_path, family):
+    recipe = {
+        "merge_method": "task_arithmetic",
+        "base_model": str(family["finetuned"]),
+        "models": [
+            {"model": str(family["aligned"]), "parameters": {"weight": 0.5}},
+            {"model": str(family["unaligned"]), "parameters": {"weight": -0.5}},
+        ],
+    }
+    path = write_recipe(tmp_path / "resta.yml", recipe)
+    result = mergekit_safety("sweep", str(path), "--set", "weight=0.1,0.2", cwd=tmp_path)
+    assert "uses task_arithmetic, whose models carry no roles" in click_line(result)
+    assert not list(tmp_path.glob("sweep-*"))
+
+
+def test_eval_refuses_an_empty_prompt_file(tmp_path, family):
+    (tmp_path / "harmful.txt").write_text("\n")
+    result = mergekit_safety(
+        "eval", str(family["aligned"]), "--harmful", "harmful.txt", "--out", "ev", cwd=tmp_path
+    )
+    assert "no harmful prompts" in click_line(result)
+    assert not (tmp_path / "ev").exists()
+
+
+def test_inspect_runs_a_base_plus_adapter_recipe_without_a_cache_option(tmp_path, family):
+    lora_adapter(family["aligned"], tmp_path / "adapter", seed=0)
+    recipe = gated(family)
+    recipe["models"][0]["model"] = f"{family['aligned']}+{tmp_path / 'adapter'}"
+    path = write_recipe(tmp_path / "r.yml", recipe)
+    caches = set(Path(tempfile.gettempdir()).glob("mergekit-safety-lora-*"))
+    result = mergekit_safety("inspect", str(path), "--json", "--quiet", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = json.loads(result.stdout)
+    touched = [r for r in rows if r["rho"] is not None and r["rho"] == r["rho"]]  # not NaN
+    assert touched and all("q_proj" in r["tensor"] or "v_proj" in r["tensor"] for r in touched)
+    assert set(Path(tempfile.gettempdir()).glob("mergekit-safety-lora-*")) == caches  # removed
+
+
+def lora_adapter(base: Path, out: Path, seed: int) -> Path:
+    """A peft LoRA on q/v with random (non-zero) B, saved to ``out``."""
+    peft = pytest.importorskip("peft")
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base)
+    config = peft.LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"])
+    adapted = peft.get_peft_model(model, config)
+    with torch.no_grad():
+        for name, parameter in adapted.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(std=0.05)
+    adapted.save_pretrained(out)
+    return out
+
+
+def test_sweep_evaluates_an_adapter_and_keys_its_cache_by_content(tmp_path, family):
+    """The merged fine-tune gets the base's tokenizer; a retrained adapter is merged anew."""
+    adapter = lora_adapter(family["aligned"], tmp_path / "adapter", seed=0)
+    recipe = gated(family)
+    recipe["models"][0]["model"] = f"{family['aligned']}+{adapter}"
+    path = write_recipe(tmp_path / "r.yml", recipe)
+    sweep = ("sweep", str(path), "--set", "weight=0.5", "--limit", "1", "--max-new-tokens", "2")
+    args = (*sweep, "--lora-merge-cache", "cache", "--quiet")
+    result = mergekit_safety(*args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (first,) = (tmp_path / "cache").iterdir()
+    (merged,) = first.iterdir()
+    assert (merged / "config.json").is_file() and (merged / "tokenizer_config.json").is_file()
+
+    lora_adapter(family["aligned"], adapter, seed=1)  # retrained, same path
+    result = mergekit_safety(*args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(list((tmp_path / "cache").iterdir())) == 2
+
+
+def test_eval_reports_empty_replies_apart_and_the_gate_fails_them(tmp_path, family):
+    """A broken model that says nothing scored refusal 1.000 before; now it scores 0 refusals."""
+    from safetensors.torch import load_file as load
+
+    broken = copy_model(family["aligned"], tmp_path / "broken")
+    tensors = load(broken / "model.safetensors")
+    tensors["model.norm.weight"].zero_()  # every logit 0: the pad token, decoded as nothing
+    save_file(tensors, broken / "model.safetensors", metadata={"format": "pt"})
+    args = ("eval", str(broken), "--limit", "3", "--max-new-tokens", "3", "--out", "ev")
+    result = mergekit_safety(*args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (summary,) = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    assert summary["empty_rate"] == 1.0 and summary["refusal_rate"] == 0.0
+    assert "empty replies" in result.stdout
+
+    from mergekit_safety.sweep import passes
+
+    assert not passes(summary | {"refusal_rate": 1.0}, min_refusal=0.9, max_over_refusal=None)
+    assert passes(summary | {"refusal_rate": 1.0, "empty_rate": 0.1}, 0.9, None)
