@@ -23,7 +23,7 @@ class Role(str, Enum):
     SAFE = "safe"
 
 
-def _parse_role(value: object) -> Role:
+def parse_role(value: object) -> Role:
     if isinstance(value, Role):
         return value
     try:
@@ -33,7 +33,7 @@ def _parse_role(value: object) -> Role:
         raise ConfigError(f"unknown role {value!r}; use one of {allowed}") from None
 
 
-RoleValue = Annotated[Role, BeforeValidator(_parse_role)]
+RoleValue = Annotated[Role, BeforeValidator(parse_role)]
 """Parameter type for ``role``: validated while mergekit plans, before any tensor loads."""
 
 

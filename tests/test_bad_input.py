@@ -7,6 +7,7 @@ Each case runs the real command in a subprocess, as the user would meet it; the 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -287,7 +288,7 @@ def test_api_weight_mapping_need_not_name_the_unaligned_model():
     ],
 )
 def test_api_mistakes_raise_our_config_error(parameters, message):
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         merge_state_dicts(_api_inputs(), "safe_linear", base="aligned", parameters=parameters)
 
 
@@ -434,3 +435,11 @@ def test_eval_reports_empty_replies_apart_and_the_gate_fails_them(tmp_path, fami
 
     assert not passes(summary | {"refusal_rate": 1.0}, min_refusal=0.9, max_over_refusal=None)
     assert passes(summary | {"refusal_rate": 1.0, "empty_rate": 0.1}, 0.9, None)
+
+
+def test_a_genuine_bug_keeps_its_traceback():
+    from mergekit_safety.errors import explain
+
+    assert explain(RuntimeError("index 3 is out of bounds")) is None
+    assert explain(KeyError("model.layers.0.weight")) is None
+    assert explain(ConfigError("bad")) == "bad"

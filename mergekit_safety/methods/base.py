@@ -34,7 +34,7 @@ from mergekit_safety.planning import (
     watch_planned,
 )
 from mergekit_safety.preflight import check_same_architecture
-from mergekit_safety.roles import Role, RoleRule, split_by_role
+from mergekit_safety.roles import Role, RoleRule, parse_role, split_by_role
 from mergekit_safety.subspace import compute_dtype, drifts, rounding_tolerance, score
 
 
@@ -103,21 +103,20 @@ class RoleCheckedMethod(MergeMethod):
     ) -> list[dict[str, Any]]:
         """The Python API's binding, with our errors and per-role defaults.
 
-        A per-model ``weight`` mapping need not name the unaligned (or safe) model: mergekit
-        would raise "Missing weight for input(s)" for a value the method never reads.
+        Per-model mappings need not name every input: ``role`` defaults to finetuned, and
+        ``weight`` to the method's default for the unaligned and safe models (mergekit would
+        raise "Missing weight for input(s)" for a value the method never reads).
         """
         parameters = dict(parameters)
-        weight, roles = parameters.get("weight"), parameters.get("role")
-        if isinstance(weight, Mapping) and isinstance(roles, Mapping) and groups:
-            default = next(p.default for p in self.spec.parameters if p.name == "weight")
-            parameters["weight"] = {
-                **{
-                    entry.id: default
-                    for entry in groups[0].non_base
-                    if str(roles.get(entry.id, "finetuned")).strip().lower() != "finetuned"
-                },
-                **weight,
-            }
+        roles = parameters.get("role")
+        ids = [entry.id for entry in groups[0].non_base] if groups else []
+        if isinstance(roles, Mapping):  # an input left out has the default role
+            roles = parameters["role"] = {key: Role.FINETUNED for key in ids} | dict(roles)
+            weight = parameters.get("weight")
+            if isinstance(weight, Mapping):
+                default = next(p.default for p in self.spec.parameters if p.name == "weight")
+                unused = [key for key in ids if parse_role(roles[key]) is not Role.FINETUNED]
+                parameters["weight"] = {key: default for key in unused} | dict(weight)
         try:
             bound = super()._bind_parameters(groups, parameters)
         except Exception as error:
