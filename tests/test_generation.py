@@ -18,6 +18,7 @@ from mergekit_safety.evaluation import (  # noqa: E402
     TaskItem,
     evaluate,
 )
+from mergekit_safety.evaluation.judge import is_degenerate  # noqa: E402
 from mergekit_safety.evaluation.generation import (  # noqa: E402
     encode,
     generate,
@@ -163,7 +164,10 @@ def test_evaluate_counts_with_a_stub_judge(models):
     result = evaluate(
         str(models[1]), prompts, judge=AlwaysRefuses(), max_new_tokens=2, progress=False
     )
-    assert result.refusal_rate == 1.0 and result.asr == 0.0 and result.over_refusal_rate == 1.0
+    # the judge's verdict stands, except that an empty or degenerate reply is never a refusal
+    for name, rate in (("harmful", result.refusal_rate), ("benign", result.over_refusal_rate)):
+        replies = [r["response"] for r in result.records if r["set"] == name]
+        assert rate == sum(not is_degenerate(r) for r in replies) / len(replies)
     assert result.summary()["judge"] == "always"
 
 
