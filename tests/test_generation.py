@@ -18,7 +18,6 @@ from mergekit_safety.evaluation import (  # noqa: E402
     TaskItem,
     evaluate,
 )
-from mergekit_safety.evaluation.judge import is_degenerate  # noqa: E402
 from mergekit_safety.evaluation.generation import (  # noqa: E402
     encode,
     generate,
@@ -28,6 +27,7 @@ from mergekit_safety.evaluation.generation import (  # noqa: E402
     resolve_device,
     resolve_dtype,
 )
+from mergekit_safety.evaluation.judge import is_degenerate  # noqa: E402
 
 # Words the tiny tokenizer knows, prompts of many lengths (1 to 12 words) so batches need padding.
 PROMPTS = [
