@@ -443,3 +443,10 @@ def test_a_genuine_bug_keeps_its_traceback():
     assert explain(RuntimeError("index 3 is out of bounds")) is None
     assert explain(KeyError("model.layers.0.weight")) is None
     assert explain(ConfigError("bad")) == "bad"
+
+
+def test_an_output_path_that_cannot_be_a_directory(tmp_path, family):
+    (tmp_path / "file").write_text("not a directory")
+    recipe = write_recipe(tmp_path / "r.yml", gated(family))
+    line = one_line(mergekit_yaml(recipe, tmp_path / "file" / "out", cwd=tmp_path))
+    assert line == f"Not a directory: {tmp_path / 'file' / 'out'}"
