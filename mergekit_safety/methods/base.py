@@ -8,6 +8,8 @@ loads) and, for the Python API and as a guarantee, before the first kernel runs.
 
 from __future__ import annotations
 
+import contextvars
+import dataclasses
 import sys
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
@@ -19,12 +21,16 @@ from mergekit.merge_methods.base import (
     BatchOptions,
     MergeMethod,
     MergeMethodSpec,
+    ParameterScope,
+    ParameterSpec,
     TensorEntry,
     TensorGroup,
 )
 
+from mergekit_safety.errors import ConfigError
 from mergekit_safety.preflight import check_same_architecture
 from mergekit_safety.roles import Role, RoleRule, split_by_role
+from mergekit_safety.selection import SELECTORS, parse_selection, resolve
 from mergekit_safety.subspace import compute_dtype, drifts, rounding_tolerance, score
 
 
@@ -42,7 +48,12 @@ class RoleCheckedMethod(MergeMethod):
 
     ``batch`` (if given) runs when no input has role ``unaligned``: that is the ungated case,
     which mergekit can pack into batches. Its spec must be a subset of ``group``'s. ``decide``
-    is the method's gate, shared by its kernel and by ``mergekit-safety inspect``.
+    is the method's gate, shared by its kernel and by ``mergekit-safety inspect``; ``inclusive``
+    says whether it merges at ``ρ = τ``.
+
+    Every such method also takes ``top_k`` / ``fraction`` (:mod:`mergekit_safety.selection`):
+    resolved to a threshold while mergekit plans (:mod:`mergekit_safety.planning`), or over the
+    tensors handed over in one Python API call; the kernels themselves only ever see τ.
     """
 
     def __init__(
@@ -51,12 +62,17 @@ class RoleCheckedMethod(MergeMethod):
         rule: RoleRule,
         decide: Callable[[RoleInputs, Mapping[str, Any]], Decision],
         batch: MergeMethod | None = None,
+        *,
+        inclusive: bool = False,
     ):
-        self.spec: MergeMethodSpec = group.spec
+        self.spec: MergeMethodSpec = dataclasses.replace(
+            group.spec, parameters=(*group.spec.parameters, *SELECTION_PARAMETERS)
+        )
         self.rule = rule
         self.decide = decide
         self.group = group
         self.batch = batch
+        self.inclusive = inclusive
         self.supports_batching = batch is not None
 
     def validate_inputs(
@@ -67,8 +83,18 @@ class RoleCheckedMethod(MergeMethod):
         group_name: str | None = None,
     ) -> None:
         super().validate_inputs(input_ids, base_id, group_name=group_name)
-        task = _task_being_planned()
+        caller = _planning_caller()
+        planner = sys.modules.get("mergekit.plan")
+        if planner is not None and isinstance(caller, planner.MergePlanner):
+            from mergekit_safety.planning import resolve_in_planner
+
+            resolve_in_planner(caller, self)  # once: it replaces top_k/fraction by threshold
+            return
+        task = _task_being_planned(caller)
         if task is not None:
+            from mergekit_safety.planning import refuse_unresolved
+
+            refuse_unresolved(task)
             roles = {
                 model: task.input_parameters[model]["role"]
                 for model in task.model_order
@@ -77,6 +103,20 @@ class RoleCheckedMethod(MergeMethod):
             self.rule.check(roles, task.base_model)
             others = tuple(m for m in task.model_order if m != task.base_model)
             check_same_architecture((task.base_model, *others) if task.base_model else others)
+
+    def __call__(
+        self, groups: Sequence[TensorGroup], /, *, parameters: Mapping[str, Any] | None = None, **kw
+    ) -> tuple[torch.Tensor, ...]:
+        """The Python API: ``top_k``/``fraction`` rank the matrices among ``groups``."""
+        given = parameters or {}
+        selection = parse_selection(
+            given.get("top_k"), given.get("fraction"), threshold_set="threshold" in given
+        )
+        token = _API_SELECTION.set(selection is not None)
+        try:
+            return super().__call__(groups, parameters=parameters, **kw)
+        finally:
+            _API_SELECTION.reset(token)
 
     def _execute(
         self,
@@ -89,6 +129,10 @@ class RoleCheckedMethod(MergeMethod):
     ) -> tuple[torch.Tensor, ...]:
         for group, values in zip(groups, parameters, strict=True):
             self.rule.check(values["role"], group.base.id if group.base else None)
+        if any(values.get(key) is not None for values in parameters for key in SELECTORS):
+            parameters = self._select_among(groups, parameters, input_dtypes)
+        own = {p.name for p in self.group.spec.parameters}
+        parameters = [{k: v for k, v in values.items() if k in own} for values in parameters]
         gated = any(Role.UNALIGNED in values["role"].values() for values in parameters)
         if self.batch is None or gated:
             method, bound = self.group, parameters
@@ -100,13 +144,69 @@ class RoleCheckedMethod(MergeMethod):
             groups, bound, options, input_dtypes=input_dtypes, out_dtype=out_dtype
         )
 
+    def _select_among(
+        self,
+        groups: Sequence[TensorGroup],
+        parameters: list[dict[str, Any]],
+        input_dtypes: Sequence[torch.dtype | None],
+    ) -> list[dict[str, Any]]:
+        """Resolve top_k/fraction over the groups of one API call: τ from every group's ρ.
 
-def _task_being_planned() -> Any:
+        Costs one extra ρ per matrix (the kernel scores it again at τ). Reached from mergekit's
+        executor only if planning did not resolve the selection: one tensor cannot be ranked.
+        """
+        from mergekit.merge_methods.dtype import align_dtype
+
+        if not _API_SELECTION.get():
+            raise ConfigError(
+                "top_k/fraction reached a single tensor: the planner did not rank the model; "
+                "write the threshold out with `mergekit-safety inspect RECIPE --top-k K "
+                "--write-recipe OUT.yml`"
+            )
+        first = parameters[0]
+        selection = parse_selection(first.get("top_k"), first.get("fraction"))
+        assert selection is not None
+        if not any(Role.UNALIGNED in values["role"].values() for values in parameters):
+            raise ConfigError(
+                f"top_k and fraction rank matrices by rho, which needs a model with role "
+                f"'unaligned' ({self.spec.name} without one is ungated)"
+            )
+        scores: dict[str, float | None] = {}
+        for index, (group, values, dtype) in enumerate(
+            zip(groups, parameters, input_dtypes, strict=True)
+        ):
+            inputs = RoleInputs.from_group(align_dtype(group, dtype), values["role"])
+            if inputs.gateable and inputs.has_unaligned:
+                name = group.metadata.name or f"#{index}"
+                scores[name] = gate(inputs, 0.0).rho
+        threshold = resolve(selection, scores).threshold
+        return [{**values, "threshold": threshold} for values in parameters]
+
+
+SELECTION_PARAMETERS = (
+    ParameterSpec("top_k", int | None, ParameterScope.SHARED, default=None,
+                  description="merge the K gateable matrices with the lowest rho"),
+    ParameterSpec("fraction", float | None, ParameterScope.SHARED, default=None,
+                  description="merge this fraction of the gateable matrices, lowest rho first"),
+)  # fmt: skip
+"""Added to every gated method's spec; the kernels never see them (``_execute`` drops them)."""
+
+_API_SELECTION: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "mergekit_safety_api_selection", default=False
+)
+"""Set while a Python API call that selects by rank runs: only then may groups be ranked."""
+
+
+def _planning_caller() -> Any:
+    """``self`` of whoever called ``validate_inputs``: a task's validator, or the planner."""
+    return sys._getframe(2).f_locals.get("self")  # here <- validate_inputs <- the caller
+
+
+def _task_being_planned(caller: Any) -> Any:
     """The mergekit ``ExecuteMergeMethodTask`` whose validator called ``validate_inputs``."""
     adapter = sys.modules.get("mergekit.merge_methods.task_adapter")
     if adapter is None:  # not imported: no task is planning (and the API skips its import cost)
         return None
-    caller = sys._getframe(2).f_locals.get("self")  # validate_configured_inputs(self)
     return caller if isinstance(caller, adapter.ExecuteMergeMethodTask) else None
 
 
