@@ -176,3 +176,87 @@ def _draw_trend(ax, rows, merged, min_refusal, max_over_refusal, parameter) -> N
 def _numeric(values: Sequence[Any]) -> bool:
     """Whether there are values and every one is a number (a sweep's points, not labels)."""
     return bool(values) and all(isinstance(v, int | float) for v in values)
+
+
+# --- ρ per matrix (inspect --plot) ----------------------------------------------------------------
+
+MODULE_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
+
+
+def module_and_layer(name: str) -> tuple[str, int | None]:
+    """``model.layers.3.self_attn.q_proj.weight`` → (``self_attn.q_proj``, 3)."""
+    parts = name.split(".")
+    if parts and parts[-1] in ("weight", "bias"):
+        parts = parts[:-1]
+    for index, part in enumerate(parts[:-1]):
+        if part in ("layers", "h", "blocks", "layer") and parts[index + 1].isdigit():
+            return ".".join(parts[index + 2 :]) or name, int(parts[index + 1])
+    return ".".join(parts[-2:]) or name, None
+
+
+def plot_rho(
+    records: Sequence[Mapping[str, Any]],
+    path: Path,
+    *,
+    threshold: float | None = None,
+    title: str = "",
+) -> Path:
+    """ρ of every gated matrix against its layer, one colour and marker per module type.
+
+    Filled: merged at this recipe's τ; hollow: keeps the fine-tuned weights. τ is the dashed line,
+    so how many matrices a nearby τ would add or drop can be read off the picture.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    gated = [r for r in records if r.get("gated") and metric(r, "rho") is not None]
+    undefined = sum(1 for r in records if r.get("gated") and metric(r, "rho") is None)
+    parsed = [(r, *module_and_layer(r["tensor"])) for r in gated]
+    modules = sorted({module for _r, module, _layer in parsed})
+    layers = sorted({layer for _r, _m, layer in parsed if layer is not None})
+    other = (max(layers) + 1) if layers else 0
+    colours = plt.get_cmap("tab10")
+    width = 0.7 / max(1, len(modules))
+    fig, ax = plt.subplots(figsize=(max(7.5, 0.55 * (len(layers) + 1) + 4), 5.2), dpi=120)
+    for index, module in enumerate(modules):
+        colour = colours(index % 10)
+        marker = MODULE_MARKERS[index % len(MODULE_MARKERS)]
+        for merged in (True, False):
+            points = [
+                ((other if layer is None else layer) + (index - (len(modules) - 1) / 2) * width,
+                 r["rho"])
+                for r, m, layer in parsed
+                if m == module and bool(r.get("merge")) == merged
+            ]  # fmt: skip
+            if not points:
+                continue
+            ax.scatter(*zip(*points, strict=True), marker=marker, s=46, linewidths=1.4,
+                       edgecolors=colour, facecolors=colour if merged else "white",
+                       label=module if merged or not any(
+                           m == module and r.get("merge") for r, m, _l in parsed) else None,
+                       zorder=3)  # fmt: skip
+    if threshold is not None:
+        ax.axhline(threshold, color="tab:red", linestyle="--", linewidth=1.2, zorder=2,
+                   label=f"threshold τ = {threshold:g}")  # fmt: skip
+    ax.scatter([], [], marker="o", facecolors="grey", edgecolors="grey", label="filled: merged")
+    ax.scatter([], [], marker="o", facecolors="white", edgecolors="grey",
+               label="hollow: keeps fine-tuned weights")  # fmt: skip
+    ticks = layers + ([other] if any(layer is None for _r, _m, layer in parsed) else [])
+    ax.set_xticks(ticks, [str(t) if t != other or layers == [] else "other" for t in ticks])
+    ax.set_xlabel("layer")
+    ax.set_ylabel("ρ = cos(CΔ, Δ)  (low: the update left the alignment subspace)")
+    ax.grid(True, axis="y", alpha=0.3)
+    merged_count = sum(1 for r in gated if r.get("merge"))
+    note = f"{merged_count} of {len(gated)} matrices merged"
+    if undefined:
+        note += f"; {undefined} with undefined ρ not drawn"
+    ax.set_title(f"{title}\n{note}" if title else note, fontsize=10)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
