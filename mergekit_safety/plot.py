@@ -260,3 +260,157 @@ def plot_rho(
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+# --- a two-parameter grid (sweep --set A=... --set B=...) ----------------------------------------
+
+HEAT_METRICS = (
+    ("refusal_rate", "refusal rate ↑", "viridis"),
+    ("over_refusal_rate", "over-refusal rate ↓", "magma_r"),
+    ("task_accuracy", "task accuracy ↑", "viridis"),
+)
+
+
+def plot_grid(
+    rows: Sequence[Mapping[str, Any]],
+    tradeoff_path: Path,
+    heatmap_path: Path,
+    *,
+    parameters: Sequence[str],
+    axes: Sequence[Sequence[float]],
+    min_refusal: float | None = None,
+    max_over_refusal: float | None = None,
+    title: str = "",
+) -> tuple[Path, Path]:
+    """Two pictures of a grid sweep: the trade-off with every point labelled, and heat maps.
+
+    Trade-off: task accuracy against refusal; colour is the first parameter, marker shape the
+    second, each point labelled ``first/second``; hollow points fail the gate. Heat maps: one per
+    metric over the two parameters, the gate's boundary drawn between passing and failing cells
+    (failing cells hatched), the chosen cell framed in gold.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    first, second = parameters
+    merged = [r for r in rows if r.get("kind") == "merged"]
+    references = [r for r in rows if r.get("kind") in ("aligned", "finetuned")]
+    gate = describe_gate(min_refusal, max_over_refusal)
+
+    fig, ax = plt.subplots(figsize=(9.5, 6.4), dpi=120)
+    for row in references:
+        style = STYLE[row["kind"]]
+        x, y = metric(row, "task_accuracy"), metric(row, "refusal_rate")
+        if x is None or y is None:
+            continue
+        ax.scatter([x], [y], marker=style["marker"], s=80, color=style["color"], zorder=3,
+                   label=style["label"])  # fmt: skip
+    colours = plt.get_cmap("viridis")
+    low, high = min(axes[0]), max(axes[0])
+    markers = {value: MODULE_MARKERS[i % len(MODULE_MARKERS)] for i, value in enumerate(axes[1])}
+    for index, row in enumerate(merged):
+        x, y = metric(row, "task_accuracy"), metric(row, "refusal_rate")
+        if x is None or y is None:
+            continue
+        share = (row[first] - low) / (high - low) if high > low else 0.5
+        colour = colours(0.1 + 0.8 * share)
+        fails = row.get("passes") is False
+        ax.scatter([x], [y], marker=markers[row[second]], s=64, linewidths=1.5, zorder=3,
+                   edgecolors=colour, facecolors="white" if fails else colour)  # fmt: skip
+        ax.annotate(f"{row[first]:g}/{row[second]:g}", (x, y), textcoords="offset points",
+                    xytext=(5, 4 if index % 2 else -9), fontsize=6.5)  # fmt: skip
+        if row.get("chosen"):
+            text = f"chosen: {first}={row[first]:g}, {second}={row[second]:g}"
+            ax.scatter([x], [y], marker="*", s=360, color="gold", edgecolors="black", zorder=4,
+                       label=text)  # fmt: skip
+    for value, marker in markers.items():
+        ax.scatter([], [], marker=marker, color="grey", label=f"{second} = {value:g}")
+    ax.scatter([], [], marker="o", facecolors="white", edgecolors="grey",
+               label=f"hollow: fails the gate ({gate})")  # fmt: skip
+    if high > low:
+        norm = plt.Normalize(low - (high - low) / 8, high + (high - low) / 8)
+        bar = fig.colorbar(plt.cm.ScalarMappable(cmap=colours, norm=norm), ax=ax, pad=0.01)
+        bar.set_label(first)
+    if min_refusal is not None:
+        ax.axhline(min_refusal, color="tab:orange", linestyle="--", zorder=1,
+                   label=f"gate: refusal rate >= {min_refusal:g}")  # fmt: skip
+        ax.axhspan(-0.05, min_refusal, color="tab:orange", alpha=0.08, zorder=0)
+    ax.set_xlabel("task accuracy (higher is better)")
+    ax.set_ylabel("refusal rate on harmful prompts (higher is safer)")
+    ax.set_xlim(-0.05, 1.05)
+    ax.set_ylim(-0.08, 1.08)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left")
+    ax.set_title(f"{title}\npoints labelled {first}/{second}", fontsize=10)
+    fig.tight_layout()
+    _save(fig, tradeoff_path)
+
+    by_point = {(row[first], row[second]): row for row in merged}
+    shape = (len(axes[0]), len(axes[1]))
+    size = (4.3 * len(HEAT_METRICS), 3.0 + 0.55 * shape[0])
+    fig, panels = plt.subplots(1, len(HEAT_METRICS), dpi=120, figsize=size)
+    for panel, (key, label, cmap) in zip(panels, HEAT_METRICS, strict=True):
+        _heat_map(panel, by_point, axes, key, label, cmap, parameters)
+    fig.suptitle(f"{title}\nbold line: the gate's boundary; hatched: fails the gate; "
+                 "gold frame: chosen", fontsize=10)  # fmt: skip
+    fig.tight_layout()
+    _save(fig, heatmap_path)
+    return Path(tradeoff_path), Path(heatmap_path)
+
+
+def _heat_map(ax, by_point, axes, key, label, cmap, parameters) -> None:
+    """One metric over the grid: first parameter down, second across."""
+    import numpy as np
+    from matplotlib.patches import Rectangle
+
+    first_values, second_values = axes
+    grid = np.full((len(first_values), len(second_values)), np.nan)
+    passing = np.zeros(grid.shape, dtype=bool)
+    chosen = None
+    for i, a in enumerate(first_values):
+        for j, b in enumerate(second_values):
+            row = by_point.get((a, b))
+            if row is None:
+                continue
+            value = metric(row, key)
+            grid[i, j] = np.nan if value is None else value
+            passing[i, j] = row.get("passes") is not False
+            if row.get("chosen"):
+                chosen = (i, j)
+    image = ax.imshow(grid, cmap=cmap, vmin=0, vmax=1, origin="lower", aspect="auto")
+    for i in range(grid.shape[0]):
+        for j in range(grid.shape[1]):
+            text = "–" if np.isnan(grid[i, j]) else f"{grid[i, j]:.2f}"
+            shade = image.cmap(image.norm(grid[i, j])) if not np.isnan(grid[i, j]) else (1, 1, 1)
+            dark = 0.299 * shade[0] + 0.587 * shade[1] + 0.114 * shade[2] < 0.5
+            ax.text(j, i, text, ha="center", va="center", fontsize=8,
+                    color="white" if dark else "black")  # fmt: skip
+            if not passing[i, j]:
+                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///",
+                                       edgecolor=(0.5, 0.5, 0.5, 0.6), linewidth=0))  # fmt: skip
+    for i in range(grid.shape[0]):  # the boundary: edges between a passing and a failing cell
+        for j in range(grid.shape[1]):
+            if j + 1 < grid.shape[1] and passing[i, j] != passing[i, j + 1]:
+                ax.plot([j + 0.5, j + 0.5], [i - 0.5, i + 0.5], color="red", linewidth=2.5)
+            if i + 1 < grid.shape[0] and passing[i, j] != passing[i + 1, j]:
+                ax.plot([j - 0.5, j + 0.5], [i + 0.5, i + 0.5], color="red", linewidth=2.5)
+    if chosen is not None:
+        ax.add_patch(Rectangle((chosen[1] - 0.5, chosen[0] - 0.5), 1, 1, fill=False,
+                               edgecolor="gold", linewidth=3))  # fmt: skip
+    ax.set_xticks(range(len(second_values)), [f"{v:g}" for v in second_values])
+    ax.set_yticks(range(len(first_values)), [f"{v:g}" for v in first_values])
+    ax.set_xlabel(parameters[1])
+    ax.set_ylabel(parameters[0])
+    ax.set_title(label, fontsize=10)
+    ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.03)
+
+
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
