@@ -234,9 +234,10 @@ def plot_rho(
                 continue
             ax.scatter(*zip(*points, strict=True), marker=marker, s=46, linewidths=1.4,
                        edgecolors=colour, facecolors=colour if merged else "white",
-                       label=module if merged or not any(
-                           m == module and r.get("merge") for r, m, _l in parsed) else None,
                        zorder=3)  # fmt: skip
+    for index, module in enumerate(modules):  # legend: one filled marker per module type
+        ax.scatter([], [], marker=MODULE_MARKERS[index % len(MODULE_MARKERS)],
+                   color=colours(index % 10), label=module)  # fmt: skip
     if threshold is not None:
         ax.axhline(threshold, color="tab:red", linestyle="--", linewidth=1.2, zorder=2,
                    label=f"threshold τ = {threshold:g}")  # fmt: skip
