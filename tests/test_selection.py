@@ -117,8 +117,9 @@ def test_mergekit_yaml_selection_equals_explicit_threshold(
     plain = write_recipe(tmp_path / "p.yml", recipe_for(method, family, roles))
     written = tmp_path / "explicit.yml"
     cli = run_cli("inspect", str(plain), option, str(value), "--write-recipe", str(written),
-                  "--json", "--quiet", cwd=tmp_path)  # fmt: skip
+                  "--plot", "rho.png", "--json", "--quiet", cwd=tmp_path)  # fmt: skip
     assert cli.returncode == 0, cli.stderr
+    assert (tmp_path / "rho.png").stat().st_size > 5000
     text = written.read_text()
     assert "top_k" not in text.split("merge_method")[1] and "threshold:" in text
     rows = [row for row in json.loads(cli.stdout) if row["gated"]]
@@ -239,3 +240,11 @@ def test_inspect_cli_bad_selection(tmp_path, family):
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("Error: top_k=40 but only 14")
     assert not (tmp_path / "w.yml").exists()
+
+
+def test_module_and_layer_for_the_rho_plot():
+    from mergekit_safety.plot import module_and_layer
+
+    assert module_and_layer("model.layers.3.self_attn.q_proj.weight") == ("self_attn.q_proj", 3)
+    assert module_and_layer("transformer.h.11.mlp.c_fc.weight") == ("mlp.c_fc", 11)
+    assert module_and_layer("lm_head.weight") == ("lm_head", None)
