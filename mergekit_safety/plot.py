@@ -311,7 +311,8 @@ def plot_grid(
     colours = plt.get_cmap("viridis")
     low, high = min(axes[0]), max(axes[0])
     markers = {value: MODULE_MARKERS[i % len(MODULE_MARKERS)] for i, value in enumerate(axes[1])}
-    for index, row in enumerate(merged):
+    labels: list[tuple[float, float, str]] = []
+    for row in merged:
         x, y = metric(row, "task_accuracy"), metric(row, "refusal_rate")
         if x is None or y is None:
             continue
@@ -320,8 +321,7 @@ def plot_grid(
         fails = row.get("passes") is False
         ax.scatter([x], [y], marker=markers[row[second]], s=64, linewidths=1.5, zorder=3,
                    edgecolors=colour, facecolors="white" if fails else colour)  # fmt: skip
-        ax.annotate(f"{row[first]:g}/{row[second]:g}", (x, y), textcoords="offset points",
-                    xytext=(5, 4 if index % 2 else -9), fontsize=6.5)  # fmt: skip
+        labels.append((x, y, f"{row[first]:g}/{row[second]:g}"))
         if row.get("chosen"):
             text = f"chosen: {first}={row[first]:g}, {second}={row[second]:g}"
             ax.scatter([x], [y], marker="*", s=360, color="gold", edgecolors="black", zorder=4,
@@ -346,6 +346,7 @@ def plot_grid(
     ax.legend(fontsize=7, loc="lower left")
     ax.set_title(f"{title}\npoints labelled {first}/{second}", fontsize=10)
     fig.tight_layout()
+    place_labels(ax, labels)
     _save(fig, tradeoff_path)
 
     by_point = {(row[first], row[second]): row for row in merged}
@@ -359,6 +360,47 @@ def plot_grid(
     fig.tight_layout()
     _save(fig, heatmap_path)
     return Path(tradeoff_path), Path(heatmap_path)
+
+
+LABEL_OFFSETS = [(dx, dy) for dy in (4, -10, 13, -19, 22, -28, 31, -37) for dx in (5, -5)]
+"""Where a label may go, in points from its marker: nearest first, right before left."""
+
+
+def place_labels(ax, labels: Sequence[tuple[float, float, str]], fontsize: float = 6.5) -> None:
+    """Label every point so that no two labels overlap: the first free offset, greedily.
+
+    Labels are placed from the most crowded point outward; a label moved more than one row
+    away gets a thin leader line to its point.
+    """
+    scale = ax.figure.dpi / 72  # points → pixels
+    width, height = 0.6 * fontsize * scale, 1.2 * fontsize * scale
+    centres = [tuple(ax.transData.transform((x, y))) for x, y, _t in labels]
+    crowd = [sum(abs(cx - ox) + abs(cy - oy) < 60 for ox, oy in centres) for cx, cy in centres]
+    taken: list[tuple[float, float, float, float]] = [
+        (cx - 4, cy - 4, cx + 4, cy + 4) for cx, cy in centres
+    ]  # the markers themselves
+    for index in sorted(range(len(labels)), key=lambda i: -crowd[i]):
+        x, y, text = labels[index]
+        cx, cy = centres[index]
+        box_width = width * len(text)
+        choice = LABEL_OFFSETS[0]
+        for dx, dy in LABEL_OFFSETS:
+            left = cx + dx * scale - (box_width if dx < 0 else 0)
+            bottom = cy + dy * scale
+            box = (left, bottom, left + box_width, bottom + height)
+            if not any(_overlap(box, other) for other in taken):
+                choice = (dx, dy)
+                taken.append(box)
+                break
+        far = abs(choice[1]) > 13
+        ax.annotate(text, (x, y), textcoords="offset points", xytext=choice, fontsize=fontsize,
+                    ha="right" if choice[0] < 0 else "left", va="bottom",
+                    arrowprops={"arrowstyle": "-", "color": "grey", "linewidth": 0.5}
+                    if far else None)  # fmt: skip
+
+
+def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
 def _heat_map(ax, by_point, axes, key, label, cmap, parameters) -> None:
@@ -399,7 +441,7 @@ def _heat_map(ax, by_point, axes, key, label, cmap, parameters) -> None:
                 ax.plot([j - 0.5, j + 0.5], [i + 0.5, i + 0.5], color="red", linewidth=2.5)
     if chosen is not None:
         ax.add_patch(Rectangle((chosen[1] - 0.5, chosen[0] - 0.5), 1, 1, fill=False,
-                               edgecolor="gold", linewidth=3))  # fmt: skip
+                               edgecolor="gold", linewidth=3, zorder=5))  # fmt: skip
     ax.set_xticks(range(len(second_values)), [f"{v:g}" for v in second_values])
     ax.set_yticks(range(len(first_values)), [f"{v:g}" for v in first_values])
     ax.set_xlabel(parameters[1])
