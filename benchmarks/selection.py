@@ -3,10 +3,11 @@
     python -m benchmarks.selection               # 64M-parameter bf16 Llama, rank-8 fine-tune
     python -m benchmarks.selection --layers 8    # a bigger one
 
-For each gated method: the merge with an explicit τ (``threshold``), the same merge with
-``top_k`` (first pass + merge, through mergekit's ``run_merge`` as ``mergekit-yaml`` runs it), and
-the first pass alone (``inspection.score_config``, the cache cleared before each run). One thread,
-the best of ``--repeats``; the models come from ``benchmarks.checkpoints`` (rank-8 fine-tune).
+For each gated method: the merge with an explicit τ (``threshold``, set to the τ that ``top_k``
+resolves to, so both merge the same matrices), the same merge with ``top_k`` (first pass + merge,
+through mergekit's ``run_merge`` as ``mergekit-yaml`` runs it), and the first pass alone
+(``inspection.score_config``, the cache cleared before each run). One thread, the best of
+``--repeats``; the models come from ``benchmarks.checkpoints`` (rank-8 fine-tune).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def main(hidden: int, layers: int, repeats: int, top_k: int, workdir: str | None
 
     import mergekit_safety  # noqa: F401  (registers the methods)
     from mergekit_safety import inspection
+    from mergekit_safety.selection import Selection, resolve
 
     size = Size(hidden=hidden, intermediate=hidden * 11 // 4, layers=layers, heads=16,
                 kv_heads=8, vocab=8192)  # fmt: skip
@@ -70,11 +72,16 @@ def main(hidden: int, layers: int, repeats: int, top_k: int, workdir: str | None
             inspection.score_config(config, options, gated_only=True, require_unaligned=True)
             return time.perf_counter() - start
 
-        merge({"threshold": 0.35})  # warm the page cache
-        explicit = min(merge({"threshold": 0.35}) for _ in range(repeats))
+        records = inspection.score_config(MergeConfiguration.model_validate(recipe), options,
+                                          gated_only=True, require_unaligned=True)  # fmt: skip
+        scores = {r["tensor"]: r["rho"] for r in records if r["gated"]}
+        tau = resolve(Selection(top_k=top_k), scores).threshold
+        merge({"threshold": tau})  # warm the page cache
+        explicit = min(merge({"threshold": tau}) for _ in range(repeats))
         selected = min(merge({"top_k": top_k}) for _ in range(repeats))
         scoring = min(first_pass() for _ in range(repeats))
         results[method] = {
+            "threshold": tau,
             "merge_threshold_s": round(explicit, 3),
             "merge_top_k_s": round(selected, 3),
             "first_pass_s": round(scoring, 3),
