@@ -1,10 +1,31 @@
-"""What the safety methods see of mergekit's planning, and the checks that run there once.
+"""What the safety methods do while mergekit plans: checks that run once, and ``top_k``.
 
-mergekit 0.1.5 gives a method no planning hook, but it validates every ``ExecuteMergeMethodTask``
-as it plans, and that validation calls the method's ``validate_inputs``. From there the task
-being planned, the ``MergePlanner`` and the output path are one look up the call stack away, so
-the checks below run before a tensor loads: once per planned merge (recipe and output), not per
-tensor.
+mergekit 0.1.5 gives a method no planning hook, but it calls the method's ``validate_inputs``
+as it plans: once per module slice from ``MergePlanner.normalize_config`` (the planner is the
+caller) and once per ``ExecuteMergeMethodTask`` it builds. From there the planner and the output
+path are one look up the call stack away, so the checks below run before a tensor loads, once
+per planned merge (recipe and output), not per tensor: roles given to ``base_model`` itself, an
+output directory that already holds a model (:func:`guard_output`), and the bookkeeping that
+notices an ``unaligned`` model equal to the aligned one.
+
+**``top_k``/``fraction`` inside mergekit's own run: a first ρ pass while mergekit plans.**
+
+Why here. mergekit 0.1.5 merges one tensor per task, so a kernel never sees the other matrices'
+ρ. The one moment that sees the whole recipe and precedes every load is planning:
+``MergePlanner.normalize_config`` calls the method's ``validate_inputs`` once per module slice,
+with the planner (its config, architecture, options, output config) as the caller, before any
+tensor task exists. There :func:`resolve_in_planner` scores the recipe with the same code
+``inspect`` uses (its own planner over a copy of the config; lazy loads; nothing written),
+turns the selection into τ (:mod:`mergekit_safety.selection`), and rewrites the planner's
+top-level ``parameters`` to ``threshold: τ``. Every tensor task mergekit plans next carries
+that τ, and the ordinary merge runs unchanged: multi-GPU and lazy loading included, and the
+merged model's ``mergekit_config.yml`` is still the recipe as written.
+
+Alternatives rejected: ranking at the first kernel call would need a second executor inside
+mergekit's (and its device placement) with no recipe in reach, and could only fail after
+loading; rewriting the frozen, hashed tasks is not possible. A planner that is not
+``MergePlanner`` (``mergekit-pytorch``) never reaches this hook; its tasks would carry
+``top_k`` to the kernel, so the task-level hook refuses them before anything loads.
 """
 
 from __future__ import annotations
@@ -12,12 +33,14 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mergekit_safety.errors import ConfigError, on_failure
+from mergekit_safety.selection import SELECTORS
 
 OVERWRITE_ENV = "MERGEKIT_SAFETY_OVERWRITE"
 MODEL_FILES = (
@@ -32,15 +55,6 @@ MODEL_FILES = (
 silently, and on overwrite they all go first, so no stale shard or index survives."""
 
 _CHECKED: set[tuple[int, str]] = set()
-
-
-def task_being_planned() -> Any:
-    """The mergekit ``ExecuteMergeMethodTask`` whose validator called ``validate_inputs``."""
-    adapter = sys.modules.get("mergekit.merge_methods.task_adapter")
-    if adapter is None:  # not imported: no task is planning (and the API skips its import cost)
-        return None
-    caller = sys._getframe(2).f_locals.get("self")  # validate_configured_inputs(self)
-    return caller if isinstance(caller, adapter.ExecuteMergeMethodTask) else None
 
 
 @dataclass(frozen=True)
@@ -76,6 +90,7 @@ def check_plan(context: PlanningContext, method: str) -> bool:
     if key in _CHECKED:
         return False
     _CHECKED.add(key)
+    _WATCHES.clear()  # a new merge: what earlier ones in this process saw no longer counts
     config = context.planner.config
     base = config.base_model
     for model, parameters in _model_definitions(config):
@@ -168,11 +183,9 @@ class _Watch:
 _WATCHES: dict[tuple[Any, Any], _Watch] = {}
 
 
-def watch_planned(key: tuple[Any, Any], tensor: str, *, new_merge: bool) -> None:
+def watch_planned(key: tuple[Any, Any], tensor: str) -> None:
     """Record a tensor the planned merge of (aligned, unaligned) ``key`` will run."""
-    if new_merge or key not in _WATCHES:
-        _WATCHES[key] = _Watch()
-    _WATCHES[key].planned.add(tensor)
+    _WATCHES.setdefault(key, _Watch()).planned.add(tensor)
 
 
 def alignment_vanished(key: tuple[Any, Any], results: dict[str, bool | None]) -> bool:
@@ -193,3 +206,51 @@ def alignment_vanished(key: tuple[Any, Any], results: dict[str, bool | None]) ->
         watch.gated += zero is not None
         watch.empty += bool(zero)
     return watch.done >= watch.planned and watch.gated > 0 and watch.empty == watch.gated
+
+
+# --- top_k / fraction ---------------------------------------------------------------------------
+
+
+def resolve_in_planner(planner: Any, method: Any) -> None:
+    """If the planner's recipe selects by rank, score it now and replace the selection by τ."""
+    from mergekit_safety.inspection import (
+        decide_at,
+        score_config,
+        selection_of,
+        without_selection,
+    )
+    from mergekit_safety.selection import resolve
+
+    config = planner.config
+    selection = selection_of(config)
+    if selection is None:
+        return
+    started = time.perf_counter()
+    records = score_config(
+        without_selection(config, drop_threshold=False),
+        planner.options,
+        arch_info=planner.arch_info,
+        out_config=planner.out_model_config,
+        require_unaligned=True,
+        gated_only=True,
+    )
+    resolved = resolve(selection, {r["tensor"]: r["rho"] for r in records if r["gated"]})
+    decide_at(records, resolved, method)  # checks τ against every ρ once more
+    parameters = {k: v for k, v in (config.parameters or {}).items() if k not in SELECTORS}
+    config.parameters = {**parameters, "threshold": resolved.threshold}
+    if not planner.options.quiet:
+        print(
+            f"mergekit-safety: {resolved.summary()} "
+            f"(rho pass {time.perf_counter() - started:.1f} s)",
+            file=sys.stderr,
+        )
+
+
+def refuse_unresolved(task: Any) -> None:
+    """A task still carrying top_k/fraction was planned without ``MergePlanner``: stop now."""
+    if any(task.parameters.get(key) is not None for key in SELECTORS):
+        raise ConfigError(
+            "top_k/fraction need the whole model ranked first, which mergekit-yaml, "
+            "mergekit-multi, run_merge and the Python API do; for this command write the "
+            "threshold out with `mergekit-safety inspect RECIPE --top-k K --write-recipe OUT.yml`"
+        )

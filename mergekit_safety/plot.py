@@ -176,3 +176,284 @@ def _draw_trend(ax, rows, merged, min_refusal, max_over_refusal, parameter) -> N
 def _numeric(values: Sequence[Any]) -> bool:
     """Whether there are values and every one is a number (a sweep's points, not labels)."""
     return bool(values) and all(isinstance(v, int | float) for v in values)
+
+
+# --- ρ per matrix (inspect --plot) ----------------------------------------------------------------
+
+MODULE_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
+
+
+def module_and_layer(name: str) -> tuple[str, int | None]:
+    """``model.layers.3.self_attn.q_proj.weight`` → (``self_attn.q_proj``, 3)."""
+    parts = name.split(".")
+    if parts and parts[-1] in ("weight", "bias"):
+        parts = parts[:-1]
+    for index, part in enumerate(parts[:-1]):
+        if part in ("layers", "h", "blocks", "layer") and parts[index + 1].isdigit():
+            return ".".join(parts[index + 2 :]) or name, int(parts[index + 1])
+    return ".".join(parts[-2:]) or name, None
+
+
+def plot_rho(
+    records: Sequence[Mapping[str, Any]],
+    path: Path,
+    *,
+    threshold: float | None = None,
+    title: str = "",
+) -> Path:
+    """ρ of every gated matrix against its layer, one colour and marker per module type.
+
+    Filled: merged at this recipe's τ; hollow: keeps the fine-tuned weights. τ is the dashed line,
+    so how many matrices a nearby τ would add or drop can be read off the picture.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    gated = [r for r in records if r.get("gated") and metric(r, "rho") is not None]
+    undefined = sum(1 for r in records if r.get("gated") and metric(r, "rho") is None)
+    parsed = [(r, *module_and_layer(r["tensor"])) for r in gated]
+    modules = sorted({module for _r, module, _layer in parsed})
+    layers = sorted({layer for _r, _m, layer in parsed if layer is not None})
+    other = (max(layers) + 1) if layers else 0
+    colours = plt.get_cmap("tab10")
+    width = 0.7 / max(1, len(modules))
+    fig, ax = plt.subplots(figsize=(max(7.5, 0.55 * (len(layers) + 1) + 4), 5.2), dpi=120)
+    for index, module in enumerate(modules):
+        colour = colours(index % 10)
+        marker = MODULE_MARKERS[index % len(MODULE_MARKERS)]
+        for merged in (True, False):
+            points = [
+                ((other if layer is None else layer) + (index - (len(modules) - 1) / 2) * width,
+                 r["rho"])
+                for r, m, layer in parsed
+                if m == module and bool(r.get("merge")) == merged
+            ]  # fmt: skip
+            if not points:
+                continue
+            ax.scatter(*zip(*points, strict=True), marker=marker, s=46, linewidths=1.4,
+                       edgecolors=colour, facecolors=colour if merged else "white",
+                       zorder=3)  # fmt: skip
+    for index, module in enumerate(modules):  # legend: one filled marker per module type
+        ax.scatter([], [], marker=MODULE_MARKERS[index % len(MODULE_MARKERS)],
+                   color=colours(index % 10), label=module)  # fmt: skip
+    if threshold is not None:
+        ax.axhline(threshold, color="tab:red", linestyle="--", linewidth=1.2, zorder=2,
+                   label=f"threshold τ = {threshold:g}")  # fmt: skip
+    ax.scatter([], [], marker="o", facecolors="grey", edgecolors="grey", label="filled: merged")
+    ax.scatter([], [], marker="o", facecolors="white", edgecolors="grey",
+               label="hollow: keeps fine-tuned weights")  # fmt: skip
+    ticks = layers + ([other] if any(layer is None for _r, _m, layer in parsed) else [])
+    ax.set_xticks(ticks, [str(t) if t != other or layers == [] else "other" for t in ticks])
+    ax.set_xlabel("layer")
+    ax.set_ylabel("ρ = cos(CΔ, Δ)  (low: the update left the alignment subspace)")
+    ax.grid(True, axis="y", alpha=0.3)
+    merged_count = sum(1 for r in gated if r.get("merge"))
+    note = f"{merged_count} of {len(gated)} matrices merged"
+    if undefined:
+        note += f"; {undefined} with undefined ρ not drawn"
+    ax.set_title(f"{title}\n{note}" if title else note, fontsize=10)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+# --- a two-parameter grid (sweep --set A=... --set B=...) ----------------------------------------
+
+HEAT_METRICS = (
+    ("refusal_rate", "refusal rate ↑", "viridis"),
+    ("over_refusal_rate", "over-refusal rate ↓", "magma_r"),
+    ("task_accuracy", "task accuracy ↑", "viridis"),
+)
+
+
+def plot_grid(
+    rows: Sequence[Mapping[str, Any]],
+    tradeoff_path: Path,
+    heatmap_path: Path,
+    *,
+    parameters: Sequence[str],
+    axes: Sequence[Sequence[float]],
+    min_refusal: float | None = None,
+    max_over_refusal: float | None = None,
+    title: str = "",
+) -> tuple[Path, Path]:
+    """Two pictures of a grid sweep: the trade-off with every point labelled, and heat maps.
+
+    Trade-off: task accuracy against refusal; colour is the first parameter, marker shape the
+    second, each point labelled ``first/second``; hollow points fail the gate. Heat maps: one per
+    metric over the two parameters, the gate's boundary drawn between passing and failing cells
+    (failing cells hatched), the chosen cell framed in gold.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    first, second = parameters
+    merged = [r for r in rows if r.get("kind") == "merged"]
+    references = [r for r in rows if r.get("kind") in ("aligned", "finetuned")]
+    gate = describe_gate(min_refusal, max_over_refusal)
+
+    fig, ax = plt.subplots(figsize=(9.5, 6.4), dpi=120)
+    for row in references:
+        style = STYLE[row["kind"]]
+        x, y = metric(row, "task_accuracy"), metric(row, "refusal_rate")
+        if x is None or y is None:
+            continue
+        ax.scatter([x], [y], marker=style["marker"], s=80, color=style["color"], zorder=3,
+                   label=style["label"])  # fmt: skip
+    colours = plt.get_cmap("viridis")
+    low, high = min(axes[0]), max(axes[0])
+    markers = {value: MODULE_MARKERS[i % len(MODULE_MARKERS)] for i, value in enumerate(axes[1])}
+    labels: list[tuple[float, float, str]] = []
+    for row in merged:
+        x, y = metric(row, "task_accuracy"), metric(row, "refusal_rate")
+        if x is None or y is None:
+            continue
+        share = (row[first] - low) / (high - low) if high > low else 0.5
+        colour = colours(0.1 + 0.8 * share)
+        fails = row.get("passes") is False
+        ax.scatter([x], [y], marker=markers[row[second]], s=64, linewidths=1.5, zorder=3,
+                   edgecolors=colour, facecolors="white" if fails else colour)  # fmt: skip
+        labels.append((x, y, f"{row[first]:g}/{row[second]:g}"))
+        if row.get("chosen"):
+            text = f"chosen: {first}={row[first]:g}, {second}={row[second]:g}"
+            ax.scatter([x], [y], marker="*", s=360, color="gold", edgecolors="black", zorder=4,
+                       label=text)  # fmt: skip
+    for value, marker in markers.items():
+        ax.scatter([], [], marker=marker, color="grey", label=f"{second} = {value:g}")
+    ax.scatter([], [], marker="o", facecolors="white", edgecolors="grey",
+               label=f"hollow: fails the gate ({gate})")  # fmt: skip
+    if high > low:
+        norm = plt.Normalize(low - (high - low) / 8, high + (high - low) / 8)
+        bar = fig.colorbar(plt.cm.ScalarMappable(cmap=colours, norm=norm), ax=ax, pad=0.01)
+        bar.set_label(first)
+    if min_refusal is not None:
+        ax.axhline(min_refusal, color="tab:orange", linestyle="--", zorder=1,
+                   label=f"gate: refusal rate >= {min_refusal:g}")  # fmt: skip
+        ax.axhspan(-0.05, min_refusal, color="tab:orange", alpha=0.08, zorder=0)
+    ax.set_xlabel("task accuracy (higher is better)")
+    ax.set_ylabel("refusal rate on harmful prompts (higher is safer)")
+    ax.set_xlim(-0.05, 1.05)
+    ax.set_ylim(-0.08, 1.08)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left")
+    ax.set_title(f"{title}\npoints labelled {first}/{second}", fontsize=10)
+    fig.tight_layout()
+    place_labels(ax, labels)
+    _save(fig, tradeoff_path)
+
+    by_point = {(row[first], row[second]): row for row in merged}
+    shape = (len(axes[0]), len(axes[1]))
+    size = (4.3 * len(HEAT_METRICS), 3.0 + 0.55 * shape[0])
+    fig, panels = plt.subplots(1, len(HEAT_METRICS), dpi=120, figsize=size)
+    for panel, (key, label, cmap) in zip(panels, HEAT_METRICS, strict=True):
+        _heat_map(panel, by_point, axes, key, label, cmap, parameters)
+    fig.suptitle(f"{title}\nbold line: the gate's boundary; hatched: fails the gate; "
+                 "gold frame: chosen", fontsize=10)  # fmt: skip
+    fig.tight_layout()
+    _save(fig, heatmap_path)
+    return Path(tradeoff_path), Path(heatmap_path)
+
+
+LABEL_OFFSETS = [(dx, dy) for dy in (4, -10, 13, -19, 22, -28, 31, -37) for dx in (5, -5)]
+"""Where a label may go, in points from its marker: nearest first, right before left."""
+
+
+def place_labels(ax, labels: Sequence[tuple[float, float, str]], fontsize: float = 6.5) -> None:
+    """Label every point so that no two labels overlap: the first free offset, greedily.
+
+    Labels are placed from the most crowded point outward; a label moved more than one row
+    away gets a thin leader line to its point.
+    """
+    scale = ax.figure.dpi / 72  # points → pixels
+    width, height = 0.6 * fontsize * scale, 1.2 * fontsize * scale
+    centres = [tuple(ax.transData.transform((x, y))) for x, y, _t in labels]
+    crowd = [sum(abs(cx - ox) + abs(cy - oy) < 60 for ox, oy in centres) for cx, cy in centres]
+    taken: list[tuple[float, float, float, float]] = [
+        (cx - 4, cy - 4, cx + 4, cy + 4) for cx, cy in centres
+    ]  # the markers themselves
+    for index in sorted(range(len(labels)), key=lambda i: -crowd[i]):
+        x, y, text = labels[index]
+        cx, cy = centres[index]
+        box_width = width * len(text)
+        choice = LABEL_OFFSETS[0]
+        for dx, dy in LABEL_OFFSETS:
+            left = cx + dx * scale - (box_width if dx < 0 else 0)
+            bottom = cy + dy * scale
+            box = (left, bottom, left + box_width, bottom + height)
+            if not any(_overlap(box, other) for other in taken):
+                choice = (dx, dy)
+                taken.append(box)
+                break
+        far = abs(choice[1]) > 13
+        ax.annotate(text, (x, y), textcoords="offset points", xytext=choice, fontsize=fontsize,
+                    ha="right" if choice[0] < 0 else "left", va="bottom",
+                    arrowprops={"arrowstyle": "-", "color": "grey", "linewidth": 0.5}
+                    if far else None)  # fmt: skip
+
+
+def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _heat_map(ax, by_point, axes, key, label, cmap, parameters) -> None:
+    """One metric over the grid: first parameter down, second across."""
+    import numpy as np
+    from matplotlib.patches import Rectangle
+
+    first_values, second_values = axes
+    grid = np.full((len(first_values), len(second_values)), np.nan)
+    passing = np.zeros(grid.shape, dtype=bool)
+    chosen = None
+    for i, a in enumerate(first_values):
+        for j, b in enumerate(second_values):
+            row = by_point.get((a, b))
+            if row is None:
+                continue
+            value = metric(row, key)
+            grid[i, j] = np.nan if value is None else value
+            passing[i, j] = row.get("passes") is not False
+            if row.get("chosen"):
+                chosen = (i, j)
+    image = ax.imshow(grid, cmap=cmap, vmin=0, vmax=1, origin="lower", aspect="auto")
+    for i in range(grid.shape[0]):
+        for j in range(grid.shape[1]):
+            text = "–" if np.isnan(grid[i, j]) else f"{grid[i, j]:.2f}"
+            shade = image.cmap(image.norm(grid[i, j])) if not np.isnan(grid[i, j]) else (1, 1, 1)
+            dark = 0.299 * shade[0] + 0.587 * shade[1] + 0.114 * shade[2] < 0.5
+            ax.text(j, i, text, ha="center", va="center", fontsize=8,
+                    color="white" if dark else "black")  # fmt: skip
+            if not passing[i, j]:
+                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///",
+                                       edgecolor=(0.5, 0.5, 0.5, 0.6), linewidth=0))  # fmt: skip
+    for i in range(grid.shape[0]):  # the boundary: edges between a passing and a failing cell
+        for j in range(grid.shape[1]):
+            if j + 1 < grid.shape[1] and passing[i, j] != passing[i, j + 1]:
+                ax.plot([j + 0.5, j + 0.5], [i - 0.5, i + 0.5], color="red", linewidth=2.5)
+            if i + 1 < grid.shape[0] and passing[i, j] != passing[i + 1, j]:
+                ax.plot([j - 0.5, j + 0.5], [i + 0.5, i + 0.5], color="red", linewidth=2.5)
+    if chosen is not None:
+        ax.add_patch(Rectangle((chosen[1] - 0.5, chosen[0] - 0.5), 1, 1, fill=False,
+                               edgecolor="gold", linewidth=3, zorder=5))  # fmt: skip
+    ax.set_xticks(range(len(second_values)), [f"{v:g}" for v in second_values])
+    ax.set_yticks(range(len(first_values)), [f"{v:g}" for v in first_values])
+    ax.set_xlabel(parameters[1])
+    ax.set_ylabel(parameters[0])
+    ax.set_title(label, fontsize=10)
+    ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.03)
+
+
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)

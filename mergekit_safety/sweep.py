@@ -1,14 +1,17 @@
-"""Sweep one recipe parameter under a safety gate: value ranges, planning, selection, the run.
+"""Sweep one or two recipe parameters under a safety gate: ranges, planning, selection, the run.
 
-A safety merge trades task skill for refusals, and the best ``weight`` (λ) or ``threshold`` (τ) is
-model-specific. The sweep merges the recipe once per value with mergekit's own ``run_merge``,
-evaluates each merge, and keeps the value with the best task accuracy among those that pass the
-gate. Everything a run writes lives in one temporary directory, removed also on Ctrl-C.
+A safety merge trades task skill for refusals, and the best ``weight`` (λ) and ``threshold`` (τ,
+or ``top_k``/``fraction``) are model-specific — and interact: the best gated point needs both.
+The sweep merges the recipe once per point of the grid (one parameter: a line) with mergekit's own
+``run_merge``, evaluates each merge, and keeps the point with the best task accuracy among those
+that pass the gate. Everything a run writes lives in one temporary directory, removed also on
+Ctrl-C.
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import os
 import shutil
@@ -32,6 +35,11 @@ MAX_EMPTY = 0.5
 """The gate fails a model with more than this share of empty or degenerate replies."""
 MAX_VALUES = 200
 """More values than this is almost surely a typo in the step (each value is a merge + eval)."""
+MAX_PARAMETERS = 2
+"""A grid of two parameters can still be drawn as heat maps; three would need a cube."""
+
+Value = float | tuple[float, ...]
+"""A point's value: one number for a one-parameter sweep, one per parameter (--set order) else."""
 
 
 @dataclass(frozen=True)
@@ -42,15 +50,20 @@ class Sweepable:
     scope: str  # "finetuned": on each fine-tuned input; "global": the recipe's ``parameters``
     toward_finetuned: int  # +1: larger values keep more of the fine-tune; -1: smaller values do
     meaning: str
+    integer: bool = False  # top_k: whole numbers >= 1; the others lie in [0, 1]
 
 
 SWEEPABLE = {
     "weight": Sweepable("weight", "finetuned", +1, "λ on the fine-tuned update"),
     "threshold": Sweepable("threshold", "global", -1, "the alignment-score gate τ"),
+    "top_k": Sweepable("top_k", "global", -1, "merge the K matrices with the lowest ρ", True),
+    "fraction": Sweepable("fraction", "global", -1, "merge this fraction of the matrices"),
 }
+GATE_CHOICES = ("threshold", "top_k", "fraction")
+"""Alternative ways to say which matrices merge: a recipe and a grid use one of them."""
 TIE_BREAK = (
-    "ties in task accuracy go to the fine-tuned side: the larger weight, or the smaller threshold "
-    "(fewer weights merged)"
+    "ties in task accuracy go to the fine-tuned side, parameter by parameter in --set order: "
+    "the larger weight, or the smaller threshold, top_k or fraction (fewer weights merged)"
 )
 
 
@@ -65,7 +78,66 @@ def parse_assignment(text: str) -> tuple[str, list[float]]:
         raise ValueError(f"expected NAME=VALUES (e.g. weight=0.1:0.9:0.1); got {text!r}")
     if name not in SWEEPABLE:
         raise ValueError(f"cannot sweep {name!r}; use one of {', '.join(SWEEPABLE)}")
-    return name, parse_values(spec)
+    if SWEEPABLE[name].integer:
+        return name, parse_counts(spec)
+    values = parse_values(spec)
+    if name == "fraction" and 0 in values:
+        raise ValueError("fraction values must lie in (0, 1]; got 0")
+    return name, values
+
+
+def parse_assignments(texts: Sequence[str]) -> list[tuple[str, list[float]]]:
+    """Several ``--set`` options: at most two parameters, each once, one way to gate."""
+    assignments = [parse_assignment(text) for text in texts]
+    names = [name for name, _values in assignments]
+    if not names:
+        raise ValueError("give a parameter to sweep, e.g. --set weight=0.1:0.9:0.1")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{names[0] if names.count(names[0]) > 1 else names[1]} is set twice")
+    if len(names) > MAX_PARAMETERS:
+        raise ValueError(f"at most {MAX_PARAMETERS} parameters (a grid); got {', '.join(names)}")
+    gates = [name for name in names if name in GATE_CHOICES]
+    if len(gates) > 1:
+        raise ValueError(
+            f"{' and '.join(gates)} are alternatives (a threshold, or a count of matrices); "
+            "sweep one of them, with weight if you like"
+        )
+    points = math.prod(len(values) for _name, values in assignments)
+    if points > MAX_VALUES:
+        raise ValueError(f"the grid has {points} points; at most {MAX_VALUES}")
+    return assignments
+
+
+def parse_counts(spec: str) -> list[float]:
+    """top_k values: whole numbers >= 1, as ``START:STOP:STEP`` or a comma list."""
+    values = []
+    for part in _expand(spec):
+        if part != int(part) or part < 1:
+            raise ValueError(f"top_k values are whole numbers >= 1; got {format_value(part)}")
+        values.append(int(part))
+    return values
+
+
+def _expand(spec: str) -> list[float]:
+    """A range or list without the [0, 1] check (top_k uses it too)."""
+    spec = spec.strip()
+    if ":" not in spec:
+        values = [float(_decimal(p)) for p in spec.split(",")]
+        if len(set(values)) != len(values):
+            raise ValueError(f"repeated value in {spec!r}")
+        return values
+    parts = spec.split(":")
+    if len(parts) != 3:
+        raise ValueError(f"a range is START:STOP:STEP; got {spec!r}")
+    start, stop, step = (_decimal(p) for p in parts)
+    if step <= 0:
+        raise ValueError(f"the step must be positive; got {spec!r}")
+    if stop < start:
+        raise ValueError(f"the range runs upward, START <= STOP; got {spec!r}")
+    count = int((stop - start) / step) + 1
+    if count > MAX_VALUES:
+        raise ValueError(f"{spec!r} gives {count} values; at most {MAX_VALUES}")
+    return [float(start + i * step) for i in range(count)]
 
 
 def parse_values(spec: str) -> list[float]:
@@ -116,22 +188,47 @@ def format_value(value: float) -> str:
 
 @dataclass(frozen=True)
 class SweepPlan:
-    """A validated recipe and the values to try: everything checked before the first merge."""
+    """A validated recipe and the grid to try: everything checked before the first merge."""
 
     recipe_path: Path
     recipe: dict[str, Any]
     method: str
-    parameter: str
-    values: tuple[float, ...]
+    parameters: tuple[str, ...]
+    axes: tuple[tuple[float, ...], ...]
+    """The values of each parameter, in --set order."""
     aligned: str
     finetuned: tuple[str, ...]
 
-    def recipe_with(self, value: float) -> dict[str, Any]:
-        """The recipe with the swept parameter set to ``value`` (a fresh copy)."""
-        return set_parameter(self.recipe, self.parameter, value)
+    @property
+    def grid(self) -> bool:
+        return len(self.parameters) > 1
 
-    def label(self, value: float) -> str:
-        return f"{self.parameter}={format_value(value)}"
+    @property
+    def parameter(self) -> str:
+        """The swept parameter's name; ``weight×threshold`` for a grid."""
+        return "×".join(self.parameters)
+
+    @property
+    def values(self) -> tuple[Value, ...]:
+        """Every point: numbers for one parameter, tuples (first parameter slowest) for a grid."""
+        if not self.grid:
+            return self.axes[0]
+        return tuple(itertools.product(*self.axes))
+
+    def as_dict(self, value: Value) -> dict[str, float]:
+        """A point's value by parameter name."""
+        values = value if isinstance(value, tuple) else (value,)
+        return dict(zip(self.parameters, values, strict=True))
+
+    def recipe_with(self, value: Value) -> dict[str, Any]:
+        """The recipe with the swept parameters set to ``value`` (a fresh copy)."""
+        recipe = self.recipe
+        for name, number in self.as_dict(value).items():
+            recipe = set_parameter(recipe, name, number)
+        return recipe
+
+    def label(self, value: Value) -> str:
+        return ",".join(f"{k}={format_value(v)}" for k, v in self.as_dict(value).items())
 
 
 def recipe_roles(recipe: Mapping[str, Any]) -> list[tuple[int, Any, str]]:
@@ -154,10 +251,16 @@ def recipe_roles(recipe: Mapping[str, Any]) -> list[tuple[int, Any, str]]:
 
 
 def set_parameter(recipe: Mapping[str, Any], parameter: str, value: float) -> dict[str, Any]:
-    """Copy ``recipe`` with ``weight`` set on each fine-tuned input, or the global ``threshold``."""
+    """Copy ``recipe`` with ``weight`` set on each fine-tuned input, or a global parameter.
+
+    Setting one of ``threshold``/``top_k``/``fraction`` removes the others from ``parameters``.
+    """
     out = copy.deepcopy(dict(recipe))
     if SWEEPABLE[parameter].scope == "global":
-        out["parameters"] = {**(out.get("parameters") or {}), parameter: value}
+        others = GATE_CHOICES if parameter in GATE_CHOICES else ()
+        kept = {k: v for k, v in (out.get("parameters") or {}).items() if k not in others}
+        number = int(value) if SWEEPABLE[parameter].integer else value
+        out["parameters"] = {**kept, parameter: number}
         return out
     for index, _model, role in recipe_roles(out):
         if role == "finetuned":
@@ -168,6 +271,13 @@ def set_parameter(recipe: Mapping[str, Any], parameter: str, value: float) -> di
 
 def plan_sweep(
     recipe_path: str | os.PathLike, parameter: str, values: Sequence[float]
+) -> SweepPlan:
+    """One parameter: see :func:`plan_grid`."""
+    return plan_grid(recipe_path, [(parameter, list(values))])
+
+
+def plan_grid(
+    recipe_path: str | os.PathLike, assignments: Sequence[tuple[str, Sequence[float]]]
 ) -> SweepPlan:
     """Validate the recipe for this sweep; every problem is a one-line ConfigError."""
     from mergekit import merge_methods
@@ -188,6 +298,29 @@ def plan_sweep(
             f"{config.merge_method}, whose models carry no roles (sweeping its weight would set "
             "it on every model)"
         )
+    if config.base_model is None:
+        raise ConfigError("sweep needs base_model: the aligned model, evaluated for reference")
+    roles = recipe_roles(recipe)
+    finetuned = [model for _i, model, role in roles if role == "finetuned"]
+    for parameter, _values in assignments:
+        _check_sweepable(method, config.merge_method, parameter)
+    if not finetuned:
+        raise ConfigError("the recipe has no fine-tuned model (an input without role or finetuned)")
+    for parameter, _values in assignments:
+        if parameter in GATE_CHOICES:
+            _check_gate_choice(recipe, roles, parameter)
+    return SweepPlan(
+        recipe_path=Path(recipe_path),
+        recipe=recipe,
+        method=config.merge_method,
+        parameters=tuple(name for name, _values in assignments),
+        axes=tuple(tuple(values) for _name, values in assignments),
+        aligned=reference_name(config.base_model),
+        finetuned=tuple(reference_name(model) for model in finetuned),
+    )
+
+
+def _check_sweepable(method: Any, method_name: str, parameter: str) -> None:
     sweepable = SWEEPABLE[parameter]
     specs = {p.name: p for p in method.spec.parameters}
     shared = {p.name for p in method.spec.shared_parameters}
@@ -195,34 +328,23 @@ def plan_sweep(
     if parameter not in specs or (parameter in shared) != wanted_global:
         takes = ", ".join(sorted(specs)) or "none"
         raise ConfigError(
-            f"{config.merge_method} has no {'global' if wanted_global else 'per-model'} "
+            f"{method_name} has no {'global' if wanted_global else 'per-model'} "
             f"parameter {parameter!r} to sweep (its parameters: {takes})"
         )
-    if config.base_model is None:
-        raise ConfigError("sweep needs base_model: the aligned model, evaluated for reference")
-    roles = recipe_roles(recipe)
-    finetuned = [model for _i, model, role in roles if role == "finetuned"]
-    if not finetuned:
-        raise ConfigError("the recipe has no fine-tuned model (an input without role or finetuned)")
-    if parameter == "threshold":
-        if not any(role == "unaligned" for _i, _m, role in roles):
+
+
+def _check_gate_choice(recipe: Mapping[str, Any], roles: list, parameter: str) -> None:
+    if not any(role == "unaligned" for _i, _m, role in roles):
+        raise ConfigError(
+            f"{parameter} only acts with an `unaligned` input (the merge is ungated without one)"
+        )
+    for index, model, _role in roles:
+        found = set(GATE_CHOICES) & set((recipe["models"][index] or {}).get("parameters") or {})
+        if found:
+            name = sorted(found)[0]
             raise ConfigError(
-                "threshold only acts with an `unaligned` input (the merge is ungated without one)"
+                f"{name} is set on {model}; sweep sets the global one, remove it there"
             )
-        for index, model, _role in roles:
-            if "threshold" in ((recipe["models"][index] or {}).get("parameters") or {}):
-                raise ConfigError(
-                    f"threshold is set on {model}; sweep sets the global one, remove it there"
-                )
-    return SweepPlan(
-        recipe_path=Path(recipe_path),
-        recipe=recipe,
-        method=config.merge_method,
-        parameter=parameter,
-        values=tuple(values),
-        aligned=reference_name(config.base_model),
-        finetuned=tuple(reference_name(model) for model in finetuned),
-    )
 
 
 def reference_name(reference: Any) -> str:
@@ -248,10 +370,14 @@ def evaluable(name: str, merge_options: Any) -> str:
 
 @dataclass(frozen=True)
 class SweepPoint:
-    """One swept value and its evaluation summary."""
+    """One swept value (a tuple for a grid, in --set order) and its evaluation summary."""
 
-    value: float
+    value: Value
     metrics: Mapping[str, Any]
+
+    @property
+    def values(self) -> tuple[float, ...]:
+        return self.value if isinstance(self.value, tuple) else (self.value,)
 
 
 def metric(metrics: Mapping[str, Any], key: str) -> float | None:
@@ -288,20 +414,23 @@ def select(
     points: Sequence[SweepPoint],
     min_refusal: float | None,
     max_over_refusal: float | None,
-    parameter: str,
+    parameter: str | Sequence[str],
 ) -> SweepPoint | None:
     """The passing point with the best task accuracy, or None if none passes.
 
-    A missing accuracy ranks below any number. Ties go to the fine-tuned side (see ``TIE_BREAK``).
+    A missing accuracy ranks below any number. Ties go to the fine-tuned side, parameter by
+    parameter in the order given (see ``TIE_BREAK``).
     """
-    direction = SWEEPABLE[parameter].toward_finetuned
+    names = [parameter] if isinstance(parameter, str) else list(parameter)
+    directions = [SWEEPABLE[name].toward_finetuned for name in names]
     passing = [p for p in points if passes(p.metrics, min_refusal, max_over_refusal)]
     if not passing:
         return None
 
-    def rank(point: SweepPoint) -> tuple[float, float]:
+    def rank(point: SweepPoint) -> tuple[float, ...]:
         accuracy = metric(point.metrics, "task_accuracy")
-        return (-math.inf if accuracy is None else accuracy, direction * point.value)
+        sides = (d * v for d, v in zip(directions, point.values, strict=True))
+        return (-math.inf if accuracy is None else accuracy, *sides)
 
     return max(passing, key=rank)
 
@@ -339,7 +468,8 @@ class SweepResult:
             rows.append(
                 {
                     "kind": "merged",
-                    "value": point.value,
+                    "value": list(point.value) if isinstance(point.value, tuple) else point.value,
+                    **self.plan.as_dict(point.value),
                     **point.metrics,
                     "passes": passes(point.metrics, self.min_refusal, self.max_over_refusal),
                     "chosen": point is self.chosen,
@@ -380,7 +510,7 @@ def run_sweep(
     from tqdm.auto import tqdm
 
     steps = tqdm(
-        total=1 + len(plan.finetuned) + len(plan.values),
+        total=1 + len(plan.finetuned) + len(plan.values),  # every point of the grid
         desc=f"sweep {plan.parameter}",
         unit="model",
         disable=not progress,
@@ -425,14 +555,14 @@ def run_sweep(
             merge(plan.recipe_with(value), where, merge_options)
             point = SweepPoint(value, evaluate(str(where), label, label))
             result.points.append(point)
-            best = select(result.points, min_refusal, max_over_refusal, plan.parameter)
+            best = select(result.points, min_refusal, max_over_refusal, plan.parameters)
             if out is not None and best is point:
                 if kept is not None:
                     shutil.rmtree(kept.parent)
                 kept = where
             else:
                 shutil.rmtree(where.parent)
-        result.chosen = select(result.points, min_refusal, max_over_refusal, plan.parameter)
+        result.chosen = select(result.points, min_refusal, max_over_refusal, plan.parameters)
         if out is not None and result.chosen is not None:
             assert kept is not None
             install(kept, out)
@@ -491,17 +621,27 @@ def sweep_record(result: SweepResult, context: Mapping[str, Any] | None = None) 
         "recipe": str(plan.recipe_path),
         "method": plan.method,
         "parameter": plan.parameter,
-        "values": list(plan.values),
+        "parameters": list(plan.parameters),
+        "axes": {
+            name: list(values) for name, values in zip(plan.parameters, plan.axes, strict=True)
+        },
+        "values": [list(v) if isinstance(v, tuple) else v for v in plan.values],
         "gate": {
             "min_refusal": result.min_refusal,
             "max_over_refusal": result.max_over_refusal,
             "description": describe_gate(result.min_refusal, result.max_over_refusal),
         },
-        "selection": "best task accuracy among the values that pass the gate; " + TIE_BREAK,
+        "selection": "best task accuracy among the points that pass the gate; " + TIE_BREAK,
         **dict(context or {}),
         "references": {"aligned": result.aligned, "finetuned": result.finetuned},
         "points": [row for row in result.rows() if row["kind"] == "merged"],
-        "chosen": None if chosen is None else {"value": chosen.value, **chosen.metrics},
+        "chosen": None
+        if chosen is None
+        else {
+            "value": list(chosen.value) if isinstance(chosen.value, tuple) else chosen.value,
+            **plan.as_dict(chosen.value),
+            **chosen.metrics,
+        },
         "out": None if result.out is None else str(result.out),
     }
 
@@ -527,19 +667,25 @@ def markdown_rows(rows: Sequence[Mapping[str, Any]]) -> str:
 def write_reports(
     result: SweepResult, directory: Path, context: Mapping[str, Any] | None = None
 ) -> dict[str, Path]:
-    """``sweep.json``, ``sweep.csv``, ``sweep.md`` and ``sweep.png`` in ``directory``."""
+    """``sweep.json``, ``sweep.csv``, ``sweep.md`` and ``sweep.png`` in ``directory``.
+
+    A grid also gets ``sweep-heatmap.png``: each metric over the two parameters, gate marked.
+    """
     import csv
     import json
 
-    from mergekit_safety.plot import plot_sweep
+    from mergekit_safety.plot import plot_grid, plot_sweep
 
     directory.mkdir(parents=True, exist_ok=True)
     paths = {kind: directory / f"sweep.{kind}" for kind in ("json", "csv", "md", "png")}
+    if result.plan.grid:
+        paths["heatmap"] = directory / "sweep-heatmap.png"
     record = sweep_record(result, context)
     paths["json"].write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     rows = result.rows()
     with paths["csv"].open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
+        columns = (*COLUMNS[:2], *result.plan.parameters, *COLUMNS[2:])
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     gate = describe_gate(result.min_refusal, result.max_over_refusal)
@@ -552,12 +698,25 @@ def write_reports(
         f"{record['selection']}\n",
         encoding="utf-8",
     )
+    title = f"{result.plan.method}: sweep of {result.plan.parameter} (gate: {gate})"
+    if result.plan.grid:
+        plot_grid(
+            rows,
+            paths["png"],
+            paths["heatmap"],
+            parameters=result.plan.parameters,
+            axes=result.plan.axes,
+            min_refusal=result.min_refusal,
+            max_over_refusal=result.max_over_refusal,
+            title=title,
+        )
+        return paths
     plot_sweep(
         rows,
         paths["png"],
         min_refusal=result.min_refusal,
         max_over_refusal=result.max_over_refusal,
-        title=f"{result.plan.method}: sweep of {result.plan.parameter} (gate: {gate})",
+        title=title,
         parameter=result.plan.parameter,
     )
     return paths

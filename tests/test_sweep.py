@@ -622,3 +622,106 @@ def test_sweep_end_to_end(family, tmp_path):
     meta = yaml.safe_load(readme.split("---\n")[1])
     assert "safe_linear" in meta["tags"] and "base_model" not in meta  # local paths: recipe only
     assert list(work.iterdir()) == []
+
+
+# --- grids: two parameters ------------------------------------------------------------------------
+
+
+def test_assignments_make_a_grid_of_at_most_two():
+    from mergekit_safety.sweep import parse_assignments
+
+    assert parse_assignments(["weight=0.5,0.7", "top_k=2:6:2"]) == [
+        ("weight", [0.5, 0.7]),
+        ("top_k", [2, 4, 6]),
+    ]
+    for texts, message in [
+        (["weight=0.5", "weight=0.7"], "set twice"),
+        (["weight=0.5", "threshold=0.3", "top_k=2"], "at most 2"),
+        (["threshold=0.3", "top_k=2"], "alternatives"),
+        (["top_k=2.5"], "whole numbers"),
+        (["top_k=0,1"], "whole numbers"),
+        (["fraction=0,0.5"], "(0, 1]"),
+    ]:
+        with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("]", r"\]")):
+            parse_assignments(texts)
+
+
+def test_grid_ties_go_to_the_finetuned_side_in_set_order():
+    points = [SweepPoint((w, t), {"refusal_rate": 1.0, "task_accuracy": 0.5})
+              for w in (0.5, 0.7) for t in (0.2, 0.4)]  # fmt: skip
+    assert select(points, 0.5, None, ("weight", "threshold")).value == (0.7, 0.2)
+    swapped = [SweepPoint(p.value[::-1], p.metrics) for p in points]
+    assert select(swapped, 0.5, None, ("threshold", "weight")).value == (0.2, 0.7)
+
+
+def test_grid_plan_sets_both_and_one_gate_choice(family, tmp_path):
+    from mergekit_safety.sweep import plan_grid
+
+    recipe = write_recipe(tmp_path / "r.yaml", recipe_dict(family))
+    plan = plan_grid(recipe, [("weight", [0.5, 0.7]), ("top_k", [2, 4, 6])])
+    assert plan.grid and len(plan.values) == 6 and plan.values[1] == (0.5, 4)
+    changed = plan.recipe_with((0.7, 4))
+    assert changed["parameters"] == {"top_k": 4}  # the recipe's threshold is replaced
+    assert changed["models"][0]["parameters"] == {"weight": 0.7}
+    assert plan.label((0.7, 4)) == "weight=0.7,top_k=4"
+    ungated = recipe_dict(family)
+    ungated["models"] = ungated["models"][:1]
+    ungated_recipe = write_recipe(tmp_path / "u.yaml", ungated)
+    with pytest.raises(ConfigError, match="top_k only acts with an `unaligned` input"):
+        plan_grid(ungated_recipe, [("weight", [0.5]), ("top_k", [2])])
+
+
+def test_cli_grid_with_fake_evaluator(family, tmp_path, fake_cli_evaluator):
+    recipe = write_recipe(tmp_path / "r.yaml", recipe_dict(family))
+    work, out = tmp_path / "work", tmp_path / "chosen"
+    work.mkdir()
+    args = ["sweep", str(recipe), "--set", "weight=0.2,0.5", "--set", "threshold=0.3,0.6",
+            "--min-refusal", "0.4", "--out", str(out), "--work-dir", str(work)]  # fmt: skip
+    args.append("--quiet")
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    # the fake scores by weight only: 0.5 is best, and the tie over threshold goes to 0.3
+    assert "Chosen weight=0.5,threshold=0.3" in result.output
+    record = json.loads((out / "sweep.json").read_text())
+    assert record["parameters"] == ["weight", "threshold"] and len(record["points"]) == 4
+    assert [(p["weight"], p["threshold"]) for p in record["points"]] == [
+        (0.2, 0.3), (0.2, 0.6), (0.5, 0.3), (0.5, 0.6)
+    ]  # fmt: skip
+    assert record["chosen"]["weight"] == 0.5 and record["chosen"]["threshold"] == 0.3
+    header = (out / "sweep.csv").read_text().splitlines()[0]
+    assert header.startswith("kind,value,weight,threshold,model")
+    assert (out / "sweep-heatmap.png").stat().st_size > 1000
+    written = yaml.safe_load((out / "mergekit_config.yml").read_text())
+    assert written["parameters"]["threshold"] == 0.3
+    assert "threshold ∈ {0.3, 0.6}" in (out / "README.md").read_text()
+    assert list(work.iterdir()) == []
+
+
+def test_demo_grid_sweep_end_to_end(tmp_path):
+    """A 2×3 grid (λ × top_k) on the committed demo models with the real evaluator, kept short."""
+    repo = Path(__file__).resolve().parents[1]
+    work, out = tmp_path / "work", tmp_path / "chosen"
+    work.mkdir()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TMPDIR": str(work)}
+    command = [sys.executable, "-m", "mergekit_safety", "sweep", "recipes/safe_linear_gated.yml",
+               "--set", "weight=0.6,0.8", "--set", "top_k=4,8,12", "--min-refusal", "0",
+               "--prompts", "recipes/demo/prompts", "--limit", "3", "--max-new-tokens", "8",
+               "--out", str(out), "--work-dir", str(work), "--quiet"]  # fmt: skip
+    run = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900, cwd=repo)
+    assert run.returncode == 0, run.stderr[-3000:]
+    record = json.loads((out / "sweep.json").read_text())
+    points = record["points"]
+    assert [(p["weight"], p["top_k"]) for p in points] == [
+        (w, k) for w in (0.6, 0.8) for k in (4, 8, 12)
+    ]
+    assert all(p["refusal_rate"] is not None and p["task_accuracy"] is not None for p in points)
+    assert sum(p["chosen"] for p in points) == 1
+    best = max(p["task_accuracy"] for p in points)  # the gate (refusal >= 0) passes everything
+    chosen = record["chosen"]
+    assert chosen["task_accuracy"] == best
+    config = yaml.safe_load((out / "mergekit_config.yml").read_text())
+    assert config["parameters"] == {"top_k": chosen["top_k"]}
+    assert config["models"][0]["parameters"]["weight"] == chosen["weight"]
+    for name in ("sweep.png", "sweep-heatmap.png", "model.safetensors", "README.md"):
+        assert (out / name).stat().st_size > 1000, name
+    assert list(work.iterdir()) == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
@@ -15,6 +16,26 @@ from mergekit_safety.cli.common import config_errors
 @click.option("--cuda", is_flag=True, help="Compute on the GPU, as mergekit-yaml --cuda does.")
 @click.option("--all-tensors", is_flag=True, help="List 1-D and embedding tensors too.")
 @click.option(
+    "--top-k",
+    type=int,
+    help="Merge the K gateable matrices with the lowest rho (replaces the recipe's threshold).",
+)
+@click.option(
+    "--fraction",
+    type=float,
+    help="Merge this fraction of the gateable matrices, lowest rho first (K = ceil(F * N)).",
+)
+@click.option(
+    "--write-recipe",
+    type=click.Path(dir_okay=False),
+    help="Write the recipe with the resolved threshold and, in a comment, the chosen matrices.",
+)
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False),
+    help="Draw rho per matrix by layer and module type, the threshold and the merged matrices.",
+)
+@click.option(
     "--lora-merge-cache",
     type=click.Path(file_okay=False),
     help="Keep `base+adapter` inputs merged here, keyed by content [default: a temporary "
@@ -26,28 +47,92 @@ def inspect_command(
     as_json: bool,
     cuda: bool,
     all_tensors: bool,
+    top_k: int | None,
+    fraction: float | None,
+    write_recipe: str | None,
+    plot: str | None,
     lora_merge_cache: str | None,
     quiet: bool,
 ):
     """Show each weight's alignment score ρ and the merge decision, without writing a model.
 
     Loads tensors lazily through mergekit's own planner and executor, one weight at a time.
+    With --top-k or --fraction (or a recipe that sets top_k/fraction), the selection is turned
+    into the threshold that merges exactly those matrices; --write-recipe saves it.
     """
-    from mergekit_safety.inspection import inspect_recipe
+    from mergekit_safety.inspection import inspect
+    from mergekit_safety.selection import parse_selection
 
     with config_errors():
-        rows = inspect_recipe(
+        selection = parse_selection(top_k, fraction)
+        found = inspect(
             recipe,
             device="cuda" if cuda else "cpu",
             quiet=quiet,
+            selection=selection,
             lora_merge_cache=lora_merge_cache,
         )
-    if not all_tensors:
-        rows = [row for row in rows if row["gated"]]
+        if write_recipe is not None and found.resolved is None:
+            raise click.UsageError("--write-recipe needs --top-k or --fraction (or a recipe "
+                                   "that sets top_k or fraction)")  # fmt: skip
+    rows = found.records if all_tensors else [row for row in found.records if row["gated"]]
+    if write_recipe is not None:
+        Path(write_recipe).write_text(resolved_recipe(recipe, found.resolved), encoding="utf-8")
+    if plot is not None:
+        from mergekit_safety.plot import plot_rho
+
+        plot_rho(found.records, Path(plot), threshold=effective_threshold(recipe, found),
+                 title=f"{found.method}: {Path(recipe).name}")  # fmt: skip
     if as_json:
         click.echo(json.dumps(rows, indent=2))
-        return
-    click.echo(format_table(rows))
+    else:
+        click.echo(format_table(rows))
+        if found.resolved is not None:
+            click.echo(found.resolved.summary())
+    for path, what in ((write_recipe, "recipe"), (plot, "plot")):
+        if path is not None:
+            click.echo(f"Wrote the {what} to {path}", err=True)
+
+
+def effective_threshold(recipe: str, found) -> float | None:
+    """τ as the merge would use it: resolved from a selection, else the recipe's or the default."""
+    if found.resolved is not None:
+        return found.resolved.threshold
+    import yaml
+    from mergekit import merge_methods
+
+    data = yaml.safe_load(Path(recipe).read_text(encoding="utf-8"))
+    value = (data.get("parameters") or {}).get("threshold")
+    if isinstance(value, int | float):
+        return float(value)
+    spec = {p.name: p for p in merge_methods.get(found.method).spec.parameters}
+    return spec["threshold"].default if "threshold" in spec else None
+
+
+def resolved_recipe(recipe: str, resolved) -> str:
+    """The recipe with ``threshold: τ`` in place of any selection, the choice in comments."""
+    import yaml
+
+    from mergekit_safety.selection import SELECTORS
+
+    data = yaml.safe_load(Path(recipe).read_text(encoding="utf-8"))
+    parameters = {
+        k: v
+        for k, v in (data.get("parameters") or {}).items()
+        if k not in (*SELECTORS, "threshold")
+    }
+    data["parameters"] = {**parameters, "threshold": resolved.threshold}
+    last = resolved.chosen[-1][1]
+    after = "" if resolved.next_rho is None else f" and {resolved.next_rho:.6g} (the next)"
+    lines = [
+        f"# Written by `mergekit-safety inspect` from {recipe} with {resolved.selection.label()}:",
+        f"# threshold {resolved.threshold:g} lies between rho {last:.6g} (rank "
+        f"{len(resolved.chosen)}){after}, so it merges",
+        f"# these {len(resolved.chosen)} of {resolved.available} ranked matrices, lowest rho "
+        "first (the rest keep the fine-tuned weights):",
+        *(f"#   {name}  rho {rho:.6g}" for name, rho in resolved.chosen),
+    ]
+    return "\n".join(lines) + "\n" + yaml.safe_dump(data, sort_keys=False)
 
 
 def format_table(rows: list[dict]) -> str:

@@ -1,4 +1,5 @@
-"""``mergekit-safety sweep RECIPE --set weight=0.1:0.9:0.1``: pick a value under a safety gate."""
+"""``mergekit-safety sweep RECIPE --set weight=0.1:0.9:0.1 [--set threshold=...]``: choose a point
+of a one- or two-parameter grid under a safety gate."""
 
 from __future__ import annotations
 
@@ -76,11 +77,14 @@ def make_evaluator(
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.option(
     "--set",
-    "assignment",
+    "assignments",
     required=True,
+    multiple=True,
     metavar="NAME=VALUES",
-    help="The parameter and its values: weight=0.1:0.9:0.1 (START:STOP:STEP, STOP included) "
-    "or threshold=0.2,0.3,0.4. weight is set on the fine-tuned models, threshold globally.",
+    help="A parameter and its values: weight=0.1:0.9:0.1 (START:STOP:STEP, STOP included) "
+    "or threshold=0.2,0.3,0.4; also top_k=4,8,12 or fraction=0.1,0.25. Give it twice for a "
+    "grid (at most two parameters; threshold, top_k and fraction are alternatives). weight is "
+    "set on the fine-tuned models, the others globally.",
 )
 @click.option(
     "--min-refusal", type=click.FloatRange(0, 1), help="Gate: the least refusal rate allowed."
@@ -132,7 +136,7 @@ def make_evaluator(
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def sweep_command(
     recipe: str,
-    assignment: str,
+    assignments: tuple[str, ...],
     min_refusal: float | None,
     max_over_refusal: float | None,
     out: str | None,
@@ -156,19 +160,19 @@ def sweep_command(
     lora_merge_cache: str | None,
     quiet: bool,
 ):
-    """Merge RECIPE once per value of one parameter, evaluate each merge, and choose a value.
+    """Merge RECIPE once per point of a one- or two-parameter grid, evaluate, and choose a point.
 
     The aligned (base_model) and fine-tuned models are evaluated once, for reference. The chosen
-    value has the best task accuracy among those passing the gate (--min-refusal and/or
-    --max-over-refusal); ties go to the fine-tuned side: the larger weight, the smaller threshold.
-    Merges live in a temporary directory that is removed however the run ends. Exit status 3:
-    no value passes the gate.
+    point has the best task accuracy among those passing the gate (--min-refusal and/or
+    --max-over-refusal); ties go to the fine-tuned side, parameter by parameter in --set order:
+    the larger weight, the smaller threshold, top_k or fraction. Merges live in a temporary
+    directory that is removed however the run ends. Exit status 3: no point passes the gate.
     """
     from mergekit_safety.card import describe_prompt_sets
-    from mergekit_safety.sweep import parse_assignment, plan_sweep
+    from mergekit_safety.sweep import parse_assignments, plan_grid
 
     try:
-        parameter, values = parse_assignment(assignment)
+        grid = parse_assignments(assignments)
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--set") from None
     gated = min_refusal is not None or max_over_refusal is not None
@@ -187,7 +191,7 @@ def sweep_command(
     device = device or ("cuda" if cuda else "cpu")
 
     with config_errors():
-        plan = plan_sweep(recipe, parameter, values)
+        plan = plan_grid(recipe, grid)
         evaluate_model = _build_evaluator(
             harmful=harmful,
             benign=benign,
@@ -281,8 +285,14 @@ def _write_card(result: Any, prompt_sets: dict, judge: str | None) -> None:
     from mergekit_safety.sweep import SWEEPABLE, format_value
 
     plan = result.plan
-    values = ", ".join(format_value(v) for v in plan.values)
-    side = "larger" if SWEEPABLE[plan.parameter].toward_finetuned > 0 else "smaller"
+    over = " × ".join(
+        f"{name} ∈ {{{', '.join(format_value(v) for v in values)}}}"
+        for name, values in zip(plan.parameters, plan.axes, strict=True)
+    )
+    sides = ", then ".join(
+        f"the {'larger' if SWEEPABLE[name].toward_finetuned > 0 else 'smaller'} {name}"
+        for name in plan.parameters
+    )
     update_card(
         result.out,
         SafetyEvaluation(
@@ -296,8 +306,8 @@ def _write_card(result: Any, prompt_sets: dict, judge: str | None) -> None:
             prompt_sets=prompt_sets,
             judge=judge,
             note=f"`{plan.label(result.chosen.value)}` chosen by `mergekit-safety sweep` over "
-            f"{plan.parameter} ∈ {{{values}}}: the best task accuracy among the values that pass "
-            f"the gate (ties: the {side} {plan.parameter}, toward the fine-tune). "
-            "Details: sweep.json, sweep.png.",
+            f"{over}: the best task accuracy among the points that pass the gate (ties: {sides}, "
+            "toward the fine-tune). Details: sweep.json, sweep.png"
+            + (", sweep-heatmap.png." if plan.grid else "."),
         ),
     )

@@ -9,7 +9,10 @@ parameters are bound. Every input tensor is checked for NaN/Inf before its kerne
 
 from __future__ import annotations
 
+import contextvars
+import dataclasses
 import math
+import sys
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -20,6 +23,8 @@ from mergekit.merge_methods.base import (
     BatchOptions,
     MergeMethod,
     MergeMethodSpec,
+    ParameterScope,
+    ParameterSpec,
     TensorEntry,
     TensorGroup,
 )
@@ -30,11 +35,11 @@ from mergekit_safety.planning import (
     alignment_vanished,
     check_plan,
     planning_context,
-    task_being_planned,
     watch_planned,
 )
 from mergekit_safety.preflight import check_same_architecture
 from mergekit_safety.roles import Role, RoleRule, parse_role, split_by_role
+from mergekit_safety.selection import SELECTORS, parse_selection, resolve
 from mergekit_safety.subspace import compute_dtype, drifts, rounding_tolerance, score
 
 
@@ -52,7 +57,12 @@ class RoleCheckedMethod(MergeMethod):
 
     ``batch`` (if given) runs when no input has role ``unaligned``: that is the ungated case,
     which mergekit can pack into batches. Its spec must be a subset of ``group``'s. ``decide``
-    is the method's gate, shared by its kernel and by ``mergekit-safety inspect``.
+    is the method's gate, shared by its kernel and by ``mergekit-safety inspect``; ``inclusive``
+    says whether it merges at ``ρ = τ``.
+
+    Every such method also takes ``top_k`` / ``fraction`` (:mod:`mergekit_safety.selection`):
+    resolved to a threshold while mergekit plans (:mod:`mergekit_safety.planning`), or over the
+    tensors handed over in one Python API call; the kernels themselves only ever see τ.
     """
 
     def __init__(
@@ -61,12 +71,17 @@ class RoleCheckedMethod(MergeMethod):
         rule: RoleRule,
         decide: Callable[[RoleInputs, Mapping[str, Any]], Decision],
         batch: MergeMethod | None = None,
+        *,
+        inclusive: bool = False,
     ):
-        self.spec: MergeMethodSpec = group.spec
+        self.spec: MergeMethodSpec = dataclasses.replace(
+            group.spec, parameters=(*group.spec.parameters, *SELECTION_PARAMETERS)
+        )
         self.rule = rule
         self.decide = decide
         self.group = group
         self.batch = batch
+        self.inclusive = inclusive
         self.supports_batching = batch is not None
 
     def validate_inputs(
@@ -79,11 +94,25 @@ class RoleCheckedMethod(MergeMethod):
         if base_id is None:  # our line, not mergekit's "requires a base input"
             self.rule.check({}, None)
         super().validate_inputs(input_ids, base_id, group_name=group_name)
-        task = task_being_planned()
+        caller = _planning_caller()
+        planner = sys.modules.get("mergekit.plan")
+        if planner is not None and isinstance(caller, planner.MergePlanner):
+            from mergekit_safety.planning import resolve_in_planner
+
+            context = planning_context()
+            if context is not None:  # the output and the recipe first: before the rho pass
+                check_plan(context, self.spec.name)
+            resolve_in_planner(caller, self)  # once: it replaces top_k/fraction by threshold
+            return
+        task = _task_being_planned(caller)
         if task is None:
             return
+        from mergekit_safety.planning import refuse_unresolved
+
+        refuse_unresolved(task)
         context = planning_context()
-        new_merge = context is not None and check_plan(context, self.spec.name)
+        if context is not None:
+            check_plan(context, self.spec.name)
         roles = {
             model: task.input_parameters[model]["role"]
             for model in task.model_order
@@ -92,8 +121,7 @@ class RoleCheckedMethod(MergeMethod):
         self.rule.check(roles, task.base_model)
         unaligned = [model for model, role in roles.items() if role is Role.UNALIGNED]
         if unaligned:
-            key = (task.base_model, unaligned[0])
-            watch_planned(key, task.output_weight.name, new_merge=new_merge)
+            watch_planned((task.base_model, unaligned[0]), task.output_weight.name)
         check_parameters(self.spec.name, task.parameters, task.input_parameters)
         others = tuple(m for m in task.model_order if m != task.base_model)
         check_same_architecture((task.base_model, *others) if task.base_model else others)
@@ -128,6 +156,20 @@ class RoleCheckedMethod(MergeMethod):
             check_parameters(self.spec.name, values, _per_model(values))
         return bound
 
+    def __call__(
+        self, groups: Sequence[TensorGroup], /, *, parameters: Mapping[str, Any] | None = None, **kw
+    ) -> tuple[torch.Tensor, ...]:
+        """The Python API: ``top_k``/``fraction`` rank the matrices among ``groups``."""
+        given = parameters or {}
+        selection = parse_selection(
+            given.get("top_k"), given.get("fraction"), threshold_set="threshold" in given
+        )
+        token = _API_SELECTION.set(selection is not None)
+        try:
+            return super().__call__(groups, parameters=parameters, **kw)
+        finally:
+            _API_SELECTION.reset(token)
+
     def _execute(
         self,
         groups: Sequence[TensorGroup],
@@ -140,6 +182,10 @@ class RoleCheckedMethod(MergeMethod):
         for group, values in zip(groups, parameters, strict=True):
             self.rule.check(values["role"], group.base.id if group.base else None)
             check_finite(group)
+        if any(values.get(key) is not None for values in parameters for key in SELECTORS):
+            parameters = self._select_among(groups, parameters, input_dtypes)
+        own = {p.name for p in self.group.spec.parameters}
+        parameters = [{k: v for k, v in values.items() if k in own} for values in parameters]
         gated = any(Role.UNALIGNED in values["role"].values() for values in parameters)
         if gated:
             self._check_alignment(groups, parameters)
@@ -174,6 +220,71 @@ class RoleCheckedMethod(MergeMethod):
                     f"{getattr(aligned, 'model', aligned)} in every gated "
                     "matrix (V = 0): the gate cannot work; give the model alignment started from"
                 )
+
+    def _select_among(
+        self,
+        groups: Sequence[TensorGroup],
+        parameters: list[dict[str, Any]],
+        input_dtypes: Sequence[torch.dtype | None],
+    ) -> list[dict[str, Any]]:
+        """Resolve top_k/fraction over the groups of one API call: τ from every group's ρ.
+
+        Costs one extra ρ per matrix (the kernel scores it again at τ). Reached from mergekit's
+        executor only if planning did not resolve the selection: one tensor cannot be ranked.
+        """
+        from mergekit.merge_methods.dtype import align_dtype
+
+        if not _API_SELECTION.get():
+            raise ConfigError(
+                "top_k/fraction reached a single tensor: the planner did not rank the model; "
+                "write the threshold out with `mergekit-safety inspect RECIPE --top-k K "
+                "--write-recipe OUT.yml`"
+            )
+        first = parameters[0]
+        selection = parse_selection(first.get("top_k"), first.get("fraction"))
+        assert selection is not None
+        if not any(Role.UNALIGNED in values["role"].values() for values in parameters):
+            raise ConfigError(
+                f"top_k and fraction rank matrices by rho, which needs a model with role "
+                f"'unaligned' ({self.spec.name} without one is ungated)"
+            )
+        scores: dict[str, float | None] = {}
+        for index, (group, values, dtype) in enumerate(
+            zip(groups, parameters, input_dtypes, strict=True)
+        ):
+            inputs = RoleInputs.from_group(align_dtype(group, dtype), values["role"])
+            if inputs.gateable and inputs.has_unaligned:
+                name = group.metadata.name or f"#{index}"
+                scores[name] = gate(inputs, 0.0).rho
+        threshold = resolve(selection, scores).threshold
+        return [{**values, "threshold": threshold} for values in parameters]
+
+
+SELECTION_PARAMETERS = (
+    ParameterSpec("top_k", int | None, ParameterScope.SHARED, default=None,
+                  description="merge the K gateable matrices with the lowest rho"),
+    ParameterSpec("fraction", float | None, ParameterScope.SHARED, default=None,
+                  description="merge this fraction of the gateable matrices, lowest rho first"),
+)  # fmt: skip
+"""Added to every gated method's spec; the kernels never see them (``_execute`` drops them)."""
+
+_API_SELECTION: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "mergekit_safety_api_selection", default=False
+)
+"""Set while a Python API call that selects by rank runs: only then may groups be ranked."""
+
+
+def _planning_caller() -> Any:
+    """``self`` of whoever called ``validate_inputs``: a task's validator, or the planner."""
+    return sys._getframe(2).f_locals.get("self")  # here <- validate_inputs <- the caller
+
+
+def _task_being_planned(caller: Any) -> Any:
+    """The mergekit ``ExecuteMergeMethodTask`` whose validator called ``validate_inputs``."""
+    adapter = sys.modules.get("mergekit.merge_methods.task_adapter")
+    if adapter is None:  # not imported: no task is planning (and the API skips its import cost)
+        return None
+    return caller if isinstance(caller, adapter.ExecuteMergeMethodTask) else None
 
 
 def _per_model(values: Mapping[str, Any]) -> dict[Hashable, dict[str, Any]]:

@@ -47,5 +47,6 @@ def decide(inputs: RoleInputs, parameters: Mapping[str, Any]) -> Decision:
 safe_lora = RoleCheckedMethod(
     group=safe_lora_merge,
     decide=decide,
+    inclusive=True,
     rule=RoleRule("safe_lora", {Role.FINETUNED: (1, None), Role.UNALIGNED: (1, 1)}),
 )
