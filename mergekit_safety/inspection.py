@@ -71,20 +71,29 @@ def inspect_recipe(
             f"{recipe} uses {config.merge_method}"
         )
     options = MergeOptions(device=device, quiet=quiet)
-    arch_info = get_architecture_info(config, options)
-    LoaderCache().setup(options=options)
-    out_config = _model_out_config(config, arch_info, trust_remote_code=False)
-    planner = MergePlanner(config, arch_info, options=options, out_model_config=out_config)
-    # plan_in_memory() fails in mergekit 0.1.5 (pydantic re-validates the generic Task), so take
-    # the merge tasks from the to-disk plan; its writer tasks never run, so nothing is written.
-    reports = [
-        GateReport(merge=target.tensor_task)
-        for target in planner.plan_to_disk(out_path=os.devnull)
-        if isinstance(getattr(target, "tensor_task", None), ExecuteMergeMethodTask)
-    ]
+    reports = [GateReport(merge=task) for task in merge_tasks(config, options)]
     order = {report: index for index, report in enumerate(reports)}
     executor = Executor(reports, math_device=torch.device(device))
     results = sorted(
         executor.run(quiet=quiet, desc="Scoring weights"), key=lambda pair: order[pair[0]]
     )
     return [record for _report, record in results]
+
+
+def merge_tasks(config: Any, options: MergeOptions) -> list[ExecuteMergeMethodTask]:
+    """The per-tensor merge tasks mergekit plans for ``config``, in its order; nothing loads.
+
+    Each carries the output weight and the parameters resolved for it, exactly as
+    ``mergekit-yaml`` would run it; roles are checked while planning.
+    """
+    arch_info = get_architecture_info(config, options)
+    LoaderCache().setup(options=options)
+    out_config = _model_out_config(config, arch_info, trust_remote_code=False)
+    planner = MergePlanner(config, arch_info, options=options, out_model_config=out_config)
+    # plan_in_memory() fails in mergekit 0.1.5 (pydantic re-validates the generic Task), so take
+    # the merge tasks from the to-disk plan; its writer tasks never run, so nothing is written.
+    return [
+        target.tensor_task
+        for target in planner.plan_to_disk(out_path=os.devnull)
+        if isinstance(getattr(target, "tensor_task", None), ExecuteMergeMethodTask)
+    ]
