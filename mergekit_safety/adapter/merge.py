@@ -60,6 +60,8 @@ def input_weights(method: str, task: Any, roles: Mapping[Hashable, Role]) -> dic
     """Each input's ``weight`` as mergekit resolved it for this tensor (safemerge's defaults)."""
     out = {}
     for model, role in roles.items():
+        if role == Role.UNALIGNED:
+            continue
         value = task.input_parameters[model].get("weight")
         if value is None and method == "safemerge":
             value = DEFAULT_WEIGHTS[role]

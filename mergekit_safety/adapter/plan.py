@@ -8,6 +8,7 @@ as the full merge checks them. Every reason an exact adapter is impossible is on
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -101,8 +102,8 @@ def plan_adapter(recipe: str, *, device: str = "cpu") -> AdapterPlan:
     if aligned.lora is not None:
         raise ConfigError(f"base_model must be the aligned model itself, not {aligned}")
     options = MergeOptions(device=device, quiet=True)
-    stand_in_for_adapters(config, options)
-    tasks = {task.output_weight.name: task for task in merge_tasks(config, options)}
+    with stand_in_for_adapters(config, options):
+        tasks = {task.output_weight.name: task for task in merge_tasks(config, options)}
     if not tasks:
         raise ConfigError(f"{recipe}: mergekit planned no tensors")
     first = next(iter(tasks.values()))
@@ -159,7 +160,8 @@ def plan_adapter(recipe: str, *, device: str = "cpu") -> AdapterPlan:
     )
 
 
-def stand_in_for_adapters(config: Any, options: Any) -> None:
+@contextlib.contextmanager
+def stand_in_for_adapters(config: Any, options: Any) -> Iterator[None]:
     """Let mergekit's planner index ``aligned+adapter`` inputs by the aligned model's own files.
 
     The planner opens an input's index for optional weights (``lm_head``); for an adapter input
@@ -170,7 +172,15 @@ def stand_in_for_adapters(config: Any, options: Any) -> None:
 
     cache = LoaderCache()
     cache.setup(options=options)
-    for model in config.referenced_models():
-        if model.lora is not None and config.base_model is not None:
-            if model.model == config.base_model.model:
-                cache.loaders[model] = cache.get(config.base_model)
+    stand_ins = [
+        model
+        for model in config.referenced_models()
+        if model.lora is not None and model.model == config.base_model.model
+    ]
+    for model in stand_ins:
+        cache.loaders[model] = cache.get(config.base_model)
+    try:
+        yield
+    finally:  # the cache is process-wide: a later full merge must see the real merged model
+        for model in stand_ins:
+            cache.loaders.pop(model, None)
