@@ -9,11 +9,13 @@ import math
 import pytest
 import torch
 from adapter_helpers import applied, full_merge, make_adapter, mergekit_safety
+from click.testing import CliRunner
 from helpers import mergekit_yaml, write_recipe
 from safetensors.torch import load_file
 from transformers import LlamaForCausalLM
 
 from mergekit_safety.adapter import merge_recipe_to_adapter
+from mergekit_safety.cli import main
 from mergekit_safety.subspace import lowrank_factors_score_and_project, project, score
 
 # --- ρ and C Δ from LoRA factors -----------------------------------------------------------
@@ -205,3 +207,84 @@ def test_bf16_models_within_rounding(tmp_path):
         # weight (measured: under one).
         bound = 2 * 2**-7 * float(start[name].float().abs().max())
         assert float((got[name].float() - expected.float()).abs().max()) <= bound, name
+
+
+# --- what has no exact adapter form: one line, nothing written --------------------------------
+
+
+@pytest.fixture(scope="module")
+def odd_adapters(family, tmp_path_factory):
+    """A DoRA adapter and one with modules_to_save, on `aligned`."""
+    root = tmp_path_factory.mktemp("odd")
+    aligned, unaligned = family["aligned"], family["unaligned"]
+    return {
+        "dora": make_adapter(aligned, unaligned, root / "dora", seed=21, use_dora=True),
+        "saved": make_adapter(
+            aligned, unaligned, root / "saved", seed=22, modules_to_save=["lm_head"]
+        ),
+    }
+
+
+def error_recipe(family, adapters, odd, case) -> dict:
+    aligned, unaligned = str(family["aligned"]), str(family["unaligned"])
+    recipe = {
+        "merge_method": "safe_lora",
+        "base_model": aligned,
+        "models": [
+            {"model": f"{aligned}+{adapters['one']}"},
+            {"model": unaligned, "parameters": {"role": "unaligned"}},
+        ],
+        "dtype": "float32",
+    }
+    if case == "full_model":
+        recipe["models"][0] = {"model": str(family["finetuned"])}
+    elif case in odd:
+        recipe["models"][0] = {"model": f"{aligned}+{odd[case]}"}
+    elif case == "dare_linear":
+        recipe["merge_method"] = "safemerge"
+        recipe["models"].append(
+            {"model": f"{aligned}+{adapters['safe']}", "parameters": {"role": "safe"}}
+        )
+        recipe["parameters"] = {"merge_type": "dare_linear"}
+    elif case == "other_method":
+        recipe["merge_method"] = "task_arithmetic"
+        recipe["models"].pop()
+    return recipe
+
+
+ERRORS = {
+    "full_model": "is a full model",
+    "dora": "DoRA",
+    "saved": "modules_to_save",
+    "dare_linear": "dare_linear",
+    "other_method": "task_arithmetic",
+    "not_empty": "not empty",
+}
+
+
+@pytest.mark.parametrize("case", list(ERRORS))
+def test_no_exact_adapter_is_one_line_and_writes_nothing(
+    case, family, adapters, odd_adapters, tmp_path
+):
+    recipe = write_recipe(
+        tmp_path / "recipe.yml", error_recipe(family, adapters, odd_adapters, case)
+    )
+    out = tmp_path / "out"
+    if case == "not_empty":
+        out.mkdir()
+        (out / "keep.txt").write_text("mine")
+    if case == "full_model":  # a real process: nothing else reaches stderr either
+        done = mergekit_safety("adapter", recipe, out, cwd=tmp_path)
+        code, stderr = done.returncode, done.stderr
+    else:  # the same command in-process: a fresh interpreter costs seconds per case
+        done = CliRunner().invoke(main, ["adapter", str(recipe), str(out)])
+        code, stderr = done.exit_code, done.stderr
+    assert code == 1
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), stderr[-2000:]
+    assert ERRORS[case] in lines[0]
+    if case == "not_empty":
+        assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    else:
+        assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging

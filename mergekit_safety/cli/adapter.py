@@ -20,8 +20,11 @@ def adapter_command(recipe: str, out: str, cuda: bool, quiet: bool):
     model equals the full merge up to dtype rounding. Full models (aligned, unaligned) are read
     one tensor at a time through mergekit's loader; only where a gate needs V.
     """
+    from transformers.utils import logging as hf_logging
+
     from mergekit_safety.adapter import merge_recipe_to_adapter
 
+    hf_logging.set_verbosity_error()  # mergekit's own deprecation notices would bury the result
     with config_errors():
         path, records = merge_recipe_to_adapter(recipe, out, device="cuda" if cuda else "cpu")
     if not quiet:
