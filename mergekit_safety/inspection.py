@@ -70,6 +70,8 @@ def inspect_recipe(
             f"inspect explains safe_linear, safemerge and safe_lora recipes; "
             f"{recipe} uses {config.merge_method}"
         )
+    if any(model.lora is not None for model in config.referenced_models()):
+        return inspect_adapters(recipe, device=device)
     options = MergeOptions(device=device, quiet=quiet)
     reports = [GateReport(merge=task) for task in merge_tasks(config, options)]
     order = {report: index for index, report in enumerate(reports)}
@@ -96,4 +98,26 @@ def merge_tasks(config: Any, options: MergeOptions) -> list[ExecuteMergeMethodTa
         target.tensor_task
         for target in planner.plan_to_disk(out_path=os.devnull)
         if isinstance(getattr(target, "tensor_task", None), ExecuteMergeMethodTask)
+    ]
+
+
+def inspect_adapters(recipe: str | os.PathLike, *, device: str = "cpu") -> list[dict]:
+    """The records for a recipe of LoRA adapters, from their factors (what ``adapter`` writes).
+
+    Each adapted module only: a weight no fine-tune adapts has Δ = 0 and keeps θ_aligned.
+    """
+    from mergekit_safety.adapter.merge import merge_adapters
+    from mergekit_safety.adapter.plan import plan_adapter
+
+    plan = plan_adapter(str(recipe), device=device)
+    return [
+        {
+            "tensor": f"{m.module}.weight",
+            "shape": [m.b.shape[0], m.a.shape[1]],
+            "gated": m.gated,
+            "rho": m.decision.rho,
+            "merge": m.decision.merge,
+            "reason": m.decision.reason,
+        }
+        for m in merge_adapters(plan, device=device)
     ]

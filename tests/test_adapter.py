@@ -340,3 +340,26 @@ def test_eval_and_card_take_the_adapter(family, adapters, tmp_path):
     assert meta["library_name"] == "peft" and meta["base_model"] == [str(aligned)]
     assert "## Safety evaluation" in card and "## Recipe" in card
     assert f"{aligned}+{adapters['one']}" in card  # the fine-tuned row, found by its name
+
+
+def test_inspect_reads_adapters_and_agrees_with_the_full_model(family, adapters, tmp_path):
+    """inspect on the adapter recipe (factors) and on mergekit's merged copy (dense): same ρ."""
+    from mergekit.common import ModelReference
+
+    from mergekit_safety.inspection import inspect_recipe
+
+    aligned = family["aligned"]
+    threshold = threshold_between(family, [adapters["one"]])
+    data = recipe_for(family, adapters, "safe_lora", ["one"], True, [], threshold)
+    adapter_rows = inspect_recipe(write_recipe(tmp_path / "adapter.yml", data), quiet=True)
+    reference = ModelReference.model_validate(f"{aligned}+{adapters['one']}")
+    data["models"][0] = {"model": reference.merged(cache_dir=str(tmp_path / "cache")).model.path}
+    full_rows = {
+        row["tensor"]: row
+        for row in inspect_recipe(write_recipe(tmp_path / "full.yml", data), quiet=True)
+    }
+    assert len(adapter_rows) == 14 and {row["merge"] for row in adapter_rows} == {True, False}
+    for row in adapter_rows:
+        full = full_rows[row["tensor"]]
+        assert row["merge"] == full["merge"] and row["shape"] == full["shape"]
+        assert abs(row["rho"] - full["rho"]) < 1e-5

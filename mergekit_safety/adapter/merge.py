@@ -32,6 +32,7 @@ class MergedModule:
     b: torch.Tensor
     a: torch.Tensor
     decision: Decision
+    gated: bool
 
 
 def merge_module(
@@ -96,4 +97,6 @@ def merge_adapters(plan: AdapterPlan, device: str = "cpu") -> Iterator[MergedMod
         )
         weights = input_weights(plan.method, task, roles)
         decision, b, a = merge_module(plan.method, inputs, dict(task.parameters.items()), weights)
-        yield MergedModule(module, b.cpu().contiguous(), a.cpu().contiguous(), decision)
+        yield MergedModule(
+            module, b.cpu().contiguous(), a.cpu().contiguous(), decision, inputs.gateable
+        )
