@@ -10,6 +10,7 @@ of ``W + B′A′`` in the base model's dtype.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -67,6 +68,7 @@ def write_adapter(
         bias="none",
         use_rslora=False,
         task_type=task_type,
+        inference_mode=True,
     )
     config.base_model_name_or_path = base_model
     tensors = {}
@@ -77,9 +79,11 @@ def write_adapter(
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         config.save_pretrained(staging)
+        _sort_targets(staging / "adapter_config.json")
         save_file(tensors, staging / "adapter_model.safetensors", metadata={"format": "pt"})
         (staging / RECIPE_FILE).write_text(recipe_text, encoding="utf-8")
         (staging / "README.md").write_text(card, encoding="utf-8")
+        _default_modes(staging)
         if out.exists():
             out.rmdir()
         staging.rename(out)
@@ -87,6 +91,22 @@ def write_adapter(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out
+
+
+def _sort_targets(path: Path) -> None:
+    """peft writes ``target_modules`` from a set: sort it, so reruns write the same bytes."""
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config["target_modules"] = sorted(config["target_modules"])
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _default_modes(directory: Path) -> None:
+    """The modes a plain mkdir/open would give (mkdtemp makes 0700, safetensors 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    directory.chmod(0o777 & ~umask)
+    for path in directory.iterdir():
+        path.chmod(0o666 & ~umask)
 
 
 def adapter_card(
@@ -107,5 +127,5 @@ def adapter_card(
         "Applying it (`PeftModel.from_pretrained(base, this_dir)`, merged or not) gives exactly "
         f"the `{method}` merge `mergekit-yaml` makes from the same recipe, up to the base "
         "model's dtype rounding.\n\n"
-        f"## Recipe\n\n```yaml\n{recipe_text.rstrip()}\n```\n"
+        f"## Merge Details\n\n### Recipe\n\n```yaml\n{recipe_text.rstrip()}\n```\n"
     )

@@ -99,9 +99,13 @@ def load_model(model: str, *, device: str = "cpu", dtype: str | None = None) -> 
         network = AutoModelForCausalLM.from_pretrained(spec.base, dtype=torch_dtype)
         source = spec.base
         if spec.adapter is not None:
+            import warnings
+
             from peft import PeftModel
 
-            network = PeftModel.from_pretrained(network, spec.adapter)
+            with warnings.catch_warnings():  # peft calls a deprecated transformers property
+                warnings.simplefilter("ignore", FutureWarning)
+                network = PeftModel.from_pretrained(network, spec.adapter)
             if (Path(spec.adapter).expanduser() / "tokenizer_config.json").is_file():
                 source = spec.adapter
         tokenizer = AutoTokenizer.from_pretrained(source)
