@@ -161,7 +161,9 @@ def main(layers, repeats, ranks, methods, threads, workdir):
             adapter, full, stock = recipes(paths, adapters, rank, method)
             cells.append(((rank, method), {"adapter": adapter, "full": full, "stock": stock}))
     samples: dict = {}
+    startup = [sys.executable, "-c", "import mergekit.merge, peft, mergekit_safety.adapter"]
     for repeat in range(repeats):
+        samples.setdefault("startup", []).append(measure(startup, env=env))
         for index, (key, bodies) in enumerate(cells):
             kinds = list(bodies)
             shift = (repeat + index) % len(kinds)
@@ -182,8 +184,11 @@ def main(layers, repeats, ranks, methods, threads, workdir):
               f"{wall['stock']:.2f} | {wall['adapter'] / wall['full']:.2f}× | "
               f"{wall['adapter'] / wall['stock']:.2f}× | {rss['adapter']:.0f} | "
               f"{rss['full']:.0f} | {rss['stock']:.0f} |")  # fmt: skip
+    start = statistics.median(s.wall for s in samples["startup"])
+    print(f"\nStart-up (importing mergekit, peft and mergekit_safety, in every command): "
+          f"{start:.2f} s.")  # fmt: skip
     print(
-        f"\nbf16, hidden 1024, intermediate 2816, {layers} layers, vocab 8192; {threads} "
+        f"bf16, hidden 1024, intermediate 2816, {layers} layers, vocab 8192; {threads} "
         f"thread(s); median of {repeats}; torch {torch.__version__}; load average "
         f"{os.getloadavg()[0]:.1f}"
     )
