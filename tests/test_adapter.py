@@ -363,3 +363,47 @@ def test_inspect_reads_adapters_and_agrees_with_the_full_model(family, adapters,
         full = full_rows[row["tensor"]]
         assert row["merge"] == full["merge"] and row["shape"] == full["shape"]
         assert abs(row["rho"] - full["rho"]) < 1e-5
+
+
+def test_sweep_in_adapter_space(family, adapters, tmp_path):
+    """--adapter: each value a peft adapter, references through peft, the choice an adapter."""
+    from mergekit.options import MergeOptions
+
+    from mergekit_safety.sweep import plan_sweep, run_sweep
+
+    recipe = write_recipe(
+        tmp_path / "recipe.yml",
+        recipe_for(family, adapters, "safe_linear", ["one"], True, [0.5], 0.9),
+    )
+    seen = []
+
+    def evaluator(path: str) -> dict:
+        seen.append(path)
+        weight = 0.0
+        config = Path(path) / "mergekit_config.yml"
+        if config.is_file():  # a merge: an adapter directory, never a full model
+            assert (Path(path) / "adapter_config.json").is_file()
+            assert not (Path(path) / "config.json").exists()
+            weight = yaml.safe_load(config.read_text())["models"][0]["parameters"]["weight"]
+        return {"refusal_rate": 1 - weight / 2, "over_refusal_rate": 0.0, "task_accuracy": weight}
+
+    plan = plan_sweep(recipe, "weight", [0.4, 0.8])
+    out = tmp_path / "chosen"
+    result = run_sweep(
+        plan, evaluator, merge_options=MergeOptions(), min_refusal=0.5, out=out, adapter=True,
+        progress=False,
+    )  # fmt: skip
+    assert seen[1] == f"{family['aligned']}+{adapters['one']}"  # evaluated through peft
+    assert len(seen) == 4
+    assert result.chosen is not None and result.chosen.value == 0.8
+    assert (out / "adapter_config.json").is_file() and not (out / "config.json").exists()
+    # the chosen adapter is the merge at λ = 0.8
+    direct = tmp_path / "direct"
+    data = recipe_for(family, adapters, "safe_linear", ["one"], True, [0.8], 0.9)
+    merge_recipe_to_adapter(write_recipe(tmp_path / "direct.yml", data), direct)
+    assert (
+        load_file(out / "adapter_model.safetensors").keys()
+        == load_file(direct / "adapter_model.safetensors").keys()
+    )
+    for key, value in load_file(direct / "adapter_model.safetensors").items():
+        assert torch.equal(load_file(out / "adapter_model.safetensors")[key], value), key
