@@ -123,6 +123,31 @@ def run(kind: str, body: dict, workdir: Path, env: dict) -> Sample:
         shutil.rmtree(out, ignore_errors=True)
 
 
+READER = """
+import sys
+from mergekit.common import ModelReference
+from mergekit.io.tasks import LoaderCache
+from mergekit.options import MergeOptions
+import mergekit_safety.adapter
+LoaderCache().setup(MergeOptions())
+names = [line for line in open(sys.argv[3]).read().split()]
+for path in sys.argv[1:3]:
+    loader = LoaderCache().get(ModelReference.model_validate(path))
+    for name in names:
+        loader.get_tensor(name).float()
+"""
+
+
+def read_all(paths, workdir: Path) -> list[str]:
+    """A command that reads what the gate reads, and nothing else: the reader's own cost."""
+    names = workdir / "gated.txt"
+    size = json.loads((workdir / "family" / "family.json").read_text())["size"]
+    shapes = checkpoints.shapes(checkpoints.Size(**size))
+    names.write_text("\n".join(n for n, s in shapes if checkpoints.gated(n, s)))
+    aligned, unaligned = (str(paths[m].resolve()) for m in ("aligned", "unaligned"))
+    return [sys.executable, "-c", READER, aligned, unaligned, str(names)]
+
+
 @click.command()
 @click.option("--layers", type=click.IntRange(1), default=4, show_default=True)
 @click.option("--repeats", type=click.IntRange(1), default=1, show_default=True)
@@ -184,6 +209,10 @@ def main(layers, repeats, ranks, methods, threads, workdir):
               f"{wall['stock']:.2f} | {wall['adapter'] / wall['full']:.2f}× | "
               f"{wall['adapter'] / wall['stock']:.2f}× | {rss['adapter']:.0f} | "
               f"{rss['full']:.0f} | {rss['stock']:.0f} |")  # fmt: skip
+    reader = measure(read_all(paths, workdir), env=env)
+    print(f"\nThe reader alone (mergekit's lazy loader reading every gated tensor of aligned and "
+          f"unaligned, one at a time, as the gate does): {reader.wall:.2f} s, "
+          f"{reader.rss / 2**20:.0f} MiB peak RSS.")  # fmt: skip
     start = statistics.median(s.wall for s in samples["startup"])
     print(f"\nStart-up (importing mergekit, peft and mergekit_safety, in every command): "
           f"{start:.2f} s.")  # fmt: skip
