@@ -28,6 +28,11 @@ Norms and inner products are summed in pieces of 1024 (torch's one-pass fp32 nor
   missing (:func:`_directions_needed`). A full-rank Δ costs one 16-column sketch: 16/m of the
   dense path's flops (1.6 % at m = 1024; thin products run slower, so a few % of its time).
 
+**From LoRA factors** (:func:`lowrank_factors_score_and_project`, ``mergekit-safety adapter``): when
+Δ = B A is given as factors nothing needs factorizing: the same formulas with ``Q = B`` (any
+``out × r``) and ``W = A`` give ρ from ``Vᵀ B``, ``V (Vᵀ B)`` and r × r triangles, and
+``C Δ = (C B) A``: Safe LoRA keeps ``A`` and the rank.
+
 **Tolerance.** By default ``‖R‖ ≤ √n · ε · ‖Δ‖`` with ``n = max(out, in)`` and ε of the compute
 dtype: the dense path's own rounding error (its first GEMM sums ``n`` products per entry). On fp32
 inputs both paths then agree to fp32 accuracy, decisions included (``tests/test_lowrank.py``).
