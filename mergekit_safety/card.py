@@ -50,6 +50,9 @@ class SafetyEvaluation:
     prompt_sets: Mapping[str, Any] = field(default_factory=dict)
     judge: str | None = None
     note: str | None = None
+    library_name: str = "transformers"
+    """``peft`` for a LoRA adapter (``mergekit-safety adapter``): the Hub then loads it on its
+    ``base_model``."""
 
     def gate_text(self) -> str:
         gate = describe_gate(self.min_refusal, self.max_over_refusal)
@@ -100,7 +103,10 @@ def merge_metadata(meta: Mapping[str, Any], evaluation: SafetyEvaluation, name: 
     if hub_ids:
         out["base_model"] = hub_ids
     out["tags"] = _union(_as_list(meta.get("tags")), [*TAGS, evaluation.method])
-    out.setdefault("library_name", "transformers")
+    if evaluation.library_name == "transformers":
+        out.setdefault("library_name", "transformers")
+    else:
+        out["library_name"] = evaluation.library_name
     others = [
         entry
         for entry in _as_list(meta.get("model-index"))
@@ -301,12 +307,17 @@ def evaluation_from_results(
     finetuned_summaries = [
         row for name in wanted if (row := reference(name, bool(finetuned_rows))) is not None
     ]
+    adapter = (model_dir / "adapter_config.json").is_file()
+    # An adapter's base_model is the model it applies to; a merge's, every model it came from
+    # (an ``aligned+adapter`` input by its model: the Hub takes no "+").
+    sources = [aligned] if adapter else [aligned, *(f.partition("+")[0] for f in finetuned)]
     return SafetyEvaluation(
         method=method,
         merged=merged,
         aligned=aligned_summary,
         finetuned=finetuned_summaries,
-        base_models=[m for m in [aligned, *finetuned] if m],
+        base_models=list(dict.fromkeys(m for m in sources if m)),
+        library_name="peft" if adapter else "transformers",
         **details,
     )
 

@@ -110,6 +110,11 @@ def inspect(
         )
     if selection is None:
         selection = selection_of(config)
+    if selection is None and lora_merge_cache is None and _has_adapter(config):
+        try:  # scored from the factors, as `mergekit-safety adapter` would merge them
+            return Inspection(config.merge_method, inspect_adapters(recipe, device=device))
+        except ConfigError:  # no exact adapter form (say dare_linear): score merged copies
+            pass
     with lora_cache(config.referenced_models(), lora_merge_cache) as cache:
         for reference in config.referenced_models():
             merged_copy(reference, cache)
@@ -217,21 +222,7 @@ def score_config(
     if key in _SCORES:
         _SCORES.move_to_end(key)
         return _SCORES[key]
-    if arch_info is None:
-        arch_info = get_architecture_info(config, options)
-        LoaderCache().setup(options=options)
-    if out_config is None:
-        out_config = _model_out_config(config, arch_info, trust_remote_code=False)
-    planner = MergePlanner(
-        config.model_copy(deep=True), arch_info, options=options, out_model_config=out_config
-    )
-    # plan_in_memory() fails in mergekit 0.1.5 (pydantic re-validates the generic Task), so take
-    # the merge tasks from the to-disk plan; its writer tasks never run, so nothing is written.
-    tasks = [
-        target.tensor_task
-        for target in planner.plan_to_disk(out_path=os.devnull)
-        if isinstance(getattr(target, "tensor_task", None), ExecuteMergeMethodTask)
-    ]
+    tasks = merge_tasks(config, options, arch_info=arch_info, out_config=out_config)
     if gated_only:  # a vocabulary matrix is never gated: do not load it
         tasks = [task for task in tasks if task.output_weight.vocabulary_axis is None]
     if require_unaligned and not any(_has_unaligned(task) for task in tasks):
@@ -283,3 +274,55 @@ def _score_key(config: MergeConfiguration, options: MergeOptions, gated_only: bo
     return json.dumps(
         [keep_roles(data), str(options.device), gated_only, stamps], sort_keys=True, default=str
     )
+
+
+def merge_tasks(
+    config: Any, options: MergeOptions, *, arch_info: Any = None, out_config: Any = None
+) -> list[ExecuteMergeMethodTask]:
+    """The per-tensor merge tasks mergekit plans for ``config``, in its order; nothing loads.
+
+    Each carries the output weight and the parameters resolved for it, exactly as
+    ``mergekit-yaml`` would run it; roles are checked while planning. The planner rewrites the
+    config it is given, so it gets a copy.
+    """
+    if arch_info is None:
+        arch_info = get_architecture_info(config, options)
+        LoaderCache().setup(options=options)
+    if out_config is None:
+        out_config = _model_out_config(config, arch_info, trust_remote_code=False)
+    planner = MergePlanner(
+        config.model_copy(deep=True), arch_info, options=options, out_model_config=out_config
+    )
+    # plan_in_memory() fails in mergekit 0.1.5 (pydantic re-validates the generic Task), so take
+    # the merge tasks from the to-disk plan; its writer tasks never run, so nothing is written.
+    return [
+        target.tensor_task
+        for target in planner.plan_to_disk(out_path=os.devnull)
+        if isinstance(getattr(target, "tensor_task", None), ExecuteMergeMethodTask)
+    ]
+
+
+def _has_adapter(config: Any) -> bool:
+    return any(model.lora is not None for model in config.referenced_models())
+
+
+def inspect_adapters(recipe: str | os.PathLike, *, device: str = "cpu") -> list[dict]:
+    """The records for a recipe of LoRA adapters, from their factors (what ``adapter`` writes).
+
+    Each adapted module only: a weight no fine-tune adapts has Δ = 0 and keeps θ_aligned.
+    """
+    from mergekit_safety.adapter.merge import merge_adapters
+    from mergekit_safety.adapter.plan import plan_adapter
+
+    plan = plan_adapter(str(recipe), device=device)
+    return [
+        {
+            "tensor": f"{m.module}.weight",
+            "shape": [m.b.shape[0], m.a.shape[1]],
+            "gated": m.gated,
+            "rho": m.decision.rho,
+            "merge": m.decision.merge,
+            "reason": m.decision.reason,
+        }
+        for m in merge_adapters(plan, device=device)
+    ]

@@ -28,6 +28,11 @@ Norms and inner products are summed in pieces of 1024 (torch's one-pass fp32 nor
   missing (:func:`_directions_needed`). A full-rank Δ costs one 16-column sketch: 16/m of the
   dense path's flops (1.6 % at m = 1024; thin products run slower, so a few % of its time).
 
+**From LoRA factors** (:func:`lowrank_factors_score_and_project`, ``mergekit-safety adapter``): when
+Δ = B A is given as factors nothing needs factorizing: the same formulas with ``Q = B`` (any
+``out × r``) and ``W = A`` give ρ from ``Vᵀ B``, ``V (Vᵀ B)`` and r × r triangles, and
+``C Δ = (C B) A``: Safe LoRA keeps ``A`` and the rank.
+
 **Tolerance.** By default ``‖R‖ ≤ √n · ε · ‖Δ‖`` with ``n = max(out, in)`` and ε of the compute
 dtype: the dense path's own rounding error (its first GEMM sums ``n`` products per entry). On fp32
 inputs both paths then agree to fp32 accuracy, decisions included (``tests/test_lowrank.py``).
@@ -298,21 +303,50 @@ def lowrank_score_and_project(
     want_projection: bool = True,
     v_norm: float | None = None,
 ) -> tuple[float, torch.Tensor | None]:
-    """ρ and ``C Δ`` for ``Δ = q w``: two ``out·in·k`` products (three with ``C Δ``).
-
-    Norms go through ``T`` (``wᵀ = Q_w Tᵀ``): each is a sum of squares, with no cancellation.
-    """
-    q, w = factors.q, factors.w
-    v = v.to(q.dtype)
-    triangle = torch.linalg.qr(w.T, mode="r")[1].T  # w = T Q_wᵀ
-    z = transposed_product(v, q)  # Vᵀ Q: in × k
-    p = v @ z  # V Vᵀ Q: out × k
-    along = norm_of(z @ triangle) ** 2  # ‖Vᵀ Δ‖²
-    size = norm_of(p @ triangle) * norm_of(q @ triangle)  # ‖V Vᵀ Δ‖ · ‖Δ‖
-    rho = along / size if size > 0 else 0.0
+    """ρ and ``C Δ`` for ``Δ = q w``: two ``out·in·k`` products (three with ``C Δ``)."""
+    rho, p, _ = _factored_score(factors.q, factors.w, v.to(factors.q.dtype))
     if not want_projection:
         return rho, None
-    return rho, (p @ w).div_(norm_of(v) if v_norm is None else v_norm)
+    return rho, (p @ factors.w).div_(norm_of(v) if v_norm is None else v_norm)
+
+
+def lowrank_factors_score_and_project(
+    b: torch.Tensor, a: torch.Tensor, v: torch.Tensor, *, want_projection: bool = True
+) -> tuple[float, torch.Tensor | None]:
+    """ρ and the projected left factor ``B′ = C B`` for ``Δ = B A`` given as factors (a LoRA).
+
+    ``C Δ = (C B) A``, so Safe LoRA in adapter space keeps ``A`` and the rank. ``B`` is any
+    ``out × r`` factor (the LoRA scale folded in), ``A`` any ``r × in``: ρ costs the two thin
+    products ``Vᵀ B`` and ``V (Vᵀ B)`` (``out·in·r`` flops each) and r × r triangles; no Δ is
+    formed. NaN (and ``B′ = 0``) when ``V`` or ``Δ`` is zero, as :func:`score`.
+    """
+    dtype = torch.float64 if torch.float64 in (b.dtype, a.dtype, v.dtype) else torch.float32
+    b, a, v = b.to(dtype), a.to(dtype), v.to(dtype)
+    v_norm = norm_of(v)
+    if not _nonzero(v, v_norm):
+        return math.nan, torch.zeros_like(b) if want_projection else None
+    rho, p, delta_norm = _factored_score(b, a, v)
+    if delta_norm == 0:
+        return math.nan, torch.zeros_like(b) if want_projection else None
+    return rho, p.div_(v_norm) if want_projection else None
+
+
+def _factored_score(
+    q: torch.Tensor, w: torch.Tensor, v: torch.Tensor
+) -> tuple[float, torch.Tensor, float]:
+    """ρ, ``V Vᵀ q`` and ``‖Δ‖`` for ``Δ = q w`` (``q`` need not be orthonormal).
+
+    Norms go through ``T`` (``wᵀ = Q_w Tᵀ``, so ``‖X w‖ = ‖X T‖``): each is a sum of squares,
+    with no cancellation.
+    """
+    triangle = torch.linalg.qr(w.T, mode="r")[1].T  # w = T Q_wᵀ
+    z = transposed_product(v, q)  # Vᵀ q: in × k
+    p = v @ z  # V Vᵀ q: out × k
+    along = norm_of(z @ triangle) ** 2  # ‖Vᵀ Δ‖²
+    delta_norm = norm_of(q @ triangle)
+    size = norm_of(p @ triangle) * delta_norm  # ‖V Vᵀ Δ‖ · ‖Δ‖
+    rho = along / size if size > 0 else 0.0
+    return rho, p, delta_norm
 
 
 def dense_score_and_project(

@@ -490,6 +490,17 @@ def merge_recipe(
     run_merge(config, str(out_path), options=options, config_source=source)
 
 
+def merge_adapter(recipe: Mapping[str, Any], out_path: Path, options: Any) -> None:
+    """Merge in adapter space, as ``mergekit-safety adapter`` does: the same merge, as a peft
+    LoRA adapter for the aligned model (the recipe's inputs must be ``aligned+adapter``)."""
+    from mergekit_safety.adapter import merge_recipe_to_adapter
+
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    source = out_path.parent / "recipe.yml"
+    source.write_text(yaml.safe_dump(dict(recipe), sort_keys=False), encoding="utf-8")
+    merge_recipe_to_adapter(source, out_path, device="cuda" if options.cuda else "cpu")
+
+
 def run_sweep(
     plan: SweepPlan,
     evaluate_model: Evaluator,
@@ -501,12 +512,17 @@ def run_sweep(
     work_dir: Path | None = None,
     progress: bool = True,
     merge: Callable[[Mapping[str, Any], Path, Any], None] = merge_recipe,
+    adapter: bool = False,
 ) -> SweepResult:
     """Evaluate the references once, then merge and evaluate each value; keep the choice in ``out``.
 
     Only the best passing merge so far survives on disk, so the sweep needs room for two merges.
     The temporary directory (under ``work_dir``, default ``$TMPDIR``) goes however the run ends.
+    With ``adapter`` every value is merged in adapter space (:func:`merge_adapter`) and the
+    ``aligned+adapter`` references are evaluated through peft: no full model is written.
     """
+    if adapter:
+        merge = merge_adapter
     from tqdm.auto import tqdm
 
     steps = tqdm(
@@ -533,7 +549,7 @@ def run_sweep(
         merge_options = merge_options.model_copy(update={"lora_merge_cache": cache})
         references = [plan.aligned, *plan.finetuned]
         summaries = [
-            evaluate(evaluable(name, merge_options), label, name)
+            evaluate(name if adapter else evaluable(name, merge_options), label, name)
             for name, label in zip(
                 references, ["aligned", *["fine-tuned"] * len(plan.finetuned)], strict=True
             )
@@ -581,6 +597,8 @@ WEIGHT_FILES = (
     "model.safetensors.index.json",
     "pytorch_model*.bin",
     "pytorch_model.bin.index.json",
+    "adapter_model.safetensors",
+    "adapter_config.json",
 )
 """A previous model's weights in ``out``: removed, so a stale shard or index cannot be loaded."""
 

@@ -185,7 +185,9 @@ def test_evaluate_rejects_bad_models(tmp_path):
         evaluate(str(tmp_path / "nope"), PromptSets(), progress=False)
     (tmp_path / "adapter").mkdir()
     (tmp_path / "adapter" / "adapter_config.json").write_text("{}")
-    with pytest.raises(ConfigError, match="merge it first"):
+    with pytest.raises(ConfigError, match="names no base model"):
         evaluate(str(tmp_path / "adapter"), PromptSets(), progress=False)
+    with pytest.raises(ConfigError, match="not a peft adapter directory"):
+        evaluate(f"{tmp_path / 'adapter'}+{tmp_path}", PromptSets(), progress=False)
     with pytest.raises(ConfigError, match="backend"):
         evaluate(str(tmp_path), PromptSets(), backend="tgi", progress=False)

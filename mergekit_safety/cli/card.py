@@ -51,11 +51,12 @@ def card_command(
 ):
     """Add a "Safety evaluation" section and Hub metadata to OUT/README.md.
 
-    OUT is a merge directory (it holds mergekit_config.yml). The merged model's row is the one
-    whose 'model' is OUT's path, else the only one with OUT's directory name (or --model-row); the
-    aligned and fine-tuned rows are found the same way from the recipe's paths. The prompt sets
-    are the ones `eval` recorded in summary.json; the prompt-set and judge options override that
-    description (they run nothing).
+    OUT is a merge directory (it holds mergekit_config.yml), or an adapter written by
+    `mergekit-safety adapter` (the card then says library_name: peft). The merged model's row is
+    the one whose 'model' is OUT's path, else the only one with OUT's directory name (or
+    --model-row); the aligned and fine-tuned rows are found the same way from the recipe's paths.
+    The prompt sets are the ones `eval` recorded in summary.json; the prompt-set and judge
+    options override that description (they run nothing).
     Re-running replaces the section; mergekit's front matter keys are kept.
     """
     from mergekit_safety.card import (

@@ -133,6 +133,12 @@ def make_evaluator(
     type=click.Path(file_okay=False),
     help="Keep LoRA-merged inputs here [default: in the work dir, removed after].",
 )
+@click.option(
+    "--adapter",
+    is_flag=True,
+    help="Merge in adapter space (as `mergekit-safety adapter`): fine-tuned inputs written "
+    "aligned+adapter, each value a peft LoRA adapter, --out the chosen adapter.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def sweep_command(
     recipe: str,
@@ -158,6 +164,7 @@ def sweep_command(
     trust_remote_code: bool,
     random_seed: int | None,
     lora_merge_cache: str | None,
+    adapter: bool,
     quiet: bool,
 ):
     """Merge RECIPE once per point of a one- or two-parameter grid, evaluate, and choose a point.
@@ -192,6 +199,10 @@ def sweep_command(
 
     with config_errors():
         plan = plan_grid(recipe, grid)
+        if adapter:  # every reason it has no adapter form, before any evaluation
+            from mergekit_safety.adapter import plan_adapter
+
+            plan_adapter(recipe)
         evaluate_model = _build_evaluator(
             harmful=harmful,
             benign=benign,
@@ -227,6 +238,7 @@ def sweep_command(
             out=out_path,
             work_dir=None if work_dir is None else Path(work_dir),
             progress=not quiet,
+            adapter=adapter,
         )
     if hasattr(evaluate_model, "prompt_sets"):  # the real evaluator knows what it read
         prompt_sets = {**evaluate_model.prompt_sets(), "limit": limit}

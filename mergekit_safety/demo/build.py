@@ -3,6 +3,8 @@
 Each stage starts from its parent *as saved* (bf16), so the committed files form an exact
 chain: weights LoRA does not touch (embeddings, norms, lm_head) are bit-identical in
 ``aligned``, ``finetuned`` and ``safe``, and ``finetuned - aligned`` is the fine-tune's update.
+The LoRA stages also keep their trained adapters (``finetuned_adapter/``, ``safe_adapter/``): the
+published form of most fine-tunes, for ``mergekit-safety adapter``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ from transformers.utils import logging as hf_logging
 from mergekit_safety.demo import data
 from mergekit_safety.demo.tokenizer import build_tokenizer
 from mergekit_safety.demo.train import Stage, deterministic, new_model, train
+
+ADAPTER_SUFFIX = "_adapter"
+"""A LoRA stage's trained adapter goes next to its merged model: ``finetuned_adapter/``."""
 
 #: Which model each stage starts from.
 PARENTS: dict[str, str | None] = {
@@ -106,7 +111,17 @@ def _build_model(
         model = LlamaForCausalLM.from_pretrained(
             out / parent, dtype=torch.float32, attn_implementation="eager"
         )
-    model, loss = train(model, tokenizer, examples, stage, seed=seed, desc=name, progress=progress)
+    adapter = out / f"{name}{ADAPTER_SUFFIX}" if stage.lora_rank else None
+    model, loss = train(
+        model,
+        tokenizer,
+        examples,
+        stage,
+        seed=seed,
+        desc=name,
+        progress=progress,
+        adapter_dir=adapter,
+    )
     _save(model, tokenizer, out / name, getattr(torch, spec.dtype))
     info = {
         "model": name,
@@ -121,6 +136,11 @@ def _build_model(
         "torch": torch.__version__,
         "sha256": {"model.safetensors": sha256(out / name / "model.safetensors")},
     }
+    if adapter is not None:
+        info["adapter"] = {
+            "path": adapter.name,
+            "sha256": {"adapter_model.safetensors": sha256(adapter / "adapter_model.safetensors")},
+        }
     (out / name / "build_info.json").write_text(json.dumps(info, indent=2) + "\n")
     return info
 

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import math
+import shutil
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -114,13 +117,16 @@ def train(
     seed: int,
     desc: str,
     progress: bool = True,
+    adapter_dir: Path | None = None,
 ) -> tuple[LlamaForCausalLM, float]:
     """Train ``model`` on the responses of ``examples``; return the (LoRA-merged) model and the
     mean loss of the last tenth of the steps.
 
     With ``stage.lora_rank`` the base weights stay frozen and a peft LoRA adapter on every
     projection is trained, then merged into the weights, so the result is a plain checkpoint
-    whose difference from the parent has rank <= r per matrix.
+    whose difference from the parent has rank <= r per matrix. With ``adapter_dir`` the trained
+    adapter is saved there too (fp32, as trained), before it is merged: saving reads the
+    weights and draws no random numbers, so the merged checkpoint is the same either way.
     """
     torch.manual_seed(seed)
     if stage.lora_rank:
@@ -157,6 +163,22 @@ def train(
             bar.set_postfix(loss=f"{loss.item():.3f}")
     bar.close()
     if stage.lora_rank:
+        if adapter_dir is not None:
+            save_adapter(model, adapter_dir)
         model = model.merge_and_unload()
     model.eval()
     return model, sum(losses[-tail:]) / tail
+
+
+ADAPTER_BASE = "../aligned"
+"""``base_model_name_or_path`` of a demo adapter: the aligned model next to it, wherever the
+build went (a fixed string keeps the files identical from build to build)."""
+
+
+def save_adapter(model: Any, path: Path) -> None:
+    """Save a peft model's adapter (config and weights only: no generated card)."""
+    if path.exists():
+        shutil.rmtree(path)
+    model.peft_config["default"].base_model_name_or_path = ADAPTER_BASE
+    model.save_pretrained(path, safe_serialization=True)
+    (path / "README.md").unlink(missing_ok=True)

@@ -67,19 +67,22 @@ def check_model(model: str) -> None:
     """Fail with one line, before anything loads, when ``model`` cannot be a model.
 
     A local directory needs ``config.json``. A name that does not exist locally must look like a Hub
-    id (``owner/name``); with ``HF_HUB_OFFLINE=1`` it must also be in the local Hub cache.
+    id (``owner/name``); with ``HF_HUB_OFFLINE=1`` it must also be in the local Hub cache. A LoRA
+    adapter (``base+adapter``, or an adapter directory naming its base) is checked as its base
+    model plus the adapter.
     """
+    from mergekit_safety.evaluation.adapters import check_adapter, parse_model
+
+    spec = parse_model(model)
+    if spec.adapter is not None:
+        check_adapter(spec.adapter)
+        model = spec.base
     path = Path(model).expanduser()
     if path.exists():
         if not path.is_dir():
             raise ConfigError(f"{model}: not a model directory")
         if not (path / "config.json").is_file():
-            hint = (
-                "; it holds a LoRA adapter: merge it first"
-                if (path / "adapter_config.json").is_file()
-                else ""
-            )
-            raise ConfigError(f"{model}: not a model directory (no config.json){hint}")
+            raise ConfigError(f"{model}: not a model directory (no config.json)")
         return
     if model.startswith((".", "/", "~")) or not _HUB_ID.match(model):
         raise ConfigError(f"model not found: {model}")
@@ -228,6 +231,13 @@ def _generate(
     if not conversations:
         return []
     if backend == "vllm":
+        from mergekit_safety.evaluation.adapters import parse_model
+
+        if parse_model(model).adapter is not None:
+            raise ConfigError(
+                f"{model}: --backend vllm evaluates full models; use --backend transformers "
+                "for an adapter"
+            )
         return generation.generate_vllm(
             model, conversations, max_new_tokens=max_new_tokens, dtype=dtype, progress=progress
         )

@@ -23,6 +23,7 @@ import contextlib
 import gc
 import os
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -82,14 +83,32 @@ def _quiet_transformers() -> Iterator[None]:
 
 
 def load_model(model: str, *, device: str = "cpu", dtype: str | None = None) -> tuple[Any, Any]:
-    """(model, tokenizer) ready for batched greedy generation: eval mode, left padding, a pad."""
+    """(model, tokenizer) ready for batched greedy generation: eval mode, left padding, a pad.
+
+    A LoRA adapter (``base+adapter`` or an adapter directory) runs through peft on its base, in
+    memory; its tokenizer is the adapter's own if it ships one, else the base model's.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from mergekit_safety.evaluation.adapters import parse_model
+
+    spec = parse_model(model)
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     with _quiet_transformers():
-        tokenizer = AutoTokenizer.from_pretrained(model)
-        network = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype)
+        network = AutoModelForCausalLM.from_pretrained(spec.base, dtype=torch_dtype)
+        source = spec.base
+        if spec.adapter is not None:
+            import warnings
+
+            from peft import PeftModel
+
+            with warnings.catch_warnings():  # peft calls a deprecated transformers property
+                warnings.simplefilter("ignore", FutureWarning)
+                network = PeftModel.from_pretrained(network, spec.adapter)
+            if (Path(spec.adapter).expanduser() / "tokenizer_config.json").is_file():
+                source = spec.adapter
+        tokenizer = AutoTokenizer.from_pretrained(source)
     network.to(device).eval()
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:

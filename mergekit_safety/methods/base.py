@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from mergekit.merge_methods.base import (
@@ -69,7 +69,7 @@ class RoleCheckedMethod(MergeMethod):
         self,
         group: MergeMethod,
         rule: RoleRule,
-        decide: Callable[[RoleInputs, Mapping[str, Any]], Decision],
+        decide: Callable[[GateInputs, Mapping[str, Any]], Decision],
         batch: MergeMethod | None = None,
         *,
         inclusive: bool = False,
@@ -396,6 +396,10 @@ class RoleInputs:
         """
         return rounding_tolerance(self.aligned, self.stored_aligned.dtype, len(self.updates))
 
+    def alignment_score(self) -> float:
+        """ρ of the summed update against the alignment subspace (the gate's score)."""
+        return score(self.update, self.alignment, tolerance=self.rounding())
+
     def kept(self) -> torch.Tensor:
         """The weights a tensor keeps when it is not merged: θ_ft (θ_aligned + ΣΔ for several)."""
         if len(self.stored_finetuned) == 1:
@@ -407,11 +411,23 @@ class RoleInputs:
         return merged.to(self.stored_aligned.dtype)
 
 
-def gate(inputs: RoleInputs, threshold: float, *, inclusive: bool = False) -> Decision:
+class GateInputs(Protocol):
+    """What a method's ``decide`` reads: :class:`RoleInputs` for full tensors, and
+    :class:`mergekit_safety.adapter.factors.AdapterInputs` for LoRA factors (one gate for both)."""
+
+    gateable: bool
+
+    @property
+    def has_unaligned(self) -> bool: ...
+
+    def alignment_score(self) -> float: ...
+
+
+def gate(inputs: GateInputs, threshold: float, *, inclusive: bool = False) -> Decision:
     """The subspace gate: merge a 2-D weight only if its update left the alignment subspace."""
     if not inputs.gateable:
         return Decision(False, "not gated: 1-D, or has a vocabulary axis")
-    rho = score(inputs.update, inputs.alignment, tolerance=inputs.rounding())
+    rho = inputs.alignment_score()
     if drifts(rho, threshold, inclusive=inclusive):
         return Decision(True, f"rho {'<=' if inclusive else '<'} threshold", rho)
     why = "undefined rho (V = 0 or delta = 0)" if rho != rho else "rho above threshold"

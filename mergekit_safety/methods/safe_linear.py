@@ -23,7 +23,13 @@ from mergekit.merge_methods.base import (
 )
 from mergekit.merge_methods.easy_define import merge_method
 
-from mergekit_safety.methods.base import Decision, RoleCheckedMethod, RoleInputs, gate
+from mergekit_safety.methods.base import (
+    Decision,
+    GateInputs,
+    RoleCheckedMethod,
+    RoleInputs,
+    gate,
+)
 from mergekit_safety.roles import Role, RoleRule, RoleValue
 from mergekit_safety.subspace import compute_dtype
 
@@ -70,7 +76,7 @@ def safe_linear_group(
     return inputs.cast_back(result)
 
 
-def decide(inputs: RoleInputs, parameters: Mapping[str, Any]) -> Decision:
+def decide(inputs: GateInputs, parameters: Mapping[str, Any]) -> Decision:
     """Ungated without an ``unaligned`` input; otherwise the subspace gate (ρ < τ)."""
     if not inputs.has_unaligned:
         return Decision(True, "ungated: no unaligned model")

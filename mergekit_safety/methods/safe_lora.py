@@ -12,7 +12,13 @@ import torch
 from mergekit.merge_methods.base import BasePolicy, InputContract, PerNonBase, TensorGroup
 from mergekit.merge_methods.easy_define import merge_method
 
-from mergekit_safety.methods.base import Decision, RoleCheckedMethod, RoleInputs, gate
+from mergekit_safety.methods.base import (
+    Decision,
+    GateInputs,
+    RoleCheckedMethod,
+    RoleInputs,
+    gate,
+)
 from mergekit_safety.roles import Role, RoleRule, RoleValue
 from mergekit_safety.subspace import drifts, score_and_project
 
@@ -40,7 +46,7 @@ def safe_lora_merge(
     return inputs.kept()
 
 
-def decide(inputs: RoleInputs, parameters: Mapping[str, Any]) -> Decision:
+def decide(inputs: GateInputs, parameters: Mapping[str, Any]) -> Decision:
     return gate(inputs, parameters["threshold"], inclusive=True)
 
 

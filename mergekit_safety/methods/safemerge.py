@@ -19,7 +19,13 @@ import torch
 from mergekit.merge_methods.base import BasePolicy, InputContract, PerNonBase, TensorGroup
 from mergekit.merge_methods.easy_define import merge_method
 
-from mergekit_safety.methods.base import Decision, RoleCheckedMethod, RoleInputs, gate
+from mergekit_safety.methods.base import (
+    Decision,
+    GateInputs,
+    RoleCheckedMethod,
+    RoleInputs,
+    gate,
+)
 from mergekit_safety.roles import Role, RoleRule, RoleValue
 
 DEFAULT_THRESHOLD = 0.35
@@ -77,7 +83,7 @@ def seed_for(tensor_name: str | None, seed: int, index: int) -> int:
     return (zlib.crc32((tensor_name or "").encode()) * 1_000_003 + seed * 97 + index) % 2**63
 
 
-def decide(inputs: RoleInputs, parameters: Mapping[str, Any]) -> Decision:
+def decide(inputs: GateInputs, parameters: Mapping[str, Any]) -> Decision:
     return gate(inputs, parameters["threshold"])
 
 

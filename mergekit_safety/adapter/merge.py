@@ -1,0 +1,102 @@
+"""Each method in adapter space, module by module: exact, and gated by the method's own ``decide``.
+
+With ``Δᵢ = sᵢ Bᵢ Aᵢ`` and the kept update ``[s₁B₁, …] [A₁; …]`` (θ_ft, or θ_a + ΣΔᵢ):
+
+* ``safe_linear``: ``[λ₁s₁B₁, …] [A₁; …]`` where merged (every module when ungated).
+* ``safe_lora``: ``(C [s₁B₁, …]) [A₁; …]`` where ρ ≤ τ: ``C Δ`` keeps ``A`` and the rank.
+* ``safemerge``: ``[w₁s₁B₁, …, w_s s_s B_s] [A₁; …; A_s]`` where ρ < τ.
+
+The scale is folded into the left factor, so the written adapter runs at scale 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from mergekit_safety.adapter.factors import AdapterInputs
+from mergekit_safety.adapter.plan import AdapterPlan
+from mergekit_safety.methods.base import Decision
+from mergekit_safety.methods.safemerge import DEFAULT_WEIGHTS
+from mergekit_safety.roles import Role
+
+
+@dataclass(frozen=True)
+class MergedModule:
+    """The adapter's new factors for one module (``Δ′ = b a``) and the decision behind them."""
+
+    module: str
+    b: torch.Tensor
+    a: torch.Tensor
+    decision: Decision
+    gated: bool
+
+
+def merge_module(
+    method: str,
+    inputs: AdapterInputs,
+    parameters: Mapping[str, Any],
+    weights: Mapping[Hashable, Any],
+) -> tuple[Decision, torch.Tensor, torch.Tensor]:
+    """The method's decision for this module and its new factors ``(B′, A′)``."""
+    from mergekit.merge_methods import get
+
+    decision = get(method).decide(inputs, parameters)
+    if not decision.merge:
+        return decision, inputs.left(), inputs.right()
+    if method == "safe_lora":
+        return decision, inputs.projected_left(), inputs.right()
+    if method == "safe_linear" or inputs.safe is None:  # safemerge: the safe LoRA skips it
+        return decision, inputs.left(weights), inputs.right()
+    key, safe = inputs.safe
+    left = torch.cat([inputs.left(weights), safe.scaled_left(weights[key]).to(inputs.device)], 1)
+    right = torch.cat([inputs.right(), safe.right().to(inputs.device)], 0)
+    return decision, left, right
+
+
+def input_weights(method: str, task: Any, roles: Mapping[Hashable, Role]) -> dict[Hashable, float]:
+    """Each input's ``weight`` as mergekit resolved it for this tensor (safemerge's defaults)."""
+    out = {}
+    for model, role in roles.items():
+        if role == Role.UNALIGNED:
+            continue
+        value = task.input_parameters[model].get("weight")
+        if value is None and method == "safemerge":
+            value = DEFAULT_WEIGHTS[role]
+        out[model] = value
+    return out
+
+
+def merge_adapters(plan: AdapterPlan, device: str = "cpu") -> Iterator[MergedModule]:
+    """Every module any fine-tune adapts, in mergekit's tensor order, one full tensor pair at a
+    time (V is read only where the gate asks for it)."""
+    for module, task in plan.modules():
+        roles = plan.roles
+        finetuned = [
+            (model, plan.adapters[model].modules[module])
+            for model in task.model_order
+            if roles.get(model) == Role.FINETUNED and module in plan.adapters[model].modules
+        ]
+        safe = next(
+            (
+                (model, plan.adapters[model].modules[module])
+                for model in task.model_order
+                if roles.get(model) == Role.SAFE and module in plan.adapters[model].modules
+            ),
+            None,
+        )
+        inputs = AdapterInputs(
+            finetuned=finetuned,
+            safe=safe,
+            gateable=task.output_weight.vocabulary_axis is None,
+            alignment=plan.alignment_reader(task, device) if plan.unaligned else None,
+            device=device,
+        )
+        weights = input_weights(plan.method, task, roles)
+        decision, b, a = merge_module(plan.method, inputs, dict(task.parameters.items()), weights)
+        yield MergedModule(
+            module, b.cpu().contiguous(), a.cpu().contiguous(), decision, inputs.gateable
+        )

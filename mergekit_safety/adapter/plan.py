@@ -1,0 +1,186 @@
+"""Read a recipe for an adapter-space merge and check, before any full tensor loads, that the
+result can be written exactly as a LoRA adapter.
+
+The recipe is planned by mergekit itself (:func:`mergekit_safety.inspection.merge_tasks`), so each
+module gets the parameters ``mergekit-yaml`` would resolve for its weight, and roles are checked
+as the full merge checks them. Every reason an exact adapter is impossible is one ConfigError.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Hashable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from mergekit_safety.adapter.source import FULL_MODEL, Adapter, read_adapter
+from mergekit_safety.errors import ConfigError
+from mergekit_safety.roles import Role
+
+METHODS = ("safe_linear", "safemerge", "safe_lora")
+
+
+@dataclass
+class AdapterPlan:
+    """The recipe, its inputs by role, the adapters read, and mergekit's task per weight."""
+
+    config: Any
+    method: str
+    aligned: Any
+    unaligned: Any | None
+    roles: dict[Hashable, Role]
+    adapters: dict[Hashable, Adapter]
+    tasks: dict[str, Any]
+    """Weight name → mergekit's ExecuteMergeMethodTask, in mergekit's order."""
+
+    def modules(self) -> Iterator[tuple[str, Any]]:
+        """(module, task) for every module some fine-tune adapts, in mergekit's tensor order."""
+        wanted = {
+            module
+            for model, adapter in self.adapters.items()
+            if self.roles[model] == Role.FINETUNED
+            for module in adapter.modules
+        }
+        for name, task in self.tasks.items():
+            module = name.removesuffix(".weight")
+            if module in wanted:
+                yield module, task
+
+    def alignment_reader(self, task: Any, device: str) -> Callable[[], torch.Tensor]:
+        """A reader of ``V = θ_aligned − θ_unaligned`` for ``task``'s weight, through mergekit's
+        lazy loader: one tensor pair in memory at a time."""
+        from mergekit.io.tasks import LoaderCache
+
+        from mergekit_safety.subspace import compute_dtype
+
+        weight = task.output_weight
+
+        def read(model: Any) -> torch.Tensor:
+            return (
+                LoaderCache()
+                .get(model)
+                .get_tensor(
+                    weight.name, device=device, aliases=weight.aliases, raise_on_missing=True
+                )
+            )
+
+        def alignment() -> torch.Tensor:
+            aligned = read(self.aligned)
+            dtype = compute_dtype(aligned)
+            return aligned.to(dtype, copy=True).sub_(read(self.unaligned).to(dtype))
+
+        return alignment
+
+
+def plan_adapter(recipe: str, *, device: str = "cpu") -> AdapterPlan:
+    """Everything checked and every adapter read; no full tensor loaded yet."""
+    from mergekit.options import MergeOptions
+
+    from mergekit_safety.inspection import merge_tasks
+    from mergekit_safety.preflight import load_recipe
+
+    config = load_recipe(recipe)
+    method = config.merge_method
+    if method not in METHODS:
+        raise ConfigError(
+            f"adapter merges {', '.join(METHODS)} recipes; {recipe} uses {method}: {FULL_MODEL}"
+        )
+    if not config.models:
+        raise ConfigError(f"{recipe}: adapter handles recipes with `models:` (not slices)")
+    if config.tokenizer_source is not None or config.tokenizer is not None:
+        raise ConfigError(
+            f"{recipe}: a tokenizer section changes the vocabulary, which a LoRA adapter cannot "
+            f"carry; {FULL_MODEL}"
+        )
+    aligned = config.base_model
+    if aligned is None:
+        raise ConfigError(
+            f"{method} needs base_model: the aligned model the fine-tune started from"
+        )
+    if aligned.lora is not None:
+        raise ConfigError(f"base_model must be the aligned model itself, not {aligned}")
+    options = MergeOptions(device=device, quiet=True)
+    with stand_in_for_adapters(config, options):
+        tasks = {task.output_weight.name: task for task in merge_tasks(config, options)}
+    if not tasks:
+        raise ConfigError(f"{recipe}: mergekit planned no tensors")
+    first = next(iter(tasks.values()))
+    roles = {
+        model: Role(first.input_parameters[model]["role"])
+        for model in first.model_order
+        if model != first.base_model
+    }
+    for task in tasks.values():
+        if task.parameters.get("merge_type", "linear") != "linear":
+            raise ConfigError(
+                f"merge_type {task.parameters['merge_type']} drops random entries of the full "
+                f"update, which has no low-rank form; {FULL_MODEL}"
+            )
+        for model in roles:
+            if Role(task.input_parameters[model]["role"]) != roles[model]:
+                raise ConfigError(f"{model}: its role must be the same for every tensor")
+    unaligned = None
+    for model, role in roles.items():
+        if role == Role.UNALIGNED:
+            if model.lora is not None:
+                raise ConfigError(f"{model}: the unaligned model must be a full model")
+            unaligned = model
+        elif model.lora is None:
+            raise ConfigError(
+                f"{model}: the {role.value} input is a full model, so the merge has no exact "
+                f"adapter form; give it as aligned+adapter, or {FULL_MODEL}"
+            )
+        elif model.model != aligned.model:
+            raise ConfigError(
+                f"{model}: the adapter must sit on base_model ({aligned}) for an exact "
+                f"adapter merge; {FULL_MODEL}"
+            )
+    adapters = {
+        model: read_adapter(model.lora.path, model.lora.revision)
+        for model, role in roles.items()
+        if role != Role.UNALIGNED
+    }
+    for adapter in adapters.values():
+        missing = [m for m in adapter.modules if f"{m}.weight" not in tasks]
+        if missing:
+            raise ConfigError(
+                f"{adapter.where}: adapts {missing[0]}, which has no weight "
+                f"{missing[0]}.weight in {aligned}"
+            )
+    return AdapterPlan(
+        config=config,
+        method=method,
+        aligned=aligned,
+        unaligned=unaligned,
+        roles=roles,
+        adapters=adapters,
+        tasks=tasks,
+    )
+
+
+@contextlib.contextmanager
+def stand_in_for_adapters(config: Any, options: Any) -> Iterator[None]:
+    """Let mergekit's planner index ``aligned+adapter`` inputs by the aligned model's own files.
+
+    The planner opens an input's index for optional weights (``lm_head``); for an adapter input
+    that would merge the adapter into a full copy first — the very work this path avoids. A plain
+    LoRA adds no tensor, so the aligned model's index names the same weights.
+    """
+    from mergekit.io.tasks import LoaderCache
+
+    cache = LoaderCache()
+    cache.setup(options=options)
+    stand_ins = [
+        model
+        for model in config.referenced_models()
+        if model.lora is not None and model.model == config.base_model.model
+    ]
+    for model in stand_ins:
+        cache.loaders[model] = cache.get(config.base_model)
+    try:
+        yield
+    finally:  # the cache is process-wide: a later full merge must see the real merged model
+        for model in stand_ins:
+            cache.loaders.pop(model, None)
