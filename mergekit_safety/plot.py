@@ -68,12 +68,7 @@ def plot_sweep(
     if left_out:
         title += f"\n({left_out} model(s) without task accuracy or refusal rate not drawn)"
     fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _draw_tradeoff(fig, ax, drawn, merged, min_refusal, max_over_refusal, parameter) -> None:
@@ -255,12 +250,7 @@ def plot_rho(
         note += f"; {undefined} with undefined ρ not drawn"
     ax.set_title(f"{title}\n{note}" if title else note, fontsize=10)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 # --- a two-parameter grid (sweep --set A=... --set B=...) ----------------------------------------
@@ -457,3 +447,15 @@ def _save(fig, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
+
+
+def _save(fig: Any, path: str | Path) -> Path:
+    """Lay out, write (making the folder) and close a figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -125,6 +125,8 @@ def _expand(spec: str) -> list[float]:
         values = [float(_decimal(p)) for p in spec.split(",")]
         if len(set(values)) != len(values):
             raise ValueError(f"repeated value in {spec!r}")
+        if len(values) > MAX_VALUES:
+            raise ValueError(f"{len(values)} values; at most {MAX_VALUES}")
         return values
     parts = spec.split(":")
     if len(parts) != 3:
@@ -142,26 +144,7 @@ def _expand(spec: str) -> list[float]:
 
 def parse_values(spec: str) -> list[float]:
     """``START:STOP:STEP`` (STOP included when the steps land on it) or a comma list, in [0, 1]."""
-    spec = spec.strip()
-    if ":" in spec:
-        parts = spec.split(":")
-        if len(parts) != 3:
-            raise ValueError(f"a range is START:STOP:STEP; got {spec!r}")
-        start, stop, step = (_decimal(p) for p in parts)
-        if step <= 0:
-            raise ValueError(f"the step must be positive; got {spec!r}")
-        if stop < start:
-            raise ValueError(f"the range runs upward, START <= STOP; got {spec!r}")
-        count = int((stop - start) / step) + 1
-        if count > MAX_VALUES:
-            raise ValueError(f"{spec!r} gives {count} values; at most {MAX_VALUES}")
-        values = [float(start + i * step) for i in range(count)]
-    else:
-        values = [float(_decimal(p)) for p in spec.split(",")]
-        if len(set(values)) != len(values):
-            raise ValueError(f"repeated value in {spec!r}")
-        if len(values) > MAX_VALUES:
-            raise ValueError(f"{len(values)} values; at most {MAX_VALUES}")
+    values = _expand(spec)
     outside = [v for v in values if not 0 <= v <= 1]
     if outside:
         raise ValueError(f"values must lie in [0, 1]; got {format_value(outside[0])}")

@@ -126,3 +126,11 @@ def mergekit_yaml(recipe: Path, out: Path, *args: str, cwd: Path | None = None):
         text=True,
         timeout=600,
     )
+
+
+def mergekit_multi(recipe: str, cwd: Path, *args: str):
+    """Run the unmodified mergekit-multi on ``cwd/recipe``, intermediates in ``cwd/inter``."""
+    command = [Path(sys.executable).with_name("mergekit-multi"), recipe, "-I", cwd / "inter", *args]
+    return subprocess.run(
+        [str(c) for c in command], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=600
+    )

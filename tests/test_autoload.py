@@ -9,6 +9,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from helpers import mergekit_multi
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
@@ -100,15 +101,7 @@ def test_mergekit_multi_runs_our_method(tmp_path, family):
         f"models:\n  - model: first\n"
     )
     (tmp_path / "multi.yml").write_text(recipe)
-    command = Path(sys.executable).with_name("mergekit-multi")
-    result = subprocess.run(
-        [str(command), "multi.yml", "-I", str(tmp_path / "inter"), "--out-path", "final"],
-        cwd=tmp_path,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = mergekit_multi("multi.yml", tmp_path, "--out-path", "final")
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "inter" / "first" / "model.safetensors").exists()
     assert (tmp_path / "final" / "model.safetensors").exists()

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import ENV, mergekit_yaml, write_recipe
+from helpers import ENV, mergekit_multi, mergekit_yaml, write_recipe
 from mergekit.merge_methods import merge_state_dicts, merge_tensors
 from safetensors.torch import load_file, save_file
 from test_end_to_end import recipe_for
@@ -238,15 +238,7 @@ def test_failed_overwrite_leaves_nothing_that_loads(tmp_path, family):
 def test_mergekit_multi_gives_the_same_line(tmp_path, family):
     recipe = yaml.safe_dump({"name": "first", **gated(family, threshold=-1)})
     (tmp_path / "multi.yml").write_text(recipe)
-    command = Path(sys.executable).with_name("mergekit-multi")
-    result = subprocess.run(
-        [str(command), "multi.yml", "-I", str(tmp_path / "inter"), "--out-path", "final"],
-        cwd=tmp_path,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = mergekit_multi("multi.yml", tmp_path, "--out-path", "final")
     assert "threshold (τ) must lie in [0, 1]" in one_line(result)
 
 
