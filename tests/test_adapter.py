@@ -337,7 +337,8 @@ def test_eval_and_card_take_the_adapter(family, adapters, tmp_path):
         assert done.exit_code == 0, done.output
     card = (out / "README.md").read_text()
     meta = yaml.safe_load(card.split("---")[1])
-    assert meta["library_name"] == "peft" and meta["base_model"] == [str(aligned)]
+    # a local aligned model stays out of the Hub's base_model (issue #8); it is in the recipe
+    assert meta["library_name"] == "peft" and "base_model" not in meta
     assert card.index("## Safety evaluation") < card.index("### Recipe")
     assert f"{aligned}+{adapters['one']}" in card  # the fine-tuned row, found by its name
 
