@@ -91,7 +91,8 @@ def test_repository_recipes_run_as_is(tmp_path):
     }
     for recipe in recipes:
         out = tmp_path / recipe.stem
-        result = mergekit_yaml(recipe, out, cwd=REPO)
+        cache = str(tmp_path / "lora-cache")  # adapter_*.yml merge their LoRA on load
+        result = mergekit_yaml(recipe, out, "--lora-merge-cache", cache, cwd=REPO)
         assert result.returncode == 0, f"{recipe.name}: {result.stderr[-2000:]}"
         model = AutoModelForCausalLM.from_pretrained(out)
         assert model.config.model_type == "llama"
