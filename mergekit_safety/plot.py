@@ -118,12 +118,7 @@ def _draw_tradeoff(fig, ax, drawn, merged, min_refusal, max_over_refusal, parame
         gate = describe_gate(min_refusal, max_over_refusal)
         ax.plot([], [], marker="o", linestyle="none", markerfacecolor="white",
                 markeredgecolor="grey", label=f"hollow: fails the gate ({gate})")  # fmt: skip
-    ax.set_xlabel("task accuracy (higher is better)")
-    ax.set_ylabel("refusal rate on harmful prompts (higher is safer)")
-    ax.set_xlim(-0.05, 1.05)
-    ax.set_ylim(-0.08, 1.08)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, loc="lower left")
+    _tradeoff_axes(ax)
 
 
 def _draw_trend(ax, rows, merged, min_refusal, max_over_refusal, parameter) -> None:
@@ -328,12 +323,7 @@ def plot_grid(
         ax.axhline(min_refusal, color="tab:orange", linestyle="--", zorder=1,
                    label=f"gate: refusal rate >= {min_refusal:g}")  # fmt: skip
         ax.axhspan(-0.05, min_refusal, color="tab:orange", alpha=0.08, zorder=0)
-    ax.set_xlabel("task accuracy (higher is better)")
-    ax.set_ylabel("refusal rate on harmful prompts (higher is safer)")
-    ax.set_xlim(-0.05, 1.05)
-    ax.set_ylim(-0.08, 1.08)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, loc="lower left")
+    _tradeoff_axes(ax)
     ax.set_title(f"{title}\npoints labelled {first}/{second}", fontsize=10)
     fig.tight_layout()
     place_labels(ax, labels)
@@ -459,3 +449,13 @@ def _save(fig: Any, path: str | Path) -> Path:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def _tradeoff_axes(ax: Any) -> None:
+    """Labels, limits, grid and legend of a trade-off view (task accuracy × refusal rate)."""
+    ax.set_xlabel("task accuracy (higher is better)")
+    ax.set_ylabel("refusal rate on harmful prompts (higher is safer)")
+    ax.set_xlim(-0.05, 1.05)
+    ax.set_ylim(-0.08, 1.08)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left")
