@@ -77,17 +77,12 @@ def _yaml(error: BaseException, _tb: TracebackType | None) -> str | None:
     return f"the recipe is not valid YAML: {problem}{where}"
 
 
-def _pydantic(error: BaseException, tb: TracebackType | None) -> str | None:
+def _pydantic(error: BaseException, _tb: TracebackType | None) -> str | None:
     details = getattr(error, "errors", None)
     if type(error).__name__ != "ValidationError" or not callable(details):
         return None
     first = details()[0]
     location = ".".join(str(part) for part in first.get("loc", ()))
-    parameter = _frame_local(tb, "resolve_parameter", "parameter")
-    if parameter is not None:  # a parameter value in the recipe
-        model = _frame_local(tb, "resolve_parameter", "model")
-        owner = f" of {model}" if model is not None else ""
-        location = f"parameter {parameter.name!r}{owner}"
     got = first.get("input")
     shown = f" (got {got!r})" if isinstance(got, (str, int, float)) else ""
     return f"{location or 'recipe'}: {first.get('msg', error)}{shown}"
@@ -105,12 +100,11 @@ def _message(pattern: str, template: str, kinds: tuple[type, ...] = (Exception,)
     return rule
 
 
-def _safetensors(error: BaseException, tb: TracebackType | None) -> str | None:
+def _safetensors(error: BaseException, _tb: TracebackType | None) -> str | None:
+    """A shard opened outside mergekit's loaders (those name the file themselves)."""
     if type(error).__name__ != "SafetensorError":
         return None
-    path = _frame_local(tb, None, "path", "filename", "file_path", suffix=".safetensors")
-    where = f"{path}: " if path else ""
-    return f"{where}unreadable safetensors file, truncated or corrupt ({error})"
+    return f"unreadable safetensors file, truncated or corrupt ({error})"
 
 
 def _os_error(error: BaseException, _tb: TracebackType | None) -> str | None:
@@ -159,22 +153,6 @@ _RULES: tuple[Callable[[BaseException, TracebackType | None], str | None], ...] 
     _safetensors,
     _os_error,
 )
-
-
-def _frame_local(
-    tb: TracebackType | None, function: str | None, *names: str, suffix: str | None = None
-) -> object | None:
-    """A local variable from the innermost traceback frame of ``function`` that has one."""
-    found = None
-    while tb is not None:
-        frame = tb.tb_frame
-        if function is None or frame.f_code.co_name == function:
-            for name in names:
-                value = frame.f_locals.get(name)
-                if value is not None and (suffix is None or str(value).endswith(suffix)):
-                    found = value
-        tb = tb.tb_next
-    return found
 
 
 # --- undoing a failed run's output ---------------------------------------------------------------

@@ -54,11 +54,9 @@ def lora_cache(
         try:
             yield str(Path(root) / adapters_digest(references))
         finally:
-            from mergekit.io.tasks import LoaderCache
+            from mergekit_safety import mergekit_internals
 
-            for reference in references:
-                if reference.lora is not None:
-                    LoaderCache().loaders.pop(reference, None)
+            mergekit_internals.forget_loaded(r for r in references if r.lora is not None)
 
 
 def merged_copy(reference: Any, cache: str, *, trust_remote_code: bool = False) -> str:

@@ -1,31 +1,30 @@
-"""What the safety methods do while mergekit plans: checks that run once, and ``top_k``.
+"""What the safety methods need while mergekit plans and runs a merge: checks, ``top_k``, a report.
 
-mergekit 0.1.5 gives a method no planning hook, but it calls the method's ``validate_inputs``
-as it plans: once per module slice from ``MergePlanner.normalize_config`` (the planner is the
-caller) and once per ``ExecuteMergeMethodTask`` it builds. From there the planner and the output
-path are one look up the call stack away, so the checks below run before a tensor loads, once
-per planned merge (recipe and output), not per tensor: roles given to ``base_model`` itself, an
-output directory that already holds a model (:func:`guard_output`), and the bookkeeping that
-notices an ``unaligned`` model equal to the aligned one.
+mergekit's planner calls :func:`on_recipe` once per planned merge (after the recipe is normalised,
+before any tensor task exists), :func:`on_tensor` for every output tensor it plans, and
+:func:`on_written` once the merge's tensors are all written — through the wrappers that
+:mod:`mergekit_safety.mergekit_internals` installs (:func:`install`). So the checks below run
+before a tensor loads, once per merge, not per tensor: roles given to ``base_model`` itself, an
+output directory that already holds a model (:func:`guard_output`), ``--cuda`` without a GPU, the
+bookkeeping that notices an ``unaligned`` model equal to the aligned one, and per tensor the
+roles and parameter domains.
 
 **``top_k``/``fraction`` inside mergekit's own run: a first ρ pass while mergekit plans.**
 
 Why here. mergekit 0.1.5 merges one tensor per task, so a kernel never sees the other matrices'
-ρ. The one moment that sees the whole recipe and precedes every load is planning:
-``MergePlanner.normalize_config`` calls the method's ``validate_inputs`` once per module slice,
-with the planner (its config, architecture, options, output config) as the caller, before any
-tensor task exists. There :func:`resolve_in_planner` scores the recipe with the same code
-``inspect`` uses (its own planner over a copy of the config; lazy loads; nothing written),
-turns the selection into τ (:mod:`mergekit_safety.selection`), and rewrites the planner's
-top-level ``parameters`` to ``threshold: τ``. Every tensor task mergekit plans next carries
-that τ, and the ordinary merge runs unchanged: multi-GPU and lazy loading included, and the
-merged model's ``mergekit_config.yml`` is still the recipe as written.
+ρ. The one moment that sees the whole recipe and precedes every load is planning. There
+:func:`resolve_in_planner` scores the recipe with the same code ``inspect`` uses
+(:mod:`mergekit_safety.scoring`: its own planner over a copy of the config; lazy loads; nothing
+written), turns the selection into τ (:mod:`mergekit_safety.selection`), and rewrites the
+planner's top-level ``parameters`` to ``threshold: τ``. Every tensor task mergekit plans next
+carries that τ, and the ordinary merge runs unchanged: multi-GPU and lazy loading included, and
+the merged model's ``mergekit_config.yml`` is still the recipe as written.
 
 Alternatives rejected: ranking at the first kernel call would need a second executor inside
 mergekit's (and its device placement) with no recipe in reach, and could only fail after
 loading; rewriting the frozen, hashed tasks is not possible. A planner that is not
-``MergePlanner`` (``mergekit-pytorch``) never reaches this hook; its tasks would carry
-``top_k`` to the kernel, so the task-level hook refuses them before anything loads.
+``MergePlanner`` (``mergekit-pytorch``) never calls :func:`on_recipe`; its tasks would carry
+``top_k`` to the kernel, so :func:`on_tensor` refuses them before anything loads.
 """
 
 from __future__ import annotations
@@ -35,11 +34,17 @@ import shutil
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mergekit_safety import mergekit_internals
 from mergekit_safety.errors import ConfigError, on_failure
+from mergekit_safety.methods.alignment_check import forget_planned, watch_planned
+from mergekit_safety.methods.base import DECISIONS, RoleCheckedMethod
+from mergekit_safety.mergekit_internals import PlannedRecipe, PlannedTensor, WrittenMerge
+from mergekit_safety.parameters import check_parameters
+from mergekit_safety.preflight import check_same_architecture
+from mergekit_safety.roles import Role
 from mergekit_safety.selection import SELECTORS
 
 OVERWRITE_ENV = "MERGEKIT_SAFETY_OVERWRITE"
@@ -54,44 +59,76 @@ MODEL_FILES = (
 """Files that make a directory load as a model: an output holding any of them is not reused
 silently, and on overwrite they all go first, so no stale shard or index survives."""
 
-_CHECKED: set[tuple[int, str]] = set()
+MERGEKIT_OUTPUTS = (
+    "mergekit_config.yml",
+    "README.md",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+)
+"""What mergekit writes beside the weights: on overwrite these go too, so no old card or
+tokenizer file outlives the model it described."""
 
 
-@dataclass(frozen=True)
-class PlanningContext:
-    """The planner running now and the directory it plans to write (None: not to disk)."""
+def install() -> None:
+    """Have mergekit's planner call this module for every merge (once per process)."""
+    mergekit_internals.install(
+        mergekit_internals.Hooks(on_recipe=on_recipe, on_tensor=on_tensor, on_written=on_written)
+    )
 
-    planner: Any
-    out_path: str | None
 
+def _our_method(name: str) -> RoleCheckedMethod | None:
+    from mergekit.merge_methods import get
 
-def planning_context() -> PlanningContext | None:
-    """Find the ``MergePlanner`` (and ``plan_to_disk``'s ``out_path``) up the call stack."""
-    plan = sys.modules.get("mergekit.plan")
-    if plan is None:
+    try:
+        method = get(name)
+    except RuntimeError:  # an unknown method: mergekit says so itself
         return None
-    frame, planner, out_path = sys._getframe(1), None, None
-    while frame is not None:
-        owner = frame.f_locals.get("self")
-        if isinstance(owner, plan.MergePlanner):
-            planner = owner
-            if frame.f_code.co_name == "plan_to_disk":
-                out_path = frame.f_locals.get("out_path")
-        frame = frame.f_back
-    return None if planner is None else PlanningContext(planner, out_path)
+    return method if isinstance(method, RoleCheckedMethod) else None
 
 
-def check_plan(context: PlanningContext, method: str) -> bool:
-    """The once-per-merge checks: roles given to base_model itself, and the output directory.
+_RUNS: dict[str, PlannedRecipe] = {}
+"""Output path -> the recipe planned to write it: what :func:`on_written` reports against."""
 
-    Returns whether this is the first call for this planner and output (a new merge).
-    """
-    key = (id(context.planner), str(context.out_path))
-    if key in _CHECKED:
-        return False
-    _CHECKED.add(key)
-    _WATCHES.clear()  # a new merge: what earlier ones in this process saw no longer counts
-    config = context.planner.config
+
+def on_recipe(recipe: PlannedRecipe) -> None:
+    """The once-per-merge checks, then the ``top_k`` ρ pass; before any tensor task exists."""
+    method = _our_method(recipe.config.merge_method)
+    if method is None:
+        return
+    check_device(recipe.options)
+    to_disk = recipe.out_path is not None and recipe.out_path != os.devnull
+    if to_disk:
+        forget_planned()
+    check_roles_on_base(recipe.config, method.spec.name)
+    if to_disk:
+        guard_output(Path(recipe.out_path), quiet=recipe.options.quiet)
+        _RUNS[str(recipe.out_path)] = recipe
+    resolve_in_planner(recipe, method)
+
+
+def check_device(options: Any) -> None:
+    """``--cuda`` (or a CUDA device) on a machine without one: say so before planning."""
+    device = str(getattr(options, "device", None) or "cpu")
+    if not device.startswith("cuda"):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        why = "Torch not compiled with CUDA enabled" if not torch.backends.cuda.is_built() else (
+            "no CUDA GPUs are available"
+        )
+        raise ConfigError(f"--cuda: no CUDA device here ({why}); run without --cuda")
+
+
+def check_roles_on_base(config: Any, method: str) -> None:
+    """A role other than finetuned given to ``base_model`` itself cannot work."""
     base = config.base_model
     for model, parameters in _model_definitions(config):
         role = str((parameters or {}).get("role", "")).strip().lower()
@@ -105,9 +142,6 @@ def check_plan(context: PlanningContext, method: str) -> bool:
                     else "give the safety fine-tune"
                 )
             )
-    if context.out_path is not None and context.out_path != os.devnull:
-        guard_output(Path(context.out_path))
-    return True
 
 
 def _model_definitions(config: Any) -> Iterator[tuple[Any, dict | None]]:
@@ -133,13 +167,14 @@ def overwrite_allowed() -> bool:
     return os.environ.get(OVERWRITE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def guard_output(out: Path) -> None:
+def guard_output(out: Path, *, quiet: bool = False) -> None:
     """Refuse to write over a model unless asked; a failed run then removes what it added.
 
     mergekit has no ``--overwrite``: it writes into the directory and leaves an old model's other
     shards and index beside the new ones. With ``MERGEKIT_SAFETY_OVERWRITE=1`` the old model's
-    files go before anything is written; config.json is written last by mergekit, so a run cut
-    short leaves no directory that loads as a model.
+    files, and what mergekit wrote beside them (card, recipe, tokenizer), go before anything is
+    written; any other file stays, and one line names it. config.json is written last by
+    mergekit, so a run cut short leaves no directory that loads as a model.
     """
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output {out} exists and is not a directory")
@@ -151,8 +186,16 @@ def guard_output(out: Path) -> None:
                 f"output {out} already holds a model ({names}); choose a new directory or set "
                 f"{OVERWRITE_ENV}=1 to replace it"
             )
-        for path in existing:
+        owned = existing + [out / name for name in MERGEKIT_OUTPUTS if (out / name).is_file()]
+        for path in owned:
             path.unlink()
+        kept = sorted(path.name + ("/" if path.is_dir() else "") for path in out.iterdir())
+        if kept and not quiet:
+            print(
+                f"mergekit-safety: replacing the model in {out}; left as they were: "
+                + ", ".join(kept),
+                file=sys.stderr,
+            )
     created = not out.exists()
     before = set() if created else {path.name for path in out.iterdir()}
 
@@ -169,88 +212,91 @@ def guard_output(out: Path) -> None:
     on_failure(remove_what_the_run_added)
 
 
-# --- an unaligned model that equals the aligned one --------------------------------------------
+# --- every planned tensor ----------------------------------------------------------------------
 
 
-@dataclass
-class _Watch:
-    planned: set[str] = field(default_factory=set)
-    done: set[str] = field(default_factory=set)
-    gated: int = 0
-    empty: int = 0
+def on_tensor(tensor: PlannedTensor) -> None:
+    """Roles, parameter domains and shapes of one planned tensor, before anything loads."""
+    method = _our_method(tensor.method)
+    if method is None:
+        return
+    refuse_unresolved(tensor)
+    roles = {
+        model: tensor.input_parameters[model]["role"]
+        for model in tensor.models
+        if model != tensor.base and "role" in tensor.input_parameters.get(model, {})
+    }
+    method.rule.check(roles, tensor.base)
+    unaligned = [model for model, role in roles.items() if role is Role.UNALIGNED]
+    if unaligned:
+        watch_planned((tensor.base, unaligned[0]), tensor.name)
+    check_parameters(method.spec.name, tensor.parameters, tensor.input_parameters)
+    others = tuple(m for m in tensor.models if m != tensor.base)
+    check_same_architecture((tensor.base, *others) if tensor.base else others)
 
 
-_WATCHES: dict[tuple[Any, Any], _Watch] = {}
+def refuse_unresolved(tensor: PlannedTensor) -> None:
+    """A tensor still carrying top_k/fraction was planned without ``MergePlanner``: stop now."""
+    if any(tensor.parameters.get(key) is not None for key in SELECTORS):
+        raise ConfigError(
+            "top_k/fraction need the whole model ranked first, which mergekit-yaml, "
+            "mergekit-multi, run_merge and the Python API do; for this command write the "
+            "threshold out with `mergekit-safety inspect RECIPE --top-k K --write-recipe OUT.yml`"
+        )
 
 
-def watch_planned(key: tuple[Any, Any], tensor: str) -> None:
-    """Record a tensor the planned merge of (aligned, unaligned) ``key`` will run."""
-    _WATCHES.setdefault(key, _Watch()).planned.add(tensor)
+# --- a finished merge ---------------------------------------------------------------------------
 
 
-def alignment_vanished(key: tuple[Any, Any], results: dict[str, bool | None]) -> bool:
-    """Whether V = 0 in every gated matrix of the merge: the gate then has nothing to measure.
+def on_written(written: WrittenMerge) -> None:
+    """One line once the merge's tensors are written: where, the method, what was merged."""
+    recipe = _RUNS.pop(written.out_path, None)
+    ours = [t for t in written.tensors if _our_method(t.method) is not None]
+    if recipe is None or not ours or recipe.options.quiet:
+        return
+    method = ours[0].method
+    gated = [DECISIONS[t.name] for t in ours if t.name in DECISIONS]
+    has_unaligned = any(
+        values.get("role") == Role.UNALIGNED for t in ours for values in t.input_parameters.values()
+    )
+    if has_unaligned:
+        what = f"{sum(gated)} of {len(gated)} gated matrices merged"
+    else:
+        what = f"ungated: all {len(ours)} tensors interpolated"
+    from tqdm.auto import tqdm
 
-    ``results``: tensor name -> V == 0 (None: not gated). A planned merge answers once its last
-    tensor ran; a call not planned by mergekit (the Python API) answers from the tensors given,
-    when there are several: for one matrix, V = 0 is the documented keep-θ_ft case.
-    """
-    watch = _WATCHES.get(key)
-    if watch is None:
-        gated = [zero for zero in results.values() if zero is not None]
-        return len(gated) > 1 and all(gated)
-    for tensor, zero in results.items():
-        if tensor in watch.done:
-            continue
-        watch.done.add(tensor)
-        watch.gated += zero is not None
-        watch.empty += bool(zero)
-    return watch.done >= watch.planned and watch.gated > 0 and watch.empty == watch.gated
+    tqdm.write(f"mergekit-safety: wrote {written.out_path} ({method}, {what})", file=sys.stderr)
 
 
 # --- top_k / fraction ---------------------------------------------------------------------------
 
 
-def resolve_in_planner(planner: Any, method: Any) -> None:
-    """If the planner's recipe selects by rank, score it now and replace the selection by τ."""
-    from mergekit_safety.inspection import (
-        decide_at,
-        score_config,
-        selection_of,
-        without_selection,
-    )
+def resolve_in_planner(recipe: PlannedRecipe, method: RoleCheckedMethod) -> None:
+    """If the planned recipe selects by rank, score it now and replace the selection by τ."""
+    from mergekit_safety.scoring import decide_at, score_config, selection_of, without_selection
     from mergekit_safety.selection import resolve
 
-    config = planner.config
+    config = recipe.config
     selection = selection_of(config)
     if selection is None:
         return
     started = time.perf_counter()
     records = score_config(
         without_selection(config, drop_threshold=False),
-        planner.options,
-        arch_info=planner.arch_info,
-        out_config=planner.out_model_config,
+        recipe.options,
+        arch_info=recipe.arch_info,
+        out_config=recipe.out_config,
         require_unaligned=True,
         gated_only=True,
+        selection=selection,  # K > N stops before the rho pass
     )
     resolved = resolve(selection, {r["tensor"]: r["rho"] for r in records if r["gated"]})
     decide_at(records, resolved, method)  # checks τ against every ρ once more
     parameters = {k: v for k, v in (config.parameters or {}).items() if k not in SELECTORS}
     config.parameters = {**parameters, "threshold": resolved.threshold}
-    if not planner.options.quiet:
+    if not recipe.options.quiet:
         print(
             f"mergekit-safety: {resolved.summary()} "
             f"(rho pass {time.perf_counter() - started:.1f} s)",
             file=sys.stderr,
-        )
-
-
-def refuse_unresolved(task: Any) -> None:
-    """A task still carrying top_k/fraction was planned without ``MergePlanner``: stop now."""
-    if any(task.parameters.get(key) is not None for key in SELECTORS):
-        raise ConfigError(
-            "top_k/fraction need the whole model ranked first, which mergekit-yaml, "
-            "mergekit-multi, run_merge and the Python API do; for this command write the "
-            "threshold out with `mergekit-safety inspect RECIPE --top-k K --write-recipe OUT.yml`"
         )

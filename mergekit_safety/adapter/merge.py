@@ -77,13 +77,13 @@ def merge_adapters(plan: AdapterPlan, device: str = "cpu") -> Iterator[MergedMod
         roles = plan.roles
         finetuned = [
             (model, plan.adapters[model].modules[module])
-            for model in task.model_order
+            for model in task.models
             if roles.get(model) == Role.FINETUNED and module in plan.adapters[model].modules
         ]
         safe = next(
             (
                 (model, plan.adapters[model].modules[module])
-                for model in task.model_order
+                for model in task.models
                 if roles.get(model) == Role.SAFE and module in plan.adapters[model].modules
             ),
             None,
@@ -91,12 +91,12 @@ def merge_adapters(plan: AdapterPlan, device: str = "cpu") -> Iterator[MergedMod
         inputs = AdapterInputs(
             finetuned=finetuned,
             safe=safe,
-            gateable=task.output_weight.vocabulary_axis is None,
+            gateable=not task.vocabulary,
             alignment=plan.alignment_reader(task, device) if plan.unaligned else None,
             device=device,
         )
         weights = input_weights(plan.method, task, roles)
-        decision, b, a = merge_module(plan.method, inputs, dict(task.parameters.items()), weights)
+        decision, b, a = merge_module(plan.method, inputs, task.parameters, weights)
         yield MergedModule(
             module, b.cpu().contiguous(), a.cpu().contiguous(), decision, inputs.gateable
         )

@@ -1,7 +1,7 @@
 """Read a recipe for an adapter-space merge and check, before any full tensor loads, that the
 result can be written exactly as a LoRA adapter.
 
-The recipe is planned by mergekit itself (:func:`mergekit_safety.inspection.merge_tasks`), so each
+The recipe is planned by mergekit itself (:func:`mergekit_safety.mergekit_internals.plan_tensors`), so each
 module gets the parameters ``mergekit-yaml`` would resolve for its weight, and roles are checked
 as the full merge checks them. Every reason an exact adapter is impossible is one ConfigError.
 """
@@ -15,8 +15,11 @@ from typing import Any
 
 import torch
 
+from mergekit_safety import mergekit_internals
 from mergekit_safety.adapter.source import FULL_MODEL, Adapter, read_adapter
 from mergekit_safety.errors import ConfigError
+from mergekit_safety.mergekit_internals import PlannedTensor
+from mergekit_safety.preflight import load_recipe
 from mergekit_safety.roles import Role
 
 METHODS = ("safe_linear", "safemerge", "safe_lora")
@@ -32,10 +35,10 @@ class AdapterPlan:
     unaligned: Any | None
     roles: dict[Hashable, Role]
     adapters: dict[Hashable, Adapter]
-    tasks: dict[str, Any]
-    """Weight name → mergekit's ExecuteMergeMethodTask, in mergekit's order."""
+    tasks: dict[str, PlannedTensor]
+    """Weight name → the merge mergekit planned for it, in mergekit's order."""
 
-    def modules(self) -> Iterator[tuple[str, Any]]:
+    def modules(self) -> Iterator[tuple[str, PlannedTensor]]:
         """(module, task) for every module some fine-tune adapts, in mergekit's tensor order."""
         wanted = {
             module
@@ -48,28 +51,18 @@ class AdapterPlan:
             if module in wanted:
                 yield module, task
 
-    def alignment_reader(self, task: Any, device: str) -> Callable[[], torch.Tensor]:
+    def alignment_reader(
+        self, task: PlannedTensor, device: str
+    ) -> Callable[[], torch.Tensor]:
         """A reader of ``V = θ_aligned − θ_unaligned`` for ``task``'s weight, through mergekit's
         lazy loader: one tensor pair in memory at a time."""
-        from mergekit.io.tasks import LoaderCache
-
         from mergekit_safety.subspace import compute_dtype
 
-        weight = task.output_weight
-
-        def read(model: Any) -> torch.Tensor:
-            return (
-                LoaderCache()
-                .get(model)
-                .get_tensor(
-                    weight.name, device=device, aliases=weight.aliases, raise_on_missing=True
-                )
-            )
-
         def alignment() -> torch.Tensor:
-            aligned = read(self.aligned)
+            aligned = mergekit_internals.read_tensor(self.aligned, task, device=device)
+            unaligned = mergekit_internals.read_tensor(self.unaligned, task, device=device)
             dtype = compute_dtype(aligned)
-            return aligned.to(dtype, copy=True).sub_(read(self.unaligned).to(dtype))
+            return aligned.to(dtype, copy=True).sub_(unaligned.to(dtype))
 
         return alignment
 
@@ -77,9 +70,6 @@ class AdapterPlan:
 def plan_adapter(recipe: str, *, device: str = "cpu") -> AdapterPlan:
     """Everything checked and every adapter read; no full tensor loaded yet."""
     from mergekit.options import MergeOptions
-
-    from mergekit_safety.inspection import merge_tasks
-    from mergekit_safety.preflight import load_recipe
 
     config = load_recipe(recipe)
     method = config.merge_method
@@ -103,14 +93,15 @@ def plan_adapter(recipe: str, *, device: str = "cpu") -> AdapterPlan:
         raise ConfigError(f"base_model must be the aligned model itself, not {aligned}")
     options = MergeOptions(device=device, quiet=True)
     with stand_in_for_adapters(config, options):
-        tasks = {task.output_weight.name: task for task in merge_tasks(config, options)}
+        planned = mergekit_internals.plan_tensors(config, options)
+        tasks = {task.name: task for task in planned}
     if not tasks:
         raise ConfigError(f"{recipe}: mergekit planned no tensors")
     first = next(iter(tasks.values()))
     roles = {
         model: Role(first.input_parameters[model]["role"])
-        for model in first.model_order
-        if model != first.base_model
+        for model in first.models
+        if model != first.base
     }
     for task in tasks.values():
         if task.parameters.get("merge_type", "linear") != "linear":
@@ -149,6 +140,7 @@ def plan_adapter(recipe: str, *, device: str = "cpu") -> AdapterPlan:
                 f"{adapter.where}: adapts {missing[0]}, which has no weight "
                 f"{missing[0]}.weight in {aligned}"
             )
+    check_factor_shapes(adapters, aligned)
     return AdapterPlan(
         config=config,
         method=method,
@@ -160,27 +152,39 @@ def plan_adapter(recipe: str, *, device: str = "cpu") -> AdapterPlan:
     )
 
 
+def check_factor_shapes(adapters: dict[Hashable, Adapter], aligned: Any) -> None:
+    """Every adapter's B·A must have its base weight's shape, or peft could not load the result.
+
+    Read from the aligned model's file headers: nothing is loaded. (An adapter trained on another
+    model of the same architecture but other widths would otherwise merge "successfully".)
+    """
+    shapes = mergekit_internals.tensor_shapes(aligned)
+    if not shapes:
+        return
+    for adapter in adapters.values():
+        for module, factors in adapter.modules.items():
+            want = shapes.get(f"{module}.weight")
+            got = (factors.b.shape[0], factors.a.shape[1])
+            if want is not None and tuple(want) != got:
+                raise ConfigError(
+                    f"{adapter.where}: {module} has LoRA factors for a {got[0]}×{got[1]} weight, "
+                    f"but {aligned} has {module}.weight of {want[0]}×{want[1]}: the adapter was "
+                    "trained on another model"
+                )
+
+
 @contextlib.contextmanager
 def stand_in_for_adapters(config: Any, options: Any) -> Iterator[None]:
     """Let mergekit's planner index ``aligned+adapter`` inputs by the aligned model's own files.
 
     The planner opens an input's index for optional weights (``lm_head``); for an adapter input
-    that would merge the adapter into a full copy first — the very work this path avoids. A plain
-    LoRA adds no tensor, so the aligned model's index names the same weights.
+    that would merge the adapter into a full copy first — the very work this path avoids.
     """
-    from mergekit.io.tasks import LoaderCache
-
-    cache = LoaderCache()
-    cache.setup(options=options)
+    mergekit_internals.setup_loader(options)
     stand_ins = [
         model
         for model in config.referenced_models()
         if model.lora is not None and model.model == config.base_model.model
     ]
-    for model in stand_ins:
-        cache.loaders[model] = cache.get(config.base_model)
-    try:
+    with mergekit_internals.stand_in(stand_ins, config.base_model):
         yield
-    finally:  # the cache is process-wide: a later full merge must see the real merged model
-        for model in stand_ins:
-            cache.loaders.pop(model, None)

@@ -1,10 +1,11 @@
 """What the safety methods share: role checking, the inputs sorted by role, and batch dispatch.
 
-mergekit 0.1.5 gives a method no planning hook that sees per-model parameters, so
-:class:`RoleCheckedMethod` checks roles and parameter domains in two places: while mergekit plans
-each tensor (it reads the resolved values off the ``ExecuteMergeMethodTask`` being validated,
-before anything loads; see :mod:`mergekit_safety.planning`) and, for the Python API, when the
-parameters are bound. Every input tensor is checked for NaN/Inf before its kernel runs.
+A method here knows nothing of who calls it. mergekit 0.1.5 gives a method no planning hook that
+sees per-model parameters, so the checks that must run before any tensor loads (roles, parameter
+domains, ``top_k``) are made by :mod:`mergekit_safety.planning`, which mergekit's planner calls
+through :mod:`mergekit_safety.mergekit_internals`. For the Python API, which plans nothing, the
+same checks run here when the parameters are bound. Every input tensor is checked for NaN/Inf
+before its kernel runs.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import contextvars
 import dataclasses
 import math
-import sys
+import threading
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -29,15 +30,10 @@ from mergekit.merge_methods.base import (
     TensorGroup,
 )
 
+from mergekit_safety import mergekit_internals
 from mergekit_safety.errors import ConfigError, find_config_error
+from mergekit_safety.methods.alignment_check import alignment_vanished
 from mergekit_safety.parameters import check_parameters
-from mergekit_safety.planning import (
-    alignment_vanished,
-    check_plan,
-    planning_context,
-    watch_planned,
-)
-from mergekit_safety.preflight import check_same_architecture
 from mergekit_safety.roles import Role, RoleRule, parse_role, split_by_role
 from mergekit_safety.selection import SELECTORS, parse_selection, resolve
 from mergekit_safety.subspace import compute_dtype, drifts, rounding_tolerance, score
@@ -94,37 +90,6 @@ class RoleCheckedMethod(MergeMethod):
         if base_id is None:  # our line, not mergekit's "requires a base input"
             self.rule.check({}, None)
         super().validate_inputs(input_ids, base_id, group_name=group_name)
-        caller = _planning_caller()
-        planner = sys.modules.get("mergekit.plan")
-        if planner is not None and isinstance(caller, planner.MergePlanner):
-            from mergekit_safety.planning import resolve_in_planner
-
-            context = planning_context()
-            if context is not None:  # the output and the recipe first: before the rho pass
-                check_plan(context, self.spec.name)
-            resolve_in_planner(caller, self)  # once: it replaces top_k/fraction by threshold
-            return
-        task = _task_being_planned(caller)
-        if task is None:
-            return
-        from mergekit_safety.planning import refuse_unresolved
-
-        refuse_unresolved(task)
-        context = planning_context()
-        if context is not None:
-            check_plan(context, self.spec.name)
-        roles = {
-            model: task.input_parameters[model]["role"]
-            for model in task.model_order
-            if model != task.base_model and "role" in task.input_parameters.get(model, {})
-        }
-        self.rule.check(roles, task.base_model)
-        unaligned = [model for model, role in roles.items() if role is Role.UNALIGNED]
-        if unaligned:
-            watch_planned((task.base_model, unaligned[0]), task.output_weight.name)
-        check_parameters(self.spec.name, task.parameters, task.input_parameters)
-        others = tuple(m for m in task.model_order if m != task.base_model)
-        check_same_architecture((task.base_model, *others) if task.base_model else others)
 
     def _bind_parameters(
         self, groups: Sequence[TensorGroup], parameters: Mapping[str, Any]
@@ -232,8 +197,6 @@ class RoleCheckedMethod(MergeMethod):
         Costs one extra ρ per matrix (the kernel scores it again at τ). Reached from mergekit's
         executor only if planning did not resolve the selection: one tensor cannot be ranked.
         """
-        from mergekit.merge_methods.dtype import align_dtype
-
         if not _API_SELECTION.get():
             raise ConfigError(
                 "top_k/fraction reached a single tensor: the planner did not rank the model; "
@@ -252,7 +215,9 @@ class RoleCheckedMethod(MergeMethod):
         for index, (group, values, dtype) in enumerate(
             zip(groups, parameters, input_dtypes, strict=True)
         ):
-            inputs = RoleInputs.from_group(align_dtype(group, dtype), values["role"])
+            inputs = RoleInputs.from_group(
+                mergekit_internals.align_dtype(group, dtype), values["role"]
+            )
             if inputs.gateable and inputs.has_unaligned:
                 name = group.metadata.name or f"#{index}"
                 scores[name] = gate(inputs, 0.0).rho
@@ -272,19 +237,6 @@ _API_SELECTION: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "mergekit_safety_api_selection", default=False
 )
 """Set while a Python API call that selects by rank runs: only then may groups be ranked."""
-
-
-def _planning_caller() -> Any:
-    """``self`` of whoever called ``validate_inputs``: a task's validator, or the planner."""
-    return sys._getframe(2).f_locals.get("self")  # here <- validate_inputs <- the caller
-
-
-def _task_being_planned(caller: Any) -> Any:
-    """The mergekit ``ExecuteMergeMethodTask`` whose validator called ``validate_inputs``."""
-    adapter = sys.modules.get("mergekit.merge_methods.task_adapter")
-    if adapter is None:  # not imported: no task is planning (and the API skips its import cost)
-        return None
-    return caller if isinstance(caller, adapter.ExecuteMergeMethodTask) else None
 
 
 def _per_model(values: Mapping[str, Any]) -> dict[Hashable, dict[str, Any]]:
@@ -332,6 +284,7 @@ class RoleInputs:
     safe_id: Hashable | None
     gateable: bool
     """A 2-D weight without a vocabulary axis: the matrices Safe LoRA and SafeMERGE consider."""
+    name: str | None = None
 
     @classmethod
     def from_group(cls, group: TensorGroup, roles: Mapping[Hashable, Role]) -> RoleInputs:
@@ -347,6 +300,7 @@ class RoleInputs:
             stored_safe=entries[safe[0]].tensor if safe else None,
             safe_id=safe[0] if safe else None,
             gateable=base.ndim == 2 and group.metadata.vocabulary_axis is None,
+            name=group.metadata.name,
         )
 
     @property
@@ -429,6 +383,20 @@ def gate(inputs: GateInputs, threshold: float, *, inclusive: bool = False) -> De
         return Decision(False, "not gated: 1-D, or has a vocabulary axis")
     rho = inputs.alignment_score()
     if drifts(rho, threshold, inclusive=inclusive):
-        return Decision(True, f"rho {'<=' if inclusive else '<'} threshold", rho)
+        return note(inputs, Decision(True, f"rho {'<=' if inclusive else '<'} threshold", rho))
     why = "undefined rho (V = 0 or delta = 0)" if rho != rho else "rho above threshold"
-    return Decision(False, why, rho)
+    return note(inputs, Decision(False, why, rho))
+
+
+DECISIONS: dict[str, bool] = {}
+"""Gated tensor name -> merged, as a kernel last decided it: what a finished merge reports."""
+_DECISIONS_LOCK = threading.Lock()
+
+
+def note(inputs: GateInputs, decision: Decision) -> Decision:
+    """Remember a gated decision by tensor name (multi-GPU runs kernels in threads)."""
+    name = getattr(inputs, "name", None)
+    if name is not None:
+        with _DECISIONS_LOCK:
+            DECISIONS[name] = decision.merge
+    return decision

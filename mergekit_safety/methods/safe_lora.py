@@ -18,6 +18,7 @@ from mergekit_safety.methods.base import (
     RoleCheckedMethod,
     RoleInputs,
     gate,
+    note,
 )
 from mergekit_safety.roles import Role, RoleRule, RoleValue
 from mergekit_safety.subspace import drifts, score_and_project
@@ -41,7 +42,9 @@ def safe_lora_merge(
         rho, projected = score_and_project(
             inputs.update, inputs.alignment, tolerance=inputs.rounding()
         )
-        if drifts(rho, threshold, inclusive=True):
+        merge = drifts(rho, threshold, inclusive=True)
+        note(inputs, Decision(merge, "rho <= threshold" if merge else "kept", rho))
+        if merge:
             return inputs.cast_back(projected.add_(inputs.aligned))
     return inputs.kept()
 

@@ -1,0 +1,455 @@
+"""The one door into mergekit's internals: everything beyond its public method API lives here.
+
+mergekit 0.1.5 offers plugins a method API (``register``, ``@merge_method``, ``TensorGroup``,
+``merge_tensors``) and a run API (``run_merge``, ``MergeConfiguration``, ``MergeOptions``). The
+rest of the package uses only those; what they cannot do goes through this module, which
+imports nothing of ours but :mod:`mergekit_safety.errors` and hands the layers above plain
+views (:class:`PlannedTensor`, :class:`PlannedRecipe`), never mergekit's own task objects.
+
+What it relies on, each checked by ``tests/test_mergekit_internals.py`` against the installed
+mergekit (a failing check names the assumption):
+
+1. ``mergekit.plan.MergePlanner.normalize_config(self)`` runs once per planned merge, after the
+   recipe is normalised and before any tensor task exists, with ``self.config``,
+   ``self.options``, ``self.arch_info``, ``self.out_model_config`` set: wrapped to run the
+   recipe-level checks and the ``top_k`` ρ pass (:func:`install`'s ``on_recipe``).
+2. ``MergePlanner.plan_to_disk(self, out_path)`` is how ``run_merge`` plans: wrapped to know the
+   output directory while planning (``out_path`` is otherwise out of reach).
+3. ``mergekit.merge_methods.task_adapter.ExecuteMergeMethodTask`` is built once per output tensor
+   (by the planner and by ``mergekit-pytorch``) with fields ``method_name``, ``model_order``,
+   ``base_model``, ``parameters``, ``input_parameters``, ``output_weight``: its ``__init__`` is
+   wrapped to check each planned tensor (roles, parameter domains) before anything loads.
+4. ``mergekit.io.tasks.FinalizeModel.execute`` runs once, after every tensor of a merge is written,
+   with ``tensor_save_tasks`` (each with a ``tensor_task``) and ``writer_task.out_path``: wrapped
+   to say that the merge is done, where, and what was merged.
+5. ``mergekit.parameter_resolver.resolve_parameter(parameter, settings, *, tensor_name, t, model)``
+   resolves each recipe value; wrapped so that a bad value is reported with its parameter and
+   model (pydantic's own error names neither).
+6. ``mergekit.io.loader.TensorLoader.get(shard_path, ...)`` and
+   ``mergekit.io.lazy_tensor_loader.ShardedTensorIndex.from_file(file_path)`` open every shard;
+   wrapped so that an unreadable safetensors file is reported by name.
+7. ``mergekit.graph.Executor(targets, math_device=...)`` and ``mergekit.graph.Task`` run our own
+   per-tensor work (scoring ρ) over the planner's tasks, with mergekit's loading and device rules.
+8. ``mergekit.io.tasks.LoaderCache`` (a process-wide singleton with ``setup``, ``get(model)`` and a
+   ``loaders`` dict) is mergekit's lazy loader: reading one tensor at a time, and forgetting a
+   merged LoRA copy we removed.
+9. ``mergekit.architecture.get_architecture_info`` and ``mergekit.merge._model_out_config`` plan a
+   recipe exactly as ``run_merge`` does, without running it.
+10. ``mergekit.merge_methods.dtype.align_dtype`` casts an API call's tensors as mergekit does.
+
+The wrappers are installed when each module finishes importing (``_mergekit_safety_autoload``'s
+``after_import``), so an entry point that never plans (``merge_tensors``) pays no import.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from mergekit_safety.errors import ConfigError
+
+# --- views handed to the layers above ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PlannedTensor:
+    """One output tensor as mergekit planned it: which method, inputs and resolved parameters."""
+
+    name: str
+    aliases: tuple[str, ...]
+    vocabulary: bool
+    """Has a vocabulary axis (embeddings, lm_head): never gated."""
+    method: str
+    models: tuple[Any, ...]
+    base: Any
+    parameters: dict[str, Any]
+    input_parameters: dict[Any, dict[str, Any]]
+    task: Any = field(repr=False, compare=False)
+    """mergekit's ``ExecuteMergeMethodTask``: only this module looks inside it."""
+
+    @classmethod
+    def of(cls, task: Any) -> PlannedTensor:
+        weight = task.output_weight
+        return cls(
+            name=weight.name,
+            aliases=tuple(weight.aliases or ()),
+            vocabulary=weight.vocabulary_axis is not None,
+            method=task.method_name,
+            models=tuple(task.model_order),
+            base=task.base_model,
+            parameters=dict(task.parameters.items()),
+            input_parameters={
+                model: dict(values.items()) for model, values in task.input_parameters.items()
+            },
+            task=task,
+        )
+
+
+@dataclass
+class PlannedRecipe:
+    """A merge mergekit is planning: its (normalised, mutable) recipe and where it will write."""
+
+    config: Any
+    options: Any
+    arch_info: Any
+    out_config: Any
+    out_path: str | None
+    """None when the plan is not to disk (or is our own scoring plan)."""
+
+
+@dataclass(frozen=True)
+class WrittenMerge:
+    """A merge whose tensors are all written: where, and the tensors it planned."""
+
+    out_path: str
+    tensors: tuple[PlannedTensor, ...]
+
+
+@dataclass
+class Hooks:
+    """What the recipe machinery wants to hear while mergekit plans and runs a merge."""
+
+    on_recipe: Callable[[PlannedRecipe], None]
+    on_tensor: Callable[[PlannedTensor], None]
+    on_written: Callable[[WrittenMerge], None]
+
+
+_HOOKS: list[Hooks] = []
+
+
+def install(hooks: Hooks) -> None:
+    """Hear about every planned merge from now on (once per process; later calls are no-ops)."""
+    if _HOOKS:
+        return
+    _HOOKS.append(hooks)
+    from _mergekit_safety_autoload import after_import
+
+    after_import("mergekit.plan", _wrap_planner)
+    after_import("mergekit.merge_methods.task_adapter", _wrap_task)
+    after_import("mergekit.io.tasks", _wrap_finalize)
+    after_import("mergekit.parameter_resolver", _wrap_resolver)
+    after_import("mergekit.io.loader", _wrap_loader)
+    after_import("mergekit.io.lazy_tensor_loader", _wrap_index)
+
+
+def _once(owner: Any, name: str, make: Callable[[Callable], Callable]) -> None:
+    """Replace ``owner.name`` by ``make(original)``, unless we already did."""
+    original = getattr(owner, name)
+    if getattr(original, "_mergekit_safety", False):
+        return
+    wrapped = make(original)
+    wrapped._mergekit_safety = True  # type: ignore[attr-defined]
+    setattr(owner, name, wrapped)
+
+
+_PLANNING_OUT: dict[int, str] = {}
+"""id(planner) -> out_path while ``plan_to_disk`` runs."""
+
+
+def _wrap_planner(module: Any) -> None:
+    planner = module.MergePlanner
+
+    def plan_to_disk(original: Callable) -> Callable:
+        @functools.wraps(original)
+        def wrapper(self: Any, out_path: str, *args: Any, **kwargs: Any) -> Any:
+            _PLANNING_OUT[id(self)] = out_path
+            try:
+                return original(self, out_path, *args, **kwargs)
+            finally:
+                _PLANNING_OUT.pop(id(self), None)
+
+        return wrapper
+
+    def normalize_config(original: Callable) -> Callable:
+        @functools.wraps(original)
+        def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+            result = original(self, *args, **kwargs)
+            recipe = PlannedRecipe(
+                config=self.config,
+                options=self.options,
+                arch_info=self.arch_info,
+                out_config=self.out_model_config,
+                out_path=_PLANNING_OUT.get(id(self)),
+            )
+            for hooks in _HOOKS:
+                hooks.on_recipe(recipe)
+            return result
+
+        return wrapper
+
+    _once(planner, "plan_to_disk", plan_to_disk)
+    _once(planner, "normalize_config", normalize_config)
+
+
+def _wrap_task(module: Any) -> None:
+    def init(original: Callable) -> Callable:
+        @functools.wraps(original)
+        def wrapper(self: Any, *args: Any, **kwargs: Any) -> None:
+            original(self, *args, **kwargs)
+            tensor = PlannedTensor.of(self)
+            for hooks in _HOOKS:
+                hooks.on_tensor(tensor)
+
+        return wrapper
+
+    _once(module.ExecuteMergeMethodTask, "__init__", init)
+
+
+def _wrap_finalize(module: Any) -> None:
+    def execute(original: Callable) -> Callable:
+        @functools.wraps(original)
+        def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+            result = original(self, *args, **kwargs)
+            tensors = tuple(
+                PlannedTensor.of(save.tensor_task)
+                for save in self.tensor_save_tasks
+                if type(save.tensor_task).__name__ == "ExecuteMergeMethodTask"
+            )
+            written = WrittenMerge(str(self.writer_task.out_path), tensors)
+            for hooks in _HOOKS:
+                hooks.on_written(written)
+            return result
+
+        return wrapper
+
+    _once(module.FinalizeModel, "execute", execute)
+
+
+def _wrap_resolver(module: Any) -> None:
+    def resolve(original: Callable) -> Callable:
+        @functools.wraps(original)
+        def wrapper(parameter: Any, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return original(parameter, *args, **kwargs)
+            except Exception as error:
+                details = getattr(error, "errors", None)
+                if type(error).__name__ != "ValidationError" or not callable(details):
+                    raise
+                first = details()[0]
+                model = kwargs.get("model")
+                owner = f" of {model}" if model is not None else ""
+                got = first.get("input")
+                shown = f" (got {got!r})" if isinstance(got, (str, int, float)) else ""
+                raise ConfigError(
+                    f"parameter {parameter.name!r}{owner}: {first.get('msg', error)}{shown}"
+                ) from error
+
+        return wrapper
+
+    _once(module, "resolve_parameter", resolve)
+
+
+def _named_shard(owner: Any, name: str) -> None:
+    """Wrap the classmethod ``owner.name(cls, path, ...)`` to name an unreadable safetensors file."""
+    original = getattr(owner, name).__func__
+    if getattr(original, "_mergekit_safety", False):
+        return
+
+    @functools.wraps(original)
+    def opener(cls: Any, path: str, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return original(cls, path, *args, **kwargs)
+        except Exception as error:
+            if type(error).__name__ != "SafetensorError":
+                raise
+            raise ConfigError(
+                f"{path}: unreadable safetensors file, truncated or corrupt ({error})"
+            ) from error
+
+    opener._mergekit_safety = True  # type: ignore[attr-defined]
+    setattr(owner, name, classmethod(opener))
+
+
+def _wrap_loader(module: Any) -> None:
+    _named_shard(module.TensorLoader, "get")
+
+
+def _wrap_index(module: Any) -> None:
+    _named_shard(module.ShardedTensorIndex, "from_file")
+
+
+# --- planning and scoring a recipe without running it ---------------------------------------------
+
+
+def plan_tensors(
+    config: Any, options: Any, *, arch_info: Any = None, out_config: Any = None
+) -> list[PlannedTensor]:
+    """The per-tensor merges mergekit plans for ``config``, in its order; nothing loads.
+
+    Each carries the parameters resolved for its weight, exactly as ``mergekit-yaml`` would run it;
+    the planner's hooks (roles, domains) run as in a real merge. The planner rewrites the config
+    it is given, so it gets a copy; its writer tasks never run, so nothing is written.
+    """
+    import os
+
+    from mergekit.architecture import get_architecture_info
+    from mergekit.io.tasks import LoaderCache
+    from mergekit.merge import _model_out_config
+    from mergekit.merge_methods.task_adapter import ExecuteMergeMethodTask
+    from mergekit.plan import MergePlanner
+
+    if arch_info is None:
+        arch_info = get_architecture_info(config, options)
+        LoaderCache().setup(options=options)
+    if out_config is None:
+        out_config = _model_out_config(config, arch_info, trust_remote_code=False)
+    planner = MergePlanner(
+        config.model_copy(deep=True), arch_info, options=options, out_model_config=out_config
+    )
+    # plan_in_memory() fails in mergekit 0.1.5 (pydantic re-validates the generic Task), so take
+    # the merge tasks from the to-disk plan, aimed at os.devnull (the output guard skips it).
+    return [
+        PlannedTensor.of(target.tensor_task)
+        for target in planner.plan_to_disk(out_path=os.devnull)
+        if isinstance(getattr(target, "tensor_task", None), ExecuteMergeMethodTask)
+    ]
+
+
+def map_planned(
+    tensors: Sequence[PlannedTensor],
+    function: Callable[[PlannedTensor, Any], Any],
+    *,
+    device: str,
+    quiet: bool,
+    desc: str,
+) -> list[Any]:
+    """``function(tensor, group)`` for each planned tensor, its inputs loaded by mergekit.
+
+    ``group`` is the method API's ``TensorGroup`` of the tensor's inputs, on ``device``; mergekit's
+    executor loads them lazily and frees them after use. Results come back in ``tensors``' order.
+    """
+    import torch
+
+    task_type = _applied_task_type()
+    by_task = {id(t.task): t for t in tensors}
+    tasks = [task_type(merge=t.task, function=function) for t in tensors]
+    order = {task: index for index, task in enumerate(tasks)}
+    from mergekit.graph import Executor
+
+    executor = Executor(tasks, math_device=torch.device(device))
+    results = sorted(executor.run(quiet=quiet, desc=desc), key=lambda pair: order[pair[0]])
+    assert len(results) == len(tensors) and len(by_task) == len(tensors)
+    return [value for _task, value in results]
+
+
+@functools.cache
+def _applied_task_type() -> type:
+    from mergekit.graph import Task
+    from mergekit.merge_methods import TensorEntry, TensorGroup, TensorMetadata
+    from mergekit.merge_methods.task_adapter import ExecuteMergeMethodTask
+
+    class Applied(Task[Any]):
+        """``function`` over a planned merge task's inputs, in place of the merge itself."""
+
+        merge: ExecuteMergeMethodTask
+        function: Callable[..., Any]
+
+        def arguments(self) -> dict[str, Task]:
+            return {"tensors": self.merge.gather_tensors}
+
+        def uses_accelerator(self) -> bool:
+            return True
+
+        def execute(self, tensors: dict[Any, Any], **_kwargs: Any) -> Any:
+            task = self.merge
+            entries = tuple(
+                TensorEntry(id=model, tensor=tensors[model], is_base=model == task.base_model)
+                for model in task.model_order
+                if model in tensors
+            )
+            group = TensorGroup(entries, TensorMetadata.from_weight_info(task.output_weight))
+            return self.function(PlannedTensor.of(task), group)
+
+    return Applied
+
+
+def architecture_and_out_config(config: Any, options: Any) -> tuple[Any, Any]:
+    """What ``run_merge`` computes before planning: the architecture and the output config."""
+    from mergekit.architecture import get_architecture_info
+    from mergekit.io.tasks import LoaderCache
+    from mergekit.merge import _model_out_config
+
+    arch_info = get_architecture_info(config, options)
+    LoaderCache().setup(options=options)
+    return arch_info, _model_out_config(config, arch_info, trust_remote_code=False)
+
+
+# --- mergekit's lazy loader ----------------------------------------------------------------------
+
+
+def setup_loader(options: Any) -> None:
+    from mergekit.io.tasks import LoaderCache
+
+    LoaderCache().setup(options=options)
+
+
+def read_tensor(model: Any, tensor: PlannedTensor, *, device: str) -> Any:
+    """One input tensor of ``model`` through mergekit's lazy loader (its aliases honoured)."""
+    from mergekit.io.tasks import LoaderCache
+
+    return (
+        LoaderCache()
+        .get(model)
+        .get_tensor(tensor.name, device=device, aliases=list(tensor.aliases), raise_on_missing=True)
+    )
+
+
+def tensor_shapes(model: Any) -> dict[str, tuple[int, ...]]:
+    """Every tensor's shape in ``model``'s files, from their headers: nothing is loaded."""
+    import os
+
+    from safetensors import safe_open
+
+    from mergekit.io.tasks import LoaderCache
+
+    index = LoaderCache().get(model).index
+    shapes: dict[str, tuple[int, ...]] = {}
+    by_file: dict[str, list[str]] = {}
+    for name, shard in index.tensor_paths.items():
+        by_file.setdefault(shard, []).append(name)
+    for shard, names in by_file.items():
+        path = os.path.join(index.base_path, shard)
+        if not shard.endswith(".safetensors"):
+            return {}
+        with safe_open(path, framework="pt") as handle:
+            for name in names:
+                shapes[name] = tuple(handle.get_slice(name).get_shape())
+    return shapes
+
+
+@contextlib.contextmanager
+def stand_in(models: Iterable[Any], for_model: Any) -> Iterator[None]:
+    """Let mergekit index ``models`` by ``for_model``'s files while the block runs.
+
+    Used for ``aligned+adapter`` inputs: a plain LoRA adds no tensor, so the aligned model's index
+    names the same weights, and the planner need not merge the adapter to find them.
+    """
+    from mergekit.io.tasks import LoaderCache
+
+    cache = LoaderCache()
+    stand_ins = list(models)
+    for model in stand_ins:
+        cache.loaders[model] = cache.get(for_model)
+    try:
+        yield
+    finally:  # the cache is process-wide: a later full merge must see the real merged model
+        for model in stand_ins:
+            cache.loaders.pop(model, None)
+
+
+def forget_loaded(models: Iterable[Any]) -> None:
+    """Drop ``models`` from mergekit's process-wide loader cache (their files are gone)."""
+    from mergekit.io.tasks import LoaderCache
+
+    for model in models:
+        LoaderCache().loaders.pop(model, None)
+
+
+def align_dtype(group: Any, dtype: Any) -> Any:
+    """An API call's tensor group cast as mergekit casts it before a method runs."""
+    from mergekit.merge_methods.dtype import align_dtype as align
+
+    return align(group, dtype)

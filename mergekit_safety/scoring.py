@@ -1,0 +1,215 @@
+"""Score every weight of a recipe through mergekit's own planner, loader and executor.
+
+``inspect`` and the ``top_k`` pass must see exactly the tensors and resolved parameters the merge
+would: so the recipe is planned by mergekit's ``MergePlanner``
+(:func:`mergekit_safety.mergekit_internals.plan_tensors`) and each merge is replaced by the
+method's decision for its tensor (:func:`gate_record`). Nothing is written.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+from mergekit.config import MergeConfiguration
+from mergekit.merge_methods import TensorGroup, get
+from mergekit.options import MergeOptions
+
+from mergekit_safety import mergekit_internals
+from mergekit_safety.errors import ConfigError
+from mergekit_safety.methods.base import RoleCheckedMethod, RoleInputs
+from mergekit_safety.mergekit_internals import PlannedTensor
+from mergekit_safety.roles import Role
+from mergekit_safety.selection import SELECTORS, Resolved, Selection, parse_selection
+
+
+def gate_record(tensor: PlannedTensor, group: TensorGroup) -> dict:
+    """The decision the tensor's method takes for it, as a JSON-ready record."""
+    method = get(tensor.method)
+    roles = {entry.id: tensor.input_parameters[entry.id]["role"] for entry in group.non_base}
+    method.rule.check(roles, tensor.base)
+    inputs = RoleInputs.from_group(group, roles)
+    decision = method.decide(inputs, tensor.parameters)
+    return {
+        "tensor": tensor.name,
+        "shape": list(group.base.tensor.shape),
+        "gated": inputs.gateable,
+        "rho": decision.rho,
+        "merge": decision.merge,
+        "reason": decision.reason,
+    }
+
+
+def selection_of(config: MergeConfiguration) -> Selection | None:
+    """The recipe's ``top_k``/``fraction`` (global parameters only), validated."""
+    settings = config.parameters or {}
+    misplaced = [
+        f"{where}: {key}" for where, scope in parameter_scopes(config) for key in SELECTORS
+        if key in scope
+    ]  # fmt: skip
+    if misplaced:
+        raise ConfigError(
+            f"top_k and fraction rank the whole model: set them under the recipe's top-level "
+            f"`parameters:`, not per model or slice ({misplaced[0]})"
+        )
+    raw = {key: settings.get(key) for key in SELECTORS}
+    if all(value is None for value in raw.values()):
+        return None
+    for key, value in raw.items():
+        if value is not None and not isinstance(value, int | float):
+            raise ConfigError(f"{key} must be one number for the whole model; got {value!r}")
+    threshold_set = "threshold" in settings or any(
+        "threshold" in scope for _where, scope in parameter_scopes(config)
+    )
+    return parse_selection(raw["top_k"], raw["fraction"], threshold_set=threshold_set)
+
+
+def parameter_scopes(config: MergeConfiguration) -> list[tuple[str, dict]]:
+    """Every ``parameters:`` mapping below the top level: per model, slice, source, module."""
+    scopes: list[tuple[str, dict]] = []
+    for model in config.models or []:
+        scopes.append((str(model.model), model.parameters or {}))
+    modules = list((config.modules or {}).items())
+    for name, module in [("", None), *modules]:
+        slices = config.slices if module is None else module.slices
+        if module is not None:
+            scopes.append((f"module {name}", module.parameters or {}))
+            scopes += [(str(m.model), m.parameters or {}) for m in module.models or []]
+        for index, output in enumerate(slices or []):
+            scopes.append((f"slice {index}", output.parameters or {}))
+            scopes += [(str(s.model), s.parameters or {}) for s in output.sources]
+    return scopes
+
+
+def without_selection(config: MergeConfiguration, *, drop_threshold: bool) -> MergeConfiguration:
+    """A deep copy without ``top_k``/``fraction`` (and ``threshold``) at the top level."""
+    copy = config.model_copy(deep=True)
+    dropped = (*SELECTORS, "threshold") if drop_threshold else SELECTORS
+    copy.parameters = {k: v for k, v in (copy.parameters or {}).items() if k not in dropped}
+    return copy
+
+
+def decide_at(records: list[dict], resolved: Resolved, method: RoleCheckedMethod) -> list[dict]:
+    """The records with each gated decision redone at the resolved τ."""
+    chosen = {name for name, _rho in resolved.chosen}
+    sign = "<=" if method.inclusive else "<"
+    out = []
+    for record in records:
+        if record["gated"]:
+            rho = record["rho"]
+            merge = record["tensor"] in chosen
+            assert rho is None or rho != rho or merge == (rho <= resolved.threshold)
+            if merge:
+                reason = f"rho {sign} threshold ({resolved.selection.label()})"
+            elif rho is None or rho != rho:
+                reason = "undefined rho (V = 0 or delta = 0)"
+            else:
+                reason = f"rho above threshold ({resolved.selection.label()})"
+            record = {**record, "merge": merge, "reason": reason}
+        out.append(record)
+    return out
+
+
+_SCORES: OrderedDict[str, list[dict]] = OrderedDict()
+CACHE_SIZE = 8
+
+
+def score_config(
+    config: MergeConfiguration,
+    options: MergeOptions,
+    *,
+    arch_info: Any = None,
+    out_config: Any = None,
+    require_unaligned: bool = False,
+    gated_only: bool = False,
+    cache: bool = True,
+    selection: Selection | None = None,
+) -> list[dict]:
+    """Plan ``config`` with mergekit's planner and run the gate on each tensor, writing nothing.
+
+    With ``cache``, for ranking by ρ: kept in-process by what ρ depends on (models, roles, layer
+    ranges, dtype, device and the weight files' sizes and times), so a sweep over λ × top_k
+    scores the models once. The cached records' decisions are those at the recipe's own
+    parameters, which the key leaves out: a caller ranking by ρ redoes them (:func:`decide_at`).
+    """
+    key = _score_key(config, options, gated_only) if cache else None
+    if key in _SCORES:
+        _SCORES.move_to_end(key)
+        return _SCORES[key]
+    tensors = mergekit_internals.plan_tensors(
+        config, options, arch_info=arch_info, out_config=out_config
+    )
+    if gated_only:  # a vocabulary matrix is never gated: do not load it
+        tensors = [tensor for tensor in tensors if not tensor.vocabulary]
+    if require_unaligned and not any(_has_unaligned(tensor) for tensor in tensors):
+        raise ConfigError(
+            f"top_k and fraction rank matrices by rho, which needs a model with role "
+            f"'unaligned' ({config.merge_method} without one is ungated)"
+        )
+    if selection is not None:
+        count_rankable(tensors, selection)
+    records = mergekit_internals.map_planned(
+        tensors, gate_record, device=str(options.device), quiet=options.quiet,
+        desc="Scoring weights",
+    )  # fmt: skip
+    if key is None:
+        return records
+    _SCORES[key] = records
+    while len(_SCORES) > CACHE_SIZE:
+        _SCORES.popitem(last=False)
+    return records
+
+
+def _has_unaligned(tensor: PlannedTensor) -> bool:
+    return any(values.get("role") == Role.UNALIGNED for values in tensor.input_parameters.values())
+
+
+def _score_key(config: MergeConfiguration, options: MergeOptions, gated_only: bool) -> str:
+    """What ρ depends on: the recipe without any parameter but ``role``, and the weight files."""
+    data = config.model_dump(mode="json")
+
+    def keep_roles(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {
+                k: ({r: v for r, v in (val or {}).items() if r == "role"} if k == "parameters"
+                    else keep_roles(val))
+                for k, val in node.items()
+            }  # fmt: skip
+        if isinstance(node, list):
+            return [keep_roles(item) for item in node]
+        return node
+
+    stamps = {}
+    for reference in config.referenced_models():
+        folder = Path(reference.model.path).expanduser()
+        if folder.is_dir():
+            for file in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
+                stat = file.stat()
+                stamps[str(file.resolve())] = (stat.st_size, stat.st_mtime_ns)
+    return json.dumps(
+        [keep_roles(data), str(options.device), gated_only, stamps], sort_keys=True, default=str
+    )
+
+
+def count_rankable(tensors: list[PlannedTensor], selection: Selection) -> None:
+    """Stop a ``top_k`` larger than the matrices that could be ranked, before any ρ pass.
+
+    The count comes from the aligned model's file headers (2-D weights without a vocabulary
+    axis): an upper bound, since a matrix with V = 0 or Δ = 0 is not ranked either.
+    """
+    if selection.top_k is None or not tensors or tensors[0].base is None:
+        return
+    shapes = mergekit_internals.tensor_shapes(tensors[0].base)
+    if not shapes:  # not safetensors: the rho pass finds out
+        return
+    candidates = [
+        t for t in tensors if not t.vocabulary and len(shapes.get(t.name, (0,))) == 2
+    ]
+    if selection.top_k > len(candidates):
+        raise ConfigError(
+            f"top_k={selection.top_k} but the model has only {len(candidates)} gateable "
+            f"matrices (2-D weights without a vocabulary axis); use top_k <= {len(candidates)} "
+            "or fraction"
+        )
