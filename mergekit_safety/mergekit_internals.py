@@ -36,16 +36,24 @@ mergekit (a failing check names the assumption):
 9. ``mergekit.architecture.get_architecture_info`` and ``mergekit.merge._model_out_config`` plan a
    recipe exactly as ``run_merge`` does, without running it.
 10. ``mergekit.merge_methods.dtype.align_dtype`` casts an API call's tensors as mergekit does.
+11. ``mergekit.merge._model_out_config`` sets the output config's ``torch_dtype``, which
+    transformers 5 answers with "`torch_dtype` is deprecated! Use `dtype` instead!" on every
+    merge: a warning about mergekit's code that a user cannot act on, filtered out
+    (:func:`_quiet_torch_dtype_warning`; only that message, only from transformers' config).
 
 The wrappers are installed when each module finishes importing (``_mergekit_safety_autoload``'s
-``after_import``), so an entry point that never plans (``merge_tensors``) pays no import.
+``after_import``), so an entry point that never plans (``merge_tensors``) pays no import. One
+order delays them: a program whose first mergekit import is ``mergekit.plan`` itself has it
+half-imported when our methods register, so it is wrapped at the program's next import (as
+``from mergekit.merge import run_merge``); ``mergekit-yaml``, ``-multi``, ``-pytorch``,
+``run_merge`` and the method API all import in the order that wraps at once.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -133,6 +141,7 @@ def install(hooks: Hooks) -> None:
     after_import("mergekit.parameter_resolver", _wrap_resolver)
     after_import("mergekit.io.loader", _wrap_loader)
     after_import("mergekit.io.lazy_tensor_loader", _wrap_index)
+    after_import("transformers.configuration_utils", _quiet_torch_dtype_warning)
 
 
 def _once(owner: Any, name: str, make: Callable[[Callable], Callable]) -> None:
@@ -243,7 +252,7 @@ def _wrap_resolver(module: Any) -> None:
 
 
 def _named_shard(owner: Any, name: str) -> None:
-    """Wrap the classmethod ``owner.name(cls, path, ...)`` to name an unreadable safetensors file."""
+    """Wrap the classmethod ``owner.name(cls, path, ...)``: an unreadable shard is named."""
     original = getattr(owner, name).__func__
     if getattr(original, "_mergekit_safety", False):
         return
@@ -269,6 +278,19 @@ def _wrap_loader(module: Any) -> None:
 
 def _wrap_index(module: Any) -> None:
     _named_shard(module.ShardedTensorIndex, "from_file")
+
+
+class _DropTorchDtypeDeprecation:
+    """A logging filter: drop transformers' ``torch_dtype`` deprecation, keep everything else."""
+
+    def filter(self, record: Any) -> bool:
+        return "`torch_dtype` is deprecated" not in record.getMessage()
+
+
+def _quiet_torch_dtype_warning(module: Any) -> None:
+    logger = module.logger
+    if not any(isinstance(f, _DropTorchDtypeDeprecation) for f in logger.filters):
+        logger.addFilter(_DropTorchDtypeDeprecation())
 
 
 # --- planning and scoring a recipe without running it ---------------------------------------------
@@ -401,9 +423,8 @@ def tensor_shapes(model: Any) -> dict[str, tuple[int, ...]]:
     """Every tensor's shape in ``model``'s files, from their headers: nothing is loaded."""
     import os
 
-    from safetensors import safe_open
-
     from mergekit.io.tasks import LoaderCache
+    from safetensors import safe_open
 
     index = LoaderCache().get(model).index
     shapes: dict[str, tuple[int, ...]] = {}

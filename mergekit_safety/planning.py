@@ -39,9 +39,9 @@ from typing import Any
 
 from mergekit_safety import mergekit_internals
 from mergekit_safety.errors import ConfigError, on_failure
+from mergekit_safety.mergekit_internals import PlannedRecipe, PlannedTensor, WrittenMerge
 from mergekit_safety.methods.alignment_check import forget_planned, watch_planned
 from mergekit_safety.methods.base import DECISIONS, RoleCheckedMethod
-from mergekit_safety.mergekit_internals import PlannedRecipe, PlannedTensor, WrittenMerge
 from mergekit_safety.parameters import check_parameters
 from mergekit_safety.preflight import check_same_architecture
 from mergekit_safety.roles import Role
@@ -121,8 +121,10 @@ def check_device(options: Any) -> None:
     import torch
 
     if not torch.cuda.is_available():
-        why = "Torch not compiled with CUDA enabled" if not torch.backends.cuda.is_built() else (
-            "no CUDA GPUs are available"
+        why = (
+            "Torch not compiled with CUDA enabled"
+            if not torch.backends.cuda.is_built()
+            else ("no CUDA GPUs are available")
         )
         raise ConfigError(f"--cuda: no CUDA device here ({why}); run without --cuda")
 

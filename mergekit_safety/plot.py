@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mergekit_safety.sweep import describe_gate, metric
+from mergekit_safety.gate import describe_gate, metric
 
 STYLE = {
     "aligned": {"marker": "s", "color": "tab:green", "label": "aligned (base_model)"},

@@ -19,8 +19,8 @@ from mergekit.options import MergeOptions
 
 from mergekit_safety import mergekit_internals
 from mergekit_safety.errors import ConfigError
-from mergekit_safety.methods.base import RoleCheckedMethod, RoleInputs
 from mergekit_safety.mergekit_internals import PlannedTensor
+from mergekit_safety.methods.base import RoleCheckedMethod, RoleInputs
 from mergekit_safety.roles import Role
 from mergekit_safety.selection import SELECTORS, Resolved, Selection, parse_selection
 
@@ -204,9 +204,7 @@ def count_rankable(tensors: list[PlannedTensor], selection: Selection) -> None:
     shapes = mergekit_internals.tensor_shapes(tensors[0].base)
     if not shapes:  # not safetensors: the rho pass finds out
         return
-    candidates = [
-        t for t in tensors if not t.vocabulary and len(shapes.get(t.name, (0,))) == 2
-    ]
+    candidates = [t for t in tensors if not t.vocabulary and len(shapes.get(t.name, (0,))) == 2]
     if selection.top_k > len(candidates):
         raise ConfigError(
             f"top_k={selection.top_k} but the model has only {len(candidates)} gateable "

@@ -1,8 +1,8 @@
 """Read a recipe for an adapter-space merge and check, before any full tensor loads, that the
 result can be written exactly as a LoRA adapter.
 
-The recipe is planned by mergekit itself (:func:`mergekit_safety.mergekit_internals.plan_tensors`), so each
-module gets the parameters ``mergekit-yaml`` would resolve for its weight, and roles are checked
+The recipe is planned by mergekit itself (:func:`mergekit_internals.plan_tensors`), so each module
+gets the parameters ``mergekit-yaml`` would resolve for its weight, and roles are checked
 as the full merge checks them. Every reason an exact adapter is impossible is one ConfigError.
 """
 
@@ -51,9 +51,7 @@ class AdapterPlan:
             if module in wanted:
                 yield module, task
 
-    def alignment_reader(
-        self, task: PlannedTensor, device: str
-    ) -> Callable[[], torch.Tensor]:
+    def alignment_reader(self, task: PlannedTensor, device: str) -> Callable[[], torch.Tensor]:
         """A reader of ``V = θ_aligned − θ_unaligned`` for ``task``'s weight, through mergekit's
         lazy loader: one tensor pair in memory at a time."""
         from mergekit_safety.subspace import compute_dtype

@@ -1,0 +1,62 @@
+"""Sweep one or two recipe parameters under a safety gate.
+
+A safety merge trades task skill for refusals, and the best ``weight`` (λ) and ``threshold`` (τ,
+or ``top_k``/``fraction``) are model-specific — and interact: the best gated point needs both.
+The sweep merges the recipe once per point of the grid (one parameter: a line) with mergekit's own
+``run_merge``, evaluates each merge, and keeps the point with the best task accuracy among those
+that pass the gate (:mod:`mergekit_safety.gate`).
+
+- :mod:`.grid`: the ``--set`` value ranges and the checked plan;
+- :mod:`.run`: merging and evaluating each point, the choice;
+- :mod:`.report`: ``sweep.json``/``.csv``/``.md`` and the plots.
+"""
+
+from mergekit_safety.gate import describe_gate, format_value, metric, passes
+from mergekit_safety.sweep.grid import (
+    GATE_CHOICES,
+    SWEEPABLE,
+    TIE_BREAK,
+    SweepPlan,
+    parse_assignment,
+    parse_assignments,
+    parse_values,
+    plan_grid,
+    plan_sweep,
+    recipe_roles,
+    reference_name,
+)
+from mergekit_safety.sweep.report import sweep_record, write_reports
+from mergekit_safety.sweep.run import (
+    SweepPoint,
+    SweepResult,
+    close_to_chosen,
+    merge_recipe,
+    run_sweep,
+    select,
+)
+
+__all__ = [
+    "GATE_CHOICES",
+    "SWEEPABLE",
+    "TIE_BREAK",
+    "SweepPlan",
+    "SweepPoint",
+    "SweepResult",
+    "close_to_chosen",
+    "describe_gate",
+    "format_value",
+    "merge_recipe",
+    "metric",
+    "parse_assignment",
+    "parse_assignments",
+    "parse_values",
+    "passes",
+    "plan_grid",
+    "plan_sweep",
+    "recipe_roles",
+    "reference_name",
+    "run_sweep",
+    "select",
+    "sweep_record",
+    "write_reports",
+]

@@ -1,0 +1,133 @@
+"""Each assumption ``mergekit_safety.mergekit_internals`` makes about the installed mergekit.
+
+When mergekit changes one of them, the failing test names the assumption (its number in the
+module's docstring), instead of a merge that silently skips our checks.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def parameters(function) -> list[str]:
+    return list(inspect.signature(function).parameters)
+
+
+def fields(model) -> set[str]:
+    return set(model.model_fields)
+
+
+def test_1_2_planner_entry_points():
+    from mergekit.plan import MergePlanner
+
+    assert parameters(MergePlanner.normalize_config) == ["self"], (
+        "assumption 1: MergePlanner.normalize_config(self) is where a merge's recipe is final"
+    )
+    assert parameters(MergePlanner.plan_to_disk)[:2] == ["self", "out_path"], (
+        "assumption 2: MergePlanner.plan_to_disk(self, out_path) carries the output directory"
+    )
+    source = inspect.getsource(MergePlanner._plan)
+    assert "self.normalize_config()" in source, (
+        "assumption 1: MergePlanner._plan calls normalize_config before planning any tensor"
+    )
+    init = inspect.getsource(MergePlanner.__init__)
+    for attribute in ("self.config", "self.arch_info", "self.options", "self.out_model_config"):
+        assert attribute in init, f"assumption 1: MergePlanner sets {attribute}"
+
+
+def test_3_merge_task_fields():
+    from mergekit.merge_methods.task_adapter import ExecuteMergeMethodTask
+
+    wanted = {"method_name", "model_order", "base_model", "parameters", "input_parameters",
+              "output_weight", "gather_tensors"}  # fmt: skip
+    assert wanted <= fields(ExecuteMergeMethodTask), (
+        f"assumption 3: ExecuteMergeMethodTask lacks {wanted - fields(ExecuteMergeMethodTask)}"
+    )
+
+
+def test_4_finalize_sees_every_saved_tensor():
+    from mergekit.io.tasks import FinalizeModel, SaveTensor, TensorWriterTask
+
+    assert {"tensor_save_tasks", "writer_task"} <= fields(FinalizeModel), "assumption 4"
+    assert "tensor_task" in fields(SaveTensor), "assumption 4: SaveTensor.tensor_task"
+    assert "out_path" in fields(TensorWriterTask), "assumption 4: TensorWriterTask.out_path"
+
+
+def test_5_parameter_resolver_signature():
+    from mergekit import parameter_resolver
+
+    names = parameters(parameter_resolver.resolve_parameter)
+    assert names[:2] == ["parameter", "settings"] and "model" in names, (
+        "assumption 5: resolve_parameter(parameter, settings, *, ..., model)"
+    )
+    source = inspect.getsource(parameter_resolver.resolve_parameters)
+    assert "resolve_parameter(" in source, (
+        "assumption 5: resolve_parameters calls the module-level resolve_parameter"
+    )
+
+
+def test_6_shard_openers_are_classmethods_taking_the_path():
+    from mergekit.io.lazy_tensor_loader import ShardedTensorIndex
+    from mergekit.io.loader import TensorLoader
+
+    for owner, name in ((TensorLoader, "get"), (ShardedTensorIndex, "from_file")):
+        raw = inspect.getattr_static(owner, name)
+        assert isinstance(raw, classmethod), f"assumption 6: {owner.__name__}.{name} classmethod"
+        assert len(parameters(raw.__func__)) >= 2, f"assumption 6: {owner.__name__}.{name}(path)"
+
+
+def test_7_to_10_helpers_exist():
+    from mergekit.architecture import get_architecture_info
+    from mergekit.graph import Executor, Task
+    from mergekit.io.tasks import LoaderCache
+    from mergekit.merge import _model_out_config
+    from mergekit.merge_methods.dtype import align_dtype
+
+    assert "math_device" in parameters(Executor.__init__), "assumption 7: Executor(math_device=)"
+    assert issubclass(Task, object) and hasattr(Task, "execute"), "assumption 7: graph.Task"
+    cache = LoaderCache()
+    assert hasattr(cache, "setup") and hasattr(cache, "get") and hasattr(cache, "loaders"), (
+        "assumption 8: LoaderCache().setup/get/loaders"
+    )
+    assert parameters(get_architecture_info)[:2] == ["config", "options"], "assumption 9"
+    assert parameters(_model_out_config)[:2] == ["config", "arch_info"], "assumption 9"
+    assert callable(align_dtype), "assumption 10"
+
+
+def test_11_torch_dtype_is_a_config_property():
+    from transformers import configuration_utils
+
+    assert isinstance(configuration_utils.PretrainedConfig.__dict__.get("torch_dtype"), property)
+    assert hasattr(configuration_utils, "logger"), "assumption 11: transformers' config logger"
+
+
+@pytest.mark.parametrize(
+    "entry",
+    ["import mergekit.merge", "import mergekit.scripts.run_yaml",
+     "import mergekit.scripts.merge_raw_pytorch", "from mergekit.merge_methods import get",
+     # mergekit.plan first: it is half-imported when we are, so it is wrapped at the next import
+     "import mergekit.plan\nfrom mergekit.merge import run_merge"],
+)  # fmt: skip
+def test_every_entry_point_gets_the_wrappers(entry):
+    """However mergekit is first imported, the planner is wrapped before it can plan."""
+    code = f"""{entry}
+import mergekit.plan, mergekit.merge_methods.task_adapter as t, mergekit.io.tasks as io
+import mergekit.parameter_resolver as r, mergekit.io.loader as l
+wrapped = [
+    mergekit.plan.MergePlanner.normalize_config, mergekit.plan.MergePlanner.plan_to_disk,
+    t.ExecuteMergeMethodTask.__init__, io.FinalizeModel.execute, r.resolve_parameter,
+    l.TensorLoader.get.__func__,
+]
+print(all(getattr(f, "_mergekit_safety", False) for f in wrapped))
+"""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "True", f"after `{entry}` the wrappers are not all in place"
