@@ -79,8 +79,9 @@ def _draw_tradeoff(fig, ax, drawn, merged, min_refusal, max_over_refusal, parame
         style = STYLE[kind]
         points = [(x, y) for row, x, y in drawn if row.get("kind") == kind]
         for index, (x, y) in enumerate(points):
-            ax.scatter([x], [y], marker=style["marker"], s=70, zorder=3, color=style["color"],
-                       label=style["label"] if index == 0 else None)  # fmt: skip
+            first = style["label"] if index == 0 else None
+            ax.scatter([x], [y], marker=style["marker"], s=70, zorder=5, color=style["color"],
+                       edgecolors="white", label=first)  # fmt: skip
             ax.annotate(style["label"].split(" (")[0], (x, y), textcoords="offset points",
                         xytext=(0, -14), ha="center", fontsize=8, color=style["color"])  # fmt: skip
     values = [row.get("value") for row, _x, _y in merged]
@@ -92,16 +93,15 @@ def _draw_tradeoff(fig, ax, drawn, merged, min_refusal, max_over_refusal, parame
         (value - low) / span if span else index / max(1, len(values) - 1)
         for index, value in enumerate(values)
     ]
+    labels: list[tuple[float, float, str]] = []
     for index, (row, x, y) in enumerate(merged):
         fails, colour = row.get("passes") is False, colours(0.1 + 0.8 * shares[index])
         ax.scatter([x], [y], marker="o", s=60, zorder=3, edgecolors=colour,
                    facecolors="white" if fails else colour, linewidths=1.5)  # fmt: skip
-        label = f"{row['value']:g}" if numeric else row.get("model")
-        ax.annotate(str(label), (x, y), textcoords="offset points", fontsize=7,
-                    xytext=(0, 7 if index % 2 else -12), ha="center")  # fmt: skip
+        label = f"{row['value']:g}" if numeric else str(row.get("model"))
+        labels.append((x, y, label))
         if row.get("chosen"):
-            ax.scatter([x], [y], marker="*", s=340, color="gold", edgecolors="black", zorder=4,
-                       label=f"chosen: {parameter}={label}")  # fmt: skip
+            mark_chosen(ax, x, y, f"chosen: {parameter}={label}")
     if span:  # the colour scale spans 0.1–0.9 of the map: widen the norm by an eighth each side
         norm = plt.Normalize(low - span / 8, high + span / 8)
         mappable = plt.cm.ScalarMappable(cmap=colours, norm=norm)
@@ -115,10 +115,10 @@ def _draw_tradeoff(fig, ax, drawn, merged, min_refusal, max_over_refusal, parame
                    label=f"gate: refusal rate >= {min_refusal:g}")  # fmt: skip
         ax.axhspan(-0.05, min_refusal, color="tab:orange", alpha=0.08, zorder=0)
     if any(row.get("passes") is False for row, _x, _y in merged):
-        gate = describe_gate(min_refusal, max_over_refusal)
-        ax.plot([], [], marker="o", linestyle="none", markerfacecolor="white",
-                markeredgecolor="grey", label=f"hollow: fails the gate ({gate})")  # fmt: skip
+        failing_legend(ax, describe_gate(min_refusal, max_over_refusal))
     _tradeoff_axes(ax)
+    fig.tight_layout()
+    place_labels(ax, merge_coinciding(labels))
 
 
 def _draw_trend(ax, rows, merged, min_refusal, max_over_refusal, parameter) -> None:
@@ -291,8 +291,8 @@ def plot_grid(
         x, y = metric(row, "task_accuracy"), metric(row, "refusal_rate")
         if x is None or y is None:
             continue
-        ax.scatter([x], [y], marker=style["marker"], s=80, color=style["color"], zorder=3,
-                   label=style["label"])  # fmt: skip
+        ax.scatter([x], [y], marker=style["marker"], s=80, color=style["color"], zorder=5,
+                   edgecolors="white", label=style["label"])  # fmt: skip
     colours = plt.get_cmap("viridis")
     low, high = min(axes[0]), max(axes[0])
     markers = {value: MODULE_MARKERS[i % len(MODULE_MARKERS)] for i, value in enumerate(axes[1])}
@@ -308,13 +308,10 @@ def plot_grid(
                    edgecolors=colour, facecolors="white" if fails else colour)  # fmt: skip
         labels.append((x, y, f"{row[first]:g}/{row[second]:g}"))
         if row.get("chosen"):
-            text = f"chosen: {first}={row[first]:g}, {second}={row[second]:g}"
-            ax.scatter([x], [y], marker="*", s=360, color="gold", edgecolors="black", zorder=4,
-                       label=text)  # fmt: skip
+            mark_chosen(ax, x, y, f"chosen: {first}={row[first]:g}, {second}={row[second]:g}")
     for value, marker in markers.items():
         ax.scatter([], [], marker=marker, color="grey", label=f"{second} = {value:g}")
-    ax.scatter([], [], marker="o", facecolors="white", edgecolors="grey",
-               label=f"hollow: fails the gate ({gate})")  # fmt: skip
+    failing_legend(ax, gate)
     if high > low:
         norm = plt.Normalize(low - (high - low) / 8, high + (high - low) / 8)
         bar = fig.colorbar(plt.cm.ScalarMappable(cmap=colours, norm=norm), ax=ax, pad=0.01)
@@ -326,7 +323,7 @@ def plot_grid(
     _tradeoff_axes(ax)
     ax.set_title(f"{title}\npoints labelled {first}/{second}", fontsize=10)
     fig.tight_layout()
-    place_labels(ax, labels)
+    place_labels(ax, merge_coinciding(labels))
     _save(fig, tradeoff_path)
 
     by_point = {(row[first], row[second]): row for row in merged}
@@ -377,6 +374,26 @@ def place_labels(ax, labels: Sequence[tuple[float, float, str]], fontsize: float
                     ha="right" if choice[0] < 0 else "left", va="bottom",
                     arrowprops={"arrowstyle": "-", "color": "grey", "linewidth": 0.5}
                     if far else None)  # fmt: skip
+
+
+def merge_coinciding(labels: Sequence[tuple[float, float, str]]) -> list[tuple[float, float, str]]:
+    """One label per drawn position: points that coincide (equal rates) share it, "a, b"."""
+    grouped: dict[tuple[float, float], list[str]] = {}
+    for x, y, text in labels:
+        grouped.setdefault((round(x, 6), round(y, 6)), []).append(text)
+    return [(x, y, ", ".join(texts)) for (x, y), texts in grouped.items()]
+
+
+def mark_chosen(ax: Any, x: float, y: float, label: str) -> None:
+    """A hollow gold star around the chosen point: what lies under it stays visible."""
+    ax.scatter([x], [y], marker="*", s=420, facecolors="none", edgecolors="goldenrod",
+               linewidths=2.0, zorder=4, label=label)  # fmt: skip
+
+
+def failing_legend(ax: Any, gate: str) -> None:
+    """The legend entry for hollow points, worded so the condition reads as what passes."""
+    ax.scatter([], [], marker="o", facecolors="white", edgecolors="grey",
+               label=f"hollow: fails the gate (passing needs {gate})")  # fmt: skip
 
 
 def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
@@ -430,15 +447,6 @@ def _heat_map(ax, by_point, axes, key, label, cmap, parameters) -> None:
     ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.03)
 
 
-def _save(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-
-
 def _save(fig: Any, path: str | Path) -> Path:
     """Lay out, write (making the folder) and close a figure."""
     import matplotlib.pyplot as plt
@@ -458,4 +466,4 @@ def _tradeoff_axes(ax: Any) -> None:
     ax.set_xlim(-0.05, 1.05)
     ax.set_ylim(-0.08, 1.08)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, loc="lower left")
+    ax.legend(fontsize=7, loc="lower left", markerscale=0.7)

@@ -9,6 +9,9 @@ import click
 
 from mergekit_safety.errors import explain, run_cleanups, show_traceback
 
+DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
+"""What ``--dtype`` takes in ``eval`` and ``sweep``."""
+
 
 @contextlib.contextmanager
 def config_errors() -> Iterator[None]:

@@ -6,9 +6,7 @@ from pathlib import Path
 
 import click
 
-from mergekit_safety.cli.common import config_errors
-
-DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
+from mergekit_safety.cli.common import DTYPE_CHOICES, config_errors
 
 
 @click.command("eval")

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from mergekit_safety.cli.common import config_errors
+from mergekit_safety.cli.common import DTYPE_CHOICES, config_errors
 
 NOTHING_PASSES = 3
 """Exit status when the sweep ran but no value passes the gate (1: an error, 2: bad usage)."""
@@ -30,6 +30,7 @@ class PromptEvaluator:
     max_new_tokens: int
     device: str
     progress: bool
+    dtype: str | None = None
 
     def __call__(self, path: str) -> dict[str, Any]:
         from mergekit_safety.evaluation import evaluate
@@ -41,6 +42,7 @@ class PromptEvaluator:
             batch_size=self.batch_size,
             max_new_tokens=self.max_new_tokens,
             device=self.device,
+            dtype=self.dtype,
             progress=self.progress,
         )
         return result.summary()
@@ -62,6 +64,7 @@ def make_evaluator(
     max_new_tokens: int,
     device: str,
     progress: bool,
+    dtype: str | None = None,
 ) -> PromptEvaluator:
     """Read the prompt sets and check the judge now, so a bad path fails before any merge."""
     from mergekit_safety.evaluation import load_judge, load_prompt_sets
@@ -70,7 +73,7 @@ def make_evaluator(
         harmful=harmful, benign=benign, task=task, prompts_dir=prompts_dir, limit=limit
     )
     load_judge(judge, device=device)  # a classifier only loads on first use: this is cheap
-    return PromptEvaluator(prompts, judge, batch_size, max_new_tokens, device, progress)
+    return PromptEvaluator(prompts, judge, batch_size, max_new_tokens, device, progress, dtype)
 
 
 @click.command("sweep")
@@ -122,6 +125,12 @@ def make_evaluator(
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--device", help="Evaluation device [default: cuda with --cuda, else cpu].")
+@click.option(
+    "--dtype",
+    type=click.Choice(DTYPE_CHOICES),
+    help="Evaluation dtype, as for `mergekit-safety eval` [default: float32 on CPU, the "
+    "checkpoint's own on GPU].",
+)
 @click.option("--judge", help="Refusal judge, as for `mergekit-safety eval` [default: its own].")
 @click.option("--cuda", is_flag=True, help="Merge on the GPU, as mergekit-yaml --cuda does.")
 @click.option("--lazy-unpickle", is_flag=True, help="mergekit's lazy unpickler (less memory).")
@@ -157,6 +166,7 @@ def sweep_command(
     batch_size: int,
     max_new_tokens: int,
     device: str | None,
+    dtype: str | None,
     judge: str | None,
     cuda: bool,
     lazy_unpickle: bool,
@@ -213,6 +223,7 @@ def sweep_command(
             batch_size=batch_size,
             max_new_tokens=max_new_tokens,
             device=device,
+            dtype=dtype,
             progress=not quiet,
         )
     from mergekit.options import MergeOptions

@@ -1,0 +1,112 @@
+"""The last bad inputs of issue #14, each through the real command: status, one line, no output."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from adapter_helpers import make_adapter, mergekit_safety
+from helpers import ENV, mergekit_yaml, tiny_llama, write_recipe
+from test_bad_input import PREFIX, gated, one_line
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_adapter_for_another_width_stops_before_writing(tmp_path, family):
+    wide = tiny_llama(tmp_path / "wide_aligned", seed=5, hidden=64)
+    wide_unaligned = tiny_llama(tmp_path / "wide_unaligned", seed=6, hidden=64)
+    adapter = make_adapter(wide, wide_unaligned, tmp_path / "wide_adapter", seed=7)
+    recipe = write_recipe(
+        tmp_path / "r.yml",
+        {
+            "merge_method": "safe_linear",
+            "base_model": str(family["aligned"]),
+            "models": [{"model": f"{family['aligned']}+{adapter}"}],
+            "parameters": {"weight": 0.5},
+        },
+    )
+    out = tmp_path / "out"
+    result = mergekit_safety("adapter", recipe, out)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1, result.stderr[-2000:]
+    assert "LoRA factors for a" in errors[0] and "trained on another model" in errors[0]
+    assert not out.exists()
+
+
+def test_top_k_above_the_matrix_count_stops_before_the_rho_pass(tmp_path, family):
+    config = gated(family, top_k=500)
+    del config["parameters"]["threshold"]
+    recipe = write_recipe(tmp_path / "r.yml", config)
+    result = mergekit_yaml(recipe, tmp_path / "out")
+    line = one_line(result)
+    assert line.startswith("top_k=500 but the model has only 14 gateable matrices"), line
+    assert "Scoring weights" not in result.stderr  # no rho pass ran
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_cuda_stops_before_planning(tmp_path, family):
+    recipe = write_recipe(tmp_path / "r.yml", gated(family))
+    result = mergekit_yaml(recipe, tmp_path / "out", "--cuda")
+    assert one_line(result).startswith("--cuda: no CUDA device here")
+    assert "Executing graph" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_overwrite_removes_what_the_old_model_owned_and_names_what_stays(tmp_path, family):
+    recipe = write_recipe(tmp_path / "r.yml", gated(family))
+    out = tmp_path / "out"
+    assert mergekit_yaml(recipe, out).returncode == 0
+    (out / "build_info.json").write_text("{}")
+    (out / "tokenizer.json").write_text("stale")  # mergekit's file: replaced by the new merge
+    env = {**ENV, "MERGEKIT_SAFETY_OVERWRITE": "1"}
+    command = [str(Path(sys.executable).with_name("mergekit-yaml")), str(recipe), str(out)]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    note = [line for line in result.stderr.splitlines() if "left as they were" in line]
+    assert note == [f"mergekit-safety: replacing the model in {out}; left as they were: "
+                    "build_info.json"]  # fmt: skip
+    assert (out / "tokenizer.json").read_text() != "stale"
+
+
+def test_a_finished_merge_says_so_unless_quiet(tmp_path, family):
+    recipe = write_recipe(tmp_path / "r.yml", gated(family))
+    result = mergekit_yaml(recipe, tmp_path / "out")
+    assert result.returncode == 0, result.stderr[-2000:]
+    done = [line for line in result.stderr.splitlines() if "mergekit-safety: wrote" in line]
+    assert len(done) == 1, result.stderr[-2000:]
+    assert done[0].startswith(f"mergekit-safety: wrote {tmp_path / 'out'} (safe_linear, ")
+    assert done[0].endswith(" of 14 gated matrices merged)")
+    quiet = mergekit_yaml(recipe, tmp_path / "quiet", "--quiet")
+    assert quiet.returncode == 0 and "mergekit-safety: wrote" not in quiet.stderr
+
+
+def test_the_done_line_counts_what_the_gate_merged(tmp_path, family):
+    """τ = 1 merges every gated matrix (ρ < 1), τ = 0 none."""
+    for threshold, merged in ((1.0, 14), (0.0, 0)):
+        recipe = write_recipe(tmp_path / f"r{threshold}.yml", gated(family, threshold=threshold))
+        result = mergekit_yaml(recipe, tmp_path / f"out{threshold}")
+        assert f"(safe_linear, {merged} of 14 gated matrices merged)" in result.stderr
+
+
+def test_no_torch_dtype_deprecation_warning(tmp_path, family):
+    recipe = write_recipe(tmp_path / "r.yml", gated(family))
+    merge = mergekit_yaml(recipe, tmp_path / "out")
+    inspect = mergekit_safety("inspect", recipe)
+    for result in (merge, inspect):
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert "is deprecated! Use `dtype`" not in result.stderr
+
+
+def test_option_errors_exit_2_as_the_readme_says(tmp_path):
+    result = mergekit_safety("eval", "--no-such-option")
+    assert result.returncode == 2
+    assert "No such option" in result.stderr and "Traceback" not in result.stderr
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert "exit with status 2" in readme
+    assert PREFIX  # the other mistakes: status 1 (tests/test_bad_input.py)
