@@ -114,8 +114,11 @@ def on_recipe(recipe: PlannedRecipe) -> None:
 
 
 def check_device(options: Any) -> None:
-    """``--cuda`` (or a CUDA device) on a machine without one: say so before planning."""
-    device = str(getattr(options, "device", None) or "cpu")
+    """``--cuda`` (or a CUDA device) on a machine without one: say so before planning.
+
+    ``options``: mergekit's ``MergeOptions``, or the device name our commands were given.
+    """
+    device = str(options if isinstance(options, str) else getattr(options, "device", None) or "cpu")
     if not device.startswith("cuda"):
         return
     import torch

@@ -110,3 +110,15 @@ def test_option_errors_exit_2_as_the_readme_says(tmp_path):
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     assert "exit with status 2" in readme
     assert PREFIX  # the other mistakes: status 1 (tests/test_bad_input.py)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("command", ["inspect", "adapter", "sweep"])
+def test_our_commands_refuse_cuda_without_cuda_first(tmp_path, family, command):
+    recipe = write_recipe(tmp_path / "r.yml", gated(family))
+    extra = {"adapter": [tmp_path / "out"], "sweep": ["--set", "weight=0.5"]}.get(command, [])
+    result = mergekit_safety(command, recipe, *extra, "--cuda")
+    assert result.returncode == 1, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1 and errors[0].startswith("Error: --cuda: no CUDA device here")
+    assert not (tmp_path / "out").exists()

@@ -61,9 +61,11 @@ def inspect_command(
     into the threshold that merges exactly those matrices; --write-recipe saves it.
     """
     from mergekit_safety.inspection import inspect
+    from mergekit_safety.planning import check_device
     from mergekit_safety.selection import parse_selection
 
     with config_errors():
+        check_device("cuda" if cuda else "cpu")
         selection = parse_selection(top_k, fraction)
         found = inspect(
             recipe,

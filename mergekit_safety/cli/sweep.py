@@ -208,6 +208,9 @@ def sweep_command(
     device = device or ("cuda" if cuda else "cpu")
 
     with config_errors():
+        from mergekit_safety.planning import check_device
+
+        check_device("cuda" if cuda else device)  # before minutes of reference evaluation
         plan = plan_grid(recipe, grid)
         if adapter:  # every reason it has no adapter form, before any evaluation
             from mergekit_safety.adapter import plan_adapter
