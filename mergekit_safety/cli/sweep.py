@@ -265,6 +265,7 @@ def sweep_command(
             "batch_size": batch_size,
             "max_new_tokens": max_new_tokens,
             "device": device,
+            "dtype": dtype,
         },
     }
     paths = write_reports(result, report_dir, context)
