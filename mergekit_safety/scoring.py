@@ -207,7 +207,7 @@ def count_rankable(tensors: list[PlannedTensor], selection: Selection) -> None:
     candidates = [t for t in tensors if not t.vocabulary and len(shapes.get(t.name, (0,))) == 2]
     if selection.top_k > len(candidates):
         raise ConfigError(
-            f"top_k={selection.top_k} but the model has only {len(candidates)} gateable "
-            f"matrices (2-D weights without a vocabulary axis); use top_k <= {len(candidates)} "
-            "or fraction"
+            f"top_k={selection.top_k} but only {len(candidates)} matrices can be ranked "
+            "(gateable: 2-D weights without a vocabulary axis, counted from the file headers "
+            f"before any rho is computed); use top_k <= {len(candidates)} or fraction"
         )

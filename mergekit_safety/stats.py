@@ -26,7 +26,9 @@ def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, floa
     z2 = z * z
     centre = (p + z2 / (2 * n)) / (1 + z2 / n)
     half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    low = 0.0 if successes == 0 else max(0.0, centre - half)  # exact at the edges, not 1e-18
+    high = 1.0 if successes == n else min(1.0, centre + half)
+    return low, high
 
 
 def intervals_overlap(a: tuple[float, float], b: tuple[float, float]) -> bool:

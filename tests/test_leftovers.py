@@ -44,7 +44,8 @@ def test_top_k_above_the_matrix_count_stops_before_the_rho_pass(tmp_path, family
     recipe = write_recipe(tmp_path / "r.yml", config)
     result = mergekit_yaml(recipe, tmp_path / "out")
     line = one_line(result)
-    assert line.startswith("top_k=500 but the model has only 14 gateable matrices"), line
+    assert line.startswith("top_k=500 but only 14 matrices can be ranked"), line
+    assert "counted from the file headers" in line
     assert "Scoring weights" not in result.stderr  # no rho pass ran
     assert not (tmp_path / "out").exists()
 
@@ -108,7 +109,7 @@ def test_option_errors_exit_2_as_the_readme_says(tmp_path):
     assert result.returncode == 2
     assert "No such option" in result.stderr and "Traceback" not in result.stderr
     readme = (REPO / "README.md").read_text(encoding="utf-8")
-    assert "exit with status 2" in readme
+    assert "exits with status 2" in readme
     assert PREFIX  # the other mistakes: status 1 (tests/test_bad_input.py)
 
 
