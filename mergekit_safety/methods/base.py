@@ -332,6 +332,7 @@ class RoleInputs:
     safe_id: Hashable | None
     gateable: bool
     """A 2-D weight without a vocabulary axis: the matrices Safe LoRA and SafeMERGE consider."""
+    stored_harmful: torch.Tensor | None = None
 
     @classmethod
     def from_group(cls, group: TensorGroup, roles: Mapping[Hashable, Role]) -> RoleInputs:
@@ -347,6 +348,7 @@ class RoleInputs:
             stored_safe=entries[safe[0]].tensor if safe else None,
             safe_id=safe[0] if safe else None,
             gateable=base.ndim == 2 and group.metadata.vocabulary_axis is None,
+            stored_harmful=entries[by_role[Role.HARMFUL][0]].tensor if by_role[Role.HARMFUL] else None,
         )
 
     @property
@@ -387,6 +389,12 @@ class RoleInputs:
         """θ_safe − θ_aligned."""
         assert self.stored_safe is not None
         return self.minus_aligned(self.stored_safe)
+
+    @cached_property
+    def harm_update(self) -> torch.Tensor:
+        """τ_H = θ_harmful − θ_aligned."""
+        assert self.stored_harmful is not None
+        return self.minus_aligned(self.stored_harmful)
 
     def rounding(self) -> float:
         """The rounding error the stored Δ already carries: the low-rank path's tolerance.
