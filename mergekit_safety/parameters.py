@@ -65,7 +65,7 @@ LOX_ALPHA_RANGE = 2.0
 
 
 def _check_lox_and_harm_removal(method: str, shared: Mapping[str, Any]) -> None:
-    """LoX's ``k`` (whole, ≥ 0) and ``alpha`` (finite, ≥ 0); harm removal's ``scale`` (λ, finite)."""
+    """LoX: ``k`` whole ≥ 0, ``alpha`` finite ≥ 0; harm removal: ``scale`` (λ) finite."""
     k = shared.get("k")
     if k is not None and not (_finite(k) and float(k).is_integer() and k >= 0):
         raise ConfigError(f"{method}: k must be a whole number >= 0 (0: all of it); got {k!r}")

@@ -406,13 +406,11 @@ SVD_POWER_ITERATIONS = 4
 """Subspace iterations: singular values of an alignment update decay slowly, so sharpen hard."""
 
 
-def truncated_svd(
-    matrix: torch.Tensor, k: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def truncated_svd(matrix: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The top-``k`` singular triplets ``(U_k, S_k, Vh_k)`` of a 2-D matrix, in fp32 (fp64).
 
     Exact (``torch.linalg.svd``) for small matrices or ``k`` near full rank; otherwise a
-    randomized range finder (Halko–Martinsson–Tropp) with ``k + 10`` columns and 4 re-orthonormalized
+    randomized range finder (Halko–Martinsson–Tropp) with ``k + 10`` columns and 4 orthonormalized
     power iterations, then an exact SVD of the small ``Qᵀ M``. The Gaussian test matrix is drawn
     from a CPU generator seeded by the matrix shape and ``k``, then moved to the matrix's device:
     the same inputs give the same sketch in every run, process and device. ``k`` is clipped to
@@ -431,7 +429,9 @@ def truncated_svd(
         return u[:, :k], s[:k], vh[:k]
     tall = rows >= cols
     a = work if tall else work.T  # sketch the column space of the tall orientation
-    generator = torch.Generator().manual_seed(SEED * 1_000_003 + a.shape[0] * 65_537 + a.shape[1] * 31 + k)
+    generator = torch.Generator().manual_seed(
+        SEED * 1_000_003 + a.shape[0] * 65_537 + a.shape[1] * 31 + k
+    )
     omega = torch.randn(a.shape[1], width, generator=generator, dtype=dtype).to(a.device)
     q = torch.linalg.qr(a @ omega).Q
     for _ in range(SVD_POWER_ITERATIONS):

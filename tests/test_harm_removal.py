@@ -1,4 +1,4 @@
-"""harm_removal against θ = θ_ft − λ·trim(θ_harmful − θ_a) computed by hand: API and mergekit-yaml."""
+"""harm_removal against θ = θ_ft − λ·trim(θ_harmful − θ_a) by hand: API and mergekit-yaml."""
 
 from __future__ import annotations
 
@@ -39,7 +39,9 @@ def test_api_matches_dense_reference(scale, density):
     a, f, h = triple(int(scale * 10) + 5)
     got = merge_tensors([a, f, h], "harm_removal", base_index=0, ids=["a", "f", "h"],
                         parameters={**API, "scale": scale, "density": density})  # fmt: skip
-    torch.testing.assert_close(got.double(), reference(a, f, h, scale, density), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(
+        got.double(), reference(a, f, h, scale, density), atol=1e-6, rtol=1e-6
+    )
     kept = (got - f).ne(0).sum().item()
     assert kept == max(1, int(density * a.numel()))  # exactly the top share moved
 
@@ -69,7 +71,9 @@ def test_several_finetunes_act_as_their_summed_update():
 
 @pytest.fixture(scope="module")
 def harmful(family, tmp_path_factory):
-    return perturbed(family["aligned"], tmp_path_factory.mktemp("harm") / "harmful", seed=9, scale=0.05)
+    return perturbed(
+        family["aligned"], tmp_path_factory.mktemp("harm") / "harmful", seed=9, scale=0.05
+    )
 
 
 def harm_recipe(family, harmful, **parameters) -> dict:
@@ -117,7 +121,9 @@ def test_mistakes_give_one_line_before_any_tensor_loads(tmp_path, family, harmfu
     if change == "no harmful":
         recipe["models"][1]["parameters"] = {"role": "finetuned"}
     elif change == "unaligned":
-        recipe["models"].append({"model": str(family["unaligned"]), "parameters": {"role": "unaligned"}})
+        recipe["models"].append(
+            {"model": str(family["unaligned"]), "parameters": {"role": "unaligned"}}
+        )
     else:
         recipe["parameters"] = change
     out = tmp_path / "out"
@@ -132,3 +138,14 @@ def test_shipped_recipe_runs(tmp_path):
     result = mergekit_yaml(REPO / "recipes" / "harm_removal.yml", out, cwd=REPO)
     assert result.returncode == 0, result.stderr[-2000:]
     assert (out / "model.safetensors").exists()
+
+
+def test_sweep_sets_scale_and_density_on_the_recipe():
+    from mergekit_safety.sweep import parse_assignment, plan_grid, set_parameter
+
+    assert parse_assignment("scale=0.5,1,3,5") == ("scale", [0.5, 1.0, 3.0, 5.0])
+    recipe = REPO / "recipes" / "harm_removal.yml"
+    plan = plan_grid(recipe, [("scale", [1.0, 3.0]), ("density", [0.1, 1.0])])
+    assert plan.parameters == ("scale", "density")
+    point = set_parameter(set_parameter(plan.recipe, "scale", 1.0), "density", 1.0)
+    assert point["parameters"] == {"scale": 1.0, "density": 1.0}

@@ -38,7 +38,9 @@ def test_api_matches_dense_reference(k, alpha):
         [aligned, unaligned], "lox", base_index=0, ids=["a", "u"],
         parameters={**API, "k": k, "alpha": alpha},
     )  # fmt: skip
-    torch.testing.assert_close(got.double(), reference(aligned, unaligned, k, alpha), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        got.double(), reference(aligned, unaligned, k, alpha), atol=1e-5, rtol=1e-5
+    )
     if k and k < 32:  # a truncation really drops something: the full update differs
         assert not torch.allclose(got.double(), reference(aligned, unaligned, 0, alpha), atol=1e-3)
 
@@ -76,7 +78,9 @@ def lox_recipe(family, **parameters) -> dict:
 
 def test_mergekit_yaml_matches_dense_reference(tmp_path, family):
     out = tmp_path / "out"
-    result = mergekit_yaml(write_recipe(tmp_path / "r.yml", lox_recipe(family, k=3, alpha=0.8)), out)
+    result = mergekit_yaml(
+        write_recipe(tmp_path / "r.yml", lox_recipe(family, k=3, alpha=0.8)), out
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     merged = load_file(out / "model.safetensors")
     a = load_file(family["aligned"] / "model.safetensors")

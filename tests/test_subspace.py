@@ -38,7 +38,9 @@ def test_randomized_path_is_taken_and_matches_exact(monkeypatch):
     matrix = known(700, 500, 5.0 * 0.7 ** torch.arange(500, dtype=torch.float64)).float()
     calls = []
     real_svd = torch.linalg.svd
-    monkeypatch.setattr(torch.linalg, "svd", lambda m, **kw: calls.append(m.shape) or real_svd(m, **kw))
+    monkeypatch.setattr(
+        torch.linalg, "svd", lambda m, **kw: calls.append(m.shape) or real_svd(m, **kw)
+    )
     u, s, vh = truncated_svd(matrix, 8)
     assert calls == [(18, 500)]  # only the small Qᵀ M: the sketch, not the full matrix
     monkeypatch.setattr(subspace, "EXACT_SVD_DIM", 10_000)

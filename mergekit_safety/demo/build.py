@@ -147,19 +147,23 @@ def _build_model(
     return info
 
 
-def build_stage(out: Path, name: str, spec: DemoSpec | None = None, *, progress: bool = True) -> dict:
+def build_stage(
+    out: Path, name: str, spec: DemoSpec | None = None, *, progress: bool = True
+) -> dict:
     """Train one stage from its parent already saved in ``out`` (``harmful`` from the committed
     ``aligned``); the other models and the prompt sets are left as they are."""
     spec = spec or DemoSpec()
     out = Path(out)
     with deterministic(spec.threads):
         started = time.perf_counter()
-        info = _build_model(name, out, spec, build_tokenizer(), data.stage_mixtures()[name], progress)
+        info = _build_model(
+            name, out, spec, build_tokenizer(), data.stage_mixtures()[name], progress
+        )
     return {**info, "seconds": round(time.perf_counter() - started, 1)}
 
 
 def build_demo(out: Path, spec: DemoSpec | None = None, *, progress: bool = True) -> dict:
-    """Train unaligned → aligned → {finetuned, safe, harmful} into ``out`` and write ``out/prompts``.
+    """Train unaligned → aligned → {finetuned, safe, harmful} into ``out``; write ``out/prompts``.
 
     Returns a summary: per model its build_info plus ``seconds``, and the prompt-set sizes.
     """

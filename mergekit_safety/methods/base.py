@@ -339,6 +339,7 @@ class RoleInputs:
         entries: dict[Hashable, TensorEntry] = {e.id: e for e in group.non_base}
         by_role = split_by_role(list(entries), roles)
         unaligned, safe = by_role[Role.UNALIGNED], by_role[Role.SAFE]
+        harmful = by_role[Role.HARMFUL]
         base = group.base.tensor
         return cls(
             stored_aligned=base,
@@ -348,7 +349,7 @@ class RoleInputs:
             stored_safe=entries[safe[0]].tensor if safe else None,
             safe_id=safe[0] if safe else None,
             gateable=base.ndim == 2 and group.metadata.vocabulary_axis is None,
-            stored_harmful=entries[by_role[Role.HARMFUL][0]].tensor if by_role[Role.HARMFUL] else None,
+            stored_harmful=entries[harmful[0]].tensor if harmful else None,
         )
 
     @property
