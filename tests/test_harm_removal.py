@@ -56,7 +56,10 @@ def test_defaults_bf16_output_and_1d_tensors_edited_too():
     out = merge_state_dicts(models, "harm_removal", base="a", parameters=API)
     assert out["w"].dtype == torch.bfloat16
     expected = reference(a.float(), f.float(), h.float(), DEFAULT_SCALE, DEFAULT_DENSITY)
-    torch.testing.assert_close(out["w"].float(), expected.float().to(torch.bfloat16).float())
+    differ = (out["w"].float() - expected.float().to(torch.bfloat16).float()).abs() > 1e-2
+    tau = (h.float() - a.float()).abs()
+    cut = tau.flatten().sort(descending=True).values[int(DEFAULT_DENSITY * tau.numel()) - 1]
+    assert torch.all(tau[differ] == cut)  # only bf16 ties at the cut may be split otherwise
     assert not torch.equal(out["norm"], f[0])  # the reference edits every tensor
 
 
