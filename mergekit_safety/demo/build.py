@@ -177,7 +177,7 @@ def build_demo(out: Path, spec: DemoSpec | None = None, *, progress: bool = True
     hf_logging.disable_progress_bar()  # per-file load/save bars would drown the training bars
     try:
         with deterministic(spec.threads):
-            for name in PARENTS:
+            for name in (n for n in PARENTS if n in spec.stages):  # a spec may skip harmful
                 started = time.perf_counter()
                 info = _build_model(name, out, spec, tokenizer, mixtures[name], progress)
                 seconds = round(time.perf_counter() - started, 1)
