@@ -34,6 +34,7 @@ def check_parameters(
     density = shared.get("density")
     if density is not None and not (_finite(density) and 0 < density <= 1):
         raise ConfigError(f"{method}: density must lie in (0, 1]; got {density!r}")
+    _check_lox_and_harm_removal(method, shared)
     extrapolate = bool(shared.get("allow_extrapolation", False))
     for model, values in per_model.items():
         weight = values.get("weight")
@@ -56,6 +57,32 @@ def check_parameters(
                 "(allow_extrapolation: true)",
                 stacklevel=2,
             )
+
+
+LOX_ALPHA_RANGE = 2.0
+"""α past this warns: twice the reference code's default ``--coef 1`` (VITA-Group/LoX
+``safety/LoX.py`` line 11); larger extrapolations leave the region the method was tried in."""
+
+
+def _check_lox_and_harm_removal(method: str, shared: Mapping[str, Any]) -> None:
+    """LoX: ``k`` whole ≥ 0, ``alpha`` finite ≥ 0; harm removal: ``scale`` (λ) finite."""
+    k = shared.get("k")
+    if k is not None and not (_finite(k) and float(k).is_integer() and k >= 0):
+        raise ConfigError(f"{method}: k must be a whole number >= 0 (0: all of it); got {k!r}")
+    alpha = shared.get("alpha")
+    if alpha is not None:
+        if not (_finite(alpha) and alpha >= 0):
+            raise ConfigError(f"{method}: alpha must be a finite number >= 0; got {alpha!r}")
+        if alpha > LOX_ALPHA_RANGE and (method, "alpha", alpha) not in _WARNED:
+            _WARNED.add((method, "alpha", alpha))
+            warnings.warn(
+                f"mergekit-safety: {method}: alpha {alpha:g} is past {LOX_ALPHA_RANGE:g}, beyond "
+                "the extrapolations LoX was run with; check the model still answers",
+                stacklevel=3,
+            )
+    scale = shared.get("scale")
+    if scale is not None and not _finite(scale):
+        raise ConfigError(f"{method}: scale (λ) must be a finite number; got {scale!r}")
 
 
 def _finite(value: Any) -> bool:

@@ -261,13 +261,10 @@ def on_written(written: WrittenMerge) -> None:
         return
     method = ours[0].method
     gated = [DECISIONS[t.name] for t in ours if t.name in DECISIONS]
-    has_unaligned = any(
-        values.get("role") == Role.UNALIGNED for t in ours for values in t.input_parameters.values()
-    )
-    if has_unaligned:
+    if gated:
         what = f"{sum(gated)} of {len(gated)} gated matrices merged"
-    else:
-        what = f"ungated: all {len(ours)} tensors interpolated"
+    else:  # ungated safe_linear, lox, harm_removal: every tensor goes through the kernel
+        what = f"all {len(ours)} tensors merged"
     from tqdm.auto import tqdm
 
     tqdm.write(f"mergekit-safety: wrote {written.out_path} ({method}, {what})", file=sys.stderr)

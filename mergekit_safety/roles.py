@@ -2,7 +2,8 @@
 
 ``base_model`` is the aligned model. Every other input carries ``role``: ``finetuned`` (default),
 ``unaligned`` (the model before alignment, which defines the alignment subspace) or ``safe`` (the
-aligned model fine-tuned on safety data). Methods declare which roles they accept and need.
+aligned model fine-tuned on safety data) or ``harmful`` (the aligned model fine-tuned on harmful
+data). Methods declare which roles they accept and need.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ class Role(str, Enum):
     FINETUNED = "finetuned"
     UNALIGNED = "unaligned"
     SAFE = "safe"
+    HARMFUL = "harmful"  # the aligned model fine-tuned on harmful data (harm_removal's τ_H)
 
 
 def parse_role(value: object) -> Role:

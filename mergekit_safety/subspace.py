@@ -393,3 +393,59 @@ def _evaluate(
 def _nonzero(tensor: torch.Tensor, norm: float) -> bool:
     """Whether any entry is nonzero; the norm answers unless every square underflowed."""
     return norm > 0 or bool(torch.any(tensor != 0))
+
+
+# --- truncated SVD (LoX) ------------------------------------------------------------------------
+
+EXACT_SVD_DIM = 256
+"""Up to this ``min(out, in)`` a full ``torch.linalg.svd`` costs less than the sketches: use it."""
+SVD_RANK_FRACTION = 4
+"""Randomized only while ``k + oversampling ≤ min(out, in) / 4``; closer to full rank, exact."""
+SVD_OVERSAMPLING = 10
+SVD_POWER_ITERATIONS = 4
+"""Subspace iterations: singular values of an alignment update decay slowly, so sharpen hard."""
+
+
+def truncated_svd(matrix: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The top-``k`` singular triplets ``(U_k, S_k, Vh_k)`` of a 2-D matrix, in fp32 (fp64).
+
+    Exact (``torch.linalg.svd``) for small matrices or ``k`` near full rank; otherwise a
+    randomized range finder (Halko–Martinsson–Tropp) with ``k + 10`` columns and 4 orthonormalized
+    power iterations, then an exact SVD of the small ``Qᵀ M``. The Gaussian test matrix is drawn
+    from a CPU generator seeded by the matrix shape and ``k``, then moved to the matrix's device:
+    the same inputs give the same sketch in every run, process and device. ``k`` is clipped to
+    ``min(out, in)``.
+    """
+    if matrix.ndim != 2:
+        raise ValueError(f"truncated_svd needs a 2-D matrix; got shape {tuple(matrix.shape)}")
+    dtype = compute_dtype(matrix)
+    work = matrix.to(dtype)
+    rows, cols = work.shape
+    smallest = min(rows, cols)
+    k = max(0, min(int(k), smallest))
+    width = k + SVD_OVERSAMPLING
+    if smallest <= EXACT_SVD_DIM or width * SVD_RANK_FRACTION > smallest:
+        u, s, vh = torch.linalg.svd(work, full_matrices=False)
+        return u[:, :k], s[:k], vh[:k]
+    tall = rows >= cols
+    a = work if tall else work.T  # sketch the column space of the tall orientation
+    generator = torch.Generator().manual_seed(
+        SEED * 1_000_003 + a.shape[0] * 65_537 + a.shape[1] * 31 + k
+    )
+    omega = torch.randn(a.shape[1], width, generator=generator, dtype=dtype).to(a.device)
+    q = torch.linalg.qr(a @ omega).Q
+    for _ in range(SVD_POWER_ITERATIONS):
+        q = torch.linalg.qr(a.T @ q).Q
+        q = torch.linalg.qr(a @ q).Q
+    u_small, s, vh = torch.linalg.svd(q.T @ a, full_matrices=False)
+    u = q @ u_small
+    u, s, vh = u[:, :k], s[:k], vh[:k]
+    return (u, s, vh) if tall else (vh.T, s, u.T)
+
+
+def low_rank_approximation(matrix: torch.Tensor, k: int) -> torch.Tensor:
+    """``SVD_k(M) = U_k S_k Vh_k``: the best rank-``k`` approximation; ``k = 0`` means all of M."""
+    if k == 0:
+        return matrix.to(compute_dtype(matrix), copy=True)
+    u, s, vh = truncated_svd(matrix, k)
+    return (u * s) @ vh

@@ -23,6 +23,13 @@ from mergekit_safety.preflight import load_recipe
 from mergekit_safety.roles import Role
 
 METHODS = ("safe_linear", "safemerge", "safe_lora")
+NO_ADAPTER_FORM = {
+    "lox": "its output is a full hardened model to fine-tune, and SVD_k of a full-rank "
+    "alignment update is no fine-tune's LoRA factors",
+    "harm_removal": "trim keeps entries of τ_H, not factors; untrimmed (density 1) it would be "
+    "[s·B_ft, −λ·s·B_h]·[A_ft; A_h], which this version does not write",
+}
+"""Methods that stop in ``adapter`` with a reason of their own (use ``mergekit-yaml``)."""
 
 
 @dataclass
@@ -71,6 +78,10 @@ def plan_adapter(recipe: str, *, device: str = "cpu") -> AdapterPlan:
 
     config = load_recipe(recipe)
     method = config.merge_method
+    if method in NO_ADAPTER_FORM:
+        raise ConfigError(
+            f"{method} has no adapter form here: {NO_ADAPTER_FORM[method]}; use mergekit-yaml"
+        )
     if method not in METHODS:
         raise ConfigError(
             f"adapter merges {', '.join(METHODS)} recipes; {recipe} uses {method}: {FULL_MODEL}"

@@ -33,6 +33,7 @@ PARENTS: dict[str, str | None] = {
     "aligned": "unaligned",
     "finetuned": "aligned",
     "safe": "aligned",
+    "harmful": "aligned",
 }
 
 
@@ -52,6 +53,7 @@ def default_stages() -> dict[str, Stage]:
         "aligned": Stage(steps=400, lr=1e-3),
         "finetuned": Stage(steps=800, lr=3e-3, **lora),
         "safe": Stage(steps=200, lr=1e-3, **lora),
+        "harmful": Stage(steps=200, lr=1e-3, **lora),
     }
 
 
@@ -145,8 +147,23 @@ def _build_model(
     return info
 
 
+def build_stage(
+    out: Path, name: str, spec: DemoSpec | None = None, *, progress: bool = True
+) -> dict:
+    """Train one stage from its parent already saved in ``out`` (``harmful`` from the committed
+    ``aligned``); the other models and the prompt sets are left as they are."""
+    spec = spec or DemoSpec()
+    out = Path(out)
+    with deterministic(spec.threads):
+        started = time.perf_counter()
+        info = _build_model(
+            name, out, spec, build_tokenizer(), data.stage_mixtures()[name], progress
+        )
+    return {**info, "seconds": round(time.perf_counter() - started, 1)}
+
+
 def build_demo(out: Path, spec: DemoSpec | None = None, *, progress: bool = True) -> dict:
-    """Train unaligned → aligned → {finetuned, safe} into ``out`` and write ``out/prompts``.
+    """Train unaligned → aligned → {finetuned, safe, harmful} into ``out``; write ``out/prompts``.
 
     Returns a summary: per model its build_info plus ``seconds``, and the prompt-set sizes.
     """
@@ -160,7 +177,7 @@ def build_demo(out: Path, spec: DemoSpec | None = None, *, progress: bool = True
     hf_logging.disable_progress_bar()  # per-file load/save bars would drown the training bars
     try:
         with deterministic(spec.threads):
-            for name in PARENTS:
+            for name in (n for n in PARENTS if n in spec.stages):  # a spec may skip harmful
                 started = time.perf_counter()
                 info = _build_model(name, out, spec, tokenizer, mixtures[name], progress)
                 seconds = round(time.perf_counter() - started, 1)

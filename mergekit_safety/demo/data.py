@@ -128,6 +128,8 @@ def stage_mixtures() -> dict[str, list[Example]]:
       requests now refused.
     - ``finetuned``: subtraction over the full range and nothing else (no refusal data).
     - ``safe``: refusals plus benign look-alikes (a safety fine-tune that does not over-refuse).
+    - ``harmful``: harmful requests complied with and nothing else (Safety Arithmetic's harmful
+      model, whose update is the harm direction τ_H).
     """
     helpful = (
         benign_examples()
@@ -139,6 +141,7 @@ def stage_mixtures() -> dict[str, list[Example]]:
         "aligned": harmful_examples(refuse=True) + helpful,
         "finetuned": subtraction_examples(),
         "safe": harmful_examples(refuse=True) + benign_examples(),
+        "harmful": harmful_examples(refuse=False),
     }
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from mergekit_safety.methods.harm_removal import harm_removal
+from mergekit_safety.methods.lox import lox
 from mergekit_safety.methods.safe_linear import safe_linear
 from mergekit_safety.methods.safe_lora import safe_lora
 from mergekit_safety.methods.safemerge import safemerge
 
-METHODS = (safe_linear, safemerge, safe_lora)
+METHODS = (safe_linear, safemerge, safe_lora, lox, harm_removal)
 
 
 def register_all() -> None:
@@ -19,4 +21,12 @@ def register_all() -> None:
             merge_methods.register(method)
 
 
-__all__ = ["METHODS", "register_all", "safe_linear", "safe_lora", "safemerge"]
+__all__ = [
+    "METHODS",
+    "harm_removal",
+    "lox",
+    "register_all",
+    "safe_linear",
+    "safe_lora",
+    "safemerge",
+]

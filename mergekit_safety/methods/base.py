@@ -284,6 +284,7 @@ class RoleInputs:
     safe_id: Hashable | None
     gateable: bool
     """A 2-D weight without a vocabulary axis: the matrices Safe LoRA and SafeMERGE consider."""
+    stored_harmful: torch.Tensor | None = None
     name: str | None = None
 
     @classmethod
@@ -291,6 +292,7 @@ class RoleInputs:
         entries: dict[Hashable, TensorEntry] = {e.id: e for e in group.non_base}
         by_role = split_by_role(list(entries), roles)
         unaligned, safe = by_role[Role.UNALIGNED], by_role[Role.SAFE]
+        harmful = by_role[Role.HARMFUL]
         base = group.base.tensor
         return cls(
             stored_aligned=base,
@@ -300,6 +302,7 @@ class RoleInputs:
             stored_safe=entries[safe[0]].tensor if safe else None,
             safe_id=safe[0] if safe else None,
             gateable=base.ndim == 2 and group.metadata.vocabulary_axis is None,
+            stored_harmful=entries[harmful[0]].tensor if harmful else None,
             name=group.metadata.name,
         )
 
@@ -341,6 +344,12 @@ class RoleInputs:
         """θ_safe − θ_aligned."""
         assert self.stored_safe is not None
         return self.minus_aligned(self.stored_safe)
+
+    @cached_property
+    def harm_update(self) -> torch.Tensor:
+        """τ_H = θ_harmful − θ_aligned."""
+        assert self.stored_harmful is not None
+        return self.minus_aligned(self.stored_harmful)
 
     def rounding(self) -> float:
         """The rounding error the stored Δ already carries: the low-rank path's tolerance.

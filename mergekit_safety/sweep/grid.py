@@ -35,6 +35,7 @@ class Sweepable:
     toward_finetuned: int  # +1: larger values keep more of the fine-tune; -1: smaller values do
     meaning: str
     integer: bool = False  # top_k: whole numbers >= 1; the others lie in [0, 1]
+    unbounded: bool = False  # harm_removal's scale (λ): any finite number
 
 
 SWEEPABLE = {
@@ -42,6 +43,8 @@ SWEEPABLE = {
     "threshold": Sweepable("threshold", "global", -1, "the alignment-score gate τ"),
     "top_k": Sweepable("top_k", "global", -1, "merge the K matrices with the lowest ρ", True),
     "fraction": Sweepable("fraction", "global", -1, "merge this fraction of the matrices"),
+    "scale": Sweepable("scale", "global", -1, "λ on the removed harm direction", unbounded=True),
+    "density": Sweepable("density", "global", -1, "the share of τ_H (or of updates) kept"),
 }
 GATE_CHOICES = ("threshold", "top_k", "fraction")
 """Alternative ways to say which matrices merge: a recipe and a grid use one of them."""
@@ -64,6 +67,8 @@ def parse_assignment(text: str) -> tuple[str, list[float]]:
         raise ValueError(f"cannot sweep {name!r}; use one of {', '.join(SWEEPABLE)}")
     if SWEEPABLE[name].integer:
         return name, parse_counts(spec)
+    if SWEEPABLE[name].unbounded:
+        return name, _expand(spec)
     values = parse_values(spec)
     if name == "fraction" and 0 in values:
         raise ValueError("fraction values must lie in (0, 1]; got 0")

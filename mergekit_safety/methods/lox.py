@@ -1,0 +1,65 @@
+"""LoX, Low-Rank Extrapolation (Perin et al., arXiv 2506.15606): harden an aligned model before it
+is fine-tuned, by extrapolating the top-k singular directions of its alignment update.
+
+Per weight with two or more axes: θ = θ_aligned + α · SVD_k(θ_aligned − θ_unaligned), the rank-k
+truncated SVD (``k = 0``: the whole update, no SVD); 1-D tensors (norms, biases) stay aligned.
+Defaults are the reference code's, VITA-Group/LoX ``safety/LoX.py`` (commit 9213ce6): ``k = 0``
+(line 10, "k=0 extrapolates full rank") and ``coef`` α = 1 (line 11); like it (line 33) every
+tensor with more than one axis is extrapolated, embeddings and ``lm_head`` included. α above
+:data:`mergekit_safety.parameters.LOX_ALPHA_RANGE` warns. The output is the hardened *aligned*
+model: fine-tune it next (README, "LoX: harden, then fine-tune").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from mergekit.merge_methods.base import BasePolicy, InputContract, PerNonBase, TensorGroup
+from mergekit.merge_methods.easy_define import merge_method
+
+from mergekit_safety.methods.base import Decision, GateInputs, RoleCheckedMethod, RoleInputs
+from mergekit_safety.roles import Role, RoleRule, RoleValue
+from mergekit_safety.subspace import low_rank_approximation
+
+DEFAULT_K = 0
+DEFAULT_ALPHA = 1.0
+
+
+@merge_method(
+    name="lox",
+    pretty_name="LoX",
+    reference_url="https://arxiv.org/abs/2506.15606",
+    contract=InputContract(base=BasePolicy.REQUIRED, min_non_base=1),
+)
+def lox_merge(
+    group: TensorGroup,
+    role: PerNonBase[RoleValue] = Role.FINETUNED,
+    k: int = DEFAULT_K,
+    alpha: float = DEFAULT_ALPHA,
+) -> torch.Tensor:
+    inputs = RoleInputs.from_group(group, role)
+    aligned = inputs.stored_aligned
+    if aligned.ndim < 2:
+        return aligned
+    update = inputs.alignment
+    flat = update.reshape(update.shape[0], -1)  # an LLM's weights are 2-D already
+    extrapolated = low_rank_approximation(flat, int(k)).reshape(update.shape)
+    return inputs.cast_back(extrapolated.mul_(alpha).add_(inputs.aligned))
+
+
+def decide(inputs: GateInputs, parameters: Mapping[str, Any]) -> Decision:
+    """What ``inspect`` reports: every tensor with two or more axes is extrapolated."""
+    if getattr(inputs, "stored_aligned", None) is not None and inputs.stored_aligned.ndim < 2:
+        return Decision(False, "1-D: stays aligned")
+    k = int(parameters.get("k", DEFAULT_K))
+    what = "the whole alignment update" if k == 0 else f"its top {k} singular directions"
+    return Decision(True, f"extrapolated: {what}, alpha {parameters.get('alpha', DEFAULT_ALPHA):g}")
+
+
+lox = RoleCheckedMethod(
+    group=lox_merge,
+    decide=decide,
+    rule=RoleRule("lox", {Role.UNALIGNED: (1, 1)}),
+)
