@@ -24,6 +24,7 @@ from mergekit_safety.sweep.grid import (
     plan_sweep,
     recipe_roles,
     reference_name,
+    set_parameter,
 )
 from mergekit_safety.sweep.report import sweep_record, write_reports
 from mergekit_safety.sweep.run import (
@@ -57,6 +58,7 @@ __all__ = [
     "reference_name",
     "run_sweep",
     "select",
+    "set_parameter",
     "sweep_record",
     "write_reports",
 ]
