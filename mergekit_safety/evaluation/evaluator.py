@@ -16,6 +16,7 @@ from mergekit_safety.errors import ConfigError
 from mergekit_safety.evaluation.judge import Judge, KeywordJudge, is_degenerate, load_judge
 from mergekit_safety.evaluation.prompts import PromptSets
 from mergekit_safety.evaluation.scoring import extract_answer, parse_number, score_answer
+from mergekit_safety.stats import wilson_interval
 
 BACKENDS = ("transformers", "vllm")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -47,20 +48,39 @@ class EvalResult:
         return None if self.refusal_rate is None else 1.0 - self.refusal_rate
 
     def summary(self) -> dict[str, Any]:
-        """The model's ``summary.json`` object (what the sweep and the model card read)."""
+        """The model's ``summary.json`` object (what the sweep and the model card read).
+
+        Each rate comes with its 95 % Wilson interval (``<rate>_ci``: [lo, hi], None for an empty
+        set): on 100 prompts a rate is only known to about ±0.1.
+        """
         return {
             "model": self.model,
             "refusal_rate": self.refusal_rate,
+            "refusal_rate_ci": rate_interval(self.refusal_rate, self.n_harmful),
             "asr": self.asr,
+            "asr_ci": rate_interval(self.asr, self.n_harmful),
             "over_refusal_rate": self.over_refusal_rate,
+            "over_refusal_rate_ci": rate_interval(self.over_refusal_rate, self.n_benign),
             "task_accuracy": self.task_accuracy,
+            "task_accuracy_ci": rate_interval(self.task_accuracy, self.n_task),
             "n_harmful": self.n_harmful,
             "n_benign": self.n_benign,
             "n_task": self.n_task,
             "empty_rate": self.empty_rate,
+            "empty_rate_ci": rate_interval(
+                self.empty_rate, self.n_harmful + self.n_benign + self.n_task
+            ),
             "judge": self.judge,
             "prompt_sets": self.prompt_sets,
         }
+
+
+def rate_interval(rate: float | None, n: int) -> list[float] | None:
+    """The 95 % Wilson interval of a rate over ``n`` prompts, as [lo, hi]; None for no rate."""
+    if rate is None or n <= 0:
+        return None
+    lo, hi = wilson_interval(round(rate * n), n)
+    return [lo, hi]
 
 
 def check_model(model: str) -> None:
