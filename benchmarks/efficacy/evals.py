@@ -23,16 +23,22 @@ def load_split(prompt_dir: Path) -> PromptSets:
 
 
 def evaluate_split(
-    model: str, prompts: PromptSets, spec: dict[str, Any], *, device: str, dtype: str,
-    backend: str, label: str | None = None,
+    model: str,
+    prompts: PromptSets,
+    spec: dict[str, Any],
+    *,
+    device: str,
+    dtype: str,
+    backend: str,
+    label: str | None = None,
 ) -> tuple[EvalResult, float]:
     """One model on one split; returns the combined result and the wall time in seconds."""
     start = time.time()
-    common = dict(device=device, dtype=dtype, backend=backend, progress=False,
-                  batch_size=spec["batch_size"])
+    common = dict(
+        device=device, dtype=dtype, backend=backend, progress=False, batch_size=spec["batch_size"]
+    )
     if spec.get("per_set_budgets", True):
-        safety = PromptSets(harmful=prompts.harmful, benign=prompts.benign,
-                            sources=prompts.sources)
+        safety = PromptSets(harmful=prompts.harmful, benign=prompts.benign, sources=prompts.sources)
         task = PromptSets(task=prompts.task, sources=prompts.sources)
         first = evaluate(model, safety, max_new_tokens=spec["safety_tokens"], **common)
         second = evaluate(model, task, max_new_tokens=spec["task_tokens"], **common)
@@ -61,11 +67,27 @@ def evaluate_split(
     return result, time.time() - start
 
 
-def run_eval(model: str, prompt_dir: Path, out: Path, spec: dict, *, device: str, dtype: str,
-             backend: str, label: str) -> dict[str, Any]:
+def run_eval(
+    model: str,
+    prompt_dir: Path,
+    out: Path,
+    spec: dict,
+    *,
+    device: str,
+    dtype: str,
+    backend: str,
+    label: str,
+) -> dict[str, Any]:
     """Evaluate and write ``records.jsonl``/``summary.json``/``summary.md`` to ``out``."""
-    result, seconds = evaluate_split(model, load_split(prompt_dir), spec, device=device,
-                                     dtype=dtype, backend=backend, label=label)
+    result, seconds = evaluate_split(
+        model,
+        load_split(prompt_dir),
+        spec,
+        device=device,
+        dtype=dtype,
+        backend=backend,
+        label=label,
+    )
     write_report([result], out)
     summary = result.summary()
     summary["wall_s"] = round(seconds, 1)

