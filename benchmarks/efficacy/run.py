@@ -129,7 +129,10 @@ def do_helpful(config: Config, stage: Stage) -> None:
     splits = _splits(config)
     prompts = splits["helpful"]["train"] + splits["benign"]["train"]
     outs = _generate(stage.args["model"], prompts, config, config.raw["align"]["helpful_tokens"])
-    _json(stage.outputs[0], [{"prompt": p, "reply": _trim(o)} for p, o in zip(prompts, outs, strict=True)])
+    _json(
+        stage.outputs[0],
+        [{"prompt": p, "reply": _trim(o)} for p, o in zip(prompts, outs, strict=True)],
+    )
 
 
 def _attack_size(config: Config) -> int:
