@@ -329,6 +329,8 @@ def do_merge(config: Config, stage: Stage) -> None:
     out = Path(args["out"])
     if (out / "config.json").is_file():
         return
+    if args["method"] == "safemerge":
+        _wait_for(Path(config.model("S")) / "config.json")
     body = recipe(config, args["method"], point, config.model(args["ft"]))
     Path(args["recipe_path"]).parent.mkdir(parents=True, exist_ok=True)
     Path(args["recipe_path"]).write_text(yaml.safe_dump(body, sort_keys=False), encoding="utf-8")
@@ -346,6 +348,13 @@ def do_merge(config: Config, stage: Stage) -> None:
     _json(
         config.results / "merges" / args["ft"] / f"{args['method']}-{args['point_name']}.json", info
     )
+
+
+def _wait_for(path: Path, timeout: float = 1800) -> None:
+    """Wait for an input another run is producing (``--skip``/``--stages`` split the plan)."""
+    start = time.time()
+    while not path.exists() and time.time() - start < timeout:
+        time.sleep(10)
 
 
 def _matrices(recipe_path: str, method: str) -> dict:
@@ -558,11 +567,21 @@ HANDLERS = {
 }
 
 
-def run(config: Config, *, only: str | None = None, until: str | None = None) -> None:
+def run(
+    config: Config,
+    *,
+    only: str | None = None,
+    until: str | None = None,
+    stages: set[str] | None = None,
+    skip: set[str] | None = None,
+) -> None:
+    """Run the plan's stages that are not done; ``stages``/``skip`` partition the plan between two
+    processes (a second core: e.g. S trains while the main run trains the fine-tunes)."""
     timings_path = config.results / "timings.json"
-    timings = _read(timings_path) if timings_path.is_file() else {}
     for stage in plan(config):
         if only and stage.kind != only:
+            continue
+        if (stages and stage.name not in stages) or (skip and stage.name in skip):
             continue
         done = all(p.exists() for p in stage.outputs)
         if done and stage.kind != "tables":
@@ -570,6 +589,7 @@ def run(config: Config, *, only: str | None = None, until: str | None = None) ->
         log(f"stage {stage.name}")
         start = time.time()
         HANDLERS[stage.kind](config, stage)
+        timings = _read(timings_path) if timings_path.is_file() else {}  # another run may write
         timings[stage.name] = round(time.time() - start, 1)
         _json(timings_path, timings)
         if until and stage.name == until:
@@ -584,6 +604,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--only", help="run only stages of this kind (e.g. tables)")
     parser.add_argument("--until", help="stop after the stage of this name")
+    parser.add_argument("--stages", help="comma-separated stage names: run only these")
+    parser.add_argument("--skip", help="comma-separated stage names: leave these to another run")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     config = load_config(args.config)
@@ -597,7 +619,11 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     torch.set_num_threads(int(os.environ.get("EFFICACY_THREADS", "1")))
-    run(config, only=args.only, until=args.until)
+
+    def names(text: str | None) -> set[str] | None:
+        return set(text.split(",")) if text else None
+
+    run(config, only=args.only, until=args.until, stages=names(args.stages), skip=names(args.skip))
 
 
 if __name__ == "__main__":
