@@ -266,11 +266,11 @@ def plan(config: Config) -> list[Stage]:
     )
     stages.append(_eval_stage(config, "U", config.model("U"), "test"))
     if not config.raw.get("aligned"):
-        stages.append(Stage("align", "align", [models / "A" / "config.json"]))
+        stages.append(Stage("align", "align", [models / "A" / "train_info.json"]))
     stages.append(_eval_stage(config, "A", config.model("A"), "test"))
     stages.append(_eval_stage(config, "A", config.model("A"), "validation"))
     if "safemerge" in config.raw["methods"]:
-        stages.append(Stage("safe", "safe", [models / "S" / "config.json"]))
+        stages.append(Stage("safe", "safe", [models / "S-adapter" / "train_info.json"]))
         stages.append(_eval_stage(config, "S", config.model("S"), "test"))
     runs = config.finetunes()
     first = [r for r in runs if r[2] == 0]
@@ -316,7 +316,7 @@ def _finetune(config: Config, name: str, kind: str, seed: int) -> list[Stage]:
     train = Stage(
         f"finetune:{name}",
         "finetune",
-        [models / name / "config.json"],
+        [models / f"{name}-adapter" / "train_info.json"],  # written last
         {"name": name, "kind": kind, "seed": seed},
     )
     check = _eval_stage(config, name, config.model(name), "test")

@@ -329,8 +329,9 @@ def do_merge(config: Config, stage: Stage) -> None:
     out = Path(args["out"])
     if (out / "config.json").is_file():
         return
+    _wait_for(config.work / "models" / f"{args['ft']}-adapter" / "train_info.json")
     if args["method"] == "safemerge":
-        _wait_for(Path(config.model("S")) / "config.json")
+        _wait_for(config.work / "models" / "S-adapter" / "train_info.json")
     body = recipe(config, args["method"], point, config.model(args["ft"]))
     Path(args["recipe_path"]).parent.mkdir(parents=True, exist_ok=True)
     Path(args["recipe_path"]).write_text(yaml.safe_dump(body, sort_keys=False), encoding="utf-8")
