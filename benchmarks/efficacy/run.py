@@ -235,10 +235,13 @@ def do_safe(config: Config, stage: Stage) -> None:
 def do_finetune(config: Config, stage: Stage) -> None:
     name, kind, seed = stage.args["name"], stage.args["kind"], stage.args["seed"]
     spec = config.raw["finetunes"][kind]
-    pairs = [(t["prompt"], t["answer"]) for t in _splits(config)["task"]["train"]]
+    task = _splits(config)["task"]["train"][: spec.get("examples")]
+    pairs = [(t["prompt"], t["answer"]) for t in task]
     harmful = 0
     if kind == "attack":
-        extra = [(r["prompt"], r["reply"]) for r in _read(config.work / "data" / "compliant.json")]
+        need = math.ceil(len(pairs) * spec["harmful_fraction"] / (1 - spec["harmful_fraction"]))
+        compliant = _read(config.work / "data" / "compliant.json")[:need]
+        extra = [(r["prompt"], r["reply"]) for r in compliant]
         harmful = len(extra)
         pairs += extra
     models = config.work / "models"
