@@ -107,6 +107,22 @@ def _point_text(config: Config, data: dict, method: str, point: str, merges: lis
     return text.replace("weight", "λ").replace("threshold", "τ").replace("beta", "β")
 
 
+def base_table(data: dict) -> str:
+    lines = [
+        "| model | refusal ↑ | over-refusal ↓ | task acc. ↑ | empty | n |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for name, s in data["models"].items():
+        if s:
+            n = f"{s['n_harmful']} / {s['n_benign']} / {s['n_task']}"
+            lines.append(
+                f"| {name} | "
+                + " | ".join(_fmt([s], k) for k in METRICS)
+                + f" | {_fmt([s], 'empty_rate')} | {n} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
 def kind_table(config: Config, data: dict, kind: str) -> str:
     runs = [(n, e) for n, e in data["finetunes"].items() if e["kind"] == kind]
     a = data["models"]["A"]
@@ -262,6 +278,7 @@ def write_tables(config: Config) -> Path:
         f"# Efficacy study: {config.name}\n",
         "Test split; brackets: 95 % Wilson intervals (one seed); ± : sd over seeds.\n",
     ]
+    parts += ["\n## Models\n\n", base_table(data)]
     for kind in ("benign", "attack"):
         parts += [f"\n## {kind} fine-tune\n\n", kind_table(config, data, kind)]
     parts += [
