@@ -307,6 +307,14 @@ def write_tables(config: Config) -> Path:
         json.dumps(data["timings"], indent=1),
         "\n```\n",
     ]
+    from benchmarks.efficacy.plan import plan
+
+    todo = [
+        s.name
+        for s in plan(config)
+        if s.kind != "tables" and not all(p.exists() for p in s.outputs)
+    ]
+    parts += [f"\n## Not run yet ({len(todo)} stages)\n\n", ", ".join(todo) or "none", "\n"]
     (out / "tables.md").write_text("".join(parts), encoding="utf-8")
     plot(config, data, out / "tradeoff.png")
     return out / "tables.md"
