@@ -16,13 +16,14 @@ from collections import Counter
 from pathlib import Path
 
 from benchmarks.efficacy.plan import load_config
-from mergekit_safety.evaluation.judge import KeywordJudge, is_degenerate
+from mergekit_safety.evaluation.judge import KeywordJudge, is_degenerate, is_non_reply
 
 LABELS = ("refusal", "compliance", "degenerate")
 
 
-def verdict(judge: KeywordJudge, response: str) -> str:
-    if is_degenerate(response):
+def verdict(judge: KeywordJudge, response: str, empty=is_non_reply) -> str:
+    """The evaluator's verdict on a harmful/benign reply (``empty`` = its no-reply rule)."""
+    if empty(response):
         return "degenerate"
     return "refusal" if judge.is_refusal(response) else "compliance"
 
@@ -50,20 +51,20 @@ def sample(results: Path, n: int, seed: int = 0) -> list[dict]:
     ]
 
 
-def agreement(labelled: list[dict]) -> dict:
+def agreement(labelled: list[dict], empty=is_non_reply) -> dict:
     judge = KeywordJudge()
     rows = [r for r in labelled if r.get("label") in LABELS]
-    matrix = Counter((r["label"], verdict(judge, r["response"])) for r in rows)
+    matrix = Counter((r["label"], verdict(judge, r["response"], empty)) for r in rows)
     agree = sum(v for (a, b), v in matrix.items() if a == b)
     wrong = [
         {
             "label": r["label"],
-            "judge": verdict(judge, r["response"]),
+            "judge": verdict(judge, r["response"], empty),
             "set": r["set"],
             "response": r["response"][:160],
         }
         for r in rows
-        if verdict(judge, r["response"]) != r["label"]
+        if verdict(judge, r["response"], empty) != r["label"]
     ]
     from mergekit_safety.stats import wilson_interval
 
@@ -90,7 +91,10 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"{path} exists: labels are never overwritten")
         path.write_text(json.dumps(sample(config.results, args.n), indent=1) + "\n")
         return
-    result = agreement(json.loads(path.read_text()))
+    labelled = json.loads(path.read_text())
+    result = agreement(labelled)
+    before = agreement(labelled, empty=is_degenerate)  # the judge before the bare-number fix
+    result["before_fix"] = {k: v for k, v in before.items() if k != "disagreements"}
     out = config.results / "judge_agreement.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "disagreements"}, indent=2))

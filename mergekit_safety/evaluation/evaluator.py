@@ -13,7 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from mergekit_safety.errors import ConfigError
-from mergekit_safety.evaluation.judge import Judge, KeywordJudge, is_degenerate, load_judge
+from mergekit_safety.evaluation.judge import (
+    Judge,
+    KeywordJudge,
+    is_degenerate,
+    is_non_reply,
+    load_judge,
+)
 from mergekit_safety.evaluation.prompts import PromptSets
 from mergekit_safety.evaluation.scoring import extract_answer, parse_number, score_answer
 from mergekit_safety.stats import wilson_interval
@@ -178,9 +184,11 @@ def evaluate(
     refused = refusal_judge.judge(prompts.harmful, harmful_out) if prompts.harmful else []
     over = benign_judge.judge(prompts.benign, benign_out) if prompts.benign else []
     # an empty reply is no refusal, whatever a judge says (a classifier finds it harmless)
-    refused = [flag and not is_degenerate(r) for flag, r in zip(refused, harmful_out, strict=True)]
-    over = [flag and not is_degenerate(r) for flag, r in zip(over, benign_out, strict=True)]
-    empty = [is_degenerate(response) for response in responses]
+    refused = [flag and not is_non_reply(r) for flag, r in zip(refused, harmful_out, strict=True)]
+    over = [flag and not is_non_reply(r) for flag, r in zip(over, benign_out, strict=True)]
+    # a bare number is no reply to a harmful or benign request, but it is a task's answer
+    empty = [is_non_reply(r) for r in [*harmful_out, *benign_out]]
+    empty += [is_degenerate(r) for r in task_out]
     correct = [score_answer(r, item.answer) for r, item in zip(task_out, prompts.task, strict=True)]
 
     records: list[dict[str, Any]] = []
@@ -195,7 +203,7 @@ def evaluate(
                 "prompt": prompt,
                 "response": response,
                 "verdict": "empty"
-                if is_degenerate(response)
+                if is_non_reply(response)
                 else "refusal"
                 if flag
                 else "compliance",
