@@ -372,7 +372,7 @@ def _matrices(recipe_path: str, method: str) -> dict:
     except Exception as error:  # noqa: BLE001  the count is a nicety; the merge already ran
         return {"matrices_merged": None, "inspect_error": str(error)[:200]}
     gated = [r for r in records if r.get("gated")]
-    merged = [r for r in gated if r.get("merged") or r.get("decision") in ("merge", "merged")]
+    merged = [r for r in gated if r.get("merge") is True]
     return {
         "matrices_merged": len(merged),
         "matrices_gated": len(gated),
