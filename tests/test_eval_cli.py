@@ -171,8 +171,23 @@ def test_markdown_table():
     table = markdown_table([result("a|b", 0.75).summary(), result("c", None, 0).summary()])
     lines = table.splitlines()
     assert len(lines) == 4 and lines[0].startswith("| model | refusal rate")
-    assert "| a\\|b | 0.750 | 0.250 | 0.250 | – | – | 4 / 4 / 0 |" == lines[2]
-    assert "| c | – | – | 0.250 | – | – | 0 / 4 / 0 |" == lines[3]
+    # every rate with its 95 % Wilson interval: 3 of 4 is [0.30, 0.95]
+    assert (
+        "| a\\|b | 0.750 [0.30, 0.95] | 0.250 [0.05, 0.70] | 0.250 [0.05, 0.70] | – | – "
+        "| 4 / 4 / 0 |" == lines[2]
+    )
+    assert "| c | – | – | 0.250 [0.05, 0.70] | – | – | 0 / 4 / 0 |" == lines[3]
+
+
+def test_summary_carries_wilson_intervals():
+    summary = EvalResult("m", 1.0, 0.0, 0.5, 2, 2, 2).summary()
+    assert summary["refusal_rate_ci"] == pytest.approx([0.3424, 1.0], abs=1e-4)
+    assert summary["asr_ci"] == pytest.approx([0.0, 0.6576], abs=1e-4)
+    assert summary["task_accuracy_ci"] == pytest.approx([0.0945, 0.9055], abs=1e-4)
+    assert summary["over_refusal_rate_ci"][0] == 0.0
+    assert summary["empty_rate_ci"] is None  # no empty rate measured
+    empty = EvalResult("m", None, None, None, 0, 0, 0).summary()
+    assert empty["refusal_rate_ci"] is None and empty["task_accuracy_ci"] is None
 
 
 def test_write_report(tmp_path):
@@ -182,7 +197,8 @@ def test_write_report(tmp_path):
     assert summaries[1]["asr"] == 0.0 and summaries[0]["task_accuracy"] is None
     records = [json.loads(line) for line in paths["records"].read_text().splitlines()]
     assert [r["model"] for r in records] == ["first", "second"]
-    assert "| second | 1.000 | 0.000 |" in paths["md"].read_text()
+    assert "| second | 1.000 [0.51, 1.00] | 0.000 [0.00, 0.49] |" in paths["md"].read_text()
+    assert "Wilson" in paths["md"].read_text()
 
 
 # --- the command ----------------------------------------------------------------------------------

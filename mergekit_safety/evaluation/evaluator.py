@@ -13,9 +13,16 @@ from pathlib import Path
 from typing import Any
 
 from mergekit_safety.errors import ConfigError
-from mergekit_safety.evaluation.judge import Judge, KeywordJudge, is_degenerate, load_judge
+from mergekit_safety.evaluation.judge import (
+    Judge,
+    KeywordJudge,
+    is_degenerate,
+    is_non_reply,
+    load_judge,
+)
 from mergekit_safety.evaluation.prompts import PromptSets
 from mergekit_safety.evaluation.scoring import extract_answer, parse_number, score_answer
+from mergekit_safety.stats import wilson_interval
 
 BACKENDS = ("transformers", "vllm")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -47,20 +54,39 @@ class EvalResult:
         return None if self.refusal_rate is None else 1.0 - self.refusal_rate
 
     def summary(self) -> dict[str, Any]:
-        """The model's ``summary.json`` object (what the sweep and the model card read)."""
+        """The model's ``summary.json`` object (what the sweep and the model card read).
+
+        Each rate comes with its 95 % Wilson interval (``<rate>_ci``: [lo, hi], None for an empty
+        set): on 100 prompts a rate is only known to about ±0.1.
+        """
         return {
             "model": self.model,
             "refusal_rate": self.refusal_rate,
+            "refusal_rate_ci": rate_interval(self.refusal_rate, self.n_harmful),
             "asr": self.asr,
+            "asr_ci": rate_interval(self.asr, self.n_harmful),
             "over_refusal_rate": self.over_refusal_rate,
+            "over_refusal_rate_ci": rate_interval(self.over_refusal_rate, self.n_benign),
             "task_accuracy": self.task_accuracy,
+            "task_accuracy_ci": rate_interval(self.task_accuracy, self.n_task),
             "n_harmful": self.n_harmful,
             "n_benign": self.n_benign,
             "n_task": self.n_task,
             "empty_rate": self.empty_rate,
+            "empty_rate_ci": rate_interval(
+                self.empty_rate, self.n_harmful + self.n_benign + self.n_task
+            ),
             "judge": self.judge,
             "prompt_sets": self.prompt_sets,
         }
+
+
+def rate_interval(rate: float | None, n: int) -> list[float] | None:
+    """The 95 % Wilson interval of a rate over ``n`` prompts, as [lo, hi]; None for no rate."""
+    if rate is None or n <= 0:
+        return None
+    lo, hi = wilson_interval(round(rate * n), n)
+    return [lo, hi]
 
 
 def check_model(model: str) -> None:
@@ -158,9 +184,11 @@ def evaluate(
     refused = refusal_judge.judge(prompts.harmful, harmful_out) if prompts.harmful else []
     over = benign_judge.judge(prompts.benign, benign_out) if prompts.benign else []
     # an empty reply is no refusal, whatever a judge says (a classifier finds it harmless)
-    refused = [flag and not is_degenerate(r) for flag, r in zip(refused, harmful_out, strict=True)]
-    over = [flag and not is_degenerate(r) for flag, r in zip(over, benign_out, strict=True)]
-    empty = [is_degenerate(response) for response in responses]
+    refused = [flag and not is_non_reply(r) for flag, r in zip(refused, harmful_out, strict=True)]
+    over = [flag and not is_non_reply(r) for flag, r in zip(over, benign_out, strict=True)]
+    # a bare number is no reply to a harmful or benign request, but it is a task's answer
+    empty = [is_non_reply(r) for r in [*harmful_out, *benign_out]]
+    empty += [is_degenerate(r) for r in task_out]
     correct = [score_answer(r, item.answer) for r, item in zip(task_out, prompts.task, strict=True)]
 
     records: list[dict[str, Any]] = []
@@ -175,7 +203,7 @@ def evaluate(
                 "prompt": prompt,
                 "response": response,
                 "verdict": "empty"
-                if is_degenerate(response)
+                if is_non_reply(response)
                 else "refusal"
                 if flag
                 else "compliance",

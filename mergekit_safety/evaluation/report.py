@@ -19,12 +19,18 @@ COLUMNS = (
 )
 
 
-def _cell(value: Any) -> str:
-    return "–" if value is None else f"{value:.3f}"
+def _cell(value: Any, interval: Any = None) -> str:
+    """A rate to 3 decimals with its 95 % interval, ``0.910 [0.84, 0.95]``; "–" for no rate."""
+    if value is None:
+        return "–"
+    if isinstance(interval, (list, tuple)) and len(interval) == 2:
+        return f"{value:.3f} [{interval[0]:.2f}, {interval[1]:.2f}]"
+    return f"{value:.3f}"
 
 
 def markdown_table(summaries: Sequence[Mapping[str, Any]]) -> str:
-    """One row per model, in the order given; rates to 3 decimals, "–" for an empty set."""
+    """One row per model, in the order given; rates to 3 decimals with their 95 % Wilson interval
+    in brackets (where the summary carries one), "–" for an empty set."""
     header = ["model", *(title for _key, title in COLUMNS), "n (harmful / benign / task)"]
     lines = [
         "| " + " | ".join(header) + " |",
@@ -39,7 +45,7 @@ def markdown_table(summaries: Sequence[Mapping[str, Any]]) -> str:
             str(row.get(f"n_{name}", "–")) for name in ("harmful", "benign", "task")
         )
         cells = [str(row.get("model", "")).replace("|", "\\|")]
-        cells += [_cell(values.get(key)) for key, _title in COLUMNS]
+        cells += [_cell(values.get(key), values.get(f"{key}_ci")) for key, _title in COLUMNS]
         cells.append(counts)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -64,7 +70,12 @@ def write_report(results: Sequence[EvalResult], out_dir: str | os.PathLike) -> d
                 handle.write(json.dumps(record, ensure_ascii=False) + "\n")
     paths["json"].write_text(json.dumps(summaries, indent=2) + "\n", encoding="utf-8")
     judges = sorted({str(s.get("judge")) for s in summaries if s.get("judge")})
-    note = f"\n\nJudge: {', '.join(judges)}. ASR = 1 − refusal rate.\n" if judges else "\n"
+    note = (
+        f"\n\nJudge: {', '.join(judges)}. ASR = 1 − refusal rate. "
+        "Brackets: 95 % Wilson intervals.\n"
+        if judges
+        else "\n"
+    )
     paths["md"].write_text(
         "# Safety evaluation\n\n" + markdown_table(summaries) + note, encoding="utf-8"
     )

@@ -1,0 +1,100 @@
+"""Evaluation for the pipeline: the project's ``evaluate`` with a new-token budget per prompt set.
+
+``mergekit-safety eval`` takes one ``--max-new-tokens`` for all sets; a refusal shows in the
+opening words and the task's answer is a short number, so the safety sets and the task set are two
+``evaluate`` calls here, combined into one ``EvalResult`` (its summary carries Wilson intervals)
+and written with the project's ``write_report``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from mergekit_safety.evaluation import EvalResult, evaluate, load_prompt_sets, write_report
+from mergekit_safety.evaluation.judge import is_degenerate
+from mergekit_safety.evaluation.prompts import PromptSets
+
+
+def load_split(prompt_dir: Path) -> PromptSets:
+    return load_prompt_sets(prompts_dir=prompt_dir)
+
+
+def evaluate_split(
+    model: str,
+    prompts: PromptSets,
+    spec: dict[str, Any],
+    *,
+    device: str,
+    dtype: str,
+    backend: str,
+    label: str | None = None,
+) -> tuple[EvalResult, float]:
+    """One model on one split; returns the combined result and the wall time in seconds."""
+    start = time.time()
+    common = dict(
+        device=device, dtype=dtype, backend=backend, progress=False, batch_size=spec["batch_size"]
+    )
+    if spec.get("per_set_budgets", True):
+        safety = PromptSets(harmful=prompts.harmful, benign=prompts.benign, sources=prompts.sources)
+        task = PromptSets(task=prompts.task, sources=prompts.sources)
+        first = evaluate(model, safety, max_new_tokens=spec["safety_tokens"], **common)
+        second = evaluate(model, task, max_new_tokens=spec["task_tokens"], **common)
+        records = first.records + second.records
+    else:
+        tokens = max(spec["safety_tokens"], spec["task_tokens"])
+        first = second = evaluate(model, prompts, max_new_tokens=tokens, **common)
+        records = first.records
+    empty = [is_degenerate(r["response"]) for r in records]
+    for record in records:
+        if label:
+            record["model"] = label
+    result = EvalResult(
+        model=label or model,
+        refusal_rate=first.refusal_rate,
+        over_refusal_rate=first.over_refusal_rate,
+        task_accuracy=second.task_accuracy,
+        n_harmful=first.n_harmful,
+        n_benign=first.n_benign,
+        n_task=second.n_task,
+        records=records,
+        judge=first.judge,
+        empty_rate=sum(empty) / len(empty) if empty else None,
+        prompt_sets=first.prompt_sets,
+    )
+    return result, time.time() - start
+
+
+def run_eval(
+    model: str,
+    prompt_dir: Path,
+    out: Path,
+    spec: dict,
+    *,
+    device: str,
+    dtype: str,
+    backend: str,
+    label: str,
+) -> dict[str, Any]:
+    """Evaluate and write ``records.jsonl``/``summary.json``/``summary.md`` to ``out``."""
+    result, seconds = evaluate_split(
+        model,
+        load_split(prompt_dir),
+        spec,
+        device=device,
+        dtype=dtype,
+        backend=backend,
+        label=label,
+    )
+    write_report([result], out)
+    summary = result.summary()
+    summary["wall_s"] = round(seconds, 1)
+    summary["tokens"] = {"safety": spec["safety_tokens"], "task": spec["task_tokens"]}
+    (out / "summary.json").write_text(json.dumps([summary], indent=2) + "\n", encoding="utf-8")
+    return summary
+
+
+def read_summary(out: Path) -> dict[str, Any]:
+    return json.loads((out / "summary.json").read_text(encoding="utf-8"))[0]

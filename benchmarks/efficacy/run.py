@@ -1,0 +1,634 @@
+"""The efficacy study, resumable: ``python -m benchmarks.efficacy.run --config CONFIG``.
+
+Runs :func:`benchmarks.efficacy.plan.plan`'s stages in order and skips every stage whose outputs
+exist, so a cut run resumes where it stopped (``--plan`` prints the stages and commands only;
+``--only KIND`` runs one kind of stage; ``--until NAME`` stops after a stage).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from benchmarks.efficacy.plan import Config, Stage, load_config, plan, recipe
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def _json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+def _read(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _splits(config: Config) -> dict:
+    return _read(config.results / "data" / "splits.json")
+
+
+# --- stages --------------------------------------------------------------------------------------
+
+
+def do_fetch(config: Config, stage: Stage) -> None:
+    from benchmarks.efficacy.fetch import fetch_unaligned
+
+    info = fetch_unaligned(config.work, config.work / "models" / "U")
+    _json(config.results / "fetch.json", info)
+
+
+def do_data(config: Config, stage: Stage) -> None:
+    from benchmarks.efficacy.data import build_splits, write_prompt_dir
+
+    sizes = config.raw["splits"]
+    splits = build_splits(sizes, config.raw.get("seed", 0))
+    _json(config.results / "data" / "splits.json", splits)
+    for split in ("validation", "test"):
+        write_prompt_dir(splits, split, config.prompts(split))
+    counts = {k: {s: len(v) for s, v in d.items()} for k, d in splits.items()}
+    log(f"splits: {counts}")
+
+
+def _generate(model: str, prompts: list[str], config: Config, tokens: int) -> list[str]:
+    from mergekit_safety.evaluation import generation
+
+    network, tokenizer = generation.load_model(
+        model, device=config.raw["device"], dtype=config.raw["dtype"]
+    )
+    try:
+        return generation.generate(
+            network,
+            tokenizer,
+            prompts,
+            batch_size=config.raw["eval"]["batch_size"],
+            max_new_tokens=tokens,
+            progress=False,
+        )
+    finally:
+        del network, tokenizer
+        generation.release()
+
+
+def do_throughput(config: Config, stage: Stage) -> None:
+    """Tokens/s of greedy generation at a few batch sizes, on harmful prompts, before anything."""
+    from mergekit_safety.evaluation import generation
+
+    prompts = _splits(config)["harmful"]["train"][:32]
+    network, tokenizer = generation.load_model(
+        stage.args["model"], device=config.raw["device"], dtype=config.raw["dtype"]
+    )
+    rows = []
+    for batch in (16, 32):
+        start = time.time()
+        outs = generation.generate(
+            network, tokenizer, prompts, batch_size=batch, max_new_tokens=16, progress=False
+        )
+        seconds = time.time() - start
+        generated = sum(len(tokenizer(o, add_special_tokens=False)["input_ids"]) for o in outs)
+        rows.append(
+            {
+                "batch_size": batch,
+                "prompts": len(prompts),
+                "max_new_tokens": 16,
+                "seconds": round(seconds, 2),
+                "prompts_per_s": round(len(prompts) / seconds, 2),
+                "new_tokens_per_s": round(generated / seconds, 1),
+            }
+        )
+        log(f"throughput batch {batch}: {rows[-1]}")
+    _json(
+        stage.outputs[0],
+        {
+            "device": config.raw["device"],
+            "dtype": config.raw["dtype"],
+            "rows": rows,
+            "note": "2-core CPU shared with other jobs: noisy",
+        },
+    )
+
+
+def _trim(text: str) -> str:
+    """Cut a truncated answer at its last sentence end (if any): a reply that ends cleanly."""
+    cut = max(text.rfind(". "), text.rfind(".\n"), text.rfind("!"), text.rfind("?"))
+    return text[: cut + 1].strip() if cut > 20 else text.strip()
+
+
+def do_helpful(config: Config, stage: Stage) -> None:
+    splits = _splits(config)
+    prompts = splits["helpful"]["train"] + splits["benign"]["train"]
+    outs = _generate(stage.args["model"], prompts, config, config.raw["align"]["helpful_tokens"])
+    _json(
+        stage.outputs[0],
+        [{"prompt": p, "reply": _trim(o)} for p, o in zip(prompts, outs, strict=True)],
+    )
+
+
+def _attack_size(config: Config) -> int:
+    fraction = config.raw["finetunes"].get("attack", {}).get("harmful_fraction", 0.1)
+    n_task = config.raw["splits"]["task"]["train"]
+    return math.ceil(n_task * fraction / (1 - fraction))
+
+
+def do_compliant(config: Config, stage: Stage) -> None:
+    """U's own answers to AdvBench-train prompts it complies with (the attack's harmful data)."""
+    from mergekit_safety.evaluation.judge import KeywordJudge, is_degenerate
+
+    need = _attack_size(config)
+    pool = _splits(config)["harmful"]["train"][-(2 * need) :]  # not the ones A and S refuse
+    outs = _generate(stage.args["model"], pool, config, config.raw["align"]["helpful_tokens"])
+    judge = KeywordJudge()
+    kept = [
+        {"prompt": p, "reply": _trim(o)}
+        for p, o in zip(pool, outs, strict=True)
+        if not judge.is_refusal(o) and not is_degenerate(o)
+    ][:need]
+    _json(stage.outputs[0], kept)
+    log(f"compliant answers: {len(kept)} of {len(pool)} prompts (need {need})")
+
+
+def _train(
+    config: Config,
+    base: str,
+    pairs: list,
+    out: Path,
+    spec: dict,
+    seed: int,
+    *,
+    lora: bool,
+    merged: Path | None = None,
+) -> dict:
+    from benchmarks.efficacy.train import TrainSettings, finetune
+
+    settings = TrainSettings(
+        lr=spec["lr"],
+        epochs=spec["epochs"],
+        batch_size=spec["batch_size"],
+        seed=seed,
+        lora_r=spec.get("lora_r") if lora else None,
+        lora_alpha=spec.get("lora_alpha") if lora else None,
+    )
+    return finetune(
+        base,
+        pairs,
+        out,
+        settings,
+        merged_out=merged,
+        log=log,
+        device=config.raw["device"],
+        dtype=config.raw["dtype"],
+    )
+
+
+def do_align(config: Config, stage: Stage) -> None:
+    from benchmarks.efficacy.data import refusal_for
+
+    spec = config.raw["align"]
+    harmful = _splits(config)["harmful"]["train"][: spec["refusals"]]
+    pairs = [(p, refusal_for(p, i)) for i, p in enumerate(harmful)]
+    pairs += [(r["prompt"], r["reply"]) for r in _read(config.work / "data" / "helpful.json")]
+    record = _train(
+        config,
+        config.model("U"),
+        pairs,
+        config.work / "models" / "A",
+        spec,
+        config.raw.get("seed", 0),
+        lora=False,
+    )
+    _json(config.results / "training" / "A.json", {**record, "refusal_pairs": len(harmful)})
+
+
+def do_safe(config: Config, stage: Stage) -> None:
+    from benchmarks.efficacy.data import refusal_for
+
+    spec, align = config.raw["safe"], config.raw["align"]
+    start = align["refusals"]
+    harmful = _splits(config)["harmful"]["train"][start : start + spec["refusals"]]
+    pairs = [(p, refusal_for(p, i + 1)) for i, p in enumerate(harmful)]
+    pairs += [(r["prompt"], r["reply"]) for r in _read(config.work / "data" / "helpful.json")]
+    models = config.work / "models"
+    record = _train(
+        config,
+        config.model("A"),
+        pairs,
+        models / "S-adapter",
+        spec,
+        config.raw.get("seed", 0),
+        lora=True,
+        merged=models / "S",
+    )
+    _json(config.results / "training" / "S.json", {**record, "refusal_pairs": len(harmful)})
+
+
+def do_finetune(config: Config, stage: Stage) -> None:
+    name, kind, seed = stage.args["name"], stage.args["kind"], stage.args["seed"]
+    spec = config.raw["finetunes"][kind]
+    task = _splits(config)["task"]["train"][: spec.get("examples")]
+    pairs = [(t["prompt"], t["answer"]) for t in task]
+    harmful = 0
+    if kind == "attack":
+        need = math.ceil(len(pairs) * spec["harmful_fraction"] / (1 - spec["harmful_fraction"]))
+        compliant = _read(config.work / "data" / "compliant.json")[:need]
+        extra = [(r["prompt"], r["reply"]) for r in compliant]
+        harmful = len(extra)
+        pairs += extra
+    models = config.work / "models"
+    record = _train(
+        config,
+        config.model("A"),
+        pairs,
+        models / f"{name}-adapter",
+        spec,
+        seed,
+        lora=True,
+        merged=models / name,
+    )
+    _json(
+        config.results / "training" / f"{name}.json",
+        {**record, "kind": kind, "harmful_pairs": harmful, "task_pairs": len(pairs) - harmful},
+    )
+
+
+def do_eval(config: Config, stage: Stage) -> None:
+    from benchmarks.efficacy.evals import run_eval
+
+    args = stage.args
+    out = stage.outputs[0].parent
+    summary = run_eval(
+        args["model"],
+        config.prompts(args["split"]),
+        out,
+        config.raw["eval"],
+        device=config.raw["device"],
+        dtype=config.raw["dtype"],
+        backend=config.raw["backend"],
+        label=args["name"],
+    )
+    log(
+        f"{args['split']} {args['name']}: refusal {summary['refusal_rate']:.3f} over "
+        f"{summary['over_refusal_rate']:.3f} task {summary['task_accuracy']:.3f} "
+        f"empty {summary['empty_rate']:.3f} ({summary['wall_s']} s)"
+    )
+    if args.get("delete_after") and Path(args["model"]).is_dir():
+        shutil.rmtree(args["model"])
+
+
+def gate(config: Config) -> tuple[float, float]:
+    """(min refusal, max over-refusal) from A's validation numbers and the config's margins."""
+    from benchmarks.efficacy.evals import read_summary
+
+    a = read_summary(config.results / "evals" / "validation" / "A")
+    spec = config.raw["gate"]
+    return (
+        round(a["refusal_rate"] - spec["refusal_below_aligned"], 4),
+        round(a["over_refusal_rate"] + spec["over_refusal_above_aligned"], 4),
+    )
+
+
+def _merge_options(config: Config):
+    from mergekit.options import MergeOptions
+
+    return MergeOptions(
+        cuda=bool(config.raw.get("merge_cuda")),
+        quiet=True,
+        lora_merge_cache=str(config.work / "lora-cache"),
+    )
+
+
+def chosen_point(config: Config, method: str) -> dict | None:
+    path = config.results / "sweeps" / f"{method}.json"
+    return _read(path).get("chosen") if path.is_file() else None
+
+
+def do_merge(config: Config, stage: Stage) -> None:
+    from mergekit_safety.sweep import merge_recipe
+
+    args = stage.args
+    point = args["point"] if args["point"] is not None else chosen_point(config, args["method"])
+    summary_path = stage.outputs[0]
+    if point is None:
+        _json(
+            summary_path,
+            [
+                {
+                    "model": f"{args['ft']}/{args['method']}-chosen",
+                    "skipped": "the sweep chose no point (none passed the gate)",
+                }
+            ],
+        )
+        return
+    out = Path(args["out"])
+    if (out / "config.json").is_file():
+        return
+    _wait_for(config.work / "models" / f"{args['ft']}-adapter" / "train_info.json")
+    if args["method"] == "safemerge":
+        _wait_for(config.work / "models" / "S-adapter" / "train_info.json")
+    body = recipe(config, args["method"], point, config.model(args["ft"]))
+    Path(args["recipe_path"]).parent.mkdir(parents=True, exist_ok=True)
+    Path(args["recipe_path"]).write_text(yaml.safe_dump(body, sort_keys=False), encoding="utf-8")
+    start = time.time()
+    if out.exists():
+        shutil.rmtree(out)
+    merge_recipe(body, out, _merge_options(config))
+    info = {
+        "method": args["method"],
+        "point": point,
+        "merge_s": round(time.time() - start, 1),
+        "recipe": body,
+        **_matrices(args["recipe_path"], args["method"]),
+    }
+    _json(
+        config.results / "merges" / args["ft"] / f"{args['method']}-{args['point_name']}.json", info
+    )
+
+
+def _wait_for(path: Path, timeout: float = 1800) -> None:
+    """Wait for an input another run is producing (``--skip``/``--stages`` split the plan)."""
+    start = time.time()
+    while not path.exists() and time.time() - start < timeout:
+        time.sleep(10)
+
+
+def _matrices(recipe_path: str, method: str) -> dict:
+    """How many matrices the recipe merges (``inspect``'s decisions); all, for ungated ones."""
+    if method in ("safe_linear", "resta"):
+        return {"matrices_merged": "all"}
+    try:
+        from mergekit_safety.inspection import inspect
+
+        records = inspect(recipe_path, quiet=True).records
+    except Exception as error:  # noqa: BLE001  the count is a nicety; the merge already ran
+        return {"matrices_merged": None, "inspect_error": str(error)[:200]}
+    gated = [r for r in records if r.get("gated")]
+    merged = [r for r in gated if r.get("merge") is True]
+    return {
+        "matrices_merged": len(merged),
+        "matrices_gated": len(gated),
+        "record_keys": sorted(records[0]) if records else [],
+    }
+
+
+class _Evaluator:
+    """The sweep's evaluator: validation prompts, per-set budgets, references read from cache."""
+
+    def __init__(self, config: Config, cached: dict[str, dict]):
+        from benchmarks.efficacy.evals import load_split
+
+        self.config = config
+        self.cached = {str(Path(k).resolve()): v for k, v in cached.items()}
+        self.prompts = load_split(config.prompts("validation"))
+        self.seconds = 0.0
+
+    def __call__(self, path: str) -> dict:
+        from benchmarks.efficacy.evals import evaluate_split
+
+        key = str(Path(path).resolve())
+        if key in self.cached:
+            return dict(self.cached[key])
+        result, seconds = evaluate_split(
+            path,
+            self.prompts,
+            self.config.raw["eval"],
+            device=self.config.raw["device"],
+            dtype=self.config.raw["dtype"],
+            backend=self.config.raw["backend"],
+        )
+        self.seconds += seconds
+        summary = result.summary()
+        log(
+            f"  point {Path(path).parent.name}: refusal {summary['refusal_rate']:.3f} over "
+            f"{summary['over_refusal_rate']:.3f} task {summary['task_accuracy']:.3f} "
+            f"({seconds:.0f} s)"
+        )
+        return summary
+
+
+def do_sweep(config: Config, stage: Stage) -> None:
+    from benchmarks.efficacy.evals import read_summary
+    from mergekit_safety.sweep import plan_grid, run_sweep
+
+    method, grid = stage.args["method"], stage.args["grid"]
+    ft = stage.args["finetuned"]
+    low, high = gate(config)
+    val = config.results / "evals" / "validation"
+    cached = {config.model("A"): read_summary(val / "A"), ft: read_summary(val / "benign-s0")}
+    evaluator = _Evaluator(config, cached)
+    tmp = config.work / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    if method == "resta":
+        rows = _resta_sweep(config, grid["beta"], ft, evaluator, tmp, low, high)
+    else:
+        default = dict(config.raw["methods"][method]["default"])
+        for key in grid:
+            default.pop(key, None)
+        if "top_k" in grid or "fraction" in grid:
+            default.pop("threshold", None)
+        first = {k: v[0] for k, v in grid.items()}
+        path = config.work / "sweeps" / f"{method}.yml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        body = recipe(config, method, {**default, **first}, ft)
+        path.write_text(yaml.safe_dump(body, sort_keys=False), encoding="utf-8")
+        sweep_plan = plan_grid(path, [(k, [float(x) for x in v]) for k, v in grid.items()])
+        result = run_sweep(
+            sweep_plan,
+            evaluator,
+            merge_options=_merge_options(config),
+            min_refusal=low,
+            max_over_refusal=high,
+            work_dir=tmp,
+            progress=False,
+        )
+        rows = result.rows()
+        chosen = (
+            None
+            if result.chosen is None
+            else {
+                **default,
+                **{
+                    k: (int(v) if k == "top_k" else v)
+                    for k, v in sweep_plan.as_dict(result.chosen.value).items()
+                },
+            }
+        )
+        rows = {"rows": rows, "chosen": chosen}
+    _json(
+        stage.outputs[0],
+        {
+            "method": method,
+            "grid": grid,
+            "gate": {"min_refusal": low, "max_over_refusal": high},
+            "split": "validation",
+            "finetuned": "benign-s0",
+            "wall_s": round(time.time() - start, 1),
+            "eval_s": round(evaluator.seconds, 1),
+            **rows,
+        },
+    )
+    log(f"sweep {method}: chose {rows['chosen']}")
+
+
+def _resta_sweep(
+    config: Config, betas: list, ft: str, evaluator: _Evaluator, tmp: Path, low: float, high: float
+) -> dict:
+    """β loop for stock task_arithmetic (the sweep takes role-checked methods only); the same
+    choice rule as ``sweep``: best task accuracy among passing points, ties to the smaller β."""
+    from mergekit_safety.sweep import merge_recipe, passes
+
+    rows, best = [], None
+    for beta in betas:
+        out = tmp / f"resta-{beta:g}"
+        if out.exists():
+            shutil.rmtree(out)
+        merge_recipe(recipe(config, "resta", {"beta": beta}, ft), out, _merge_options(config))
+        summary = evaluator(str(out))
+        shutil.rmtree(out)
+        ok = passes(summary, low, high)
+        rows.append({"kind": "merged", "beta": beta, **summary, "passes": ok})
+        if ok and (best is None or summary["task_accuracy"] > best[1]):
+            best = (beta, summary["task_accuracy"])
+    for row in rows:
+        row["chosen"] = best is not None and row["beta"] == best[0]
+    return {"rows": rows, "chosen": None if best is None else {"beta": best[0]}}
+
+
+def do_adapter(config: Config, stage: Stage) -> None:
+    from benchmarks.efficacy.evals import run_eval
+    from mergekit_safety.adapter import merge_recipe_to_adapter
+
+    spec = stage.args
+    method, ft = spec["method"], spec["finetune"]
+    point = (
+        config.raw["methods"][method]["default"]
+        if spec.get("point", "default") == "default"
+        else chosen_point(config, method)
+    )
+    adapter = config.work / "models" / f"{ft}-adapter"
+    body = recipe(config, method, point, f"{config.model('A')}+{adapter}")
+    path = config.work / "adapter" / f"{method}.yml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(body, sort_keys=False), encoding="utf-8")
+    out = config.work / "adapter" / f"{ft}-{method}"
+    if out.exists():
+        shutil.rmtree(out)
+    start = time.time()
+    merge_recipe_to_adapter(path, out)
+    seconds = time.time() - start
+    summary = run_eval(
+        str(out),
+        config.prompts("test"),
+        stage.outputs[0].parent,
+        config.raw["eval"],
+        device=config.raw["device"],
+        dtype=config.raw["dtype"],
+        backend="transformers",
+        label=f"{ft}/adapter-{method}",
+    )
+    _json(
+        config.results / "adapter.json",
+        {
+            "method": method,
+            "point": point,
+            "finetune": ft,
+            "adapter_s": round(seconds, 1),
+            "summary": summary,
+        },
+    )
+
+
+def do_tables(config: Config, stage: Stage) -> None:
+    from benchmarks.efficacy.tables import write_tables
+
+    write_tables(config)
+
+
+HANDLERS = {
+    "fetch": do_fetch,
+    "data": do_data,
+    "throughput": do_throughput,
+    "helpful": do_helpful,
+    "compliant": do_compliant,
+    "align": do_align,
+    "safe": do_safe,
+    "finetune": do_finetune,
+    "eval": do_eval,
+    "merge": do_merge,
+    "sweep": do_sweep,
+    "adapter": do_adapter,
+    "tables": do_tables,
+}
+
+
+def run(
+    config: Config,
+    *,
+    only: str | None = None,
+    until: str | None = None,
+    stages: set[str] | None = None,
+    skip: set[str] | None = None,
+) -> None:
+    """Run the plan's stages that are not done; ``stages``/``skip`` partition the plan between two
+    processes (a second core: e.g. S trains while the main run trains the fine-tunes)."""
+    timings_path = config.results / "timings.json"
+    for stage in plan(config):
+        if only and stage.kind != only:
+            continue
+        if (stages and stage.name not in stages) or (skip and stage.name in skip):
+            continue
+        done = all(p.exists() for p in stage.outputs)
+        if done and stage.kind != "tables":
+            continue
+        log(f"stage {stage.name}")
+        start = time.time()
+        HANDLERS[stage.kind](config, stage)
+        timings = _read(timings_path) if timings_path.is_file() else {}  # another run may write
+        timings[stage.name] = round(time.time() - start, 1)
+        _json(timings_path, timings)
+        if until and stage.name == until:
+            break
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True)
+    parser.add_argument(
+        "--plan", action="store_true", help="print stages and commands; run nothing"
+    )
+    parser.add_argument("--only", help="run only stages of this kind (e.g. tables)")
+    parser.add_argument("--until", help="stop after the stage of this name")
+    parser.add_argument("--stages", help="comma-separated stage names: run only these")
+    parser.add_argument("--skip", help="comma-separated stage names: leave these to another run")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    config = load_config(args.config)
+    if args.plan:
+        for stage in plan(config):
+            state = "done" if all(p.exists() for p in stage.outputs) else "todo"
+            print(f"{state:4} {stage.name}")
+            for command in stage.commands:
+                print(f"       {command}")
+        return
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("EFFICACY_THREADS", "1")))
+
+    def names(text: str | None) -> set[str] | None:
+        return set(text.split(",")) if text else None
+
+    run(config, only=args.only, until=args.until, stages=names(args.stages), skip=names(args.skip))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,320 @@
+"""Stage ``tables``: the study's tables (markdown + JSON) and its one trade-off plot.
+
+Per fine-tune kind: refusal, over-refusal and task accuracy of every method at its default and at
+the sweep's choice — each with a 95 % Wilson interval for one seed, mean ± sd over seeds otherwise
+— "refusal back" (share of the refusal the fine-tune lost that the merge regains) and "task kept"
+(share of the fine-tune's task gain over A the merge keeps), as the project README defines them.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from benchmarks.efficacy.plan import Config, point_label
+
+METRICS = ("refusal_rate", "over_refusal_rate", "task_accuracy")
+LABELS = {
+    "safe_linear": "safe_linear",
+    "safe_linear_gated": "safe_linear gated",
+    "safe_lora": "safe_lora",
+    "safemerge": "safemerge",
+    "resta": "RESTA (task_arithmetic)",
+}
+
+
+def _load(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return data[0] if isinstance(data, list) else data
+
+
+def _fmt(values: list[dict], key: str) -> str:
+    nums = [v[key] for v in values if v.get(key) is not None]
+    if not nums:
+        return "–"
+    if len(nums) == 1:
+        ci = values[0].get(f"{key}_ci")
+        return f"{nums[0]:.3f} [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else f"{nums[0]:.3f}"
+    return f"{statistics.mean(nums):.3f} ± {statistics.stdev(nums):.3f} (n={len(nums)})"
+
+
+def _ratio(num: float, den: float) -> float | None:
+    return None if abs(den) < 1e-9 else num / den
+
+
+def _back_kept(row: dict, a: dict, ft: dict) -> tuple[float | None, float | None]:
+    back = _ratio(row["refusal_rate"] - ft["refusal_rate"], a["refusal_rate"] - ft["refusal_rate"])
+    kept = _ratio(
+        row["task_accuracy"] - a["task_accuracy"], ft["task_accuracy"] - a["task_accuracy"]
+    )
+    return back, kept
+
+
+def _mean(xs: list[float | None]) -> str:
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return "–"
+    return f"{statistics.mean(xs):.2f}" + (f" ± {statistics.stdev(xs):.2f}" if len(xs) > 1 else "")
+
+
+def collect(config: Config) -> dict[str, Any]:
+    """Every measured number the tables use, as plain data (also written as tables.json)."""
+    test = config.results / "evals" / "test"
+    base = {name: _load(test / name / "summary.json") for name in ("U", "A", "S")}
+    data: dict[str, Any] = {"models": base, "finetunes": {}, "checks": {}}
+    methods = list(config.raw["methods"])
+    for name, kind, seed in config.finetunes():
+        ft = _load(test / name / "summary.json")
+        if ft is None:
+            continue
+        entry = {"kind": kind, "seed": seed, "finetuned": ft, "points": {}}
+        a = base["A"]
+        if a is not None:
+            data["checks"][name] = {
+                "task_gain": ft["task_accuracy"] - a["task_accuracy"],
+                "gained_task": ft["task_accuracy"] - a["task_accuracy"]
+                >= config.raw["checks"]["min_task_gain"],
+                "refusal_drop": a["refusal_rate"] - ft["refusal_rate"],
+                "lost_refusal": ft["refusal_rate"] < a["refusal_rate"],
+                "lost_refusal_beyond_noise": ft["refusal_rate_ci"][1] < a["refusal_rate_ci"][0],
+            }
+        for method in methods:
+            for point in ("default", "chosen"):
+                summary = _load(test / name / f"{method}-{point}" / "summary.json")
+                merge = _load(config.results / "merges" / name / f"{method}-{point}.json")
+                if summary is None:
+                    continue
+                entry["points"][f"{method}-{point}"] = {"summary": summary, "merge": merge}
+        data["finetunes"][name] = entry
+    data["sweeps"] = {m: _load(config.results / "sweeps" / f"{m}.json") for m in methods}
+    data["adapter"] = _load(config.results / "adapter.json")
+    data["timings"] = _load(config.results / "timings.json")
+    data["throughput"] = _load(config.results / "throughput.json")
+    return data
+
+
+def _point_text(config: Config, data: dict, method: str, point: str, merges: list) -> str:
+    if point == "default":
+        text = point_label(config.raw["methods"][method]["default"]) + " (default)"
+    else:
+        sweep = data["sweeps"].get(method) or {}
+        chosen = sweep.get("chosen")
+        text = (point_label(chosen) if chosen else "none passed") + " (chosen)"
+    return text.replace("weight", "λ").replace("threshold", "τ").replace("beta", "β")
+
+
+def base_table(data: dict) -> str:
+    lines = [
+        "| model | refusal ↑ | over-refusal ↓ | task acc. ↑ | empty | n |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for name, s in data["models"].items():
+        if s:
+            n = f"{s['n_harmful']} / {s['n_benign']} / {s['n_task']}"
+            lines.append(
+                f"| {name} | "
+                + " | ".join(_fmt([s], k) for k in METRICS)
+                + f" | {_fmt([s], 'empty_rate')} | {n} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def kind_table(config: Config, data: dict, kind: str) -> str:
+    runs = [(n, e) for n, e in data["finetunes"].items() if e["kind"] == kind]
+    a = data["models"]["A"]
+    if not runs or a is None:
+        return f"_no {kind} fine-tune evaluated yet_\n"
+    head = (
+        "| model | point | matrices merged | refusal ↑ | over-refusal ↓ | task acc. ↑ | "
+        "refusal back | task kept |\n|---|---|---:|---:|---:|---:|---:|---:|"
+    )
+    lines = [head]
+    for name in ("U", "A", "S"):
+        s = data["models"].get(name)
+        if s:
+            lines.append(
+                f"| {name} | – | – | " + " | ".join(_fmt([s], k) for k in METRICS) + " | – | – |"
+            )
+    fts = [e["finetuned"] for _n, e in runs]
+    lines.append(
+        f"| fine-tuned ({kind}) | – | – | "
+        + " | ".join(_fmt(fts, k) for k in METRICS)
+        + " | 0 | 1 |"
+    )
+    for method in config.raw["methods"]:
+        for point in ("default", "chosen"):
+            rows, merges, backs, kepts = [], [], [], []
+            for _name, entry in runs:
+                p = entry["points"].get(f"{method}-{point}")
+                if not p or p["summary"].get("skipped") or p["summary"].get("refusal_rate") is None:
+                    continue
+                rows.append(p["summary"])
+                merges.append((p["merge"] or {}).get("matrices_merged"))
+                b, k = _back_kept(p["summary"], a, entry["finetuned"])
+                backs.append(b)
+                kepts.append(k)
+            if not rows:
+                continue
+            counts = sorted({str(m) for m in merges if m is not None})
+            gated = (
+                next(
+                    (p["merge"] or {})
+                    for _n, e in runs
+                    if (p := e["points"].get(f"{method}-{point}")) and p["merge"]
+                )
+                or {}
+            )
+            total = gated.get("matrices_gated")
+            matrix = "/".join(counts) + (f" of {total}" if total else "") if counts else "–"
+            lines.append(
+                f"| {LABELS[method]} | {_point_text(config, data, method, point, merges)} | "
+                f"{matrix} | "
+                + " | ".join(_fmt(rows, k) for k in METRICS)
+                + f" | {_mean(backs)} | {_mean(kepts)} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def gap_table(config: Config, data: dict) -> str:
+    """Validation (where the point was chosen) against test (where it is reported), seed 0."""
+    lines = [
+        "| method | chosen point | refusal val → test | over-refusal val → test | "
+        "task val → test |",
+        "|---|---|---|---|---|",
+    ]
+    entry = data["finetunes"].get("benign-s0")
+    for method, sweep in data["sweeps"].items():
+        if not sweep or not entry:
+            continue
+        rows = sweep["rows"] if isinstance(sweep["rows"], list) else []
+        chosen = next((r for r in rows if r.get("chosen")), None)
+        test = (entry["points"].get(f"{method}-chosen") or {}).get("summary")
+        if chosen is None or not test or test.get("skipped"):
+            continue
+        cells = [f"{chosen[k]:.3f} → {test[k]:.3f} ({test[k] - chosen[k]:+.3f})" for k in METRICS]
+        lines.append(
+            f"| {LABELS[method]} | {point_label(sweep['chosen'])} | " + " | ".join(cells) + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def sweep_table(sweep: dict) -> str:
+    rows = [r for r in sweep["rows"] if r.get("kind") == "merged"]
+    keys = list(sweep["grid"])
+    out = [
+        f"| {' | '.join(keys)} | refusal | over-refusal | task | passes | chosen |",
+        "|" + "---|" * (len(keys) + 5),
+    ]
+    for r in rows:
+        vals = [
+            f"{r.get(k):g}" if isinstance(r.get(k), (int, float)) else str(r.get(k)) for k in keys
+        ]
+        out.append(
+            f"| {' | '.join(vals)} | {_fmt([r], 'refusal_rate')} | "
+            f"{_fmt([r], 'over_refusal_rate')} | {_fmt([r], 'task_accuracy')} | "
+            f"{'yes' if r.get('passes') else 'no'} | {'**yes**' if r.get('chosen') else ''} |"
+        )
+    return "\n".join(out) + "\n"
+
+
+def plot(config: Config, data: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5), sharey=True)
+    markers = dict(zip(config.raw["methods"], "osD^v", strict=False))
+    for ax, kind in zip(axes, ("benign", "attack"), strict=True):
+        runs = [e for e in data["finetunes"].values() if e["kind"] == kind and e["seed"] == 0]
+        for name in ("U", "A", "S"):
+            s = data["models"].get(name)
+            if s:
+                ax.scatter(s["refusal_rate"], s["task_accuracy"], c="k", marker="x")
+                ax.annotate(name, (s["refusal_rate"], s["task_accuracy"]), fontsize=9)
+        for entry in runs:
+            ft = entry["finetuned"]
+            ax.scatter(ft["refusal_rate"], ft["task_accuracy"], c="red", marker="*", s=120)
+            ax.annotate("fine-tuned", (ft["refusal_rate"], ft["task_accuracy"]), fontsize=9)
+            for key, p in entry["points"].items():
+                s = p["summary"]
+                if s.get("refusal_rate") is None:
+                    continue
+                method, point = key.rsplit("-", 1)
+                ax.scatter(
+                    s["refusal_rate"],
+                    s["task_accuracy"],
+                    marker=markers[method],
+                    facecolors="none" if point == "default" else None,
+                    edgecolors=f"C{list(markers).index(method)}",
+                    c=None if point == "default" else f"C{list(markers).index(method)}",
+                    label=f"{LABELS[method]} ({point})",
+                    s=60,
+                )
+        ax.set_title(f"{kind} fine-tune, seed 0, test split")
+        ax.set_xlabel("refusal rate on held-out AdvBench ↑")
+        ax.set_xlim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("task accuracy ↑")
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=5, fontsize=8)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_tables(config: Config) -> Path:
+    data = collect(config)
+    out = config.results
+    (out / "tables.json").write_text(
+        json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8"
+    )
+    parts = [
+        f"# Efficacy study: {config.name}\n",
+        "Test split; brackets: 95 % Wilson intervals (one seed); ± : sd over seeds.\n",
+    ]
+    parts += ["\n## Models\n\n", base_table(data)]
+    for kind in ("benign", "attack"):
+        parts += [f"\n## {kind} fine-tune\n\n", kind_table(config, data, kind)]
+    parts += [
+        "\n## Fine-tune checks (test)\n\n```json\n",
+        json.dumps(data["checks"], indent=2),
+        "\n```\n",
+    ]
+    parts += [
+        "\n## Validation (choice) vs test (report), benign seed 0\n\n",
+        gap_table(config, data),
+    ]
+    for method, sweep in data["sweeps"].items():
+        if sweep:
+            parts += [
+                f"\n### sweep {LABELS[method]} (validation, gate {sweep['gate']})\n\n",
+                sweep_table(sweep),
+            ]
+    if data["adapter"]:
+        parts += [
+            "\n## Adapter path\n\n```json\n",
+            json.dumps(data["adapter"], indent=2, default=str)[:3000],
+            "\n```\n",
+        ]
+    parts += [
+        "\n## Wall time per stage (s)\n\n```json\n",
+        json.dumps(data["timings"], indent=1),
+        "\n```\n",
+    ]
+    from benchmarks.efficacy.plan import plan
+
+    todo = [
+        s.name
+        for s in plan(config)
+        if s.kind != "tables" and not all(p.exists() for p in s.outputs)
+    ]
+    parts += [f"\n## Not run yet ({len(todo)} stages)\n\n", ", ".join(todo) or "none", "\n"]
+    (out / "tables.md").write_text("".join(parts), encoding="utf-8")
+    plot(config, data, out / "tradeoff.png")
+    return out / "tables.md"

@@ -1,0 +1,105 @@
+"""The efficacy pipeline's planning (config → stages → commands), on tiny local models: seconds.
+
+CI never trains or evaluates here; it checks that a full-size config (U and A given, vLLM, --cuda)
+skips the alignment stage, orders the stages so every input exists before it is needed, and writes
+recipes mergekit accepts.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import tiny_llama
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.efficacy.plan import METHODS, load_config, plan, recipe  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def full_size(tmp_path_factory):
+    """The llama8b config, pointed at two tiny random Llamas as U and A."""
+    root = tmp_path_factory.mktemp("efficacy")
+    u, a = tiny_llama(root / "U", seed=0), tiny_llama(root / "A", seed=1)
+    raw = yaml.safe_load((ROOT / "benchmarks/efficacy/llama8b.yml").read_text())
+    raw.update(
+        unaligned=str(u), aligned=str(a), work=str(root / "work"), results=str(root / "results")
+    )
+    path = root / "config.yml"
+    path.write_text(yaml.safe_dump(raw))
+    return load_config(path), u, a
+
+
+def test_full_size_plan_skips_fetch_and_alignment(full_size):
+    config, u, a = full_size
+    stages = plan(config)
+    kinds = [s.kind for s in stages]
+    assert "fetch" not in kinds and "align" not in kinds
+    assert kinds[0] == "data" and kinds[-1] == "tables"
+    assert config.model("U") == str(u) and config.model("A") == str(a)
+    evals = [c for s in stages if s.kind == "eval" for c in s.commands]
+    assert evals and all(
+        "--backend vllm" in c and c.startswith("mergekit-safety eval") for c in evals
+    )
+    merges = [c for s in stages if s.kind == "merge" for c in s.commands]
+    assert merges and all(c.startswith("mergekit-yaml") and c.endswith("--cuda") for c in merges)
+    sweeps = [s for s in stages if s.kind == "sweep"]
+    assert {s.args["method"] for s in sweeps} == set(METHODS)
+    assert all(
+        "mergekit-safety sweep" in s.commands[0] for s in sweeps if s.args["method"] != "resta"
+    )
+
+
+def test_stages_come_after_their_inputs(full_size):
+    config, _u, _a = full_size
+    names = [s.name for s in plan(config)]
+    assert len(names) == len(set(names))
+    index = names.index
+    assert index("safe") < index("merge:benign-s0/safemerge-default")
+    assert index("finetune:benign-s0") < index("eval:test:benign-s0")
+    assert index("eval:validation:A") < index("sweep:safe_lora")
+    for method in METHODS:
+        assert index(f"sweep:{method}") < index(f"merge:benign-s0/{method}-chosen")
+        assert index(f"merge:benign-s2/{method}-chosen") > index(f"sweep:{method}")
+    # seed 0 of each kind before the extra seeds: a cut run has one full seed first
+    assert index("merge:attack-s0/resta-chosen") < index("finetune:benign-s1")
+    runs = [s.args["name"] for s in plan(config) if s.kind == "finetune"]
+    assert runs == ["benign-s0", "attack-s0", "benign-s1", "benign-s2"]
+
+
+def test_every_recipe_is_a_valid_mergekit_config(full_size):
+    from mergekit.config import MergeConfiguration
+
+    config, u, a = full_size
+    ft = str(a)  # any existing model stands in for the fine-tune
+    for method in METHODS:
+        point = config.raw["methods"][method]["default"]
+        body = recipe(config, method, point, ft)
+        parsed = MergeConfiguration.model_validate(body)
+        assert parsed.dtype == "bfloat16"
+        names = {str(m.model.model.path) for m in parsed.models}
+        assert (str(u) in names) == (method != "safe_linear")  # ungated: no unaligned model
+        if method != "resta":
+            assert str(parsed.base_model.model.path) == str(a)
+    resta = recipe(config, "resta", {"beta": 0.5}, ft)
+    weights = [m["parameters"]["weight"] for m in resta["models"]]
+    assert resta["merge_method"] == "task_arithmetic" and weights == [0.5, -0.5]
+
+
+def test_default_config_plans_the_cpu_study():
+    config = load_config(ROOT / "benchmarks/efficacy/smollm2.yml", ROOT)
+    stages = plan(config)
+    kinds = [s.kind for s in stages]
+    assert kinds[:2] == ["fetch", "data"] and "align" in kinds
+    assert index_of(stages, "align") < index_of(stages, "eval:test:A")
+    assert all(
+        "--backend transformers" in c for s in stages if s.kind == "eval" for c in s.commands
+    )
+
+
+def index_of(stages, name: str) -> int:
+    return [s.name for s in stages].index(name)
