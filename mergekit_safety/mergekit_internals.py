@@ -346,14 +346,12 @@ def map_planned(
     import torch
 
     task_type = _applied_task_type()
-    by_task = {id(t.task): t for t in tensors}
     tasks = [task_type(merge=t.task, function=function) for t in tensors]
     order = {task: index for index, task in enumerate(tasks)}
     from mergekit.graph import Executor
 
     executor = Executor(tasks, math_device=torch.device(device))
     results = sorted(executor.run(quiet=quiet, desc=desc), key=lambda pair: order[pair[0]])
-    assert len(results) == len(tensors) and len(by_task) == len(tensors)
     return [value for _task, value in results]
 
 
@@ -386,17 +384,6 @@ def _applied_task_type() -> type:
             return self.function(PlannedTensor.of(task), group)
 
     return Applied
-
-
-def architecture_and_out_config(config: Any, options: Any) -> tuple[Any, Any]:
-    """What ``run_merge`` computes before planning: the architecture and the output config."""
-    from mergekit.architecture import get_architecture_info
-    from mergekit.io.tasks import LoaderCache
-    from mergekit.merge import _model_out_config
-
-    arch_info = get_architecture_info(config, options)
-    LoaderCache().setup(options=options)
-    return arch_info, _model_out_config(config, arch_info, trust_remote_code=False)
 
 
 # --- mergekit's lazy loader ----------------------------------------------------------------------
