@@ -73,8 +73,9 @@ def test_bad_values_are_rejected(spec, message):
 
 def test_assignment():
     assert parse_assignment("threshold=0.2,0.3") == ("threshold", [0.2, 0.3])
-    with pytest.raises(ValueError, match="cannot sweep 'density'"):
-        parse_assignment("density=0.5")
+    assert parse_assignment("density=0.5") == ("density", [0.5])  # harm_removal's
+    with pytest.raises(ValueError, match="cannot sweep 'epsilon'"):
+        parse_assignment("epsilon=0.5")
     with pytest.raises(ValueError, match="NAME=VALUES"):
         parse_assignment("weight")
 
