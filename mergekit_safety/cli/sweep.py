@@ -31,6 +31,8 @@ class PromptEvaluator:
     device: str
     progress: bool
     dtype: str | None = None
+    loader: Any = None
+    """A ``ResidentBase`` for an adapter sweep: the aligned model loads once for every point."""
 
     def __call__(self, path: str) -> dict[str, Any]:
         from mergekit_safety.evaluation import evaluate
@@ -44,6 +46,7 @@ class PromptEvaluator:
             device=self.device,
             dtype=self.dtype,
             progress=self.progress,
+            loader=self.loader,
         )
         return result.summary()
 
@@ -146,7 +149,8 @@ def make_evaluator(
     "--adapter",
     is_flag=True,
     help="Merge in adapter space (as `mergekit-safety adapter`): fine-tuned inputs written "
-    "aligned+adapter, each value a peft LoRA adapter, --out the chosen adapter.",
+    "aligned+adapter, each value a peft LoRA adapter evaluated on the aligned model, loaded "
+    "once for the whole sweep; --out the chosen adapter.",
 )
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def sweep_command(
@@ -229,6 +233,10 @@ def sweep_command(
             dtype=dtype,
             progress=not quiet,
         )
+        if adapter and isinstance(evaluate_model, PromptEvaluator):
+            from mergekit_safety.evaluation.resident import ResidentBase
+
+            evaluate_model.loader = ResidentBase(device=device, dtype=dtype)
     from mergekit.options import MergeOptions
 
     from mergekit_safety.sweep import run_sweep, write_reports
@@ -254,6 +262,8 @@ def sweep_command(
             progress=not quiet,
             adapter=adapter,
         )
+    if getattr(evaluate_model, "loader", None) is not None:
+        evaluate_model.loader.close()
     if hasattr(evaluate_model, "prompt_sets"):  # the real evaluator knows what it read
         prompt_sets = {**evaluate_model.prompt_sets(), "limit": limit}
     else:

@@ -6,11 +6,12 @@ sorted by length whatever the set sizes; the model is freed before the next one 
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mergekit_safety.errors import ConfigError
 from mergekit_safety.evaluation.judge import (
@@ -23,6 +24,9 @@ from mergekit_safety.evaluation.judge import (
 from mergekit_safety.evaluation.prompts import PromptSets
 from mergekit_safety.evaluation.scoring import extract_answer, parse_number, score_answer
 from mergekit_safety.stats import wilson_interval
+
+if TYPE_CHECKING:
+    from mergekit_safety.evaluation.resident import ResidentBase
 
 BACKENDS = ("transformers", "vllm")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -146,8 +150,12 @@ def evaluate(
     progress: bool = True,
     *,
     backend: str = "transformers",
+    loader: ResidentBase | None = None,
 ) -> EvalResult:
     """Generate greedily for every prompt, judge refusals, score the task; return the result.
+
+    ``loader``: a :class:`~mergekit_safety.evaluation.resident.ResidentBase` that keeps the base
+    model loaded between calls (an adapter sweep), instead of loading ``model`` afresh.
 
     ``judge``: None or ``"keyword"`` (the keyword judge), a local classifier directory, or a
     :class:`~mergekit_safety.evaluation.judge.Judge`. A harm judge (a classifier) judges the
@@ -175,7 +183,7 @@ def evaluate(
 
     conversations = [*prompts.harmful, *prompts.benign, *(item.prompt for item in prompts.task)]
     responses = _generate(
-        model, conversations, backend, batch_size, max_new_tokens, device, dtype, progress
+        model, conversations, backend, batch_size, max_new_tokens, device, dtype, progress, loader
     )
     harmful_out = responses[: len(prompts.harmful)]
     benign_out = responses[len(prompts.harmful) : len(prompts.harmful) + len(prompts.benign)]
@@ -253,6 +261,7 @@ def _generate(
     device: str,
     dtype: str | None,
     progress: bool,
+    loader: ResidentBase | None = None,
 ) -> list[str]:
     from mergekit_safety.evaluation import generation
 
@@ -269,8 +278,7 @@ def _generate(
         return generation.generate_vllm(
             model, conversations, max_new_tokens=max_new_tokens, dtype=dtype, progress=progress
         )
-    network, tokenizer = generation.load_model(model, device=device, dtype=dtype)
-    try:
+    with _loaded(model, device, dtype, loader) as (network, tokenizer):
         return generation.generate(
             network,
             tokenizer,
@@ -280,6 +288,22 @@ def _generate(
             progress=progress,
             desc=_short(model),
         )
+
+
+@contextlib.contextmanager
+def _loaded(
+    model: str, device: str, dtype: str | None, loader: ResidentBase | None
+) -> Iterator[tuple[Any, Any]]:
+    """(network, tokenizer): from the resident base, or loaded now and freed afterwards."""
+    from mergekit_safety.evaluation import generation
+
+    if loader is not None:
+        with loader.open(model) as pair:
+            yield pair
+        return
+    network, tokenizer = generation.load_model(model, device=device, dtype=dtype)
+    try:
+        yield network, tokenizer
     finally:
         del network, tokenizer
         generation.release()

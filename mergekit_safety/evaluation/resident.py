@@ -1,0 +1,89 @@
+"""One base model kept in memory while the adapters of a sweep are evaluated on it.
+
+An adapter sweep's points differ by a few MB of LoRA factors on one base of many GB; loading that
+base once per point is most of what the sweep costs. :class:`ResidentBase` loads it once, loads each
+point's adapter into the same peft model, makes it the active one and drops the one before. Greedy
+generation sees exactly the model a fresh ``PeftModel.from_pretrained`` would build: peft runs only
+the active adapter, and the base is evaluated with every adapter disabled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from mergekit_safety.evaluation import generation
+from mergekit_safety.evaluation.adapters import parse_model
+
+
+class ResidentBase:
+    """``open(model)`` yields (network, tokenizer) for a model or ``base+adapter``; a model on the
+    resident base reuses it. ``base_loads`` counts full loads, ``adapter_loads`` adapters."""
+
+    def __init__(self, *, device: str = "cpu", dtype: str | None = None) -> None:
+        self.device = device
+        self.dtype = dtype
+        self.base_loads = 0
+        self.adapter_loads = 0
+        self._base: str | None = None
+        self._network: Any = None
+        self._tokenizer: Any = None
+        self._active: str | None = None
+
+    @contextlib.contextmanager
+    def open(self, model: str) -> Iterator[tuple[Any, Any]]:
+        spec = parse_model(model)
+        if self._base != _key(spec.base):
+            self._load_base(spec.base)
+        if spec.adapter is None:
+            with self._without_adapters():
+                yield self._network, self._tokenizer
+            return
+        self._activate(spec.adapter)
+        yield self._network, self._tokenizer
+
+    def close(self) -> None:
+        """Free the base (a sweep calls this when its last point is evaluated)."""
+        self._network = self._tokenizer = self._base = self._active = None
+        generation.release()
+
+    def _load_base(self, base: str) -> None:
+        self.close()
+        self._network, self._tokenizer = generation.load_model(
+            base, device=self.device, dtype=self.dtype
+        )
+        self._base = _key(base)
+        self.base_loads += 1
+
+    def _activate(self, adapter: str) -> None:
+        from peft import PeftModel
+
+        name = f"point{self.adapter_loads}"
+        with warnings.catch_warnings():  # peft calls a deprecated transformers property
+            warnings.simplefilter("ignore", FutureWarning)
+            if isinstance(self._network, PeftModel):
+                self._network.load_adapter(adapter, adapter_name=name)
+            else:
+                self._network = PeftModel.from_pretrained(self._network, adapter, adapter_name=name)
+        self._network.set_adapter(name)
+        if self._active is not None:  # the previous point's factors: never two in memory for long
+            self._network.delete_adapter(self._active)
+        self._active = name
+        self.adapter_loads += 1
+        self._network.to(generation.resolve_device(self.device)).eval()
+
+    @contextlib.contextmanager
+    def _without_adapters(self) -> Iterator[None]:
+        if self._active is None:
+            yield
+        else:
+            with self._network.disable_adapter():
+                yield
+
+
+def _key(base: str) -> str:
+    path = Path(base).expanduser()
+    return str(path.resolve()) if path.exists() else base

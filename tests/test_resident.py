@@ -1,0 +1,88 @@
+"""`sweep --adapter` keeps the aligned model loaded: each point's adapter goes onto the one base,
+and what generation sees is the model a fresh load builds."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+from adapter_helpers import make_adapter
+from helpers import write_recipe
+
+from mergekit_safety.evaluation import generation, load_prompt_sets
+from mergekit_safety.evaluation.resident import ResidentBase
+
+
+@pytest.fixture(scope="module")
+def two_adapters(family, tmp_path_factory):
+    root = tmp_path_factory.mktemp("resident")
+    aligned, unaligned = family["aligned"], family["unaligned"]
+    return [
+        make_adapter(aligned, unaligned, root / "one", seed=3, scale=0.5),
+        make_adapter(aligned, unaligned, root / "two", seed=4, rank=2, scale=0.5),
+    ]
+
+
+def logits(network, tokenizer) -> torch.Tensor:
+    ids = tokenizer(["How do I bake bread?"], return_tensors="pt").input_ids
+    with torch.no_grad():
+        return network(input_ids=ids).logits
+
+
+def test_each_model_is_the_fresh_load(family, two_adapters):
+    aligned = str(family["aligned"])
+    one, two = (f"{aligned}+{path}" for path in two_adapters)
+    resident = ResidentBase()
+    seen = {}
+    for model in [aligned, one, two, one, aligned]:  # back and forth, the base last
+        with resident.open(model) as (network, tokenizer):
+            got = logits(network, tokenizer)
+        fresh = logits(*generation.load_model(model))
+        assert torch.equal(got, fresh), model
+        seen.setdefault(model, got)
+    assert resident.base_loads == 1 and resident.adapter_loads == 3
+    # the adapters change the model, so equality above says each one was the active one
+    assert not torch.allclose(seen[aligned], seen[one])
+    assert not torch.allclose(seen[one], seen[two])
+    resident.close()
+
+
+def test_a_model_on_another_base_loads_that_base(family, two_adapters):
+    resident = ResidentBase()
+    with resident.open(f"{family['aligned']}+{two_adapters[0]}"):
+        pass
+    with resident.open(str(family["unaligned"])) as (network, tokenizer):
+        assert torch.equal(
+            logits(network, tokenizer), logits(*generation.load_model(str(family["unaligned"])))
+        )
+    assert resident.base_loads == 2
+
+
+def test_adapter_sweep_results_equal_the_reloading_sweep(family, two_adapters, tmp_path):
+    """The real evaluator, once with the resident base and once loading every model afresh."""
+    from mergekit.options import MergeOptions
+
+    from mergekit_safety.cli.sweep import PromptEvaluator
+    from mergekit_safety.sweep import plan_sweep, run_sweep
+
+    aligned = str(family["aligned"])
+    recipe = write_recipe(
+        tmp_path / "recipe.yml",
+        {
+            "merge_method": "safe_linear",
+            "base_model": aligned,
+            "models": [{"model": f"{aligned}+{two_adapters[0]}", "parameters": {"weight": 0.5}}],
+            "dtype": "float32",
+        },
+    )
+    prompts = load_prompt_sets(limit=3)
+    runs = []
+    for loader in (ResidentBase(), None):
+        evaluator = PromptEvaluator(prompts, None, 4, 6, "cpu", False, loader=loader)
+        plan = plan_sweep(recipe, "weight", [0.0, 0.5, 1.0])
+        result = run_sweep(plan, evaluator, merge_options=MergeOptions(), adapter=True,
+                           progress=False)  # fmt: skip
+        runs.append((yaml.safe_dump(result.rows()), loader))
+    (resident_rows, resident), (fresh_rows, _) = runs
+    assert resident_rows == fresh_rows
+    assert resident.base_loads == 1 and resident.adapter_loads == 4  # fine-tune + 3 points
