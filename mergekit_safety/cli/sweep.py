@@ -152,6 +152,22 @@ def make_evaluator(
     "aligned+adapter, each value a peft LoRA adapter evaluated on the aligned model, loaded "
     "once for the whole sweep; --out the chosen adapter.",
 )
+@click.option(
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value="local",
+    metavar="[ADDRESS]",
+    callback=lambda _ctx, _param, value: _ray_address(value),
+    help="Run the points as Ray tasks (pip install 'mergekit-safety[ray]'): one CPU each, one GPU "
+    "each with --cuda. Alone (or `local`): a cluster on this machine for the run; else an "
+    "existing cluster's address (`auto`, ray://HOST:10001). Put it after RECIPE.",
+)
+@click.option(
+    "--ray-workers",
+    type=click.IntRange(min=1),
+    help="CPUs of the local cluster --ray starts [default: all of them].",
+)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def sweep_command(
     recipe: str,
@@ -179,6 +195,8 @@ def sweep_command(
     random_seed: int | None,
     lora_merge_cache: str | None,
     adapter: bool,
+    ray_address: str | None,
+    ray_workers: int | None,
     quiet: bool,
 ):
     """Merge RECIPE once per point of a one- or two-parameter grid, evaluate, and choose a point.
@@ -210,6 +228,7 @@ def sweep_command(
     if report_dir.exists() and not report_dir.is_dir():
         raise click.BadParameter(f"{report_dir} is not a directory", param_hint="--report")
     device = device or ("cuda" if cuda else "cpu")
+    _check_ray(ray_address, ray_workers)
 
     with config_errors():
         from mergekit_safety.planning import check_device
@@ -233,7 +252,9 @@ def sweep_command(
             dtype=dtype,
             progress=not quiet,
         )
-        if adapter and isinstance(evaluate_model, PromptEvaluator):
+        if ray_address and isinstance(evaluate_model, PromptEvaluator):
+            evaluate_model.progress = False  # the workers' bars would interleave; one bar here
+        elif adapter and isinstance(evaluate_model, PromptEvaluator):
             from mergekit_safety.evaluation.resident import ResidentBase
 
             evaluate_model.loader = ResidentBase(device=device, dtype=dtype)
@@ -250,18 +271,26 @@ def sweep_command(
         lora_merge_cache=lora_merge_cache,
         quiet=True,  # one sweep bar instead of mergekit's bars for every merge
     )
+    common = {
+        "merge_options": options,
+        "min_refusal": min_refusal,
+        "max_over_refusal": max_over_refusal,
+        "out": out_path,
+        "work_dir": None if work_dir is None else Path(work_dir),
+        "progress": not quiet,
+        "adapter": adapter,
+    }
     with config_errors(), _terminate_unwinds():
-        result = run_sweep(
-            plan,
-            evaluate_model,
-            merge_options=options,
-            min_refusal=min_refusal,
-            max_over_refusal=max_over_refusal,
-            out=out_path,
-            work_dir=None if work_dir is None else Path(work_dir),
-            progress=not quiet,
-            adapter=adapter,
-        )
+        if ray_address:
+            from mergekit_safety.sweep.distributed import run_sweep_ray
+
+            gpus = 1 if cuda or device.startswith("cuda") else 0
+            result = run_sweep_ray(plan, evaluate_model, **common, address=ray_address,
+                                   workers=ray_workers, gpus_per_point=gpus)  # fmt: skip
+        else:
+            result = run_sweep(plan, evaluate_model, **common)
+    for value, error in result.failed:
+        click.echo(f"Point {plan.label(value)} failed and is left out: {error}", err=True)
     if getattr(evaluate_model, "loader", None) is not None:
         evaluate_model.loader.close()
     if hasattr(evaluate_model, "prompt_sets"):  # the real evaluator knows what it read
@@ -294,6 +323,25 @@ def sweep_command(
         click.echo(f"Chosen {chosen}; merge written to {result.out}")
     else:
         click.echo(f"Chosen {chosen} (pass --out DIR to keep the merge)")
+
+
+def _ray_address(address: str | None) -> str | None:
+    """--ray before RECIPE takes the recipe as its address: say so, not "Missing argument"."""
+    if address is not None and address.endswith((".yml", ".yaml")):
+        raise click.BadParameter(
+            f"took {address!r} as the cluster address; put --ray after RECIPE or write --ray local",
+            param_hint="--ray",
+        )
+    return address
+
+
+def _check_ray(address: str | None, workers: int | None) -> None:
+    """--ray-workers sizes a cluster this command starts; an existing one has its own."""
+    if workers is not None and address != "local":
+        raise click.BadParameter(
+            "sizes the local cluster that --ray starts; an existing cluster has its own",
+            param_hint="--ray-workers",
+        )
 
 
 @contextlib.contextmanager

@@ -49,6 +49,7 @@ def sweep_record(result: SweepResult, context: Mapping[str, Any] | None = None) 
             "finetuned": [with_intervals(summary) for summary in result.finetuned],
         },
         "points": [with_intervals(row) for row in result.rows() if row["kind"] == "merged"],
+        "failed": [row for row in result.rows() if row["kind"] == "failed"],
         "chosen": None
         if chosen is None
         else {
@@ -104,6 +105,8 @@ def markdown_rows(rows: Sequence[Mapping[str, Any]]) -> str:
             *(_cell(metric(row, key), interval(row, key)) for key in METRICS),
             {True: "pass", False: "fail"}.get(row.get("passes"), ""),
         ]
+        if row["kind"] == "failed":
+            cells[-1] = f"not evaluated: {row['error']}".replace("|", "\\|")
         if row.get("chosen"):
             cells = [f"**{cell}**" if cell else cell for cell in cells]
             cells[-1] += " (chosen)"

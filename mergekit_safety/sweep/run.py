@@ -108,6 +108,8 @@ class SweepResult:
     points: list[SweepPoint] = field(default_factory=list)
     chosen: SweepPoint | None = None
     out: Path | None = None
+    failed: list[tuple[Value, str]] = field(default_factory=list)
+    """Points whose merge or evaluation failed (a distributed run goes on without them)."""
 
     def rows(self) -> list[dict[str, Any]]:
         """One flat record per model: the reference models first, then each swept value."""
@@ -122,6 +124,18 @@ class SweepResult:
                     **point.metrics,
                     "passes": passes(point.metrics, self.min_refusal, self.max_over_refusal),
                     "chosen": point is self.chosen,
+                }
+            )
+        for value, error in self.failed:
+            rows.append(
+                {
+                    "kind": "failed",
+                    "value": list(value) if isinstance(value, tuple) else value,
+                    **self.plan.as_dict(value),
+                    "model": self.plan.label(value),
+                    "error": error,
+                    "passes": False,
+                    "chosen": False,
                 }
             )
         return rows
