@@ -29,8 +29,29 @@ def format_value(value: float) -> str:
     return f"{value:g}"
 
 
+LM_EVAL = "lm_eval:"
+"""A key ``lm_eval:TASK:METRIC`` reads lm-evaluation-harness's metric in ``metrics["lm_eval"]``."""
+OBJECTIVE = "task_accuracy"
+"""What a sweep maximizes among the points that pass the gate, unless told otherwise."""
+
+
+def parse_lm_eval_key(key: str) -> tuple[str, str] | None:
+    """``lm_eval:gsm8k:exact_match/flexible-extract`` → (task, metric); None for another key."""
+    if not key.startswith(LM_EVAL):
+        return None
+    task, sep, name = key.removeprefix(LM_EVAL).partition(":")
+    if not (task and sep and name):
+        raise ValueError(f"expected lm_eval:TASK:METRIC (e.g. lm_eval:arc_easy:acc); got {key!r}")
+    return task, name
+
+
 def metric(metrics: Mapping[str, Any], key: str) -> float | None:
     """A metric as a float, or None when missing, not a number, or NaN."""
+    found = parse_lm_eval_key(key)
+    if found is not None:
+        task, name = found
+        metrics = (metrics.get("lm_eval") or {}).get(task) or {}
+        key = name
     value = metrics.get(key)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
         return None
@@ -69,7 +90,15 @@ def describe_gate(min_refusal: float | None, max_over_refusal: float | None) -> 
 
 
 def interval(metrics: Mapping[str, Any], key: str) -> tuple[float, float] | None:
-    """The 95 % Wilson interval of a rate: the one ``eval`` recorded, or from the rate and its n."""
+    """The 95 % Wilson interval of a rate: the one ``eval`` recorded, or from the rate and its n;
+    for an lm-eval metric, value ± 1.96 × the standard error lm-eval reports."""
+    found = parse_lm_eval_key(key)
+    if found is not None:
+        value = metric(metrics, key)
+        stderr = metric((metrics.get("lm_eval") or {}).get(found[0]) or {}, f"{found[1]}_stderr")
+        if value is None or stderr is None:
+            return None
+        return value - 1.96 * stderr, value + 1.96 * stderr
     given = metrics.get(f"{key}_ci")
     if isinstance(given, (list, tuple)) and len(given) == 2:
         return float(given[0]), float(given[1])

@@ -60,6 +60,26 @@ from mergekit_safety.cli.common import DTYPE_CHOICES, config_errors
     type=click.Path(file_okay=False),
     help="Write records.jsonl, summary.json and summary.md here.",
 )
+@click.option(
+    "--lm-eval",
+    "lm_eval_tasks",
+    metavar="TASK[,TASK]",
+    help="Also run these lm-evaluation-harness tasks on each model (pip install "
+    "'mergekit-safety[lm-eval]'): metrics go to summary.json and the card's model-index.",
+)
+@click.option(
+    "--lm-eval-include",
+    type=click.Path(file_okay=False),
+    help="A directory of lm-eval task YAMLs (e.g. a task over a local JSONL file).",
+)
+@click.option(
+    "--lm-eval-chat-template",
+    is_flag=True,
+    help="Apply the chat template in lm-eval's prompts [default: off, as lm-eval].",
+)
+@click.option(
+    "--lm-eval-limit", type=click.IntRange(min=1), help="Use the first N documents of each task."
+)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def eval_command(
     models: tuple[str, ...],
@@ -77,6 +97,10 @@ def eval_command(
     dtype: str | None,
     backend: str,
     out: str | None,
+    lm_eval_tasks: str | None,
+    lm_eval_include: str | None,
+    lm_eval_chat_template: bool,
+    lm_eval_limit: int | None,
     quiet: bool,
 ):
     """Evaluate each MODEL (a local directory, or a Hub id when online) on three prompt sets.
@@ -104,9 +128,17 @@ def eval_command(
             f"--judge: expected 'keyword' or a local classifier directory; {judge} has no "
             "config.json"
         )
+    from mergekit_safety.evaluation import harness
+
+    tasks = harness.parse_tasks(lm_eval_tasks)
+    if lm_eval_include and not tasks:
+        raise click.BadParameter("names no task to run: add --lm-eval TASK",
+                                 param_hint="--lm-eval-include")  # fmt: skip
     with config_errors():
         for model in models:
             check_model(model)
+        if tasks:
+            harness.check_tasks(tasks, lm_eval_include)
         from mergekit_safety.evaluation import load_prompt_sets
 
         prompts = load_prompt_sets(
@@ -139,7 +171,24 @@ def eval_command(
                     backend=backend,
                 )
             )
-    click.echo(markdown_table([result.summary() for result in results]))
+            if tasks:
+                results[-1].lm_eval = harness.run_tasks(
+                    model,
+                    tasks,
+                    include=lm_eval_include,
+                    device=device,
+                    dtype=dtype,
+                    batch_size=batch_size,
+                    backend=backend,
+                    chat_template=lm_eval_chat_template,
+                    limit=lm_eval_limit,
+                )
+    summaries = [result.summary() for result in results]
+    click.echo(markdown_table(summaries))
+    if tasks:
+        from mergekit_safety.evaluation.report import lm_eval_table
+
+        click.echo("\n" + lm_eval_table(summaries))
     if out is not None:
         paths = write_report(results, out)
         click.echo(f"Wrote {', '.join(str(path) for path in paths.values())}")

@@ -33,9 +33,11 @@ class PromptEvaluator:
     dtype: str | None = None
     loader: Any = None
     """A ``ResidentBase`` for an adapter sweep: the aligned model loads once for every point."""
+    lm_eval: dict[str, Any] | None = None
+    """``harness.run_tasks`` keyword arguments (tasks, include, ...) to run on every model."""
 
     def __call__(self, path: str) -> dict[str, Any]:
-        from mergekit_safety.evaluation import evaluate
+        from mergekit_safety.evaluation import evaluate, harness
 
         result = evaluate(
             path,
@@ -48,6 +50,11 @@ class PromptEvaluator:
             progress=self.progress,
             loader=self.loader,
         )
+        if self.lm_eval:
+            result.lm_eval = harness.run_tasks(
+                path, device=self.device, dtype=self.dtype, batch_size=self.batch_size,
+                **self.lm_eval,
+            )  # fmt: skip
         return result.summary()
 
     def prompt_sets(self) -> dict[str, Any]:
@@ -168,6 +175,27 @@ def make_evaluator(
     type=click.IntRange(min=1),
     help="CPUs of the local cluster --ray starts [default: all of them].",
 )
+@click.option(
+    "--lm-eval",
+    "lm_eval_tasks",
+    metavar="TASK[,TASK]",
+    help="Also run these lm-evaluation-harness tasks on every model, as `eval --lm-eval` does.",
+)
+@click.option(
+    "--lm-eval-include",
+    type=click.Path(file_okay=False),
+    help="A directory of lm-eval task YAMLs.",
+)
+@click.option("--lm-eval-chat-template", is_flag=True, help="As for `eval`.")
+@click.option("--lm-eval-limit", type=click.IntRange(min=1), help="As for `eval`.")
+@click.option(
+    "--objective",
+    default="task_accuracy",
+    show_default=True,
+    metavar="task_accuracy|lm_eval:TASK:METRIC",
+    help="What the choice maximizes among the passing points: the task prompts' accuracy, or "
+    "a higher-is-better metric of a --lm-eval task (e.g. lm_eval:arc_easy:acc).",
+)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def sweep_command(
     recipe: str,
@@ -197,6 +225,11 @@ def sweep_command(
     adapter: bool,
     ray_address: str | None,
     ray_workers: int | None,
+    lm_eval_tasks: str | None,
+    lm_eval_include: str | None,
+    lm_eval_chat_template: bool,
+    lm_eval_limit: int | None,
+    objective: str,
     quiet: bool,
 ):
     """Merge RECIPE once per point of a one- or two-parameter grid, evaluate, and choose a point.
@@ -229,6 +262,10 @@ def sweep_command(
         raise click.BadParameter(f"{report_dir} is not a directory", param_hint="--report")
     device = device or ("cuda" if cuda else "cpu")
     _check_ray(ray_address, ray_workers)
+    from mergekit_safety.evaluation import harness
+
+    tasks = harness.parse_tasks(lm_eval_tasks)
+    _check_objective(objective, tasks)
 
     with config_errors():
         from mergekit_safety.planning import check_device
@@ -252,6 +289,15 @@ def sweep_command(
             dtype=dtype,
             progress=not quiet,
         )
+        if tasks:
+            harness.check_tasks(tasks, lm_eval_include)
+            if isinstance(evaluate_model, PromptEvaluator):
+                evaluate_model.lm_eval = {
+                    "tasks": tasks,
+                    "include": lm_eval_include,
+                    "chat_template": lm_eval_chat_template,
+                    "limit": lm_eval_limit,
+                }
         if ray_address and isinstance(evaluate_model, PromptEvaluator):
             evaluate_model.progress = False  # the workers' bars would interleave; one bar here
         elif adapter and isinstance(evaluate_model, PromptEvaluator):
@@ -279,6 +325,7 @@ def sweep_command(
         "work_dir": None if work_dir is None else Path(work_dir),
         "progress": not quiet,
         "adapter": adapter,
+        "objective": objective,
     }
     with config_errors(), _terminate_unwinds():
         if ray_address:
@@ -335,6 +382,28 @@ def _ray_address(address: str | None) -> str | None:
     return address
 
 
+def _check_objective(objective: str, tasks: list[str]) -> None:
+    """--objective names task_accuracy or a metric of a task --lm-eval runs, higher-is-better."""
+    from mergekit_safety.gate import parse_lm_eval_key
+
+    if objective == "task_accuracy":
+        return
+    try:
+        found = parse_lm_eval_key(objective)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--objective") from None
+    if found is None:
+        raise click.BadParameter(
+            f"expected task_accuracy or lm_eval:TASK:METRIC; got {objective!r}",
+            param_hint="--objective",
+        )
+    if found[0] not in tasks:
+        raise click.BadParameter(
+            f"{found[0]} is not among the --lm-eval tasks ({', '.join(tasks) or 'none given'})",
+            param_hint="--objective",
+        )
+
+
 def _check_ray(address: str | None, workers: int | None) -> None:
     """--ray-workers sizes a cluster this command starts; an existing one has its own."""
     if workers is not None and address != "local":
@@ -370,6 +439,7 @@ def _write_card(result: Any, prompt_sets: dict, judge: str | None) -> None:
     from mergekit_safety.sweep import SWEEPABLE, format_value
 
     plan = result.plan
+    objective = "task accuracy" if result.objective == "task_accuracy" else result.objective
     over = " × ".join(
         f"{name} ∈ {{{', '.join(format_value(v) for v in values)}}}"
         for name, values in zip(plan.parameters, plan.axes, strict=True)
@@ -391,7 +461,7 @@ def _write_card(result: Any, prompt_sets: dict, judge: str | None) -> None:
             prompt_sets=prompt_sets,
             judge=judge,
             note=f"`{plan.label(result.chosen.value)}` chosen by `mergekit-safety sweep` over "
-            f"{over}: the best task accuracy among the points that pass the gate (ties: {sides}, "
+            f"{over}: the best {objective} among the points that pass the gate (ties: {sides}, "
             "toward the fine-tune). Details: sweep.json, sweep.png"
             + (", sweep-heatmap.png." if plan.grid else "."),
         ),

@@ -51,6 +51,8 @@ class EvalResult:
     """The share of all replies that are empty or degenerate: never counted as refusals."""
     prompt_sets: dict[str, Any] = field(default_factory=dict)
     """Where each prompt set came from (a path or "built-in"), for the card."""
+    lm_eval: dict[str, Any] = field(default_factory=dict)
+    """lm-evaluation-harness metrics by task (:func:`~.harness.run_tasks`), when asked for."""
 
     @property
     def asr(self) -> float | None:
@@ -82,6 +84,7 @@ class EvalResult:
             ),
             "judge": self.judge,
             "prompt_sets": self.prompt_sets,
+            **({"lm_eval": self.lm_eval} if self.lm_eval else {}),
         }
 
 

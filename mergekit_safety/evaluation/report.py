@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from mergekit_safety.evaluation.evaluator import EvalResult
+from mergekit_safety.evaluation.harness import task_metrics
 
 COLUMNS = (
     ("refusal_rate", "refusal rate ↑"),
@@ -51,6 +52,19 @@ def markdown_table(summaries: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def lm_eval_table(summaries: Sequence[Mapping[str, Any]]) -> str:
+    """The lm-evaluation-harness metrics: one row per model, task and metric (± its stderr)."""
+    lines = ["| model | lm-eval task | metric | value | n |", "|---|---|---|---:|---:|"]
+    for row in summaries:
+        record = row.get("lm_eval") or {}
+        for task, name, value, stderr in task_metrics(record):
+            spread = "" if stderr is None else f" ± {stderr:.4f}"
+            model = str(row.get("model", "")).replace("|", "\\|")
+            count = record[task].get("n", "–")
+            lines.append(f"| {model} | {task} | {name} | {value:.4f}{spread} | {count} |")
+    return "\n".join(lines)
+
+
 def write_report(results: Sequence[EvalResult], out_dir: str | os.PathLike) -> dict[str, Path]:
     """Write ``records.jsonl``, ``summary.json`` (a list, models in order) and ``summary.md``.
 
@@ -76,7 +90,10 @@ def write_report(results: Sequence[EvalResult], out_dir: str | os.PathLike) -> d
         if judges
         else "\n"
     )
+    harness = ""
+    if any(s.get("lm_eval") for s in summaries):
+        harness = "\n## lm-evaluation-harness\n\n" + lm_eval_table(summaries) + "\n"
     paths["md"].write_text(
-        "# Safety evaluation\n\n" + markdown_table(summaries) + note, encoding="utf-8"
+        "# Safety evaluation\n\n" + markdown_table(summaries) + note + harness, encoding="utf-8"
     )
     return paths

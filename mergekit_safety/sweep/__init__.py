@@ -8,6 +8,7 @@ that pass the gate (:mod:`mergekit_safety.gate`).
 
 - :mod:`.grid`: the ``--set`` value ranges and the checked plan;
 - :mod:`.run`: merging and evaluating each point, the choice;
+- :mod:`.distributed`: the same run with every point a Ray task (``sweep --ray``);
 - :mod:`.report`: ``sweep.json``/``.csv``/``.md`` and the plots.
 """
 

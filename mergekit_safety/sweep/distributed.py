@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mergekit_safety.errors import ConfigError
+from mergekit_safety.gate import OBJECTIVE
 from mergekit_safety.sweep.grid import SweepPlan
 from mergekit_safety.sweep.run import (
     Evaluator,
@@ -53,6 +54,7 @@ def run_sweep_ray(
     address: str = LOCAL,
     workers: int | None = None,
     gpus_per_point: float = 0,
+    objective: str = OBJECTIVE,
 ) -> SweepResult:
     """:func:`run_sweep` with every reference and point a Ray task (see the module docstring).
 
@@ -81,6 +83,7 @@ def run_sweep_ray(
                 merge=merge,
                 adapter=adapter,
                 gpus=gpus_per_point,
+                objective=objective,
             )
     finally:
         if started:
@@ -101,6 +104,7 @@ def _run(
     merge: Callable[[Mapping[str, Any], Path, Any], None],
     adapter: bool,
     gpus: float,
+    objective: str,
 ) -> SweepResult:
     from tqdm.auto import tqdm
 
@@ -150,13 +154,14 @@ def _run(
         max_over_refusal=max_over_refusal,
         aligned=summaries[("reference", 0)],
         finetuned=[summaries[("reference", i)] for i in range(1, len(references))],
+        objective=objective,
     )
     for index, value in enumerate(plan.values):
         if index in failures:
             result.failed.append((value, failures[index]))
         else:
             result.points.append(SweepPoint(value, summaries[("point", index)]))
-    result.chosen = select(result.points, min_refusal, max_over_refusal, plan.parameters)
+    result.chosen = select(result.points, min_refusal, max_over_refusal, plan.parameters, objective)
     if out is not None and result.chosen is not None:
         where = root / "chosen" / name
         merge(plan.recipe_with(result.chosen.value), where, merge_options)

@@ -42,7 +42,8 @@ def sweep_record(result: SweepResult, context: Mapping[str, Any] | None = None) 
             "max_over_refusal": result.max_over_refusal,
             "description": describe_gate(result.min_refusal, result.max_over_refusal),
         },
-        "selection": "best task accuracy among the points that pass the gate; " + TIE_BREAK,
+        "objective": result.objective,
+        "selection": f"best {_objective(result)} among the points that pass the gate; " + TIE_BREAK,
         **dict(context or {}),
         "references": {
             "aligned": with_intervals(result.aligned),
@@ -60,7 +61,11 @@ def sweep_record(result: SweepResult, context: Mapping[str, Any] | None = None) 
         "within_noise": [
             plan.as_dict(point.value)
             for point in close_to_chosen(
-                result.points, chosen, result.min_refusal, result.max_over_refusal
+                result.points,
+                chosen,
+                result.min_refusal,
+                result.max_over_refusal,
+                result.objective,
             )
         ],
         "out": None if result.out is None else str(result.out),
@@ -82,15 +87,20 @@ def noise_note(result: SweepResult) -> str:
     if result.chosen is None:
         return "no point passes the gate"
     close = close_to_chosen(
-        result.points, result.chosen, result.min_refusal, result.max_over_refusal
+        result.points, result.chosen, result.min_refusal, result.max_over_refusal, result.objective
     )
     if not close:
-        return "no other passing point is within noise of the choice in task accuracy"
+        return f"no other passing point is within noise of the choice in {_objective(result)}"
     labels = ", ".join(result.plan.label(point.value) for point in close)
     return (
-        f"within noise of the choice (task accuracy 95 % intervals overlap): {len(close)} other "
+        f"within noise of the choice ({_objective(result)} 95 % intervals overlap): "
+        f"{len(close)} other "
         f"passing point{'s' if len(close) > 1 else ''} ({labels}); the data cannot rank them"
     )
+
+
+def _objective(result: SweepResult) -> str:
+    return "task accuracy" if result.objective == "task_accuracy" else result.objective
 
 
 def markdown_rows(rows: Sequence[Mapping[str, Any]]) -> str:

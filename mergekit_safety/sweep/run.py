@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from mergekit_safety.gate import metric, passes, within_noise
+from mergekit_safety.gate import OBJECTIVE, metric, passes, within_noise
 from mergekit_safety.lora_cache import lora_cache
 from mergekit_safety.sweep.grid import SWEEPABLE, SweepPlan, Value
 
@@ -54,10 +54,12 @@ def select(
     min_refusal: float | None,
     max_over_refusal: float | None,
     parameter: str | Sequence[str],
+    objective: str = OBJECTIVE,
 ) -> SweepPoint | None:
-    """The passing point with the best task accuracy, or None if none passes.
+    """The passing point with the best ``objective`` (task accuracy, or an ``lm_eval:TASK:METRIC``
+    that is higher-is-better), or None if none passes.
 
-    A missing accuracy ranks below any number. Ties go to the fine-tuned side, parameter by
+    A missing value ranks below any number. Ties go to the fine-tuned side, parameter by
     parameter in the order given (see ``TIE_BREAK``).
     """
     names = [parameter] if isinstance(parameter, str) else list(parameter)
@@ -67,7 +69,7 @@ def select(
         return None
 
     def rank(point: SweepPoint) -> tuple[float, ...]:
-        accuracy = metric(point.metrics, "task_accuracy")
+        accuracy = metric(point.metrics, objective)
         sides = (d * v for d, v in zip(directions, point.values, strict=True))
         return (-math.inf if accuracy is None else accuracy, *sides)
 
@@ -79,8 +81,9 @@ def close_to_chosen(
     chosen: SweepPoint | None,
     min_refusal: float | None,
     max_over_refusal: float | None,
+    objective: str = OBJECTIVE,
 ) -> list[SweepPoint]:
-    """The other passing points whose task accuracy is within noise of the choice's.
+    """The other passing points whose ``objective`` is within noise of the choice's.
 
     Within noise: their 95 % Wilson intervals overlap. Such a choice is one of several the data
     cannot rank; a larger task set, not the sweep, would separate them.
@@ -92,7 +95,7 @@ def close_to_chosen(
         for point in points
         if point is not chosen
         and passes(point.metrics, min_refusal, max_over_refusal)
-        and within_noise(point.metrics, chosen.metrics, "task_accuracy")
+        and within_noise(point.metrics, chosen.metrics, objective)
     ]
 
 
@@ -108,6 +111,8 @@ class SweepResult:
     points: list[SweepPoint] = field(default_factory=list)
     chosen: SweepPoint | None = None
     out: Path | None = None
+    objective: str = OBJECTIVE
+    """What the choice maximizes among the passing points."""
     failed: list[tuple[Value, str]] = field(default_factory=list)
     """Points whose merge or evaluation failed (a distributed run goes on without them)."""
 
@@ -176,6 +181,7 @@ def run_sweep(
     progress: bool = True,
     merge: Callable[[Mapping[str, Any], Path, Any], None] = merge_recipe,
     adapter: bool = False,
+    objective: str = OBJECTIVE,
 ) -> SweepResult:
     """Evaluate the references once, then merge and evaluate each value; keep the choice in ``out``.
 
@@ -224,6 +230,7 @@ def run_sweep(
             aligned=summaries[0],
             finetuned=summaries[1:],
             out=None,
+            objective=objective,
         )
         kept: Path | None = None
         name = out.resolve().name if out is not None else "merge"  # mergekit titles the card so
@@ -234,14 +241,16 @@ def run_sweep(
             merge(plan.recipe_with(value), where, merge_options)
             point = SweepPoint(value, evaluate(str(where), label, label))
             result.points.append(point)
-            best = select(result.points, min_refusal, max_over_refusal, plan.parameters)
+            best = select(result.points, min_refusal, max_over_refusal, plan.parameters, objective)
             if out is not None and best is point:
                 if kept is not None:
                     shutil.rmtree(kept.parent)
                 kept = where
             else:
                 shutil.rmtree(where.parent)
-        result.chosen = select(result.points, min_refusal, max_over_refusal, plan.parameters)
+        result.chosen = select(
+            result.points, min_refusal, max_over_refusal, plan.parameters, objective
+        )
         if out is not None and result.chosen is not None:
             assert kept is not None
             install(kept, out)
