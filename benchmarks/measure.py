@@ -17,9 +17,9 @@ import json, resource, subprocess, sys, time
 start = time.perf_counter()
 done = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 wall = time.perf_counter() - start
-peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # KiB on Linux
-print(json.dumps({"rc": done.returncode, "wall": wall, "rss": peak * 1024,
-                  "stderr": done.stderr[-3000:]}))
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # ru_maxrss: KiB on Linux
+print(json.dumps({"rc": done.returncode, "wall": wall, "rss": usage.ru_maxrss * 1024,
+                  "cpu": usage.ru_utime + usage.ru_stime, "stderr": done.stderr[-3000:]}))
 """
 
 
@@ -29,6 +29,9 @@ class Sample:
     """Seconds, measured around the child alone."""
     rss: int
     """Peak resident set of the child, bytes."""
+    cpu: float = 0.0
+    """User + system seconds of the child, all its threads: on a shared machine a steadier
+    measure of work than wall time, which waits for the cores other jobs hold."""
 
 
 class CommandFailed(RuntimeError):
@@ -45,4 +48,4 @@ def measure(command: list[str], env: dict[str, str] | None = None) -> Sample:
     report = json.loads(done.stdout.strip().splitlines()[-1])
     if report["rc"] != 0:
         raise CommandFailed(f"{' '.join(command)} exited {report['rc']}:\n{report['stderr']}")
-    return Sample(wall=report["wall"], rss=report["rss"])
+    return Sample(wall=report["wall"], rss=report["rss"], cpu=report["cpu"])
