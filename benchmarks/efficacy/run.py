@@ -141,19 +141,24 @@ def _attack_size(config: Config) -> int:
     return math.ceil(n_task * fraction / (1 - fraction))
 
 
-def do_compliant(config: Config, stage: Stage) -> None:
-    """U's own answers to AdvBench-train prompts it complies with (the attack's harmful data)."""
+def _compliant(model: str, prompts: list[str], config: Config) -> list[dict[str, str]]:
+    """``model``'s greedy answers to ``prompts``, keeping those neither refusals nor degenerate."""
     from mergekit_safety.evaluation.judge import KeywordJudge, is_degenerate
 
+    outs = _generate(model, prompts, config, config.raw["align"]["helpful_tokens"])
+    judge = KeywordJudge()
+    return [
+        {"prompt": p, "reply": _trim(o)}
+        for p, o in zip(prompts, outs, strict=True)
+        if not judge.is_refusal(o) and not is_degenerate(o)
+    ]
+
+
+def do_compliant(config: Config, stage: Stage) -> None:
+    """U's own answers to AdvBench-train prompts it complies with (the attack's harmful data)."""
     need = _attack_size(config)
     pool = _splits(config)["harmful"]["train"][-(2 * need) :]  # not the ones A and S refuse
-    outs = _generate(stage.args["model"], pool, config, config.raw["align"]["helpful_tokens"])
-    judge = KeywordJudge()
-    kept = [
-        {"prompt": p, "reply": _trim(o)}
-        for p, o in zip(pool, outs, strict=True)
-        if not judge.is_refusal(o) and not is_degenerate(o)
-    ][:need]
+    kept = _compliant(stage.args["model"], pool, config)[:need]
     _json(stage.outputs[0], kept)
     log(f"compliant answers: {len(kept)} of {len(pool)} prompts (need {need})")
 
@@ -245,9 +250,12 @@ def do_finetune(config: Config, stage: Stage) -> None:
         harmful = len(extra)
         pairs += extra
     models = config.work / "models"
+    base = stage.args.get("base", "A")
+    if base != "A":
+        _wait_for(Path(config.model(base)) / "config.json")
     record = _train(
         config,
-        config.model("A"),
+        config.model(base),
         pairs,
         models / f"{name}-adapter",
         spec,
@@ -257,8 +265,61 @@ def do_finetune(config: Config, stage: Stage) -> None:
     )
     _json(
         config.results / "training" / f"{name}.json",
-        {**record, "kind": kind, "harmful_pairs": harmful, "task_pairs": len(pairs) - harmful},
+        {
+            **record,
+            "kind": kind,
+            "base": base,
+            "harmful_pairs": harmful,
+            "task_pairs": len(pairs) - harmful,
+        },
     )
+
+
+def do_harmful_data(config: Config, stage: Stage) -> None:
+    """U's own compliant answers to AdvBench-train prompts A and S did not train on: the data of
+    Safety Arithmetic's harmful model H (τ_H = H − A is the direction harm removal takes out)."""
+    spec = config.raw["harmful"]
+    start = config.raw["align"].get("refusals", 0) + config.raw.get("safe", {}).get("refusals", 0)
+    pool = _splits(config)["harmful"]["train"][start : start + spec["prompts"]]
+    kept = _compliant(stage.args["model"], pool, config)
+    _json(stage.outputs[0], kept)
+    log(f"harmful-model data: {len(kept)} compliant answers of {len(pool)} prompts")
+
+
+def do_harmful(config: Config, stage: Stage) -> None:
+    """H = A + a harmful-compliance LoRA, merged (as S is A + a refusal LoRA)."""
+    data = _read(config.work / "data" / "harmful.json")
+    pairs = [(r["prompt"], r["reply"]) for r in data]
+    models = config.work / "models"
+    record = _train(
+        config,
+        config.model("A"),
+        pairs,
+        models / "H-adapter",
+        config.raw["harmful"],
+        config.raw.get("seed", 0),
+        lora=True,
+        merged=models / "H",
+    )
+    _json(config.results / "training" / "H.json", {**record, "harmful_pairs": len(pairs)})
+
+
+def do_lox(config: Config, stage: Stage) -> None:
+    """A hardened with LoX (mergekit-yaml on the lox recipe): the model a LoX user fine-tunes."""
+    from benchmarks.efficacy.plan import lox_recipe
+    from mergekit_safety.sweep import merge_recipe
+
+    out = Path(stage.args["out"])
+    body = lox_recipe(config, stage.args["point"])
+    start = time.time()
+    if out.exists():
+        shutil.rmtree(out)
+    merge_recipe(body, out, _merge_options(config))
+    _json(
+        stage.outputs[0],
+        {"method": "lox", "point": stage.args["point"], "merge_s": round(time.time() - start, 1),
+         "recipe": body},
+    )  # fmt: skip
 
 
 def do_eval(config: Config, stage: Stage) -> None:
@@ -335,6 +396,8 @@ def do_merge(config: Config, stage: Stage) -> None:
     _wait_for(config.work / "models" / f"{args['ft']}-adapter" / "train_info.json")
     if args["method"] == "safemerge":
         _wait_for(config.work / "models" / "S-adapter" / "train_info.json")
+    if args["method"] == "harm_removal":
+        _wait_for(config.work / "models" / "H-adapter" / "train_info.json")
     body = recipe(config, args["method"], point, config.model(args["ft"]))
     Path(args["recipe_path"]).parent.mkdir(parents=True, exist_ok=True)
     Path(args["recipe_path"]).write_text(yaml.safe_dump(body, sort_keys=False), encoding="utf-8")
@@ -363,7 +426,7 @@ def _wait_for(path: Path, timeout: float = 1800) -> None:
 
 def _matrices(recipe_path: str, method: str) -> dict:
     """How many matrices the recipe merges (``inspect``'s decisions); all, for ungated ones."""
-    if method in ("safe_linear", "resta"):
+    if method in ("safe_linear", "resta", "harm_removal"):
         return {"matrices_merged": "all"}
     try:
         from mergekit_safety.inspection import inspect
@@ -560,6 +623,9 @@ HANDLERS = {
     "throughput": do_throughput,
     "helpful": do_helpful,
     "compliant": do_compliant,
+    "harmful_data": do_harmful_data,
+    "harmful": do_harmful,
+    "lox": do_lox,
     "align": do_align,
     "safe": do_safe,
     "finetune": do_finetune,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from mergekit_safety.cli.common import DTYPE_CHOICES, config_errors
+from mergekit_safety.cli.common import DTYPE_CHOICES, config_errors, lm_eval_options
 
 
 @click.command("eval")
@@ -60,26 +60,7 @@ from mergekit_safety.cli.common import DTYPE_CHOICES, config_errors
     type=click.Path(file_okay=False),
     help="Write records.jsonl, summary.json and summary.md here.",
 )
-@click.option(
-    "--lm-eval",
-    "lm_eval_tasks",
-    metavar="TASK[,TASK]",
-    help="Also run these lm-evaluation-harness tasks on each model (pip install "
-    "'mergekit-safety[lm-eval]'): metrics go to summary.json and the card's model-index.",
-)
-@click.option(
-    "--lm-eval-include",
-    type=click.Path(file_okay=False),
-    help="A directory of lm-eval task YAMLs (e.g. a task over a local JSONL file).",
-)
-@click.option(
-    "--lm-eval-chat-template",
-    is_flag=True,
-    help="Apply the chat template in lm-eval's prompts [default: off, as lm-eval].",
-)
-@click.option(
-    "--lm-eval-limit", type=click.IntRange(min=1), help="Use the first N documents of each task."
-)
+@lm_eval_options
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def eval_command(
     models: tuple[str, ...],

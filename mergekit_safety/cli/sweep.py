@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from mergekit_safety.cli.common import DTYPE_CHOICES, config_errors
+from mergekit_safety.cli.common import DTYPE_CHOICES, config_errors, lm_eval_options
 
 NOTHING_PASSES = 3
 """Exit status when the sweep ran but no value passes the gate (1: an error, 2: bad usage)."""
@@ -175,19 +175,7 @@ def make_evaluator(
     type=click.IntRange(min=1),
     help="CPUs of the local cluster --ray starts [default: all of them].",
 )
-@click.option(
-    "--lm-eval",
-    "lm_eval_tasks",
-    metavar="TASK[,TASK]",
-    help="Also run these lm-evaluation-harness tasks on every model, as `eval --lm-eval` does.",
-)
-@click.option(
-    "--lm-eval-include",
-    type=click.Path(file_okay=False),
-    help="A directory of lm-eval task YAMLs.",
-)
-@click.option("--lm-eval-chat-template", is_flag=True, help="As for `eval`.")
-@click.option("--lm-eval-limit", type=click.IntRange(min=1), help="As for `eval`.")
+@lm_eval_options
 @click.option(
     "--objective",
     default="task_accuracy",
