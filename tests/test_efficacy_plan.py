@@ -68,7 +68,12 @@ def test_stages_come_after_their_inputs(full_size):
     # seed 0 of each kind before the extra seeds: a cut run has one full seed first
     assert index("merge:attack-s0/resta-chosen") < index("finetune:benign-s1")
     runs = [s.args["name"] for s in plan(config) if s.kind == "finetune"]
-    assert runs == ["benign-s0", "attack-s0", "benign-s1", "benign-s2"]
+    assert runs == ["benign-s0", "attack-s0", "benign-lox-s0", "benign-s1", "benign-s2"]
+    # harm removal needs H; LoX's fine-tune starts from the hardened A, not from A
+    assert index("harmful") < index("merge:benign-s0/harm_removal-default")
+    assert index("lox") < index("finetune:benign-lox-s0") < index("eval:test:benign-lox-s0")
+    lox_tune = next(s for s in plan(config) if s.name == "finetune:benign-lox-s0")
+    assert lox_tune.args["base"] == "A-lox"
 
 
 def test_every_recipe_is_a_valid_mergekit_config(full_size):
@@ -82,9 +87,17 @@ def test_every_recipe_is_a_valid_mergekit_config(full_size):
         parsed = MergeConfiguration.model_validate(body)
         assert parsed.dtype == "bfloat16"
         names = {str(m.model.model.path) for m in parsed.models}
-        assert (str(u) in names) == (method != "safe_linear")  # ungated: no unaligned model
+        # ungated safe_linear and harm removal read no unaligned model; harm removal reads H
+        assert (str(u) in names) == (method not in ("safe_linear", "harm_removal"))
+        if method == "harm_removal":
+            assert config.model("H") in names and body["parameters"] == point
         if method != "resta":
             assert str(parsed.base_model.model.path) == str(a)
+    from benchmarks.efficacy.plan import lox_recipe
+
+    lox = MergeConfiguration.model_validate(lox_recipe(config, config.raw["lox"]["point"]))
+    assert str(lox.base_model.model.path) == str(a)
+    assert [str(m.model.model.path) for m in lox.models] == [str(u)]
     resta = recipe(config, "resta", {"beta": 0.5}, ft)
     weights = [m["parameters"]["weight"] for m in resta["models"]]
     assert resta["merge_method"] == "task_arithmetic" and weights == [0.5, -0.5]

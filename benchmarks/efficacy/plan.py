@@ -15,7 +15,8 @@ from typing import Any
 
 import yaml
 
-METHODS = ("safe_linear", "safe_linear_gated", "safe_lora", "safemerge", "resta")
+METHODS = ("safe_linear", "safe_linear_gated", "safe_lora", "safemerge", "resta", "harm_removal")
+"""Methods that repair a fine-tune. LoX acts before the fine-tune instead: its own stages."""
 
 
 @dataclass
@@ -49,7 +50,7 @@ class Config:
         return (self.root / self.raw["results"]).resolve()
 
     def model(self, key: str) -> str:
-        """Path (or Hub id) of a named model: U, A, S, or a fine-tune."""
+        """Path (or Hub id) of a named model: U, A, S, H (harmful), A-lox, or a fine-tune."""
         if key == "U" and not str(self.raw["unaligned"]).startswith("pypi:"):
             return str(self.raw["unaligned"])
         if key == "A" and self.raw.get("aligned"):
@@ -134,7 +135,28 @@ def recipe(config: Config, method: str, point: dict[str, float], finetuned: str)
             "parameters": {**gate, "merge_type": "linear"},
             "dtype": dtype,
         }
+    if method == "harm_removal":
+        harmful = {"model": config.model("H"), "parameters": {"role": "harmful"}}
+        return {
+            "merge_method": "harm_removal",
+            "base_model": a,
+            "models": [{"model": finetuned}, harmful],
+            "parameters": {k: float(point[k]) for k in ("scale", "density") if k in point},
+            "dtype": dtype,
+        }
     raise ValueError(f"unknown method {method}")
+
+
+def lox_recipe(config: Config, point: dict[str, float]) -> dict:
+    """LoX on A: the hardened aligned model that a LoX user fine-tunes instead of A."""
+    dtype = "bfloat16" if config.raw["dtype"] == "bfloat16" else "float32"
+    return {
+        "merge_method": "lox",
+        "base_model": config.model("A"),
+        "models": [{"model": config.model("U"), "parameters": {"role": "unaligned"}}],
+        "parameters": {"k": int(point["k"]), "alpha": float(point["alpha"])},
+        "dtype": dtype,
+    }
 
 
 def point_label(point: dict[str, float]) -> str:
@@ -272,6 +294,17 @@ def plan(config: Config) -> list[Stage]:
     if "safemerge" in config.raw["methods"]:
         stages.append(Stage("safe", "safe", [models / "S-adapter" / "train_info.json"]))
         stages.append(_eval_stage(config, "S", config.model("S"), "test"))
+    if "harm_removal" in config.raw["methods"]:
+        stages.append(
+            Stage(
+                "generate:harmful",
+                "harmful_data",
+                [config.work / "data" / "harmful.json"],
+                {"model": config.model("U")},
+            )
+        )
+        stages.append(Stage("harmful", "harmful", [models / "H-adapter" / "train_info.json"]))
+        stages.append(_eval_stage(config, "H", config.model("H"), "test"))
     runs = config.finetunes()
     first = [r for r in runs if r[2] == 0]
     later = [r for r in runs if r[2] != 0]
@@ -302,6 +335,8 @@ def plan(config: Config) -> list[Stage]:
                 ],
             )
         )
+    if config.raw.get("lox"):
+        stages += _lox(config)
     for name, kind, seed in later:
         stages += _finetune(config, name, kind, seed)
         for method, spec in methods.items():
@@ -311,13 +346,30 @@ def plan(config: Config) -> list[Stage]:
     return stages
 
 
-def _finetune(config: Config, name: str, kind: str, seed: int) -> list[Stage]:
+def _lox(config: Config) -> list[Stage]:
+    """Harden A with LoX, evaluate it, fine-tune it as A was fine-tuned, evaluate that."""
+    spec = config.raw["lox"]
+    out = config.work / "models" / "A-lox"
+    merge = Stage(
+        "lox",
+        "lox",
+        [config.results / "merges" / "lox.json"],
+        {"point": spec["point"], "out": str(out)},
+        [f"mergekit-yaml lox.yml {_q(out)}"],
+    )
+    name = f"{spec['finetune']}-lox-s{spec.get('seed', 0)}"
+    stages = [merge, _eval_stage(config, "A-lox", str(out), "test")]
+    stages += _finetune(config, name, spec["finetune"], spec.get("seed", 0), base="A-lox")
+    return stages
+
+
+def _finetune(config: Config, name: str, kind: str, seed: int, base: str = "A") -> list[Stage]:
     models = config.work / "models"
     train = Stage(
         f"finetune:{name}",
         "finetune",
         [models / f"{name}-adapter" / "train_info.json"],  # written last
-        {"name": name, "kind": kind, "seed": seed},
+        {"name": name, "kind": kind, "seed": seed, "base": base},
     )
     check = _eval_stage(config, name, config.model(name), "test")
     return [train, check]

@@ -22,6 +22,7 @@ LABELS = {
     "safe_lora": "safe_lora",
     "safemerge": "safemerge",
     "resta": "RESTA (task_arithmetic)",
+    "harm_removal": "harm_removal",
 }
 
 
@@ -64,7 +65,7 @@ def _mean(xs: list[float | None]) -> str:
 def collect(config: Config) -> dict[str, Any]:
     """Every measured number the tables use, as plain data (also written as tables.json)."""
     test = config.results / "evals" / "test"
-    base = {name: _load(test / name / "summary.json") for name in ("U", "A", "S")}
+    base = {name: _load(test / name / "summary.json") for name in ("U", "A", "S", "H", "A-lox")}
     data: dict[str, Any] = {"models": base, "finetunes": {}, "checks": {}}
     methods = list(config.raw["methods"])
     for name, kind, seed in config.finetunes():
@@ -91,6 +92,16 @@ def collect(config: Config) -> dict[str, Any]:
                 entry["points"][f"{method}-{point}"] = {"summary": summary, "merge": merge}
         data["finetunes"][name] = entry
     data["sweeps"] = {m: _load(config.results / "sweeps" / f"{m}.json") for m in methods}
+    lox = config.raw.get("lox")
+    if lox:
+        name = f"{lox['finetune']}-lox-s{lox.get('seed', 0)}"
+        data["lox"] = {
+            "point": lox["point"],
+            "hardened": base["A-lox"],
+            "finetuned": _load(test / name / "summary.json"),
+            "plain": _load(test / f"{lox['finetune']}-s{lox.get('seed', 0)}" / "summary.json"),
+            "name": name,
+        }
     data["adapter"] = _load(config.results / "adapter.json")
     data["timings"] = _load(config.results / "timings.json")
     data["throughput"] = _load(config.results / "throughput.json")
@@ -104,7 +115,8 @@ def _point_text(config: Config, data: dict, method: str, point: str, merges: lis
         sweep = data["sweeps"].get(method) or {}
         chosen = sweep.get("chosen")
         text = (point_label(chosen) if chosen else "none passed") + " (chosen)"
-    return text.replace("weight", "λ").replace("threshold", "τ").replace("beta", "β")
+    text = text.replace("weight", "λ").replace("threshold", "τ").replace("beta", "β")
+    return text.replace("scale", "λ")
 
 
 def base_table(data: dict) -> str:
@@ -133,7 +145,7 @@ def kind_table(config: Config, data: dict, kind: str) -> str:
         "refusal back | task kept |\n|---|---|---:|---:|---:|---:|---:|---:|"
     )
     lines = [head]
-    for name in ("U", "A", "S"):
+    for name in ("U", "A", "S", "H"):
         s = data["models"].get(name)
         if s:
             lines.append(
@@ -176,6 +188,26 @@ def kind_table(config: Config, data: dict, kind: str) -> str:
                 + " | ".join(_fmt(rows, k) for k in METRICS)
                 + f" | {_mean(backs)} | {_mean(kepts)} |"
             )
+    return "\n".join(lines) + "\n"
+
+
+def lox_table(data: dict) -> str:
+    """A, A hardened by LoX, and the same fine-tune recipe on each (LoX acts before tuning)."""
+    lox = data["lox"]
+    lines = [
+        f"LoX at {point_label(lox['point'])}; the fine-tune is the {lox['name']} recipe.\n",
+        "| model | refusal ↑ | over-refusal ↓ | task acc. ↑ |",
+        "|---|---:|---:|---:|",
+    ]
+    named = [
+        ("A", data["models"].get("A")),
+        ("A hardened by LoX", lox["hardened"]),
+        ("fine-tune of A", lox["plain"]),
+        ("fine-tune of the hardened A", lox["finetuned"]),
+    ]
+    for label, s in named:
+        if s:
+            lines.append(f"| {label} | " + " | ".join(_fmt([s], k) for k in METRICS) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -228,7 +260,7 @@ def plot(config: Config, data: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 5), sharey=True)
-    markers = dict(zip(config.raw["methods"], "osD^v", strict=False))
+    markers = dict(zip(config.raw["methods"], "osD^vP", strict=False))
     for ax, kind in zip(axes, ("benign", "attack"), strict=True):
         runs = [e for e in data["finetunes"].values() if e["kind"] == kind and e["seed"] == 0]
         for name in ("U", "A", "S"):
@@ -281,6 +313,8 @@ def write_tables(config: Config) -> Path:
     parts += ["\n## Models\n\n", base_table(data)]
     for kind in ("benign", "attack"):
         parts += [f"\n## {kind} fine-tune\n\n", kind_table(config, data, kind)]
+    if data.get("lox"):
+        parts += ["\n## LoX: harden A, then fine-tune\n\n", lox_table(data)]
     parts += [
         "\n## Fine-tune checks (test)\n\n```json\n",
         json.dumps(data["checks"], indent=2),
