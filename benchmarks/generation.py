@@ -10,8 +10,8 @@ Without ``--model``, a small random Llama is built in a temporary directory (a w
 over the prompts' words, with a chat template) and end-of-sequence is ignored, so every prompt gets
 exactly ``--max-new-tokens`` tokens (a random model would otherwise stop at random places).
 
-    python benchmarks/generation.py                       # the built model, Markdown table
-    python benchmarks/generation.py --model recipes/demo/aligned \\
+    python -m benchmarks.generation                       # the built model, Markdown table
+    python -m benchmarks.generation --model recipes/demo/aligned \\
         --prompts recipes/demo/prompts/harmful.jsonl --json
 """
 
@@ -85,6 +85,22 @@ def timed(fn: Any) -> tuple[Any, float]:
     return value, time.perf_counter() - start
 
 
+def matmul_gflops(device: str, dtype: torch.dtype, size: int = 1024, repeats: int = 5) -> float:
+    """The machine's dense rate: the best of ``repeats`` square ``size`` matmuls, GFLOP/s."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    best = float("inf")
+    for _ in range(repeats + 1):  # the first is a warm-up
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        a @ b
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -104,12 +120,21 @@ def markdown(report: dict[str, Any]) -> str:
         "| mode | prompts | new tokens | seconds | tokens/s | speed-up |",
         "|---|---:|---:|---:|---:|---:|",
     ]
+    lines[0] += " model GFLOP/s | share of matmul rate |"
+    lines[1] += "---:|---:|"
     for row in rows:
         lines.append(
             f"| {row['mode']} | {row['prompts']} | {row['new_tokens']} | {row['seconds']:.2f} | "
-            f"{row['tokens_per_s']:.1f} | {row['speedup']:.2f}× |"
+            f"{row['tokens_per_s']:.1f} | {row['speedup']:.2f}× | {row['model_gflops']:.2f} | "
+            f"{row['share_of_matmul']:.1%} |"
         )
     lines.append("")
+    lines.append(
+        f"Matmul rate: {report['matmul_gflops']:.1f} GFLOP/s ({report['dtype']} "
+        f"{report['matmul_size']}² × {report['matmul_size']}², best of 5, before and after "
+        "generation); model GFLOP/s = tokens/s × 2 × parameters (the weight matmuls of one "
+        "decoding step, attention over the cache left out)."
+    )
     lines.append(
         f"Model: {report['model']} ({report['parameters'] / 1e6:.1f} M parameters, "
         f"{report['dtype']}, {report['device']}); max new tokens {report['max_new_tokens']}"
@@ -183,6 +208,8 @@ def main(
         }
         generate_ids(network, tokenizer, prompts[:2], batch_size=2, **kwargs)  # warm-up
         load_before = os.getloadavg()[0]
+        weight_dtype = next(network.parameters()).dtype
+        rate = matmul_gflops(device, weight_dtype)
         alone, batched, alone_s, batched_s = [], [], 0.0, 0.0
         # Interleaved, one batch's worth of prompts at a time, alternating which mode goes
         # first: a load change on a shared machine then hits both modes alike.
@@ -200,6 +227,7 @@ def main(
                 else:
                     batched, batched_s = batched + rows, batched_s + seconds
         load_after = os.getloadavg()[0]
+        rate = max(rate, matmul_gflops(device, weight_dtype))
         parameters = sum(p.numel() for p in network.parameters())
         used_dtype = str(next(network.parameters()).dtype).removeprefix("torch.")
 
@@ -216,6 +244,8 @@ def main(
     for row in rows:
         row.update(prompts=len(prompts), new_tokens=tokens, tokens_per_s=tokens / row["seconds"])
         row["speedup"] = row["tokens_per_s"] / base
+        row["model_gflops"] = row["tokens_per_s"] * 2 * parameters / 1e9
+        row["share_of_matmul"] = row["model_gflops"] / rate
     report = {
         "model": label,
         "parameters": parameters,
@@ -225,6 +255,8 @@ def main(
         "ignore_eos": ignore_eos,
         "identical": alone == batched,
         "ratio": batched_s and alone_s / batched_s,
+        "matmul_gflops": rate,
+        "matmul_size": 1024,
         "machine": machine(),
         "load_average": [round(load_before, 2), round(load_after, 2)],
         "rows": rows,
