@@ -164,7 +164,9 @@ def _run(
     result.chosen = select(result.points, min_refusal, max_over_refusal, plan.parameters, objective)
     if out is not None and result.chosen is not None:
         where = root / "chosen" / name
-        merge(plan.recipe_with(result.chosen.value), where, merge_options)
+        cache = merge_options.lora_merge_cache or str(root / "lora")  # in the run's directory
+        options = merge_options.model_copy(update={"lora_merge_cache": cache})
+        merge(plan.recipe_with(result.chosen.value), where, options)
         install(where, out)
         result.out = out
     return result
