@@ -101,6 +101,8 @@ def test_a_failed_point_is_reported_and_the_others_go_on(family, tmp_path):
 
 DRIVER = """
 import time
+import signal
+signal.signal(signal.SIGINT, signal.default_int_handler)  # a background job ignores SIGINT
 from mergekit_safety.cli import main, sweep
 
 def slow(path):

@@ -334,6 +334,8 @@ def test_interrupted_run_leaves_no_temporary_models(family, tmp_path, error, rai
 
 DRIVER = """
 import sys, time
+import signal
+signal.signal(signal.SIGINT, signal.default_int_handler)  # a background job ignores SIGINT
 sys.path.insert(0, {tests!r})
 from mergekit_safety.cli import main, sweep
 from test_sweep import FakeEvaluator
