@@ -35,6 +35,11 @@ OBJECTIVE = "task_accuracy"
 """What a sweep maximizes among the points that pass the gate, unless told otherwise."""
 
 
+def objective_label(objective: str) -> str:
+    """How reports name what a sweep maximizes: "task accuracy", or the lm-eval key itself."""
+    return "task accuracy" if objective == OBJECTIVE else objective
+
+
 def parse_lm_eval_key(key: str) -> tuple[str, str] | None:
     """``lm_eval:gsm8k:exact_match/flexible-extract`` → (task, metric); None for another key."""
     if not key.startswith(LM_EVAL):
@@ -94,8 +99,7 @@ def interval(metrics: Mapping[str, Any], key: str) -> tuple[float, float] | None
     for an lm-eval metric, value ± 1.96 × the standard error lm-eval reports."""
     found = parse_lm_eval_key(key)
     if found is not None:
-        value = metric(metrics, key)
-        stderr = metric((metrics.get("lm_eval") or {}).get(found[0]) or {}, f"{found[1]}_stderr")
+        value, stderr = metric(metrics, key), metric(metrics, f"{key}_stderr")
         if value is None or stderr is None:
             return None
         return value - 1.96 * stderr, value + 1.96 * stderr

@@ -424,10 +424,11 @@ def _build_evaluator(**kwargs: Any):
 
 def _write_card(result: Any, prompt_sets: dict, judge: str | None) -> None:
     from mergekit_safety.card import SafetyEvaluation, update_card
+    from mergekit_safety.gate import objective_label
     from mergekit_safety.sweep import SWEEPABLE, format_value
 
     plan = result.plan
-    objective = "task accuracy" if result.objective == "task_accuracy" else result.objective
+    objective = objective_label(result.objective)
     over = " × ".join(
         f"{name} ∈ {{{', '.join(format_value(v) for v in values)}}}"
         for name, values in zip(plan.parameters, plan.axes, strict=True)

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mergekit_safety.gate import METRICS, describe_gate, interval, metric
+from mergekit_safety.gate import METRICS, describe_gate, interval, metric, objective_label
 from mergekit_safety.plot import plot_grid, plot_sweep
 from mergekit_safety.sweep.grid import TIE_BREAK
 from mergekit_safety.sweep.run import SweepResult, close_to_chosen
@@ -28,6 +28,7 @@ def sweep_record(result: SweepResult, context: Mapping[str, Any] | None = None) 
     """Everything about a sweep as JSON: every point, the choice, the gate and ``context``."""
     plan = result.plan
     chosen = result.chosen
+    rows = result.rows()
     return {
         "recipe": str(plan.recipe_path),
         "method": plan.method,
@@ -43,14 +44,15 @@ def sweep_record(result: SweepResult, context: Mapping[str, Any] | None = None) 
             "description": describe_gate(result.min_refusal, result.max_over_refusal),
         },
         "objective": result.objective,
-        "selection": f"best {_objective(result)} among the points that pass the gate; " + TIE_BREAK,
+        "selection": f"best {objective_label(result.objective)} among the points that pass the "
+        "gate; " + TIE_BREAK,
         **dict(context or {}),
         "references": {
             "aligned": with_intervals(result.aligned),
             "finetuned": [with_intervals(summary) for summary in result.finetuned],
         },
-        "points": [with_intervals(row) for row in result.rows() if row["kind"] == "merged"],
-        "failed": [row for row in result.rows() if row["kind"] == "failed"],
+        "points": [with_intervals(row) for row in rows if row["kind"] == "merged"],
+        "failed": [row for row in rows if row["kind"] == "failed"],
         "chosen": None
         if chosen is None
         else {
@@ -89,18 +91,15 @@ def noise_note(result: SweepResult) -> str:
     close = close_to_chosen(
         result.points, result.chosen, result.min_refusal, result.max_over_refusal, result.objective
     )
+    name = objective_label(result.objective)
     if not close:
-        return f"no other passing point is within noise of the choice in {_objective(result)}"
+        return f"no other passing point is within noise of the choice in {name}"
     labels = ", ".join(result.plan.label(point.value) for point in close)
     return (
-        f"within noise of the choice ({_objective(result)} 95 % intervals overlap): "
+        f"within noise of the choice ({name} 95 % intervals overlap): "
         f"{len(close)} other "
         f"passing point{'s' if len(close) > 1 else ''} ({labels}); the data cannot rank them"
     )
-
-
-def _objective(result: SweepResult) -> str:
-    return "task accuracy" if result.objective == "task_accuracy" else result.objective
 
 
 def markdown_rows(rows: Sequence[Mapping[str, Any]]) -> str:
