@@ -73,6 +73,34 @@ def _dense_shape(out_features: int, in_features: int, repeats: int) -> dict:
     }
 
 
+def lowrank_floor(size: checkpoints.Size, ranks: list[int], repeats: int) -> list[dict]:
+    """Seconds per model that any exact ρ of a rank-k Δ needs: four thin products per matrix.
+
+    A range ``Q`` of Δ (``Δ Ω``), the coefficients ``W = Qᵀ Δ`` (to prove ``‖Δ − Q W‖``), then
+    ``Vᵀ Q`` and ``V (Vᵀ Q)``: each ``out·in·k`` multiply-adds, with ``k`` no smaller than the rank
+    and no QR, oversampling or sharpening. Minimum over repeats of one layer's gated shapes, times
+    the layer count: the bound the methods' scoring is measured against.
+    """
+    layer = [shape for name, shape in checkpoints.shapes(size) if checkpoints.layer_of(name) == 0]
+    layer = [shape for shape in layer if len(shape) == 2]
+    g = torch.Generator().manual_seed(0)
+    pairs = [(torch.randn(shape, generator=g), torch.randn(shape, generator=g)) for shape in layer]
+    rows = []
+    for k in ranks:
+        sketches = [torch.randn(shape[1], k, generator=g) for shape in layer]
+        runs = []
+        for _ in range(repeats):
+            total = 0.0
+            for (delta, v), omega in zip(pairs, sketches, strict=True):
+                q = torch.randn(delta.shape[0], k, generator=g)  # stands in for orth(Δ Ω)
+                total += _seconds(
+                    lambda d=delta, v=v, o=omega, q=q: (d @ o, q.T @ d, v @ (q.T @ v).T)
+                )
+            runs.append(total)
+        rows.append({"rank": k, "layer_s": min(runs), "model_s": min(runs) * size.layers})
+    return rows
+
+
 def rounding_study(
     root: Path, size: checkpoints.Size, layers: list[int], finetunes: list[str], quiet: bool
 ) -> dict:

@@ -14,7 +14,7 @@ def markdown(result: dict) -> str:
         f"Checkpoints: `{size['name']}`, {size['parameters'] / 1e6:.0f}M parameters, "
         f"{size['dtype']} (hidden {size['hidden']}, intermediate {size['intermediate']}, "
         f"{size['layers']} layers, vocabulary {size['vocab']}); {result['repeats']} repeats, "
-        "medians.",
+        "minima (CPU: user + system of the merge process).",
         "",
         *merges(result["merges"]),
     ]
@@ -22,13 +22,16 @@ def markdown(result: dict) -> str:
         lines += ["", *dense(result["dense"])]
     if "rounding" in result:
         lines += ["", *rounding(result["rounding"])]
+    if "floor" in result:
+        lines += ["", *floor(result["floor"], result["merges"])]
     return "\n".join(lines) + "\n"
 
 
 def merges(rows: list[dict]) -> list[str]:
     out = [
-        "| run | fine-tune | inputs | wall (s) | peak RSS (GiB) | vs | wall × | RSS × | target |",
-        "|---|---|--:|--:|--:|---|--:|--:|---|",
+        "| run | fine-tune | inputs | wall (s) | CPU (s) | peak RSS (GiB) | vs | wall × | CPU × "
+        "| RSS × | target (wall / RSS) |",
+        "|---|---|--:|--:|--:|--:|---|--:|--:|--:|---|",
     ]
     for r in rows:
         ratio = "wall_ratio" in r
@@ -38,11 +41,11 @@ def merges(rows: list[dict]) -> list[str]:
             target = f"≤{r['target_wall']:g} / ≤{r['target_rss']:g}: {'met' if ok else 'missed'}"
         out.append(
             f"| {r['method']} | {r['finetune']} | {r['inputs']} | {r['wall_s']:.1f} | "
-            f"{r['rss_bytes'] / GIB:.2f} | {r['reference'] or ''} | "
-            f"{r['wall_ratio']:.2f} | {r['rss_ratio']:.2f} | {target} |"
+            f"{r['cpu_s']:.1f} | {r['rss_bytes'] / GIB:.2f} | {r['reference'] or ''} | "
+            f"{r['wall_ratio']:.2f} | {r['cpu_ratio']:.2f} | {r['rss_ratio']:.2f} | {target} |"
             if ratio
             else f"| {r['method']} | {r['finetune']} | {r['inputs']} | {r['wall_s']:.1f} | "
-            f"{r['rss_bytes'] / GIB:.2f} | | | | |"
+            f"{r['cpu_s']:.1f} | {r['rss_bytes'] / GIB:.2f} | | | | | |"
         )
     return out
 
@@ -81,4 +84,20 @@ def rounding(study: dict) -> list[str]:
             f"{s['flips_tol_dense']} | {s['flips_dense_trained']} | {s['dense_s']:.2f} | "
             f"{s['rounding_tol_s']:.2f} |"
         )
+    return out
+
+
+def floor(rows: list[dict], merges: list[dict]) -> list[str]:
+    """The thin products any exact ρ needs, against ``task_arithmetic`` over 3 inputs."""
+    stock = next((m["wall_s"] for m in merges if m["key"] == "task_arithmetic3"), None)
+    out = [
+        "Four thin products per gated matrix at k = rank (Δ Ω, Qᵀ Δ, Vᵀ Q, V·(Vᵀ Q)): the least "
+        "any exact ρ costs, with no QR, oversampling or sharpening.",
+        "",
+        "| k | s per model | 1 + that / task_arithmetic 3 (a bound on the gated wall ratio) |",
+        "|--:|--:|--:|",
+    ]
+    for r in rows:
+        bound = f"{1 + r['model_s'] / stock:.2f}" if stock else "–"
+        out.append(f"| {r['rank']} | {r['model_s']:.2f} | {bound} |")
     return out
