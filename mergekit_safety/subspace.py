@@ -11,22 +11,28 @@ Norms and inner products are summed in pieces of 1024 (torch's one-pass fp32 nor
 * **dense**, ``O(out·in·m)``, ``m = min(out, in)``: ``C Δ ∝ (V Vᵀ) Δ`` or ``V (Vᵀ Δ)``, whichever
   Gram matrix is ``m × m``. Two GEMMs, then three elementwise passes. Intermediates: ``m²`` and
   ``out × in``; never larger than the weight, never ``out × out`` for a tall (vocabulary) matrix.
-* **low-rank**, ``O(out·in·k)``, when Δ is numerically of rank ``k ≤ m/8`` (a merged LoRA).
+* **low-rank**, ``O(out·in·k)``, when Δ is numerically of rank ``k ≤ m/4`` (a merged LoRA).
   A blocked randomized range finder (Halko–Martinsson–Tropp; blocked as in Martinsson–Voronin's
   randQB_b) sketches the residual ``R = Δ − Q W`` (never formed) with seeded Gaussian blocks:
   first 16 columns, plain (a rank-8 LoRA fits, with room: two passes over Δ in all); then, if
-  that was not enough, blocks sized 1.25× the directions still estimated missing plus 16, each
-  sharpened by one subspace iteration *on R* (so rounding noise barely tilts the basis and weak
-  directions survive fp32) and orthogonalized against the basis so far (block Gram–Schmidt,
-  twice). ``W = QᵀΔ``. The factorization is used only once ``‖Δ − Q W‖_F`` is proved within the
-  tolerance: computed explicitly when ``‖Δ‖² − ‖W‖²`` (exact up to ~k·ε·‖Δ‖²) is within
-  ``SLACK·‖Δ‖²`` of it, and taken from that estimate when the tolerance is far away.
-  Then, with ``Wᵀ = Q_w Tᵀ`` (``T`` a k×k triangle), ``‖VᵀΔ‖ = ‖(VᵀQ) T‖``,
+  that was not enough, one plain block sized from what the first caught (the directions still
+  estimated missing plus 16 of oversampling, widths rounded to multiples of 16); only if that
+  still falls short, blocks of 1.25× the estimate plus 16, each sharpened by one subspace
+  iteration *on R* (so rounding noise barely tilts the basis and weak directions survive fp32).
+  Each block is orthogonalized against the basis so far by one Householder QR of
+  ``[Q | sketch]``. ``W = QᵀΔ``. The factorization is used only once ``‖Δ − Q W‖_F`` is proved
+  within the tolerance: computed explicitly when ``‖Δ‖² − ‖W‖²`` (exact up to ~k·ε·‖Δ‖²) is
+  within ``SLACK·‖Δ‖²`` of it, and taken from that estimate when the tolerance is far away.
+  What the oversampling caught beyond Δ's rank is then cut (:func:`_truncated`: an SVD of W's
+  k × k triangle, keeping the fewest directions that stay within the tolerance), so the products
+  with V run at the rank Δ needs. Then, with ``Wᵀ = Q_w Tᵀ``, ``‖VᵀΔ‖ = ‖(VᵀQ) T‖``,
   ``‖V VᵀΔ‖ = ‖V(VᵀQ) T‖``, ``‖Δ‖ = ‖Q T‖`` (sums of squares, no cancellation) and
   ``C Δ = V(VᵀQ) W / ‖V‖``; intermediates are ``(out + in) × k``. It gives up — the dense path runs
-  — as soon as the rank it would need exceeds ``m/8``, from a lower bound on the directions still
+  — as soon as the rank it would need exceeds ``m/4``, from a lower bound on the directions still
   missing (:func:`_directions_needed`). A full-rank Δ costs one 16-column sketch: 16/m of the
   dense path's flops (1.6 % at m = 1024; thin products run slower, so a few % of its time).
+  A rank-64 bf16 LoRA of the benchmark's shapes costs 16 + 64 sketch columns, then products at
+  k = 64: about twice the floor of four thin products at k = 64 (``benchmarks/README.md``).
 
 **From LoRA factors** (:func:`lowrank_factors_score_and_project`, ``mergekit-safety adapter``): when
 Δ = B A is given as factors nothing needs factorizing: the same formulas with ``Q = B`` (any
@@ -47,7 +53,7 @@ What is dropped is then no larger than what the checkpoint cannot represent, and
 it scores the noise too, and ρ(B A) — the score of the update actually trained, which Safe LoRA
 computes from LoRA factors — is known to neither. Measured on the benchmark's bf16 checkpoints
 (2 % updates, noise 8 % of ‖Δ‖; ``benchmarks/README.md``): both land within 3.2e-3 of ρ(B A)
-and within 2.5e-3 of each other, no decision at τ = 0.35 differs, and scoring is 3–13× faster;
+and within 2.0e-3 of each other, no decision at τ = 0.35 differs, and scoring is 3–10× faster;
 a decision can flip only for a matrix that close to τ. An update *entirely* at the rounding
 level (say sparse 1-ulp changes) must not vanish: a caller's tolerance is honoured only while
 ``‖R‖ ≤ ‖Δ‖ / 2``.
@@ -64,14 +70,18 @@ FIRST_SKETCH = 16
 """Columns of the first Gaussian block: covers rank ≤ 16 LoRAs (8 and 16 are the common ranks)."""
 MIN_LOWRANK_DIM = 64
 """Below this ``min(out, in)`` the dense path costs less than one sketch: always use it."""
-RANK_FRACTION = 8
-"""Try the low-rank path up to rank ``min(out, in) / 8``: ≈ 30 % of the dense path's work there."""
+RANK_FRACTION = 4
+"""Try the low-rank path up to rank ``m / 4``, ``m = min(out, in)``: ≈ 55 % of the dense path's
+flops there (four products at k = m/4 against two at m), so a rank-64 LoRA of a 512-row
+``k_proj`` still qualifies."""
 DOMINANCE = 0.5
 """A caller's tolerance is honoured only if ``‖R‖ ≤ DOMINANCE · ‖Δ‖``."""
 POWER_ITERATIONS = 1
 """Subspace iterations per block after the first: rounding noise then barely tilts the basis."""
 OVERSHOOT = 1.25
-"""A block after the first sketches 1.25× the directions estimated missing, plus 16."""
+"""A sharpened block sketches 1.25× the directions estimated missing, plus 16; a plain one 1×."""
+ALIGNMENT = 16
+"""Sketch widths are rounded up to multiples of this."""
 SLACK = 1e-3
 """``‖Δ‖² − ‖W‖²`` decides when it is more than ``SLACK·‖Δ‖²`` (≫ its rounding) from the limit;
 closer, the residual is computed explicitly. At the default tolerance it always is."""
@@ -208,6 +218,8 @@ class LowRank:
     q: torch.Tensor
     w: torch.Tensor
     residual: float
+    triangle: torch.Tensor | None = None
+    """Any ``T`` with ``w = T Q_wᵀ``, ``Q_w`` orthonormal: ``‖X w‖ = ‖X T‖`` costs k², not k·in."""
 
     @property
     def rank(self) -> int:
@@ -224,7 +236,7 @@ def factorize(
     """``Δ = Q W`` to within ``tolerance`` (Frobenius), or None if that needs rank > ``max_rank``.
 
     ``tolerance`` defaults to :func:`working_tolerance`; a larger one is honoured only while
-    ``‖R‖ ≤ ‖Δ‖/2``. ``max_rank`` defaults to ``min(out, in) / 8``.
+    ``‖R‖ ≤ ‖Δ‖/2``. ``max_rank`` defaults to ``min(out, in) / 4``.
     """
     dtype = compute_dtype(delta)
     delta = delta.to(dtype)
@@ -241,7 +253,7 @@ def factorize(
     generator = torch.Generator(device=delta.device).manual_seed(SEED)
     q = delta.new_empty(out_features, 0)
     w = delta.new_empty(0, in_features)
-    rank, block, estimate = 0, FIRST_SKETCH, norm**2
+    rank, block, estimate, sharpen = 0, FIRST_SKETCH, norm**2, False
     while True:
         block = min(block, max_rank - rank)
         if block <= 0:
@@ -249,17 +261,18 @@ def factorize(
         omega = torch.randn(
             in_features, block, generator=generator, device=delta.device, dtype=dtype
         )
-        # Sketch the residual R = Δ − q w without forming it. Later blocks are sharpened by a
-        # subspace iteration on R (not Δ: its dynamic range is R's own, so weak directions
-        # survive fp32); the first is not: a LoRA's rank fits in it, and then two passes over Δ
-        # are all the factorization costs.
-        q_new = torch.linalg.qr(delta @ omega - q @ (w @ omega))[0]
-        for _ in range(POWER_ITERATIONS if rank else 0):
-            z = torch.linalg.qr(transposed_product(delta, q_new) - w.T @ (q.T @ q_new))[0]
-            q_new = torch.linalg.qr(delta @ z - q @ (w @ z))[0]
-        for _ in range(2 if rank else 0):  # block Gram–Schmidt, twice: q_new ⟂ q
-            # after the QR: columns beyond Δ's rank are rounding noise, in any direction
-            q_new = torch.linalg.qr(q_new - q @ (q.T @ q_new))[0]
+        # Sketch the residual R = Δ − q w without forming it. The first two blocks are plain
+        # (two passes over Δ each): the first measures how much is there, the second is sized
+        # to take the rest. Later blocks are sharpened by a subspace iteration *on R* (not Δ:
+        # its dynamic range is R's own, so weak directions survive fp32).
+        sketch = delta @ omega - q @ (w @ omega)
+        for _ in range(POWER_ITERATIONS if sharpen else 0):
+            basis = torch.linalg.qr(sketch)[0]
+            z = torch.linalg.qr(transposed_product(delta, basis) - w.T @ (q.T @ basis))[0]
+            sketch = delta @ z - q @ (w @ z)
+        # One Householder QR of [q | sketch]: q_new ⟂ q to working precision however weak the
+        # sketch's columns are (beyond Δ's rank they are rounding noise, in any direction).
+        q_new = torch.linalg.qr(torch.cat([q, sketch], dim=1))[0][:, rank:]
         w_new = q_new.T @ delta  # = q_newᵀ (Δ − q w): q_new ⟂ q
         q, w = torch.cat([q, q_new], dim=1), torch.cat([w, w_new], dim=0)
         rank += block
@@ -268,16 +281,45 @@ def factorize(
         if not math.isfinite(estimate):
             return None
         if estimate + SLACK * norm**2 <= limit**2:  # a loose tolerance, met with room to spare
-            return LowRank(q, w, math.sqrt(max(estimate, 0.0)))
+            return _truncated(q, w, estimate, limit**2 - SLACK * norm**2)
         if estimate <= limit**2 + SLACK * norm**2:  # too close to call: compute it
             residual = norm_of(torch.addmm(delta, q, w, alpha=-1))
             if residual <= limit:
-                return LowRank(q, w, residual)
+                return _truncated(q, w, residual**2, limit**2)
             estimate = residual**2
-        needed = _directions_needed(w_new, before, estimate, limit, sharpened=rank > block)
+        needed = _directions_needed(w_new, before, estimate, limit, sharpened=sharpen)
         if rank + needed > max_rank:
             return None
-        block = math.ceil(OVERSHOOT * needed) + FIRST_SKETCH
+        # The second block is plain, sized by the first's average (exact for a flat spectrum)
+        # plus 16 columns of oversampling; a third is sharpened and its bound is firmer, but a
+        # miss there costs four more passes, so it overshoots. Widths are multiples of 16: an
+        # odd k runs BLAS's thin products up to 1.5× slower.
+        sharpen = rank > FIRST_SKETCH
+        wanted = rank + math.ceil((OVERSHOOT if sharpen else 1.0) * needed) + FIRST_SKETCH
+        block = -(-wanted // ALIGNMENT) * ALIGNMENT - rank
+
+
+def _truncated(q: torch.Tensor, w: torch.Tensor, residual: float, allowed: float) -> LowRank:
+    """``q w`` cut to the fewest directions whose remainder stays within ``allowed`` (squared).
+
+    The sketch oversamples; what it caught beyond Δ's rank is noise the tolerance allows to
+    drop. With ``w = U S Xᵀ`` (an SVD through the k × k triangle of ``wᵀ``), keeping the top
+    directions ``q U_k``, ``U_kᵀ w`` adds exactly their dropped ``Σ s²`` to ``residual``
+    (both squared): the products with V then run at the rank Δ needs (rounded up to
+    :data:`ALIGNMENT`), not at the sketch's width.
+    """
+    triangle = torch.linalg.qr(w.T, mode="r")[1].T  # w = T Q_wᵀ
+    u, s, _ = torch.linalg.svd(triangle)
+    squares = s.double().square()
+    tail = (squares.sum() - torch.cumsum(squares, 0)).tolist()  # energy beyond the first i + 1
+    keep = next(
+        (i + 1 for i, dropped in enumerate(tail) if residual + dropped <= allowed), len(tail)
+    )
+    keep = min(-(-keep // ALIGNMENT) * ALIGNMENT, len(tail))
+    if keep == len(tail):
+        return LowRank(q, w, math.sqrt(max(residual, 0.0)), triangle)
+    u = u[:, :keep]
+    return LowRank(q @ u, u.T @ w, math.sqrt(max(residual + tail[keep - 1], 0.0)), u.T @ triangle)
 
 
 def _directions_needed(
@@ -304,7 +346,7 @@ def lowrank_score_and_project(
     v_norm: float | None = None,
 ) -> tuple[float, torch.Tensor | None]:
     """ρ and ``C Δ`` for ``Δ = q w``: two ``out·in·k`` products (three with ``C Δ``)."""
-    rho, p, _ = _factored_score(factors.q, factors.w, v.to(factors.q.dtype))
+    rho, p, _ = _factored_score(factors.q, factors.w, v.to(factors.q.dtype), factors.triangle)
     if not want_projection:
         return rho, None
     return rho, (p @ factors.w).div_(norm_of(v) if v_norm is None else v_norm)
@@ -332,14 +374,15 @@ def lowrank_factors_score_and_project(
 
 
 def _factored_score(
-    q: torch.Tensor, w: torch.Tensor, v: torch.Tensor
+    q: torch.Tensor, w: torch.Tensor, v: torch.Tensor, triangle: torch.Tensor | None = None
 ) -> tuple[float, torch.Tensor, float]:
     """ρ, ``V Vᵀ q`` and ``‖Δ‖`` for ``Δ = q w`` (``q`` need not be orthonormal).
 
     Norms go through ``T`` (``wᵀ = Q_w Tᵀ``, so ``‖X w‖ = ‖X T‖``): each is a sum of squares,
     with no cancellation.
     """
-    triangle = torch.linalg.qr(w.T, mode="r")[1].T  # w = T Q_wᵀ
+    if triangle is None:
+        triangle = torch.linalg.qr(w.T, mode="r")[1].T  # w = T Q_wᵀ
     z = transposed_product(v, q)  # Vᵀ q: in × k
     p = v @ z  # V Vᵀ q: out × k
     along = norm_of(z @ triangle) ** 2  # ‖Vᵀ Δ‖²

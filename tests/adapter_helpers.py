@@ -76,3 +76,34 @@ def full_merge(out: Path) -> dict[str, torch.Tensor]:
     for shard in sorted(out.glob("*.safetensors")):
         tensors.update(load_file(shard))
     return tensors
+
+
+def adapter_sweep_rows(tmp_path: Path, aligned: str, adapter: Path, evaluator) -> str:
+    """`sweep --adapter` of safe_linear over weight 0, 0.5, 1 on ``aligned+adapter``: rows, YAML."""
+    import yaml
+    from helpers import write_recipe
+    from mergekit.options import MergeOptions
+
+    from mergekit_safety.sweep import plan_sweep, run_sweep
+
+    recipe = write_recipe(
+        tmp_path / "recipe.yml",
+        {
+            "merge_method": "safe_linear",
+            "base_model": aligned,
+            "models": [{"model": f"{aligned}+{adapter}", "parameters": {"weight": 0.5}}],
+            "dtype": "float32",
+        },
+    )
+    plan = plan_sweep(recipe, "weight", [0.0, 0.5, 1.0])
+    result = run_sweep(plan, evaluator, merge_options=MergeOptions(), adapter=True, progress=False)
+    return yaml.safe_dump(result.rows())
+
+
+def adapter_pair(family: dict, root: Path, seeds: tuple[int, int], ranks: tuple[int, int]):
+    """Two adapters of the given ranks on the family's aligned model, factors at scale 0.5."""
+    aligned, unaligned = family["aligned"], family["unaligned"]
+    return [
+        make_adapter(aligned, unaligned, root / name, seed, rank=rank, scale=0.5)
+        for name, seed, rank in zip(("one", "two"), seeds, ranks, strict=True)
+    ]

@@ -303,6 +303,34 @@ def test_api_refuses_non_finite_inputs_and_a_vanished_subspace():
         )
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("weight", [0.7, 0.0])
+def test_ungated_merge_names_the_non_finite_input(value, weight):
+    """The ungated path checks its output, then the inputs: the same error names the model,
+    even at weight 0, where the broken values would not reach a finite result."""
+    a = torch.randn(4, 4)
+    broken = a.clone()
+    broken[1, 2] = value
+    with pytest.raises(ConfigError, match="w of f holds NaN or Inf"):
+        merge_state_dicts(
+            {"a": {"w": a}, "f": {"w": broken}},
+            "safe_linear",
+            base="a",
+            parameters={"weight": weight, "allow_extrapolation": True},
+        )
+
+
+def test_ungated_overflow_is_an_error_not_an_inf_model():
+    a = torch.full((4, 4), 60000.0, dtype=torch.float16)
+    with pytest.raises(ConfigError, match="w: the merge overflowed to Inf"):
+        merge_state_dicts(
+            {"a": {"w": a}, "f": {"w": -a}},
+            "safe_linear",
+            base="a",
+            parameters={"weight": 1.5, "allow_extrapolation": True},
+        )
+
+
 # --- our own commands ---------------------------------------------------------------------------
 
 

@@ -51,7 +51,7 @@ def dense(delta, v):
 def test_lowrank_matches_dense(device, shape, rank, inside):
     delta, v = (t.to(device) for t in family(shape, rank, seed=rank, inside=inside))
     factors = factorize(delta)
-    assert factors is not None and rank <= factors.rank <= min(shape) // 8
+    assert factors is not None and rank <= factors.rank <= min(shape) // subspace.RANK_FRACTION
     assert factors.residual <= subspace.working_tolerance(delta)
     got, projected = score_and_project(delta, v)
     assert (got, projected.tolist()) == (
@@ -88,7 +88,7 @@ def test_rank_above_the_limit_falls_back():
     left = torch.linalg.qr(torch.randn(128, 40, generator=g))[0]
     right = torch.linalg.qr(torch.randn(128, 40, generator=g))[0]
     delta, v = left @ right.T, torch.randn(128, 128, generator=g)  # flat spectrum, rank 40
-    assert factorize(delta) is None  # limit: 128 / 8 = 16
+    assert factorize(delta) is None  # limit: 128 / 4 = 32
     assert factorize(delta, max_rank=96) is not None
     assert score(delta, v) == pytest.approx(dense(delta, v)[0], abs=1e-5)
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-import yaml
-from adapter_helpers import make_adapter
-from helpers import write_recipe
+from adapter_helpers import adapter_pair, adapter_sweep_rows
 
 from mergekit_safety.evaluation import generation, load_prompt_sets
 from mergekit_safety.evaluation.resident import ResidentBase
@@ -15,12 +13,7 @@ from mergekit_safety.evaluation.resident import ResidentBase
 
 @pytest.fixture(scope="module")
 def two_adapters(family, tmp_path_factory):
-    root = tmp_path_factory.mktemp("resident")
-    aligned, unaligned = family["aligned"], family["unaligned"]
-    return [
-        make_adapter(aligned, unaligned, root / "one", seed=3, scale=0.5),
-        make_adapter(aligned, unaligned, root / "two", seed=4, rank=2, scale=0.5),
-    ]
+    return adapter_pair(family, tmp_path_factory.mktemp("resident"), seeds=(3, 4), ranks=(4, 2))
 
 
 def logits(network, tokenizer) -> torch.Tensor:
@@ -60,29 +53,14 @@ def test_a_model_on_another_base_loads_that_base(family, two_adapters):
 
 def test_adapter_sweep_results_equal_the_reloading_sweep(family, two_adapters, tmp_path):
     """The real evaluator, once with the resident base and once loading every model afresh."""
-    from mergekit.options import MergeOptions
-
     from mergekit_safety.cli.sweep import PromptEvaluator
-    from mergekit_safety.sweep import plan_sweep, run_sweep
 
-    aligned = str(family["aligned"])
-    recipe = write_recipe(
-        tmp_path / "recipe.yml",
-        {
-            "merge_method": "safe_linear",
-            "base_model": aligned,
-            "models": [{"model": f"{aligned}+{two_adapters[0]}", "parameters": {"weight": 0.5}}],
-            "dtype": "float32",
-        },
-    )
     prompts = load_prompt_sets(limit=3)
     runs = []
     for loader in (ResidentBase(), None):
         evaluator = PromptEvaluator(prompts, None, 4, 6, "cpu", False, loader=loader)
-        plan = plan_sweep(recipe, "weight", [0.0, 0.5, 1.0])
-        result = run_sweep(plan, evaluator, merge_options=MergeOptions(), adapter=True,
-                           progress=False)  # fmt: skip
-        runs.append((yaml.safe_dump(result.rows()), loader))
+        runs.append((adapter_sweep_rows(tmp_path, str(family["aligned"]), two_adapters[0],
+                                        evaluator), loader))  # fmt: skip
     (resident_rows, resident), (fresh_rows, _) = runs
     assert resident_rows == fresh_rows
     assert resident.base_loads == 1 and resident.adapter_loads == 4  # fine-tune + 3 points

@@ -32,7 +32,9 @@ class PromptEvaluator:
     progress: bool
     dtype: str | None = None
     loader: Any = None
-    """A ``ResidentBase`` for an adapter sweep: the aligned model loads once for every point."""
+    """A ``ResidentBase`` (``ResidentVllm`` on vLLM) for an adapter sweep: the aligned model
+    loads once for every point."""
+    backend: str = "transformers"
     lm_eval: dict[str, Any] | None = None
     """``harness.run_tasks`` keyword arguments (tasks, include, ...) to run on every model."""
 
@@ -48,12 +50,13 @@ class PromptEvaluator:
             device=self.device,
             dtype=self.dtype,
             progress=self.progress,
+            backend=self.backend,
             loader=self.loader,
         )
         if self.lm_eval:
             result.lm_eval = harness.run_tasks(
                 path, device=self.device, dtype=self.dtype, batch_size=self.batch_size,
-                **self.lm_eval,
+                backend=self.backend, **self.lm_eval,
             )  # fmt: skip
         return result.summary()
 
@@ -75,6 +78,7 @@ def make_evaluator(
     device: str,
     progress: bool,
     dtype: str | None = None,
+    backend: str = "transformers",
 ) -> PromptEvaluator:
     """Read the prompt sets and check the judge now, so a bad path fails before any merge."""
     from mergekit_safety.evaluation import load_judge, load_prompt_sets
@@ -83,7 +87,9 @@ def make_evaluator(
         harmful=harmful, benign=benign, task=task, prompts_dir=prompts_dir, limit=limit
     )
     load_judge(judge, device=device)  # a classifier only loads on first use: this is cheap
-    return PromptEvaluator(prompts, judge, batch_size, max_new_tokens, device, progress, dtype)
+    return PromptEvaluator(
+        prompts, judge, batch_size, max_new_tokens, device, progress, dtype, backend=backend
+    )
 
 
 @click.command("sweep")
@@ -142,6 +148,14 @@ def make_evaluator(
     "checkpoint's own on GPU].",
 )
 @click.option("--judge", help="Refusal judge, as for `mergekit-safety eval` [default: its own].")
+@click.option(
+    "--backend",
+    type=click.Choice(["transformers", "vllm"]),
+    default="transformers",
+    show_default=True,
+    help="Generation backend, as for `mergekit-safety eval`; with --adapter, vllm serves every "
+    "point's adapter as a LoRA request on one engine (needs vLLM installed).",
+)
 @click.option("--cuda", is_flag=True, help="Merge on the GPU, as mergekit-yaml --cuda does.")
 @click.option("--lazy-unpickle", is_flag=True, help="mergekit's lazy unpickler (less memory).")
 @click.option("--low-cpu-memory", is_flag=True, help="Keep merge results on the accelerator.")
@@ -204,6 +218,7 @@ def sweep_command(
     device: str | None,
     dtype: str | None,
     judge: str | None,
+    backend: str,
     cuda: bool,
     lazy_unpickle: bool,
     low_cpu_memory: bool,
@@ -250,6 +265,7 @@ def sweep_command(
         raise click.BadParameter(f"{report_dir} is not a directory", param_hint="--report")
     device = device or ("cuda" if cuda else "cpu")
     _check_ray(ray_address, ray_workers)
+    _check_backend(backend)
     from mergekit_safety.evaluation import harness
 
     tasks = harness.parse_tasks(lm_eval_tasks)
@@ -276,6 +292,7 @@ def sweep_command(
             device=device,
             dtype=dtype,
             progress=not quiet,
+            backend=backend,
         )
         if tasks:
             harness.check_tasks(tasks, lm_eval_include)
@@ -289,9 +306,13 @@ def sweep_command(
         if ray_address and isinstance(evaluate_model, PromptEvaluator):
             evaluate_model.progress = False  # the workers' bars would interleave; one bar here
         elif adapter and isinstance(evaluate_model, PromptEvaluator):
-            from mergekit_safety.evaluation.resident import ResidentBase
+            from mergekit_safety.evaluation.resident import ResidentBase, ResidentVllm
 
-            evaluate_model.loader = ResidentBase(device=device, dtype=dtype)
+            evaluate_model.loader = (
+                ResidentVllm(dtype=dtype)
+                if backend == "vllm"
+                else ResidentBase(device=device, dtype=dtype)
+            )
     from mergekit.options import MergeOptions
 
     from mergekit_safety.sweep import run_sweep, write_reports
@@ -412,6 +433,13 @@ def _terminate_unwinds() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _check_backend(backend: str) -> None:
+    from mergekit_safety.evaluation import generation
+
+    if backend == "vllm" and not generation.vllm_available():
+        raise click.BadParameter("vllm is not installed (pip install vllm)", param_hint="--backend")
 
 
 def _build_evaluator(**kwargs: Any):

@@ -26,7 +26,7 @@ from mergekit_safety.evaluation.scoring import extract_answer, parse_number, sco
 from mergekit_safety.stats import wilson_interval
 
 if TYPE_CHECKING:
-    from mergekit_safety.evaluation.resident import ResidentBase
+    from mergekit_safety.evaluation.resident import ResidentBase, ResidentVllm
 
 BACKENDS = ("transformers", "vllm")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -153,12 +153,13 @@ def evaluate(
     progress: bool = True,
     *,
     backend: str = "transformers",
-    loader: ResidentBase | None = None,
+    loader: ResidentBase | ResidentVllm | None = None,
 ) -> EvalResult:
     """Generate greedily for every prompt, judge refusals, score the task; return the result.
 
-    ``loader``: a :class:`~mergekit_safety.evaluation.resident.ResidentBase` that keeps the base
-    model loaded between calls (an adapter sweep), instead of loading ``model`` afresh.
+    ``loader``: a :class:`~mergekit_safety.evaluation.resident.ResidentBase` (``ResidentVllm``
+    with ``backend="vllm"``) that keeps the base model loaded between calls (an adapter sweep),
+    instead of loading ``model`` afresh.
 
     ``judge``: None or ``"keyword"`` (the keyword judge), a local classifier directory, or a
     :class:`~mergekit_safety.evaluation.judge.Judge`. A harm judge (a classifier) judges the
@@ -264,23 +265,24 @@ def _generate(
     device: str,
     dtype: str | None,
     progress: bool,
-    loader: ResidentBase | None = None,
+    loader: ResidentBase | ResidentVllm | None = None,
 ) -> list[str]:
     from mergekit_safety.evaluation import generation
 
     if not conversations:
         return []
     if backend == "vllm":
-        from mergekit_safety.evaluation.adapters import parse_model
+        from mergekit_safety.evaluation.resident import ResidentVllm
 
-        if parse_model(model).adapter is not None:
-            raise ConfigError(
-                f"{model}: --backend vllm evaluates full models; use --backend transformers "
-                "for an adapter"
+        resident = isinstance(loader, ResidentVllm)
+        engine = loader if resident else ResidentVllm(dtype=dtype, lora=False)
+        try:
+            return engine.generate(
+                model, list(conversations), max_new_tokens=max_new_tokens, progress=progress
             )
-        return generation.generate_vllm(
-            model, conversations, max_new_tokens=max_new_tokens, dtype=dtype, progress=progress
-        )
+        finally:
+            if not resident:
+                engine.close()
     with _loaded(model, device, dtype, loader) as (network, tokenizer):
         return generation.generate(
             network,

@@ -291,25 +291,44 @@ def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
+VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
+"""The ``max_lora_rank`` values vLLM accepts; an engine takes the smallest that fits."""
+
+
+def vllm_lora_rank(rank: int) -> int:
+    """The smallest ``max_lora_rank`` vLLM accepts for an adapter of ``rank``."""
+    for allowed in VLLM_LORA_RANKS:
+        if rank <= allowed:
+            return allowed
+    raise ConfigError(f"vLLM serves LoRA ranks up to {VLLM_LORA_RANKS[-1]}; an adapter has {rank}")
+
+
+def vllm_engine(model: str, *, dtype: str | None = None, max_lora_rank: int | None = None) -> Any:
+    """A vLLM ``LLM`` for ``model``; with ``max_lora_rank``, one that serves LoRA requests."""
+    if not vllm_available():
+        raise ImportError("the vllm backend needs `pip install vllm`")
+    from vllm import LLM
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    lora = {} if max_lora_rank is None else {"enable_lora": True, "max_lora_rank": max_lora_rank}
+    return LLM(model=model, dtype=dtype or "auto", **lora)
+
+
 def generate_vllm(
-    model: str,
+    llm: Any,
     prompts: Sequence[str],
     *,
     max_new_tokens: int = 64,
-    dtype: str | None = None,
     progress: bool = True,
+    lora_request: Any = None,
 ) -> list[str]:
-    """Greedy responses through vLLM's chat API (the model's chat template), in input order."""
-    if not vllm_available():
-        raise ImportError("the vllm backend needs `pip install vllm`")
-    from vllm import LLM, SamplingParams
+    """Greedy responses through vLLM's chat API (the model's chat template), in input order.
 
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    llm = LLM(model=model, dtype=dtype or "auto")
+    ``lora_request``: a vLLM ``LoRARequest``, so every prompt runs with that adapter.
+    """
+    from vllm import SamplingParams
+
     params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens)
     conversations = [[{"role": "user", "content": p}] for p in prompts]
-    outputs = llm.chat(conversations, params, use_tqdm=progress)
-    responses = [output.outputs[0].text.strip() for output in outputs]
-    del llm
-    release()
-    return responses
+    outputs = llm.chat(conversations, params, use_tqdm=progress, lora_request=lora_request)
+    return [output.outputs[0].text.strip() for output in outputs]

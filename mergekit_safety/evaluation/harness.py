@@ -61,9 +61,13 @@ def run_tasks(
 
     spec = parse_model(model)
     args: dict[str, Any] = {"pretrained": spec.base, "dtype": dtype or _default_dtype(device)}
-    if spec.adapter is not None:
-        if backend == "vllm":
-            raise ConfigError("--lm-eval with --backend vllm takes a full model, not an adapter")
+    if spec.adapter is not None and backend == "vllm":  # lm-eval's vllm model: one LoRA request
+        from mergekit_safety.evaluation.generation import vllm_lora_rank
+        from mergekit_safety.evaluation.resident import adapter_rank
+
+        args["lora_local_path"] = spec.adapter
+        args["max_lora_rank"] = vllm_lora_rank(adapter_rank(spec.adapter))
+    elif spec.adapter is not None:
         args["peft"] = spec.adapter
     if backend != "vllm":
         args["device"] = device

@@ -10,11 +10,13 @@ the active adapter, and the base is evaluated with every adapter disabled.
 from __future__ import annotations
 
 import contextlib
+import json
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from mergekit_safety.errors import ConfigError
 from mergekit_safety.evaluation import generation
 from mergekit_safety.evaluation.adapters import parse_model
 
@@ -87,3 +89,69 @@ class ResidentBase:
 def _key(base: str) -> str:
     path = Path(base).expanduser()
     return str(path.resolve()) if path.exists() else base
+
+
+DEFAULT_LORA_RANK = 64
+"""``max_lora_rank`` of an engine started before any adapter was seen."""
+
+
+class ResidentVllm:
+    """The vLLM counterpart of :class:`ResidentBase`: one engine on the base model, each
+    point's adapter sent as a LoRA request (vLLM loads it beside the base and swaps it out),
+    the base itself with none. ``generate(model, prompts)`` for a model or ``base+adapter``;
+    a full model other than the base gets an engine of its own."""
+
+    def __init__(self, *, dtype: str | None = None, lora: bool = True) -> None:
+        self.dtype = dtype
+        self.lora = lora
+        """LoRA-enabled from the first engine on (a sweep's base point comes before adapters)."""
+        self.base_loads = 0
+        self.adapter_loads = 0
+        self._base: str | None = None
+        self._rank: int | None = None
+        self._llm: Any = None
+
+    def generate(
+        self, model: str, prompts: list[str], *, max_new_tokens: int, progress: bool
+    ) -> list[str]:
+        spec = parse_model(model)
+        rank = None
+        if spec.adapter is not None:
+            rank = generation.vllm_lora_rank(adapter_rank(spec.adapter))
+        if self._base != _key(spec.base) or (rank or 0) > (self._rank or 0):
+            self._start(spec.base, rank)
+        request = None
+        if spec.adapter is not None:
+            from vllm.lora.request import LoRARequest
+
+            self.adapter_loads += 1  # a new id per point: vLLM caches adapters by id
+            request = LoRARequest(f"point{self.adapter_loads}", self.adapter_loads, spec.adapter)
+        return generation.generate_vllm(
+            self._llm, prompts, max_new_tokens=max_new_tokens, progress=progress,
+            lora_request=request,
+        )  # fmt: skip
+
+    def close(self) -> None:
+        self._llm = self._base = self._rank = None
+        generation.release()
+
+    def _start(self, base: str, rank: int | None) -> None:
+        """An engine on ``base``, serving LoRA up to ``rank`` (64 when no adapter has been seen:
+        a sweep's adapters share a rank, so one engine serves them all)."""
+        self.close()
+        if rank is None and self.lora:
+            rank = DEFAULT_LORA_RANK
+        self._llm = generation.vllm_engine(base, dtype=self.dtype, max_lora_rank=rank)
+        self._base, self._rank = _key(base), rank
+        self.base_loads += 1
+
+
+def adapter_rank(adapter: str) -> int:
+    """The largest LoRA rank in a peft adapter (``r``, or a ``rank_pattern`` entry above it)."""
+    config = Path(adapter).expanduser() / "adapter_config.json"
+    try:
+        values = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise ConfigError(f"{config}: not readable ({error})") from None
+    ranks = [int(values.get("r", 8)), *map(int, (values.get("rank_pattern") or {}).values())]
+    return max(ranks)

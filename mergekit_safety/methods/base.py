@@ -144,25 +144,36 @@ class RoleCheckedMethod(MergeMethod):
         input_dtypes: Sequence[torch.dtype | None],
         out_dtype: torch.dtype | None = None,
     ) -> tuple[torch.Tensor, ...]:
+        gated = any(Role.UNALIGNED in values["role"].values() for values in parameters)
         for group, values in zip(groups, parameters, strict=True):
             self.rule.check(values["role"], group.base.id if group.base else None)
-            check_finite(group)
+            if gated or self.batch is None:
+                check_finite(group)
         if any(values.get(key) is not None for values in parameters for key in SELECTORS):
             parameters = self._select_among(groups, parameters, input_dtypes)
         own = {p.name for p in self.group.spec.parameters}
         parameters = [{k: v for k, v in values.items() if k in own} for values in parameters]
-        gated = any(Role.UNALIGNED in values["role"].values() for values in parameters)
         if gated:
             self._check_alignment(groups, parameters)
         if self.batch is None or gated:
-            method, bound = self.group, parameters
-        else:
-            names = {p.name for p in self.batch.spec.parameters}
-            method = self.batch
-            bound = [{k: v for k, v in values.items() if k in names} for values in parameters]
-        return method._execute(
+            return self.group._execute(
+                groups, parameters, options, input_dtypes=input_dtypes, out_dtype=out_dtype
+            )
+        names = {p.name for p in self.batch.spec.parameters}
+        bound = [{k: v for k, v in values.items() if k in names} for values in parameters]
+        merged = self.batch._execute(
             groups, bound, options, input_dtypes=input_dtypes, out_dtype=out_dtype
         )
+        # Ungated, no gate can be fooled: check the one output, not every input (a NaN or ±Inf
+        # input reaches it even at weight 0), and name the input only when it fails.
+        for group, tensor in zip(groups, merged, strict=True):
+            if not finite(tensor):
+                check_finite(group)
+                raise ConfigError(
+                    f"{group.metadata.name or 'a tensor'}: the merge overflowed to Inf "
+                    "(weights too large for the output dtype?); nothing was merged"
+                )
+        return merged
 
     def _check_alignment(
         self, groups: Sequence[TensorGroup], parameters: list[dict[str, Any]]
@@ -252,20 +263,25 @@ def _per_model(values: Mapping[str, Any]) -> dict[Hashable, dict[str, Any]]:
 def check_finite(group: TensorGroup) -> None:
     """Stop on a NaN or Inf input: the gate would score it as drift and merge garbage silently.
 
-    One fp32 (fp64) sum per tensor, no mask allocated: any NaN or ±Inf makes it non-finite, and
-    finite weights cannot overflow an fp32 sum.
+    One min/max pass per tensor in its own dtype: a NaN propagates to both, ±Inf is one of
+    them, and nothing is allocated (an fp32 sum of a bf16 tensor converts a full copy first:
+    in a merge, with fresh pages for every copy, 5× slower than this).
     """
     for entry in group.entries:
-        tensor = entry.tensor
-        if not tensor.is_floating_point():
-            continue
-        total = tensor.sum(dtype=torch.float64 if tensor.dtype == torch.float64 else torch.float32)
-        if not math.isfinite(float(total)):
+        if not finite(entry.tensor):
             model = getattr(entry.id, "model", entry.id)
             raise ConfigError(
                 f"{group.metadata.name or 'a tensor'} of {model} holds NaN or Inf values; "
                 "nothing was merged (check that checkpoint)"
             )
+
+
+def finite(tensor: torch.Tensor) -> bool:
+    """No NaN or ±Inf: one min/max pass, nothing allocated (see :func:`check_finite`)."""
+    if not tensor.is_floating_point() or tensor.numel() == 0:
+        return True
+    low, high = torch.aminmax(tensor)
+    return math.isfinite(float(low)) and math.isfinite(float(high))
 
 
 @dataclass(frozen=True)
@@ -337,7 +353,8 @@ class RoleInputs:
     def alignment(self) -> torch.Tensor:
         """V = W_aligned − W_unaligned."""
         assert self.stored_unaligned is not None
-        return self.minus_aligned(self.stored_unaligned).neg_()
+        converted = self.stored_unaligned.to(self.aligned.dtype, copy=True)
+        return torch.sub(self.aligned, converted, out=converted)  # one pass, not sub_ + neg_
 
     @cached_property
     def safe_update(self) -> torch.Tensor:
