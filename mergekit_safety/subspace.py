@@ -62,6 +62,7 @@ level (say sparse 1-ulp changes) must not vanish: a caller's tolerance is honour
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -86,6 +87,9 @@ SLACK = 1e-3
 """``‖Δ‖² − ‖W‖²`` decides when it is more than ``SLACK·‖Δ‖²`` (≫ its rounding) from the limit;
 closer, the residual is computed explicitly. At the default tolerance it always is."""
 SEED = 0x5AFE
+
+Wanted = bool | Callable[[float], bool]
+"""Whether to return ``C Δ``: always, never, or as a function of ρ."""
 
 
 def compute_dtype(tensor: torch.Tensor) -> torch.dtype:
@@ -163,6 +167,19 @@ def score_and_project(
     rho, projected = _evaluate(delta, v, tolerance, want_projection=True)
     assert projected is not None
     return rho, projected
+
+
+def score_and_project_if(
+    delta: torch.Tensor,
+    v: torch.Tensor,
+    wanted: Callable[[float], bool],
+    *,
+    tolerance: float | None = None,
+) -> tuple[float, torch.Tensor | None]:
+    """ρ, and ``C Δ`` only if ``wanted(ρ)`` (else None): a gate that keeps a matrix's fine-tuned
+    weights never pays for its projection (on the low-rank path, one product and a full-size
+    output tensor)."""
+    return _evaluate(delta, v, tolerance, want_projection=wanted)
 
 
 def drifts(rho: float, threshold: float, *, inclusive: bool = False) -> bool:
@@ -342,12 +359,12 @@ def lowrank_score_and_project(
     factors: LowRank,
     v: torch.Tensor,
     *,
-    want_projection: bool = True,
+    want_projection: Wanted = True,
     v_norm: float | None = None,
 ) -> tuple[float, torch.Tensor | None]:
     """ρ and ``C Δ`` for ``Δ = q w``: two ``out·in·k`` products (three with ``C Δ``)."""
     rho, p, _ = _factored_score(factors.q, factors.w, v.to(factors.q.dtype), factors.triangle)
-    if not want_projection:
+    if not _wanted(want_projection, rho):
         return rho, None
     return rho, (p @ factors.w).div_(norm_of(v) if v_norm is None else v_norm)
 
@@ -396,7 +413,7 @@ def dense_score_and_project(
     delta: torch.Tensor,
     v: torch.Tensor,
     *,
-    want_projection: bool = True,
+    want_projection: Wanted = True,
     v_norm: float | None = None,
     delta_norm: float | None = None,
 ) -> tuple[float, torch.Tensor | None]:
@@ -404,7 +421,7 @@ def dense_score_and_project(
     product = subspace_product(delta, v)
     denominator = norm_of(product) * (norm_of(delta) if delta_norm is None else delta_norm)
     rho = _dot(product, delta) / denominator if denominator > 0 else 0.0
-    if not want_projection:
+    if not _wanted(want_projection, rho):
         return rho, None
     return rho, product.div_(norm_of(v) if v_norm is None else v_norm)
 
@@ -414,14 +431,14 @@ def dense_score_and_project(
 
 
 def _evaluate(
-    delta: torch.Tensor, v: torch.Tensor, tolerance: float | None, *, want_projection: bool
+    delta: torch.Tensor, v: torch.Tensor, tolerance: float | None, *, want_projection: Wanted
 ) -> tuple[float, torch.Tensor | None]:
     """ρ and (if asked) ``C Δ``, by the low-rank path when Δ allows it, else densely."""
     dtype = torch.float64 if torch.float64 in (delta.dtype, v.dtype) else torch.float32
     delta, v = delta.to(dtype), v.to(dtype)
     v_norm, delta_norm = norm_of(v), norm_of(delta)
     if not (_nonzero(v, v_norm) and _nonzero(delta, delta_norm)):
-        return math.nan, torch.zeros_like(delta) if want_projection else None
+        return math.nan, torch.zeros_like(delta) if _wanted(want_projection, math.nan) else None
     if delta.ndim == 2 and min(delta.shape) >= MIN_LOWRANK_DIM:
         factors = factorize(delta, tolerance=tolerance, norm=delta_norm)
         if factors is not None:
@@ -431,6 +448,10 @@ def _evaluate(
     return dense_score_and_project(
         delta, v, want_projection=want_projection, v_norm=v_norm, delta_norm=delta_norm
     )
+
+
+def _wanted(want: Wanted, rho: float) -> bool:
+    return want(rho) if callable(want) else want
 
 
 def _nonzero(tensor: torch.Tensor, norm: float) -> bool:

@@ -197,3 +197,17 @@ def test_methods_take_the_low_rank_path_on_a_bf16_lora(monkeypatch):
     )
     expected = (a.double() + c @ (f - a).double()).bfloat16()
     torch.testing.assert_close(got, expected, rtol=1.6e-2, atol=1e-5)
+
+
+@pytest.mark.parametrize("rank", [5, 96])  # the low-rank path, and the dense one (rank > m/4)
+def test_projection_only_when_wanted(rank):
+    """safe_lora's kept matrices skip C Δ; a merged one gets exactly score_and_project's."""
+    delta, v = family((256, 256), rank, seed=11, inside=False)
+    rho, projected = score_and_project(delta, v)
+    seen = []
+    got = subspace.score_and_project_if(delta, v, lambda r: seen.append(r) or False)
+    assert got == (rho, None) and seen == [rho]
+    got_rho, got_projected = subspace.score_and_project_if(delta, v, lambda r: True)
+    assert got_rho == rho and torch.equal(got_projected, projected)
+    zero = subspace.score_and_project_if(torch.zeros_like(delta), v, lambda r: True)[1]
+    assert zero is not None and not zero.any()  # undefined ρ: C Δ is zero, if asked

@@ -21,7 +21,7 @@ from mergekit_safety.methods.base import (
     note,
 )
 from mergekit_safety.roles import Role, RoleRule, RoleValue
-from mergekit_safety.subspace import drifts, score_and_project
+from mergekit_safety.subspace import drifts, score_and_project_if
 
 DEFAULT_THRESHOLD = 0.35
 
@@ -39,12 +39,15 @@ def safe_lora_merge(
 ) -> torch.Tensor:
     inputs = RoleInputs.from_group(group, role)
     if inputs.gateable:
-        rho, projected = score_and_project(
-            inputs.update, inputs.alignment, tolerance=inputs.rounding()
+        rho, projected = score_and_project_if(
+            inputs.update,
+            inputs.alignment,
+            lambda r: drifts(r, threshold, inclusive=True),  # a kept matrix needs no C Δ
+            tolerance=inputs.rounding(),
         )
-        merge = drifts(rho, threshold, inclusive=True)
+        merge = projected is not None
         note(inputs, Decision(merge, "rho <= threshold" if merge else "kept", rho))
-        if merge:
+        if projected is not None:
             return inputs.cast_back(projected.add_(inputs.aligned))
     return inputs.kept()
 
