@@ -21,7 +21,8 @@ from helpers import write_recipe
 
 from mergekit_safety.errors import ConfigError
 from mergekit_safety.evaluation import evaluate, generation, harness, load_prompt_sets
-from mergekit_safety.evaluation.resident import ResidentBase, ResidentVllm, adapter_rank
+from mergekit_safety.evaluation.adapters import adapter_rank
+from mergekit_safety.evaluation.resident import ResidentBase, ResidentVllm
 
 
 @dataclass(frozen=True)

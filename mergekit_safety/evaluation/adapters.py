@@ -35,13 +35,24 @@ def parse_model(model: str) -> ModelSpec:
     return ModelSpec(model)
 
 
-def adapter_base(adapter: Path) -> str:
-    """The base model an adapter directory names, resolved to a local path where one exists."""
-    config_path = adapter / "adapter_config.json"
+def adapter_config(adapter: str | Path) -> dict:
+    """A local adapter directory's ``adapter_config.json``; one line when it cannot be read."""
+    config_path = Path(adapter).expanduser() / "adapter_config.json"
     try:
-        base = json.loads(config_path.read_text(encoding="utf-8")).get("base_model_name_or_path")
+        return json.loads(config_path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as error:
         raise ConfigError(f"{config_path}: not readable ({error})") from None
+
+
+def adapter_rank(adapter: str | Path) -> int:
+    """The largest LoRA rank in a peft adapter (``r``, or a ``rank_pattern`` entry above it)."""
+    config = adapter_config(adapter)
+    return max([int(config.get("r", 8)), *map(int, (config.get("rank_pattern") or {}).values())])
+
+
+def adapter_base(adapter: Path) -> str:
+    """The base model an adapter directory names, resolved to a local path where one exists."""
+    base = adapter_config(adapter).get("base_model_name_or_path")
     if not base:
         raise ConfigError(
             f"{adapter}: adapter_config.json names no base model; write it as BASE+{adapter}"

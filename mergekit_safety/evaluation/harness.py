@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mergekit_safety.errors import ConfigError
-from mergekit_safety.evaluation.adapters import parse_model
+from mergekit_safety.evaluation.adapters import adapter_rank, parse_model
 
 STDERR = "_stderr"
 """Suffix of a metric's standard error in our records (lm-eval writes ``acc_stderr,none``)."""
@@ -63,7 +63,6 @@ def run_tasks(
     args: dict[str, Any] = {"pretrained": spec.base, "dtype": dtype or _default_dtype(device)}
     if spec.adapter is not None and backend == "vllm":  # lm-eval's vllm model: one LoRA request
         from mergekit_safety.evaluation.generation import vllm_lora_rank
-        from mergekit_safety.evaluation.resident import adapter_rank
 
         args["lora_local_path"] = spec.adapter
         args["max_lora_rank"] = vllm_lora_rank(adapter_rank(spec.adapter))

@@ -10,15 +10,13 @@ the active adapter, and the base is evaluated with every adapter disabled.
 from __future__ import annotations
 
 import contextlib
-import json
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from mergekit_safety.errors import ConfigError
 from mergekit_safety.evaluation import generation
-from mergekit_safety.evaluation.adapters import parse_model
+from mergekit_safety.evaluation.adapters import adapter_rank, parse_model
 
 
 class ResidentBase:
@@ -144,14 +142,3 @@ class ResidentVllm:
         self._llm = generation.vllm_engine(base, dtype=self.dtype, max_lora_rank=rank)
         self._base, self._rank = _key(base), rank
         self.base_loads += 1
-
-
-def adapter_rank(adapter: str) -> int:
-    """The largest LoRA rank in a peft adapter (``r``, or a ``rank_pattern`` entry above it)."""
-    config = Path(adapter).expanduser() / "adapter_config.json"
-    try:
-        values = json.loads(config.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
-        raise ConfigError(f"{config}: not readable ({error})") from None
-    ranks = [int(values.get("r", 8)), *map(int, (values.get("rank_pattern") or {}).values())]
-    return max(ranks)

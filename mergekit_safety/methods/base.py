@@ -145,9 +145,10 @@ class RoleCheckedMethod(MergeMethod):
         out_dtype: torch.dtype | None = None,
     ) -> tuple[torch.Tensor, ...]:
         gated = any(Role.UNALIGNED in values["role"].values() for values in parameters)
+        batched = self.batch is not None and not gated  # checks its output instead, below
         for group, values in zip(groups, parameters, strict=True):
             self.rule.check(values["role"], group.base.id if group.base else None)
-            if gated or self.batch is None:
+            if not batched:
                 check_finite(group)
         if any(values.get(key) is not None for values in parameters for key in SELECTORS):
             parameters = self._select_among(groups, parameters, input_dtypes)
@@ -155,7 +156,7 @@ class RoleCheckedMethod(MergeMethod):
         parameters = [{k: v for k, v in values.items() if k in own} for values in parameters]
         if gated:
             self._check_alignment(groups, parameters)
-        if self.batch is None or gated:
+        if not batched:
             return self.group._execute(
                 groups, parameters, options, input_dtypes=input_dtypes, out_dtype=out_dtype
             )
