@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 from mergekit.merge_methods import merge_state_dicts, merge_tensors
+from mergekit.merge_methods.base import TensorBatch
 from reference import explicit_c, matrices, rho
 
-from mergekit_safety.methods.safe_linear import DEFAULT_WEIGHT
+from mergekit_safety.methods.safe_linear import DEFAULT_WEIGHT, safe_linear_batch
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -91,3 +92,23 @@ def test_gated_merge_keeps_1d_tensors_finetuned_and_batches_plain_state_dicts():
     torch.testing.assert_close(gated["w"], aligned + 0.5 * update)
     plain = merge_state_dicts({k: models[k] for k in "af"}, "safe_linear", base="a")
     torch.testing.assert_close(plain["norm"], aligned[0] + DEFAULT_WEIGHT)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("weights", [[0.7, 0.7], [0.2, 0.9]], ids=["one-lambda", "per-tensor"])
+def test_batch_kernel_matches_formula_with_one_or_several_lambdas(dtype, weights):
+    """A packed batch of two tensors: one λ takes the lerp path, differing λ the general one."""
+    aligned = torch.stack([matrices(i, dtype=dtype)[0] for i in (5, 6)])
+    finetuned = (aligned.float() + torch.stack([matrices(i)[2] for i in (5, 6)])).to(dtype)
+    weight = torch.tensor(weights).reshape(2, 1)
+    got = safe_linear_batch.merge_batch(TensorBatch((aligned, finetuned), 0), weight=weight)
+    a, f = aligned.double(), finetuned.double()
+    expected = a + weight.double().reshape(2, 1, 1) * (f - a)
+    assert got.dtype == dtype
+    # The exact result rounded once to bf16 is within half an ulp; allow one.
+    torch.testing.assert_close(
+        got.double(),
+        expected,
+        rtol=2**-7 if dtype == torch.bfloat16 else 1e-6,
+        atol=1e-6,
+    )
