@@ -103,9 +103,15 @@ from benchmarks.jobs import Job, plan
     help="Torch threads, for the merges (OMP_NUM_THREADS) and in-process kernels alike. 1: on a "
     "shared 2-core machine, 2-thread OpenMP regions stall whenever one core is taken.",
 )
+@click.option(
+    "--only",
+    default="",
+    help="Comma-separated job keys to run (e.g. linear,safe_linear or safemerge/r64), with the "
+    "stock jobs they are compared with [default: every job].",
+)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def main(size, dtype, repeats, finetunes, all_on_full, stock_per_finetune, inspect_on,
-         run_kernels, gemm_shapes, sample_layers, workdir, output, threads,
+         run_kernels, gemm_shapes, sample_layers, workdir, output, threads, only,
          quiet):  # fmt: skip
     """Time safe_linear, safemerge, safe_lora and inspect against stock mergekit methods."""
     spec = checkpoints.SIZES[size]
@@ -117,10 +123,7 @@ def main(size, dtype, repeats, finetunes, all_on_full, stock_per_finetune, inspe
     torch.set_num_threads(threads)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     machine = describe_machine()
-    click.echo(f"building {spec.parameters() / 1e6:.0f}M-parameter checkpoints in {root}", err=True)
-    paths = checkpoints.build(root, spec, getattr(torch, dtype), quiet=quiet)
-    warm_page_cache(paths.values())
-
+    paths = {model: root / model for model in checkpoints.MODELS}
     jobs = plan(
         paths,
         dtype,
@@ -129,6 +132,11 @@ def main(size, dtype, repeats, finetunes, all_on_full, stock_per_finetune, inspe
         all_on_full=all_on_full,
         inspect_on=tuple(f.strip() for f in inspect_on.split(",")),
     )
+    if only:
+        jobs = select(jobs, {k.strip() for k in only.split(",") if k.strip()})  # before heavy work
+    click.echo(f"building {spec.parameters() / 1e6:.0f}M-parameter checkpoints in {root}", err=True)
+    checkpoints.build(root, spec, getattr(torch, dtype), quiet=quiet)
+    warm_page_cache(paths.values())
     for index in tqdm(range(repeats * len(jobs)), desc="merges", disable=quiet):
         repeat, slot = divmod(index, len(jobs))
         jobs[(slot + repeat) % len(jobs)].run(workdir, env)  # rotate the order each repeat
@@ -152,6 +160,16 @@ def main(size, dtype, repeats, finetunes, all_on_full, stock_per_finetune, inspe
     output.write_text(report.markdown(result))
     click.echo(output.read_text())
     click.echo(f"written: {output} and {output.with_suffix('.json')}", err=True)
+
+
+def select(jobs: list[Job], keys: set[str]) -> list[Job]:
+    """The jobs named, in plan order, with the stock jobs their ratios are taken against."""
+    unknown = keys - {j.key for j in jobs}
+    if unknown:
+        known = ", ".join(j.key for j in jobs)
+        raise click.BadParameter(f"unknown {sorted(unknown)}; known: {known}", param_hint="--only")
+    wanted = keys | {j.reference for j in jobs if j.key in keys and j.reference}
+    return [j for j in jobs if j.key in wanted]
 
 
 def summarize(jobs: list[Job]) -> list[dict]:
