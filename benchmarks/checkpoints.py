@@ -179,10 +179,15 @@ def config(size: Size, dtype: torch.dtype) -> dict:
     }
 
 
+def family_paths(root: Path) -> dict[str, Path]:
+    """Where each model of the family lives under ``root``, built or not."""
+    return {model: root / model for model in MODELS}
+
+
 def build(root: Path, size: Size, dtype: torch.dtype, *, quiet: bool = False) -> dict[str, Path]:
     """Write every model of the family under ``root`` (kept if already built with this spec)."""
     spec = {"size": asdict(size), "dtype": str(dtype), "version": 1}
-    paths = {model: root / model for model in MODELS}
+    paths = family_paths(root)
     stamp = root / "family.json"
     if stamp.exists() and json.loads(stamp.read_text()) == spec:
         return paths

@@ -123,7 +123,7 @@ def main(size, dtype, repeats, finetunes, all_on_full, stock_per_finetune, inspe
     torch.set_num_threads(threads)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     machine = describe_machine()
-    paths = {model: root / model for model in checkpoints.MODELS}
+    paths = checkpoints.family_paths(root)
     jobs = plan(
         paths,
         dtype,

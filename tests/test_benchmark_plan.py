@@ -10,13 +10,13 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.checkpoints import MODELS  # noqa: E402
+from benchmarks.checkpoints import family_paths  # noqa: E402
 from benchmarks.jobs import plan  # noqa: E402
 from benchmarks.merge import select  # noqa: E402
 
 
 def jobs():
-    return plan({m: Path("/nowhere") / m for m in MODELS}, "bfloat16", ["r8", "r64"], inspect_on=())
+    return plan(family_paths(Path("/nowhere")), "bfloat16", ["r8", "r64"], inspect_on=())
 
 
 def test_only_keeps_the_named_jobs_and_their_references_in_plan_order():
