@@ -32,7 +32,7 @@ Norms and inner products are summed in pieces of 1024 (torch's one-pass fp32 nor
   missing (:func:`_directions_needed`). A full-rank Δ costs one 16-column sketch: 16/m of the
   dense path's flops (1.6 % at m = 1024; thin products run slower, so a few % of its time).
   A rank-64 bf16 LoRA of the benchmark's shapes costs 16 + 64 sketch columns, then products at
-  k = 64: 1.6× the floor of four thin products at k = 64 (117 against 75 ms a layer, one core;
+  k = 64: 1.7× the floor of four thin products at k = 64 (130 against 76 ms a layer, one core;
   ``benchmarks/README.md``).
 
 **From LoRA factors** (:func:`lowrank_factors_score_and_project`, ``mergekit-safety adapter``): when
