@@ -1,12 +1,15 @@
 """Run code the moment a module finishes importing: how mergekit-safety reaches mergekit.
 
 Loaded from ``mergekit_safety.pth`` at interpreter start-up, so it must stay cheap: it imports
-neither torch nor mergekit. :func:`after_import` places a finder on ``sys.meta_path`` that lets the
-real loader execute a module and then calls back. The one call made here imports
-:mod:`mergekit_safety` right after ``mergekit.merge_methods`` (importing it registers the methods);
-:mod:`mergekit_safety.mergekit_internals` uses the same mechanism to wrap mergekit's planner.
-Hooking ``mergekit.merge_methods.registry`` instead would run our import while the package is
-half-initialised (circular import).
+nothing but the standard library, and nothing of ours until mergekit's method registry has
+loaded. :func:`after_import` places a finder on ``sys.meta_path`` that lets the real loader
+execute a module and then calls back. The one call made here runs
+``mergekit_safety.plugin.activate(after_import)`` right after ``mergekit.merge_methods`` (hooking
+``mergekit.merge_methods.registry`` instead would run it while that package is half-initialised);
+``activate`` passes :func:`after_import` down to wrap mergekit's planner the same way.
+
+When one of our own modules is half-way through its import at that moment (it imported mergekit
+first), ``activate`` waits until that import has finished: it is called back at the next import.
 """
 
 import sys
@@ -92,16 +95,58 @@ def after_import(name, callback):
     pending.setdefault(name, []).append(callback)
 
 
-def _register(_module):
-    import mergekit_safety  # noqa: F401  (importing registers the methods)
+_OURS = "mergekit_safety"
+_LOOKUPS = ("get", "registered_methods")
+
+
+def _activate(_module):
+    busy = [name for name in sys.modules if name.startswith(_OURS) and not _initialised(name)]
+    if busy:  # activating now would import a module of ours that is half-way through its import
+        _finder().unfinished.setdefault(busy[0], []).append(_activate)
+        _activate_on_lookup(sys.modules[_TARGET])
+        return
+    _restore_lookups(sys.modules.get(_TARGET))
+    from mergekit_safety.plugin import activate
+
+    activate(after_import)
+
+
+def _activate_on_lookup(package):
+    """Until activated, mergekit's method lookups activate first (a lookup needs no import)."""
+    for name in _LOOKUPS:
+        original = getattr(package, name)
+        if hasattr(original, "_before_mergekit_safety"):
+            continue
+
+        def lookup(*args, _original=original, _name=name, **kwargs):
+            if hasattr(getattr(package, _name), "_before_mergekit_safety"):  # not activated yet
+                _activate(None)
+            return _original(*args, **kwargs)
+
+        lookup._before_mergekit_safety = original
+        setattr(package, name, lookup)
+
+
+def _restore_lookups(package):
+    for name in _LOOKUPS:
+        original = getattr(getattr(package, name, None), "_before_mergekit_safety", None)
+        if original is not None:
+            setattr(package, name, original)
 
 
 def install():
+    """Activate the plugin once mergekit's method registry has loaded (now, if it has)."""
     finder = _finder()
-    if _TARGET in sys.modules:
-        _register(None)
-    elif _register not in finder.waiting.get(_TARGET, ()):
-        finder.waiting.setdefault(_TARGET, []).append(_register)
+    if _initialised(_TARGET):
+        _activate(None)
+    elif _activate not in finder.waiting.get(_TARGET, ()):
+        pending = finder.unfinished if _TARGET in sys.modules else finder.waiting
+        pending.setdefault(_TARGET, []).append(_activate)
+
+
+def uninstall():
+    """Remove the hook (tests use it to import the package without mergekit-safety active)."""
+    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _AfterImport)]
 
 
 install()

@@ -31,11 +31,11 @@ from benchmarks.checkpoints import Size, build
 @click.option("--workdir", type=click.Path(file_okay=False), help="Keep the checkpoints here.")
 def main(hidden: int, layers: int, repeats: int, top_k: int, workdir: str | None) -> None:
     torch.set_num_threads(1)
+    import mergekit.merge_methods  # noqa: F401  (the .pth hook registers our methods)
     from mergekit.config import MergeConfiguration
     from mergekit.merge import run_merge
     from mergekit.options import MergeOptions
 
-    import mergekit_safety  # noqa: F401  (registers the methods)
     from mergekit_safety import inspection
     from mergekit_safety.selection import Selection, resolve
 

@@ -7,8 +7,9 @@ errors and for the user mistakes mergekit itself reports with a traceback (:func
 the list; README "Troubleshooting" shows each message). A genuine bug keeps its traceback, and
 ``-v`` / ``--verbose`` or ``MERGEKIT_SAFETY_TRACEBACK=1`` shows it for a mistake too.
 
-A failed or interrupted run also undoes what it wrote: the planning hook registers the output
-directory with :func:`on_failure`, and the hook removes what the run added there.
+A failed or interrupted merge also undoes what it wrote (``mergekit_safety.runs.MergeRun.fail``):
+in process where mergekit's planner or executor raises, and from the hook for what fails after.
+Nothing here runs on import: the commands install the hook (:func:`install_excepthook`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import re
 import sys
 from collections.abc import Callable, Iterator
 from types import TracebackType
+
+from mergekit_safety import runs
 
 TRACEBACK_ENV = "MERGEKIT_SAFETY_TRACEBACK"
 PREFIX = "mergekit-safety: error:"
@@ -157,20 +160,12 @@ _RULES: tuple[Callable[[BaseException, TracebackType | None], str | None], ...] 
 
 # --- undoing a failed run's output ---------------------------------------------------------------
 
-_CLEANUPS: list[Callable[[], None]] = []
-
-
-def on_failure(cleanup: Callable[[], None]) -> None:
-    """Run ``cleanup`` if this process ends with an uncaught exception (Ctrl-C included)."""
-    _CLEANUPS.append(cleanup)
-
 
 def run_cleanups() -> None:
-    while _CLEANUPS:
-        try:
-            _CLEANUPS.pop()()
-        except Exception:  # noqa: BLE001 - never hide the original error
-            pass
+    """A command is failing: undo what the current merge (if any) wrote so far."""
+    run = runs.current()
+    if run is not None:
+        run.fail()
 
 
 def show_traceback() -> bool:

@@ -3,8 +3,9 @@
 mergekit 0.1.5 offers plugins a method API (``register``, ``@merge_method``, ``TensorGroup``,
 ``merge_tensors``) and a run API (``run_merge``, ``MergeConfiguration``, ``MergeOptions``). The
 rest of the package uses only those; what they cannot do goes through this module, which
-imports nothing of ours but :mod:`mergekit_safety.errors` and hands the layers above plain
-views (:class:`PlannedTensor`, :class:`PlannedRecipe`), never mergekit's own task objects.
+imports nothing of ours but :mod:`mergekit_safety.errors` and :mod:`mergekit_safety.runs` and
+hands the layers above plain views (:class:`PlannedTensor`, :class:`PlannedRecipe`), never
+mergekit's own task objects.
 
 What it relies on, each checked by ``tests/test_mergekit_internals.py`` against the installed
 mergekit (a failing check names the assumption):
@@ -13,8 +14,9 @@ mergekit (a failing check names the assumption):
    recipe is normalised and before any tensor task exists, with ``self.config``,
    ``self.options``, ``self.arch_info``, ``self.out_model_config`` set: wrapped to run the
    recipe-level checks and the ``top_k`` ρ pass (:func:`install`'s ``on_recipe``).
-2. ``MergePlanner.plan_to_disk(self, out_path)`` is how ``run_merge`` plans: wrapped to know the
-   output directory while planning (``out_path`` is otherwise out of reach).
+2. ``MergePlanner.plan_to_disk(self, out_path)`` is how ``run_merge`` plans: wrapped to open the
+   merge's run (:mod:`mergekit_safety.runs`) with its output directory (otherwise out of reach);
+   a plan that raises undoes what the run wrote.
 3. ``mergekit.merge_methods.task_adapter.ExecuteMergeMethodTask`` is built once per output tensor
    (by the planner and by ``mergekit-pytorch``) with fields ``method_name``, ``model_order``,
    ``base_model``, ``parameters``, ``input_parameters``, ``output_weight``: its ``__init__`` is
@@ -41,8 +43,18 @@ mergekit (a failing check names the assumption):
     merge: a warning about mergekit's code that a user cannot act on, filtered out
     (:func:`_quiet_torch_dtype_warning`; only that message, only from transformers' config).
 
-The wrappers are installed when each module finishes importing (``_mergekit_safety_autoload``'s
-``after_import``), so an entry point that never plans (``merge_tensors``) pays no import. One
+12. ``mergekit.graph.Executor.run`` and ``mergekit.multigpu_executor.MultiGPUExecutor.run`` are
+    generators that execute a plan: wrapped so that a merge that raises while running undoes its
+    output in process; ``MultiGPUExecutor._device_worker(self, ...)`` runs each GPU's tasks in a
+    worker thread: wrapped to run them inside the merge's run (threads start with no context).
+13. ``mergekit.merge_methods.base.MergeMethod._bind_parameters(groups, parameters)`` (the Python
+    API's binding) and ``MergeMethod._execute(groups, parameters, options, *, input_dtypes,
+    out_dtype)`` (both entry points' execution) are overridden by :class:`PluginMethod`, and
+    ``_execute`` is called on the stock-shaped kernels our methods wrap (:func:`execute_method`).
+
+The wrappers are installed by :func:`install`, called from ``mergekit_safety.plugin.activate``,
+when each module finishes importing (the ``.pth`` hook's ``after_import``), so an entry point
+that never plans (``merge_tensors``) pays no import. One
 order delays them: a program whose first mergekit import is ``mergekit.plan`` itself has it
 half-imported when our methods register, so it is wrapped at the program's next import (as
 ``from mergekit.merge import run_merge``); ``mergekit-yaml``, ``-multi``, ``-pytorch``,
@@ -57,6 +69,9 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from mergekit.merge_methods.base import MergeMethod
+
+from mergekit_safety import runs
 from mergekit_safety.errors import ConfigError
 
 # --- views handed to the layers above ------------------------------------------------------------
@@ -125,19 +140,21 @@ class Hooks:
     on_written: Callable[[WrittenMerge], None]
 
 
-_HOOKS: list[Hooks] = []
+AfterImport = Callable[[str, Callable[[Any], None]], None]
+"""``after_import(module_name, callback)``: the ``.pth`` hook's, passed down by ``activate``."""
 
 
-def install(hooks: Hooks) -> None:
-    """Hear about every planned merge from now on (once per process; later calls are no-ops)."""
-    if _HOOKS:
-        return
-    _HOOKS.append(hooks)
-    from _mergekit_safety_autoload import after_import
+def install(hooks: Hooks, after_import: AfterImport) -> None:
+    """Have mergekit call ``hooks`` for every merge it plans from now on.
 
-    after_import("mergekit.plan", _wrap_planner)
-    after_import("mergekit.merge_methods.task_adapter", _wrap_task)
-    after_import("mergekit.io.tasks", _wrap_finalize)
+    Each wrapper is installed when its module finishes importing (``after_import``), and only
+    once: a second call finds mergekit's functions already wrapped and leaves them.
+    """
+    after_import("mergekit.plan", lambda module: _wrap_planner(module, hooks))
+    after_import("mergekit.merge_methods.task_adapter", lambda module: _wrap_task(module, hooks))
+    after_import("mergekit.io.tasks", lambda module: _wrap_finalize(module, hooks))
+    after_import("mergekit.graph", _wrap_executor)
+    after_import("mergekit.multigpu_executor", _wrap_multi_gpu_executor)
     after_import("mergekit.parameter_resolver", _wrap_resolver)
     after_import("mergekit.io.loader", _wrap_loader)
     after_import("mergekit.io.lazy_tensor_loader", _wrap_index)
@@ -154,21 +171,36 @@ def _once(owner: Any, name: str, make: Callable[[Callable], Callable]) -> None:
     setattr(owner, name, wrapped)
 
 
-_PLANNING_OUT: dict[int, str] = {}
-"""id(planner) -> out_path while ``plan_to_disk`` runs."""
+_OUT_PATH = "_mergekit_safety_out_path"
+"""Set on a ``MergePlanner`` while ``plan_to_disk`` runs: where that plan writes."""
 
 
-def _wrap_planner(module: Any) -> None:
+def _wrap_planner(module: Any, hooks: Hooks) -> None:
+    """A plan to disk opens the merge's run (:mod:`mergekit_safety.runs`); a failed plan undoes it.
+
+    The run stays current after planning, while mergekit's executor runs the plan: mergekit
+    returns from ``plan_to_disk`` before the merge runs and gives no end to wrap, so the next
+    merge's plan replaces it. A plan aimed at ``os.devnull`` is our own scoring plan (see
+    :func:`plan_tensors`): it runs inside the current merge and opens none.
+    """
     planner = module.MergePlanner
 
     def plan_to_disk(original: Callable) -> Callable:
         @functools.wraps(original)
         def wrapper(self: Any, out_path: str, *args: Any, **kwargs: Any) -> Any:
-            _PLANNING_OUT[id(self)] = out_path
+            import os
+
+            if str(out_path) == os.devnull:
+                return original(self, out_path, *args, **kwargs)
+            run = runs.start(runs.MergeRun(out_path=str(out_path), quiet=self.options.quiet))
+            setattr(self, _OUT_PATH, str(out_path))
             try:
                 return original(self, out_path, *args, **kwargs)
+            except BaseException:
+                run.fail()
+                raise
             finally:
-                _PLANNING_OUT.pop(id(self), None)
+                delattr(self, _OUT_PATH)
 
         return wrapper
 
@@ -176,15 +208,15 @@ def _wrap_planner(module: Any) -> None:
         @functools.wraps(original)
         def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
             result = original(self, *args, **kwargs)
-            recipe = PlannedRecipe(
-                config=self.config,
-                options=self.options,
-                arch_info=self.arch_info,
-                out_config=self.out_model_config,
-                out_path=_PLANNING_OUT.get(id(self)),
+            hooks.on_recipe(
+                PlannedRecipe(
+                    config=self.config,
+                    options=self.options,
+                    arch_info=self.arch_info,
+                    out_config=self.out_model_config,
+                    out_path=getattr(self, _OUT_PATH, None),
+                )
             )
-            for hooks in _HOOKS:
-                hooks.on_recipe(recipe)
             return result
 
         return wrapper
@@ -193,21 +225,19 @@ def _wrap_planner(module: Any) -> None:
     _once(planner, "normalize_config", normalize_config)
 
 
-def _wrap_task(module: Any) -> None:
+def _wrap_task(module: Any, hooks: Hooks) -> None:
     def init(original: Callable) -> Callable:
         @functools.wraps(original)
         def wrapper(self: Any, *args: Any, **kwargs: Any) -> None:
             original(self, *args, **kwargs)
-            tensor = PlannedTensor.of(self)
-            for hooks in _HOOKS:
-                hooks.on_tensor(tensor)
+            hooks.on_tensor(PlannedTensor.of(self))
 
         return wrapper
 
     _once(module.ExecuteMergeMethodTask, "__init__", init)
 
 
-def _wrap_finalize(module: Any) -> None:
+def _wrap_finalize(module: Any, hooks: Hooks) -> None:
     def execute(original: Callable) -> Callable:
         @functools.wraps(original)
         def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -217,14 +247,62 @@ def _wrap_finalize(module: Any) -> None:
                 for save in self.tensor_save_tasks
                 if type(save.tensor_task).__name__ == "ExecuteMergeMethodTask"
             )
-            written = WrittenMerge(str(self.writer_task.out_path), tensors)
-            for hooks in _HOOKS:
-                hooks.on_written(written)
+            hooks.on_written(WrittenMerge(str(self.writer_task.out_path), tensors))
             return result
 
         return wrapper
 
     _once(module.FinalizeModel, "execute", execute)
+
+
+def _failing_run_undone(original: Callable) -> Callable:
+    """Wrap an executor's ``run`` generator: if it raises, the current merge undoes its output."""
+
+    @functools.wraps(original)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            yield from original(self, *args, **kwargs)
+        except (Exception, KeyboardInterrupt):
+            run = runs.current()
+            if run is not None:
+                run.fail()
+            raise
+
+    return wrapper
+
+
+def _wrap_executor(module: Any) -> None:
+    _once(module.Executor, "run", _failing_run_undone)
+
+
+_RUN_OF_EXECUTOR = "_mergekit_safety_run"
+"""Set on a ``MultiGPUExecutor`` by its ``run``: the merge its worker threads report to."""
+
+
+def _wrap_multi_gpu_executor(module: Any) -> None:
+    """Multi-GPU: the worker threads report to the merge that started them (``runs.bound``)."""
+    executor = module.MultiGPUExecutor
+
+    def run(original: Callable) -> Callable:
+        undone = _failing_run_undone(original)
+
+        @functools.wraps(original)
+        def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+            setattr(self, _RUN_OF_EXECUTOR, runs.current())
+            return undone(self, *args, **kwargs)
+
+        return wrapper
+
+    def device_worker(original: Callable) -> Callable:
+        @functools.wraps(original)
+        def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+            run = getattr(self, _RUN_OF_EXECUTOR, None)
+            return runs.bound(original, run)(self, *args, **kwargs)
+
+        return wrapper
+
+    _once(executor, "run", run)
+    _once(executor, "_device_worker", device_worker)
 
 
 def _wrap_resolver(module: Any) -> None:
@@ -461,3 +539,48 @@ def align_dtype(group: Any, dtype: Any) -> Any:
     from mergekit.merge_methods.dtype import align_dtype as align
 
     return align(group, dtype)
+
+
+# --- a merge method's two private steps ---------------------------------------------------------
+
+
+class PluginMethod(MergeMethod):
+    """mergekit's ``MergeMethod`` with its private binding and execution steps under our names.
+
+    ``MergeMethod.__call__`` (the Python API) binds through ``_bind_parameters`` and runs
+    ``_execute``; mergekit's planner binds on its own and runs ``_execute`` too. Our methods
+    override :meth:`bind` and :meth:`execute` instead, so these two private names appear here
+    only (assumption 13).
+    """
+
+    def _bind_parameters(self, groups: Sequence[Any], parameters: Any) -> list[dict[str, Any]]:
+        return self.bind(groups, parameters)
+
+    def bind(self, groups: Sequence[Any], parameters: Any) -> list[dict[str, Any]]:
+        """mergekit's binding of the Python API's parameters to each group."""
+        return super()._bind_parameters(groups, parameters)
+
+    def _execute(
+        self, groups: Sequence[Any], parameters: list[dict[str, Any]], options: Any, *,
+        input_dtypes: Sequence[Any], out_dtype: Any = None,
+    ) -> tuple[Any, ...]:  # fmt: skip
+        return self.execute(
+            groups, parameters, options, input_dtypes=input_dtypes, out_dtype=out_dtype
+        )
+
+    def execute(
+        self, groups: Sequence[Any], parameters: list[dict[str, Any]], options: Any, *,
+        input_dtypes: Sequence[Any], out_dtype: Any = None,
+    ) -> tuple[Any, ...]:  # fmt: skip
+        """Merge bound groups (both entry points end here)."""
+        raise NotImplementedError
+
+
+def execute_method(
+    method: Any, groups: Sequence[Any], parameters: list[dict[str, Any]], options: Any, *,
+    input_dtypes: Sequence[Any], out_dtype: Any = None,
+) -> tuple[Any, ...]:  # fmt: skip
+    """Run another (stock-shaped) method's execution step on groups already bound."""
+    return method._execute(
+        groups, parameters, options, input_dtypes=input_dtypes, out_dtype=out_dtype
+    )

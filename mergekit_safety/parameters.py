@@ -14,10 +14,9 @@ import warnings
 from collections.abc import Hashable, Mapping
 from typing import Any
 
+from mergekit_safety import runs
 from mergekit_safety.errors import ConfigError
 from mergekit_safety.roles import Role
-
-_WARNED: set[tuple[str, str, float]] = set()
 
 
 def check_parameters(
@@ -50,13 +49,11 @@ def check_parameters(
                 f"{method}: weight of {name} is {weight:g}, outside [0, 1]: that extrapolates "
                 "past the aligned or fine-tuned model; set `allow_extrapolation: true` if meant"
             )
-        if (method, name, weight) not in _WARNED:
-            _WARNED.add((method, name, weight))
-            warnings.warn(
-                f"mergekit-safety: {method}: weight {weight:g} of {name} extrapolates "
-                "(allow_extrapolation: true)",
-                stacklevel=2,
-            )
+        _warn_once(
+            (method, name, weight),
+            f"mergekit-safety: {method}: weight {weight:g} of {name} extrapolates "
+            "(allow_extrapolation: true)",
+        )
 
 
 LOX_ALPHA_RANGE = 2.0
@@ -73,16 +70,24 @@ def _check_lox_and_harm_removal(method: str, shared: Mapping[str, Any]) -> None:
     if alpha is not None:
         if not (_finite(alpha) and alpha >= 0):
             raise ConfigError(f"{method}: alpha must be a finite number >= 0; got {alpha!r}")
-        if alpha > LOX_ALPHA_RANGE and (method, "alpha", alpha) not in _WARNED:
-            _WARNED.add((method, "alpha", alpha))
-            warnings.warn(
+        if alpha > LOX_ALPHA_RANGE:
+            _warn_once(
+                (method, "alpha", alpha),
                 f"mergekit-safety: {method}: alpha {alpha:g} is past {LOX_ALPHA_RANGE:g}, beyond "
                 "the extrapolations LoX was run with; check the model still answers",
-                stacklevel=3,
             )
     scale = shared.get("scale")
     if scale is not None and not _finite(scale):
         raise ConfigError(f"{method}: scale (λ) must be a finite number; got {scale!r}")
+
+
+def _warn_once(key: tuple[str, str, float], message: str) -> None:
+    """Warn once per merge (every tensor task checks the same values), or once per call."""
+    run = runs.current()
+    if run is None:
+        warnings.warn(message, stacklevel=3)
+    else:
+        run.warn_once(key, message, stacklevel=3)
 
 
 def _finite(value: Any) -> bool:

@@ -37,11 +37,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from mergekit_safety import mergekit_internals
-from mergekit_safety.errors import ConfigError, on_failure
-from mergekit_safety.mergekit_internals import PlannedRecipe, PlannedTensor, WrittenMerge
-from mergekit_safety.methods.alignment_check import forget_planned, watch_planned
-from mergekit_safety.methods.base import DECISIONS, RoleCheckedMethod
+from mergekit_safety import mergekit_internals, runs
+from mergekit_safety.errors import ConfigError
+from mergekit_safety.mergekit_internals import (
+    AfterImport,
+    PlannedRecipe,
+    PlannedTensor,
+    WrittenMerge,
+)
+from mergekit_safety.methods.alignment_check import watch_planned
+from mergekit_safety.methods.base import RoleCheckedMethod
 from mergekit_safety.parameters import check_parameters
 from mergekit_safety.preflight import check_same_architecture
 from mergekit_safety.roles import Role
@@ -76,10 +81,11 @@ MERGEKIT_OUTPUTS = (
 tokenizer file outlives the model it described."""
 
 
-def install() -> None:
-    """Have mergekit's planner call this module for every merge (once per process)."""
+def install(after_import: AfterImport) -> None:
+    """Have mergekit's planner call this module for every merge (wrapped once per process)."""
     mergekit_internals.install(
-        mergekit_internals.Hooks(on_recipe=on_recipe, on_tensor=on_tensor, on_written=on_written)
+        mergekit_internals.Hooks(on_recipe=on_recipe, on_tensor=on_tensor, on_written=on_written),
+        after_import,
     )
 
 
@@ -93,23 +99,17 @@ def _our_method(name: str) -> RoleCheckedMethod | None:
     return method if isinstance(method, RoleCheckedMethod) else None
 
 
-_RUNS: dict[str, PlannedRecipe] = {}
-"""Output path -> the recipe planned to write it: what :func:`on_written` reports against."""
-
-
 def on_recipe(recipe: PlannedRecipe) -> None:
     """The once-per-merge checks, then the ``top_k`` ρ pass; before any tensor task exists."""
     method = _our_method(recipe.config.merge_method)
     if method is None:
         return
     check_device(recipe.options)
-    to_disk = recipe.out_path is not None and recipe.out_path != os.devnull
-    if to_disk:
-        forget_planned()
     check_roles_on_base(recipe.config, method.spec.name)
-    if to_disk:
-        guard_output(Path(recipe.out_path), quiet=recipe.options.quiet)
-        _RUNS[str(recipe.out_path)] = recipe
+    run = runs.current()
+    if recipe.out_path is not None and run is not None and run.out_path == recipe.out_path:
+        guard_output(Path(recipe.out_path), run)
+        run.recipe = recipe
     resolve_in_planner(recipe, method)
 
 
@@ -172,7 +172,7 @@ def overwrite_allowed() -> bool:
     return os.environ.get(OVERWRITE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def guard_output(out: Path, *, quiet: bool = False) -> None:
+def guard_output(out: Path, run: runs.MergeRun) -> None:
     """Refuse to write over a model unless asked; a failed run then removes what it added.
 
     mergekit has no ``--overwrite``: it writes into the directory and leaves an old model's other
@@ -195,7 +195,7 @@ def guard_output(out: Path, *, quiet: bool = False) -> None:
         for path in owned:
             path.unlink()
         kept = sorted(path.name + ("/" if path.is_dir() else "") for path in out.iterdir())
-        if kept and not quiet:
+        if kept and not run.quiet:
             print(
                 f"mergekit-safety: replacing the model in {out}; left as they were: "
                 + ", ".join(kept),
@@ -214,7 +214,7 @@ def guard_output(out: Path, *, quiet: bool = False) -> None:
             if path.name not in before:
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
 
-    on_failure(remove_what_the_run_added)
+    run.on_failure(remove_what_the_run_added)
 
 
 # --- every planned tensor ----------------------------------------------------------------------
@@ -233,6 +233,9 @@ def on_tensor(tensor: PlannedTensor) -> None:
     }
     method.rule.check(roles, tensor.base)
     unaligned = [model for model, role in roles.items() if role is Role.UNALIGNED]
+    run = runs.current()
+    if run is None or run.written:  # a planner that does not plan to disk (mergekit-pytorch)
+        runs.start(runs.MergeRun())
     if unaligned:
         watch_planned((tensor.base, unaligned[0]), tensor.name)
     check_parameters(method.spec.name, tensor.parameters, tensor.input_parameters)
@@ -255,12 +258,17 @@ def refuse_unresolved(tensor: PlannedTensor) -> None:
 
 def on_written(written: WrittenMerge) -> None:
     """One line once the merge's tensors are written: where, the method, what was merged."""
-    recipe = _RUNS.pop(written.out_path, None)
+    run = runs.current()
+    if run is None:
+        return
+    run.written = True
+    if run.recipe is None or run.out_path != written.out_path:
+        return  # not planned by MergePlanner (mergekit-pytorch): it says nothing
     ours = [t for t in written.tensors if _our_method(t.method) is not None]
-    if recipe is None or not ours or recipe.options.quiet:
+    if not ours or run.quiet:
         return
     method = ours[0].method
-    gated = [DECISIONS[t.name] for t in ours if t.name in DECISIONS]
+    gated = [run.decisions[t.name].merge for t in ours if t.name in run.decisions]
     if gated:
         what = f"{sum(gated)} of {len(gated)} gated matrices merged"
     else:  # ungated safe_linear, lox, harm_removal: every tensor goes through the kernel

@@ -53,10 +53,10 @@ print(merge_state_dicts({"a": a, "f": f}, "safe_linear", base="a",
 
 def test_registration_happens_once(tmp_path):
     code = """
-import mergekit_safety, importlib
 import mergekit.merge_methods as mm
-from mergekit_safety.methods import register_all
-register_all(); importlib.reload(mergekit_safety)
+from _mergekit_safety_autoload import after_import
+from mergekit_safety.plugin import activate
+activate(after_import); activate(after_import)
 names = [m.spec.name for m in mm.registered_methods()]
 print(names.count("safe_linear"), names.count("safemerge"), names.count("safe_lora"))
 """
@@ -161,3 +161,50 @@ print(mm.get("safe_linear").spec.name)
     result = python(code, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "safe_linear"
+
+
+def test_importing_the_package_imports_neither_torch_nor_mergekit(tmp_path):
+    result = python("import mergekit_safety", "-X", "importtime", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines()}
+    assert "mergekit_safety" in imported
+    assert not {name for name in imported if name.split(".")[0] in {"torch", "mergekit"}}
+
+
+def test_importing_any_module_changes_neither_the_excepthook_nor_the_registry(tmp_path):
+    """With the hook removed, importing every module of ours (mergekit loaded first) registers
+    nothing and leaves sys.excepthook alone: only ``plugin.activate`` does either."""
+    code = """
+import pkgutil, sys, _mergekit_safety_autoload as hook
+hook.uninstall()
+import mergekit.merge_methods as mm, mergekit.merge, mergekit_safety
+names, excepthook = [m.spec.name for m in mm.registered_methods()], sys.excepthook
+modules = [m.name for m in pkgutil.walk_packages(mergekit_safety.__path__, "mergekit_safety.")
+           if not m.name.endswith("__main__")]
+for name in modules:
+    __import__(name)
+assert sys.excepthook is excepthook, "an import replaced sys.excepthook"
+assert [m.spec.name for m in mm.registered_methods()] == names, "an import registered a method"
+assert not getattr(mergekit.merge.MergePlanner.plan_to_disk, "_mergekit_safety", False)
+from mergekit_safety.plugin import activate
+activate(hook.after_import)
+assert "safe_linear" in [m.spec.name for m in mm.registered_methods()]
+assert sys.excepthook is excepthook, "activate outside a mergekit command set the excepthook"
+import mergekit.scripts.run_yaml
+assert sys.excepthook is not excepthook, "a mergekit command gets the one-line excepthook"
+print(len(modules))
+"""
+    result = python(code, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert int(result.stdout) > 50
+
+
+@pytest.mark.parametrize("first", ["mergekit_safety.scoring", "mergekit_safety.methods.base"])
+def test_a_module_of_ours_imported_before_mergekit_still_activates(tmp_path, first):
+    """Our module imports mergekit half-way through its own import: activation waits for it."""
+    code = (
+        f"import {first}\nfrom mergekit.merge_methods import get\nprint(get('safe_lora').spec.name)"
+    )
+    result = python(code, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "safe_lora"

@@ -1,7 +1,9 @@
-"""The package's imports run one way: math → methods → recipe machinery → reporting → commands.
+"""The package's imports run one way: math → methods → recipe machinery → reporting → commands
+→ the plugin entry → the ``.pth`` hook.
 
 Read from the source (every import statement, module level or inside a function), so a lazy
-import that runs back up is caught as well as a top-level one.
+import that runs back up is caught as well as a top-level one. The hook
+(``_mergekit_safety_autoload``, beside the package) counts as a module of its own, on top.
 """
 
 from __future__ import annotations
@@ -11,16 +13,16 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "mergekit_safety"
 
+HOOK = "_mergekit_safety_autoload"
 LAYERS = (
-    (
-        "math",
-        {"errors", "stats", "subspace", "roles", "selection", "parameters", "preflight", "gate",
-         "mergekit_internals"},
-    ),
+    ("math", {"", "errors", "stats", "subspace", "roles", "selection", "parameters", "preflight",
+              "gate", "runs"}),
+    ("the door into mergekit", {"mergekit_internals"}),
     ("methods", {"methods"}),
     ("recipe machinery", {"lora_cache", "scoring", "planning", "adapter", "inspection"}),
     ("evaluation and reporting", {"evaluation", "sweep", "card", "plot", "demo"}),
-    ("commands", {"cli", "__main__", ""}),
+    ("commands and the plugin entry", {"cli", "__main__", "plugin"}),
+    ("the .pth hook", {HOOK}),
 )  # fmt: skip
 """Each top-level module (or subpackage) of mergekit_safety and its floor; "" is the root."""
 
@@ -35,7 +37,7 @@ INTERNAL = {"mergekit.merge_methods.task_adapter", "mergekit.merge_methods.dtype
 
 
 def modules() -> dict[str, Path]:
-    found = {}
+    found = {HOOK: PACKAGE.parent / f"{HOOK}.py"}
     for path in PACKAGE.rglob("*.py"):
         parts = path.relative_to(PACKAGE).with_suffix("").parts
         if parts[-1] == "__init__":
@@ -48,6 +50,7 @@ def imports(name: str, path: Path, known: dict[str, Path]) -> tuple[set[str], se
     """(modules of ours, mergekit modules) that ``name`` imports anywhere in its source."""
     ours, theirs = set(), set()
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    package = "" if name == HOOK else package
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
@@ -76,6 +79,8 @@ def imports(name: str, path: Path, known: dict[str, Path]) -> tuple[set[str], se
                     ours.add(local)
             elif target == "mergekit" or target.startswith("mergekit."):
                 theirs.add(target)
+            elif target == HOOK and name != HOOK:
+                ours.add(HOOK)
     return ours, theirs
 
 
@@ -125,9 +130,21 @@ def test_no_import_circle():
     assert not circles, "import circles:\n" + "\n".join(" -> ".join(c) for c in circles)
 
 
-def test_the_root_package_imports_only_what_it_wires_together():
-    """Importing any submodule runs the package's __init__: it must stay a thin wiring layer."""
-    assert graph()[""] <= {"errors", "methods", "planning"}
+def test_at_most_seven_layers_and_every_module_in_one():
+    assert len(LAYERS) <= 7
+    for module in modules():
+        floor(module)
+
+
+def test_the_root_package_imports_nothing():
+    """Importing any submodule runs the package's __init__: it holds the version and nothing."""
+    assert graph()[""] == set()
+
+
+def test_only_the_hook_imports_the_plugin_entry_and_nothing_imports_the_hook():
+    importers = {module for module, targets in graph().items() if "plugin" in targets}
+    assert importers == {HOOK}
+    assert not [module for module, targets in graph().items() if HOOK in targets]
 
 
 def test_mergekit_internals_are_used_in_one_module_only():

@@ -99,6 +99,35 @@ def test_7_to_10_helpers_exist():
     assert callable(align_dtype), "assumption 10"
 
 
+def test_12_executors_run_generators_and_gpu_workers():
+    from mergekit.graph import Executor
+    from mergekit.multigpu_executor import MultiGPUExecutor
+
+    for owner in (Executor, MultiGPUExecutor):
+        run = inspect.unwrap(owner.run)
+        assert inspect.isgeneratorfunction(run), f"assumption 12: {owner.__name__}.run generator"
+    worker = inspect.unwrap(MultiGPUExecutor._device_worker)
+    assert parameters(worker)[0] == "self", "assumption 12: MultiGPUExecutor._device_worker"
+    assert "self._device_worker" in inspect.getsource(inspect.unwrap(MultiGPUExecutor.run)), (
+        "assumption 12: MultiGPUExecutor.run submits self._device_worker to its threads"
+    )
+
+
+def test_13_merge_method_private_steps():
+    from mergekit.merge_methods.base import MergeMethod
+
+    assert parameters(MergeMethod._bind_parameters) == ["self", "groups", "parameters"], (
+        "assumption 13: MergeMethod._bind_parameters(self, groups, parameters)"
+    )
+    names = parameters(MergeMethod._execute)
+    assert names[:4] == ["self", "groups", "parameters", "options"], "assumption 13: _execute"
+    assert {"input_dtypes", "out_dtype"} <= set(names), "assumption 13: _execute's keywords"
+    call = inspect.getsource(MergeMethod.__call__)
+    assert "self._bind_parameters(" in call, "assumption 13: __call__ binds via _bind_parameters"
+    resolved = inspect.getsource(MergeMethod._execute_resolved)
+    assert "self._execute(" in resolved, "assumption 13: execution ends in _execute"
+
+
 def test_11_torch_dtype_is_a_config_property():
     from transformers import configuration_utils
 
@@ -117,11 +146,13 @@ def test_every_entry_point_gets_the_wrappers(entry):
     """However mergekit is first imported, the planner is wrapped before it can plan."""
     code = f"""{entry}
 import mergekit.plan, mergekit.merge_methods.task_adapter as t, mergekit.io.tasks as io
-import mergekit.parameter_resolver as r, mergekit.io.loader as l
+import mergekit.parameter_resolver as r, mergekit.io.loader as l, mergekit.graph as g
+import mergekit.multigpu_executor as mg
 wrapped = [
     mergekit.plan.MergePlanner.normalize_config, mergekit.plan.MergePlanner.plan_to_disk,
     t.ExecuteMergeMethodTask.__init__, io.FinalizeModel.execute, r.resolve_parameter,
-    l.TensorLoader.get.__func__,
+    l.TensorLoader.get.__func__, g.Executor.run, mg.MultiGPUExecutor.run,
+    mg.MultiGPUExecutor._device_worker,
 ]
 print(all(getattr(f, "_mergekit_safety", False) for f in wrapped))
 """

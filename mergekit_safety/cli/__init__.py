@@ -6,7 +6,7 @@ import os
 
 import click
 
-from mergekit_safety.errors import TRACEBACK_ENV
+from mergekit_safety.errors import TRACEBACK_ENV, install_excepthook
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -22,6 +22,7 @@ def main(verbose: bool) -> None:
 
     A mistake in a recipe, a path or a model prints one line and exits with status 1.
     """
+    install_excepthook()
     if verbose:
         os.environ[TRACEBACK_ENV] = "1"
 

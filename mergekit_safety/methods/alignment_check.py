@@ -2,35 +2,22 @@
 
 One matrix with V = 0 is an ordinary case (alignment left it alone: it keeps θ_ft). Every gated
 matrix with V = 0 means the wrong model was given, which the kernels see one tensor at a time:
-the planner records which tensors a merge will run (:func:`watch_planned`), and the kernels
-answer once the last of them ran (:func:`alignment_vanished`).
+the planner records in the merge's run which tensors it will run (:func:`watch_planned`), and the
+kernels answer once the last of them ran (:func:`alignment_vanished`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
-
-@dataclass
-class _Watch:
-    planned: set[str] = field(default_factory=set)
-    done: set[str] = field(default_factory=set)
-    gated: int = 0
-    empty: int = 0
-
-
-_WATCHES: dict[tuple[Any, Any], _Watch] = {}
-
-
-def forget_planned() -> None:
-    """A new merge is being planned: what earlier ones in this process saw no longer counts."""
-    _WATCHES.clear()
+from mergekit_safety import runs
 
 
 def watch_planned(key: tuple[Any, Any], tensor: str) -> None:
     """Record a tensor the planned merge of (aligned, unaligned) ``key`` will run."""
-    _WATCHES.setdefault(key, _Watch()).planned.add(tensor)
+    run = runs.current()
+    if run is not None:
+        run.watch(key).planned.add(tensor)
 
 
 def alignment_vanished(key: tuple[Any, Any], results: dict[str, bool | None]) -> bool:
@@ -40,7 +27,8 @@ def alignment_vanished(key: tuple[Any, Any], results: dict[str, bool | None]) ->
     tensor ran; a call not planned by mergekit (the Python API) answers from the tensors given,
     when there are several: for one matrix, V = 0 is the documented keep-θ_ft case.
     """
-    watch = _WATCHES.get(key)
+    run = runs.current()
+    watch = run.watches.get(key) if run is not None else None
     if watch is None:
         gated = [zero for zero in results.values() if zero is not None]
         return len(gated) > 1 and all(gated)

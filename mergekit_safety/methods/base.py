@@ -10,10 +10,8 @@ before its kernel runs.
 
 from __future__ import annotations
 
-import contextvars
 import dataclasses
 import math
-import threading
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -30,25 +28,18 @@ from mergekit.merge_methods.base import (
     TensorGroup,
 )
 
-from mergekit_safety import mergekit_internals
+from mergekit_safety import mergekit_internals, runs
 from mergekit_safety.errors import ConfigError, find_config_error
+from mergekit_safety.mergekit_internals import PluginMethod, execute_method
 from mergekit_safety.methods.alignment_check import alignment_vanished
 from mergekit_safety.parameters import check_parameters
 from mergekit_safety.roles import Role, RoleRule, parse_role, split_by_role
+from mergekit_safety.runs import Decision, MergeRun
 from mergekit_safety.selection import SELECTORS, parse_selection, resolve
 from mergekit_safety.subspace import compute_dtype, drifts, rounding_tolerance, score
 
 
-@dataclass(frozen=True)
-class Decision:
-    """What a method does with one tensor, and why: the record ``inspect`` prints."""
-
-    merge: bool
-    reason: str
-    rho: float | None = None
-
-
-class RoleCheckedMethod(MergeMethod):
+class RoleCheckedMethod(PluginMethod):
     """A group kernel whose inputs carry roles, with an optional batch kernel for plain cases.
 
     ``batch`` (if given) runs when no input has role ``unaligned``: that is the ungated case,
@@ -91,7 +82,7 @@ class RoleCheckedMethod(MergeMethod):
             self.rule.check({}, None)
         super().validate_inputs(input_ids, base_id, group_name=group_name)
 
-    def _bind_parameters(
+    def bind(
         self, groups: Sequence[TensorGroup], parameters: Mapping[str, Any]
     ) -> list[dict[str, Any]]:
         """The Python API's binding, with our errors and per-role defaults.
@@ -111,7 +102,7 @@ class RoleCheckedMethod(MergeMethod):
                 unused = [key for key in ids if parse_role(roles[key]) is not Role.FINETUNED]
                 parameters["weight"] = {key: default for key in unused} | dict(weight)
         try:
-            bound = super()._bind_parameters(groups, parameters)
+            bound = super().bind(groups, parameters)
         except Exception as error:
             found = find_config_error(error)
             if found is None:
@@ -129,13 +120,10 @@ class RoleCheckedMethod(MergeMethod):
         selection = parse_selection(
             given.get("top_k"), given.get("fraction"), threshold_set="threshold" in given
         )
-        token = _API_SELECTION.set(selection is not None)
-        try:
+        with runs.opened(MergeRun(api_selection=selection is not None)):
             return super().__call__(groups, parameters=parameters, **kw)
-        finally:
-            _API_SELECTION.reset(token)
 
-    def _execute(
+    def execute(
         self,
         groups: Sequence[TensorGroup],
         parameters: list[dict[str, Any]],
@@ -157,13 +145,18 @@ class RoleCheckedMethod(MergeMethod):
         if gated:
             self._check_alignment(groups, parameters)
         if not batched:
-            return self.group._execute(
-                groups, parameters, options, input_dtypes=input_dtypes, out_dtype=out_dtype
+            return execute_method(
+                self.group,
+                groups,
+                parameters,
+                options,
+                input_dtypes=input_dtypes,
+                out_dtype=out_dtype,
             )
         names = {p.name for p in self.batch.spec.parameters}
         bound = [{k: v for k, v in values.items() if k in names} for values in parameters]
-        merged = self.batch._execute(
-            groups, bound, options, input_dtypes=input_dtypes, out_dtype=out_dtype
+        merged = execute_method(
+            self.batch, groups, bound, options, input_dtypes=input_dtypes, out_dtype=out_dtype
         )
         # Ungated, no gate can be fooled: check the one output, not every input (a NaN or ±Inf
         # input reaches it even at weight 0), and name the input only when it fails.
@@ -209,7 +202,8 @@ class RoleCheckedMethod(MergeMethod):
         Costs one extra ρ per matrix (the kernel scores it again at τ). Reached from mergekit's
         executor only if planning did not resolve the selection: one tensor cannot be ranked.
         """
-        if not _API_SELECTION.get():
+        run = runs.current()
+        if run is None or not run.api_selection:
             raise ConfigError(
                 "top_k/fraction reached a single tensor: the planner did not rank the model; "
                 "write the threshold out with `mergekit-safety inspect RECIPE --top-k K "
@@ -243,12 +237,7 @@ SELECTION_PARAMETERS = (
     ParameterSpec("fraction", float | None, ParameterScope.SHARED, default=None,
                   description="merge this fraction of the gateable matrices, lowest rho first"),
 )  # fmt: skip
-"""Added to every gated method's spec; the kernels never see them (``_execute`` drops them)."""
-
-_API_SELECTION: contextvars.ContextVar[bool] = contextvars.ContextVar(
-    "mergekit_safety_api_selection", default=False
-)
-"""Set while a Python API call that selects by rank runs: only then may groups be ranked."""
+"""Added to every gated method's spec; the kernels never see them (``execute`` drops them)."""
 
 
 def _per_model(values: Mapping[str, Any]) -> dict[Hashable, dict[str, Any]]:
@@ -415,15 +404,10 @@ def gate(inputs: GateInputs, threshold: float, *, inclusive: bool = False) -> De
     return note(inputs, Decision(False, why, rho))
 
 
-DECISIONS: dict[str, bool] = {}
-"""Gated tensor name -> merged, as a kernel last decided it: what a finished merge reports."""
-_DECISIONS_LOCK = threading.Lock()
-
-
 def note(inputs: GateInputs, decision: Decision) -> Decision:
-    """Remember a gated decision by tensor name (multi-GPU runs kernels in threads)."""
+    """Report a gated decision, by tensor name, to the merge this kernel runs in."""
     name = getattr(inputs, "name", None)
-    if name is not None:
-        with _DECISIONS_LOCK:
-            DECISIONS[name] = decision.merge
+    run = runs.current()
+    if name is not None and run is not None:
+        run.record(name, decision)
     return decision
