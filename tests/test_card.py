@@ -18,8 +18,8 @@ from mergekit_safety.card import (  # noqa: E402
     END,
     SafetyEvaluation,
     merge_metadata,
+    read_card,
     replace_section,
-    split_front_matter,
     update_card,
 )
 from mergekit_safety.cli import main  # noqa: E402
@@ -46,8 +46,10 @@ def fake_merge(root: Path, extra_meta: dict | None = None) -> Path:
     source = yaml.safe_dump(recipe, sort_keys=False)
     card = generate_card(MergeConfiguration.model_validate(recipe), source, name=out.name)
     if extra_meta:
-        meta, body = split_front_matter(card)
-        card = "---\n" + yaml.safe_dump({**meta, **extra_meta}) + "---\n" + body
+        parsed = read_card(card)
+        for key, value in extra_meta.items():
+            parsed.data[key] = value
+        card = str(parsed)
     (out / "README.md").write_text(card)
     (out / "mergekit_config.yml").write_text(source)
     return out
@@ -207,11 +209,15 @@ def test_card_without_readme_or_front_matter(tmp_path):
     assert (out / "README.md").read_text().count(END) == 1
 
 
-def test_split_front_matter():
-    assert split_front_matter("# title\n") == ({}, "# title\n")
-    assert split_front_matter("---\na: 1\n---\nbody\n") == ({"a": 1}, "body\n")
+def test_read_card():
+    card = read_card("# title\n")
+    assert (card.data.to_dict(), card.text) == ({}, "# title\n")
+    card = read_card("---\na: 1\n---\nbody\n")
+    assert (card.data.to_dict(), card.text) == ({"a": 1}, "body\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
-        split_front_matter("---\na: [1\n---\nbody\n")
+        read_card("---\na: [1\n---\nbody\n")
+    with pytest.raises(ConfigError, match="not a YAML mapping"):
+        read_card("---\n- a\n---\nbody\n")
 
 
 def test_replace_section_needs_both_markers():
@@ -245,3 +251,136 @@ def test_card_reports_the_prompt_sets_eval_recorded(tmp_path):
     text = (out / "README.md").read_text()
     assert "harmful: recipes/demo/prompts/harmful.jsonl" in text
     assert "harmful: built-in" not in text.replace("*", "")
+
+
+def test_merged_card_round_trips_through_huggingface_hub(tmp_path):
+    """huggingface_hub reads our card back: base_model, library_name and the EvalResults."""
+    from huggingface_hub import ModelCard
+
+    out = tmp_path / "merged"
+    out.mkdir()
+    merged = {
+        **summary("m", 0.85, 0.125, 0.7),
+        "lm_eval": {"arith": {"acc": 0.5, "acc_stderr": 0.01, "n": 4}},
+    }
+    evaluation = SafetyEvaluation(
+        method="safe_linear",
+        merged=merged,
+        base_models=["org/aligned", "org/finetuned", "/local/unaligned"],
+        prompt_sets={"harmful": "h.txt"},
+    )
+    card = ModelCard.load(update_card(out, evaluation))
+    assert card.data.base_model == ["org/aligned", "org/finetuned"]
+    assert card.data.library_name == "transformers"
+    assert card.data.tags == ["merge", "mergekit", "safety", "safe_linear"]
+    assert card.data.model_name == "merged"
+    got = {
+        (r.dataset_type, r.dataset_name, r.metric_type, r.metric_name, r.source_name): (
+            r.metric_value
+        )
+        for r in card.data.eval_results
+    }
+    harmful = ("mergekit-safety/harmful", "harmful prompts: h.txt")
+    benign = ("mergekit-safety/benign", "benign prompts: built-in")
+    task = ("mergekit-safety/task", "task prompts: built-in")
+    assert got == {
+        (*harmful, "refusal_rate", "Refusal rate", None): 0.85,
+        (*harmful, "asr", "Attack success rate", None): pytest.approx(0.15),
+        (*benign, "over_refusal_rate", "Over-refusal rate", None): 0.125,
+        (*task, "accuracy", "Task accuracy", None): 0.7,
+        ("arith", "arith", "acc", "acc (arith)", "lm-evaluation-harness"): 0.5,
+    }
+    assert {r.task_type for r in card.data.eval_results} == {"text-generation"}
+    assert card.text.count(BEGIN) == 1 and card.text.startswith("# merged\n")
+
+
+def test_adapter_card_round_trips_through_huggingface_hub(tmp_path):
+    """The adapter's card, written by the same writer, and then with its safety numbers."""
+    from huggingface_hub import ModelCard
+
+    from mergekit_safety.adapter.write import adapter_card
+
+    out = tmp_path / "adapter"
+    out.mkdir()
+    text = adapter_card(
+        method="safe_lora",
+        base_model="org/base",
+        adapters=["org/lora"],
+        recipe_text="merge_method: safe_lora\n",
+        summary="2 of 3 adapted modules merged.",
+    )
+    (out / "README.md").write_text(text)
+    card = ModelCard.load(out / "README.md")
+    assert card.data.to_dict() == {
+        "base_model": "org/base",
+        "library_name": "peft",
+        "tags": ["lora", "peft", "safety", "mergekit-safety", "safe_lora"],
+    }
+    assert card.text.startswith("# Safety-merged LoRA adapter (safe_lora)\n")
+    assert "```yaml\nmerge_method: safe_lora\n```" in card.text
+
+    evaluation = SafetyEvaluation(
+        method="safe_lora",
+        merged=summary("adapter", 0.9, 0.1, None),
+        base_models=["org/base"],
+        library_name="peft",
+    )
+    card = ModelCard.load(update_card(out, evaluation))
+    assert card.data.base_model == ["org/base"] and card.data.library_name == "peft"
+    assert card.data.tags[:5] == ["lora", "peft", "safety", "mergekit-safety", "safe_lora"]
+    assert {"merge", "mergekit"} <= set(card.data.tags)
+    assert {r.metric_type: r.metric_value for r in card.data.eval_results} == {
+        "refusal_rate": 0.9,
+        "asr": pytest.approx(0.1),
+        "over_refusal_rate": 0.1,
+    }
+    assert card.text.index("## Safety evaluation") < card.text.index("## Merge Details")
+
+
+def test_existing_metadata_and_other_model_index_entries_are_kept(tmp_path):
+    """Keys we do not write stay as they were; another model's model-index entry stays too."""
+    from huggingface_hub import ModelCard
+
+    out = tmp_path / "m"
+    out.mkdir()
+    other = {
+        "name": "someone-else",
+        "results": [
+            {
+                "task": {"type": "text-generation"},
+                "dataset": {"name": "x", "type": "x"},
+                "metrics": [{"type": "acc", "value": 0.1}],
+            }
+        ],
+    }
+    meta = {
+        "license": "apache-2.0",
+        "language": ["en"],
+        "datasets": ["org/data"],
+        "custom_key": {"nested": [1, 2]},
+        "library_name": "mergekit-custom",
+        "base_model": ["org/aligned", "/local/x"],
+        "tags": ["mine"],
+        "model-index": [other],
+    }
+    (out / "README.md").write_text("---\n" + yaml.safe_dump(meta) + "---\n# m\n\nmy text\n")
+    evaluation = SafetyEvaluation(
+        method="safemerge", merged={"refusal_rate": 0.5}, base_models=["org/finetuned"]
+    )
+    readme = update_card(out, evaluation)
+    card = ModelCard.load(readme)
+    assert card.data.license == "apache-2.0" and card.data.language == ["en"]
+    assert card.data.datasets == ["org/data"]
+    assert card.data["custom_key"] == {"nested": [1, 2]}
+    assert card.data.library_name == "mergekit-custom"  # a merge keeps the library given
+    assert card.data.base_model == ["org/aligned", "org/finetuned"]
+    assert card.data.tags == ["mine", "merge", "mergekit", "safety", "safemerge"]
+    assert "# m\n\nmy text\n" in card.text
+    index = front_matter(readme)["model-index"]
+    assert [entry["name"] for entry in index] == ["m", "someone-else"]
+    assert index[1] == other
+    assert index[0]["results"][0]["metrics"] == [
+        {"type": "refusal_rate", "value": 0.5, "name": "Refusal rate"}
+    ]
+    update_card(out, evaluation)
+    assert front_matter(readme)["model-index"] == index  # re-running: still one entry each

@@ -18,8 +18,6 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-import yaml
-
 from mergekit_safety.adapter.merge import MergedModule
 from mergekit_safety.adapter.source import PREFIX
 from mergekit_safety.errors import ConfigError
@@ -112,20 +110,27 @@ def _default_modes(directory: Path) -> None:
 def adapter_card(
     *, method: str, base_model: str, adapters: Sequence[str], recipe_text: str, summary: str
 ) -> str:
-    """A peft model card: Hub metadata (``library_name: peft``, ``base_model``) and the recipe."""
-    meta = {
-        "base_model": base_model,
-        "library_name": "peft",
-        "tags": ["lora", "peft", "safety", "mergekit-safety", method],
-    }
-    front = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, width=1000)
+    """A peft model card: Hub metadata (``library_name: peft``, ``base_model``) and the recipe.
+
+    Written by :func:`mergekit_safety.card.render_card`, the merged models' card writer.
+    """
+    from huggingface_hub import ModelCardData
+
+    from mergekit_safety.card import render_card
+
+    data = ModelCardData(
+        base_model=base_model,
+        library_name="peft",
+        tags=["lora", "peft", "safety", "mergekit-safety", method],
+    )
     sources = "\n".join(f"- `{a}`" for a in adapters)
-    return (
-        f"---\n{front}---\n# Safety-merged LoRA adapter ({method})\n\n"
+    return render_card(
+        data,
+        f"# Safety-merged LoRA adapter ({method})\n\n"
         f"A LoRA adapter for `{base_model}`, made by `mergekit-safety adapter` from:\n\n"
         f"{sources}\n\n{summary}\n\n"
         "Applying it (`PeftModel.from_pretrained(base, this_dir)`, merged or not) gives exactly "
         f"the `{method}` merge `mergekit-yaml` makes from the same recipe, up to the base "
         "model's dtype rounding.\n\n"
-        f"## Merge Details\n\n### Recipe\n\n```yaml\n{recipe_text.rstrip()}\n```\n"
+        f"## Merge Details\n\n### Recipe\n\n```yaml\n{recipe_text.rstrip()}\n```\n",
     )
