@@ -127,7 +127,7 @@ def test_mergekit_yaml_selection_equals_explicit_threshold(
     assert changed(tmp_path / "selected", family["finetuned"]) == chosen
 
 
-def test_demo_fraction_through_yaml_in_process(tmp_path):
+def test_demo_fraction_through_mergekit_yaml(tmp_path):
     """The committed demo models (bf16, LoRA fine-tune): fraction = explicit τ from inspect."""
     recipe = tmp_path / "gated.yml"
     text = (REPO / "recipes" / "safe_linear_gated.yml").read_text()
