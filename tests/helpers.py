@@ -1,11 +1,21 @@
-"""Tiny local models for tests, built the way mergekit's own tests build them (no hub access)."""
+"""What the tests share: tiny local models (built the way mergekit's own tests build them, no hub
+access), recipes, and the commands run in process (fast) or in a fresh interpreter (smoke tests).
+
+Test modules import helpers from here (or from ``adapter_helpers``), never from one another.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import subprocess
 import sys
+import traceback
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -114,6 +124,9 @@ DEVICES = [
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
 """For subprocesses: offline, and only what is installed (not this checkout) on the path."""
 
+REPO = Path(__file__).resolve().parents[1]
+"""The checkout: README.md, recipes/ and the committed demo models."""
+
 
 def mergekit_yaml(recipe: Path, out: Path, *args: str, cwd: Path | None = None):
     """Run the unmodified mergekit-yaml entry point in a fresh interpreter, offline."""
@@ -134,3 +147,227 @@ def mergekit_multi(recipe: str, cwd: Path, *args: str):
     return subprocess.run(
         [str(c) for c in command], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=600
     )
+
+
+# --- recipes ------------------------------------------------------------------------------------
+
+
+def recipe_for(method: str, family: dict[str, Path], roles: tuple[str, ...], **parameters):
+    """``method`` on the family: finetuned merged into aligned, plus one model per role."""
+    models = [{"model": str(family["finetuned"])}]
+    for role in roles:
+        models.append({"model": str(family[role]), "parameters": {"role": role}})
+    recipe = {
+        "merge_method": method,
+        "base_model": str(family["aligned"]),
+        "models": models,
+        "dtype": "float32",
+    }
+    if parameters:
+        recipe["parameters"] = parameters
+    return recipe
+
+
+def gated(family, **parameters) -> dict:
+    """A gated safe_linear recipe (τ = 0.35) on the family, ``parameters`` on top."""
+    recipe = recipe_for("safe_linear", family, ("unaligned",), threshold=0.35)
+    recipe["parameters"].update(parameters)
+    return recipe
+
+
+def tiny_spec(seed: int = 0):
+    """A demo build of two layers of width 16 and a few steps per stage: about a second."""
+    from mergekit_safety.demo.build import DemoSpec
+    from mergekit_safety.demo.train import Stage
+
+    stages = {
+        "unaligned": Stage(steps=3, lr=1e-2, batch_size=8, warmup=1),
+        "aligned": Stage(steps=2, lr=1e-2, batch_size=8, warmup=1),
+        "finetuned": Stage(steps=2, lr=1e-2, batch_size=8, warmup=1, lora_rank=8, lora_alpha=16),
+        "safe": Stage(steps=2, lr=1e-2, batch_size=8, warmup=1, lora_rank=8, lora_alpha=16),
+    }
+    return DemoSpec(seed=seed, hidden=16, layers=2, stages=stages)
+
+
+# --- what the user sees of a failed command ------------------------------------------------------
+
+PREFIX = "mergekit-safety: error: "
+"""How a mistake that escapes a mergekit command is printed (``errors.install_excepthook``)."""
+
+
+def one_line(result) -> str:
+    """The single error line of a failed mergekit command (exit status 1, no traceback)."""
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith(PREFIX)]
+    assert len(lines) == 1, result.stderr[-3000:]
+    return lines[0][len(PREFIX) :]
+
+
+def click_line(result) -> str:
+    """The single ``Error: ...`` line of a failed ``mergekit-safety`` subcommand."""
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(lines) == 1, result.stderr[-3000:]
+    return lines[0]
+
+
+# --- commands in process ----------------------------------------------------------------------
+
+
+@dataclass
+class Ran:
+    """What a command run in process left: like ``subprocess.CompletedProcess`` (text mode)."""
+
+    args: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def fresh_process_state() -> None:
+    """Forget what an earlier command in this interpreter left behind, as a new process would.
+
+    - mergekit's ``LoaderCache`` is a per-thread singleton whose ``loaders`` dict is a class
+      attribute: it keeps one loader per model reference for the life of the process, so a
+      ``base+adapter`` reference merged once would never be merged (or refused for a missing
+      ``--lora-merge-cache``) again, and a model rewritten at the same path would be read from
+      the old index; its options (``lora_cache_dir``, ...) also stay from the last run.
+    - mergekit-safety warns once per process (``parameters._WARNED``), keeps the last merge's
+      gate decisions (``methods.base.DECISIONS``, counted in the "wrote" line), the ρ scores it
+      ranked (``scoring._SCORES``) and the merges planned to a directory (``planning._RUNS``).
+    """
+    from mergekit.io.tasks import LoaderCache
+    from mergekit.options import MergeOptions
+
+    cache = LoaderCache()
+    cache.flush_all()
+    cache.loaders.clear()
+    cache.setup(MergeOptions())
+    for module, name in (
+        ("mergekit_safety.parameters", "_WARNED"),
+        ("mergekit_safety.methods.base", "DECISIONS"),
+        ("mergekit_safety.scoring", "_SCORES"),
+        ("mergekit_safety.planning", "_RUNS"),
+        ("mergekit_safety.methods.alignment_check", "_WATCHES"),
+    ):
+        state = getattr(sys.modules.get(module), name, None)
+        if state is not None:
+            state.clear()
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Log records (WARNING and up, as ``logging.basicConfig()``) to whatever sys.stderr is now."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setLevel(logging.WARNING)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def _like_a_new_process(argv: list[str], cwd: Path | None, env: dict[str, str] | None):
+    """sys.argv, the working directory, os.environ, warnings and logging as a fresh
+    ``prog args...`` would have them; all restored afterwards."""
+    saved_argv, saved_environ = sys.argv, dict(os.environ)
+    handler = _StderrHandler()
+    loggers = [logging.getLogger(), logging.getLogger("transformers")]  # the latter: no propagate
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(warnings.catch_warnings())
+        warnings.resetwarnings()  # Python's default filters, not pytest's recording ones
+        warnings.simplefilter("default")
+        for kind in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
+            warnings.simplefilter("ignore", kind)
+        warnings.showwarning = _show_warning
+        if cwd is not None:
+            stack.enter_context(contextlib.chdir(cwd))
+        sys.argv = argv
+        os.environ.update(env or {})
+        for logger in loggers:
+            logger.addHandler(handler)
+        try:
+            yield
+        finally:
+            for logger in loggers:
+                logger.removeHandler(handler)
+            sys.argv = saved_argv
+            os.environ.clear()
+            os.environ.update(saved_environ)
+
+
+def run_in_process(
+    command: Callable[..., object],
+    prog: str,
+    args: Sequence[object],
+    *,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> Ran:
+    """Run a click entry point in this interpreter and return what the user would see.
+
+    A mistake that escapes the command becomes what ``errors.install_excepthook`` prints at
+    process exit: exit status 1 and ``mergekit-safety: error: <explain(error)>`` (with
+    ``-v``/``MERGEKIT_SAFETY_TRACEBACK=1``: the traceback instead). What ``explain`` does not
+    recognise is a bug: it is raised here, so the test fails with its traceback. Either way the
+    cleanups a failed run registered are run first, as the excepthook does.
+    """
+    from click.testing import CliRunner
+
+    from mergekit_safety import errors
+
+    argv = [str(arg) for arg in args]
+    fresh_process_state()
+    with _like_a_new_process([prog, *argv], cwd, env):
+        result = CliRunner().invoke(command, argv, prog_name=prog, catch_exceptions=True)
+        stdout, stderr = result.stdout, result.stderr
+        returncode, error = result.exit_code, result.exception
+        if error is not None and not isinstance(error, SystemExit):
+            assert result.exc_info is not None
+            if hasattr(errors, "run_cleanups"):  # what the excepthook does first (one place)
+                errors.run_cleanups()
+            message = errors.explain(error, result.exc_info[2])
+            if message is None:
+                raise error  # a genuine bug: fail the test, showing its traceback
+            if errors.show_traceback():
+                stderr += "".join(traceback.format_exception(*result.exc_info))
+            else:
+                stderr += f"{PREFIX}{message}\n"
+            returncode = 1
+    return Ran([prog, *argv], returncode, stdout, stderr)
+
+
+def yaml_in_process(recipe: Path, out: Path, *args: object, cwd: Path | None = None, env=None):
+    """``mergekit-yaml recipe out args...`` in this interpreter (see :func:`run_in_process`)."""
+    from mergekit.scripts.run_yaml import main
+
+    return run_in_process(
+        main, "mergekit-yaml", [recipe, out, *args], cwd=cwd or out.parent, env=env
+    )
+
+
+def multi_in_process(recipe: str, cwd: Path, *args: object, env=None):
+    """``mergekit-multi cwd/recipe -I cwd/inter args...`` in this interpreter."""
+    from mergekit.scripts.multimerge import main
+
+    return run_in_process(
+        main, "mergekit-multi", [recipe, "-I", cwd / "inter", *args], cwd=cwd, env=env
+    )
+
+
+def cli_in_process(*args: object, cwd: Path | None = None, env=None):
+    """``mergekit-safety args...`` (our own click group) in this interpreter."""
+    from mergekit_safety.cli import main
+
+    return run_in_process(main, "mergekit-safety", args, cwd=cwd, env=env)

@@ -12,7 +12,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from adapter_helpers import full_merge, mergekit_safety  # noqa: E402
-from helpers import mergekit_yaml  # noqa: E402
+from helpers import REPO, mergekit_yaml, tiny_spec  # noqa: E402
 from peft import PeftModel  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 from transformers import LlamaForCausalLM  # noqa: E402
@@ -20,8 +20,7 @@ from transformers import LlamaForCausalLM  # noqa: E402
 from mergekit_safety.demo.build import build_demo, sha256  # noqa: E402
 from mergekit_safety.demo.extract import extract_adapter  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-DEMO = ROOT / "recipes" / "demo"
+DEMO = REPO / "recipes" / "demo"
 
 
 def merged_as_trained(aligned: Path, adapter: Path) -> dict[str, torch.Tensor]:
@@ -64,8 +63,6 @@ def test_committed_adapters_are_what_extract_gives(tmp_path):
 
 def test_build_saves_trained_adapters_bit_for_bit(tmp_path):
     """A (tiny) build keeps each LoRA stage's adapter; merged as trained, it is the model."""
-    from test_demo import tiny_spec
-
     summary = build_demo(tmp_path, tiny_spec(), progress=False)
     for name in ("finetuned", "safe"):
         info = summary["models"][name]["adapter"]
@@ -85,12 +82,12 @@ def test_build_saves_trained_adapters_bit_for_bit(tmp_path):
 
 def test_demo_adapter_recipe_matches_mergekit_yaml(tmp_path):
     """README's path on the committed demo: adapter in, adapter out, equal to the full merge."""
-    recipe = ROOT / "recipes" / "adapter_safemerge.yml"
+    recipe = REPO / "recipes" / "adapter_safemerge.yml"
     out, full = tmp_path / "safe_adapter", tmp_path / "full"
-    done = mergekit_safety("adapter", recipe, out, cwd=ROOT)
+    done = mergekit_safety("adapter", recipe, out, cwd=REPO)
     assert done.returncode == 0, done.stderr[-2000:]
     assert " of 28 adapted modules merged" in done.stdout
-    made = mergekit_yaml(recipe, full, "--lora-merge-cache", tmp_path / "cache", cwd=ROOT)
+    made = mergekit_yaml(recipe, full, "--lora-merge-cache", tmp_path / "cache", cwd=REPO)
     assert made.returncode == 0, made.stderr[-2000:]
     base = LlamaForCausalLM.from_pretrained(DEMO / "aligned", dtype=torch.bfloat16)
     got = PeftModel.from_pretrained(base, out).merge_and_unload().state_dict()

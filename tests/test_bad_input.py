@@ -1,7 +1,9 @@
 """Bad input never yields a silent merge (issue #8): one line, exit status 1, nothing written.
 
-Each case runs the real command in a subprocess, as the user would meet it; the README's
-"Troubleshooting" table lists every case with the line it prints.
+Each case runs the real command's click entry point in process (``helpers.run_in_process``: what
+the user would see, the excepthook's one line included); a few ``subprocess``-marked smoke tests run
+the installed commands in a fresh interpreter. The README's "Troubleshooting" table lists every
+case with the line it prints.
 """
 
 from __future__ import annotations
@@ -9,37 +11,28 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from helpers import ENV, mergekit_multi, mergekit_yaml, write_recipe
+from adapter_helpers import mergekit_safety
+from helpers import (
+    cli_in_process,
+    click_line,
+    gated,
+    mergekit_multi,
+    mergekit_yaml,
+    multi_in_process,
+    one_line,
+    write_recipe,
+    yaml_in_process,
+)
 from mergekit.merge_methods import merge_state_dicts, merge_tensors
 from safetensors.torch import load_file, save_file
-from test_end_to_end import recipe_for
 
 from mergekit_safety.errors import ConfigError
-
-PREFIX = "mergekit-safety: error: "
-
-
-def one_line(result: subprocess.CompletedProcess) -> str:
-    """The single error line of a failed run (exit status 1, no traceback)."""
-    assert result.returncode == 1, result.stderr[-3000:]
-    assert "Traceback" not in result.stderr, result.stderr[-3000:]
-    lines = [line for line in result.stderr.splitlines() if line.startswith(PREFIX)]
-    assert len(lines) == 1, result.stderr[-3000:]
-    return lines[0][len(PREFIX) :]
-
-
-def gated(family, **parameters) -> dict:
-    recipe = recipe_for("safe_linear", family, ("unaligned",), threshold=0.35)
-    recipe["parameters"].update(parameters)
-    return recipe
 
 
 def with_weight(recipe: dict, weight) -> dict:
@@ -128,24 +121,37 @@ CASES = [
 def test_mergekit_yaml_mistakes_give_one_line_and_no_output(tmp_path, family, case):
     recipe, message = _bad_recipes(family, tmp_path)[case]
     out = tmp_path / "out"
-    result = mergekit_yaml(write_recipe(tmp_path / "r.yml", recipe), out)
+    result = yaml_in_process(write_recipe(tmp_path / "r.yml", recipe), out)
     assert message in one_line(result)
     assert not out.exists()
 
 
 def test_yaml_syntax_error(tmp_path):
     (tmp_path / "r.yml").write_text("merge_method: safe_linear\nmodels: [ {model: x\n")
-    line = one_line(mergekit_yaml(tmp_path / "r.yml", tmp_path / "out"))
+    line = one_line(yaml_in_process(tmp_path / "r.yml", tmp_path / "out"))
     assert line.startswith("the recipe is not valid YAML:") and "line 3" in line
 
 
-def test_verbose_or_env_shows_the_traceback(tmp_path, family):
+@pytest.mark.subprocess
+def test_smoke_mergekit_yaml_prints_one_line_through_the_excepthook(tmp_path, family):
+    """The installed command, its `.pth` hook and the excepthook, in a fresh interpreter."""
+    out = tmp_path / "out"
+    result = mergekit_yaml(write_recipe(tmp_path / "r.yml", gated(family, threshold=-1)), out)
+    assert "threshold (τ) must lie in [0, 1]" in one_line(result)
+    assert not out.exists()
+
+
+@pytest.mark.subprocess
+def test_verbose_shows_the_traceback(tmp_path, family):
+    """The excepthook's other branch: ``-v`` hands the error to Python's own hook."""
     recipe = write_recipe(tmp_path / "r.yml", gated(family, threshold=-1))
     result = mergekit_yaml(recipe, tmp_path / "out", "-v")
     assert result.returncode == 1 and "Traceback" in result.stderr
-    env = {**ENV, "MERGEKIT_SAFETY_TRACEBACK": "1"}
-    command = [str(Path(sys.executable).with_name("mergekit-yaml")), str(recipe), "out"]
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
+
+
+def test_env_shows_the_traceback(tmp_path, family):
+    recipe = write_recipe(tmp_path / "r.yml", gated(family, threshold=-1))
+    result = yaml_in_process(recipe, tmp_path / "out", env={"MERGEKIT_SAFETY_TRACEBACK": "1"})
     assert result.returncode == 1 and "Traceback" in result.stderr
 
 
@@ -155,7 +161,7 @@ def test_nan_or_inf_input_stops_the_merge_and_leaves_nothing(tmp_path, family, v
     recipe = gated(family)
     recipe["models"][0]["model"] = str(broken)
     out = tmp_path / "out"
-    line = one_line(mergekit_yaml(write_recipe(tmp_path / "r.yml", recipe), out))
+    line = one_line(yaml_in_process(write_recipe(tmp_path / "r.yml", recipe), out))
     assert f"model.layers.1.mlp.up_proj.weight of {broken} holds NaN or Inf" in line
     assert not out.exists()
 
@@ -165,7 +171,7 @@ def test_unaligned_identical_to_aligned_at_another_path(tmp_path, family):
     recipe = gated(family)
     recipe["models"][1]["model"] = str(twin)
     out = tmp_path / "out"
-    line = one_line(mergekit_yaml(write_recipe(tmp_path / "r.yml", recipe), out))
+    line = one_line(yaml_in_process(write_recipe(tmp_path / "r.yml", recipe), out))
     assert f"the unaligned model {twin} equals base_model" in line and "V = 0" in line
     assert not out.exists()
 
@@ -174,21 +180,21 @@ def test_adapter_without_lora_merge_cache(tmp_path, family):
     recipe = gated(family)
     recipe["models"][0]["model"] = f"{family['aligned']}+{tmp_path / 'adapter'}"
     (tmp_path / "adapter").mkdir()
-    line = one_line(mergekit_yaml(write_recipe(tmp_path / "r.yml", recipe), tmp_path / "out"))
+    line = one_line(yaml_in_process(write_recipe(tmp_path / "r.yml", recipe), tmp_path / "out"))
     assert "needs --lora-merge-cache" in line
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_without_cuda(tmp_path, family):
     recipe = write_recipe(tmp_path / "r.yml", gated(family))
-    line = one_line(mergekit_yaml(recipe, tmp_path / "out", "--cuda"))
+    line = one_line(yaml_in_process(recipe, tmp_path / "out", "--cuda"))
     assert line.startswith("--cuda: no CUDA device here")
     assert not (tmp_path / "out" / "config.json").exists()
 
 
 def test_extrapolation_needs_to_be_asked_for(tmp_path, family):
     recipe = with_weight(gated(family, allow_extrapolation=True), 1.25)
-    result = mergekit_yaml(write_recipe(tmp_path / "r.yml", recipe), tmp_path / "out")
+    result = yaml_in_process(write_recipe(tmp_path / "r.yml", recipe), tmp_path / "out")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "weight 1.25 of" in result.stderr and "extrapolates" in result.stderr
 
@@ -206,13 +212,11 @@ def test_output_holding_a_model_is_refused_then_replaced_without_stale_shards(tm
     (out / "notes.txt").write_text("mine")
     recipe = write_recipe(tmp_path / "r.yml", gated(family))
 
-    line = one_line(mergekit_yaml(recipe, out))
+    line = one_line(yaml_in_process(recipe, out))
     assert "already holds a model" in line and "MERGEKIT_SAFETY_OVERWRITE=1" in line
     assert (out / "config.json").read_text() == "{}"  # untouched
 
-    command = [str(Path(sys.executable).with_name("mergekit-yaml")), str(recipe), str(out)]
-    env = {**ENV, "MERGEKIT_SAFETY_OVERWRITE": "1"}
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    result = yaml_in_process(recipe, out, env={"MERGEKIT_SAFETY_OVERWRITE": "1"})
     assert result.returncode == 0, result.stderr[-2000:]
     assert not any((out / name).exists() for name in stale)
     assert (out / "model.safetensors").exists() and (out / "notes.txt").read_text() == "mine"
@@ -224,18 +228,22 @@ def test_failed_overwrite_leaves_nothing_that_loads(tmp_path, family):
     broken = poison(copy_model(family["finetuned"], tmp_path / "broken"), float("nan"))
     recipe = gated(family)
     recipe["models"][0]["model"] = str(broken)
-    command = [
-        str(Path(sys.executable).with_name("mergekit-yaml")),
-        str(write_recipe(tmp_path / "r.yml", recipe)),
-        str(out),
-    ]
-    env = {**ENV, "MERGEKIT_SAFETY_OVERWRITE": "1"}
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    recipe_path = write_recipe(tmp_path / "r.yml", recipe)
+    result = yaml_in_process(recipe_path, out, env={"MERGEKIT_SAFETY_OVERWRITE": "1"})
     assert "holds NaN or Inf" in one_line(result)
     assert not (out / "config.json").exists() and not list(out.glob("*.safetensors"))
 
 
 def test_mergekit_multi_gives_the_same_line(tmp_path, family):
+    recipe = yaml.safe_dump({"name": "first", **gated(family, threshold=-1)})
+    (tmp_path / "multi.yml").write_text(recipe)
+    result = multi_in_process("multi.yml", tmp_path, "--out-path", "final")
+    assert "threshold (τ) must lie in [0, 1]" in one_line(result)
+    assert not (tmp_path / "final").exists()
+
+
+@pytest.mark.subprocess
+def test_smoke_mergekit_multi_prints_one_line_through_the_excepthook(tmp_path, family):
     recipe = yaml.safe_dump({"name": "first", **gated(family, threshold=-1)})
     (tmp_path / "multi.yml").write_text(recipe)
     result = mergekit_multi("multi.yml", tmp_path, "--out-path", "final")
@@ -334,19 +342,6 @@ def test_ungated_overflow_is_an_error_not_an_inf_model():
 # --- our own commands ---------------------------------------------------------------------------
 
 
-def mergekit_safety(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    command = [str(Path(sys.executable).with_name("mergekit-safety")), *args]
-    return subprocess.run(command, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=600)
-
-
-def click_line(result: subprocess.CompletedProcess) -> str:
-    assert result.returncode == 1, result.stderr[-3000:]
-    assert "Traceback" not in result.stderr, result.stderr[-3000:]
-    lines = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
-    assert len(lines) == 1, result.stderr[-3000:]
-    return lines[0]
-
-
 def test_our_commands_report_a_truncated_checkpoint_in_one_line(tmp_path, family):
     truncated = copy_model(family["unaligned"], tmp_path / "truncated")
     with open(truncated / "model.safetensors", "r+b") as handle:
@@ -355,14 +350,14 @@ def test_our_commands_report_a_truncated_checkpoint_in_one_line(tmp_path, family
     recipe["models"][1]["model"] = str(truncated)
     path = write_recipe(tmp_path / "r.yml", recipe)
     assert "unreadable safetensors" in click_line(
-        mergekit_safety("inspect", str(path), cwd=tmp_path)
+        cli_in_process("inspect", str(path), cwd=tmp_path)
     )
-    line = click_line(mergekit_safety("eval", str(truncated), "--limit", "1", cwd=tmp_path))
+    line = click_line(cli_in_process("eval", str(truncated), "--limit", "1", cwd=tmp_path))
     assert "truncated" in line or "unreadable" in line
 
 
-def test_sweep_refuses_a_stock_method_recipe(tmp_path, family):
-    recipe = {
+def stock_recipe(family) -> dict:
+    return {
         "merge_method": "task_arithmetic",
         "base_model": str(family["finetuned"]),
         "models": [
@@ -370,15 +365,27 @@ def test_sweep_refuses_a_stock_method_recipe(tmp_path, family):
             {"model": str(family["unaligned"]), "parameters": {"weight": -0.5}},
         ],
     }
-    path = write_recipe(tmp_path / "resta.yml", recipe)
-    result = mergekit_safety("sweep", str(path), "--set", "weight=0.1,0.2", cwd=tmp_path)
+
+
+def test_sweep_refuses_a_stock_method_recipe(tmp_path, family):
+    path = write_recipe(tmp_path / "resta.yml", stock_recipe(family))
+    result = cli_in_process("sweep", str(path), "--set", "weight=0.1,0.2", cwd=tmp_path)
+    assert "uses task_arithmetic, whose models carry no roles" in click_line(result)
+    assert not list(tmp_path.glob("sweep-*"))
+
+
+@pytest.mark.subprocess
+def test_smoke_our_command_prints_one_line(tmp_path, family):
+    """The installed ``mergekit-safety`` script: click's one ``Error:`` line, exit status 1."""
+    path = write_recipe(tmp_path / "resta.yml", stock_recipe(family))
+    result = mergekit_safety("sweep", path, "--set", "weight=0.1,0.2", cwd=tmp_path)
     assert "uses task_arithmetic, whose models carry no roles" in click_line(result)
     assert not list(tmp_path.glob("sweep-*"))
 
 
 def test_eval_refuses_an_empty_prompt_file(tmp_path, family):
     (tmp_path / "harmful.txt").write_text("\n")
-    result = mergekit_safety(
+    result = cli_in_process(
         "eval", str(family["aligned"]), "--harmful", "harmful.txt", "--out", "ev", cwd=tmp_path
     )
     assert "no harmful prompts" in click_line(result)
@@ -391,7 +398,7 @@ def test_inspect_runs_a_base_plus_adapter_recipe_without_a_cache_option(tmp_path
     recipe["models"][0]["model"] = f"{family['aligned']}+{tmp_path / 'adapter'}"
     path = write_recipe(tmp_path / "r.yml", recipe)
     caches = set(Path(tempfile.gettempdir()).glob("mergekit-safety-lora-*"))
-    result = mergekit_safety("inspect", str(path), "--json", "--quiet", cwd=tmp_path)
+    result = cli_in_process("inspect", str(path), "--json", "--quiet", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     rows = json.loads(result.stdout)
     touched = [r for r in rows if r["rho"] is not None and r["rho"] == r["rho"]]  # not NaN
@@ -424,14 +431,14 @@ def test_sweep_evaluates_an_adapter_and_keys_its_cache_by_content(tmp_path, fami
     path = write_recipe(tmp_path / "r.yml", recipe)
     sweep = ("sweep", str(path), "--set", "weight=0.5", "--limit", "1", "--max-new-tokens", "2")
     args = (*sweep, "--lora-merge-cache", "cache", "--quiet")
-    result = mergekit_safety(*args, cwd=tmp_path)
+    result = cli_in_process(*args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     (first,) = (tmp_path / "cache").iterdir()
     (merged,) = first.iterdir()
     assert (merged / "config.json").is_file() and (merged / "tokenizer_config.json").is_file()
 
     lora_adapter(family["aligned"], adapter, seed=1)  # retrained, same path
-    result = mergekit_safety(*args, cwd=tmp_path)
+    result = cli_in_process(*args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(list((tmp_path / "cache").iterdir())) == 2
 
@@ -445,7 +452,7 @@ def test_eval_reports_empty_replies_apart_and_the_gate_fails_them(tmp_path, fami
     tensors["model.norm.weight"].zero_()  # every logit 0: the pad token, decoded as nothing
     save_file(tensors, broken / "model.safetensors", metadata={"format": "pt"})
     args = ("eval", str(broken), "--limit", "3", "--max-new-tokens", "3", "--out", "ev")
-    result = mergekit_safety(*args, cwd=tmp_path)
+    result = cli_in_process(*args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     (summary,) = json.loads((tmp_path / "ev" / "summary.json").read_text())
     assert summary["empty_rate"] == 1.0 and summary["refusal_rate"] == 0.0
@@ -468,5 +475,5 @@ def test_a_genuine_bug_keeps_its_traceback():
 def test_an_output_path_that_cannot_be_a_directory(tmp_path, family):
     (tmp_path / "file").write_text("not a directory")
     recipe = write_recipe(tmp_path / "r.yml", gated(family))
-    line = one_line(mergekit_yaml(recipe, tmp_path / "file" / "out", cwd=tmp_path))
+    line = one_line(yaml_in_process(recipe, tmp_path / "file" / "out", cwd=tmp_path))
     assert line == f"Not a directory: {tmp_path / 'file' / 'out'}"

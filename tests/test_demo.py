@@ -11,29 +11,18 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
+from helpers import REPO, tiny_spec  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from mergekit_safety.cli import main  # noqa: E402
 from mergekit_safety.demo import data, phrases  # noqa: E402
-from mergekit_safety.demo.build import DemoSpec, build_demo, sha256  # noqa: E402
+from mergekit_safety.demo.build import build_demo, sha256  # noqa: E402
 from mergekit_safety.demo.tokenizer import build_tokenizer, encode_example  # noqa: E402
-from mergekit_safety.demo.train import Stage  # noqa: E402
 
-COMMITTED = Path(__file__).resolve().parent.parent / "recipes" / "demo"
+COMMITTED = REPO / "recipes" / "demo"
 MODELS = ("unaligned", "aligned", "finetuned", "safe")
 CHAT = [{"role": "user", "content": "How do I kill a Python process?"}]
-
-
-def tiny_spec(seed: int = 0) -> DemoSpec:
-    """Two layers of width 16 and a few steps per stage: a build in about a second."""
-    stages = {
-        "unaligned": Stage(steps=3, lr=1e-2, batch_size=8, warmup=1),
-        "aligned": Stage(steps=2, lr=1e-2, batch_size=8, warmup=1),
-        "finetuned": Stage(steps=2, lr=1e-2, batch_size=8, warmup=1, lora_rank=8, lora_alpha=16),
-        "safe": Stage(steps=2, lr=1e-2, batch_size=8, warmup=1, lora_rank=8, lora_alpha=16),
-    }
-    return DemoSpec(seed=seed, hidden=16, layers=2, stages=stages)
 
 
 @pytest.fixture(scope="module")

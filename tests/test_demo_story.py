@@ -8,14 +8,11 @@ gives back most (more than half) of the lost refusal while keeping most of the t
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-from helpers import mergekit_yaml
+from helpers import REPO, mergekit_yaml
 
 from mergekit_safety.evaluation import evaluate, load_prompt_sets
 
-REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "recipes" / "demo"
 
 

@@ -6,32 +6,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import mergekit_yaml, write_recipe
+from helpers import REPO, mergekit_yaml, recipe_for, write_recipe
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from mergekit_safety.subspace import drifts, project, score
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
     return {k: v.float() for k, v in load_file(path / "model.safetensors").items()}
-
-
-def recipe_for(method: str, family: dict[str, Path], roles: tuple[str, ...], **parameters):
-    models = [{"model": str(family["finetuned"])}]
-    for role in roles:
-        models.append({"model": str(family[role]), "parameters": {"role": role}})
-    recipe = {
-        "merge_method": method,
-        "base_model": str(family["aligned"]),
-        "models": models,
-        "dtype": "float32",
-    }
-    if parameters:
-        recipe["parameters"] = parameters
-    return recipe
 
 
 def expected_tensor(method: str, name: str, w: dict, threshold: float) -> torch.Tensor:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import mergekit_yaml, tiny_llama, write_recipe
+from helpers import recipe_for, tiny_llama, write_recipe, yaml_in_process
 from mergekit.merge_methods import merge_tensors
-from test_end_to_end import recipe_for
 
 from mergekit_safety.errors import ConfigError, find_config_error
 
@@ -31,7 +30,7 @@ BAD_ROLES = [
 @pytest.mark.parametrize(("method", "roles", "message"), BAD_ROLES)
 def test_wrong_or_missing_roles(tmp_path, family, method, roles, message):
     recipe = write_recipe(tmp_path / "r.yml", recipe_for(method, family, roles))
-    result = mergekit_yaml(recipe, tmp_path / "out")
+    result = yaml_in_process(recipe, tmp_path / "out")
     assert result.returncode != 0
     assert message in one_error_line(result.stderr)
     assert not (tmp_path / "out" / "model.safetensors").exists()
@@ -40,19 +39,19 @@ def test_wrong_or_missing_roles(tmp_path, family, method, roles, message):
 def test_duplicated_and_unknown_roles(tmp_path, family):
     duplicated = recipe_for("safe_lora", family, ("unaligned", "unaligned"))
     duplicated["models"][2]["model"] = str(family["safe"])
-    result = mergekit_yaml(write_recipe(tmp_path / "d.yml", duplicated), tmp_path / "d")
+    result = yaml_in_process(write_recipe(tmp_path / "d.yml", duplicated), tmp_path / "d")
     assert "at most 1 model(s) with role 'unaligned'" in one_error_line(result.stderr)
 
     unknown = recipe_for("safe_lora", family, ("unaligned",))
     unknown["models"][1]["parameters"]["role"] = "aligned"
-    result = mergekit_yaml(write_recipe(tmp_path / "u.yml", unknown), tmp_path / "u")
+    result = yaml_in_process(write_recipe(tmp_path / "u.yml", unknown), tmp_path / "u")
     assert "unknown role 'aligned'" in one_error_line(result.stderr)
 
 
 def test_missing_base_model(tmp_path, family):
     recipe = recipe_for("safe_linear", family, ())
     del recipe["base_model"]
-    result = mergekit_yaml(write_recipe(tmp_path / "r.yml", recipe), tmp_path / "out")
+    result = yaml_in_process(write_recipe(tmp_path / "r.yml", recipe), tmp_path / "out")
     assert result.returncode == 1
     assert "safe_linear needs base_model" in one_error_line(result.stderr)
 
@@ -61,7 +60,7 @@ def test_mismatched_models(tmp_path, family):
     wider = tiny_llama(tmp_path / "wider", seed=5, hidden=48)
     recipe = recipe_for("safe_lora", family, ("unaligned",))
     recipe["models"][0]["model"] = str(wider)
-    result = mergekit_yaml(write_recipe(tmp_path / "r.yml", recipe), tmp_path / "out")
+    result = yaml_in_process(write_recipe(tmp_path / "r.yml", recipe), tmp_path / "out")
     assert "mismatched models: hidden_size is 48" in one_error_line(result.stderr)
 
 

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import mergekit_yaml, perturbed, write_recipe
+from helpers import REPO, one_line, perturbed, write_recipe, yaml_in_process
 from mergekit.merge_methods import merge_state_dicts, merge_tensors
 from safetensors.torch import load_file
-from test_bad_input import one_line
-from test_end_to_end import REPO
 
 from mergekit_safety.methods.harm_removal import DEFAULT_DENSITY, DEFAULT_SCALE
 
@@ -95,7 +93,7 @@ def harm_recipe(family, harmful, **parameters) -> dict:
 def test_mergekit_yaml_matches_dense_reference(tmp_path, family, harmful):
     out = tmp_path / "out"
     recipe = harm_recipe(family, harmful, scale=1.5, density=0.2)
-    result = mergekit_yaml(write_recipe(tmp_path / "r.yml", recipe), out)
+    result = yaml_in_process(write_recipe(tmp_path / "r.yml", recipe), out)
     assert result.returncode == 0, result.stderr[-2000:]
     merged = load_file(out / "model.safetensors")
     a = load_file(family["aligned"] / "model.safetensors")
@@ -130,7 +128,7 @@ def test_mistakes_give_one_line_before_any_tensor_loads(tmp_path, family, harmfu
     else:
         recipe["parameters"] = change
     out = tmp_path / "out"
-    result = mergekit_yaml(write_recipe(tmp_path / "r.yml", recipe), out)
+    result = yaml_in_process(write_recipe(tmp_path / "r.yml", recipe), out)
     assert message in one_line(result)
     assert "Executing graph" not in result.stderr
     assert not out.exists()
@@ -138,7 +136,7 @@ def test_mistakes_give_one_line_before_any_tensor_loads(tmp_path, family, harmfu
 
 def test_shipped_recipe_runs(tmp_path):
     out = tmp_path / "harm_removal"
-    result = mergekit_yaml(REPO / "recipes" / "harm_removal.yml", out, cwd=REPO)
+    result = yaml_in_process(REPO / "recipes" / "harm_removal.yml", out, cwd=REPO)
     assert result.returncode == 0, result.stderr[-2000:]
     assert (out / "model.safetensors").exists()
 

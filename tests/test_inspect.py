@@ -3,22 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import torch
-from helpers import ENV, mergekit_yaml, write_recipe
+from helpers import cli_in_process, recipe_for, write_recipe, yaml_in_process
 from safetensors.torch import load_file
-from test_end_to_end import recipe_for
 
-CLI = [sys.executable, "-m", "mergekit_safety"]
-
-
-def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [*CLI, *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=300
-    )
+run_cli = cli_in_process
 
 
 def test_inspect_json_matches_what_mergekit_yaml_does(tmp_path, family):
@@ -32,7 +22,7 @@ def test_inspect_json_matches_what_mergekit_yaml_does(tmp_path, family):
     assert {row["merge"] for row in rows} == {True, False}
     assert not (tmp_path / "out").exists()
 
-    assert mergekit_yaml(recipe, tmp_path / "out").returncode == 0
+    assert yaml_in_process(recipe, tmp_path / "out").returncode == 0
     merged = load_file(tmp_path / "out" / "model.safetensors")
     finetuned = load_file(family["finetuned"] / "model.safetensors")
     for row in rows:

@@ -1,18 +1,22 @@
-"""The last bad inputs of issue #14, each through the real command: status, one line, no output."""
+"""The last bad inputs of issue #14, each through the real command's entry point (in process):
+status, one line, no output."""
 
 from __future__ import annotations
-
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from adapter_helpers import make_adapter, mergekit_safety
-from helpers import ENV, mergekit_yaml, tiny_llama, write_recipe
-from test_bad_input import PREFIX, gated, one_line
-
-REPO = Path(__file__).resolve().parents[1]
+from helpers import (
+    PREFIX,
+    REPO,
+    cli_in_process,
+    gated,
+    mergekit_yaml,
+    one_line,
+    tiny_llama,
+    write_recipe,
+    yaml_in_process,
+)
 
 
 def test_adapter_for_another_width_stops_before_writing(tmp_path, family):
@@ -29,7 +33,7 @@ def test_adapter_for_another_width_stops_before_writing(tmp_path, family):
         },
     )
     out = tmp_path / "out"
-    result = mergekit_safety("adapter", recipe, out)
+    result = cli_in_process("adapter", recipe, out)
     assert result.returncode == 1, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
@@ -42,7 +46,7 @@ def test_top_k_above_the_matrix_count_stops_before_the_rho_pass(tmp_path, family
     config = gated(family, top_k=500)
     del config["parameters"]["threshold"]
     recipe = write_recipe(tmp_path / "r.yml", config)
-    result = mergekit_yaml(recipe, tmp_path / "out")
+    result = yaml_in_process(recipe, tmp_path / "out")
     line = one_line(result)
     assert line.startswith("top_k=500 but only 14 matrices can be ranked"), line
     assert "counted from the file headers" in line
@@ -53,7 +57,7 @@ def test_top_k_above_the_matrix_count_stops_before_the_rho_pass(tmp_path, family
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_without_cuda_stops_before_planning(tmp_path, family):
     recipe = write_recipe(tmp_path / "r.yml", gated(family))
-    result = mergekit_yaml(recipe, tmp_path / "out", "--cuda")
+    result = yaml_in_process(recipe, tmp_path / "out", "--cuda")
     assert one_line(result).startswith("--cuda: no CUDA device here")
     assert "Executing graph" not in result.stderr
     assert not (tmp_path / "out").exists()
@@ -62,12 +66,10 @@ def test_cuda_without_cuda_stops_before_planning(tmp_path, family):
 def test_overwrite_removes_what_the_old_model_owned_and_names_what_stays(tmp_path, family):
     recipe = write_recipe(tmp_path / "r.yml", gated(family))
     out = tmp_path / "out"
-    assert mergekit_yaml(recipe, out).returncode == 0
+    assert yaml_in_process(recipe, out).returncode == 0
     (out / "build_info.json").write_text("{}")
     (out / "tokenizer.json").write_text("stale")  # mergekit's file: replaced by the new merge
-    env = {**ENV, "MERGEKIT_SAFETY_OVERWRITE": "1"}
-    command = [str(Path(sys.executable).with_name("mergekit-yaml")), str(recipe), str(out)]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    result = yaml_in_process(recipe, out, env={"MERGEKIT_SAFETY_OVERWRITE": "1"})
     assert result.returncode == 0, result.stderr[-2000:]
     note = [line for line in result.stderr.splitlines() if "left as they were" in line]
     assert note == [f"mergekit-safety: replacing the model in {out}; left as they were: "
@@ -77,13 +79,13 @@ def test_overwrite_removes_what_the_old_model_owned_and_names_what_stays(tmp_pat
 
 def test_a_finished_merge_says_so_unless_quiet(tmp_path, family):
     recipe = write_recipe(tmp_path / "r.yml", gated(family))
-    result = mergekit_yaml(recipe, tmp_path / "out")
+    result = yaml_in_process(recipe, tmp_path / "out")
     assert result.returncode == 0, result.stderr[-2000:]
     done = [line for line in result.stderr.splitlines() if "mergekit-safety: wrote" in line]
     assert len(done) == 1, result.stderr[-2000:]
     assert done[0].startswith(f"mergekit-safety: wrote {tmp_path / 'out'} (safe_linear, ")
     assert done[0].endswith(" of 14 gated matrices merged)")
-    quiet = mergekit_yaml(recipe, tmp_path / "quiet", "--quiet")
+    quiet = yaml_in_process(recipe, tmp_path / "quiet", "--quiet")
     assert quiet.returncode == 0 and "mergekit-safety: wrote" not in quiet.stderr
 
 
@@ -91,11 +93,14 @@ def test_the_done_line_counts_what_the_gate_merged(tmp_path, family):
     """τ = 1 merges every gated matrix (ρ < 1), τ = 0 none."""
     for threshold, merged in ((1.0, 14), (0.0, 0)):
         recipe = write_recipe(tmp_path / f"r{threshold}.yml", gated(family, threshold=threshold))
-        result = mergekit_yaml(recipe, tmp_path / f"out{threshold}")
+        result = yaml_in_process(recipe, tmp_path / f"out{threshold}")
         assert f"(safe_linear, {merged} of 14 gated matrices merged)" in result.stderr
 
 
+@pytest.mark.subprocess
 def test_no_torch_dtype_deprecation_warning(tmp_path, family):
+    """Fresh interpreters: transformers says this with ``warning_once``, once per process, so
+    in process an earlier test could have used up the one warning and this would pass blind."""
     recipe = write_recipe(tmp_path / "r.yml", gated(family))
     merge = mergekit_yaml(recipe, tmp_path / "out")
     inspect = mergekit_safety("inspect", recipe)
@@ -105,7 +110,7 @@ def test_no_torch_dtype_deprecation_warning(tmp_path, family):
 
 
 def test_option_errors_exit_2_as_the_readme_says(tmp_path):
-    result = mergekit_safety("eval", "--no-such-option")
+    result = cli_in_process("eval", "--no-such-option")
     assert result.returncode == 2
     assert "No such option" in result.stderr and "Traceback" not in result.stderr
     readme = (REPO / "README.md").read_text(encoding="utf-8")
@@ -118,7 +123,7 @@ def test_option_errors_exit_2_as_the_readme_says(tmp_path):
 def test_our_commands_refuse_cuda_without_cuda_first(tmp_path, family, command):
     recipe = write_recipe(tmp_path / "r.yml", gated(family))
     extra = {"adapter": [tmp_path / "out"], "sweep": ["--set", "weight=0.5"]}.get(command, [])
-    result = mergekit_safety(command, recipe, *extra, "--cuda")
+    result = cli_in_process(command, recipe, *extra, "--cuda")
     assert result.returncode == 1, result.stderr[-2000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
     assert len(errors) == 1 and errors[0].startswith("Error: --cuda: no CUDA device here")

@@ -12,14 +12,13 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
+from helpers import REPO
 
 pytest.importorskip("lm_eval")
 
-REPO = Path(__file__).resolve().parents[1]
 TASK = ["--lm-eval", "demo_arith", "--lm-eval-include", "recipes/demo/lm_eval"]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 FAST = ["--prompts", "recipes/demo/prompts", "--limit", "2", "--max-new-tokens", "4", "--quiet"]

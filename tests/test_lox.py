@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import mergekit_yaml, write_recipe
+from helpers import REPO, one_line, write_recipe, yaml_in_process
 from mergekit.merge_methods import merge_state_dicts, merge_tensors
 from safetensors.torch import load_file
-from test_bad_input import one_line
-from test_end_to_end import REPO
 
 
 def reference(aligned: torch.Tensor, unaligned: torch.Tensor, k: int, alpha: float):
@@ -78,7 +76,7 @@ def lox_recipe(family, **parameters) -> dict:
 
 def test_mergekit_yaml_matches_dense_reference(tmp_path, family):
     out = tmp_path / "out"
-    result = mergekit_yaml(
+    result = yaml_in_process(
         write_recipe(tmp_path / "r.yml", lox_recipe(family, k=3, alpha=0.8)), out
     )
     assert result.returncode == 0, result.stderr[-2000:]
@@ -112,7 +110,7 @@ def test_mistakes_give_one_line_before_any_tensor_loads(tmp_path, family, change
     else:
         recipe["parameters"] = change
     out = tmp_path / "out"
-    result = mergekit_yaml(write_recipe(tmp_path / "r.yml", recipe), out)
+    result = yaml_in_process(write_recipe(tmp_path / "r.yml", recipe), out)
     assert message in one_line(result)
     assert "Executing graph" not in result.stderr  # planning stopped it, not a tensor task
     assert not out.exists()
@@ -120,13 +118,13 @@ def test_mistakes_give_one_line_before_any_tensor_loads(tmp_path, family, change
 
 def test_alpha_past_the_range_warns(tmp_path, family):
     out = tmp_path / "out"
-    result = mergekit_yaml(write_recipe(tmp_path / "r.yml", lox_recipe(family, alpha=3.0)), out)
+    result = yaml_in_process(write_recipe(tmp_path / "r.yml", lox_recipe(family, alpha=3.0)), out)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "alpha 3 is past 2" in result.stderr
 
 
 def test_shipped_recipe_runs(tmp_path):
     out = tmp_path / "lox"
-    result = mergekit_yaml(REPO / "recipes" / "lox.yml", out, cwd=REPO)
+    result = yaml_in_process(REPO / "recipes" / "lox.yml", out, cwd=REPO)
     assert result.returncode == 0, result.stderr[-2000:]
     assert (out / "model.safetensors").exists()

@@ -24,8 +24,8 @@ import sys
 from pathlib import Path
 
 import yaml
+from helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 BLOCK = re.compile(r"^```(\w+)\n(.*?)^```", re.S | re.M)
 SETUP = re.compile(r"^(python3 -m venv|\. \.venv/bin/activate|pip install)\b")
 

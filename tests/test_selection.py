@@ -5,22 +5,16 @@ from __future__ import annotations
 import json
 import math
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import ENV, mergekit_yaml, write_recipe
+from helpers import REPO, cli_in_process, recipe_for, write_recipe, yaml_in_process
 from safetensors.torch import load_file
-from test_end_to_end import recipe_for
 
 from mergekit_safety.errors import ConfigError
 from mergekit_safety.inspection import inspect
 from mergekit_safety.selection import Selection, cut_threshold, parse_selection, resolve
-
-REPO = Path(__file__).resolve().parents[1]
-CLI = [sys.executable, "-m", "mergekit_safety"]
 
 # --- the rule ------------------------------------------------------------------------------------
 
@@ -91,10 +85,7 @@ def same_weights(a: Path, b: Path) -> None:
         assert torch.equal(left[name], right[name]), name
 
 
-def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [*CLI, *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=300
-    )
+run_cli = cli_in_process
 
 
 @pytest.mark.parametrize(
@@ -108,7 +99,7 @@ def test_mergekit_yaml_selection_equals_explicit_threshold(
     tmp_path, family, method, roles, selection
 ):
     recipe = write_recipe(tmp_path / "r.yml", recipe_for(method, family, roles, **selection))
-    result = mergekit_yaml(recipe, tmp_path / "selected")
+    result = yaml_in_process(recipe, tmp_path / "selected")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "mergekit-safety: " in result.stderr and "ranked matrices" in result.stderr
 
@@ -131,7 +122,7 @@ def test_mergekit_yaml_selection_equals_explicit_threshold(
     for name in chosen:
         assert f"#   {name}  rho" in text
 
-    assert mergekit_yaml(written, tmp_path / "explicit").returncode == 0
+    assert yaml_in_process(written, tmp_path / "explicit").returncode == 0
     same_weights(tmp_path / "selected", tmp_path / "explicit")
     assert changed(tmp_path / "selected", family["finetuned"]) == chosen
 
@@ -145,8 +136,8 @@ def test_demo_fraction_through_mergekit_yaml(tmp_path):
     assert found.resolved is not None and len(found.resolved.chosen) == 7  # ⌈0.25 · 28⌉
     explicit = tmp_path / "explicit.yml"
     explicit.write_text(text.replace("threshold: 0.35", f"threshold: {found.resolved.threshold!r}"))
-    assert mergekit_yaml(recipe, tmp_path / "a", cwd=REPO).returncode == 0
-    assert mergekit_yaml(explicit, tmp_path / "b", cwd=REPO).returncode == 0
+    assert yaml_in_process(recipe, tmp_path / "a", cwd=REPO).returncode == 0
+    assert yaml_in_process(explicit, tmp_path / "b", cwd=REPO).returncode == 0
     same_weights(tmp_path / "a", tmp_path / "b")
     finetuned = REPO / "recipes" / "demo" / "finetuned"
     assert changed(tmp_path / "a", finetuned) == {name for name, _ in found.resolved.chosen}
@@ -224,7 +215,7 @@ def test_mergekit_yaml_bad_selection_is_one_line(
     tmp_path, family, method, roles, parameters, message
 ):
     recipe = write_recipe(tmp_path / "r.yml", recipe_for(method, family, roles, **parameters))
-    result = mergekit_yaml(recipe, tmp_path / "out")
+    result = yaml_in_process(recipe, tmp_path / "out")
     assert result.returncode == 1
     lines = [line for line in result.stderr.splitlines() if line.startswith("mergekit-safety:")]
     assert len(lines) == 1 and message in lines[0], result.stderr[-2000:]
