@@ -234,9 +234,9 @@ def fresh_process_state() -> None:
       ``base+adapter`` reference merged once would never be merged (or refused for a missing
       ``--lora-merge-cache``) again, and a model rewritten at the same path would be read from
       the old index; its options (``lora_cache_dir``, ...) also stay from the last run.
-    - mergekit-safety warns once per process (``parameters._WARNED``), keeps the last merge's
-      gate decisions (``methods.base.DECISIONS``, counted in the "wrote" line), the ρ scores it
-      ranked (``scoring._SCORES``) and the merges planned to a directory (``planning._RUNS``).
+    - mergekit-safety's ρ cache (``scoring._SCORES``, keyed by the recipe and the weight files'
+      sizes and times) would let a later test skip a ρ pass it means to run. What a merge
+      decided lives in its own run (``mergekit_safety.runs``) and needs no reset.
     """
     from mergekit.io.tasks import LoaderCache
     from mergekit.options import MergeOptions
@@ -245,16 +245,9 @@ def fresh_process_state() -> None:
     cache.flush_all()
     cache.loaders.clear()
     cache.setup(MergeOptions())
-    for module, name in (
-        ("mergekit_safety.parameters", "_WARNED"),
-        ("mergekit_safety.methods.base", "DECISIONS"),
-        ("mergekit_safety.scoring", "_SCORES"),
-        ("mergekit_safety.planning", "_RUNS"),
-        ("mergekit_safety.methods.alignment_check", "_WATCHES"),
-    ):
-        state = getattr(sys.modules.get(module), name, None)
-        if state is not None:
-            state.clear()
+    scores = getattr(sys.modules.get("mergekit_safety.scoring"), "_SCORES", None)
+    if scores is not None:
+        scores.clear()
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -335,8 +328,7 @@ def run_in_process(
         returncode, error = result.exit_code, result.exception
         if error is not None and not isinstance(error, SystemExit):
             assert result.exc_info is not None
-            if hasattr(errors, "run_cleanups"):  # what the excepthook does first (one place)
-                errors.run_cleanups()
+            errors.run_cleanups()  # what the excepthook does first
             message = errors.explain(error, result.exc_info[2])
             if message is None:
                 raise error  # a genuine bug: fail the test, showing its traceback

@@ -7,11 +7,11 @@ import threading
 import pytest
 import torch
 import yaml
+from helpers import recipe_for
 from mergekit.config import MergeConfiguration
 from mergekit.merge import run_merge
 from mergekit.merge_methods import merge_tensors
 from mergekit.options import MergeOptions
-from test_end_to_end import recipe_for  # moves to helpers with the test pyramid
 
 from mergekit_safety import runs
 from mergekit_safety.errors import ConfigError
