@@ -112,11 +112,11 @@ def adapter_card(
 ) -> str:
     """A peft model card: Hub metadata (``library_name: peft``, ``base_model``) and the recipe.
 
-    Written by :func:`mergekit_safety.card.render_card`, the merged models' card writer.
+    Written by :func:`mergekit_safety.hub_card.render_card`, the merged models' card writer.
     """
     from huggingface_hub import ModelCardData
 
-    from mergekit_safety.card import render_card
+    from mergekit_safety.hub_card import render_card
 
     data = ModelCardData(
         base_model=base_model,
