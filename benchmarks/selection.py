@@ -6,7 +6,7 @@
 For each gated method: the merge with an explicit τ (``threshold``, set to the τ that ``top_k``
 resolves to, so both merge the same matrices), the same merge with ``top_k`` (first pass + merge,
 through mergekit's ``run_merge`` as ``mergekit-yaml`` runs it), and the first pass alone
-(``inspection.score_config``, the cache cleared before each run). One thread, the best of
+(``inspection.score_config``; outside a sweep no ρ pass is kept). One thread, the best of
 ``--repeats``; the models come from ``benchmarks.checkpoints`` (rank-8 fine-tune).
 """
 
@@ -59,14 +59,12 @@ def main(hidden: int, layers: int, repeats: int, top_k: int, workdir: str | None
         }
 
         def merge(parameters: dict, recipe: dict = recipe, method: str = method) -> float:
-            inspection._SCORES.clear()  # time a first pass every time, not the cache
             config = MergeConfiguration.model_validate({**recipe, "parameters": parameters})
             start = time.perf_counter()
             run_merge(config, str(root / f"out-{method}"), options=options)
             return time.perf_counter() - start
 
         def first_pass(recipe: dict = recipe) -> float:
-            inspection._SCORES.clear()
             config = MergeConfiguration.model_validate(recipe)
             start = time.perf_counter()
             inspection.score_config(config, options, gated_only=True, require_unaligned=True)

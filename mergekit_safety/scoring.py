@@ -8,8 +8,12 @@ method's decision for its tensor (:func:`gate_record`). Nothing is written.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -112,8 +116,39 @@ def decide_at(records: list[dict], resolved: Resolved, method: RoleCheckedMethod
     return out
 
 
-_SCORES: OrderedDict[str, list[dict]] = OrderedDict()
 CACHE_SIZE = 8
+
+
+@dataclass
+class ScoreCache:
+    """ρ records kept by what ρ depends on, for as long as :func:`kept_scores` is open."""
+
+    entries: OrderedDict[str, list[dict]] = field(default_factory=OrderedDict)
+
+    def get(self, key: str) -> list[dict] | None:
+        if key in self.entries:
+            self.entries.move_to_end(key)
+        return self.entries.get(key)
+
+    def put(self, key: str, records: list[dict]) -> None:
+        self.entries[key] = records
+        while len(self.entries) > CACHE_SIZE:
+            self.entries.popitem(last=False)
+
+
+_KEPT: contextvars.ContextVar[ScoreCache | None] = contextvars.ContextVar(
+    "mergekit_safety_scores", default=None
+)
+
+
+@contextlib.contextmanager
+def kept_scores() -> Iterator[ScoreCache]:
+    """Keep ρ passes inside the block (a sweep): merges of the same models score them once."""
+    token = _KEPT.set(_KEPT.get() or ScoreCache())
+    try:
+        yield _KEPT.get()  # type: ignore[misc]
+    finally:
+        _KEPT.reset(token)
 
 
 def score_config(
@@ -129,15 +164,16 @@ def score_config(
 ) -> list[dict]:
     """Plan ``config`` with mergekit's planner and run the gate on each tensor, writing nothing.
 
-    With ``cache``, for ranking by ρ: kept in-process by what ρ depends on (models, roles, layer
-    ranges, dtype, device and the weight files' sizes and times), so a sweep over λ × top_k
-    scores the models once. The cached records' decisions are those at the recipe's own
-    parameters, which the key leaves out: a caller ranking by ρ redoes them (:func:`decide_at`).
+    With ``cache`` inside :func:`kept_scores`, for ranking by ρ: kept by what ρ depends on
+    (models, roles, layer ranges, dtype, device and the weight files' sizes and times), so a
+    sweep over λ × top_k scores the models once; outside such a block nothing is kept. The
+    cached records' decisions are those at the recipe's own parameters, which the key leaves
+    out: a caller ranking by ρ redoes them (:func:`decide_at`).
     """
-    key = _score_key(config, options, gated_only) if cache else None
-    if key in _SCORES:
-        _SCORES.move_to_end(key)
-        return _SCORES[key]
+    kept = _KEPT.get() if cache else None
+    key = _score_key(config, options, gated_only) if kept is not None else None
+    if key is not None and (hit := kept.get(key)) is not None:
+        return hit
     tensors = mergekit_internals.plan_tensors(
         config, options, arch_info=arch_info, out_config=out_config
     )
@@ -154,11 +190,8 @@ def score_config(
         tensors, gate_record, device=str(options.device), quiet=options.quiet,
         desc="Scoring weights",
     )  # fmt: skip
-    if key is None:
-        return records
-    _SCORES[key] = records
-    while len(_SCORES) > CACHE_SIZE:
-        _SCORES.popitem(last=False)
+    if key is not None:
+        kept.put(key, records)
     return records
 
 

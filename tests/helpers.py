@@ -234,9 +234,8 @@ def fresh_process_state() -> None:
       ``base+adapter`` reference merged once would never be merged (or refused for a missing
       ``--lora-merge-cache``) again, and a model rewritten at the same path would be read from
       the old index; its options (``lora_cache_dir``, ...) also stay from the last run.
-    - mergekit-safety's ρ cache (``scoring._SCORES``, keyed by the recipe and the weight files'
-      sizes and times) would let a later test skip a ρ pass it means to run. What a merge
-      decided lives in its own run (``mergekit_safety.runs``) and needs no reset.
+    What a merge decided lives in its own run (``mergekit_safety.runs``), and ρ passes are kept
+    only inside a sweep (``scoring.kept_scores``): neither needs a reset.
     """
     from mergekit.io.tasks import LoaderCache
     from mergekit.options import MergeOptions
@@ -245,9 +244,6 @@ def fresh_process_state() -> None:
     cache.flush_all()
     cache.loaders.clear()
     cache.setup(MergeOptions())
-    scores = getattr(sys.modules.get("mergekit_safety.scoring"), "_SCORES", None)
-    if scores is not None:
-        scores.clear()
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
