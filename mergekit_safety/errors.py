@@ -153,6 +153,39 @@ _RULES: tuple[Callable[[BaseException, TracebackType | None], str | None], ...] 
         r"(Torch not compiled with CUDA enabled|Found no NVIDIA driver|no CUDA GPUs are available)",
         "--cuda: no CUDA device here ({0}); run without --cuda",
     ),
+    _message(
+        r"Exactly one of 'models', 'slices', or 'modules' must be present",
+        "the recipe needs exactly one of `models`, `slices` or `modules`",
+        (RuntimeError,),
+    ),
+    _message(r"No output requested", "the recipe lists no models", (RuntimeError,)),
+    _message(
+        r'Unimplemented dtype "([^"]*)"',
+        "dtype: unknown dtype {0!r} (use float32, float16 or bfloat16)",
+        (RuntimeError,),
+    ),
+    _message(
+        r"Unable to find model files at (.*)",
+        "no weights in {0} (no *.safetensors or *.bin files): not a model directory",
+        (RuntimeError,),
+    ),
+    _message(
+        r"config file at '(.*?)' is not a valid JSON file",
+        "{0} is not valid JSON: not a model directory",
+        (OSError,),
+    ),
+    _message(
+        r"Tensor size mismatch for (\S+): \[(.*?)\]\. Align vocabulary",
+        "{0}: the models' vocabularies differ in size ({1}); add `tokenizer: {{source: base}}` "
+        "to the recipe to align them",
+        (ValueError,),
+    ),
+    _message(
+        r"Tensor (\S+) required but not present in model (\S+)",
+        "{1} has no tensor {0}: the models are not of one architecture, or a checkpoint is "
+        "incomplete",
+        (RuntimeError,),
+    ),
     _safetensors,
     _os_error,
 )

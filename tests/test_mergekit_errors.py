@@ -1,0 +1,90 @@
+"""mergekit's own failures reach the user as one line while the plugin is installed (issue #27)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from helpers import one_line, recipe_for, write_recipe, yaml_in_process
+from safetensors.torch import load_file, save_file
+
+
+def _model_copy(family, tmp_path, name, edit=None, config=None):
+    target = tmp_path / name
+    shutil.copytree(family["finetuned"], target)
+    if edit is not None:
+        tensors = load_file(target / "model.safetensors")
+        save_file(edit(tensors), target / "model.safetensors", metadata={"format": "pt"})
+    if config is not None:
+        (target / "config.json").write_text(config)
+    return target
+
+
+def _cases(family, tmp_path):
+    plain = recipe_for("safe_linear", family, ())
+
+    def with_model(path):
+        return {**plain, "models": [{"model": str(path)}]}
+
+    no_weights = tmp_path / "no_weights"
+    no_weights.mkdir()
+    shutil.copy(family["finetuned"] / "config.json", no_weights)
+    bad_json = _model_copy(family, tmp_path, "bad_json", config="{not json")
+    vocab = json.loads((family["finetuned"] / "config.json").read_text())
+    vocab["vocab_size"] -= 10
+
+    def fewer_rows(tensors):
+        cut = ("embed_tokens", "lm_head")
+        return {k: v[:-10] if any(c in k for c in cut) else v for k, v in tensors.items()}
+
+    small_vocab = _model_copy(family, tmp_path, "vocab", fewer_rows, json.dumps(vocab))
+    missing = _model_copy(
+        family, tmp_path, "missing", lambda t: {k: v for k, v in t.items() if "1.mlp.up" not in k}
+    )
+    return {
+        "no models": (
+            {k: v for k, v in plain.items() if k != "models"},
+            "the recipe needs exactly one of `models`, `slices` or `modules`",
+        ),
+        "dtype float13": (
+            {**plain, "dtype": "float13"},
+            "dtype: unknown dtype 'float13' (use float32, float16 or bfloat16)",
+        ),
+        "no weights": (
+            with_model(no_weights),
+            f"no weights in {no_weights} (no *.safetensors or *.bin files): not a model directory",
+        ),
+        "config not JSON": (
+            with_model(bad_json),
+            f"{bad_json}/config.json is not valid JSON: not a model directory",
+        ),
+        "vocabularies differ": (
+            with_model(small_vocab),
+            "lm_head.weight: the models' vocabularies differ in size",
+        ),
+        "tensor missing": (
+            with_model(missing),
+            f"{missing} has no tensor model.layers.1.mlp.up_proj.weight: the models are not of "
+            "one architecture",
+        ),
+    }
+
+
+CASES = [
+    "no models",
+    "dtype float13",
+    "no weights",
+    "config not JSON",
+    "vocabularies differ",
+    "tensor missing",
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_mergekit_failures_give_one_line_and_no_output(tmp_path, family, case):
+    recipe, message = _cases(family, tmp_path)[case]
+    out = tmp_path / "out"
+    line = one_line(yaml_in_process(write_recipe(tmp_path / "r.yml", recipe), out))
+    assert line.startswith(message), line
+    assert not out.exists()
