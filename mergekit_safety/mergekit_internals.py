@@ -506,6 +506,62 @@ def tensor_shapes(model: Any) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def same_matrices(first: Any, second: Any) -> bool | None:
+    """Whether two models hold byte-identical 2-D tensors under every name they share.
+
+    Read from the safetensors files by the byte ranges their headers give, stopping at the first
+    difference (for two different models, within the first matrix or so); nothing is converted.
+    None when either model is not in safetensors files or they share no 2-D tensor.
+    """
+    ranges = [_matrix_ranges(model) for model in (first, second)]
+    if ranges[0] is None or ranges[1] is None:
+        return None
+    shared = [name for name in ranges[0] if name in ranges[1]]
+    if not shared:
+        return None
+    for name in shared:
+        (path_a, start_a, end_a), (path_b, start_b, end_b) = ranges[0][name], ranges[1][name]
+        if end_a - start_a != end_b - start_b:
+            return False
+        with open(path_a, "rb") as a, open(path_b, "rb") as b:
+            a.seek(start_a)
+            b.seek(start_b)
+            left = end_a - start_a
+            while left:
+                size = min(left, 1 << 24)
+                if a.read(size) != b.read(size):
+                    return False
+                left -= size
+    return True
+
+
+def _matrix_ranges(model: Any) -> dict[str, tuple[str, int, int]] | None:
+    """2-D tensor name -> (file, first byte, end byte) from ``model``'s safetensors headers."""
+    import json
+    import os
+    import struct
+
+    from mergekit.io.tasks import LoaderCache
+
+    index = LoaderCache().get(model).index
+    out: dict[str, tuple[str, int, int]] = {}
+    headers: dict[str, tuple[dict, int]] = {}
+    for name, shard in index.tensor_paths.items():
+        if not shard.endswith(".safetensors"):
+            return None
+        path = os.path.join(index.base_path, shard)
+        if path not in headers:
+            with open(path, "rb") as handle:
+                (length,) = struct.unpack("<Q", handle.read(8))
+                headers[path] = (json.loads(handle.read(length)), 8 + length)
+        header, data = headers[path]
+        entry = header.get(name)
+        if entry is not None and len(entry["shape"]) == 2:
+            start, end = entry["data_offsets"]
+            out[name] = (path, data + start, data + end)
+    return out
+
+
 @contextlib.contextmanager
 def stand_in(models: Iterable[Any], for_model: Any) -> Iterator[None]:
     """Let mergekit index ``models`` by ``for_model``'s files while the block runs.

@@ -106,6 +106,7 @@ def on_recipe(recipe: PlannedRecipe) -> None:
         return
     check_device(recipe.options)
     check_roles_on_base(recipe.config, method.spec.name)
+    check_alignment_present(recipe.config, method.spec.name)
     run = runs.current()
     if recipe.out_path is not None and run is not None and run.out_path == recipe.out_path:
         guard_output(Path(recipe.out_path), run)
@@ -149,6 +150,23 @@ def check_roles_on_base(config: Any, method: str) -> None:
             )
 
 
+def check_alignment_present(config: Any, method: str) -> None:
+    """An ``unaligned`` model byte-identical to ``base_model`` in every matrix: V = 0, refused
+    before anything merges (the kernels still catch what this cheap comparison cannot see)."""
+    base = config.base_model
+    if base is None:
+        return
+    for model, parameters in _model_definitions(config):
+        role = str((parameters or {}).get("role", "")).strip().lower()
+        if role == "unaligned" and model != base and model.lora is None and base.lora is None:
+            if mergekit_internals.same_matrices(base, model):
+                raise ConfigError(
+                    f"{method}: the unaligned model {model} equals base_model {base} in every "
+                    "gated matrix (V = 0): the gate cannot work; give the model alignment "
+                    "started from"
+                )
+
+
 def _model_definitions(config: Any) -> Iterator[tuple[Any, dict | None]]:
     """(model, parameters) of every input in the recipe, in any of mergekit's three layouts."""
     for entry in config.models or ():
@@ -183,6 +201,7 @@ def guard_output(out: Path, run: runs.MergeRun) -> None:
     """
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output {out} exists and is not a directory")
+    check_writable(out)
     existing = model_files(out)
     if existing:
         if not overwrite_allowed():
@@ -215,6 +234,23 @@ def guard_output(out: Path, run: runs.MergeRun) -> None:
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
 
     run.on_failure(remove_what_the_run_added)
+
+
+def check_writable(out: Path) -> None:
+    """The output directory (or the nearest folder that exists above it) takes a new file."""
+    import tempfile
+
+    target = out
+    while not target.exists() and target != target.parent:
+        target = target.parent
+    if not target.is_dir():
+        return  # a file in the way: mergekit's own error names it (see errors._os_error)
+    try:
+        handle, probe = tempfile.mkstemp(dir=target, prefix=".mergekit-safety-")
+    except OSError as error:
+        raise ConfigError(f"output {out} is not writable ({error.strerror})") from None
+    os.close(handle)
+    os.unlink(probe)
 
 
 # --- every planned tensor ----------------------------------------------------------------------

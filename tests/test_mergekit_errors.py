@@ -88,3 +88,44 @@ def test_mergekit_failures_give_one_line_and_no_output(tmp_path, family, case):
     line = one_line(yaml_in_process(write_recipe(tmp_path / "r.yml", recipe), out))
     assert line.startswith(message), line
     assert not out.exists()
+
+
+def test_an_unaligned_twin_of_the_aligned_model_is_refused_before_any_merge(tmp_path, family):
+    twin = tmp_path / "twin"
+    shutil.copytree(family["aligned"], twin)
+    recipe = recipe_for("safe_linear", family, ("unaligned",), threshold=0.35)
+    recipe["models"][1]["model"] = str(twin)
+    out = tmp_path / "out"
+    result = yaml_in_process(write_recipe(tmp_path / "r.yml", recipe), out)
+    assert "Executing graph" not in result.stderr  # stopped while planning: nothing merged
+    assert f"the unaligned model {twin} equals base_model" in one_line(result)
+    assert not out.exists()
+
+
+def test_same_matrices_stops_at_a_difference_and_sees_equality(family, tmp_path):
+    from mergekit.common import ModelReference
+
+    from mergekit_safety.mergekit_internals import same_matrices
+
+    twin = tmp_path / "twin"
+    shutil.copytree(family["aligned"], twin)
+    aligned, unaligned = (ModelReference.parse(str(family[k])) for k in ("aligned", "unaligned"))
+    assert same_matrices(aligned, ModelReference.parse(str(twin))) is True
+    assert same_matrices(aligned, unaligned) is False
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_any_merge(tmp_path, family):
+    import subprocess
+
+    out = tmp_path / "locked"
+    out.mkdir()
+    if subprocess.run(["chattr", "+i", str(out)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not available here: no directory a root user cannot write")
+    try:
+        recipe = write_recipe(tmp_path / "r.yml", recipe_for("safe_linear", family, ()))
+        result = yaml_in_process(recipe, out)
+        assert "Executing graph" not in result.stderr
+        assert one_line(result) == f"output {out} is not writable (Operation not permitted)"
+        assert list(out.iterdir()) == []
+    finally:
+        subprocess.run(["chattr", "-i", str(out)], check=True)
