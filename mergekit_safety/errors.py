@@ -186,6 +186,14 @@ _RULES: tuple[Callable[[BaseException, TracebackType | None], str | None], ...] 
         "incomplete",
         (RuntimeError,),
     ),
+    _message(
+        r"size mismatch for base_model\.model\.(\S+?)\.(lora_[AB])\S*: copying a param with shape "
+        r"torch\.Size\(\[(\d+), (\d+)\]\) from checkpoint, the shape in current model is "
+        r"torch\.Size\(\[(\d+), (\d+)\]\)",
+        "a LoRA adapter does not fit its base model: {0}.{1} is {2}×{3}, the base model needs "
+        "{4}×{5} (the adapter was trained on another model)",
+        (RuntimeError,),
+    ),
     _safetensors,
     _os_error,
 )

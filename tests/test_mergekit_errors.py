@@ -129,3 +129,21 @@ def test_an_output_that_cannot_be_written_is_refused_before_any_merge(tmp_path, 
         assert list(out.iterdir()) == []
     finally:
         subprocess.run(["chattr", "-i", str(out)], check=True)
+
+
+def test_a_lora_adapter_for_another_model_gives_one_line(tmp_path, family):
+    from helpers import REPO
+
+    adapter = REPO / "recipes" / "demo" / "finetuned_adapter"  # the demo's widths, not family's
+    recipe = recipe_for("safe_linear", family, ())
+    recipe["models"][0]["model"] = f"{family['aligned']}+{adapter}"
+    out = tmp_path / "out"
+    cache = tmp_path / "cache"
+    result = yaml_in_process(
+        write_recipe(tmp_path / "r.yml", recipe), out, "--lora-merge-cache", cache
+    )
+    assert one_line(result) == (
+        "a LoRA adapter does not fit its base model: model.layers.0.self_attn.q_proj.lora_A is "
+        "8×128, the base model needs 8×32 (the adapter was trained on another model)"
+    )
+    assert not out.exists()
