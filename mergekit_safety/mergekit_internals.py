@@ -47,6 +47,9 @@ mergekit (a failing check names the assumption):
     generators that execute a plan: wrapped so that a merge that raises while running undoes its
     output in process; ``MultiGPUExecutor._device_worker(self, ...)`` runs each GPU's tasks in a
     worker thread: wrapped to run them inside the merge's run (threads start with no context).
+14. ``mergekit.config.MergeConfiguration.model_validate(obj)`` is how every mergekit command
+    reads a recipe: wrapped to see the recipe as written (pydantic drops unknown keys), so that a
+    misspelled key in a recipe of ours is refused before anything loads.
 13. ``mergekit.merge_methods.base.MergeMethod._bind_parameters(groups, parameters)`` (the Python
     API's binding) and ``MergeMethod._execute(groups, parameters, options, *, input_dtypes,
     out_dtype)`` (both entry points' execution) are overridden by :class:`PluginMethod`, and
@@ -135,6 +138,8 @@ class WrittenMerge:
 class Hooks:
     """What the recipe machinery wants to hear while mergekit plans and runs a merge."""
 
+    on_config: Callable[[Any, Any], None]
+    """(the recipe as read, the ``MergeConfiguration`` mergekit made of it)."""
     on_recipe: Callable[[PlannedRecipe], None]
     on_tensor: Callable[[PlannedTensor], None]
     on_written: Callable[[WrittenMerge], None]
@@ -150,6 +155,7 @@ def install(hooks: Hooks, after_import: AfterImport) -> None:
     Each wrapper is installed when its module finishes importing (``after_import``), and only
     once: a second call finds mergekit's functions already wrapped and leaves them.
     """
+    after_import("mergekit.config", lambda module: _wrap_config(module, hooks))
     after_import("mergekit.plan", lambda module: _wrap_planner(module, hooks))
     after_import("mergekit.merge_methods.task_adapter", lambda module: _wrap_task(module, hooks))
     after_import("mergekit.io.tasks", lambda module: _wrap_finalize(module, hooks))
@@ -169,6 +175,25 @@ def _once(owner: Any, name: str, make: Callable[[Callable], Callable]) -> None:
     wrapped = make(original)
     wrapped._mergekit_safety = True  # type: ignore[attr-defined]
     setattr(owner, name, wrapped)
+
+
+def _wrap_config(module: Any, hooks: Hooks) -> None:
+    """``MergeConfiguration.model_validate``: the recipe as written, before pydantic drops keys."""
+    owner = module.MergeConfiguration
+    original = owner.__dict__.get("model_validate", None) or owner.model_validate
+    function = getattr(original, "__func__", original)
+    if getattr(function, "_mergekit_safety", False):
+        return
+
+    @functools.wraps(function)
+    def model_validate(cls: Any, obj: Any, *args: Any, **kwargs: Any) -> Any:
+        config = function(cls, obj, *args, **kwargs)
+        if isinstance(obj, dict):
+            hooks.on_config(obj, config)
+        return config
+
+    model_validate._mergekit_safety = True  # type: ignore[attr-defined]
+    owner.model_validate = classmethod(model_validate)
 
 
 _OUT_PATH = "_mergekit_safety_out_path"

@@ -33,7 +33,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ from mergekit_safety.methods.alignment_check import watch_planned
 from mergekit_safety.methods.base import RoleCheckedMethod
 from mergekit_safety.parameters import check_parameters
 from mergekit_safety.preflight import check_same_architecture
+from mergekit_safety.recipe_keys import check_recipe_keys
 from mergekit_safety.roles import Role
 from mergekit_safety.selection import SELECTORS
 
@@ -83,10 +84,24 @@ tokenizer file outlives the model it described."""
 
 def install(after_import: AfterImport) -> None:
     """Have mergekit's planner call this module for every merge (wrapped once per process)."""
-    mergekit_internals.install(
-        mergekit_internals.Hooks(on_recipe=on_recipe, on_tensor=on_tensor, on_written=on_written),
-        after_import,
+    hooks = mergekit_internals.Hooks(
+        on_config=on_config, on_recipe=on_recipe, on_tensor=on_tensor, on_written=on_written
     )
+    mergekit_internals.install(hooks, after_import)
+
+
+def on_config(raw: Mapping[str, Any], config: Any) -> None:
+    """A recipe of ours as read: its keys, and its recipe-wide numbers' domains, before warm-up."""
+    method = _our_method(config.merge_method)
+    if method is None:
+        return
+    check_recipe_keys(raw)
+    numbers = {
+        key: value
+        for key, value in (config.parameters or {}).items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool)
+    }
+    check_parameters(method.spec.name, numbers, {})
 
 
 def _our_method(name: str) -> RoleCheckedMethod | None:

@@ -123,7 +123,7 @@ def recipe_for(family, adapters, method, names, gated, weights, threshold) -> di
         "merge_method": method,
         "base_model": aligned,
         "models": models,
-        "parameters": {"threshold": threshold},
+        "parameters": {"threshold": threshold} if gated else {},  # ungated: none read (#27)
         "dtype": "float32",
     }
 

@@ -147,3 +147,109 @@ def test_a_lora_adapter_for_another_model_gives_one_line(tmp_path, family):
         "8×128, the base model needs 8×32 (the adapter was trained on another model)"
     )
     assert not out.exists()
+
+
+# --- #27: a typo or an unused key never merges silently -----------------------------------------
+
+
+def _keys_cases(family):
+    gated = recipe_for("safe_linear", family, ("unaligned",), threshold=0.35)
+    plain = recipe_for("safe_linear", family, ())
+    lora = recipe_for("safe_lora", family, ("unaligned",), threshold=0.35)
+    lox = recipe_for("lox", family, ("unaligned",))
+    lox["models"] = lox["models"][1:]  # lox: the aligned model and V only
+    harm = recipe_for("harm_removal", family, ("safe",))  # any other model stands in for H
+    harm["models"][1]["parameters"] = {"role": "harmful"}
+    safemerge = recipe_for("safemerge", family, ("unaligned", "safe"), threshold=0.35)
+
+    def set_model(recipe, index, **parameters):
+        recipe = json.loads(json.dumps(recipe))
+        recipe["models"][index].setdefault("parameters", {}).update(parameters)
+        return recipe
+
+    def set_top(recipe, **parameters):
+        recipe = json.loads(json.dumps(recipe))
+        recipe.setdefault("parameters", {}).update(parameters)
+        return recipe
+
+    misspelled_section = json.loads(json.dumps(gated))
+    misspelled_section["paramters"] = misspelled_section.pop("parameters")
+    return {
+        "thresold": (
+            set_top({**gated, "parameters": {}}, thresold=0.3),
+            "safe_linear: unknown parameter `thresold` in the top-level `parameters:`; "
+            "did you mean `threshold`?",
+        ),
+        "wieght": (
+            set_model(gated, 0, wieght=0.3),
+            f"safe_linear: unknown parameter `wieght` in model {family['finetuned']}; "
+            "did you mean `weight`?",
+        ),
+        "paramters section": (
+            misspelled_section,
+            "safe_linear: unknown recipe section `paramters`; did you mean `parameters`?",
+        ),
+        "threshold ungated": (
+            set_top(plain, threshold=0.3),
+            "safe_linear: `threshold` gates matrices by rho, which needs a model with role "
+            "'unaligned'",
+        ),
+        "weight on safe_lora": (
+            set_model(lora, 0, weight=0.5),
+            f"safe_lora: `weight` in model {family['finetuned']} is not a parameter of safe_lora "
+            "(safe_linear, safemerge use it)",
+        ),
+        "weight on harm_removal": (
+            set_model(harm, 0, weight=0.5),
+            f"harm_removal: `weight` in model {family['finetuned']} is not a parameter",
+        ),
+        "threshold on lox": (
+            set_top(lox, threshold=0.3),
+            "lox: `threshold` in the top-level `parameters:` is not a parameter of lox",
+        ),
+        "top_k on lox": (
+            set_top(lox, top_k=3),
+            "lox: `top_k` does nothing here: lox does not gate (safe_linear, safe_lora, "
+            "safemerge do)",
+        ),
+        "weight of the unaligned model": (
+            set_model(gated, 1, weight=0.5),
+            f"safe_linear: `weight` of model {family['unaligned']} (role unaligned) is not used",
+        ),
+        "safemerge threshold per model": (
+            set_model(safemerge, 0, threshold=0.2),
+            "safemerge: `threshold` is a recipe-wide parameter; set it under the top-level "
+            "`parameters:`",
+        ),
+        "weight true": (
+            set_model(gated, 0, weight=True),
+            f"safe_linear: `weight` in model {family['finetuned']} is a number, not true",
+        ),
+        "threshold -1 before warm-up": (
+            set_top(gated, threshold=-1),
+            "safe_linear: threshold (τ) must lie in [0, 1]",
+        ),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["thresold", "wieght", "paramters section", "threshold ungated", "weight on safe_lora",
+     "weight on harm_removal", "threshold on lox", "top_k on lox",
+     "weight of the unaligned model", "safemerge threshold per model", "weight true",
+     "threshold -1 before warm-up"],
+)  # fmt: skip
+def test_unknown_unused_or_mistyped_keys_are_refused_before_anything_loads(tmp_path, family, case):
+    recipe, message = _keys_cases(family)[case]
+    out = tmp_path / "out"
+    result = yaml_in_process(write_recipe(tmp_path / "r.yml", recipe), out)
+    assert one_line(result).startswith(message), one_line(result)
+    assert "Warmup loader cache" not in result.stderr  # refused as the recipe was read
+    assert not out.exists()
+
+
+def test_the_same_recipes_with_correct_keys_still_merge(tmp_path, family):
+    recipe = recipe_for("safe_linear", family, ("unaligned",), threshold=0.35)
+    recipe["models"][0]["parameters"] = {"weight": 0.3}
+    result = yaml_in_process(write_recipe(tmp_path / "r.yml", recipe), tmp_path / "out")
+    assert result.returncode == 0, result.stderr[-2000:]

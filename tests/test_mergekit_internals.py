@@ -128,6 +128,20 @@ def test_13_merge_method_private_steps():
     assert "self._execute(" in resolved, "assumption 13: execution ends in _execute"
 
 
+def test_14_recipes_are_read_through_model_validate():
+    from mergekit.config import MergeConfiguration
+    from mergekit.scripts import multimerge, run_yaml
+
+    assert hasattr(MergeConfiguration, "model_validate"), "assumption 14"
+    for module in (run_yaml, multimerge):
+        assert "MergeConfiguration.model_validate(" in inspect.getsource(module), (
+            f"assumption 14: {module.__name__} reads its recipe with model_validate"
+        )
+    assert MergeConfiguration.model_config.get("extra") in (None, "ignore"), (
+        "assumption 14: mergekit drops unknown recipe keys (else they would reach it as extras)"
+    )
+
+
 def test_11_torch_dtype_is_a_config_property():
     from transformers import configuration_utils
 

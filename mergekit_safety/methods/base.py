@@ -45,7 +45,8 @@ class RoleCheckedMethod(PluginMethod):
     ``batch`` (if given) runs when no input has role ``unaligned``: that is the ungated case,
     which mergekit can pack into batches. Its spec must be a subset of ``group``'s. ``decide``
     is the method's gate, shared by its kernel and by ``mergekit-safety inspect``; ``inclusive``
-    says whether it merges at ``ρ = τ``.
+    says whether it merges at ``ρ = τ``; ``gates`` whether it gates at all (LoX and harm removal
+    change every tensor); ``weighted`` which roles' ``weight`` it reads.
 
     Every such method also takes ``top_k`` / ``fraction`` (:mod:`mergekit_safety.selection`):
     resolved to a threshold while mergekit plans (:mod:`mergekit_safety.planning`), or over the
@@ -60,6 +61,8 @@ class RoleCheckedMethod(PluginMethod):
         batch: MergeMethod | None = None,
         *,
         inclusive: bool = False,
+        gates: bool = True,
+        weighted: frozenset[Role] = frozenset({Role.FINETUNED}),
     ):
         self.spec: MergeMethodSpec = dataclasses.replace(
             group.spec, parameters=(*group.spec.parameters, *SELECTION_PARAMETERS)
@@ -69,6 +72,10 @@ class RoleCheckedMethod(PluginMethod):
         self.group = group
         self.batch = batch
         self.inclusive = inclusive
+        self.gates = gates
+        """Gates matrices by ρ, given a model of role ``unaligned`` (reads ``threshold``)."""
+        self.weighted = weighted
+        """The roles whose ``weight`` the method reads."""
         self.supports_batching = batch is not None
 
     def validate_inputs(

@@ -82,4 +82,6 @@ harm_removal = RoleCheckedMethod(
     group=harm_removal_merge,
     decide=decide,
     rule=RoleRule("harm_removal", {Role.FINETUNED: (1, None), Role.HARMFUL: (1, 1)}),
+    gates=False,
+    weighted=frozenset(),
 )

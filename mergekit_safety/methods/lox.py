@@ -62,4 +62,6 @@ lox = RoleCheckedMethod(
     group=lox_merge,
     decide=decide,
     rule=RoleRule("lox", {Role.UNALIGNED: (1, 1)}),
+    gates=False,
+    weighted=frozenset(),
 )

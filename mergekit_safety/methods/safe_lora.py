@@ -61,4 +61,5 @@ safe_lora = RoleCheckedMethod(
     decide=decide,
     inclusive=True,
     rule=RoleRule("safe_lora", {Role.FINETUNED: (1, None), Role.UNALIGNED: (1, 1)}),
+    weighted=frozenset(),
 )

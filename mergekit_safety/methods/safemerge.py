@@ -93,4 +93,5 @@ safemerge = RoleCheckedMethod(
     rule=RoleRule(
         "safemerge", {Role.FINETUNED: (1, None), Role.UNALIGNED: (1, 1), Role.SAFE: (1, 1)}
     ),
+    weighted=frozenset(DEFAULT_WEIGHTS),
 )

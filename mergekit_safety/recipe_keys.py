@@ -1,0 +1,160 @@
+"""Which recipe keys a safety method reads: an unknown or unused one is refused before any work.
+
+mergekit drops a recipe key it does not know (a misspelled section, ``thresold:``) and hands a
+method only the parameters in its spec, so a typo in a safety parameter would merge silently
+with the default. While mergekit validates a recipe that uses one of our methods
+(:func:`check_recipe_keys`, called through :mod:`mergekit_safety.mergekit_internals`), every
+section, every ``parameters:`` key (top level, module, slice, model, slice source) and every
+scalar value's kind is checked against what the method reads for that input's role.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from mergekit.merge_methods import get, registered_methods
+from mergekit.merge_methods.base import ParameterScope
+
+from mergekit_safety.errors import ConfigError
+from mergekit_safety.methods.base import RoleCheckedMethod
+from mergekit_safety.roles import Role, parse_role
+from mergekit_safety.selection import SELECTORS
+
+SECTIONS = ("merge_method", "base_model", "models", "slices", "modules", "parameters", "dtype",
+            "out_dtype", "tokenizer_source", "tokenizer", "chat_template", "name")  # fmt: skip
+"""What a mergekit recipe may hold at the top (``name`` is mergekit-multi's)."""
+GATE_KEYS = ("threshold", *SELECTORS)
+"""Read only by a method that gates, and only with a model of role ``unaligned``."""
+
+
+def ours(method_name: Any) -> RoleCheckedMethod | None:
+    try:
+        method = get(str(method_name))
+    except RuntimeError:
+        return None
+    return method if isinstance(method, RoleCheckedMethod) else None
+
+
+def check_recipe_keys(raw: Mapping[str, Any]) -> None:
+    """Refuse a key the recipe's method does not read, with what was probably meant."""
+    method = ours(raw.get("merge_method"))
+    if method is None:
+        return
+    name = method.spec.name
+    for key in raw:
+        if key not in SECTIONS:
+            raise ConfigError(f"{name}: unknown recipe section `{key}`{_meant(key, SECTIONS)}")
+    shared = {p.name for p in method.spec.parameters if p.scope is ParameterScope.SHARED}
+    per_input = {p.name for p in method.spec.parameters if p.scope is not ParameterScope.SHARED}
+    inputs = list(_inputs(raw))
+    gated = method.gates and any(_role(p) is Role.UNALIGNED for _where, p in inputs)
+    for where, parameters in _scopes(raw):
+        for key, value in parameters.items():  # per-input ones here apply to every input
+            _check_key(method, key, shared | per_input, where)
+            if key in GATE_KEYS and not gated:
+                raise ConfigError(_not_gated(method, key))
+            _check_kind(method, key, value, where)
+    for where, parameters in inputs:
+        role = _role(parameters)
+        for key, value in parameters.items():
+            if key in shared:
+                raise ConfigError(
+                    f"{name}: `{key}` is a recipe-wide parameter; set it under the top-level "
+                    f"`parameters:`, not on {where}"
+                )
+            _check_key(method, key, per_input, where)
+            if key == "weight" and role not in method.weighted:
+                raise ConfigError(
+                    f"{name}: `weight` of {where} (role {role.value}) is not used: {name} "
+                    "weighs only "
+                    + " and ".join(f"{r.value} models" for r in sorted(method.weighted))
+                )
+            _check_kind(method, key, value, where)
+
+
+def _check_key(method: RoleCheckedMethod, key: str, known: set[str], where: str) -> None:
+    if key in known:
+        return
+    name = method.spec.name
+    users = sorted(
+        m.spec.name
+        for m in registered_methods()
+        if isinstance(m, RoleCheckedMethod) and key in {p.name for p in m.spec.parameters}
+    )
+    if users:
+        raise ConfigError(f"{name}: `{key}` in {where} is not a parameter of {name} "
+                          f"({', '.join(users)} use it)")  # fmt: skip
+    vocabulary = {p.name for m in registered_methods() for p in getattr(m.spec, "parameters", ())}
+    raise ConfigError(
+        f"{name}: unknown parameter `{key}` in {where}{_meant(key, known | vocabulary)}"
+    )
+
+
+def _not_gated(method: RoleCheckedMethod, key: str) -> str:
+    name = method.spec.name
+    if method.gates:
+        return (f"{name}: `{key}` gates matrices by rho, which needs a model with role "
+                f"'unaligned' ({name} without one is ungated and merges every tensor)")  # fmt: skip
+    gating = sorted(m.spec.name for m in registered_methods()
+                    if isinstance(m, RoleCheckedMethod) and m.gates)  # fmt: skip
+    return f"{name}: `{key}` does nothing here: {name} does not gate ({', '.join(gating)} do)"
+
+
+def _check_kind(method: RoleCheckedMethod, key: str, value: Any, where: str) -> None:
+    """A boolean where a number is read (``weight: true`` would be taken as 1.0)."""
+    spec = next((p for p in method.spec.parameters if p.name == key), None)
+    if spec is None or spec.value_type is bool or key == "role":
+        return
+    for scalar in _scalars(value):
+        if isinstance(scalar, bool):
+            raise ConfigError(
+                f"{method.spec.name}: `{key}` in {where} is a number, not {str(scalar).lower()}"
+            )
+
+
+def _scalars(value: Any) -> Iterator[Any]:
+    """The plain values inside a parameter: a list is a gradient, a dict list a filter list."""
+    if isinstance(value, list):
+        for item in value:
+            yield from _scalars(item["value"] if isinstance(item, Mapping) else item)
+    elif isinstance(value, Mapping):
+        if "value" in value:
+            yield from _scalars(value["value"])
+    else:
+        yield value
+
+
+def _role(parameters: Mapping[str, Any]) -> Role:
+    try:
+        return parse_role(parameters.get("role", Role.FINETUNED.value))
+    except ConfigError:
+        return Role.FINETUNED  # the role check says what is wrong with it
+
+
+def _meant(key: str, known: Any) -> str:
+    close = difflib.get_close_matches(str(key), sorted(known), n=1, cutoff=0.7)
+    return f"; did you mean `{close[0]}`?" if close else ""
+
+
+def _scopes(raw: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    """Every recipe-wide ``parameters:`` mapping: top level, module, slice."""
+    yield "the top-level `parameters:`", raw.get("parameters") or {}
+    for module_name, module in (raw.get("modules") or {}).items():
+        yield f"module {module_name}", (module or {}).get("parameters") or {}
+        for index, output in enumerate((module or {}).get("slices") or ()):
+            yield f"slice {index} of module {module_name}", output.get("parameters") or {}
+    for index, output in enumerate(raw.get("slices") or ()):
+        yield f"slice {index}", (output or {}).get("parameters") or {}
+
+
+def _inputs(raw: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    """Every input's ``parameters:``, named by its model, in mergekit's three layouts."""
+    layouts = [raw, *((raw.get("modules") or {}).values())]
+    for layout in layouts:
+        for entry in (layout or {}).get("models") or ():
+            yield f"model {entry.get('model')}", entry.get("parameters") or {}
+        for output in (layout or {}).get("slices") or ():
+            for source in (output or {}).get("sources") or ():
+                yield f"model {source.get('model')}", source.get("parameters") or {}
