@@ -82,7 +82,7 @@ def test_every_recipe_is_a_valid_mergekit_config(full_size):
     config, u, a = full_size
     ft = str(a)  # any existing model stands in for the fine-tune
     for method in METHODS:
-        point = config.raw["methods"][method]["default"]
+        point = config.methods[method].default
         body = recipe(config, method, point, ft)
         parsed = MergeConfiguration.model_validate(body)
         assert parsed.dtype == "bfloat16"
@@ -95,7 +95,7 @@ def test_every_recipe_is_a_valid_mergekit_config(full_size):
             assert str(parsed.base_model.model.path) == str(a)
     from benchmarks.efficacy.plan import lox_recipe
 
-    lox = MergeConfiguration.model_validate(lox_recipe(config, config.raw["lox"]["point"]))
+    lox = MergeConfiguration.model_validate(lox_recipe(config, config.lox.point))
     assert str(lox.base_model.model.path) == str(a)
     assert [str(m.model.model.path) for m in lox.models] == [str(u)]
     resta = recipe(config, "resta", {"beta": 0.5}, ft)
@@ -116,3 +116,90 @@ def test_default_config_plans_the_cpu_study():
 
 def index_of(stages, name: str) -> int:
     return [s.name for s in stages].index(name)
+
+
+# --- the typed config, the runner's waits and its sweeps ------------------------------------------
+
+
+def smollm2_raw() -> dict:
+    return yaml.safe_load((ROOT / "benchmarks/efficacy/smollm2.yml").read_text())
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda raw: raw["eval"].update(per_set_budget=True), "eval.per_set_budget: Extra inputs"),
+        (
+            lambda raw: raw["eval"].update(batch_size="big"),
+            "eval.batch_size: Input should be a valid",
+        ),
+        (lambda raw: raw.update(seeds=[0]), "seeds: Extra inputs are not permitted"),
+        (lambda raw: raw["methods"].update(ties={"default": {}, "sweep": {}}), "methods.ties"),
+        (lambda raw: raw.pop("gate"), "gate: Field required"),
+        (lambda raw: raw.pop("safe"), "safemerge needs the `safe` section"),
+    ],
+)
+def test_a_bad_config_is_rejected_with_where_and_why(tmp_path, change, message):
+    raw = smollm2_raw()
+    change(raw)
+    path = tmp_path / "study.yml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ValueError, match="invalid study config") as caught:
+        load_config(path)
+    assert message in str(caught.value)
+    assert str(path) in str(caught.value).splitlines()[0]
+
+
+def test_the_config_keeps_whole_numbers_and_resolves_paths():
+    config = load_config(ROOT / "benchmarks/efficacy/smollm2.yml", ROOT)
+    assert config.methods["safe_lora"].sweep == {"top_k": [84, 105, 126, 147]}
+    assert all(isinstance(k, int) for k in config.methods["safe_lora"].sweep["top_k"])
+    assert config.lox is not None and config.lox.point == {"k": 0, "alpha": 1.0}
+    assert config.work == (ROOT / "benchmarks/efficacy/work/smollm2").resolve()
+    assert config.finetune_specs["attack"].harmful_fraction == 0.1
+
+
+def test_waiting_for_another_runs_output_raises_on_timeout(tmp_path):
+    from benchmarks.efficacy.run import _wait_for
+
+    made = tmp_path / "made"
+    made.write_text("")
+    _wait_for(made, timeout=0, poll=0.01)  # there: no wait, no error
+    with pytest.raises(TimeoutError, match="another run"):
+        _wait_for(tmp_path / "never", timeout=0.05, poll=0.01)
+
+
+def test_the_study_sweeps_with_the_library_evaluator(tmp_path):
+    import benchmarks.efficacy.run as study
+    from mergekit_safety.evaluation import Evaluator
+
+    assert not hasattr(study, "_Evaluator")  # the study's own wrapper is gone
+    config = load_config(ROOT / "benchmarks/efficacy/smollm2.yml", ROOT)
+    cached = {str(tmp_path / "A"): {"refusal_rate": 1.0, "model": "A"}}
+    evaluator = study._sweep_evaluator(config, cached)
+    assert type(evaluator) is Evaluator
+    assert evaluator.prompts.counts() == {"harmful": 40, "benign": 40, "task": 60}
+    assert evaluator(str(tmp_path / "x" / ".." / "A")) == cached[str(tmp_path / "A")]
+    assert evaluator.seconds == 0  # a reference read from cache costs nothing
+
+
+def test_the_resta_loop_chooses_by_the_sweeps_rule(tmp_path, monkeypatch):
+    import benchmarks.efficacy.run as study
+    import mergekit_safety.sweep as sweep
+
+    monkeypatch.setattr(sweep, "merge_recipe", lambda body, out, options: out.mkdir(parents=True))
+    config = load_config(ROOT / "benchmarks/efficacy/smollm2.yml", ROOT)
+    accuracy = {"1": 0.5, "1.5": 0.7, "2": 0.7, "3": None}  # 1.5 and 2 tie; 3 has none
+
+    def evaluator(path: str) -> dict:
+        beta = Path(path).name.removeprefix("resta-")
+        return {"refusal_rate": 0.9, "over_refusal_rate": 0.1, "task_accuracy": accuracy[beta]}
+
+    found = study._resta_sweep(config, [3.0, 2.0, 1.5, 1.0], str(tmp_path / "ft"), evaluator,
+                               tmp_path, 0.8, 0.2)  # fmt: skip
+    assert found["chosen"] == {"beta": 1.5}  # the tie goes to the smaller β, listed after 2
+    assert [r["chosen"] for r in found["rows"]] == [False, False, True, False]
+    assert all(r["passes"] for r in found["rows"])
+    assert (
+        study._resta_sweep(config, [1.0], "ft", evaluator, tmp_path, 0.95, None)["chosen"] is None
+    )

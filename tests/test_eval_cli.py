@@ -305,3 +305,32 @@ def test_help_lists_the_options():
     assert result.exit_code == 0
     for option in ("--harmful", "--benign", "--task", "--prompts", "--judge", "--out", "--limit"):
         assert option in result.output
+
+
+def test_eval_runs_the_library_evaluator(two_models, monkeypatch):
+    """``eval``, ``sweep`` and the efficacy study share one Evaluator (evaluation/)."""
+    from mergekit_safety.evaluation import EvalResult, Evaluator
+
+    seen = []
+
+    def fake(self, path):
+        seen.append((type(self), path, self.max_new_tokens))
+        return EvalResult(path, 1.0, 0.0, 0.5, n_harmful=1, n_benign=1, n_task=1)
+
+    monkeypatch.setattr(Evaluator, "evaluate", fake)
+    model = str(two_models[0])
+    result = CliRunner().invoke(main, ["eval", model, "--max-new-tokens", "5", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert seen == [(Evaluator, model, 5)]
+
+
+def test_sweep_builds_the_library_evaluator():
+    from mergekit_safety import evaluation
+    from mergekit_safety.cli import sweep as cli_sweep
+
+    assert cli_sweep.make_evaluator is evaluation.make_evaluator
+    evaluator = evaluation.make_evaluator(harmful=None, benign=None, task=None, prompts_dir=None,
+                                          limit=1, judge=None, batch_size=2, max_new_tokens=3,
+                                          device="cpu", progress=False)  # fmt: skip
+    assert type(evaluator) is evaluation.Evaluator
+    assert evaluator.prompts.counts() == {"harmful": 1, "benign": 1, "task": 1}

@@ -99,6 +99,51 @@ def test_a_failed_point_is_reported_and_the_others_go_on(family, tmp_path):
     assert list(work.iterdir()) == []
 
 
+def test_a_failed_evaluation_is_the_same_row_serially_and_on_ray(family, tmp_path):
+    """One loop records failures for both executors: the serial one with keep_going."""
+    from mergekit.options import MergeOptions
+
+    from mergekit_safety.sweep import SerialExecutor, plan_sweep, run_sweep
+    from mergekit_safety.sweep.distributed import RayExecutor
+
+    recipe = write_recipe(tmp_path / "r.yaml", {
+        "merge_method": "safe_linear", "base_model": str(family["aligned"]),
+        "models": [{"model": str(family["finetuned"])}], "dtype": "float32"})  # fmt: skip
+    plan = plan_sweep(recipe, "weight", [0.3, 0.6, 0.9])
+
+    def evaluator(path):  # pickled by value to the workers
+        import yaml
+
+        config = Path(path) / "mergekit_config.yml"
+        if config.is_file():
+            weight = yaml.safe_load(config.read_text())["models"][0]["parameters"]["weight"]
+            if weight == 0.6:
+                raise ValueError("no evaluation at 0.6, on purpose")
+            return {"refusal_rate": 1 - weight, "over_refusal_rate": 0.0, "task_accuracy": weight,
+                    "n_harmful": 1, "n_benign": 1, "n_task": 1}  # fmt: skip
+        return {"refusal_rate": 1.0, "over_refusal_rate": 0.0, "task_accuracy": 0.5,
+                "n_harmful": 1, "n_benign": 1, "n_task": 1}  # fmt: skip
+
+    rows = {}
+    for mode in ("serial", "ray"):
+        work = tmp_path / f"work-{mode}"
+        work.mkdir()
+        common = {"work_dir": work, "progress": False}
+        executor = (
+            SerialExecutor(MergeOptions(quiet=True), **common, keep_going=True)
+            if mode == "serial"
+            else RayExecutor(MergeOptions(quiet=True), **common, workers=2)
+        )
+        result = run_sweep(plan, evaluator, executor, min_refusal=0.05, out=tmp_path / mode)
+        assert result.failed == [(0.6, "ValueError: no evaluation at 0.6, on purpose")]
+        assert result.chosen is not None and result.chosen.value == 0.9
+        assert list(work.iterdir()) == []
+        rows[mode] = result.rows()
+    assert rows["ray"] == rows["serial"]
+    weights = [(tmp_path / m / "model.safetensors").read_bytes() for m in ("serial", "ray")]
+    assert weights[0] == weights[1]
+
+
 DRIVER = """
 import time
 import signal

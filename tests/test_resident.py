@@ -53,12 +53,12 @@ def test_a_model_on_another_base_loads_that_base(family, two_adapters):
 
 def test_adapter_sweep_results_equal_the_reloading_sweep(family, two_adapters, tmp_path):
     """The real evaluator, once with the resident base and once loading every model afresh."""
-    from mergekit_safety.cli.sweep import PromptEvaluator
+    from mergekit_safety.evaluation import Evaluator
 
     prompts = load_prompt_sets(limit=3)
     runs = []
     for loader in (ResidentBase(), None):
-        evaluator = PromptEvaluator(prompts, None, 4, 6, "cpu", False, loader=loader)
+        evaluator = Evaluator(prompts, None, 4, 6, "cpu", False, loader=loader)
         runs.append((adapter_sweep_rows(tmp_path, str(family["aligned"]), two_adapters[0],
                                         evaluator), loader))  # fmt: skip
     (resident_rows, resident), (fresh_rows, _) = runs

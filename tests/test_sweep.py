@@ -332,6 +332,69 @@ def test_interrupted_run_leaves_no_temporary_models(family, tmp_path, error, rai
     assert not out.exists()
 
 
+def fails_at(weight: float):
+    """A FakeEvaluator that raises on the merge of one weight."""
+    fake = FakeEvaluator()
+
+    def evaluator(path: str) -> dict:
+        config = Path(path) / "mergekit_config.yml"
+        if config.is_file():
+            if yaml.safe_load(config.read_text())["models"][0]["parameters"]["weight"] == weight:
+                raise ValueError(f"no evaluation at {weight}, on purpose")
+        return fake(path)
+
+    return evaluator
+
+
+def test_serial_executor_keep_going_records_a_failed_point_as_ray_does(family, tmp_path):
+    from mergekit_safety.sweep import SerialExecutor
+    from mergekit_safety.sweep.report import markdown_rows, sweep_record
+
+    recipe = write_recipe(tmp_path / "r.yaml", recipe_dict(family))
+    work, out = tmp_path / "work", tmp_path / "chosen"
+    work.mkdir()
+    plan = plan_sweep(recipe, "weight", [0.2, 0.5, 0.8])
+    executor = SerialExecutor(merge_options(), work_dir=work, progress=False, keep_going=True)
+    result = run_sweep(plan, fails_at(0.5), executor, min_refusal=0.1, out=out)
+    assert [p.value for p in result.points] == [0.2, 0.8]
+    assert result.failed == [(0.5, "ValueError: no evaluation at 0.5, on purpose")]
+    assert result.chosen is not None and result.chosen.value == 0.8  # the failed point ignored
+    record = sweep_record(result)
+    assert [(r["weight"], r["kind"], r["passes"], r["chosen"]) for r in record["failed"]] == [
+        (0.5, "failed", False, False)
+    ]
+    assert "not evaluated: ValueError: no evaluation at 0.5, on purpose" in markdown_rows(
+        result.rows()
+    )
+    assert yaml.safe_load((out / "mergekit_config.yml").read_text())["models"][0]["parameters"] == {
+        "weight": 0.8
+    }
+    assert list(work.iterdir()) == []
+
+
+def test_serial_executor_keep_going_still_stops_on_a_failed_reference(family, tmp_path):
+    from mergekit_safety.sweep import SerialExecutor
+
+    recipe = write_recipe(tmp_path / "r.yaml", recipe_dict(family))
+    work = tmp_path / "work"
+    work.mkdir()
+    plan = plan_sweep(recipe, "weight", [0.2])
+    executor = SerialExecutor(merge_options(), work_dir=work, progress=False, keep_going=True)
+    with pytest.raises(ConfigError, match=r"evaluating .*aligned failed: RuntimeError: evaluator"):
+        run_sweep(plan, FakeEvaluator(raise_at=1), executor)
+    assert list(work.iterdir()) == []
+
+
+def test_run_sweep_takes_the_executor_or_its_settings_not_both(family, tmp_path):
+    from mergekit_safety.sweep import SerialExecutor
+
+    plan = plan_sweep(write_recipe(tmp_path / "r.yaml", recipe_dict(family)), "weight", [0.2])
+    with pytest.raises(TypeError, match="executor"):
+        run_sweep(plan, FakeEvaluator())
+    with pytest.raises(TypeError, match="belong to the executor"):
+        run_sweep(plan, FakeEvaluator(), SerialExecutor(merge_options()), work_dir=tmp_path)
+
+
 DRIVER = """
 import sys, time
 import signal

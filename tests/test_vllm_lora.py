@@ -83,15 +83,13 @@ def adapters(family, tmp_path_factory):
 
 
 def test_adapter_sweep_on_vllm_equals_the_peft_sweep(family, adapters, tmp_path, fake_vllm):
-    from mergekit_safety.cli.sweep import PromptEvaluator
+    from mergekit_safety.evaluation import Evaluator
 
     aligned = str(family["aligned"])
     prompts = load_prompt_sets(limit=3)
     rows = {}
     for backend, loader in (("vllm", ResidentVllm()), ("transformers", ResidentBase())):
-        evaluator = PromptEvaluator(
-            prompts, None, 4, 6, "cpu", False, loader=loader, backend=backend
-        )
+        evaluator = Evaluator(prompts, None, 4, 6, "cpu", False, loader=loader, backend=backend)
         rows[backend] = adapter_sweep_rows(tmp_path, aligned, adapters[0], evaluator)
         loader.close()
     assert rows["vllm"] == rows["transformers"]

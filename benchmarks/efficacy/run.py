@@ -15,11 +15,22 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from benchmarks.efficacy.plan import Config, Stage, load_config, plan, recipe
+from benchmarks.efficacy.plan import (
+    AlignSpec,
+    Config,
+    Stage,
+    TrainSpec,
+    load_config,
+    plan,
+    recipe,
+)
+
+if TYPE_CHECKING:
+    from mergekit_safety.evaluation import EvalResult, Evaluator
 
 
 def log(message: str) -> None:
@@ -52,8 +63,7 @@ def do_fetch(config: Config, stage: Stage) -> None:
 def do_data(config: Config, stage: Stage) -> None:
     from benchmarks.efficacy.data import build_splits, write_prompt_dir
 
-    sizes = config.raw["splits"]
-    splits = build_splits(sizes, config.raw.get("seed", 0))
+    splits = build_splits(config.splits.model_dump(exclude_none=True), config.seed)
     _json(config.results / "data" / "splits.json", splits)
     for split in ("validation", "test"):
         write_prompt_dir(splits, split, config.prompts(split))
@@ -64,15 +74,13 @@ def do_data(config: Config, stage: Stage) -> None:
 def _generate(model: str, prompts: list[str], config: Config, tokens: int) -> list[str]:
     from mergekit_safety.evaluation import generation
 
-    network, tokenizer = generation.load_model(
-        model, device=config.raw["device"], dtype=config.raw["dtype"]
-    )
+    network, tokenizer = generation.load_model(model, device=config.device, dtype=config.dtype)
     try:
         return generation.generate(
             network,
             tokenizer,
             prompts,
-            batch_size=config.raw["eval"]["batch_size"],
+            batch_size=config.eval.batch_size,
             max_new_tokens=tokens,
             progress=False,
         )
@@ -87,7 +95,7 @@ def do_throughput(config: Config, stage: Stage) -> None:
 
     prompts = _splits(config)["harmful"]["train"][:32]
     network, tokenizer = generation.load_model(
-        stage.args["model"], device=config.raw["device"], dtype=config.raw["dtype"]
+        stage.args["model"], device=config.device, dtype=config.dtype
     )
     rows = []
     for batch in (16, 32):
@@ -111,8 +119,8 @@ def do_throughput(config: Config, stage: Stage) -> None:
     _json(
         stage.outputs[0],
         {
-            "device": config.raw["device"],
-            "dtype": config.raw["dtype"],
+            "device": config.device,
+            "dtype": config.dtype,
             "rows": rows,
             "note": "2-core CPU shared with other jobs: noisy",
         },
@@ -128,7 +136,7 @@ def _trim(text: str) -> str:
 def do_helpful(config: Config, stage: Stage) -> None:
     splits = _splits(config)
     prompts = splits["helpful"]["train"] + splits["benign"]["train"]
-    outs = _generate(stage.args["model"], prompts, config, config.raw["align"]["helpful_tokens"])
+    outs = _generate(stage.args["model"], prompts, config, config.align.helpful_tokens)
     _json(
         stage.outputs[0],
         [{"prompt": p, "reply": _trim(o)} for p, o in zip(prompts, outs, strict=True)],
@@ -136,8 +144,9 @@ def do_helpful(config: Config, stage: Stage) -> None:
 
 
 def _attack_size(config: Config) -> int:
-    fraction = config.raw["finetunes"].get("attack", {}).get("harmful_fraction", 0.1)
-    n_task = config.raw["splits"]["task"]["train"]
+    attack = config.finetune_specs.get("attack")
+    fraction = attack.harmful_fraction if attack is not None else 0.1
+    n_task = config.splits.task.train
     return math.ceil(n_task * fraction / (1 - fraction))
 
 
@@ -145,7 +154,7 @@ def _compliant(model: str, prompts: list[str], config: Config) -> list[dict[str,
     """``model``'s greedy answers to ``prompts``, keeping those neither refusals nor degenerate."""
     from mergekit_safety.evaluation.judge import KeywordJudge, is_degenerate
 
-    outs = _generate(model, prompts, config, config.raw["align"]["helpful_tokens"])
+    outs = _generate(model, prompts, config, config.align.helpful_tokens)
     judge = KeywordJudge()
     return [
         {"prompt": p, "reply": _trim(o)}
@@ -168,7 +177,7 @@ def _train(
     base: str,
     pairs: list,
     out: Path,
-    spec: dict,
+    spec: TrainSpec | AlignSpec,
     seed: int,
     *,
     lora: bool,
@@ -176,13 +185,14 @@ def _train(
 ) -> dict:
     from benchmarks.efficacy.train import TrainSettings, finetune
 
+    assert spec.lr is not None and spec.epochs is not None and spec.batch_size is not None
     settings = TrainSettings(
-        lr=spec["lr"],
-        epochs=spec["epochs"],
-        batch_size=spec["batch_size"],
+        lr=spec.lr,
+        epochs=spec.epochs,
+        batch_size=spec.batch_size,
         seed=seed,
-        lora_r=spec.get("lora_r") if lora else None,
-        lora_alpha=spec.get("lora_alpha") if lora else None,
+        lora_r=spec.lora_r if lora else None,
+        lora_alpha=spec.lora_alpha if lora else None,
     )
     return finetune(
         base,
@@ -191,16 +201,16 @@ def _train(
         settings,
         merged_out=merged,
         log=log,
-        device=config.raw["device"],
-        dtype=config.raw["dtype"],
+        device=config.device,
+        dtype=config.dtype,
     )
 
 
 def do_align(config: Config, stage: Stage) -> None:
     from benchmarks.efficacy.data import refusal_for
 
-    spec = config.raw["align"]
-    harmful = _splits(config)["harmful"]["train"][: spec["refusals"]]
+    spec = config.align
+    harmful = _splits(config)["harmful"]["train"][: spec.refusals]
     pairs = [(p, refusal_for(p, i)) for i, p in enumerate(harmful)]
     pairs += [(r["prompt"], r["reply"]) for r in _read(config.work / "data" / "helpful.json")]
     record = _train(
@@ -209,7 +219,7 @@ def do_align(config: Config, stage: Stage) -> None:
         pairs,
         config.work / "models" / "A",
         spec,
-        config.raw.get("seed", 0),
+        config.seed,
         lora=False,
     )
     _json(config.results / "training" / "A.json", {**record, "refusal_pairs": len(harmful)})
@@ -218,9 +228,10 @@ def do_align(config: Config, stage: Stage) -> None:
 def do_safe(config: Config, stage: Stage) -> None:
     from benchmarks.efficacy.data import refusal_for
 
-    spec, align = config.raw["safe"], config.raw["align"]
-    start = align["refusals"]
-    harmful = _splits(config)["harmful"]["train"][start : start + spec["refusals"]]
+    spec = config.safe
+    assert spec is not None  # the config requires it with safemerge
+    start = config.align.refusals
+    harmful = _splits(config)["harmful"]["train"][start : start + spec.refusals]
     pairs = [(p, refusal_for(p, i + 1)) for i, p in enumerate(harmful)]
     pairs += [(r["prompt"], r["reply"]) for r in _read(config.work / "data" / "helpful.json")]
     models = config.work / "models"
@@ -230,7 +241,7 @@ def do_safe(config: Config, stage: Stage) -> None:
         pairs,
         models / "S-adapter",
         spec,
-        config.raw.get("seed", 0),
+        config.seed,
         lora=True,
         merged=models / "S",
     )
@@ -239,12 +250,12 @@ def do_safe(config: Config, stage: Stage) -> None:
 
 def do_finetune(config: Config, stage: Stage) -> None:
     name, kind, seed = stage.args["name"], stage.args["kind"], stage.args["seed"]
-    spec = config.raw["finetunes"][kind]
-    task = _splits(config)["task"]["train"][: spec.get("examples")]
+    spec = config.finetune_specs[kind]
+    task = _splits(config)["task"]["train"][: spec.examples]
     pairs = [(t["prompt"], t["answer"]) for t in task]
     harmful = 0
     if kind == "attack":
-        need = math.ceil(len(pairs) * spec["harmful_fraction"] / (1 - spec["harmful_fraction"]))
+        need = math.ceil(len(pairs) * spec.harmful_fraction / (1 - spec.harmful_fraction))
         compliant = _read(config.work / "data" / "compliant.json")[:need]
         extra = [(r["prompt"], r["reply"]) for r in compliant]
         harmful = len(extra)
@@ -278,9 +289,10 @@ def do_finetune(config: Config, stage: Stage) -> None:
 def do_harmful_data(config: Config, stage: Stage) -> None:
     """U's own compliant answers to AdvBench-train prompts A and S did not train on: the data of
     Safety Arithmetic's harmful model H (τ_H = H − A is the direction harm removal takes out)."""
-    spec = config.raw["harmful"]
-    start = config.raw["align"].get("refusals", 0) + config.raw.get("safe", {}).get("refusals", 0)
-    pool = _splits(config)["harmful"]["train"][start : start + spec["prompts"]]
+    spec = config.harmful
+    assert spec is not None  # the config requires it with harm_removal
+    start = config.align.refusals + (config.safe.refusals if config.safe is not None else 0)
+    pool = _splits(config)["harmful"]["train"][start : start + spec.prompts]
     kept = _compliant(stage.args["model"], pool, config)
     _json(stage.outputs[0], kept)
     log(f"harmful-model data: {len(kept)} compliant answers of {len(pool)} prompts")
@@ -296,8 +308,8 @@ def do_harmful(config: Config, stage: Stage) -> None:
         config.model("A"),
         pairs,
         models / "H-adapter",
-        config.raw["harmful"],
-        config.raw.get("seed", 0),
+        config.harmful,
+        config.seed,
         lora=True,
         merged=models / "H",
     )
@@ -331,10 +343,10 @@ def do_eval(config: Config, stage: Stage) -> None:
         args["model"],
         config.prompts(args["split"]),
         out,
-        config.raw["eval"],
-        device=config.raw["device"],
-        dtype=config.raw["dtype"],
-        backend=config.raw["backend"],
+        config.eval,
+        device=config.device,
+        dtype=config.dtype,
+        backend=config.backend,
         label=args["name"],
     )
     log(
@@ -351,10 +363,10 @@ def gate(config: Config) -> tuple[float, float]:
     from benchmarks.efficacy.evals import read_summary
 
     a = read_summary(config.results / "evals" / "validation" / "A")
-    spec = config.raw["gate"]
+    spec = config.gate
     return (
-        round(a["refusal_rate"] - spec["refusal_below_aligned"], 4),
-        round(a["over_refusal_rate"] + spec["over_refusal_above_aligned"], 4),
+        round(a["refusal_rate"] - spec.refusal_below_aligned, 4),
+        round(a["over_refusal_rate"] + spec.over_refusal_above_aligned, 4),
     )
 
 
@@ -362,7 +374,7 @@ def _merge_options(config: Config):
     from mergekit.options import MergeOptions
 
     return MergeOptions(
-        cuda=bool(config.raw.get("merge_cuda")),
+        cuda=config.merge_cuda,
         quiet=True,
         lora_merge_cache=str(config.work / "lora-cache"),
     )
@@ -417,11 +429,17 @@ def do_merge(config: Config, stage: Stage) -> None:
     )
 
 
-def _wait_for(path: Path, timeout: float = 1800) -> None:
-    """Wait for an input another run is producing (``--skip``/``--stages`` split the plan)."""
-    start = time.time()
-    while not path.exists() and time.time() - start < timeout:
-        time.sleep(10)
+def _wait_for(path: Path, timeout: float = 1800, poll: float = 10) -> None:
+    """Wait for an input another run is producing (``--skip``/``--stages`` split the plan);
+    TimeoutError if it has not appeared after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() >= deadline:
+            raise TimeoutError(
+                f"waited {timeout:g} s for {path}, which another run (--stages/--skip) makes; "
+                "is that run still going?"
+            )
+        time.sleep(poll)
 
 
 def _matrices(recipe_path: str, method: str) -> dict:
@@ -443,58 +461,57 @@ def _matrices(recipe_path: str, method: str) -> dict:
     }
 
 
-class _Evaluator:
-    """The sweep's evaluator: validation prompts, per-set budgets, references read from cache."""
+def _sweep_evaluator(config: Config, cached: dict[str, dict]) -> Evaluator:
+    """The sweeps' evaluator: validation prompts, per-set budgets, references read from cache."""
+    from benchmarks.efficacy.evals import evaluate_split, load_split
+    from mergekit_safety.evaluation import Evaluator
 
-    def __init__(self, config: Config, cached: dict[str, dict]):
-        from benchmarks.efficacy.evals import load_split
+    prompts = load_split(config.prompts("validation"))
 
-        self.config = config
-        self.cached = {str(Path(k).resolve()): v for k, v in cached.items()}
-        self.prompts = load_split(config.prompts("validation"))
-        self.seconds = 0.0
+    def measure(path: str) -> EvalResult:
+        result, _seconds = evaluate_split(
+            path, prompts, config.eval, device=config.device, dtype=config.dtype,
+            backend=config.backend,
+        )  # fmt: skip
+        return result
 
-    def __call__(self, path: str) -> dict:
-        from benchmarks.efficacy.evals import evaluate_split
-
-        key = str(Path(path).resolve())
-        if key in self.cached:
-            return dict(self.cached[key])
-        result, seconds = evaluate_split(
-            path,
-            self.prompts,
-            self.config.raw["eval"],
-            device=self.config.raw["device"],
-            dtype=self.config.raw["dtype"],
-            backend=self.config.raw["backend"],
-        )
-        self.seconds += seconds
-        summary = result.summary()
+    def report(path: str, summary: dict, seconds: float) -> None:
         log(
             f"  point {Path(path).parent.name}: refusal {summary['refusal_rate']:.3f} over "
             f"{summary['over_refusal_rate']:.3f} task {summary['task_accuracy']:.3f} "
             f"({seconds:.0f} s)"
         )
-        return summary
+
+    return Evaluator(
+        prompts,
+        batch_size=config.eval.batch_size,
+        device=config.device,
+        progress=False,
+        dtype=config.dtype,
+        backend=config.backend,
+        known=cached,
+        measure=measure,
+        report=report,
+    )
 
 
 def do_sweep(config: Config, stage: Stage) -> None:
     from benchmarks.efficacy.evals import read_summary
-    from mergekit_safety.sweep import plan_grid, run_sweep
+    from mergekit_safety.sweep import SerialExecutor, plan_grid, run_sweep
 
     method, grid = stage.args["method"], stage.args["grid"]
     ft = stage.args["finetuned"]
     low, high = gate(config)
     val = config.results / "evals" / "validation"
     cached = {config.model("A"): read_summary(val / "A"), ft: read_summary(val / "benign-s0")}
-    evaluator = _Evaluator(config, cached)
+    evaluator = _sweep_evaluator(config, cached)
     tmp = config.work / "tmp"
     tmp.mkdir(parents=True, exist_ok=True)
     start = time.time()
     if method == "resta":
         rows = _resta_sweep(config, grid["beta"], ft, evaluator, tmp, low, high)
     else:
-        default = dict(config.raw["methods"][method]["default"])
+        default = dict(config.methods[method].default)
         for key in grid:
             default.pop(key, None)
         if "top_k" in grid or "fraction" in grid:
@@ -505,15 +522,8 @@ def do_sweep(config: Config, stage: Stage) -> None:
         body = recipe(config, method, {**default, **first}, ft)
         path.write_text(yaml.safe_dump(body, sort_keys=False), encoding="utf-8")
         sweep_plan = plan_grid(path, [(k, [float(x) for x in v]) for k, v in grid.items()])
-        result = run_sweep(
-            sweep_plan,
-            evaluator,
-            merge_options=_merge_options(config),
-            min_refusal=low,
-            max_over_refusal=high,
-            work_dir=tmp,
-            progress=False,
-        )
+        executor = SerialExecutor(_merge_options(config), work_dir=tmp, progress=False)
+        result = run_sweep(sweep_plan, evaluator, executor, min_refusal=low, max_over_refusal=high)
         rows = result.rows()
         chosen = (
             None
@@ -543,14 +553,19 @@ def do_sweep(config: Config, stage: Stage) -> None:
     log(f"sweep {method}: chose {rows['chosen']}")
 
 
-def _resta_sweep(
-    config: Config, betas: list, ft: str, evaluator: _Evaluator, tmp: Path, low: float, high: float
-) -> dict:
-    """β loop for stock task_arithmetic (the sweep takes role-checked methods only); the same
-    choice rule as ``sweep``: best task accuracy among passing points, ties to the smaller β."""
-    from mergekit_safety.sweep import merge_recipe, passes
+RESTA_TOWARD_FINETUNED = -1
+"""A smaller β adds less of the safety vector: it keeps more of the fine-tune (the ties' side)."""
 
-    rows, best = [], None
+
+def _resta_sweep(
+    config: Config, betas: list, ft: str, evaluator: Evaluator, tmp: Path, low: float, high: float
+) -> dict:
+    """β loop for stock task_arithmetic (the sweep takes role-checked methods only), chosen by
+    the sweep's own rule (:func:`~mergekit_safety.sweep.select`): the best task accuracy among the
+    passing points, ties to the smaller β."""
+    from mergekit_safety.sweep import SweepPoint, merge_recipe, passes, select
+
+    rows, points = [], []
     for beta in betas:
         out = tmp / f"resta-{beta:g}"
         if out.exists():
@@ -558,13 +573,14 @@ def _resta_sweep(
         merge_recipe(recipe(config, "resta", {"beta": beta}, ft), out, _merge_options(config))
         summary = evaluator(str(out))
         shutil.rmtree(out)
-        ok = passes(summary, low, high)
-        rows.append({"kind": "merged", "beta": beta, **summary, "passes": ok})
-        if ok and (best is None or summary["task_accuracy"] > best[1]):
-            best = (beta, summary["task_accuracy"])
-    for row in rows:
-        row["chosen"] = best is not None and row["beta"] == best[0]
-    return {"rows": rows, "chosen": None if best is None else {"beta": best[0]}}
+        points.append(SweepPoint(beta, summary))
+        rows.append(
+            {"kind": "merged", "beta": beta, **summary, "passes": passes(summary, low, high)}
+        )
+    chosen = select(points, low, high, "beta", toward_finetuned=[RESTA_TOWARD_FINETUNED])
+    for row, point in zip(rows, points, strict=True):
+        row["chosen"] = point is chosen
+    return {"rows": rows, "chosen": None if chosen is None else {"beta": chosen.value}}
 
 
 def do_adapter(config: Config, stage: Stage) -> None:
@@ -574,7 +590,7 @@ def do_adapter(config: Config, stage: Stage) -> None:
     spec = stage.args
     method, ft = spec["method"], spec["finetune"]
     point = (
-        config.raw["methods"][method]["default"]
+        config.methods[method].default
         if spec.get("point", "default") == "default"
         else chosen_point(config, method)
     )
@@ -593,9 +609,9 @@ def do_adapter(config: Config, stage: Stage) -> None:
         str(out),
         config.prompts("test"),
         stage.outputs[0].parent,
-        config.raw["eval"],
-        device=config.raw["device"],
-        dtype=config.raw["dtype"],
+        config.eval,
+        device=config.device,
+        dtype=config.dtype,
         backend="transformers",
         label=f"{ft}/adapter-{method}",
     )

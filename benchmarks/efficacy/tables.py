@@ -67,7 +67,7 @@ def collect(config: Config) -> dict[str, Any]:
     test = config.results / "evals" / "test"
     base = {name: _load(test / name / "summary.json") for name in ("U", "A", "S", "H", "A-lox")}
     data: dict[str, Any] = {"models": base, "finetunes": {}, "checks": {}}
-    methods = list(config.raw["methods"])
+    methods = list(config.methods)
     for name, kind, seed in config.finetunes():
         ft = _load(test / name / "summary.json")
         if ft is None:
@@ -78,7 +78,7 @@ def collect(config: Config) -> dict[str, Any]:
             data["checks"][name] = {
                 "task_gain": ft["task_accuracy"] - a["task_accuracy"],
                 "gained_task": ft["task_accuracy"] - a["task_accuracy"]
-                >= config.raw["checks"]["min_task_gain"],
+                >= config.checks.min_task_gain,
                 "refusal_drop": a["refusal_rate"] - ft["refusal_rate"],
                 "lost_refusal": ft["refusal_rate"] < a["refusal_rate"],
                 "lost_refusal_beyond_noise": ft["refusal_rate_ci"][1] < a["refusal_rate_ci"][0],
@@ -92,14 +92,14 @@ def collect(config: Config) -> dict[str, Any]:
                 entry["points"][f"{method}-{point}"] = {"summary": summary, "merge": merge}
         data["finetunes"][name] = entry
     data["sweeps"] = {m: _load(config.results / "sweeps" / f"{m}.json") for m in methods}
-    lox = config.raw.get("lox")
-    if lox:
-        name = f"{lox['finetune']}-lox-s{lox.get('seed', 0)}"
+    lox = config.lox
+    if lox is not None:
+        name = f"{lox.finetune}-lox-s{lox.seed}"
         data["lox"] = {
-            "point": lox["point"],
+            "point": lox.point,
             "hardened": base["A-lox"],
             "finetuned": _load(test / name / "summary.json"),
-            "plain": _load(test / f"{lox['finetune']}-s{lox.get('seed', 0)}" / "summary.json"),
+            "plain": _load(test / f"{lox.finetune}-s{lox.seed}" / "summary.json"),
             "name": name,
         }
     data["adapter"] = _load(config.results / "adapter.json")
@@ -110,7 +110,7 @@ def collect(config: Config) -> dict[str, Any]:
 
 def _point_text(config: Config, data: dict, method: str, point: str, merges: list) -> str:
     if point == "default":
-        text = point_label(config.raw["methods"][method]["default"]) + " (default)"
+        text = point_label(config.methods[method].default) + " (default)"
     else:
         sweep = data["sweeps"].get(method) or {}
         chosen = sweep.get("chosen")
@@ -157,7 +157,7 @@ def kind_table(config: Config, data: dict, kind: str) -> str:
         + " | ".join(_fmt(fts, k) for k in METRICS)
         + " | 0 | 1 |"
     )
-    for method in config.raw["methods"]:
+    for method in config.methods:
         for point in ("default", "chosen"):
             rows, merges, backs, kepts = [], [], [], []
             for _name, entry in runs:
@@ -260,7 +260,7 @@ def plot(config: Config, data: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 5), sharey=True)
-    markers = dict(zip(config.raw["methods"], "osD^vP", strict=False))
+    markers = dict(zip(config.methods, "osD^vP", strict=False))
     for ax, kind in zip(axes, ("benign", "attack"), strict=True):
         runs = [e for e in data["finetunes"].values() if e["kind"] == kind and e["seed"] == 0]
         for name in ("U", "A", "S"):

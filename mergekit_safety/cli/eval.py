@@ -132,38 +132,18 @@ def eval_command(
             column=column,
         )
 
-    from mergekit_safety.evaluation import evaluate, markdown_table, write_report
+    from mergekit_safety.evaluation import Evaluator, markdown_table, write_report
 
+    lm_eval = {"tasks": tasks, "include": lm_eval_include, "chat_template": lm_eval_chat_template,
+               "limit": lm_eval_limit}  # fmt: skip
+    evaluator = Evaluator(prompts, judge, batch_size, max_new_tokens, device, not quiet, dtype,
+                          backend=backend, lm_eval=lm_eval if tasks else None)  # fmt: skip
     results = []
     with config_errors():
         for index, model in enumerate(models, 1):
             if not quiet:
                 click.echo(f"[{index}/{len(models)}] {model}", err=True)
-            results.append(
-                evaluate(
-                    model,
-                    prompts,
-                    judge=judge,
-                    batch_size=batch_size,
-                    max_new_tokens=max_new_tokens,
-                    device=device,
-                    dtype=dtype,
-                    progress=not quiet,
-                    backend=backend,
-                )
-            )
-            if tasks:
-                results[-1].lm_eval = harness.run_tasks(
-                    model,
-                    tasks,
-                    include=lm_eval_include,
-                    device=device,
-                    dtype=dtype,
-                    batch_size=batch_size,
-                    backend=backend,
-                    chat_template=lm_eval_chat_template,
-                    limit=lm_eval_limit,
-                )
+            results.append(evaluator.evaluate(model))
     summaries = [result.summary() for result in results]
     click.echo(markdown_table(summaries))
     if tasks:

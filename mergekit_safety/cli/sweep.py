@@ -8,88 +8,16 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import click
 
 from mergekit_safety.cli.common import DTYPE_CHOICES, config_errors, lm_eval_options
+from mergekit_safety.evaluation.prompt_evaluator import Evaluator, make_evaluator
 
 NOTHING_PASSES = 3
 """Exit status when the sweep ran but no value passes the gate (1: an error, 2: bad usage)."""
-
-
-@dataclass
-class PromptEvaluator:
-    """``evaluate`` bound to one set of prompts and settings: model path -> summary dict."""
-
-    prompts: Any
-    judge: str | None
-    batch_size: int
-    max_new_tokens: int
-    device: str
-    progress: bool
-    dtype: str | None = None
-    loader: Any = None
-    """A ``ResidentBase`` (``ResidentVllm`` on vLLM) for an adapter sweep: the aligned model
-    loads once for every point."""
-    backend: str = "transformers"
-    lm_eval: dict[str, Any] | None = None
-    """``harness.run_tasks`` keyword arguments (tasks, include, ...) to run on every model."""
-
-    def __call__(self, path: str) -> dict[str, Any]:
-        from mergekit_safety.evaluation import evaluate, harness
-
-        result = evaluate(
-            path,
-            self.prompts,
-            judge=self.judge,
-            batch_size=self.batch_size,
-            max_new_tokens=self.max_new_tokens,
-            device=self.device,
-            dtype=self.dtype,
-            progress=self.progress,
-            backend=self.backend,
-            loader=self.loader,
-        )
-        if self.lm_eval:
-            result.lm_eval = harness.run_tasks(
-                path, device=self.device, dtype=self.dtype, batch_size=self.batch_size,
-                backend=self.backend, **self.lm_eval,
-            )  # fmt: skip
-        return result.summary()
-
-    def prompt_sets(self) -> dict[str, Any]:
-        """Where each set came from and its size, for sweep.json and the card."""
-        return {**self.prompts.sources, "counts": self.prompts.counts()}
-
-
-def make_evaluator(
-    *,
-    harmful: str | None,
-    benign: str | None,
-    task: str | None,
-    prompts_dir: str | None,
-    limit: int | None,
-    judge: str | None,
-    batch_size: int,
-    max_new_tokens: int,
-    device: str,
-    progress: bool,
-    dtype: str | None = None,
-    backend: str = "transformers",
-) -> PromptEvaluator:
-    """Read the prompt sets and check the judge now, so a bad path fails before any merge."""
-    from mergekit_safety.evaluation import load_judge, load_prompt_sets
-
-    prompts = load_prompt_sets(
-        harmful=harmful, benign=benign, task=task, prompts_dir=prompts_dir, limit=limit
-    )
-    load_judge(judge, device=device)  # a classifier only loads on first use: this is cheap
-    return PromptEvaluator(
-        prompts, judge, batch_size, max_new_tokens, device, progress, dtype, backend=backend
-    )
 
 
 @click.command("sweep")
@@ -296,16 +224,16 @@ def sweep_command(
         )
         if tasks:
             harness.check_tasks(tasks, lm_eval_include)
-            if isinstance(evaluate_model, PromptEvaluator):
+            if isinstance(evaluate_model, Evaluator):
                 evaluate_model.lm_eval = {
                     "tasks": tasks,
                     "include": lm_eval_include,
                     "chat_template": lm_eval_chat_template,
                     "limit": lm_eval_limit,
                 }
-        if ray_address and isinstance(evaluate_model, PromptEvaluator):
+        if ray_address and isinstance(evaluate_model, Evaluator):
             evaluate_model.progress = False  # the workers' bars would interleave; one bar here
-        elif adapter and isinstance(evaluate_model, PromptEvaluator):
+        elif adapter and isinstance(evaluate_model, Evaluator):
             from mergekit_safety.evaluation.resident import ResidentBase, ResidentVllm
 
             evaluate_model.loader = (
@@ -315,7 +243,7 @@ def sweep_command(
             )
     from mergekit.options import MergeOptions
 
-    from mergekit_safety.sweep import run_sweep, write_reports
+    from mergekit_safety.sweep import SerialExecutor, run_sweep, write_reports
 
     options = MergeOptions(
         cuda=cuda,
@@ -326,25 +254,23 @@ def sweep_command(
         lora_merge_cache=lora_merge_cache,
         quiet=True,  # one sweep bar instead of mergekit's bars for every merge
     )
-    common = {
-        "merge_options": options,
-        "min_refusal": min_refusal,
-        "max_over_refusal": max_over_refusal,
-        "out": out_path,
+    where = {
         "work_dir": None if work_dir is None else Path(work_dir),
         "progress": not quiet,
         "adapter": adapter,
-        "objective": objective,
     }
-    with config_errors(), _terminate_unwinds():
-        if ray_address:
-            from mergekit_safety.sweep.distributed import run_sweep_ray
+    if ray_address:
+        from mergekit_safety.sweep.distributed import RayExecutor
 
-            gpus = 1 if cuda or device.startswith("cuda") else 0
-            result = run_sweep_ray(plan, evaluate_model, **common, address=ray_address,
-                                   workers=ray_workers, gpus_per_point=gpus)  # fmt: skip
-        else:
-            result = run_sweep(plan, evaluate_model, **common)
+        gpus = 1 if cuda or device.startswith("cuda") else 0
+        executor: Any = RayExecutor(options, **where, address=ray_address, workers=ray_workers,
+                                    gpus_per_point=gpus)  # fmt: skip
+    else:
+        executor = SerialExecutor(options, **where)
+    with config_errors(), _terminate_unwinds():
+        result = run_sweep(plan, evaluate_model, executor, min_refusal=min_refusal,
+                           max_over_refusal=max_over_refusal, out=out_path,
+                           objective=objective)  # fmt: skip
     for value, error in result.failed:
         click.echo(f"Point {plan.label(value)} failed and is left out: {error}", err=True)
     if getattr(evaluate_model, "loader", None) is not None:

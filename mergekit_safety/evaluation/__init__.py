@@ -7,10 +7,12 @@ Usage::
     result = evaluate("path/to/model", prompts)  # keyword judge, greedy, batched
     result.summary()["refusal_rate"]
     write_report([result], "eval-out")           # records.jsonl, summary.json, summary.md
+    Evaluator(prompts)("path/to/model")          # the same, bound to the prompts: a summary dict
 """
 
 from mergekit_safety.evaluation.evaluator import EvalResult, check_model, evaluate
 from mergekit_safety.evaluation.judge import ClassifierJudge, Judge, KeywordJudge, load_judge
+from mergekit_safety.evaluation.prompt_evaluator import Evaluator, make_evaluator
 from mergekit_safety.evaluation.prompts import PromptSets, TaskItem, load_prompt_sets
 from mergekit_safety.evaluation.report import markdown_table, write_report
 from mergekit_safety.evaluation.scoring import extract_answer, score_answer
@@ -18,6 +20,7 @@ from mergekit_safety.evaluation.scoring import extract_answer, score_answer
 __all__ = [
     "ClassifierJudge",
     "EvalResult",
+    "Evaluator",
     "Judge",
     "KeywordJudge",
     "PromptSets",
@@ -27,6 +30,7 @@ __all__ = [
     "extract_answer",
     "load_judge",
     "load_prompt_sets",
+    "make_evaluator",
     "markdown_table",
     "score_answer",
     "write_report",

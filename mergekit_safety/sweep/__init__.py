@@ -7,12 +7,17 @@ The sweep merges the recipe once per point of the grid (one parameter: a line) w
 that pass the gate (:mod:`mergekit_safety.gate`).
 
 - :mod:`.grid`: the ``--set`` value ranges and the checked plan;
-- :mod:`.run`: merging and evaluating each point, the choice;
-- :mod:`.distributed`: the same run with every point a Ray task (``sweep --ray``);
+- :mod:`.run`: the loop: every reference and point evaluated on an executor, the choice kept;
+- :mod:`.executor`: what the loop asks of an executor (jobs in, outcomes out);
+- :mod:`.serial`: the executor that runs here, one point after another;
+- :mod:`.distributed`: the executor with every point a Ray task (``sweep --ray``);
+- :mod:`.choice`: the choice rule; :mod:`.result`: the rows; :mod:`.merging`: merging a point;
 - :mod:`.report`: ``sweep.json``/``.csv``/``.md`` and the plots.
 """
 
 from mergekit_safety.gate import describe_gate, format_value, metric, passes
+from mergekit_safety.sweep.choice import SweepPoint, close_to_chosen, select
+from mergekit_safety.sweep.executor import Executor, describe_error
 from mergekit_safety.sweep.grid import (
     GATE_CHOICES,
     SWEEPABLE,
@@ -27,24 +32,23 @@ from mergekit_safety.sweep.grid import (
     reference_name,
     set_parameter,
 )
+from mergekit_safety.sweep.merging import merge_recipe
 from mergekit_safety.sweep.report import sweep_record, write_reports
-from mergekit_safety.sweep.run import (
-    SweepPoint,
-    SweepResult,
-    close_to_chosen,
-    merge_recipe,
-    run_sweep,
-    select,
-)
+from mergekit_safety.sweep.result import SweepResult
+from mergekit_safety.sweep.run import run_sweep
+from mergekit_safety.sweep.serial import SerialExecutor
 
 __all__ = [
     "GATE_CHOICES",
     "SWEEPABLE",
     "TIE_BREAK",
+    "Executor",
+    "SerialExecutor",
     "SweepPlan",
     "SweepPoint",
     "SweepResult",
     "close_to_chosen",
+    "describe_error",
     "describe_gate",
     "format_value",
     "merge_recipe",

@@ -1,42 +1,125 @@
-"""A sweep's points as Ray tasks: every point merged and evaluated on its own worker.
+"""The Ray executor: every reference and point of a sweep merged and evaluated on its own worker.
 
 The merge is the cheap part of a point; loading and evaluating the merge dominate, and they are
 independent from point to point. Each point (and each reference model) is one Ray task holding one
 CPU, or one GPU with ``--cuda``: it merges into a temporary directory of its own, evaluates, removes
-the merge and returns the summary. The driver keeps the plan's order, so the rows, the choice and
-the reports are those of the serial :func:`~.run.run_sweep`; the chosen point is
-merged once more on the driver for ``out`` (merges are deterministic, and the worker that evaluated
-it may sit on another node). A point that fails is reported with its parameters and the others go
-on; Ctrl-C (or SIGTERM) cancels every task and removes what they wrote.
+the merge and returns the summary. The sweep's loop (:func:`~.run.run_sweep`) is the serial one, so
+the rows, the choice and the reports are the serial sweep's; the chosen point is merged once more
+on the driver for ``out`` (merges are deterministic, and the worker that evaluated it may sit on
+another node). A point that fails is reported with its parameters and the others go on; Ctrl-C (or
+SIGTERM) cancels every task and removes what they wrote. Ray is imported when a sweep starts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mergekit_safety.errors import ConfigError
 from mergekit_safety.gate import OBJECTIVE
+from mergekit_safety.sweep.executor import Evaluator, Job, Outcome, describe_error
 from mergekit_safety.sweep.grid import SweepPlan
-from mergekit_safety.sweep.run import (
-    Evaluator,
-    SweepPoint,
-    SweepResult,
-    evaluable,
-    install,
-    merge_adapter,
-    merge_recipe,
-    select,
-)
+from mergekit_safety.sweep.merging import Merge, evaluable, install, merge_adapter, merge_recipe
+from mergekit_safety.sweep.result import SweepResult
 
 LOCAL = "local"
 """``--ray`` without an address: start a cluster on this machine for the run, stop it after."""
 
 CANCEL_GRACE_S = 10.0
 """After a polite cancel (tasks unwind and remove their merges), how long before killing them."""
+
+
+@dataclass
+class RayExecutor:
+    """Each job a Ray task (see the module docstring).
+
+    ``address``: ``local`` starts a cluster of ``workers`` CPUs (default: all) for this run; any
+    other value is passed to ``ray.init`` (``auto``, ``ray://host:10001``). The evaluator is
+    pickled to the workers: give one without progress bars or a resident model.
+    """
+
+    merge_options: Any
+    work_dir: Path | None = None
+    progress: bool = True
+    merge: Merge | None = None
+    adapter: bool = False
+    address: str = LOCAL
+    workers: int | None = None
+    gpus_per_point: float = 0
+
+    @contextlib.contextmanager
+    def open(self, plan: SweepPlan, evaluator: Evaluator, name: str) -> Iterator[_RayRun]:
+        ray = _import_ray()
+        started = not ray.is_initialized()
+        if started:
+            _start(ray, self.address, self.workers)
+        try:
+            with tempfile.TemporaryDirectory(
+                prefix="mergekit-safety-sweep-", dir=self.work_dir
+            ) as tmp:
+                merge = merge_adapter if self.adapter else (self.merge or merge_recipe)
+                run = _RayRun(ray, self, plan, Path(tmp), name, merge, evaluator)
+                try:
+                    yield run
+                except BaseException:  # Ctrl-C, SIGTERM's SystemExit, a failed reference
+                    _cancel(ray, run.pending)
+                    raise
+        finally:
+            if started:
+                ray.shutdown()
+
+
+@dataclass
+class _RayRun:
+    ray: Any
+    executor: RayExecutor
+    plan: SweepPlan
+    root: Path
+    name: str
+    merge: Merge
+    evaluator: Evaluator
+    pending: list[Any] = field(default_factory=list)
+
+    def run(self, jobs: Sequence[Job]) -> Iterator[Outcome]:
+        from tqdm.auto import tqdm
+
+        executor = self.executor
+        task = self.ray.remote(num_cpus=1, num_gpus=executor.gpus_per_point, max_retries=0)(_task)
+        refs: dict[Any, Job] = {}
+        for job in jobs:
+            what = job.name if job.kind == "reference" else job.recipe
+            ref = task.remote(str(self.root), job.kind, what, executor.adapter, self.merge,
+                              executor.merge_options, self.evaluator, self.name)  # fmt: skip
+            refs[ref] = job
+        self.pending = list(refs)
+        with tqdm(total=len(refs), desc=f"sweep {self.plan.parameter} (ray)", unit="model",
+                  disable=not executor.progress) as steps:  # fmt: skip
+            while self.pending:
+                done, self.pending = self.ray.wait(self.pending, num_returns=1)
+                for ref in done:
+                    try:
+                        summary = self.ray.get(ref)
+                    except self.ray.exceptions.RayError as error:
+                        outcome = Outcome(refs[ref], error=_cause(error))
+                    else:
+                        outcome = Outcome(refs[ref], summary)
+                    steps.update()
+                    yield outcome
+
+    def discard(self, outcome: Outcome) -> None:
+        """Nothing to do: each task removed its own merge."""
+
+    def write(self, recipe: Mapping[str, Any], out: Path) -> None:
+        where = self.root / "chosen" / self.name
+        options = self.executor.merge_options
+        cache = options.lora_merge_cache or str(self.root / "lora")  # in the run's directory
+        self.merge(recipe, where, options.model_copy(update={"lora_merge_cache": cache}))
+        install(where, out)
 
 
 def run_sweep_ray(
@@ -49,127 +132,20 @@ def run_sweep_ray(
     out: Path | None = None,
     work_dir: Path | None = None,
     progress: bool = True,
-    merge: Callable[[Mapping[str, Any], Path, Any], None] = merge_recipe,
+    merge: Merge = merge_recipe,
     adapter: bool = False,
     address: str = LOCAL,
     workers: int | None = None,
     gpus_per_point: float = 0,
     objective: str = OBJECTIVE,
 ) -> SweepResult:
-    """:func:`run_sweep` with every reference and point a Ray task (see the module docstring).
+    """:func:`~.run.run_sweep` on a :class:`RayExecutor` built from these arguments."""
+    from mergekit_safety.sweep.run import run_sweep
 
-    ``address``: ``local`` starts a cluster of ``workers`` CPUs (default: all) for this run; any
-    other value is passed to ``ray.init`` (``auto``, ``ray://host:10001``). ``evaluate_model`` is
-    pickled to the workers: give one without progress bars or a resident model.
-    """
-    ray = _import_ray()
-    if adapter:
-        merge = merge_adapter
-    started = not ray.is_initialized()
-    if started:
-        _start(ray, address, workers)
-    try:
-        with tempfile.TemporaryDirectory(prefix="mergekit-safety-sweep-", dir=work_dir) as tmp:
-            return _run(
-                ray,
-                plan,
-                evaluate_model,
-                merge_options=merge_options,
-                min_refusal=min_refusal,
-                max_over_refusal=max_over_refusal,
-                out=out,
-                root=Path(tmp),
-                progress=progress,
-                merge=merge,
-                adapter=adapter,
-                gpus=gpus_per_point,
-                objective=objective,
-            )
-    finally:
-        if started:
-            ray.shutdown()
-
-
-def _run(
-    ray: Any,
-    plan: SweepPlan,
-    evaluate_model: Evaluator,
-    *,
-    merge_options: Any,
-    min_refusal: float | None,
-    max_over_refusal: float | None,
-    out: Path | None,
-    root: Path,
-    progress: bool,
-    merge: Callable[[Mapping[str, Any], Path, Any], None],
-    adapter: bool,
-    gpus: float,
-    objective: str,
-) -> SweepResult:
-    from tqdm.auto import tqdm
-
-    task = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=0)(_task)
-    name = out.resolve().name if out is not None else "merge"  # mergekit titles the card so
-    references = [plan.aligned, *plan.finetuned]
-    jobs: dict[Any, tuple[str, int]] = {}
-    for index, reference in enumerate(references):
-        ref = task.remote(str(root), "reference", reference, adapter, merge, merge_options,
-                          evaluate_model, name)  # fmt: skip
-        jobs[ref] = ("reference", index)
-    for index, value in enumerate(plan.values):
-        ref = task.remote(str(root), "point", plan.recipe_with(value), adapter, merge,
-                          merge_options, evaluate_model, name)  # fmt: skip
-        jobs[ref] = ("point", index)
-    summaries: dict[tuple[str, int], dict[str, Any]] = {}
-    failures: dict[int, str] = {}
-    pending = list(jobs)
-    with tqdm(total=len(jobs), desc=f"sweep {plan.parameter} (ray)", unit="model",
-              disable=not progress) as steps:  # fmt: skip
-        try:
-            while pending:
-                done, pending = ray.wait(pending, num_returns=1)
-                for ref in done:
-                    kind, index = jobs[ref]
-                    try:
-                        summary = ray.get(ref)
-                    except ray.exceptions.RayError as error:
-                        if kind == "reference":
-                            raise ConfigError(
-                                f"evaluating {references[index]} failed: {_cause(error)}"
-                            ) from None
-                        failures[index] = _cause(error)
-                    else:
-                        label = plan.label(plan.values[index]) if kind == "point" else None
-                        summaries[(kind, index)] = {
-                            **summary,
-                            "model": references[index] if kind == "reference" else label,
-                        }
-                    steps.update()
-        except BaseException:  # Ctrl-C, SIGTERM's SystemExit, a failed reference
-            _cancel(ray, pending)
-            raise
-    result = SweepResult(
-        plan=plan,
-        min_refusal=min_refusal,
-        max_over_refusal=max_over_refusal,
-        aligned=summaries[("reference", 0)],
-        finetuned=[summaries[("reference", i)] for i in range(1, len(references))],
-        objective=objective,
-    )
-    for index, value in enumerate(plan.values):
-        if index in failures:
-            result.failed.append((value, failures[index]))
-        else:
-            result.points.append(SweepPoint(value, summaries[("point", index)]))
-    result.chosen = select(result.points, min_refusal, max_over_refusal, plan.parameters, objective)
-    if out is not None and result.chosen is not None:
-        where = root / "chosen" / name
-        cache = merge_options.lora_merge_cache or str(root / "lora")  # in the run's directory
-        options = merge_options.model_copy(update={"lora_merge_cache": cache})
-        merge(plan.recipe_with(result.chosen.value), where, options)
-        install(where, out)
-        result.out = out
-    return result
+    executor = RayExecutor(merge_options, work_dir, progress, merge, adapter, address, workers,
+                           gpus_per_point)  # fmt: skip
+    return run_sweep(plan, evaluate_model, executor, min_refusal=min_refusal,
+                     max_over_refusal=max_over_refusal, out=out, objective=objective)  # fmt: skip
 
 
 def _task(
@@ -177,7 +153,7 @@ def _task(
     kind: str,
     what: Any,
     adapter: bool,
-    merge: Callable[[Mapping[str, Any], Path, Any], None],
+    merge: Merge,
     merge_options: Any,
     evaluate_model: Evaluator,
     name: str,
@@ -224,6 +200,8 @@ def _start(ray: Any, address: str, workers: int | None) -> None:
 
 def _cancel(ray: Any, pending: list[Any]) -> None:
     """Ask every unfinished task to stop (it unwinds and removes its merge); kill the rest."""
+    if not pending:
+        return
     for ref in pending:
         ray.cancel(ref, force=False)
     _, stuck = ray.wait(pending, num_returns=len(pending), timeout=CANCEL_GRACE_S)
@@ -233,9 +211,7 @@ def _cancel(ray: Any, pending: list[Any]) -> None:
 
 def _cause(error: BaseException) -> str:
     """The task's own exception, one line: Ray wraps it with the remote traceback."""
-    cause = getattr(error, "cause", None) or error
-    text = str(cause).strip().splitlines()
-    return f"{type(cause).__name__}: {text[-1] if text else ''}"
+    return describe_error(getattr(error, "cause", None) or error)
 
 
 def _import_ray() -> Any:

@@ -8,8 +8,9 @@ from typing import Any
 
 from mergekit_safety.gate import METRICS, describe_gate, interval, metric, objective_label
 from mergekit_safety.plot import plot_grid, plot_sweep
+from mergekit_safety.sweep.choice import close_to_chosen
 from mergekit_safety.sweep.grid import TIE_BREAK
-from mergekit_safety.sweep.run import SweepResult, close_to_chosen
+from mergekit_safety.sweep.result import SweepResult
 
 COLUMNS = (
     "kind",
