@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -359,3 +360,41 @@ def cli_in_process(*args: object, cwd: Path | None = None, env=None):
     from mergekit_safety.cli import main
 
     return run_in_process(main, "mergekit-safety", args, cwd=cwd, env=env)
+
+
+class FakeEvaluator:
+    """Scores keyed on the model: references fixed, merges from the weight in their recipe."""
+
+    def __init__(self, raise_at: int | None = None, error: type[BaseException] = RuntimeError):
+        self.calls: list[str] = []
+        self.raise_at = raise_at
+        self.error = error
+
+    def __call__(self, path: str) -> dict:
+        self.calls.append(path)
+        if self.raise_at is not None and len(self.calls) == self.raise_at:
+            raise self.error("evaluator failed on purpose")
+        config = Path(path) / "mergekit_config.yml"
+        if config.is_file():  # a merge: more weight, more accuracy, fewer refusals
+            weight = yaml.safe_load(config.read_text())["models"][0]["parameters"]["weight"]
+            return {
+                "model": path,
+                "refusal_rate": 1 - weight,
+                "over_refusal_rate": 0.1,
+                "task_accuracy": weight,
+                "asr": weight,
+                "n_harmful": 4,
+                "n_benign": 4,
+                "n_task": 4,
+            }
+        aligned = path.endswith("aligned") and not path.endswith("unaligned")
+        return {
+            "model": path,
+            "refusal_rate": 1.0 if aligned else 0.0,
+            "over_refusal_rate": 0.1,
+            "task_accuracy": 0.2 if aligned else 1.0,
+            "asr": 0.0 if aligned else 1.0,
+            "n_harmful": 4,
+            "n_benign": 4,
+            "n_task": 4,
+        }

@@ -9,9 +9,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from helpers import mergekit_multi
+from helpers import REPO, mergekit_multi
 
-REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
 
 

@@ -16,11 +16,10 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import write_recipe
+from helpers import REPO, write_recipe
 
 pytest.importorskip("ray")
 
-REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
 
 

@@ -16,7 +16,7 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import yaml  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
-from helpers import write_recipe  # noqa: E402
+from helpers import FakeEvaluator, write_recipe  # noqa: E402
 
 from mergekit_safety.cli import main  # noqa: E402
 from mergekit_safety.errors import ConfigError  # noqa: E402
@@ -232,44 +232,6 @@ def test_plan_rejects_missing_and_unparsable_recipes(tmp_path):
 # --- the run ------------------------------------------------------------------------------------
 
 
-class FakeEvaluator:
-    """Scores keyed on the model: references fixed, merges from the weight in their recipe."""
-
-    def __init__(self, raise_at: int | None = None, error: type[BaseException] = RuntimeError):
-        self.calls: list[str] = []
-        self.raise_at = raise_at
-        self.error = error
-
-    def __call__(self, path: str) -> dict:
-        self.calls.append(path)
-        if self.raise_at is not None and len(self.calls) == self.raise_at:
-            raise self.error("evaluator failed on purpose")
-        config = Path(path) / "mergekit_config.yml"
-        if config.is_file():  # a merge: more weight, more accuracy, fewer refusals
-            weight = yaml.safe_load(config.read_text())["models"][0]["parameters"]["weight"]
-            return {
-                "model": path,
-                "refusal_rate": 1 - weight,
-                "over_refusal_rate": 0.1,
-                "task_accuracy": weight,
-                "asr": weight,
-                "n_harmful": 4,
-                "n_benign": 4,
-                "n_task": 4,
-            }
-        aligned = path.endswith("aligned") and not path.endswith("unaligned")
-        return {
-            "model": path,
-            "refusal_rate": 1.0 if aligned else 0.0,
-            "over_refusal_rate": 0.1,
-            "task_accuracy": 0.2 if aligned else 1.0,
-            "asr": 0.0 if aligned else 1.0,
-            "n_harmful": 4,
-            "n_benign": 4,
-            "n_task": 4,
-        }
-
-
 def merge_options():
     from mergekit.options import MergeOptions
 
@@ -309,8 +271,12 @@ def test_run_keeps_the_choice_and_nothing_else(family, tmp_path):
     assert "weight=0.5" in paths["md"].read_text()
 
 
-@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
-@pytest.mark.parametrize("raise_at", [1, 4])  # on the aligned model; on the second merge
+@pytest.mark.parametrize(
+    ("error", "raise_at"),
+    # Ctrl-C on the aligned model and on the second merge. An error at a point is recorded and
+    # the sweep goes on; an error on a reference ends it (the tests below).
+    [(KeyboardInterrupt, 1), (KeyboardInterrupt, 4)],
+)
 def test_interrupted_run_leaves_no_temporary_models(family, tmp_path, error, raise_at):
     recipe = write_recipe(tmp_path / "r.yaml", recipe_dict(family))
     work, out = tmp_path / "work", tmp_path / "chosen"
@@ -346,7 +312,7 @@ def fails_at(weight: float):
     return evaluator
 
 
-def test_serial_executor_keep_going_records_a_failed_point_as_ray_does(family, tmp_path):
+def test_serial_executor_records_a_failed_point_as_ray_does(family, tmp_path):
     from mergekit_safety.sweep import SerialExecutor
     from mergekit_safety.sweep.report import markdown_rows, sweep_record
 
@@ -354,7 +320,7 @@ def test_serial_executor_keep_going_records_a_failed_point_as_ray_does(family, t
     work, out = tmp_path / "work", tmp_path / "chosen"
     work.mkdir()
     plan = plan_sweep(recipe, "weight", [0.2, 0.5, 0.8])
-    executor = SerialExecutor(merge_options(), work_dir=work, progress=False, keep_going=True)
+    executor = SerialExecutor(merge_options(), work_dir=work, progress=False)  # the default
     result = run_sweep(plan, fails_at(0.5), executor, min_refusal=0.1, out=out)
     assert [p.value for p in result.points] == [0.2, 0.8]
     assert result.failed == [(0.5, "ValueError: no evaluation at 0.5, on purpose")]
@@ -372,7 +338,7 @@ def test_serial_executor_keep_going_records_a_failed_point_as_ray_does(family, t
     assert list(work.iterdir()) == []
 
 
-def test_serial_executor_keep_going_still_stops_on_a_failed_reference(family, tmp_path):
+def test_serial_executor_still_stops_on_a_failed_reference(family, tmp_path):
     from mergekit_safety.sweep import SerialExecutor
 
     recipe = write_recipe(tmp_path / "r.yaml", recipe_dict(family))
@@ -401,7 +367,7 @@ import signal
 signal.signal(signal.SIGINT, signal.default_int_handler)  # a background job ignores SIGINT
 sys.path.insert(0, {tests!r})
 from mergekit_safety.cli import main, sweep
-from test_sweep import FakeEvaluator
+from helpers import FakeEvaluator
 
 fake = FakeEvaluator()
 
@@ -625,9 +591,6 @@ def test_cli_without_gate_only_reports(family, tmp_path, fake_cli_evaluator, mon
 
 
 def test_sweep_end_to_end(family, tmp_path):
-    evaluation = pytest.importorskip("mergekit_safety.evaluation")
-    if not hasattr(evaluation, "evaluate"):
-        pytest.skip("the evaluation API is not in the tree yet")
     from transformers import AutoModelForCausalLM
 
     recipe = write_recipe(tmp_path / "r.yaml", recipe_dict(family))

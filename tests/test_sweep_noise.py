@@ -7,11 +7,10 @@ The issue's case: λ 0.3 chosen for 10 of 40 task answers against 4 of 40 — in
 from __future__ import annotations
 
 import json
-from pathlib import Path
+
+from helpers import REPO
 
 from mergekit_safety.sweep import SweepPoint, SweepResult, plan_sweep, write_reports
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def summary(refusal: int, task: int, n: int = 40) -> dict:

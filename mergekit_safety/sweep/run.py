@@ -12,6 +12,7 @@ from pathlib import Path
 
 from mergekit_safety.errors import ConfigError
 from mergekit_safety.gate import OBJECTIVE
+from mergekit_safety.scoring import kept_scores
 from mergekit_safety.sweep.choice import SweepPoint, close_to_chosen, select
 from mergekit_safety.sweep.executor import Evaluator, Executor, Outcome, sweep_jobs
 from mergekit_safety.sweep.grid import SweepPlan
@@ -60,7 +61,7 @@ def run_sweep(
 
     The choice: the passing point (``min_refusal``, ``max_over_refusal``) with the best
     ``objective`` (:func:`~.choice.select`). A reference that fails ends the sweep; a point that
-    fails (where the executor goes on: Ray, or ``SerialExecutor(keep_going=True)``) is recorded in
+    fails (both executors go on by default: Ray, and ``SerialExecutor``) is recorded in
     ``result.failed``. Without ``executor``, a :class:`~.serial.SerialExecutor` of
     ``merge_options``, ``work_dir``, ``progress``, ``merge`` and ``adapter`` runs the sweep.
     """
@@ -76,7 +77,7 @@ def run_sweep(
     points: dict[int, SweepPoint] = {}
     failed: dict[int, str] = {}
     kept: tuple[SweepPoint, Outcome] | None = None
-    with executor.open(plan, evaluator, name) as run:
+    with kept_scores(), executor.open(plan, evaluator, name) as run:  # one ρ pass per model set
         for outcome in run.run(sweep_jobs(plan)):
             job = outcome.job
             if outcome.error is not None:

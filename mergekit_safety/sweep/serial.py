@@ -27,8 +27,9 @@ class SerialExecutor:
 
     ``adapter``: merge every point in adapter space (:func:`~.merging.merge_adapter`) and evaluate
     the ``aligned+adapter`` references through peft, so no full model is written.
-    ``keep_going``: a point whose merge or evaluation raises is reported as failed and the sweep
-    goes on, as on Ray; by default the error ends the sweep.
+    ``keep_going`` (default, as on Ray): a point whose merge or evaluation raises is recorded as
+    failed and the sweep goes on; off, the first error ends the sweep. A failed reference, and
+    Ctrl-C, end it either way.
     """
 
     merge_options: Any
@@ -36,7 +37,7 @@ class SerialExecutor:
     progress: bool = True
     merge: Merge | None = None
     adapter: bool = False
-    keep_going: bool = False
+    keep_going: bool = True
 
     @contextlib.contextmanager
     def open(self, plan: SweepPlan, evaluator: Evaluator, name: str) -> Iterator[_SerialRun]:
