@@ -54,7 +54,7 @@ def check_recipe_keys(raw: Mapping[str, Any]) -> None:
         for key, value in parameters.items():  # per-input ones here apply to every input
             _check_key(method, key, shared | per_input, where)
             if key in GATE_KEYS and not gated:
-                raise ConfigError(_not_gated(method, key))
+                raise ConfigError(not_gated(method, key))
             _check_kind(method, key, value, where)
     for where, parameters in inputs:
         role = _role(parameters)
@@ -92,7 +92,8 @@ def _check_key(method: RoleCheckedMethod, key: str, known: set[str], where: str)
     )
 
 
-def _not_gated(method: RoleCheckedMethod, key: str) -> str:
+def not_gated(method: RoleCheckedMethod, key: str) -> str:
+    """Why a gate key (``threshold``, ``top_k``, ``fraction``) does nothing with ``method`` here."""
     name = method.spec.name
     if method.gates:
         return (f"{name}: `{key}` gates matrices by rho, which needs a model with role "

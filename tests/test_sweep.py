@@ -196,8 +196,12 @@ def test_plan_sets_threshold_globally(family, tmp_path):
         ({"merge_method": "no_such_method"}, "weight", "unknown merge method"),
         ({"merge_method": "safe_lora"}, "weight", "safe_lora has no per-model parameter 'weight'"),
         ({"models": "unaligned-only"}, "weight", "no fine-tuned model"),
-        ({"models": "no-unaligned"}, "threshold", "only acts with an `unaligned` input"),
-        ({"models": "threshold-on-model"}, "threshold", "sweep sets the global one"),
+        ({"models": "no-unaligned"}, "threshold", "needs a model with role 'unaligned'"),
+        (
+            {"models": "threshold-on-model"},
+            "threshold",
+            "is a recipe-wide parameter; set it under the top-level",
+        ),
         ({"base_model": None}, "weight", "needs base_model"),
     ],
 )
@@ -696,7 +700,10 @@ def test_grid_plan_sets_both_and_one_gate_choice(family, tmp_path):
     ungated = recipe_dict(family)
     ungated["models"] = ungated["models"][:1]
     ungated_recipe = write_recipe(tmp_path / "u.yaml", ungated)
-    with pytest.raises(ConfigError, match="top_k only acts with an `unaligned` input"):
+    with pytest.raises(
+        ConfigError,
+        match="gates matrices by rho, which needs a model with role 'unaligned'",
+    ):
         plan_grid(ungated_recipe, [("weight", [0.5]), ("top_k", [2])])
 
 

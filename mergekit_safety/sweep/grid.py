@@ -276,7 +276,7 @@ def plan_grid(
         raise ConfigError("the recipe has no fine-tuned model (an input without role or finetuned)")
     for parameter, _values in assignments:
         if parameter in GATE_CHOICES:
-            _check_gate_choice(recipe, roles, parameter)
+            _check_gate_choice(roles, parameter, method)
     return SweepPlan(
         recipe_path=Path(recipe_path),
         recipe=recipe,
@@ -301,18 +301,12 @@ def _check_sweepable(method: Any, method_name: str, parameter: str) -> None:
         )
 
 
-def _check_gate_choice(recipe: Mapping[str, Any], roles: list, parameter: str) -> None:
+def _check_gate_choice(roles: list, parameter: str, method: Any) -> None:
+    """A gate key swept without a gate (one set on a model is refused as the recipe is read)."""
+    from mergekit_safety.recipe_keys import not_gated
+
     if not any(role == "unaligned" for _i, _m, role in roles):
-        raise ConfigError(
-            f"{parameter} only acts with an `unaligned` input (the merge is ungated without one)"
-        )
-    for index, model, _role in roles:
-        found = set(GATE_CHOICES) & set((recipe["models"][index] or {}).get("parameters") or {})
-        if found:
-            name = sorted(found)[0]
-            raise ConfigError(
-                f"{name} is set on {model}; sweep sets the global one, remove it there"
-            )
+        raise ConfigError(not_gated(method, parameter))
 
 
 def reference_name(reference: Any) -> str:
