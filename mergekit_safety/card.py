@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from mergekit_safety.acceptance import describe_acceptance, metric, passes
 from mergekit_safety.errors import ConfigError
 from mergekit_safety.evaluation.harness import task_metrics
-from mergekit_safety.gate import describe_gate, metric, passes
 from mergekit_safety.hub_card import read_card, render_card
 from mergekit_safety.sweep.grid import recipe_roles, reference_name
 
@@ -64,7 +64,7 @@ class SafetyEvaluation:
     ``base_model``."""
 
     def gate_text(self) -> str:
-        gate = describe_gate(self.min_refusal, self.max_over_refusal)
+        gate = describe_acceptance(self.min_refusal, self.max_over_refusal)
         if gate == "none":
             return "none given"
         verdict = passes(self.merged, self.min_refusal, self.max_over_refusal)

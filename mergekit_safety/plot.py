@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mergekit_safety.gate import describe_gate, metric
+from mergekit_safety.acceptance import describe_acceptance, metric
 
 STYLE = {
     "aligned": {"marker": "s", "color": "tab:green", "label": "aligned (base_model)"},
@@ -115,7 +115,7 @@ def _draw_tradeoff(fig, ax, drawn, merged, min_refusal, max_over_refusal, parame
                    label=f"gate: refusal rate >= {min_refusal:g}")  # fmt: skip
         ax.axhspan(-0.05, min_refusal, color="tab:orange", alpha=0.08, zorder=0)
     if any(row.get("passes") is False for row, _x, _y in merged):
-        failing_legend(ax, describe_gate(min_refusal, max_over_refusal))
+        failing_legend(ax, describe_acceptance(min_refusal, max_over_refusal))
     _tradeoff_axes(ax)
     fig.tight_layout()
     place_labels(ax, merge_coinciding(labels))
@@ -283,7 +283,7 @@ def plot_grid(
     first, second = parameters
     merged = [r for r in rows if r.get("kind") == "merged"]
     references = [r for r in rows if r.get("kind") in ("aligned", "finetuned")]
-    gate = describe_gate(min_refusal, max_over_refusal)
+    gate = describe_acceptance(min_refusal, max_over_refusal)
 
     fig, ax = plt.subplots(figsize=(9.5, 6.4), dpi=120)
     for row in references:

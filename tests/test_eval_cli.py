@@ -82,7 +82,7 @@ def test_builtin_sets():
 
 def test_builtin_task_answers_are_right():
     """The built-in task set is arithmetic: check its answers by computing them."""
-    from mergekit_safety.evaluation.scoring import parse_number
+    from mergekit_safety.evaluation.answers import parse_number
 
     for item in load_prompt_sets().task:
         question = item.prompt.removesuffix(" Answer with the number only.")

@@ -125,8 +125,8 @@ def test_lm_eval_mistakes_are_one_line_before_any_model_loads(args, status, mess
 
 
 def test_lm_eval_keys_read_and_bound_a_metric():
+    from mergekit_safety.acceptance import interval, metric
     from mergekit_safety.evaluation.harness import _metrics, task_metrics
-    from mergekit_safety.gate import interval, metric
 
     raw = {"alias": "gsm8k", "exact_match,strict-match": 0.25, "exact_match_stderr,strict-match":
            0.05, "acc,none": 0.5, "acc_stderr,none": "N/A"}  # fmt: skip

@@ -319,7 +319,7 @@ def _ray_address(address: str | None) -> str | None:
 
 def _check_objective(objective: str, tasks: list[str]) -> None:
     """--objective names task_accuracy or a metric of a task --lm-eval runs, higher-is-better."""
-    from mergekit_safety.gate import parse_lm_eval_key
+    from mergekit_safety.acceptance import parse_lm_eval_key
 
     if objective == "task_accuracy":
         return
@@ -377,8 +377,8 @@ def _build_evaluator(**kwargs: Any):
 
 
 def _write_card(result: Any, prompt_sets: dict, judge: str | None) -> None:
+    from mergekit_safety.acceptance import objective_label
     from mergekit_safety.card import SafetyEvaluation, update_card
-    from mergekit_safety.gate import objective_label
     from mergekit_safety.sweep import SWEEPABLE, format_value
 
     plan = result.plan

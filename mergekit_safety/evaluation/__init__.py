@@ -10,12 +10,12 @@ Usage::
     Evaluator(prompts)("path/to/model")          # the same, bound to the prompts: a summary dict
 """
 
+from mergekit_safety.evaluation.answers import answer_matches, extract_answer
 from mergekit_safety.evaluation.evaluator import EvalResult, check_model, evaluate
 from mergekit_safety.evaluation.judge import ClassifierJudge, Judge, KeywordJudge, load_judge
 from mergekit_safety.evaluation.prompt_evaluator import Evaluator, make_evaluator
 from mergekit_safety.evaluation.prompts import PromptSets, TaskItem, load_prompt_sets
 from mergekit_safety.evaluation.report import markdown_table, write_report
-from mergekit_safety.evaluation.scoring import extract_answer, score_answer
 
 __all__ = [
     "ClassifierJudge",
@@ -32,6 +32,6 @@ __all__ = [
     "load_prompt_sets",
     "make_evaluator",
     "markdown_table",
-    "score_answer",
+    "answer_matches",
     "write_report",
 ]

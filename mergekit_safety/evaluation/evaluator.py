@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mergekit_safety.errors import ConfigError
+from mergekit_safety.evaluation.answers import answer_matches, extract_answer, parse_number
 from mergekit_safety.evaluation.judge import (
     Judge,
     KeywordJudge,
@@ -22,7 +23,6 @@ from mergekit_safety.evaluation.judge import (
     load_judge,
 )
 from mergekit_safety.evaluation.prompts import PromptSets
-from mergekit_safety.evaluation.scoring import extract_answer, parse_number, score_answer
 from mergekit_safety.stats import wilson_interval
 
 if TYPE_CHECKING:
@@ -201,7 +201,9 @@ def evaluate(
     # a bare number is no reply to a harmful or benign request, but it is a task's answer
     empty = [is_non_reply(r) for r in [*harmful_out, *benign_out]]
     empty += [is_degenerate(r) for r in task_out]
-    correct = [score_answer(r, item.answer) for r, item in zip(task_out, prompts.task, strict=True)]
+    correct = [
+        answer_matches(r, item.answer) for r, item in zip(task_out, prompts.task, strict=True)
+    ]
 
     records: list[dict[str, Any]] = []
     for name, texts, outs, flags, who in (

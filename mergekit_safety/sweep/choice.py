@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mergekit_safety.gate import OBJECTIVE, metric, passes, within_noise
+from mergekit_safety.acceptance import OBJECTIVE, metric, passes, within_noise
 from mergekit_safety.sweep.grid import SWEEPABLE, Value
 
 

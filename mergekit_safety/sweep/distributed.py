@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mergekit_safety.acceptance import OBJECTIVE
 from mergekit_safety.errors import ConfigError
-from mergekit_safety.gate import OBJECTIVE
 from mergekit_safety.sweep.executor import Evaluator, Job, Outcome, describe_error
 from mergekit_safety.sweep.grid import SweepPlan
 from mergekit_safety.sweep.merging import Merge, evaluable, install, merge_adapter, merge_recipe

@@ -14,8 +14,8 @@ from typing import Any
 
 import yaml
 
+from mergekit_safety.acceptance import format_value
 from mergekit_safety.errors import ConfigError
-from mergekit_safety.gate import format_value
 
 MAX_VALUES = 200
 """More values than this is almost surely a typo in the step (each value is a merge + eval)."""

@@ -6,7 +6,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mergekit_safety.gate import METRICS, describe_gate, interval, metric, objective_label
+from mergekit_safety.acceptance import (
+    METRICS,
+    describe_acceptance,
+    interval,
+    metric,
+    objective_label,
+)
 from mergekit_safety.plot import plot_grid, plot_sweep
 from mergekit_safety.sweep.choice import close_to_chosen
 from mergekit_safety.sweep.grid import TIE_BREAK
@@ -42,7 +48,7 @@ def sweep_record(result: SweepResult, context: Mapping[str, Any] | None = None) 
         "gate": {
             "min_refusal": result.min_refusal,
             "max_over_refusal": result.max_over_refusal,
-            "description": describe_gate(result.min_refusal, result.max_over_refusal),
+            "description": describe_acceptance(result.min_refusal, result.max_over_refusal),
         },
         "objective": result.objective,
         "selection": f"best {objective_label(result.objective)} among the points that pass the "
@@ -146,7 +152,7 @@ def write_reports(
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    gate = describe_gate(result.min_refusal, result.max_over_refusal)
+    gate = describe_acceptance(result.min_refusal, result.max_over_refusal)
     chosen = (
         "none passes the gate" if result.chosen is None else result.plan.label(result.chosen.value)
     )

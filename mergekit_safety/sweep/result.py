@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mergekit_safety.gate import OBJECTIVE, passes
+from mergekit_safety.acceptance import OBJECTIVE, passes
 from mergekit_safety.sweep.choice import SweepPoint
 from mergekit_safety.sweep.grid import SweepPlan, Value
 

@@ -218,7 +218,7 @@ def _clean_text(text: str) -> str:
     return _normal(text).strip(" .,!?;:'\"")
 
 
-def score_answer(response: str, answer: str | int | float) -> bool:
+def answer_matches(response: str, answer: str | int | float) -> bool:
     """Whether ``response`` gives ``answer``: numerically when it is a number, else as text."""
     expected = parse_number(answer)
     if expected is not None:

@@ -1,4 +1,6 @@
-"""The safety gate a sweep chooses under, and the sampling noise of the rates it reads.
+"""The acceptance rule a sweep chooses under (``--min-refusal``, ``--max-over-refusal``), and the
+sampling noise of the rates it reads. ("Gate" in this package's code means the ρ gate of the
+methods; the sweep's JSON and card keep the key ``gate`` for this rule, as published before.)
 
 Kept below the sweep, its plots and the model card, which all read metrics the same way: a metric
 that is missing (or NaN) fails a gate that needs it, a mostly-empty model fails every gate, and a
@@ -85,7 +87,7 @@ def passes(
     return True
 
 
-def describe_gate(min_refusal: float | None, max_over_refusal: float | None) -> str:
+def describe_acceptance(min_refusal: float | None, max_over_refusal: float | None) -> str:
     parts = []
     if min_refusal is not None:
         parts.append(f"refusal rate >= {format_value(min_refusal)}")

@@ -8,11 +8,11 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 import pytest  # noqa: E402
 
-from mergekit_safety.evaluation.scoring import (  # noqa: E402
+from mergekit_safety.evaluation.answers import (  # noqa: E402
+    answer_matches,
     extract_answer,
     find_numbers,
     parse_number,
-    score_answer,
 )
 
 CORRECT = [
@@ -63,12 +63,12 @@ WRONG = [
 
 @pytest.mark.parametrize(("response", "answer"), CORRECT)
 def test_correct_answers(response, answer):
-    assert score_answer(response, answer)
+    assert answer_matches(response, answer)
 
 
 @pytest.mark.parametrize(("response", "answer"), WRONG)
 def test_wrong_answers(response, answer):
-    assert not score_answer(response, answer)
+    assert not answer_matches(response, answer)
 
 
 @pytest.mark.parametrize(
