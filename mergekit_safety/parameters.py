@@ -79,6 +79,29 @@ def _check_lox_and_harm_removal(method: str, shared: Mapping[str, Any]) -> None:
     scale = shared.get("scale")
     if scale is not None and not _finite(scale):
         raise ConfigError(f"{method}: scale (λ) must be a finite number; got {scale!r}")
+    if scale is not None and scale < 0:
+        if not shared.get("allow_extrapolation", False):
+            raise ConfigError(
+                f"{method}: scale (λ) is {scale:g}, below 0: that adds the harm direction instead "
+                "of removing it; set `allow_extrapolation: true` if meant"
+            )
+        _warn_once(
+            (method, "scale", scale),
+            f"mergekit-safety: {method}: scale {scale:g} adds the harm direction "
+            "(allow_extrapolation: true)",
+        )
+
+
+def check_rank(method: str, k: Any, shapes: Mapping[str, tuple[int, ...]]) -> None:
+    """LoX's ``k`` (directions kept) is at most the smaller side of every matrix it changes."""
+    if not _finite(k) or k <= 0:
+        return
+    for name, shape in shapes.items():
+        if len(shape) == 2 and k > min(shape):
+            raise ConfigError(
+                f"{method}: k = {k:g} is more than {name} has ({shape[0]}×{shape[1]}: at most "
+                f"{min(shape)}); use k <= {min(shape)}, or 0 for the whole update"
+            )
 
 
 def _warn_once(key: tuple[str, str, float], message: str) -> None:

@@ -47,7 +47,7 @@ from mergekit_safety.mergekit_internals import (
 )
 from mergekit_safety.methods.alignment_check import watch_planned
 from mergekit_safety.methods.base import RoleCheckedMethod
-from mergekit_safety.parameters import check_parameters
+from mergekit_safety.parameters import check_parameters, check_rank
 from mergekit_safety.preflight import check_same_architecture
 from mergekit_safety.recipe_keys import check_recipe_keys
 from mergekit_safety.roles import Role
@@ -101,7 +101,8 @@ def on_config(raw: Mapping[str, Any], config: Any) -> None:
         for key, value in (config.parameters or {}).items()
         if isinstance(value, (int, float)) and not isinstance(value, bool)
     }
-    check_parameters(method.spec.name, numbers, {})
+    allowed = (config.parameters or {}).get("allow_extrapolation", False)
+    check_parameters(method.spec.name, {**numbers, "allow_extrapolation": allowed}, {})
 
 
 def _our_method(name: str) -> RoleCheckedMethod | None:
@@ -122,6 +123,9 @@ def on_recipe(recipe: PlannedRecipe) -> None:
     check_device(recipe.options)
     check_roles_on_base(recipe.config, method.spec.name)
     check_alignment_present(recipe.config, method.spec.name)
+    if "k" in {p.name for p in method.spec.parameters} and recipe.config.base_model is not None:
+        k = (recipe.config.parameters or {}).get("k")
+        check_rank(method.spec.name, k, mergekit_internals.tensor_shapes(recipe.config.base_model))
     run = runs.current()
     if recipe.out_path is not None and run is not None and run.out_path == recipe.out_path:
         guard_output(Path(recipe.out_path), run)

@@ -8,6 +8,7 @@ from helpers import REPO, one_line, perturbed, write_recipe, yaml_in_process
 from mergekit.merge_methods import merge_state_dicts, merge_tensors
 from safetensors.torch import load_file
 
+from mergekit_safety.errors import ConfigError
 from mergekit_safety.methods.harm_removal import DEFAULT_DENSITY, DEFAULT_SCALE
 
 
@@ -35,8 +36,10 @@ API = {"role": {"h": "harmful"}}
 @pytest.mark.parametrize(("scale", "density"), [(3.0, 0.1), (1.0, 1.0), (0.5, 0.37), (-1.0, 0.5)])
 def test_api_matches_dense_reference(scale, density):
     a, f, h = triple(int(scale * 10) + 5)
+    opt_in = {"allow_extrapolation": True} if scale < 0 else {}  # adds H: asked for (#27)
+    parameters = {**API, "scale": scale, "density": density, **opt_in}
     got = merge_tensors([a, f, h], "harm_removal", base_index=0, ids=["a", "f", "h"],
-                        parameters={**API, "scale": scale, "density": density})  # fmt: skip
+                        parameters=parameters)  # fmt: skip
     torch.testing.assert_close(
         got.double(), reference(a, f, h, scale, density), atol=1e-6, rtol=1e-6
     )
@@ -150,3 +153,10 @@ def test_sweep_sets_scale_and_density_on_the_recipe():
     assert plan.parameters == ("scale", "density")
     point = set_parameter(set_parameter(plan.recipe, "scale", 1.0), "density", 1.0)
     assert point["parameters"] == {"scale": 1.0, "density": 1.0}
+
+
+def test_a_negative_scale_needs_the_opt_in():
+    a, f, h = triple(3)
+    with pytest.raises(ConfigError, match="below 0: that adds the harm direction"):
+        merge_tensors([a, f, h], "harm_removal", base_index=0, ids=["a", "f", "h"],
+                      parameters={**API, "scale": -1.0})  # fmt: skip

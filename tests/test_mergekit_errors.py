@@ -253,3 +253,28 @@ def test_the_same_recipes_with_correct_keys_still_merge(tmp_path, family):
     recipe["models"][0]["parameters"] = {"weight": 0.3}
     result = yaml_in_process(write_recipe(tmp_path / "r.yml", recipe), tmp_path / "out")
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_values_outside_their_meaning_are_refused(tmp_path, family):
+    harm = recipe_for("harm_removal", family, ("safe",), scale=-3)
+    harm["models"][1]["parameters"] = {"role": "harmful"}
+    lox = recipe_for("lox", family, ("unaligned",), k=100000)
+    lox["models"] = lox["models"][1:]
+    for name, recipe, message in (
+        ("harm", harm, "harm_removal: scale (λ) is -3, below 0: that adds the harm direction "
+                       "instead of removing it; set `allow_extrapolation: true` if meant"),
+        ("lox", lox, "lox: k = 100000 is more than lm_head.weight has (50×32: at most 32); "
+                     "use k <= 32, or 0 for the whole update"),
+    ):  # fmt: skip
+        out = tmp_path / f"out-{name}"
+        line = one_line(yaml_in_process(write_recipe(tmp_path / f"{name}.yml", recipe), out))
+        assert line.startswith(message), line
+        assert not out.exists()
+
+
+def test_a_negative_scale_merges_when_asked_for_and_says_so(tmp_path, family):
+    harm = recipe_for("harm_removal", family, ("safe",), scale=-1, allow_extrapolation=True)
+    harm["models"][1]["parameters"] = {"role": "harmful"}
+    result = yaml_in_process(write_recipe(tmp_path / "r.yml", harm), tmp_path / "out")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "scale -1 adds the harm direction (allow_extrapolation: true)" in result.stderr

@@ -44,6 +44,7 @@ def harm_removal_merge(
     role: PerNonBase[RoleValue] = Role.FINETUNED,
     scale: float = DEFAULT_SCALE,
     density: float = DEFAULT_DENSITY,
+    allow_extrapolation: bool = False,
 ) -> torch.Tensor:
     inputs = RoleInputs.from_group(group, role)
     harm = trim(inputs.harm_update, density)
