@@ -18,6 +18,9 @@ from mergekit_safety import runs
 from mergekit_safety.errors import ConfigError
 from mergekit_safety.roles import Role
 
+DEFAULT_THRESHOLD = 0.35
+"""τ of every gated method (Safe LoRA's and SafeMERGE's papers' range; see the README)."""
+
 
 def check_parameters(
     method: str,

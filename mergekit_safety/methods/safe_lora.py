@@ -20,10 +20,9 @@ from mergekit_safety.methods.base import (
     gate,
     note,
 )
+from mergekit_safety.parameters import DEFAULT_THRESHOLD
 from mergekit_safety.roles import Role, RoleRule, RoleValue
 from mergekit_safety.subspace import drifts, score_and_project_if
-
-DEFAULT_THRESHOLD = 0.35
 
 
 @merge_method(

@@ -26,9 +26,9 @@ from mergekit_safety.methods.base import (
     RoleInputs,
     gate,
 )
+from mergekit_safety.parameters import DEFAULT_THRESHOLD
 from mergekit_safety.roles import Role, RoleRule, RoleValue
 
-DEFAULT_THRESHOLD = 0.35
 DEFAULT_WEIGHTS = {Role.FINETUNED: 0.8, Role.SAFE: 0.2}
 
 
@@ -69,8 +69,6 @@ def dare(update: torch.Tensor, density: float, seed: int) -> torch.Tensor:
 
     The mask is drawn on the CPU from a private generator, so it depends only on ``seed``.
     """
-    if not 0 < density <= 1:
-        raise ValueError(f"density must be in (0, 1]; got {density}")
     if density == 1:
         return update
     generator = torch.Generator().manual_seed(seed)
