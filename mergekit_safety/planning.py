@@ -295,7 +295,9 @@ def on_tensor(tensor: PlannedTensor) -> None:
         watch_planned((tensor.base, unaligned[0]), tensor.name)
     check_parameters(method.spec.name, tensor.parameters, tensor.input_parameters)
     others = tuple(m for m in tensor.models if m != tensor.base)
-    check_same_architecture((tensor.base, *others) if tensor.base else others)
+    models = (tensor.base, *others) if tensor.base else others
+    if runs.current().first_time(("architecture", models)):  # once per merge, not per tensor
+        check_same_architecture(models)
 
 
 def refuse_unresolved(tensor: PlannedTensor) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,7 +23,6 @@ SHAPE_KEYS = (
 aligns vocabularies when the recipe has a ``tokenizer`` section)."""
 
 
-@functools.lru_cache(maxsize=64)
 def check_same_architecture(models: Sequence[Any]) -> None:
     """Raise ConfigError if a model's config disagrees with the first one's (the base model's)."""
     shapes = {}

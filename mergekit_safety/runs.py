@@ -55,7 +55,7 @@ class MergeRun:
     recipe: Any = None
     """The planned recipe (mergekit's view, see ``mergekit_internals.PlannedRecipe``)."""
     written: bool = False
-    warned: set[Hashable] = field(default_factory=set)
+    seen: set[Hashable] = field(default_factory=set)
     _cleanups: list[Callable[[], None]] = field(default_factory=list, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -68,13 +68,18 @@ class MergeRun:
         with self._lock:
             return self.watches.setdefault(key, AlignmentWatch())
 
+    def first_time(self, key: Hashable) -> bool:
+        """True the first time ``key`` is seen in this merge (a check made once, a warning)."""
+        with self._lock:
+            if key in self.seen:
+                return False
+            self.seen.add(key)
+            return True
+
     def warn_once(self, key: Hashable, message: str, *, stacklevel: int = 2) -> None:
         """``warnings.warn(message)`` the first time ``key`` is seen in this merge."""
-        with self._lock:
-            if key in self.warned:
-                return
-            self.warned.add(key)
-        warnings.warn(message, stacklevel=stacklevel + 1)
+        if self.first_time(("warning", key)):
+            warnings.warn(message, stacklevel=stacklevel + 1)
 
     def on_failure(self, cleanup: Callable[[], None]) -> None:
         """Run ``cleanup`` if this merge fails (an exception, Ctrl-C included)."""

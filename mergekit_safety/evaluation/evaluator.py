@@ -30,8 +30,6 @@ if TYPE_CHECKING:
 
 BACKENDS = ("transformers", "vllm")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-_JUDGES: dict[tuple[str, str, str | None], Judge] = {}
-"""Classifier judges by (path, device, dtype): a sweep evaluating many models loads one once."""
 
 
 @dataclass
@@ -133,12 +131,8 @@ def check_model(model: str) -> None:
 def resolve_judge(
     judge: str | Judge | None, *, device: str = "cpu", dtype: str | None = None
 ) -> Judge:
-    """:func:`~mergekit_safety.evaluation.judge.load_judge`, reusing loaded classifiers."""
-    if isinstance(judge, str) and judge.strip().lower() != "keyword":
-        key = (str(Path(judge).expanduser().resolve()), device, dtype)
-        if key not in _JUDGES:
-            _JUDGES[key] = load_judge(judge, device=device, dtype=dtype)
-        return _JUDGES[key]
+    """:func:`~mergekit_safety.evaluation.judge.load_judge` on ``device`` (a classifier is
+    loaded each call: an ``Evaluator`` loads its own once for all the models it evaluates)."""
     return load_judge(judge, device=device, dtype=dtype)
 
 

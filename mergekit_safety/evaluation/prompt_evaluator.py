@@ -46,6 +46,8 @@ class Evaluator:
     report: Report | None = None
     seconds: float = 0.0
     """Time spent evaluating so far (models in ``known`` cost nothing)."""
+    _loaded: Any = field(default=None, init=False, repr=False)
+    """The judge, loaded on first use: a classifier loads once for every model evaluated."""
 
     def __post_init__(self) -> None:
         self.known = {_key(path): summary for path, summary in self.known.items()}
@@ -71,7 +73,7 @@ class Evaluator:
             result = evaluate(
                 path,
                 self.prompts,
-                judge=self.judge,
+                judge=self._judge(),
                 batch_size=self.batch_size,
                 max_new_tokens=self.max_new_tokens,
                 device=self.device,
@@ -87,6 +89,13 @@ class Evaluator:
             )  # fmt: skip
         self.seconds += time.time() - start
         return result
+
+    def _judge(self) -> Any:
+        from mergekit_safety.evaluation.evaluator import resolve_judge
+
+        if self._loaded is None:
+            self._loaded = resolve_judge(self.judge, device=self.device, dtype=self.dtype)
+        return self._loaded
 
     def prompt_sets(self) -> dict[str, Any]:
         """Where each set came from and its size, for sweep.json and the card."""
