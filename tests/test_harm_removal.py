@@ -118,7 +118,10 @@ def test_mergekit_yaml_matches_dense_reference(tmp_path, family, harmful):
             {"density": 1.5},
             "parameter 'density': Input should be less than or equal to 1 (got 1.5)",
         ),
-        ({"scale": float("inf")}, "parameter 'scale': Input should be a finite number (got 'Infinity')"),
+        (
+            {"scale": float("inf")},
+            "parameter 'scale': Input should be a finite number (got 'Infinity')",
+        ),
     ],
 )
 def test_mistakes_give_one_line_before_any_tensor_loads(tmp_path, family, harmful, change, message):
