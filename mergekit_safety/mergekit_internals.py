@@ -3,7 +3,7 @@
 mergekit 0.1.5 offers plugins a method API (``register``, ``@merge_method``, ``TensorGroup``,
 ``merge_tensors``) and a run API (``run_merge``, ``MergeConfiguration``, ``MergeOptions``). The
 rest of the package uses only those; what they cannot do goes through this module, which
-imports nothing of ours but :mod:`mergekit_safety.errors` and :mod:`mergekit_safety.runs` and
+imports nothing of ours but :mod:`mergekit_safety.errors`, ``runs`` and ``parameters`` and
 hands the layers above plain views (:class:`PlannedTensor`, :class:`PlannedRecipe`), never
 mergekit's own task objects.
 
@@ -73,9 +73,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mergekit.merge_methods.base import MergeMethod
+from pydantic import ValidationError
 
 from mergekit_safety import runs
 from mergekit_safety.errors import ConfigError
+from mergekit_safety.parameters import domain_error
 
 # --- views handed to the layers above ------------------------------------------------------------
 
@@ -336,18 +338,8 @@ def _wrap_resolver(module: Any) -> None:
         def wrapper(parameter: Any, *args: Any, **kwargs: Any) -> Any:
             try:
                 return original(parameter, *args, **kwargs)
-            except Exception as error:
-                details = getattr(error, "errors", None)
-                if type(error).__name__ != "ValidationError" or not callable(details):
-                    raise
-                first = details()[0]
-                model = kwargs.get("model")
-                owner = f" of {model}" if model is not None else ""
-                got = first.get("input")
-                shown = f" (got {got!r})" if isinstance(got, (str, int, float)) else ""
-                raise ConfigError(
-                    f"parameter {parameter.name!r}{owner}: {first.get('msg', error)}{shown}"
-                ) from error
+            except ValidationError as error:
+                raise domain_error(parameter.name, error, kwargs.get("model")) from error
 
         return wrapper
 

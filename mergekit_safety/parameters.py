@@ -1,25 +1,126 @@
-"""The domains of the methods' parameters, checked while mergekit plans (before a tensor loads).
+"""The methods' parameters: each one's domain and default, in one table, and the rules between them.
 
 A value outside its domain is a merge the user did not mean, and for a safety tool the worst
 outcome is a silent one: ``threshold: -1`` returns the unsafe fine-tune bit for bit, ``weight: 5``
 gives θ_a + 5Δ. So: τ lies in [0, 1] (ρ is the cosine of an update and its projection onto a PSD
-subspace, never negative); weights are finite and in [0, 1] unless the recipe says
-``allow_extrapolation: true`` (then a warning); ``density`` lies in (0, 1].
+subspace, never negative); ``density`` lies in (0, 1]; weights, λ (``scale``) and α are finite,
+α ≥ 0; ``k`` is a whole number ≥ 0; a boolean is no number.
+
+Those domains are pydantic constraints on the kernels' arguments (:data:`Threshold` etc.):
+mergekit 0.1.5 validates every value against its ``ParameterSpec`` both where it plans a recipe
+(``parameter_resolver.resolve_parameter``, before a tensor loads; our resolver wrapper turns the
+error into one line) and where the Python API binds (``MergeMethod.bind``; the methods call
+:func:`check_domains` first for the same line). What a constraint cannot say is
+:func:`check_parameters`: weights outside [0, 1] only with ``allow_extrapolation: true`` (then a
+warning), and the warning for a LoX α past :data:`LOX_ALPHA_RANGE`.
 """
 
 from __future__ import annotations
 
-import math
 import warnings
-from collections.abc import Hashable, Mapping
-from typing import Any
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Annotated, Any
+
+from mergekit.merge_methods.base import ParameterScope, ParameterSpec, PerGroupValues
+from pydantic import BeforeValidator, Field, ValidationError
+from pydantic_core import PydanticCustomError
 
 from mergekit_safety import runs
-from mergekit_safety.errors import ConfigError
+from mergekit_safety.errors import ConfigError, find_config_error
 from mergekit_safety.roles import Role
 
+# --- defaults -----------------------------------------------------------------------------------
+
 DEFAULT_THRESHOLD = 0.35
-"""τ of every gated method (Safe LoRA's and SafeMERGE's papers' range; see the README)."""
+"""τ of the gated methods (safe_linear, safemerge, safe_lora)."""
+SAFE_LINEAR_WEIGHT = 0.7
+"""λ on the fine-tuned update: the middle of the 0.6–0.9 range Farn et al. report. Model-specific;
+``mergekit-safety sweep`` picks it under a safety gate."""
+SAFEMERGE_WEIGHTS = {Role.FINETUNED: 0.8, Role.SAFE: 0.2}
+"""safemerge's per-role ``weight`` where a model sets none, as in the reference code."""
+SAFEMERGE_DENSITY = 0.5
+"""The share of each update ``merge_type: dare_linear`` keeps."""
+HARM_REMOVAL_SCALE = 3.0
+"""λ of harm_removal (provenance: :mod:`mergekit_safety.methods.harm_removal`)."""
+HARM_REMOVAL_DENSITY = 0.1
+"""The share of τ_H harm_removal keeps (provenance as for λ)."""
+LOX_K = 0
+"""LoX's rank; 0 extrapolates the whole update (provenance: :mod:`mergekit_safety.methods.lox`)."""
+LOX_ALPHA = 1.0
+"""LoX's extrapolation factor α."""
+LOX_ALPHA_RANGE = 2.0
+"""α past this warns: twice the reference code's default ``--coef 1`` (VITA-Group/LoX
+``safety/LoX.py`` line 11); larger extrapolations leave the region the method was tried in."""
+
+# --- domains ------------------------------------------------------------------------------------
+
+
+def _not_bool(value: Any) -> Any:
+    """Refuse ``true``/``false`` where a number belongs (pydantic's lax mode reads them as 1/0)."""
+    if isinstance(value, bool):
+        raise PydanticCustomError("bool_not_number", "Input should be a number, not a boolean")
+    return value
+
+
+_NUMBER = BeforeValidator(_not_bool)
+Threshold = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False), _NUMBER]
+"""τ ∈ [0, 1]."""
+Density = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False), _NUMBER]
+"""The kept share, in (0, 1]."""
+Weight = Annotated[float, Field(allow_inf_nan=False), _NUMBER]
+"""A finite λ; outside [0, 1] only with ``allow_extrapolation`` (:func:`check_parameters`)."""
+Scale = Annotated[float, Field(allow_inf_nan=False), _NUMBER]
+"""harm_removal's λ: any finite number."""
+Alpha = Annotated[float, Field(ge=0, allow_inf_nan=False), _NUMBER]
+"""LoX's α, finite and ≥ 0 (past :data:`LOX_ALPHA_RANGE` warns)."""
+Rank = Annotated[int, Field(ge=0), _NUMBER]
+"""LoX's ``k``: a whole number ≥ 0 (0: all of it)."""
+
+
+def domain_error(name: str, error: ValidationError, model: object | None = None) -> ConfigError:
+    """One line for a value outside its domain: ``parameter 'NAME' of MODEL: MESSAGE (got X)``.
+
+    The planner's line comes from ``mergekit_internals``' resolver wrapper, in this same form.
+    """
+    first = error.errors()[0]
+    owner = f" of {model}" if model is not None else ""
+    got = first.get("input")
+    shown = f" (got {got!r})" if isinstance(got, (str, int, float)) else ""
+    return ConfigError(f"parameter {name!r}{owner}: {first.get('msg', error)}{shown}")
+
+
+def check_domains(specs: Sequence[ParameterSpec], parameters: Mapping[str, Any]) -> None:
+    """Validate the Python API's values against their specs, with the planner's one line.
+
+    mergekit's binding raises a bare pydantic ValidationError that names no parameter; this
+    runs first. A per-model value is a mapping, a sequence or one value for all; a
+    ``PerGroupValues`` holds one value per tensor group.
+    """
+    for spec in specs:
+        if spec.name not in parameters:
+            continue
+        value = parameters[spec.name]
+        shared = spec.scope == ParameterScope.SHARED
+        for one in value.values if isinstance(value, PerGroupValues) else [value]:
+            for model, raw in _per_model_values(one, shared=shared):
+                try:
+                    spec.validate(raw)
+                except ValidationError as error:
+                    found = find_config_error(error)
+                    raise found or domain_error(spec.name, error, model) from None
+
+
+def _per_model_values(value: Any, *, shared: bool) -> list[tuple[Any, Any]]:
+    if shared:
+        return [(None, value)]
+    if isinstance(value, Mapping):
+        return list(value.items())
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        return [(None, raw) for raw in value]
+    return [(None, value)]
+
+
+# --- what no single domain says -----------------------------------------------------------------
 
 
 def check_parameters(
@@ -27,26 +128,37 @@ def check_parameters(
     shared: Mapping[str, Any],
     per_model: Mapping[Hashable, Mapping[str, Any]],
 ) -> None:
-    """Raise ConfigError for a parameter outside its domain; warn once for allowed extrapolation."""
-    threshold = shared.get("threshold")
-    if threshold is not None and not (_finite(threshold) and 0 <= threshold <= 1):
-        raise ConfigError(
-            f"{method}: threshold (τ) must lie in [0, 1], as ρ does; got {threshold!r}"
+    """Refuse an unmeant extrapolation and warn once for a meant one or a large LoX α.
+
+    The values have passed their domains (mergekit validated them while resolving or binding).
+    """
+    alpha = shared.get("alpha")
+    if alpha is not None and alpha > LOX_ALPHA_RANGE:
+        _warn_once(
+            (method, "alpha", alpha),
+            f"mergekit-safety: {method}: alpha {alpha:g} is past {LOX_ALPHA_RANGE:g}, beyond "
+            "the extrapolations LoX was run with; check the model still answers",
         )
-    density = shared.get("density")
-    if density is not None and not (_finite(density) and 0 < density <= 1):
-        raise ConfigError(f"{method}: density must lie in (0, 1]; got {density!r}")
-    _check_lox_and_harm_removal(method, shared)
     extrapolate = bool(shared.get("allow_extrapolation", False))
+    scale = shared.get("scale")
+    if scale is not None and scale < 0:
+        if not extrapolate:
+            raise ConfigError(
+                f"{method}: scale (λ) is {scale:g}, below 0: that adds the harm direction instead "
+                "of removing it; set `allow_extrapolation: true` if meant"
+            )
+        _warn_once(
+            (method, "scale", scale),
+            f"mergekit-safety: {method}: scale {scale:g} adds the harm direction "
+            "(allow_extrapolation: true)",
+        )
     for model, values in per_model.items():
         weight = values.get("weight")
         if weight is None or values.get("role", Role.FINETUNED) is Role.UNALIGNED:
             continue  # safemerge's per-role default; the unaligned model's weight is unused
-        name = str(getattr(model, "model", model))
-        if not _finite(weight):
-            raise ConfigError(f"{method}: weight of {name} must be a finite number; got {weight!r}")
         if 0 <= weight <= 1:
             continue
+        name = str(getattr(model, "model", model))
         if not extrapolate:
             raise ConfigError(
                 f"{method}: weight of {name} is {weight:g}, outside [0, 1]: that extrapolates "
@@ -59,50 +171,14 @@ def check_parameters(
         )
 
 
-LOX_ALPHA_RANGE = 2.0
-"""α past this warns: twice the reference code's default ``--coef 1`` (VITA-Group/LoX
-``safety/LoX.py`` line 11); larger extrapolations leave the region the method was tried in."""
-
-
-def _check_lox_and_harm_removal(method: str, shared: Mapping[str, Any]) -> None:
-    """LoX: ``k`` whole ≥ 0, ``alpha`` finite ≥ 0; harm removal: ``scale`` (λ) finite."""
-    k = shared.get("k")
-    if k is not None and not (_finite(k) and float(k).is_integer() and k >= 0):
-        raise ConfigError(f"{method}: k must be a whole number >= 0 (0: all of it); got {k!r}")
-    alpha = shared.get("alpha")
-    if alpha is not None:
-        if not (_finite(alpha) and alpha >= 0):
-            raise ConfigError(f"{method}: alpha must be a finite number >= 0; got {alpha!r}")
-        if alpha > LOX_ALPHA_RANGE:
-            _warn_once(
-                (method, "alpha", alpha),
-                f"mergekit-safety: {method}: alpha {alpha:g} is past {LOX_ALPHA_RANGE:g}, beyond "
-                "the extrapolations LoX was run with; check the model still answers",
-            )
-    scale = shared.get("scale")
-    if scale is not None and not _finite(scale):
-        raise ConfigError(f"{method}: scale (λ) must be a finite number; got {scale!r}")
-    if scale is not None and scale < 0:
-        if not shared.get("allow_extrapolation", False):
-            raise ConfigError(
-                f"{method}: scale (λ) is {scale:g}, below 0: that adds the harm direction instead "
-                "of removing it; set `allow_extrapolation: true` if meant"
-            )
-        _warn_once(
-            (method, "scale", scale),
-            f"mergekit-safety: {method}: scale {scale:g} adds the harm direction "
-            "(allow_extrapolation: true)",
-        )
-
-
 def check_rank(method: str, k: Any, shapes: Mapping[str, tuple[int, ...]]) -> None:
     """LoX's ``k`` (directions kept) is at most the smaller side of every matrix it changes."""
-    if not _finite(k) or k <= 0:
+    if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
         return
     for name, shape in shapes.items():
         if len(shape) == 2 and k > min(shape):
             raise ConfigError(
-                f"{method}: k = {k:g} is more than {name} has ({shape[0]}×{shape[1]}: at most "
+                f"{method}: k = {k} is more than {name} has ({shape[0]}×{shape[1]}: at most "
                 f"{min(shape)}); use k <= {min(shape)}, or 0 for the whole update"
             )
 
@@ -114,7 +190,3 @@ def _warn_once(key: tuple[str, str, float], message: str) -> None:
         warnings.warn(message, stacklevel=3)
     else:
         run.warn_once(key, message, stacklevel=3)
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -47,7 +47,7 @@ from mergekit_safety.mergekit_internals import (
 )
 from mergekit_safety.methods.alignment_check import watch_planned
 from mergekit_safety.methods.base import RoleCheckedMethod
-from mergekit_safety.parameters import check_parameters, check_rank
+from mergekit_safety.parameters import check_domains, check_parameters, check_rank
 from mergekit_safety.preflight import check_same_architecture
 from mergekit_safety.recipe_keys import check_recipe_keys
 from mergekit_safety.roles import Role
@@ -96,13 +96,13 @@ def on_config(raw: Mapping[str, Any], config: Any) -> None:
     if method is None:
         return
     check_recipe_keys(raw)
-    numbers = {
+    scalars = {
         key: value
         for key, value in (config.parameters or {}).items()
-        if isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not isinstance(value, (list, dict))  # gradients and filters resolve per tensor
     }
-    allowed = (config.parameters or {}).get("allow_extrapolation", False)
-    check_parameters(method.spec.name, {**numbers, "allow_extrapolation": allowed}, {})
+    check_domains(method.spec.parameters, scalars)
+    check_parameters(method.spec.name, scalars, {})
 
 
 def _our_method(name: str) -> RoleCheckedMethod | None:

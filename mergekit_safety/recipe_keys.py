@@ -4,8 +4,8 @@ mergekit drops a recipe key it does not know (a misspelled section, ``thresold:`
 method only the parameters in its spec, so a typo in a safety parameter would merge silently
 with the default. While mergekit validates a recipe that uses one of our methods
 (:func:`check_recipe_keys`, called through :mod:`mergekit_safety.mergekit_internals`), every
-section, every ``parameters:`` key (top level, module, slice, model, slice source) and every
-scalar value's kind is checked against what the method reads for that input's role.
+section and every ``parameters:`` key (top level, module, slice, model, slice source) is checked
+against what the method reads for that input's role (values: ``mergekit_safety.parameters``).
 """
 
 from __future__ import annotations
@@ -51,14 +51,13 @@ def check_recipe_keys(raw: Mapping[str, Any]) -> None:
     inputs = list(_inputs(raw))
     gated = method.gates and any(_role(p) is Role.UNALIGNED for _where, p in inputs)
     for where, parameters in _scopes(raw):
-        for key, value in parameters.items():  # per-input ones here apply to every input
+        for key in parameters:  # per-input ones here apply to every input
             _check_key(method, key, shared | per_input, where)
             if key in GATE_KEYS and not gated:
                 raise ConfigError(not_gated(method, key))
-            _check_kind(method, key, value, where)
     for where, parameters in inputs:
         role = _role(parameters)
-        for key, value in parameters.items():
+        for key in parameters:
             if key in shared:
                 raise ConfigError(
                     f"{name}: `{key}` is a recipe-wide parameter; set it under the top-level "
@@ -71,7 +70,6 @@ def check_recipe_keys(raw: Mapping[str, Any]) -> None:
                     "weighs only "
                     + " and ".join(f"{r.value} models" for r in sorted(method.weighted))
                 )
-            _check_kind(method, key, value, where)
 
 
 def _check_key(method: RoleCheckedMethod, key: str, known: set[str], where: str) -> None:
@@ -101,30 +99,6 @@ def not_gated(method: RoleCheckedMethod, key: str) -> str:
     gating = sorted(m.spec.name for m in registered_methods()
                     if isinstance(m, RoleCheckedMethod) and m.gates)  # fmt: skip
     return f"{name}: `{key}` does nothing here: {name} does not gate ({', '.join(gating)} do)"
-
-
-def _check_kind(method: RoleCheckedMethod, key: str, value: Any, where: str) -> None:
-    """A boolean where a number is read (``weight: true`` would be taken as 1.0)."""
-    spec = next((p for p in method.spec.parameters if p.name == key), None)
-    if spec is None or spec.value_type is bool or key == "role":
-        return
-    for scalar in _scalars(value):
-        if isinstance(scalar, bool):
-            raise ConfigError(
-                f"{method.spec.name}: `{key}` in {where} is a number, not {str(scalar).lower()}"
-            )
-
-
-def _scalars(value: Any) -> Iterator[Any]:
-    """The plain values inside a parameter: a list is a gradient, a dict list a filter list."""
-    if isinstance(value, list):
-        for item in value:
-            yield from _scalars(item["value"] if isinstance(item, Mapping) else item)
-    elif isinstance(value, Mapping):
-        if "value" in value:
-            yield from _scalars(value["value"])
-    else:
-        yield value
 
 
 def _role(parameters: Mapping[str, Any]) -> Role:

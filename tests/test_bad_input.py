@@ -57,6 +57,9 @@ def poison(model: Path, value: float) -> Path:
 # --- mergekit-yaml: each case prints its line and writes nothing -------------------------------
 
 
+THRESHOLD_BELOW = "parameter 'threshold': Input should be greater than or equal to 0 (got -1)"
+
+
 def _bad_recipes(family, tmp_path):
     def base_elsewhere(recipe, where):
         recipe["base_model"] = where
@@ -73,8 +76,11 @@ def _bad_recipes(family, tmp_path):
     with open(truncated / "model.safetensors", "r+b") as handle:
         handle.truncate(1000)
     return {
-        "threshold -1": (gated(family, threshold=-1), "threshold (τ) must lie in [0, 1]"),
-        "threshold 2": (gated(family, threshold=2), "threshold (τ) must lie in [0, 1]"),
+        "threshold -1": (gated(family, threshold=-1), THRESHOLD_BELOW),
+        "threshold 2": (
+            gated(family, threshold=2),
+            "parameter 'threshold': Input should be less than or equal to 1 (got 2)",
+        ),
         "weight -0.5": (with_weight(gated(family), -0.5), "is -0.5, outside [0, 1]"),
         "weight 5": (with_weight(gated(family), 5.0), "is 5, outside [0, 1]"),
         "weight abc": (with_weight(gated(family), "abc"), "parameter 'weight' of"),
@@ -137,7 +143,7 @@ def test_smoke_mergekit_yaml_prints_one_line_through_the_excepthook(tmp_path, fa
     """The installed command, its `.pth` hook and the excepthook, in a fresh interpreter."""
     out = tmp_path / "out"
     result = mergekit_yaml(write_recipe(tmp_path / "r.yml", gated(family, threshold=-1)), out)
-    assert "threshold (τ) must lie in [0, 1]" in one_line(result)
+    assert THRESHOLD_BELOW in one_line(result)
     assert not out.exists()
 
 
@@ -238,7 +244,7 @@ def test_mergekit_multi_gives_the_same_line(tmp_path, family):
     recipe = yaml.safe_dump({"name": "first", **gated(family, threshold=-1)})
     (tmp_path / "multi.yml").write_text(recipe)
     result = multi_in_process("multi.yml", tmp_path, "--out-path", "final")
-    assert "threshold (τ) must lie in [0, 1]" in one_line(result)
+    assert THRESHOLD_BELOW in one_line(result)
     assert not (tmp_path / "final").exists()
 
 
@@ -247,7 +253,7 @@ def test_smoke_mergekit_multi_prints_one_line_through_the_excepthook(tmp_path, f
     recipe = yaml.safe_dump({"name": "first", **gated(family, threshold=-1)})
     (tmp_path / "multi.yml").write_text(recipe)
     result = mergekit_multi("multi.yml", tmp_path, "--out-path", "final")
-    assert "threshold (τ) must lie in [0, 1]" in one_line(result)
+    assert THRESHOLD_BELOW in one_line(result)
 
 
 # --- the Python API ----------------------------------------------------------------------------
@@ -283,7 +289,10 @@ def test_api_weight_mapping_need_not_name_the_unaligned_model():
     ("parameters", "message"),
     [
         ({"role": {"ft": "finetunde", "base": "unaligned"}}, "unknown role 'finetunde'"),
-        ({"role": {"base": "unaligned"}, "threshold": -0.1}, "threshold (τ) must lie in [0, 1]"),
+        (
+            {"role": {"base": "unaligned"}, "threshold": -0.1},
+            "parameter 'threshold': Input should be greater than or equal to 0 (got -0.1)",
+        ),
         ({"role": {"base": "unaligned"}, "weight": {"ft": 5.0}}, "outside [0, 1]"),
     ],
 )

@@ -9,7 +9,8 @@ from mergekit.merge_methods import merge_state_dicts, merge_tensors
 from safetensors.torch import load_file
 
 from mergekit_safety.errors import ConfigError
-from mergekit_safety.methods.harm_removal import DEFAULT_DENSITY, DEFAULT_SCALE
+from mergekit_safety.parameters import HARM_REMOVAL_DENSITY as DEFAULT_DENSITY
+from mergekit_safety.parameters import HARM_REMOVAL_SCALE as DEFAULT_SCALE
 
 
 def reference(aligned, finetuned, harmful, scale: float, density: float) -> torch.Tensor:
@@ -115,9 +116,15 @@ def test_mergekit_yaml_matches_dense_reference(tmp_path, family, harmful):
     [
         ("no harmful", "harm_removal needs a model with role 'harmful'"),
         ("unaligned", "harm_removal takes no model with role 'unaligned'"),
-        ({"density": 0}, "harm_removal: density must lie in (0, 1]"),
-        ({"density": 1.5}, "harm_removal: density must lie in (0, 1]"),
-        ({"scale": float("inf")}, "harm_removal: scale (λ) must be a finite number"),
+        ({"density": 0}, "parameter 'density': Input should be greater than 0 (got 0)"),
+        (
+            {"density": 1.5},
+            "parameter 'density': Input should be less than or equal to 1 (got 1.5)",
+        ),
+        (
+            {"scale": float("inf")},
+            "parameter 'scale': Input should be a finite number (got 'Infinity')",
+        ),
     ],
 )
 def test_mistakes_give_one_line_before_any_tensor_loads(tmp_path, family, harmful, change, message):

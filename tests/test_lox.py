@@ -98,8 +98,11 @@ def test_mergekit_yaml_matches_dense_reference(tmp_path, family):
     ("change", "message"),
     [
         ({"role": "finetuned"}, "lox takes no model with role 'finetuned'"),
-        ({"k": -1}, "lox: k must be a whole number >= 0"),
-        ({"alpha": -0.5}, "lox: alpha must be a finite number >= 0"),
+        ({"k": -1}, "parameter 'k': Input should be greater than or equal to 0 (got -1)"),
+        (
+            {"alpha": -0.5},
+            "parameter 'alpha': Input should be greater than or equal to 0 (got -0.5)",
+        ),
         ({"alpha": "abc"}, "parameter 'alpha'"),
     ],
 )

@@ -221,13 +221,9 @@ def _keys_cases(family):
             "safemerge: `threshold` is a recipe-wide parameter; set it under the top-level "
             "`parameters:`",
         ),
-        "weight true": (
-            set_model(gated, 0, weight=True),
-            f"safe_linear: `weight` in model {family['finetuned']} is a number, not true",
-        ),
         "threshold -1 before warm-up": (
             set_top(gated, threshold=-1),
-            "safe_linear: threshold (τ) must lie in [0, 1]",
+            "parameter 'threshold': Input should be greater than or equal to 0 (got -1)",
         ),
     }
 
@@ -236,7 +232,7 @@ def _keys_cases(family):
     "case",
     ["thresold", "wieght", "paramters section", "threshold ungated", "weight on safe_lora",
      "weight on harm_removal", "threshold on lox", "top_k on lox",
-     "weight of the unaligned model", "safemerge threshold per model", "weight true",
+     "weight of the unaligned model", "safemerge threshold per model",
      "threshold -1 before warm-up"],
 )  # fmt: skip
 def test_unknown_unused_or_mistyped_keys_are_refused_before_anything_loads(tmp_path, family, case):

@@ -20,7 +20,7 @@ import torch
 from mergekit_safety.adapter.factors import AdapterInputs
 from mergekit_safety.adapter.plan import AdapterPlan
 from mergekit_safety.methods.base import Decision
-from mergekit_safety.methods.safemerge import DEFAULT_WEIGHTS
+from mergekit_safety.parameters import SAFEMERGE_WEIGHTS
 from mergekit_safety.roles import Role
 
 
@@ -65,7 +65,7 @@ def input_weights(method: str, task: Any, roles: Mapping[Hashable, Role]) -> dic
             continue
         value = task.input_parameters[model].get("weight")
         if value is None and method == "safemerge":
-            value = DEFAULT_WEIGHTS[role]
+            value = SAFEMERGE_WEIGHTS[role]
         out[model] = value
     return out
 

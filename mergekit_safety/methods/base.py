@@ -32,7 +32,7 @@ from mergekit_safety import mergekit_internals, runs
 from mergekit_safety.errors import ConfigError, find_config_error
 from mergekit_safety.mergekit_internals import PluginMethod, execute_method
 from mergekit_safety.methods.alignment_check import alignment_vanished
-from mergekit_safety.parameters import check_parameters
+from mergekit_safety.parameters import check_domains, check_parameters
 from mergekit_safety.roles import Role, RoleRule, parse_role, split_by_role
 from mergekit_safety.runs import Decision, MergeRun
 from mergekit_safety.selection import SELECTORS, parse_selection, resolve
@@ -108,6 +108,7 @@ class RoleCheckedMethod(PluginMethod):
                 default = next(p.default for p in self.spec.parameters if p.name == "weight")
                 unused = [key for key in ids if parse_role(roles[key]) is not Role.FINETUNED]
                 parameters["weight"] = {key: default for key in unused} | dict(weight)
+        check_domains(self.spec.parameters, parameters)  # mergekit's error names no parameter
         try:
             bound = super().bind(groups, parameters)
         except Exception as error:

@@ -27,10 +27,8 @@ from mergekit.merge_methods.base import BasePolicy, InputContract, PerNonBase, T
 from mergekit.merge_methods.easy_define import merge_method
 
 from mergekit_safety.methods.base import Decision, GateInputs, RoleCheckedMethod, RoleInputs
+from mergekit_safety.parameters import HARM_REMOVAL_DENSITY, HARM_REMOVAL_SCALE, Density, Scale
 from mergekit_safety.roles import Role, RoleRule, RoleValue
-
-DEFAULT_SCALE = 3.0
-DEFAULT_DENSITY = 0.1
 
 
 @merge_method(
@@ -42,8 +40,8 @@ DEFAULT_DENSITY = 0.1
 def harm_removal_merge(
     group: TensorGroup,
     role: PerNonBase[RoleValue] = Role.FINETUNED,
-    scale: float = DEFAULT_SCALE,
-    density: float = DEFAULT_DENSITY,
+    scale: Scale = HARM_REMOVAL_SCALE,
+    density: Density = HARM_REMOVAL_DENSITY,
     allow_extrapolation: bool = False,
 ) -> torch.Tensor:
     inputs = RoleInputs.from_group(group, role)
@@ -59,6 +57,7 @@ def trim(update: torch.Tensor, density: float) -> torch.Tensor:
     """Keep the ``⌊density · n⌋`` (at least one) largest-magnitude entries, zero the rest.
 
     ``torch.topk`` over the flat tensor: the kept count is exact, whatever ties there are.
+    ``density`` lies in (0, 1], held there by the kernel's argument type (``Density``).
     """
     if density == 1:
         return update
@@ -72,8 +71,8 @@ def trim(update: torch.Tensor, density: float) -> torch.Tensor:
 
 def decide(inputs: GateInputs, parameters: Mapping[str, Any]) -> Decision:
     """What ``inspect`` reports: every tensor has the trimmed harm direction removed."""
-    density = parameters.get("density", DEFAULT_DENSITY)
-    scale = parameters.get("scale", DEFAULT_SCALE)
+    density = parameters.get("density", HARM_REMOVAL_DENSITY)
+    scale = parameters.get("scale", HARM_REMOVAL_SCALE)
     return Decision(True, f"theta_ft - {scale:g} * trim(tau_H), density {density:g}")
 
 

@@ -20,11 +20,9 @@ from mergekit.merge_methods.base import BasePolicy, InputContract, PerNonBase, T
 from mergekit.merge_methods.easy_define import merge_method
 
 from mergekit_safety.methods.base import Decision, GateInputs, RoleCheckedMethod, RoleInputs
+from mergekit_safety.parameters import LOX_ALPHA, LOX_K, Alpha, Rank
 from mergekit_safety.roles import Role, RoleRule, RoleValue
 from mergekit_safety.subspace import low_rank_approximation
-
-DEFAULT_K = 0
-DEFAULT_ALPHA = 1.0
 
 
 @merge_method(
@@ -36,8 +34,8 @@ DEFAULT_ALPHA = 1.0
 def lox_merge(
     group: TensorGroup,
     role: PerNonBase[RoleValue] = Role.FINETUNED,
-    k: int = DEFAULT_K,
-    alpha: float = DEFAULT_ALPHA,
+    k: Rank = LOX_K,
+    alpha: Alpha = LOX_ALPHA,
 ) -> torch.Tensor:
     inputs = RoleInputs.from_group(group, role)
     aligned = inputs.stored_aligned
@@ -53,9 +51,9 @@ def decide(inputs: GateInputs, parameters: Mapping[str, Any]) -> Decision:
     """What ``inspect`` reports: every tensor with two or more axes is extrapolated."""
     if getattr(inputs, "stored_aligned", None) is not None and inputs.stored_aligned.ndim < 2:
         return Decision(False, "1-D: stays aligned")
-    k = int(parameters.get("k", DEFAULT_K))
+    k = int(parameters.get("k", LOX_K))
     what = "the whole alignment update" if k == 0 else f"its top {k} singular directions"
-    return Decision(True, f"extrapolated: {what}, alpha {parameters.get('alpha', DEFAULT_ALPHA):g}")
+    return Decision(True, f"extrapolated: {what}, alpha {parameters.get('alpha', LOX_ALPHA):g}")
 
 
 lox = RoleCheckedMethod(

@@ -30,13 +30,9 @@ from mergekit_safety.methods.base import (
     RoleInputs,
     gate,
 )
-from mergekit_safety.parameters import DEFAULT_THRESHOLD
+from mergekit_safety.parameters import DEFAULT_THRESHOLD, SAFE_LINEAR_WEIGHT, Threshold, Weight
 from mergekit_safety.roles import Role, RoleRule, RoleValue
 from mergekit_safety.subspace import compute_dtype
-
-DEFAULT_WEIGHT = 0.7
-"""λ on the fine-tuned update: the middle of the 0.6–0.9 range Farn et al. report. Model-specific;
-``mergekit-safety sweep`` picks it under a safety gate."""
 
 CONTRACT = InputContract(base=BasePolicy.REQUIRED, min_non_base=1)
 URL = "https://arxiv.org/abs/2412.19512"
@@ -69,8 +65,8 @@ def safe_linear_batch(
 def safe_linear_group(
     group: TensorGroup,
     role: PerNonBase[RoleValue] = Role.FINETUNED,
-    weight: PerNonBase[float] = DEFAULT_WEIGHT,
-    threshold: float = DEFAULT_THRESHOLD,
+    weight: PerNonBase[Weight] = SAFE_LINEAR_WEIGHT,
+    threshold: Threshold = DEFAULT_THRESHOLD,
     allow_extrapolation: bool = False,
 ) -> torch.Tensor:
     inputs = RoleInputs.from_group(group, role)

@@ -20,7 +20,7 @@ from mergekit_safety.methods.base import (
     gate,
     note,
 )
-from mergekit_safety.parameters import DEFAULT_THRESHOLD
+from mergekit_safety.parameters import DEFAULT_THRESHOLD, Threshold
 from mergekit_safety.roles import Role, RoleRule, RoleValue
 from mergekit_safety.subspace import drifts, score_and_project_if
 
@@ -34,7 +34,7 @@ from mergekit_safety.subspace import drifts, score_and_project_if
 def safe_lora_merge(
     group: TensorGroup,
     role: PerNonBase[RoleValue] = Role.FINETUNED,
-    threshold: float = DEFAULT_THRESHOLD,
+    threshold: Threshold = DEFAULT_THRESHOLD,
 ) -> torch.Tensor:
     inputs = RoleInputs.from_group(group, role)
     if inputs.gateable:

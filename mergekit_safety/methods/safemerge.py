@@ -26,10 +26,15 @@ from mergekit_safety.methods.base import (
     RoleInputs,
     gate,
 )
-from mergekit_safety.parameters import DEFAULT_THRESHOLD
+from mergekit_safety.parameters import (
+    DEFAULT_THRESHOLD,
+    SAFEMERGE_DENSITY,
+    SAFEMERGE_WEIGHTS,
+    Density,
+    Threshold,
+    Weight,
+)
 from mergekit_safety.roles import Role, RoleRule, RoleValue
-
-DEFAULT_WEIGHTS = {Role.FINETUNED: 0.8, Role.SAFE: 0.2}
 
 
 @merge_method(
@@ -41,10 +46,10 @@ DEFAULT_WEIGHTS = {Role.FINETUNED: 0.8, Role.SAFE: 0.2}
 def safemerge_merge(
     group: TensorGroup,
     role: PerNonBase[RoleValue] = Role.FINETUNED,
-    weight: PerNonBase[float | None] = None,
-    threshold: float = DEFAULT_THRESHOLD,
+    weight: PerNonBase[Weight | None] = None,
+    threshold: Threshold = DEFAULT_THRESHOLD,
     merge_type: Literal["linear", "dare_linear"] = "linear",
-    density: float = 0.5,
+    density: Density = SAFEMERGE_DENSITY,
     seed: int = 0,
     allow_extrapolation: bool = False,
 ) -> torch.Tensor:
@@ -60,7 +65,7 @@ def safemerge_merge(
         if merge_type == "dare_linear":
             update = dare(update, density, seed_for(group.metadata.name, seed, index))
         w = weight[key]
-        result.add_(update, alpha=DEFAULT_WEIGHTS[role[key]] if w is None else w)
+        result.add_(update, alpha=SAFEMERGE_WEIGHTS[role[key]] if w is None else w)
     return inputs.cast_back(result)
 
 
@@ -68,6 +73,7 @@ def dare(update: torch.Tensor, density: float, seed: int) -> torch.Tensor:
     """Drop-and-rescale (arXiv 2311.03099), reproducible across runs and devices.
 
     The mask is drawn on the CPU from a private generator, so it depends only on ``seed``.
+    ``density`` lies in (0, 1], held there by the kernel's argument type (``Density``).
     """
     if density == 1:
         return update
@@ -91,5 +97,5 @@ safemerge = RoleCheckedMethod(
     rule=RoleRule(
         "safemerge", {Role.FINETUNED: (1, None), Role.UNALIGNED: (1, 1), Role.SAFE: (1, 1)}
     ),
-    weighted=frozenset(DEFAULT_WEIGHTS),
+    weighted=frozenset(SAFEMERGE_WEIGHTS),
 )
