@@ -49,7 +49,7 @@ from mergekit_safety.methods.alignment_check import watch_planned
 from mergekit_safety.methods.base import RoleCheckedMethod
 from mergekit_safety.parameters import check_domains, check_parameters, check_rank
 from mergekit_safety.preflight import check_same_architecture
-from mergekit_safety.recipe_keys import check_recipe_keys
+from mergekit_safety.recipe_keys import check_recipe_keys, ours
 from mergekit_safety.roles import Role
 from mergekit_safety.selection import SELECTORS
 
@@ -92,7 +92,7 @@ def install(after_import: AfterImport) -> None:
 
 def on_config(raw: Mapping[str, Any], config: Any) -> None:
     """A recipe of ours as read: its keys, and its recipe-wide numbers' domains, before warm-up."""
-    method = _our_method(config.merge_method)
+    method = ours(config.merge_method)
     if method is None:
         return
     check_recipe_keys(raw)
@@ -105,19 +105,9 @@ def on_config(raw: Mapping[str, Any], config: Any) -> None:
     check_parameters(method.spec.name, scalars, {})
 
 
-def _our_method(name: str) -> RoleCheckedMethod | None:
-    from mergekit.merge_methods import get
-
-    try:
-        method = get(name)
-    except RuntimeError:  # an unknown method: mergekit says so itself
-        return None
-    return method if isinstance(method, RoleCheckedMethod) else None
-
-
 def on_recipe(recipe: PlannedRecipe) -> None:
     """The once-per-merge checks, then the ``top_k`` ρ pass; before any tensor task exists."""
-    method = _our_method(recipe.config.merge_method)
+    method = ours(recipe.config.merge_method)
     if method is None:
         return
     check_device(recipe.options)
@@ -277,7 +267,7 @@ def check_writable(out: Path) -> None:
 
 def on_tensor(tensor: PlannedTensor) -> None:
     """Roles, parameter domains and shapes of one planned tensor, before anything loads."""
-    method = _our_method(tensor.method)
+    method = ours(tensor.method)
     if method is None:
         return
     refuse_unresolved(tensor)
@@ -321,7 +311,7 @@ def on_written(written: WrittenMerge) -> None:
     run.written = True
     if run.recipe is None or run.out_path != written.out_path:
         return  # not planned by MergePlanner (mergekit-pytorch): it says nothing
-    ours = [t for t in written.tensors if _our_method(t.method) is not None]
+    ours = [t for t in written.tensors if ours(t.method) is not None]
     if not ours or run.quiet:
         return
     method = ours[0].method

@@ -30,6 +30,7 @@ GATE_KEYS = ("threshold", *SELECTORS)
 
 
 def ours(method_name: Any) -> RoleCheckedMethod | None:
+    """The safety method a recipe names, or None (a stock method; an unknown one mergekit names)."""
     try:
         method = get(str(method_name))
     except RuntimeError:
