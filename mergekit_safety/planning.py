@@ -311,15 +311,15 @@ def on_written(written: WrittenMerge) -> None:
     run.written = True
     if run.recipe is None or run.out_path != written.out_path:
         return  # not planned by MergePlanner (mergekit-pytorch): it says nothing
-    ours = [t for t in written.tensors if ours(t.method) is not None]
-    if not ours or run.quiet:
+    safety = [t for t in written.tensors if ours(t.method) is not None]
+    if not safety or run.quiet:
         return
-    method = ours[0].method
-    gated = [run.decisions[t.name].merge for t in ours if t.name in run.decisions]
+    method = safety[0].method
+    gated = [run.decisions[t.name].merge for t in safety if t.name in run.decisions]
     if gated:
         what = f"{sum(gated)} of {len(gated)} gated matrices merged"
     else:  # ungated safe_linear, lox, harm_removal: every tensor goes through the kernel
-        what = f"all {len(ours)} tensors merged"
+        what = f"all {len(safety)} tensors merged"
     from tqdm.auto import tqdm
 
     tqdm.write(f"mergekit-safety: wrote {written.out_path} ({method}, {what})", file=sys.stderr)
