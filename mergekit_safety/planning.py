@@ -101,8 +101,7 @@ def on_config(raw: Mapping[str, Any], config: Any) -> None:
         for key, value in (config.parameters or {}).items()
         if not isinstance(value, (list, dict))  # gradients and filters resolve per tensor
     }
-    check_domains(method.spec.parameters, scalars)
-    check_parameters(method.spec.name, scalars, {})
+    check_domains(method.spec.parameters, scalars)  # the cross-parameter rules: per tensor
 
 
 def on_recipe(recipe: PlannedRecipe) -> None:
