@@ -19,7 +19,8 @@ from mergekit_safety.errors import ConfigError
 from mergekit_safety.lora_cache import lora_cache, merged_copy
 from mergekit_safety.methods.base import RoleCheckedMethod
 from mergekit_safety.preflight import load_recipe
-from mergekit_safety.scoring import decide_at, score_config, selection_of, without_selection
+from mergekit_safety.recipe import without_selection
+from mergekit_safety.scoring import TensorDecision, decide_at, score_config, selection_of
 from mergekit_safety.selection import Resolved, Selection, resolve
 
 
@@ -31,7 +32,8 @@ def inspect_recipe(
     lora_merge_cache: str | None = None,
 ) -> list[dict]:
     """One record per output tensor, in the order mergekit plans them."""
-    return inspect(recipe, device=device, quiet=quiet, lora_merge_cache=lora_merge_cache).records
+    found = inspect(recipe, device=device, quiet=quiet, lora_merge_cache=lora_merge_cache)
+    return [record.as_dict() for record in found.records]
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,7 @@ class Inspection:
     """What ``inspect`` found: one record per tensor, and the τ a rank selection resolved to."""
 
     method: str
-    records: list[dict]
+    records: list[TensorDecision]
     resolved: Resolved | None = None
 
 
@@ -79,7 +81,7 @@ def inspect(
             return Inspection(config.merge_method, score_config(config, options, cache=False))
         config = without_selection(config, drop_threshold=True)
         records = score_config(config, options, require_unaligned=True, selection=selection)
-    resolved = resolve(selection, {r["tensor"]: r["rho"] for r in records if r["gated"]})
+    resolved = resolve(selection, {r.tensor: r.rho for r in records if r.gated})
     return Inspection(config.merge_method, decide_at(records, resolved, method), resolved)
 
 
@@ -87,20 +89,20 @@ def _has_adapter(config: Any) -> bool:
     return any(model.lora is not None for model in config.referenced_models())
 
 
-def inspect_adapters(recipe: str | os.PathLike, *, device: str = "cpu") -> list[dict]:
+def inspect_adapters(recipe: str | os.PathLike, *, device: str = "cpu") -> list[TensorDecision]:
     """The records for a recipe of LoRA adapters, from their factors (what ``adapter`` writes).
 
     Each adapted module only: a weight no fine-tune adapts has Δ = 0 and keeps θ_aligned.
     """
     plan = plan_adapter(str(recipe), device=device)
     return [
-        {
-            "tensor": f"{m.module}.weight",
-            "shape": [m.b.shape[0], m.a.shape[1]],
-            "gated": m.gated,
-            "rho": m.decision.rho,
-            "merge": m.decision.merge,
-            "reason": m.decision.reason,
-        }
+        TensorDecision(
+            tensor=f"{m.module}.weight",
+            shape=[m.b.shape[0], m.a.shape[1]],
+            gated=m.gated,
+            rho=m.decision.rho,
+            merge=m.decision.merge,
+            reason=m.decision.reason,
+        )
         for m in merge_adapters(plan, device=device)
     ]

@@ -33,7 +33,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ from mergekit_safety.methods.alignment_check import watch_planned
 from mergekit_safety.methods.base import RoleCheckedMethod
 from mergekit_safety.parameters import check_domains, check_parameters, check_rank
 from mergekit_safety.preflight import check_same_architecture
+from mergekit_safety.recipe import inputs, resolve_selection, without_selection
 from mergekit_safety.recipe_keys import check_recipe_keys, ours
 from mergekit_safety.roles import Role
 from mergekit_safety.selection import SELECTORS
@@ -144,9 +145,9 @@ def check_device(options: Any) -> None:
 def check_roles_on_base(config: Any, method: str) -> None:
     """A role other than finetuned given to ``base_model`` itself cannot work."""
     base = config.base_model
-    for model, parameters in _model_definitions(config):
-        role = str((parameters or {}).get("role", "")).strip().lower()
-        if role and role != "finetuned" and base is not None and model == base:
+    for scope in inputs(config):
+        role = str(scope.parameters.get("role", "")).strip().lower()
+        if role and role != "finetuned" and base is not None and scope.reference == base:
             raise ConfigError(
                 f"{method}: the {role} model is base_model itself ({base}); "
                 + (
@@ -164,8 +165,9 @@ def check_alignment_present(config: Any, method: str) -> None:
     base = config.base_model
     if base is None:
         return
-    for model, parameters in _model_definitions(config):
-        role = str((parameters or {}).get("role", "")).strip().lower()
+    for scope in inputs(config):
+        role = str(scope.parameters.get("role", "")).strip().lower()
+        model = scope.reference
         if role == "unaligned" and model != base and model.lora is None and base.lora is None:
             if mergekit_internals.same_matrices(base, model):
                 raise ConfigError(
@@ -173,18 +175,6 @@ def check_alignment_present(config: Any, method: str) -> None:
                     "gated matrix (V = 0): the gate cannot work; give the model alignment "
                     "started from"
                 )
-
-
-def _model_definitions(config: Any) -> Iterator[tuple[Any, dict | None]]:
-    """(model, parameters) of every input in the recipe, in any of mergekit's three layouts."""
-    for entry in config.models or ():
-        yield entry.model, entry.parameters
-    slices = list(config.slices or ())
-    for module in (config.modules or {}).values():
-        yield from ((entry.model, entry.parameters) for entry in module.models or ())
-        slices += module.slices or ()
-    for output_slice in slices:
-        yield from ((source.model, source.parameters) for source in output_slice.sources)
 
 
 def model_files(directory: Path) -> list[Path]:
@@ -329,7 +319,7 @@ def on_written(written: WrittenMerge) -> None:
 
 def resolve_in_planner(recipe: PlannedRecipe, method: RoleCheckedMethod) -> None:
     """If the planned recipe selects by rank, score it now and replace the selection by τ."""
-    from mergekit_safety.scoring import decide_at, score_config, selection_of, without_selection
+    from mergekit_safety.scoring import decide_at, score_config, selection_of
     from mergekit_safety.selection import resolve
 
     config = recipe.config
@@ -346,10 +336,9 @@ def resolve_in_planner(recipe: PlannedRecipe, method: RoleCheckedMethod) -> None
         gated_only=True,
         selection=selection,  # K > N stops before the rho pass
     )
-    resolved = resolve(selection, {r["tensor"]: r["rho"] for r in records if r["gated"]})
+    resolved = resolve(selection, {r.tensor: r.rho for r in records if r.gated})
     decide_at(records, resolved, method)  # checks τ against every ρ once more
-    parameters = {k: v for k, v in (config.parameters or {}).items() if k not in SELECTORS}
-    config.parameters = {**parameters, "threshold": resolved.threshold}
+    resolve_selection(config, resolved.threshold, copy=False)  # the planner's own config
     if not recipe.options.quiet:
         print(
             f"mergekit-safety: {resolved.summary()} "

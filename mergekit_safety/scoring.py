@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import json
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,25 +26,56 @@ from mergekit_safety import mergekit_internals
 from mergekit_safety.errors import ConfigError
 from mergekit_safety.mergekit_internals import PlannedTensor
 from mergekit_safety.methods.base import RoleCheckedMethod, RoleInputs
+from mergekit_safety.recipe import parameter_scopes
 from mergekit_safety.roles import Role
 from mergekit_safety.selection import SELECTORS, Resolved, Selection, parse_selection
 
 
-def gate_record(tensor: PlannedTensor, group: TensorGroup) -> dict:
-    """The decision the tensor's method takes for it, as a JSON-ready record."""
+@dataclass(frozen=True)
+class TensorDecision(Mapping[str, Any]):
+    """The gate's decision for one output tensor: what ``inspect`` prints, one row per tensor.
+
+    Reads as a mapping too (``record["rho"]``), as the records were before.
+    """
+
+    tensor: str
+    shape: list[int]
+    gated: bool
+    rho: float | None
+    merge: bool
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON record, keys in ``inspect --json`` order."""
+        return {name: getattr(self, name) for name in self}
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self.__dataclass_fields__:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.__dataclass_fields__)
+
+    def __len__(self) -> int:
+        return len(self.__dataclass_fields__)
+
+
+def gate_record(tensor: PlannedTensor, group: TensorGroup) -> TensorDecision:
+    """The decision the tensor's method takes for it."""
     method = get(tensor.method)
     roles = {entry.id: tensor.input_parameters[entry.id]["role"] for entry in group.non_base}
     method.rule.check(roles, tensor.base)
     inputs = RoleInputs.from_group(group, roles)
     decision = method.decide(inputs, tensor.parameters)
-    return {
-        "tensor": tensor.name,
-        "shape": list(group.base.tensor.shape),
-        "gated": inputs.gateable,
-        "rho": decision.rho,
-        "merge": decision.merge,
-        "reason": decision.reason,
-    }
+    return TensorDecision(
+        tensor=tensor.name,
+        shape=list(group.base.tensor.shape),
+        gated=inputs.gateable,
+        rho=decision.rho,
+        merge=decision.merge,
+        reason=decision.reason,
+    )
 
 
 def selection_of(config: MergeConfiguration) -> Selection | None:
@@ -70,40 +102,17 @@ def selection_of(config: MergeConfiguration) -> Selection | None:
     return parse_selection(raw["top_k"], raw["fraction"], threshold_set=threshold_set)
 
 
-def parameter_scopes(config: MergeConfiguration) -> list[tuple[str, dict]]:
-    """Every ``parameters:`` mapping below the top level: per model, slice, source, module."""
-    scopes: list[tuple[str, dict]] = []
-    for model in config.models or []:
-        scopes.append((str(model.model), model.parameters or {}))
-    modules = list((config.modules or {}).items())
-    for name, module in [("", None), *modules]:
-        slices = config.slices if module is None else module.slices
-        if module is not None:
-            scopes.append((f"module {name}", module.parameters or {}))
-            scopes += [(str(m.model), m.parameters or {}) for m in module.models or []]
-        for index, output in enumerate(slices or []):
-            scopes.append((f"slice {index}", output.parameters or {}))
-            scopes += [(str(s.model), s.parameters or {}) for s in output.sources]
-    return scopes
-
-
-def without_selection(config: MergeConfiguration, *, drop_threshold: bool) -> MergeConfiguration:
-    """A deep copy without ``top_k``/``fraction`` (and ``threshold``) at the top level."""
-    copy = config.model_copy(deep=True)
-    dropped = (*SELECTORS, "threshold") if drop_threshold else SELECTORS
-    copy.parameters = {k: v for k, v in (copy.parameters or {}).items() if k not in dropped}
-    return copy
-
-
-def decide_at(records: list[dict], resolved: Resolved, method: RoleCheckedMethod) -> list[dict]:
+def decide_at(
+    records: list[TensorDecision], resolved: Resolved, method: RoleCheckedMethod
+) -> list[TensorDecision]:
     """The records with each gated decision redone at the resolved τ."""
     chosen = {name for name, _rho in resolved.chosen}
     sign = "<=" if method.inclusive else "<"
     out = []
     for record in records:
-        if record["gated"]:
-            rho = record["rho"]
-            merge = record["tensor"] in chosen
+        if record.gated:
+            rho = record.rho
+            merge = record.tensor in chosen
             assert rho is None or rho != rho or merge == (rho <= resolved.threshold)
             if merge:
                 reason = f"rho {sign} threshold ({resolved.selection.label()})"
@@ -111,7 +120,7 @@ def decide_at(records: list[dict], resolved: Resolved, method: RoleCheckedMethod
                 reason = "undefined rho (V = 0 or delta = 0)"
             else:
                 reason = f"rho above threshold ({resolved.selection.label()})"
-            record = {**record, "merge": merge, "reason": reason}
+            record = dataclasses.replace(record, merge=merge, reason=reason)
         out.append(record)
     return out
 
@@ -123,14 +132,14 @@ CACHE_SIZE = 8
 class ScoreCache:
     """ρ records kept by what ρ depends on, for as long as :func:`kept_scores` is open."""
 
-    entries: OrderedDict[str, list[dict]] = field(default_factory=OrderedDict)
+    entries: OrderedDict[str, list[TensorDecision]] = field(default_factory=OrderedDict)
 
-    def get(self, key: str) -> list[dict] | None:
+    def get(self, key: str) -> list[TensorDecision] | None:
         if key in self.entries:
             self.entries.move_to_end(key)
         return self.entries.get(key)
 
-    def put(self, key: str, records: list[dict]) -> None:
+    def put(self, key: str, records: list[TensorDecision]) -> None:
         self.entries[key] = records
         while len(self.entries) > CACHE_SIZE:
             self.entries.popitem(last=False)
@@ -161,7 +170,7 @@ def score_config(
     gated_only: bool = False,
     cache: bool = True,
     selection: Selection | None = None,
-) -> list[dict]:
+) -> list[TensorDecision]:
     """Plan ``config`` with mergekit's planner and run the gate on each tensor, writing nothing.
 
     With ``cache`` inside :func:`kept_scores`, for ranking by ρ: kept by what ρ depends on

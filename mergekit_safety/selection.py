@@ -33,6 +33,25 @@ from mergekit_safety.errors import ConfigError
 
 SELECTORS = ("top_k", "fraction")
 """The recipe parameters that select by rank; at most one of them, and never with ``threshold``."""
+GATE_KEYS = ("threshold", *SELECTORS)
+"""Alternative ways to say which matrices merge: a recipe sets at most one of them."""
+
+
+def set_gate(parameters: Mapping[str, Any], key: str, value: Any) -> dict[str, Any]:
+    """``parameters`` with ``key`` (one of :data:`GATE_KEYS`) set and the other two removed."""
+    assert key in GATE_KEYS, key
+    return {**{k: v for k, v in parameters.items() if k not in GATE_KEYS}, key: value}
+
+
+def with_threshold(parameters: Mapping[str, Any], threshold: float) -> dict[str, Any]:
+    """A selection turned into τ: ``threshold: τ`` in place of ``top_k``/``fraction``."""
+    return set_gate(parameters, "threshold", threshold)
+
+
+def without_selection(parameters: Mapping[str, Any], *, drop_threshold: bool) -> dict[str, Any]:
+    """``parameters`` without ``top_k``/``fraction`` (and ``threshold``)."""
+    dropped = GATE_KEYS if drop_threshold else SELECTORS
+    return {k: v for k, v in parameters.items() if k not in dropped}
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ LAYERS = (
               "acceptance", "runs", "hub_card"}),
     ("the door into mergekit", {"mergekit_internals"}),
     ("methods", {"methods"}),
-    ("recipe machinery", {"lora_cache", "scoring", "planning", "adapter", "inspection",
+    ("recipe machinery", {"recipe", "lora_cache", "scoring", "planning", "adapter", "inspection",
                           "recipe_keys"}),
     ("evaluation and reporting", {"evaluation", "sweep", "card", "plot", "demo"}),
     ("commands and the plugin entry", {"cli", "__main__", "plugin"}),

@@ -77,7 +77,7 @@ def inspect_command(
         if write_recipe is not None and found.resolved is None:
             raise click.UsageError("--write-recipe needs --top-k or --fraction (or a recipe "
                                    "that sets top_k or fraction)")  # fmt: skip
-    rows = found.records if all_tensors else [row for row in found.records if row["gated"]]
+    rows = [r.as_dict() for r in found.records if all_tensors or r.gated]
     if write_recipe is not None:
         Path(write_recipe).write_text(resolved_recipe(recipe, found.resolved), encoding="utf-8")
     if plot is not None:
@@ -115,15 +115,10 @@ def resolved_recipe(recipe: str, resolved) -> str:
     """The recipe with ``threshold: τ`` in place of any selection, the choice in comments."""
     import yaml
 
-    from mergekit_safety.selection import SELECTORS
+    from mergekit_safety.recipe import resolve_selection
 
     data = yaml.safe_load(Path(recipe).read_text(encoding="utf-8"))
-    parameters = {
-        k: v
-        for k, v in (data.get("parameters") or {}).items()
-        if k not in (*SELECTORS, "threshold")
-    }
-    data["parameters"] = {**parameters, "threshold": resolved.threshold}
+    data = resolve_selection(data, resolved.threshold, copy=False)
     last = resolved.chosen[-1][1]
     after = "" if resolved.next_rho is None else f" and {resolved.next_rho:.6g} (the next)"
     lines = [

@@ -35,7 +35,7 @@ from mergekit_safety.methods.alignment_check import alignment_vanished
 from mergekit_safety.parameters import check_domains, check_parameters
 from mergekit_safety.roles import Role, RoleRule, parse_role, split_by_role
 from mergekit_safety.runs import Decision, MergeRun
-from mergekit_safety.selection import SELECTORS, parse_selection, resolve
+from mergekit_safety.selection import SELECTORS, parse_selection, resolve, with_threshold
 from mergekit_safety.subspace import compute_dtype, drifts, rounding_tolerance, score
 
 
@@ -236,7 +236,7 @@ class RoleCheckedMethod(PluginMethod):
                 name = group.metadata.name or f"#{index}"
                 scores[name] = gate(inputs, 0.0).rho
         threshold = resolve(selection, scores).threshold
-        return [{**values, "threshold": threshold} for values in parameters]
+        return [with_threshold(values, threshold) for values in parameters]
 
 
 SELECTION_PARAMETERS = (

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import itertools
 import math
 import os
@@ -203,19 +202,13 @@ def recipe_roles(recipe: Mapping[str, Any]) -> list[tuple[int, Any, str]]:
     """(index in ``models``, ModelReference, role) for each input that is not ``base_model``."""
     from mergekit.config import MergeConfiguration
 
+    from mergekit_safety import recipe as recipes
+
     config = MergeConfiguration.model_validate(recipe)
     if not config.models:
         raise ConfigError("sweep and card handle recipes with `models:` (not slices or modules)")
-    default = (recipe.get("parameters") or {}).get("role", "finetuned")
-    out = []
-    for index, (raw, entry) in enumerate(zip(recipe["models"], config.models, strict=True)):
-        if config.base_model is not None and entry.model == config.base_model:
-            continue
-        role = ((raw or {}).get("parameters") or {}).get("role", default)
-        if not isinstance(role, str):
-            raise ConfigError(f"role of {entry.model} must be a plain string; got {role!r}")
-        out.append((index, entry.model, role.strip().lower()))
-    return out
+    index = {id(scope.node): i for i, scope in enumerate(recipes.inputs(recipe))}
+    return [(index[id(scope.node)], scope.reference, role) for scope, role in recipes.roles(recipe)]
 
 
 def set_parameter(recipe: Mapping[str, Any], parameter: str, value: float) -> dict[str, Any]:
@@ -223,18 +216,14 @@ def set_parameter(recipe: Mapping[str, Any], parameter: str, value: float) -> di
 
     Setting one of ``threshold``/``top_k``/``fraction`` removes the others from ``parameters``.
     """
-    out = copy.deepcopy(dict(recipe))
-    if SWEEPABLE[parameter].scope == "global":
-        others = GATE_CHOICES if parameter in GATE_CHOICES else ()
-        kept = {k: v for k, v in (out.get("parameters") or {}).items() if k not in others}
-        number = int(value) if SWEEPABLE[parameter].integer else value
-        out["parameters"] = {**kept, parameter: number}
-        return out
-    for index, _model, role in recipe_roles(out):
-        if role == "finetuned":
-            entry = out["models"][index]
-            entry["parameters"] = {**(entry.get("parameters") or {}), parameter: value}
-    return out
+    from mergekit_safety import recipe as recipes
+
+    sweepable = SWEEPABLE[parameter]
+    number = int(value) if sweepable.integer else value
+    if sweepable.scope == "global":
+        return recipes.set_parameter(recipe, parameter, number)
+    recipe_roles(recipe)  # a recipe with `models:` only, as before
+    return recipes.set_parameter(recipe, parameter, number, "finetuned")
 
 
 def plan_sweep(
