@@ -15,7 +15,7 @@ from mergekit_safety.selection import set_gate, with_threshold, without_selectio
 MODELS: dict[str, Any] = {
     "merge_method": "safe_linear",
     "base_model": "aligned",
-    "parameters": {"top_k": 3, "scale": 0.5},
+    "parameters": {"top_k": 3, "allow_extrapolation": False},
     "models": [
         {"model": "aligned"},
         {"model": "chat", "parameters": {"weight": 0.7}},
