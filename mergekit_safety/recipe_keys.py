@@ -19,6 +19,7 @@ from mergekit.merge_methods.base import ParameterScope
 
 from mergekit_safety.errors import ConfigError
 from mergekit_safety.methods.base import RoleCheckedMethod
+from mergekit_safety.recipe import walk
 from mergekit_safety.roles import Role, parse_role
 from mergekit_safety.selection import SELECTORS
 
@@ -116,21 +117,13 @@ def _meant(key: str, known: Any) -> str:
 
 def _scopes(raw: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, Any]]]:
     """Every recipe-wide ``parameters:`` mapping: top level, module, slice."""
-    yield "the top-level `parameters:`", raw.get("parameters") or {}
-    for module_name, module in (raw.get("modules") or {}).items():
-        yield f"module {module_name}", (module or {}).get("parameters") or {}
-        for index, output in enumerate((module or {}).get("slices") or ()):
-            yield f"slice {index} of module {module_name}", output.get("parameters") or {}
-    for index, output in enumerate(raw.get("slices") or ()):
-        yield f"slice {index}", (output or {}).get("parameters") or {}
+    for scope in walk(raw):
+        if not scope.is_input:
+            yield scope.label or "the top-level `parameters:`", scope.parameters
 
 
 def _inputs(raw: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, Any]]]:
     """Every input's ``parameters:``, named by its model, in mergekit's three layouts."""
-    layouts = [raw, *((raw.get("modules") or {}).values())]
-    for layout in layouts:
-        for entry in (layout or {}).get("models") or ():
-            yield f"model {entry.get('model')}", entry.get("parameters") or {}
-        for output in (layout or {}).get("slices") or ():
-            for source in (output or {}).get("sources") or ():
-                yield f"model {source.get('model')}", source.get("parameters") or {}
+    for scope in walk(raw):
+        if scope.is_input:
+            yield f"model {scope.label}", scope.parameters
