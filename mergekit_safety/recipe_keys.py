@@ -21,13 +21,11 @@ from mergekit_safety.errors import ConfigError
 from mergekit_safety.methods.base import RoleCheckedMethod
 from mergekit_safety.recipe import walk
 from mergekit_safety.roles import Role, parse_role
-from mergekit_safety.selection import SELECTORS
+from mergekit_safety.selection import GATE_KEYS
 
 SECTIONS = ("merge_method", "base_model", "models", "slices", "modules", "parameters", "dtype",
             "out_dtype", "tokenizer_source", "tokenizer", "chat_template", "name")  # fmt: skip
 """What a mergekit recipe may hold at the top (``name`` is mergekit-multi's)."""
-GATE_KEYS = ("threshold", *SELECTORS)
-"""Read only by a method that gates, and only with a model of role ``unaligned``."""
 
 
 def ours(method_name: Any) -> RoleCheckedMethod | None:

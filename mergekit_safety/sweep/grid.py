@@ -15,6 +15,7 @@ import yaml
 
 from mergekit_safety.acceptance import format_value
 from mergekit_safety.errors import ConfigError
+from mergekit_safety.selection import GATE_KEYS
 
 MAX_VALUES = 200
 """More values than this is almost surely a typo in the step (each value is a merge + eval)."""
@@ -45,7 +46,7 @@ SWEEPABLE = {
     "scale": Sweepable("scale", "global", -1, "λ on the removed harm direction", unbounded=True),
     "density": Sweepable("density", "global", -1, "the share of τ_H (or of updates) kept"),
 }
-GATE_CHOICES = ("threshold", "top_k", "fraction")
+GATE_CHOICES = GATE_KEYS
 """Alternative ways to say which matrices merge: a recipe and a grid use one of them."""
 TIE_BREAK = (
     "ties in task accuracy go to the fine-tuned side, parameter by parameter in --set order: "
