@@ -139,6 +139,25 @@ class AdapterSpec(_Spec):
     finetune: str
 
 
+class SearchSpec(_Spec):
+    """``mergekit-safety search`` on the benign seed-0 fine-tune (benchmarks/efficacy/search.py)."""
+
+    method: Method
+    """The method whose default recipe on benign-s0 the search varies."""
+    space: dict[str, dict[str, Any]]
+    """The ``--space`` YAML: a range per recipe parameter, per layer with anchors and filters."""
+    trials: int = Field(ge=1)
+    seed: int = 0
+    startup_trials: int = Field(default=10, ge=1)
+    parallel: int = Field(default=1, ge=1)
+    """Trials at a time (Ray workers when above 1)."""
+    benign_extra: str
+    """A named third-party over-refusal set added to the look-alike validation prompts."""
+    task_extra: int = Field(default=0, ge=0)
+    """New arithmetic items added to the task validation items."""
+    max_new_tokens: int = Field(ge=1)
+
+
 class Config(_Spec):
     """The study's YAML, checked once: paths resolved against the repository root."""
 
@@ -165,6 +184,7 @@ class Config(_Spec):
     methods: dict[Method, MethodSpec]
     lox: LoxSpec | None = None
     adapter: AdapterSpec | None = None
+    search: SearchSpec | None = None
 
     @field_validator("work", "results", mode="after")
     @classmethod
@@ -457,9 +477,15 @@ def plan(config: Config) -> list[Stage]:
             stages += _merge_eval(config, name, method, "default", spec.default)
     for method, spec in methods.items():
         stages.append(_sweep_stage(config, method, spec.sweep))
+    if config.search is not None:
+        from benchmarks.efficacy.search import stages as search_stages
+
+        stages += search_stages(config)
     for name, _kind, _seed in first:
         for method in methods:
             stages += _merge_eval(config, name, method, "chosen", None)
+        if config.search is not None:
+            stages += _merge_eval(config, name, "search", "chosen", None)
     if config.adapter is not None:
         spec = config.adapter
         out = config.results / "evals" / "test" / f"{spec.finetune}/adapter-{spec.method}"
@@ -482,6 +508,8 @@ def plan(config: Config) -> list[Stage]:
         for method, spec in methods.items():
             stages += _merge_eval(config, name, method, "default", spec.default)
             stages += _merge_eval(config, name, method, "chosen", None)
+        if config.search is not None:
+            stages += _merge_eval(config, name, "search", "chosen", None)
     stages.append(Stage("tables", "tables", [config.results / "tables.md"]))
     return stages
 

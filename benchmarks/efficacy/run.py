@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from benchmarks.efficacy import search
 from benchmarks.efficacy.plan import (
     AlignSpec,
     Config,
@@ -389,7 +390,14 @@ def do_merge(config: Config, stage: Stage) -> None:
     from mergekit_safety.sweep import merge_recipe
 
     args = stage.args
-    point = args["point"] if args["point"] is not None else chosen_point(config, args["method"])
+    if args["method"] == "search":  # the search's chosen recipe, this fine-tune swapped in
+        from benchmarks.efficacy.search import chosen_recipe
+
+        body = chosen_recipe(config, config.model(args["ft"]))
+        point = None if body is None else {"recipe": "search/recipe.yml"}
+    else:
+        point = args["point"] if args["point"] is not None else chosen_point(config, args["method"])
+        body = None if point is None else recipe(config, args["method"], point, config.model(args["ft"]))
     summary_path = stage.outputs[0]
     if point is None:
         _json(
@@ -410,19 +418,19 @@ def do_merge(config: Config, stage: Stage) -> None:
         _wait_for(config.work / "models" / "S-adapter" / "train_info.json")
     if args["method"] == "harm_removal":
         _wait_for(config.work / "models" / "H-adapter" / "train_info.json")
-    body = recipe(config, args["method"], point, config.model(args["ft"]))
     Path(args["recipe_path"]).parent.mkdir(parents=True, exist_ok=True)
     Path(args["recipe_path"]).write_text(yaml.safe_dump(body, sort_keys=False), encoding="utf-8")
     start = time.time()
     if out.exists():
         shutil.rmtree(out)
     merge_recipe(body, out, _merge_options(config))
+    counted = config.search.method if args["method"] == "search" and config.search else args["method"]
     info = {
         "method": args["method"],
         "point": point,
         "merge_s": round(time.time() - start, 1),
         "recipe": body,
-        **_matrices(args["recipe_path"], args["method"]),
+        **_matrices(args["recipe_path"], counted),
     }
     _json(
         config.results / "merges" / args["ft"] / f"{args['method']}-{args['point_name']}.json", info
@@ -650,6 +658,9 @@ HANDLERS = {
     "sweep": do_sweep,
     "adapter": do_adapter,
     "tables": do_tables,
+    "search_data": search.do_search_data,
+    "search_eval": search.do_search_eval,
+    "search": search.do_search,
 }
 
 

@@ -1,0 +1,203 @@
+"""The study's search (issue 28): ``mergekit-safety search`` on the benign seed-0 fine-tune.
+
+The search sees a validation set larger than the sweeps' (so that a gate of 0.9 is not passed by
+luck), still disjoint from test: AdvBench's validation prompts plus the AdvBench-train prompts no
+stage trains on, our look-alike validation prompts plus a third-party over-refusal set (not used on
+test), and the arithmetic validation items plus new ones that share no operand pair with any split.
+Its gate is relative to A on that set, as the sweeps' is on theirs. The chosen recipe is then merged
+for every fine-tune (its path swapped in) and evaluated on test like every other method.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shlex
+from pathlib import Path
+from typing import Any
+
+from benchmarks.efficacy.plan import Config, SearchSpec, Stage, recipe
+
+SPLIT = "search"
+
+
+def unused_harmful(config: Config, train: list[str]) -> list[str]:
+    """AdvBench-train prompts no stage trains on: after A's, S's and H's slices, before the
+    attack's pool (the last ``2 × need``)."""
+    start = config.align.refusals
+    start += config.safe.refusals if config.safe is not None else 0
+    start += config.harmful.prompts if config.harmful is not None else 0
+    return train[start : len(train) - 2 * attack_size(config)]
+
+
+def attack_size(config: Config) -> int:
+    """Harmful pairs in the attack fine-tune (its share of the task-train items)."""
+    attack = config.finetune_specs.get("attack")
+    fraction = attack.harmful_fraction if attack is not None else 0.1
+    return math.ceil(config.splits.task.train * fraction / (1 - fraction))
+
+
+def search_sets(config: Config, splits: dict) -> dict[str, Any]:
+    """{harmful, benign, task, sources}: the search's validation prompts."""
+    from benchmarks.efficacy.data import task_items
+    from mergekit_safety.evaluation.named_sets import load_named
+
+    spec = _spec(config)
+    harmful = splits["harmful"]["validation"] + unused_harmful(config, splits["harmful"]["train"])
+    extra, source = load_named(spec.benign_extra, "benign")
+    benign = splits["benign"]["validation"] + extra
+    used = {tuple(item["key"]) for items in splits["task"].values() for item in items}
+    task = splits["task"]["validation"] + task_items(spec.task_extra, config.seed + 3, used)
+    return {
+        "harmful": harmful,
+        "benign": benign,
+        "task": task,
+        "sources": {
+            "harmful": "AdvBench validation + the AdvBench-train prompts no stage trains on",
+            "benign": f"our look-alike validation prompts + {source}",
+            "task": f"arithmetic validation + {spec.task_extra} new items (no operand pair shared)",
+        },
+    }
+
+
+def do_search_data(config: Config, stage: Stage) -> None:
+    from benchmarks.efficacy.run import _json, _splits, log
+
+    sets = search_sets(config, _splits(config))
+    out = config.prompts(SPLIT)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("harmful", "benign"):
+        rows = [json.dumps({"prompt": p}) for p in sets[name]]
+        (out / f"{name}.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    rows = [json.dumps({"prompt": t["prompt"], "answer": t["answer"]}) for t in sets["task"]]
+    (out / "task.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    counts = {name: len(sets[name]) for name in ("harmful", "benign", "task")}
+    _json(stage.outputs[1], {"counts": counts, "sources": sets["sources"]})
+    log(f"search validation: {counts}")
+
+
+def _spec(config: Config) -> SearchSpec:
+    assert config.search is not None
+    return config.search
+
+
+def template(config: Config) -> dict:
+    """The recipe the search varies: the method's default on the benign seed-0 fine-tune."""
+    spec = _spec(config)
+    default = config.methods[spec.method].default
+    return recipe(config, spec.method, default, config.model("benign-s0"))
+
+
+def eval_command(config: Config, model: str, out: Path) -> list[str]:
+    """``mergekit-safety eval`` as the search evaluates a trial (one token budget for all sets)."""
+    spec = _spec(config)
+    return [
+        "mergekit-safety", "eval", model, "--prompts", str(config.prompts(SPLIT)),
+        "--max-new-tokens", str(spec.max_new_tokens), "--batch-size", str(config.eval.batch_size),
+        "--dtype", config.dtype, "--device", config.device, "--out", str(out),
+    ]  # fmt: skip
+
+
+def search_command(config: Config, gate: tuple[float, float] | None = None) -> list[str]:
+    spec = _spec(config)
+    work = config.work / "search"
+    refusal, over = (f"{g:g}" for g in gate) if gate else ("R", "O")
+    command = [
+        "mergekit-safety", "search", str(work / "template.yml"),
+        "--space", str(config.results / "search" / "space.yml"),
+        "--prompts", str(config.prompts(SPLIT)),
+        "--max-new-tokens", str(spec.max_new_tokens), "--batch-size", str(config.eval.batch_size),
+        "--dtype", config.dtype, "--device", config.device,
+        "--trials", str(spec.trials), "--seed", str(spec.seed),
+        "--startup-trials", str(spec.startup_trials), "--parallel", str(spec.parallel),
+        "--storage", f"sqlite:///{work / 'search.db'}", "--study-name", "smollm2-search",
+        "--min-refusal", refusal, "--max-over-refusal", over,
+        "--lora-merge-cache", str(config.work / "lora-cache"),
+        "--work-dir", str(work / "tmp"), "--out", str(work / "out"), "--overwrite",
+    ]  # fmt: skip
+    if spec.parallel > 1:
+        command += ["--ray", "--ray-workers", str(spec.parallel)]
+    return command
+
+
+def stages(config: Config) -> list[Stage]:
+    """Data, A on it (the gate's reference), the search; the chosen merges come with the rest."""
+    results = config.results
+    a_out = results / "evals" / SPLIT / "A"
+    return [
+        Stage(
+            "data:search",
+            "search_data",
+            [config.prompts(SPLIT) / "task.jsonl", results / "data" / "search.json"],
+        ),
+        Stage(
+            "eval:search:A",
+            "search_eval",
+            [a_out / "summary.json"],
+            {"model": config.model("A"), "out": str(a_out)},
+            [shlex.join(eval_command(config, config.model("A"), a_out))],
+        ),
+        Stage(
+            "search",
+            "search",
+            [results / "search" / "search.json"],
+            {},
+            [shlex.join(search_command(config)) + "  # R, O from A on the search set"],
+        ),
+    ]
+
+
+def _run(command: list[str]) -> None:
+    """A ``mergekit-safety`` command, run by this interpreter (its venv need not be on PATH)."""
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-m", "mergekit_safety", *command[1:]], check=True)
+
+
+def do_search_eval(config: Config, stage: Stage) -> None:
+    _run(eval_command(config, stage.args["model"], Path(stage.args["out"])))
+
+
+def search_gate(config: Config) -> tuple[float, float]:
+    """The sweeps' rule (A's rates with the config's margins), on the search's set."""
+    from benchmarks.efficacy.run import _read
+
+    a = _read(config.results / "evals" / SPLIT / "A" / "summary.json")
+    a = a[0] if isinstance(a, list) else a
+    return (
+        round(a["refusal_rate"] - config.gate.refusal_below_aligned, 4),
+        round(a["over_refusal_rate"] + config.gate.over_refusal_above_aligned, 4),
+    )
+
+
+def do_search(config: Config, stage: Stage) -> None:
+    import shutil
+
+    import yaml
+
+    from benchmarks.efficacy.run import log
+
+    work = config.work / "search"
+    (work / "tmp").mkdir(parents=True, exist_ok=True)
+    (work / "template.yml").write_text(yaml.safe_dump(template(config), sort_keys=False))
+    space = config.results / "search" / "space.yml"
+    space.parent.mkdir(parents=True, exist_ok=True)
+    space.write_text(yaml.safe_dump(_spec(config).space, sort_keys=False), encoding="utf-8")
+    gate = search_gate(config)
+    log(f"search gate (A on the search set): refusal >= {gate[0]}, over-refusal <= {gate[1]}")
+    _run(search_command(config, gate))
+    for item in (work / "out").iterdir():
+        if item.suffix in (".json", ".md", ".png") or item.name == "recipe.yml":
+            shutil.copy2(item, config.results / "search" / item.name)
+
+
+def chosen_recipe(config: Config, finetuned: str) -> dict | None:
+    """The search's chosen recipe with ``finetuned`` in place of the benign seed-0 fine-tune."""
+    import yaml
+
+    path = config.results / "search" / "recipe.yml"
+    if not path.is_file():
+        return None
+    text = path.read_text(encoding="utf-8").replace(config.model("benign-s0"), finetuned)
+    return yaml.safe_load(text)
