@@ -1,4 +1,4 @@
-"""Calibration statistics on disk: what ``mergekit-safety calibrate`` writes and ``safe_delta`` reads.
+"""Calibration statistics on disk: what ``mergekit-safety calibrate`` writes, ``safe_delta`` reads.
 
 A calibration directory holds, per linear layer of the model it was run on, the sum of its
 inputs' outer products ``XᵀX = Σ_tokens x xᵀ`` (``in × in``, float32) in

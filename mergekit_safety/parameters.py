@@ -49,7 +49,7 @@ LOX_K = 0
 LOX_ALPHA = 1.0
 """LoX's extrapolation factor α."""
 LSSF_ALPHA = 1.0
-"""LSSF's coefficient α on the safety components P_r V (provenance: :mod:`mergekit_safety.methods.lssf`)."""
+"""LSSF's coefficient α on the safety components P_r V (see :mod:`mergekit_safety.methods.lssf`)."""
 LSSF_ETA = 0.85
 """LSSF's entropy share η: the rank keeps this share of the singular value entropy."""
 LSSF_MAX_RANK = 8

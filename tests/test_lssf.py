@@ -83,7 +83,9 @@ def test_mergekit_yaml_matches_dense_reference(tmp_path, family):
     result = yaml_in_process(write_recipe(tmp_path / "r.yml", recipe), out)
     assert result.returncode == 0, result.stderr[-2000:]
     merged = load_file(out / "model.safetensors")
-    a, u, f = (load_file(family[k] / "model.safetensors") for k in ("aligned", "unaligned", "finetuned"))
+    a, u, f = (
+        load_file(family[k] / "model.safetensors") for k in ("aligned", "unaligned", "finetuned")
+    )
     fused = 0
     for name, tensor in merged.items():
         if a[name].ndim != 2 or "embed" in name or "lm_head" in name:

@@ -1,4 +1,4 @@
-"""``mergekit-safety calibrate MODEL --prompts FILE --out DIR``: the statistics ``safe_delta`` reads."""
+"""``mergekit-safety calibrate MODEL --prompts FILE --out DIR``: what ``safe_delta`` reads."""
 
 from __future__ import annotations
 

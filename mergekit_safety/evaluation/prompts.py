@@ -235,7 +235,7 @@ def _task_items(rows: Iterable[Any], label: str, column: str | None) -> Iterable
 
 
 RESPONSE_COLUMNS = ("response", "output", "completion")
-"""The assistant's answer in a calibration row (the reference's safety data: prompt + safe reply)."""
+"""The assistant's answer in a calibration row (Safe Delta's safety data: prompt + safe reply)."""
 
 
 def calibration_conversations(source: str, *, column: str | None = None) -> list[Any]:

@@ -105,11 +105,10 @@ def decide(inputs: GateInputs, parameters: Mapping[str, Any]) -> Decision:
     """What ``inspect`` reports: every gateable matrix gets its safety components back."""
     if not inputs.gateable:
         return Decision(False, "not fused: 1-D, or has a vocabulary axis")
-    return Decision(
-        True,
-        f"theta_ft + {parameters.get('alpha', LSSF_ALPHA):g} * P_r V, entropy share "
-        f"{parameters.get('eta', LSSF_ETA):g}, rank cap {parameters.get('max_rank', LSSF_MAX_RANK)}",
-    )
+    alpha = parameters.get("alpha", LSSF_ALPHA)
+    eta = parameters.get("eta", LSSF_ETA)
+    cap = parameters.get("max_rank", LSSF_MAX_RANK)
+    return Decision(True, f"theta_ft + {alpha:g} * P_r V, entropy share {eta:g}, rank cap {cap}")
 
 
 lssf = RoleCheckedMethod(
