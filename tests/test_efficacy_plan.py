@@ -74,6 +74,36 @@ def test_stages_come_after_their_inputs(full_size):
     assert index("lox") < index("finetune:benign-lox-s0") < index("eval:test:benign-lox-s0")
     lox_tune = next(s for s in plan(config) if s.name == "finetune:benign-lox-s0")
     assert lox_tune.args["base"] == "A-lox"
+    # Safe Delta reads A's calibration statistics: A first, then the pass, then its merges
+    assert index("eval:test:A") < index("calibrate") < index("merge:benign-s0/safe_delta-default")
+
+
+def test_the_new_methods_are_stages_with_a_default_and_a_sweepable_grid(full_size, tmp_path):
+    from mergekit_safety.calibration import METADATA
+    from mergekit_safety.sweep import plan_grid
+
+    from benchmarks.efficacy.plan import calibration_dir
+
+    config, u, a = full_size
+    stages = {s.name: s for s in plan(config)}
+    calibrate = stages["calibrate"]
+    assert calibrate.outputs[1] == calibration_dir(config) / METADATA
+    assert calibrate.commands[0].startswith(f"mergekit-safety calibrate {a}")
+    for method in ("lssf", "safe_delta"):
+        spec = config.methods[method]
+        assert f"merge:benign-s0/{method}-default" in stages
+        assert f"merge:attack-s0/{method}-chosen" in stages
+        assert stages[f"sweep:{method}"].args["grid"] == spec.sweep
+        body = recipe(config, method, spec.default, str(tiny_llama(tmp_path / "F", seed=2)))
+        path = tmp_path / f"{method}.yml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(body))
+        grid = [(k, [float(x) for x in v]) for k, v in spec.sweep.items()]
+        assert plan_grid(path, grid).parameters == tuple(spec.sweep)  # sweepable as planned
+    lssf = recipe(config, "lssf", {"alpha": 2, "eta": 0.9, "max_rank": 4}, str(a))
+    assert lssf["parameters"] == {"alpha": 2.0, "eta": 0.9, "max_rank": 4}
+    delta = recipe(config, "safe_delta", {"budget": 0.3}, str(a))
+    assert delta["parameters"] == {"calibration": str(calibration_dir(config)), "budget": 0.3}
 
 
 def test_every_recipe_is_a_valid_mergekit_config(full_size):
@@ -87,8 +117,8 @@ def test_every_recipe_is_a_valid_mergekit_config(full_size):
         parsed = MergeConfiguration.model_validate(body)
         assert parsed.dtype == "bfloat16"
         names = {str(m.model.model.path) for m in parsed.models}
-        # ungated safe_linear and harm removal read no unaligned model; harm removal reads H
-        assert (str(u) in names) == (method not in ("safe_linear", "harm_removal"))
+        # ungated safe_linear, harm removal and Safe Delta read no unaligned model
+        assert (str(u) in names) == (method not in ("safe_linear", "harm_removal", "safe_delta"))
         if method == "harm_removal":
             assert config.model("H") in names and body["parameters"] == point
         if method != "resta":
@@ -137,6 +167,7 @@ def smollm2_raw() -> dict:
         (lambda raw: raw["methods"].update(ties={"default": {}, "sweep": {}}), "methods.ties"),
         (lambda raw: raw.pop("gate"), "gate: Field required"),
         (lambda raw: raw.pop("safe"), "safemerge needs the `safe` section"),
+        (lambda raw: raw.pop("calibration"), "safe_delta needs the `calibration` section"),
     ],
 )
 def test_a_bad_config_is_rejected_with_where_and_why(tmp_path, change, message):
