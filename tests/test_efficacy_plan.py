@@ -79,10 +79,9 @@ def test_stages_come_after_their_inputs(full_size):
 
 
 def test_the_new_methods_are_stages_with_a_default_and_a_sweepable_grid(full_size, tmp_path):
+    from benchmarks.efficacy.plan import calibration_dir
     from mergekit_safety.calibration import METADATA
     from mergekit_safety.sweep import plan_grid
-
-    from benchmarks.efficacy.plan import calibration_dir
 
     config, u, a = full_size
     stages = {s.name: s for s in plan(config)}
