@@ -111,39 +111,64 @@ def calibrate(
     source: str | None = None,
 ) -> dict[str, Any]:
     """Run the pass and write ``out``: one ``<module>.safetensors`` per layer and the record."""
-    from safetensors.torch import save_file
-
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise ConfigError(f"--out {out} is not empty; choose a new directory")
+    check_empty(out)
     started = time.perf_counter()
     model, tokenizer = load_model(model_path, device=device, dtype=dtype)
     try:
         rows = [row[:max_length] for row in texts_of(tokenizer, conversations)]
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        batches = [
-            right_pad(rows[i : i + batch_size], pad) for i in range(0, len(rows), batch_size)
-        ]
-        sums = accumulate(model, batches, progress=progress)
+        sums = accumulate(model, batches_of(rows, pad, batch_size), progress=progress)
     finally:
         release(model)
-    out.mkdir(parents=True, exist_ok=True)
-    for name, total in sums.items():
-        save_file({TENSOR: total.cpu().contiguous()}, str(file_of(out, name)))
     digest = hashlib.sha256(
         json.dumps(list(conversations), sort_keys=True, ensure_ascii=False).encode()
     ).hexdigest()
+    return write(
+        out,
+        sums,
+        model=str(model_path),
+        prompts=source,
+        prompts_sha256=digest,
+        rows=rows,
+        max_length=max_length,
+        dtype=str(dtype or "auto"),
+        seconds=time.perf_counter() - started,
+    )
+
+
+def check_empty(out: Path) -> None:
+    if Path(out).exists() and any(Path(out).iterdir()):
+        raise ConfigError(f"--out {out} is not empty; choose a new directory")
+
+
+def batches_of(
+    rows: Sequence[Sequence[int]], pad: int, batch_size: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [right_pad(rows[i : i + batch_size], pad) for i in range(0, len(rows), batch_size)]
+
+
+def write(
+    out: Path,
+    sums: dict[str, torch.Tensor],
+    *,
+    rows: Sequence[Sequence[int]],
+    seconds: float,
+    **fields: Any,
+) -> dict[str, Any]:
+    """Each layer's sum as ``<module>.safetensors`` and the record, ``calibration.json``."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, total in sums.items():
+        save_file({TENSOR: total.cpu().contiguous()}, str(file_of(out, name)))
     record = {
         "format": FORMAT,
-        "model": str(model_path),
-        "prompts": source,
-        "prompts_sha256": digest,
+        **fields,
         "sequences": len(rows),
         "tokens": sum(len(row) for row in rows),
-        "max_length": max_length,
-        "dtype": str(dtype or "auto"),
         "statistic": "sum over real tokens of x x^T, float32; H = 2 xtx / sequences",
-        "seconds": round(time.perf_counter() - started, 2),
+        "seconds": round(seconds, 2),
         "modules": {name: int(total.shape[0]) for name, total in sums.items()},
     }
     (out / METADATA).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
