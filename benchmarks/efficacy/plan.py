@@ -147,7 +147,7 @@ class CalibrationSpec(_Spec):
     """The reference's nsamples (``run_safedelta.py`` line 105)."""
     reply_tokens: int = Field(48, ge=1)
     max_length: int = Field(512, ge=1)
-    """The reference's seq_len."""
+    """Tokens kept per sequence (the reference's ``seq_len``, which it never applies)."""
     batch_size: int = Field(8, ge=1)
 
 

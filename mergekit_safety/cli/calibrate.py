@@ -28,7 +28,7 @@ from mergekit_safety.cli.common import DTYPE_CHOICES, config_errors
     type=click.IntRange(min=1),
     default=512,
     show_default=True,
-    help="Tokens kept per prompt (the reference's seq_len).",
+    help="Tokens kept per prompt.",
 )
 @click.option(
     "--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N, or auto (cuda if any)."
