@@ -24,7 +24,8 @@ Tensors without statistics (1-D, embeddings, ``lm_head``) stay aligned, as in th
 (it edits the decoder layers' linear modules of the aligned model and saves that model).
 Several fine-tunes act as one: W_ft = θ_aligned + ΣΔᵢ. Deviations (``docs/faithfulness.md``):
 ties in the ranking are broken by flat index (the reference's ``argsort`` is unstable); the
-factorization of H runs in fp64 (the reference: fp32); the 15 % cut keeps every entry when
+compensation is applied lazily in chunks of 128 columns (the same values, summed in another
+order); the 15 % cut keeps every entry when
 ``int(0.15·n) = 0`` (the reference's ``[0:-0]`` would keep none; only matrices under 7 entries).
 """
 
@@ -47,6 +48,8 @@ BLOCK = 2048
 """Columns per block (``run_safedelta.py`` line 213); the budget is per block."""
 SUB_BLOCK = 4
 """Columns compensated together (``safedelta_runner.py`` line 144)."""
+CHUNK = 128
+"""Columns whose compensation is applied lazily together (a multiple of ``SUB_BLOCK``)."""
 DAMPING = 0.01
 """``percdamp`` (``run_safedelta.py`` line 212)."""
 EXCLUDED = 0.15
@@ -55,9 +58,12 @@ ROWS_UNIT = 4096
 """The budget scales with ``out / 4096`` (line 105)."""
 
 
-def inverse_factor(hessian: torch.Tensor) -> torch.Tensor:
-    """``U``: the upper Cholesky factor of ``(H + damping)⁻¹``, dead columns set to 1 first."""
-    h = hessian.to(torch.float64, copy=True)
+def inverse_factor(hessian: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``U``: the upper Cholesky factor of ``(H + damping)⁻¹``, dead columns set to 1 first.
+
+    In ``dtype``: fp32 as the reference (fp64 for fp64 weights).
+    """
+    h = hessian.to(dtype, copy=True)
     dead = torch.diag(h) == 0
     h[dead, dead] = 1
     index = torch.arange(h.shape[0], device=h.device)
@@ -86,11 +92,18 @@ def selection_mask(
 def safe_delta(
     aligned: torch.Tensor, finetuned: torch.Tensor, hessian: torch.Tensor, budget: float
 ) -> torch.Tensor:
-    """Safe Delta on one ``out × in`` weight, in fp32 (fp64 for fp64 inputs)."""
+    """Safe Delta on one ``out × in`` weight, in fp32 (fp64 for fp64 inputs).
+
+    The reference pushes each 4-column sub-block's error onto every later column of its block at
+    once; here it goes onto the rest of a chunk of ``CHUNK`` columns at once and onto the columns
+    past the chunk in one product when the chunk is done (SparseGPT's lazy batch update): each
+    column has received every earlier error when its sub-block is processed, so the result is
+    the reference's up to floating-point summation order, in far fewer passes over W.
+    """
     dtype = torch.float64 if aligned.dtype == torch.float64 else torch.float32
     w = aligned.to(dtype, copy=True)
     target = finetuned.to(dtype)
-    factor = inverse_factor(hessian.to(w.device)).to(dtype)
+    factor = inverse_factor(hessian.to(w.device), dtype)
     rows, columns = w.shape
     for start in range(0, columns, BLOCK):
         end = min(start + BLOCK, columns)
@@ -100,14 +113,18 @@ def safe_delta(
         d = torch.diag(inner)
         mask = selection_mask(block, wanted, d.reshape(1, -1), budget, rows)
         errors = torch.zeros_like(block)
-        for first in range(0, end - start, SUB_BLOCK):
-            last = min(first + SUB_BLOCK, end - start)
-            current = block[:, first:last]
-            chosen = torch.where(mask[:, first:last], wanted[:, first:last], current)
-            error = (current - chosen) / d[first:last]
-            block[:, first:last] = chosen
-            block[:, last:] -= error @ inner[first:last, last:]
-            errors[:, first:last] = error
+        width = end - start
+        for chunk in range(0, width, CHUNK):
+            stop = min(chunk + CHUNK, width)
+            for first in range(chunk, stop, SUB_BLOCK):
+                last = min(first + SUB_BLOCK, stop)
+                current = block[:, first:last]
+                chosen = torch.where(mask[:, first:last], wanted[:, first:last], current)
+                error = (current - chosen) / d[first:last]
+                block[:, first:last] = chosen
+                block[:, last:stop] -= error @ inner[first:last, last:stop]
+                errors[:, first:last] = error
+            block[:, stop:] -= errors[:, chunk:stop] @ inner[chunk:stop, stop:]
         w[:, start:end] = block
         w[:, end:] -= errors @ factor[start:end, end:]
     return w
