@@ -65,7 +65,7 @@ class Calibration:
         try:
             with safe_open(str(path), framework="pt", device="cpu") as handle:
                 xtx = handle.get_tensor(TENSOR)
-        except (OSError, Exception) as error:  # noqa: BLE001 - a missing or corrupt file: one line
+        except Exception as error:  # noqa: BLE001 - a missing or corrupt file: one line
             raise ConfigError(f"{path}: unreadable calibration statistics ({error})") from None
         return xtx.to(device=device, dtype=torch.float64).mul_(2.0 / self.sequences)
 
