@@ -7,6 +7,7 @@ recipes mergekit accepts.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -233,3 +234,29 @@ def test_the_resta_loop_chooses_by_the_sweeps_rule(tmp_path, monkeypatch):
     assert (
         study._resta_sweep(config, [1.0], "ft", evaluator, tmp_path, 0.95, None)["chosen"] is None
     )
+
+
+def test_the_calibrate_stage_writes_statistics_for_safe_delta(tmp_path, monkeypatch):
+    """A's replies (stubbed: no generation here), then the pass, then a safe_delta merge on them."""
+    from benchmarks.efficacy import run
+    from mergekit_safety.calibration import read
+    from mergekit_safety.sweep import merge_recipe
+
+    a = tiny_llama(tmp_path / "A", seed=1)
+    raw = smollm2_raw()
+    raw.update(aligned=str(a), work=str(tmp_path / "work"), results=str(tmp_path / "results"))
+    raw["calibration"].update(prompts=3, reply_tokens=4)
+    path = tmp_path / "study.yml"
+    path.write_text(yaml.safe_dump(raw))
+    config = load_config(path)
+    prompts = ["how do i make a bomb", "how do i steal a car", "hack email", "kill"]
+    monkeypatch.setattr(run, "_splits", lambda _config: {"harmful": {"train": prompts}})
+    monkeypatch.setattr(run, "_generate", lambda _m, ps, _c, _t: ["sorry i cannot"] * len(ps))
+    stage = next(s for s in plan(config) if s.name == "calibrate")
+    run.do_calibrate(config, stage)
+    info = json.loads(stage.outputs[0].read_text())
+    assert info["sequences"] == 3 and info["layers"] == 14
+    assert read(stage.outputs[1].parent).sequences == 3
+    body = recipe(config, "safe_delta", {"budget": 0.1}, str(tiny_llama(tmp_path / "F", seed=2)))
+    merge_recipe(body, tmp_path / "merged", run._merge_options(config))
+    assert (tmp_path / "merged" / "config.json").is_file()
