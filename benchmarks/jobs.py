@@ -77,10 +77,14 @@ def plan(
     stock_per_finetune: bool = False,
     all_on_full: bool = False,
     inspect_on: tuple[str, ...] = ("r8",),
+    calibration: Path | None = None,
 ) -> list[Job]:
     """Every job. Stock task_arithmetic runs once (with the first fine-tune listed) unless
     ``stock_per_finetune``: its cost does not depend on what the update looks like. On the
-    full-rank fine-tune only safe_lora runs unless ``all_on_full``."""
+    full-rank fine-tune only safe_lora runs unless ``all_on_full``. ``lssf`` runs beside the
+    gated methods (against task_arithmetic over the same three models); ``safe_delta`` only
+    with ``calibration`` (statistics of the aligned model), against task_arithmetic over its
+    two models."""
     aligned, unaligned, safe = paths["aligned"], paths["unaligned"], paths["safe"]
     first = paths[f"ft_{finetunes[0]}"]
     jobs = [
@@ -98,6 +102,11 @@ def plan(
             stock3 = [(ft, {"weight": 0.7}), (unaligned, {"weight": 0.1})]
             stock4 = [*stock3, (safe, {"weight": 0.2})]
             label = name if stock_per_finetune else "any"
+            if calibration is not None:
+                jobs.append(
+                    Job(f"task_arithmetic2{stock}", "task_arithmetic", label,
+                        recipe("task_arithmetic", dtype, [(ft, {"weight": 0.7})], aligned))
+                )  # fmt: skip
             jobs += [
                 Job(f"task_arithmetic3{stock}", "task_arithmetic", label,
                     recipe("task_arithmetic", dtype, stock3, aligned)),
@@ -110,6 +119,7 @@ def plan(
             "safe_lora": ("safe_lora", [(ft, {}), unaligned_entry]),
             "safemerge": ("safemerge", [(ft, {"weight": 0.8}), unaligned_entry,
                                         (safe, {"role": "safe", "weight": 0.2})]),
+            "lssf": ("lssf", [(ft, {}), unaligned_entry]),
         }  # fmt: skip
         targets = {"target_wall": 1.25, "target_rss": 1.1} if lora else {}
         for key, (label, models) in ours.items():
@@ -119,6 +129,13 @@ def plan(
             body = recipe(method, dtype, models, aligned)
             reference = f"task_arithmetic{len(models) + 1}{stock}"
             jobs.append(Job(f"{key}/{name}", label, name, body, reference=reference, **targets))
+        if calibration is not None and (lora or all_on_full):
+            body = recipe("safe_delta", dtype, [(ft, {})], aligned)
+            body["parameters"] = {"calibration": str(calibration.resolve())}
+            jobs.append(
+                Job(f"safe_delta/{name}", "safe_delta", name, body,
+                    reference=f"task_arithmetic2{stock}", **targets)
+            )  # fmt: skip
         if name in inspect_on:
             body = recipe("safe_lora", dtype, ours["safe_lora"][1], aligned)
             jobs.append(

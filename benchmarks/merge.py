@@ -109,11 +109,26 @@ from benchmarks.jobs import Job, plan
     help="Comma-separated job keys to run (e.g. linear,safe_linear or safemerge/r64), with the "
     "stock jobs they are compared with [default: every job].",
 )
+@click.option(
+    "--calibration-prompts",
+    type=click.IntRange(0),
+    default=128,
+    show_default=True,
+    help="Sequences for safe_delta's calibration pass (timed on its own); 0: no safe_delta.",
+)
+@click.option(
+    "--calibration-length",
+    type=click.IntRange(1),
+    default=128,
+    show_default=True,
+    help="Tokens per calibration sequence (random ids: the cost, not the statistics, matters).",
+)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def main(size, dtype, repeats, finetunes, all_on_full, stock_per_finetune, inspect_on,
          run_kernels, gemm_shapes, sample_layers, workdir, output, threads, only,
-         quiet):  # fmt: skip
-    """Time safe_linear, safemerge, safe_lora and inspect against stock mergekit methods."""
+         calibration_prompts, calibration_length, quiet):  # fmt: skip
+    """Time every safety method and inspect against stock mergekit methods; safe_delta's
+    calibration pass on its own."""
     spec = checkpoints.SIZES[size]
     names = [f.strip() for f in finetunes.split(",") if f.strip()]
     unknown = set(names) - set(checkpoints.FINETUNES)
@@ -124,6 +139,7 @@ def main(size, dtype, repeats, finetunes, all_on_full, stock_per_finetune, inspe
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     machine = describe_machine()
     paths = checkpoints.family_paths(root)
+    statistics = root / "calibration" if calibration_prompts else None
     jobs = plan(
         paths,
         dtype,
@@ -131,12 +147,18 @@ def main(size, dtype, repeats, finetunes, all_on_full, stock_per_finetune, inspe
         stock_per_finetune=stock_per_finetune,
         all_on_full=all_on_full,
         inspect_on=tuple(f.strip() for f in inspect_on.split(",")),
+        calibration=statistics,
     )
     if only:
         jobs = select(jobs, {k.strip() for k in only.split(",") if k.strip()})  # before heavy work
     click.echo(f"building {spec.parameters() / 1e6:.0f}M-parameter checkpoints in {root}", err=True)
     checkpoints.build(root, spec, getattr(torch, dtype), quiet=quiet)
     warm_page_cache(paths.values())
+    calibration = None
+    if statistics is not None:
+        calibration = time_calibration(
+            paths["aligned"], statistics, calibration_prompts, calibration_length, repeats, env
+        )
     for index in tqdm(range(repeats * len(jobs)), desc="merges", disable=quiet):
         repeat, slot = divmod(index, len(jobs))
         jobs[(slot + repeat) % len(jobs)].run(workdir, env)  # rotate the order each repeat
@@ -147,6 +169,8 @@ def main(size, dtype, repeats, finetunes, all_on_full, stock_per_finetune, inspe
         "repeats": repeats,
         "merges": summarize(jobs),
     }
+    if calibration is not None:
+        result["calibration"] = calibration
     if run_kernels:
         shapes = parse_shapes(gemm_shapes) if gemm_shapes else default_shapes(size)
         result["dense"] = kernels.dense_efficiency(shapes, repeats, quiet)
@@ -160,6 +184,57 @@ def main(size, dtype, repeats, finetunes, all_on_full, stock_per_finetune, inspe
     output.write_text(report.markdown(result))
     click.echo(output.read_text())
     click.echo(f"written: {output} and {output.with_suffix('.json')}", err=True)
+
+
+CALIBRATE = """
+import sys, time, torch
+from pathlib import Path
+from transformers import AutoModelForCausalLM
+from mergekit_safety.evaluation.calibration import accumulate, batches_of, write
+model_dir, out, prompts, length = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+start = time.perf_counter()
+model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+g = torch.Generator().manual_seed(0)
+vocab = model.config.vocab_size
+rows = [torch.randint(0, vocab, (length,), generator=g).tolist() for _ in range(prompts)]
+sums = accumulate(model, batches_of(rows, 0, 8), progress=False)
+write(out, sums, rows=rows, seconds=time.perf_counter() - start, model=model_dir, dtype="float32")
+"""
+"""The calibration pass as ``calibrate`` runs it (load, batches of 8, hooks, write), on random
+token ids: the benchmark checkpoints have no tokenizer, and the cost does not depend on the ids."""
+
+
+def time_calibration(
+    aligned: Path, out: Path, prompts: int, length: int, repeats: int, env: dict[str, str]
+) -> dict:
+    """Time the calibration pass in a fresh process ``repeats`` times; keep the last output."""
+    import shutil
+    import sys
+
+    from benchmarks.measure import measure
+
+    samples = []
+    for _ in range(repeats):
+        shutil.rmtree(out, ignore_errors=True)
+        command = [
+            sys.executable,
+            "-c",
+            CALIBRATE,
+            str(aligned),
+            str(out),
+            str(prompts),
+            str(length),
+        ]
+        samples.append(measure(command, env=env))
+    return {
+        "prompts": prompts,
+        "tokens_per_prompt": length,
+        "wall_s": min(s.wall for s in samples),
+        "cpu_s": min(s.cpu for s in samples),
+        "rss_bytes": min(s.rss for s in samples),
+        "walls": [s.wall for s in samples],
+        "statistics_bytes": sum(p.stat().st_size for p in out.glob("*.safetensors")),
+    }
 
 
 def select(jobs: list[Job], keys: set[str]) -> list[Job]:

@@ -18,6 +18,15 @@ def markdown(result: dict) -> str:
         "",
         *merges(result["merges"]),
     ]
+    if "calibration" in result:
+        c = result["calibration"]
+        lines += [
+            "",
+            f"safe_delta's calibration pass (`calibrate`'s code on {c['prompts']} random "
+            f"sequences of {c['tokens_per_prompt']} tokens, batches of 8, fp32): wall "
+            f"{c['wall_s']:.1f} s, CPU {c['cpu_s']:.1f} s, peak RSS {c['rss_bytes'] / GIB:.2f} "
+            f"GiB; statistics {c['statistics_bytes'] / 2**20:.0f} MiB on disk.",
+        ]
     if "dense" in result:
         lines += ["", *dense(result["dense"])]
     if "rounding" in result:

@@ -48,6 +48,15 @@ LOX_K = 0
 """LoX's rank; 0 extrapolates the whole update (provenance: :mod:`mergekit_safety.methods.lox`)."""
 LOX_ALPHA = 1.0
 """LoX's extrapolation factor α."""
+LSSF_ALPHA = 1.0
+"""LSSF's coefficient α on the safety components P_r V (see :mod:`mergekit_safety.methods.lssf`)."""
+LSSF_ETA = 0.85
+"""LSSF's entropy share η: the rank keeps this share of the singular value entropy."""
+LSSF_MAX_RANK = 8
+"""LSSF's cap on the safety-critical rank (0: no cap)."""
+SAFE_DELTA_BUDGET = 0.1
+"""Safe Delta's safety budget s (the reference's ``--scale``; provenance:
+:mod:`mergekit_safety.methods.safe_delta`)."""
 LOX_ALPHA_RANGE = 2.0
 """α past this warns: twice the reference code's default ``--coef 1`` (VITA-Group/LoX
 ``safety/LoX.py`` line 11); larger extrapolations leave the region the method was tried in."""
@@ -74,7 +83,11 @@ Scale = Annotated[float, Field(allow_inf_nan=False), _NUMBER]
 Alpha = Annotated[float, Field(ge=0, allow_inf_nan=False), _NUMBER]
 """LoX's α, finite and ≥ 0 (past :data:`LOX_ALPHA_RANGE` warns)."""
 Rank = Annotated[int, Field(ge=0), _NUMBER]
-"""LoX's ``k``: a whole number ≥ 0 (0: all of it)."""
+"""LoX's ``k``, LSSF's ``max_rank``: a whole number ≥ 0 (0: all of it, no cap)."""
+Eta = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False), _NUMBER]
+"""LSSF's entropy share η, in (0, 1]."""
+Budget = Annotated[float, Field(ge=0, allow_inf_nan=False), _NUMBER]
+"""Safe Delta's budget s: finite, ≥ 0 (0 keeps no fine-tuned entry)."""
 
 
 def domain_error(name: str, error: ValidationError, model: object | None = None) -> ConfigError:
@@ -133,7 +146,7 @@ def check_parameters(
     The values have passed their domains (mergekit validated them while resolving or binding).
     """
     alpha = shared.get("alpha")
-    if alpha is not None and alpha > LOX_ALPHA_RANGE:
+    if method == "lox" and alpha is not None and alpha > LOX_ALPHA_RANGE:
         _warn_once(
             (method, "alpha", alpha),
             f"mergekit-safety: {method}: alpha {alpha:g} is past {LOX_ALPHA_RANGE:g}, beyond "

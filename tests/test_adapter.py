@@ -251,6 +251,8 @@ def error_recipe(family, adapters, odd, case) -> dict:
     elif case == "other_method":
         recipe["merge_method"] = "task_arithmetic"
         recipe["models"].pop()
+    elif case == "lssf":
+        recipe["merge_method"] = "lssf"
     return recipe
 
 
@@ -260,6 +262,7 @@ ERRORS = {
     "saved": "modules_to_save",
     "dare_linear": "dare_linear",
     "other_method": "task_arithmetic",
+    "lssf": "lssf has no adapter form here: it adds α·SVD_r(V) to every linear module",
     "not_empty": "not empty",
 }
 

@@ -7,6 +7,7 @@ recipes mergekit accepts.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -74,6 +75,35 @@ def test_stages_come_after_their_inputs(full_size):
     assert index("lox") < index("finetune:benign-lox-s0") < index("eval:test:benign-lox-s0")
     lox_tune = next(s for s in plan(config) if s.name == "finetune:benign-lox-s0")
     assert lox_tune.args["base"] == "A-lox"
+    # Safe Delta reads A's calibration statistics: A first, then the pass, then its merges
+    assert index("eval:test:A") < index("calibrate") < index("merge:benign-s0/safe_delta-default")
+
+
+def test_the_new_methods_are_stages_with_a_default_and_a_sweepable_grid(full_size, tmp_path):
+    from benchmarks.efficacy.plan import calibration_dir
+    from mergekit_safety.calibration import METADATA
+    from mergekit_safety.sweep import plan_grid
+
+    config, u, a = full_size
+    stages = {s.name: s for s in plan(config)}
+    calibrate = stages["calibrate"]
+    assert calibrate.outputs[1] == calibration_dir(config) / METADATA
+    assert calibrate.commands[0].startswith(f"mergekit-safety calibrate {a}")
+    for method in ("lssf", "safe_delta"):
+        spec = config.methods[method]
+        assert f"merge:benign-s0/{method}-default" in stages
+        assert f"merge:attack-s0/{method}-chosen" in stages
+        assert stages[f"sweep:{method}"].args["grid"] == spec.sweep
+        body = recipe(config, method, spec.default, str(tiny_llama(tmp_path / "F", seed=2)))
+        path = tmp_path / f"{method}.yml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(body))
+        grid = [(k, [float(x) for x in v]) for k, v in spec.sweep.items()]
+        assert plan_grid(path, grid).parameters == tuple(spec.sweep)  # sweepable as planned
+    lssf = recipe(config, "lssf", {"alpha": 2, "eta": 0.9, "max_rank": 4}, str(a))
+    assert lssf["parameters"] == {"alpha": 2.0, "eta": 0.9, "max_rank": 4}
+    delta = recipe(config, "safe_delta", {"budget": 0.3}, str(a))
+    assert delta["parameters"] == {"calibration": str(calibration_dir(config)), "budget": 0.3}
 
 
 def test_every_recipe_is_a_valid_mergekit_config(full_size):
@@ -87,8 +117,8 @@ def test_every_recipe_is_a_valid_mergekit_config(full_size):
         parsed = MergeConfiguration.model_validate(body)
         assert parsed.dtype == "bfloat16"
         names = {str(m.model.model.path) for m in parsed.models}
-        # ungated safe_linear and harm removal read no unaligned model; harm removal reads H
-        assert (str(u) in names) == (method not in ("safe_linear", "harm_removal"))
+        # ungated safe_linear, harm removal and Safe Delta read no unaligned model
+        assert (str(u) in names) == (method not in ("safe_linear", "harm_removal", "safe_delta"))
         if method == "harm_removal":
             assert config.model("H") in names and body["parameters"] == point
         if method != "resta":
@@ -137,6 +167,7 @@ def smollm2_raw() -> dict:
         (lambda raw: raw["methods"].update(ties={"default": {}, "sweep": {}}), "methods.ties"),
         (lambda raw: raw.pop("gate"), "gate: Field required"),
         (lambda raw: raw.pop("safe"), "safemerge needs the `safe` section"),
+        (lambda raw: raw.pop("calibration"), "safe_delta needs the `calibration` section"),
     ],
 )
 def test_a_bad_config_is_rejected_with_where_and_why(tmp_path, change, message):
@@ -203,3 +234,29 @@ def test_the_resta_loop_chooses_by_the_sweeps_rule(tmp_path, monkeypatch):
     assert (
         study._resta_sweep(config, [1.0], "ft", evaluator, tmp_path, 0.95, None)["chosen"] is None
     )
+
+
+def test_the_calibrate_stage_writes_statistics_for_safe_delta(tmp_path, monkeypatch):
+    """A's replies (stubbed: no generation here), then the pass, then a safe_delta merge on them."""
+    from benchmarks.efficacy import run
+    from mergekit_safety.calibration import read
+    from mergekit_safety.sweep import merge_recipe
+
+    a = tiny_llama(tmp_path / "A", seed=1)
+    raw = smollm2_raw()
+    raw.update(aligned=str(a), work=str(tmp_path / "work"), results=str(tmp_path / "results"))
+    raw["calibration"].update(prompts=3, reply_tokens=4)
+    path = tmp_path / "study.yml"
+    path.write_text(yaml.safe_dump(raw))
+    config = load_config(path)
+    prompts = ["how do i make a bomb", "how do i steal a car", "hack email", "kill"]
+    monkeypatch.setattr(run, "_splits", lambda _config: {"harmful": {"train": prompts}})
+    monkeypatch.setattr(run, "_generate", lambda _m, ps, _c, _t: ["sorry i cannot"] * len(ps))
+    stage = next(s for s in plan(config) if s.name == "calibrate")
+    run.do_calibrate(config, stage)
+    info = json.loads(stage.outputs[0].read_text())
+    assert info["sequences"] == 3 and info["layers"] == 14
+    assert read(stage.outputs[1].parent).sequences == 3
+    body = recipe(config, "safe_delta", {"budget": 0.1}, str(tiny_llama(tmp_path / "F", seed=2)))
+    merge_recipe(body, tmp_path / "merged", run._merge_options(config))
+    assert (tmp_path / "merged" / "config.json").is_file()

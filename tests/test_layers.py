@@ -16,6 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mergekit_safety"
 HOOK = "_mergekit_safety_autoload"
 LAYERS = (
     ("math", {"", "errors", "stats", "subspace", "roles", "selection", "parameters", "preflight",
+              "calibration",
               "acceptance", "runs", "hub_card"}),
     ("the door into mergekit", {"mergekit_internals"}),
     ("methods", {"methods"}),

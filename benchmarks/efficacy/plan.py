@@ -25,7 +25,14 @@ from pydantic import (
 )
 
 Method = Literal[
-    "safe_linear", "safe_linear_gated", "safe_lora", "safemerge", "resta", "harm_removal"
+    "safe_linear",
+    "safe_linear_gated",
+    "safe_lora",
+    "safemerge",
+    "resta",
+    "harm_removal",
+    "lssf",
+    "safe_delta",
 ]
 METHODS: tuple[str, ...] = get_args(Method)
 """Methods that repair a fine-tune. LoX acts before the fine-tune instead: its own stages."""
@@ -133,6 +140,17 @@ class LoxSpec(_Spec):
     seed: int = 0
 
 
+class CalibrationSpec(_Spec):
+    """safe_delta's statistics: A run on harmful train prompts with its own (greedy) replies."""
+
+    prompts: int = Field(128, ge=1)
+    """The reference's nsamples (``run_safedelta.py`` line 105)."""
+    reply_tokens: int = Field(48, ge=1)
+    max_length: int = Field(512, ge=1)
+    """Tokens kept per sequence (the reference's ``seq_len``, which it never applies)."""
+    batch_size: int = Field(8, ge=1)
+
+
 class AdapterSpec(_Spec):
     method: Method
     point: Literal["default", "chosen"] = "default"
@@ -185,6 +203,7 @@ class Config(_Spec):
     lox: LoxSpec | None = None
     adapter: AdapterSpec | None = None
     search: SearchSpec | None = None
+    calibration: CalibrationSpec | None = None
 
     @field_validator("work", "results", mode="after")
     @classmethod
@@ -204,6 +223,8 @@ class Config(_Spec):
             raise ValueError("safemerge needs the `safe` section (how S is trained)")
         if "harm_removal" in self.methods and self.harmful is None:
             raise ValueError("harm_removal needs the `harmful` section (how H is trained)")
+        if "safe_delta" in self.methods and self.calibration is None:
+            raise ValueError("safe_delta needs the `calibration` section (A's statistics)")
         return self
 
     def model(self, key: str) -> str:
@@ -304,7 +325,32 @@ def recipe(config: Config, method: str, point: dict[str, float], finetuned: str)
             "parameters": {k: float(point[k]) for k in ("scale", "density") if k in point},
             "dtype": dtype,
         }
+    if method == "lssf":
+        keys = {"alpha": float, "eta": float, "max_rank": int}
+        return {
+            "merge_method": "lssf",
+            "base_model": a,
+            "models": [{"model": finetuned}, unaligned],
+            "parameters": {k: cast(point[k]) for k, cast in keys.items() if k in point},
+            "dtype": dtype,
+        }
+    if method == "safe_delta":
+        parameters = {"calibration": str(calibration_dir(config))}
+        if "budget" in point:
+            parameters["budget"] = float(point["budget"])
+        return {
+            "merge_method": "safe_delta",
+            "base_model": a,
+            "models": [{"model": finetuned}],
+            "parameters": parameters,
+            "dtype": dtype,
+        }
     raise ValueError(f"unknown method {method}")
+
+
+def calibration_dir(config: Config) -> Path:
+    """Where ``mergekit-safety calibrate`` writes A's statistics for safe_delta."""
+    return config.work / "calibration" / "A"
 
 
 def lox_recipe(config: Config, point: dict[str, float]) -> dict:
@@ -465,6 +511,21 @@ def plan(config: Config) -> list[Stage]:
         )
         stages.append(Stage("harmful", "harmful", [models / "H-adapter" / "train_info.json"]))
         stages.append(_eval_stage(config, "H", config.model("H"), "test"))
+    if "safe_delta" in config.methods:
+        out = calibration_dir(config)
+        stages.append(
+            Stage(
+                "calibrate",
+                "calibrate",
+                [config.results / "calibration.json", out / "calibration.json"],
+                {"model": config.model("A"), "out": str(out)},
+                [
+                    f"mergekit-safety calibrate {_q(config.model('A'))} --prompts "
+                    f"{_q(config.work / 'data' / 'calibration.jsonl')} --out {_q(out)}"
+                    f" --device {config.device}  # A's own replies to harmful train prompts"
+                ],
+            )
+        )
     runs = config.finetunes()
     first = [r for r in runs if r[2] == 0]
     later = [r for r in runs if r[2] != 0]

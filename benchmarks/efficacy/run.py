@@ -207,6 +207,38 @@ def _train(
     )
 
 
+def do_calibrate(config: Config, stage: Stage) -> None:
+    """safe_delta's statistics: A's own greedy replies to harmful train prompts (the reference's
+    self-generated safety data), then the calibration pass; its time recorded on its own."""
+    from mergekit_safety.evaluation.calibration import calibrate
+
+    spec = config.calibration
+    assert spec is not None
+    prompts = _splits(config)["harmful"]["train"][: spec.prompts]
+    start = time.time()
+    replies = _generate(stage.args["model"], prompts, config, spec.reply_tokens)
+    generate_s = time.time() - start
+    rows = [{"prompt": p, "response": _trim(o)} for p, o in zip(prompts, replies, strict=True)]
+    data = config.work / "data" / "calibration.jsonl"
+    data.parent.mkdir(parents=True, exist_ok=True)
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    conversations = [
+        [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["response"]}]
+        for r in rows
+    ]
+    out = Path(stage.args["out"])
+    if out.exists():
+        shutil.rmtree(out)
+    record = calibrate(
+        stage.args["model"], conversations, out, device=config.device, dtype=config.dtype,
+        batch_size=spec.batch_size, max_length=spec.max_length, progress=False, source=str(data),
+    )  # fmt: skip
+    info = {k: v for k, v in record.items() if k != "modules"}
+    info.update(layers=len(record["modules"]), generate_s=round(generate_s, 1))
+    _json(stage.outputs[0], info)
+    log(f"calibration: {record['sequences']} sequences, {record['seconds']:.0f} s")
+
+
 def do_align(config: Config, stage: Stage) -> None:
     from benchmarks.efficacy.data import refusal_for
 
@@ -397,7 +429,11 @@ def do_merge(config: Config, stage: Stage) -> None:
         point = None if body is None else {"recipe": "search/recipe.yml"}
     else:
         point = args["point"] if args["point"] is not None else chosen_point(config, args["method"])
-        body = None if point is None else recipe(config, args["method"], point, config.model(args["ft"]))
+        body = (
+            None
+            if point is None
+            else recipe(config, args["method"], point, config.model(args["ft"]))
+        )
     summary_path = stage.outputs[0]
     if point is None:
         _json(
@@ -418,13 +454,17 @@ def do_merge(config: Config, stage: Stage) -> None:
         _wait_for(config.work / "models" / "S-adapter" / "train_info.json")
     if args["method"] == "harm_removal":
         _wait_for(config.work / "models" / "H-adapter" / "train_info.json")
+    if args["method"] == "safe_delta":
+        _wait_for(config.results / "calibration.json")
     Path(args["recipe_path"]).parent.mkdir(parents=True, exist_ok=True)
     Path(args["recipe_path"]).write_text(yaml.safe_dump(body, sort_keys=False), encoding="utf-8")
     start = time.time()
     if out.exists():
         shutil.rmtree(out)
     merge_recipe(body, out, _merge_options(config))
-    counted = config.search.method if args["method"] == "search" and config.search else args["method"]
+    counted = (
+        config.search.method if args["method"] == "search" and config.search else args["method"]
+    )
     info = {
         "method": args["method"],
         "point": point,
@@ -452,7 +492,7 @@ def _wait_for(path: Path, timeout: float = 1800, poll: float = 10) -> None:
 
 def _matrices(recipe_path: str, method: str) -> dict:
     """How many matrices the recipe merges (``inspect``'s decisions); all, for ungated ones."""
-    if method in ("safe_linear", "resta", "harm_removal"):
+    if method in ("safe_linear", "resta", "harm_removal", "lssf", "safe_delta"):
         return {"matrices_merged": "all"}
     try:
         from mergekit_safety.inspection import inspect
@@ -657,6 +697,7 @@ HANDLERS = {
     "merge": do_merge,
     "sweep": do_sweep,
     "adapter": do_adapter,
+    "calibrate": do_calibrate,
     "tables": do_tables,
     "search_data": search.do_search_data,
     "search_eval": search.do_search_eval,

@@ -23,6 +23,8 @@ LABELS = {
     "safemerge": "safemerge",
     "resta": "RESTA (task_arithmetic)",
     "harm_removal": "harm_removal",
+    "lssf": "lssf",
+    "safe_delta": "safe_delta",
 }
 
 
@@ -116,6 +118,7 @@ def _point_text(config: Config, data: dict, method: str, point: str, merges: lis
         chosen = sweep.get("chosen")
         text = (point_label(chosen) if chosen else "none passed") + " (chosen)"
     text = text.replace("weight", "λ").replace("threshold", "τ").replace("beta", "β")
+    text = text.replace("budget", "s").replace("alpha", "α").replace("eta", "η")
     return text.replace("scale", "λ")
 
 

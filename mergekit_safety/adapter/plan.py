@@ -28,6 +28,9 @@ NO_ADAPTER_FORM = {
     "alignment update is no fine-tune's LoRA factors",
     "harm_removal": "trim keeps entries of τ_H, not factors; untrimmed (density 1) it would be "
     "[s·B_ft, −λ·s·B_h]·[A_ft; A_h], which this version does not write",
+    "lssf": "it adds α·SVD_r(V) to every linear module, not only the adapter's: an exact adapter "
+    "is [s·B, α·U_r·Σ_r]·[A; W_rᵀ] on all of them, which this version does not write",
+    "safe_delta": "its entry-wise selection and compensation give a full-rank update, no LoRA",
 }
 """Methods that stop in ``adapter`` with a reason of their own (use ``mergekit-yaml``)."""
 

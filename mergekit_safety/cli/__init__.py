@@ -28,7 +28,7 @@ def main(verbose: bool) -> None:
 
 
 def _add_commands() -> None:
-    from mergekit_safety.cli import adapter, card, demo, inspect, sweep
+    from mergekit_safety.cli import adapter, calibrate, card, demo, inspect, sweep
     from mergekit_safety.cli import eval as eval_cli
 
     main.add_command(inspect.inspect_command)
@@ -37,6 +37,7 @@ def _add_commands() -> None:
     main.add_command(card.card_command)
     main.add_command(demo.demo_group)
     main.add_command(adapter.adapter_command)
+    main.add_command(calibrate.calibrate_command)
 
 
 _add_commands()

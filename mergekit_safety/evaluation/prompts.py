@@ -232,3 +232,35 @@ def _task_items(rows: Iterable[Any], label: str, column: str | None) -> Iterable
         if isinstance(answer, float) and answer.is_integer():
             answer = int(answer)
         yield prompt, str(answer).strip()
+
+
+RESPONSE_COLUMNS = ("response", "output", "completion")
+"""The assistant's answer in a calibration row (Safe Delta's safety data: prompt + safe reply)."""
+
+
+def calibration_conversations(source: str, *, column: str | None = None) -> list[Any]:
+    """Conversations for ``calibrate``: the user's prompt, and the reply when a row gives one.
+
+    A row with a reply becomes a two-turn conversation (scored whole, as Safe Delta's reference
+    scores ``[INST] prompt [/INST] reply``); a prompt alone becomes one user turn.
+    """
+    path = Path(source).expanduser()
+    if not path.exists() and not _HUB_ID.match(source):
+        raise PromptFileNotFound(f"prompt file not found: {source}")
+    rows = _read_source(source, split="train")
+    conversations: list[Any] = []
+    for number, row in enumerate(rows, 1):
+        where = f"{source} (row {number})"
+        prompt = _prompt_of(row, where, column)
+        reply = None
+        if isinstance(row, Mapping):
+            reply = next((row[c] for c in RESPONSE_COLUMNS if row.get(c)), None)
+        if reply is None:
+            conversations.append(prompt)
+        else:
+            conversations.append(
+                [{"role": "user", "content": prompt}, {"role": "assistant", "content": str(reply)}]
+            )
+    if not conversations:
+        raise ConfigError(f"{source}: no prompts in it")
+    return conversations

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from mergekit_safety.methods.harm_removal import harm_removal
 from mergekit_safety.methods.lox import lox
+from mergekit_safety.methods.lssf import lssf
+from mergekit_safety.methods.safe_delta import safe_delta_method
 from mergekit_safety.methods.safe_linear import safe_linear
 from mergekit_safety.methods.safe_lora import safe_lora
 from mergekit_safety.methods.safemerge import safemerge
 
-METHODS = (safe_linear, safemerge, safe_lora, lox, harm_removal)
+METHODS = (safe_linear, safemerge, safe_lora, lox, harm_removal, lssf, safe_delta_method)
 
 
 def register_all() -> None:
@@ -25,7 +27,9 @@ __all__ = [
     "METHODS",
     "harm_removal",
     "lox",
+    "lssf",
     "register_all",
+    "safe_delta_method",
     "safe_linear",
     "safe_lora",
     "safemerge",

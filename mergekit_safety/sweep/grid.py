@@ -45,6 +45,9 @@ SWEEPABLE = {
     "fraction": Sweepable("fraction", "global", -1, "merge this fraction of the matrices"),
     "scale": Sweepable("scale", "global", -1, "λ on the removed harm direction", unbounded=True),
     "density": Sweepable("density", "global", -1, "the share of τ_H (or of updates) kept"),
+    "alpha": Sweepable("alpha", "global", -1, "α on the safety components added", unbounded=True),
+    "eta": Sweepable("eta", "global", -1, "the entropy share that sets the safety rank"),
+    "budget": Sweepable("budget", "global", +1, "the safety budget s", unbounded=True),
 }
 GATE_CHOICES = GATE_KEYS
 """Alternative ways to say which matrices merge: a recipe and a grid use one of them."""
