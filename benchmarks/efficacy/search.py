@@ -39,8 +39,9 @@ def attack_size(config: Config) -> int:
 
 def search_sets(config: Config, splits: dict) -> dict[str, Any]:
     """{harmful, benign, task, sources}: the search's validation prompts."""
-    from benchmarks.efficacy.data import task_items
     from mergekit_safety.evaluation.named_sets import load_named
+
+    from benchmarks.efficacy.data import task_items
 
     spec = _spec(config)
     harmful = splits["harmful"]["validation"] + unused_harmful(config, splits["harmful"]["train"])
