@@ -25,7 +25,13 @@ LABELS = {
     "harm_removal": "harm_removal",
     "lssf": "lssf",
     "safe_delta": "safe_delta",
+    "search": "search: safe_linear, per-layer λ",
 }
+
+
+def _methods(config: Config) -> list[str]:
+    """The methods with rows: the config's, then the search's chosen recipe (when configured)."""
+    return [*config.methods, *(["search"] if config.search is not None else [])]
 
 
 def _load(path: Path) -> dict | None:
@@ -69,7 +75,7 @@ def collect(config: Config) -> dict[str, Any]:
     test = config.results / "evals" / "test"
     base = {name: _load(test / name / "summary.json") for name in ("U", "A", "S", "H", "A-lox")}
     data: dict[str, Any] = {"models": base, "finetunes": {}, "checks": {}}
-    methods = list(config.methods)
+    methods = _methods(config)
     for name, kind, seed in config.finetunes():
         ft = _load(test / name / "summary.json")
         if ft is None:
@@ -93,7 +99,8 @@ def collect(config: Config) -> dict[str, Any]:
                     continue
                 entry["points"][f"{method}-{point}"] = {"summary": summary, "merge": merge}
         data["finetunes"][name] = entry
-    data["sweeps"] = {m: _load(config.results / "sweeps" / f"{m}.json") for m in methods}
+    data["sweeps"] = {m: _load(config.results / "sweeps" / f"{m}.json") for m in config.methods}
+    data["search"] = _load(config.results / "search" / "search.json")
     lox = config.lox
     if lox is not None:
         name = f"{lox.finetune}-lox-s{lox.seed}"
@@ -111,6 +118,9 @@ def collect(config: Config) -> dict[str, Any]:
 
 
 def _point_text(config: Config, data: dict, method: str, point: str, merges: list) -> str:
+    if method == "search":
+        chosen = (data.get("search") or {}).get("chosen")
+        return f"trial {chosen['number']} (chosen)" if chosen else "none passed (chosen)"
     if point == "default":
         text = point_label(config.methods[method].default) + " (default)"
     else:
@@ -160,7 +170,7 @@ def kind_table(config: Config, data: dict, kind: str) -> str:
         + " | ".join(_fmt(fts, k) for k in METRICS)
         + " | 0 | 1 |"
     )
-    for method in config.methods:
+    for method in _methods(config):
         for point in ("default", "chosen"):
             rows, merges, backs, kepts = [], [], [], []
             for _name, entry in runs:
@@ -234,6 +244,32 @@ def gap_table(config: Config, data: dict) -> str:
         lines.append(
             f"| {LABELS[method]} | {point_label(sweep['chosen'])} | " + " | ".join(cells) + " |"
         )
+    search = data.get("search") or {}
+    test = (entry or {}).get("points", {}).get("search-chosen", {}).get("summary")
+    if search.get("chosen") and test and not test.get("skipped"):
+        chosen = search["chosen"]
+        cells = [f"{chosen[k]:.3f} → {test[k]:.3f} ({test[k] - chosen[k]:+.3f})" for k in METRICS]
+        label = f"trial {chosen['number']} (search set)"
+        lines.append(f"| {LABELS['search']} | {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def search_section(data: dict) -> str:
+    """The search's budget, gate, choice and noise (every trial: results/.../search/search.md)."""
+    search = data.get("search")
+    if not search:
+        return "_the search has not run yet_\n"
+    chosen = search.get("chosen") or {}
+    lines = [
+        f"{search['trials_finished']} trials ({search['trials_requested']} requested), "
+        f"{search['wall_seconds'] / 60:.0f} min of wall time, {search['sampler']['name']}, "
+        f"seed {search['sampler']['seed']}, {search['sampler']['parallel']} at a time; "
+        f"gate: {search['gate']['description']}.",
+        "",
+        f"Chosen: trial {chosen.get('number', '–')}, values {chosen.get('recipe_values', '–')}.",
+        f"Trials within noise of the choice: {search.get('within_noise') or 'none'}.",
+        "Every trial, the trade-off plot and the coefficients over depth: `search/search.md`.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -263,7 +299,7 @@ def plot(config: Config, data: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 5), sharey=True)
-    markers = dict(zip(config.methods, "osD^vP", strict=False))
+    markers = dict(zip(_methods(config), "osD^vPXh*", strict=False))
     for ax, kind in zip(axes, ("benign", "attack"), strict=True):
         runs = [e for e in data["finetunes"].values() if e["kind"] == kind and e["seed"] == 0]
         for name in ("U", "A", "S"):
@@ -327,6 +363,8 @@ def write_tables(config: Config) -> Path:
         "\n## Validation (choice) vs test (report), benign seed 0\n\n",
         gap_table(config, data),
     ]
+    if config.search is not None:
+        parts += ["\n## Search (issue 28): per-layer λ under the gate\n\n", search_section(data)]
     for method, sweep in data["sweeps"].items():
         if sweep:
             parts += [
