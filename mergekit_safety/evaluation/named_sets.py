@@ -156,7 +156,7 @@ def load_named(name: str, kind: str) -> tuple[list[str], str]:
     for relative in spec.files:
         path = package_file(spec.package, relative, needed_for=spec.name, version=spec.version)
         try:
-            prompts += spec.read(path)
+            prompts += [p.strip() for p in spec.read(path) if p.strip()]
         except (KeyError, TypeError, ValueError) as error:
             raise ConfigError(f"{spec.name}: cannot read {path}: {error!r}") from None
     return prompts, f"{spec.name} ({spec.package} {installed_version(spec.package)})"
