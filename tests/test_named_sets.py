@@ -216,3 +216,64 @@ def test_eval_harmbench_with_attacks_on_the_demo(tmp_path):
     assert {r["request"] for r in attacked} == {r["prompt"] for r in harmful[:2]}
     assert "| model | attack | refusal rate" in result.stdout
     assert "## Jailbreak attacks" in (out / "summary.md").read_text()
+
+
+def test_sweep_passes_attacks_to_the_evaluator(monkeypatch, tmp_path):
+    from click.testing import CliRunner
+
+    from mergekit_safety.cli import main
+    from mergekit_safety.cli import sweep as cli_sweep
+
+    seen = {}
+
+    def capture(**kwargs):
+        seen.update(kwargs)
+        raise ConfigError("stop here")
+
+    monkeypatch.setattr(cli_sweep, "make_evaluator", capture)
+    recipe = REPO / "recipes" / "safe_linear.yml"
+    args = ["sweep", str(recipe), "--set", "weight=0.6,0.8", "--attacks", "base64",
+            "--attack-limit", "2", "--quiet"]  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert "stop here" in result.output
+    assert seen["attacks"] == "base64" and seen["attack_limit"] == 2
+
+
+def test_make_evaluator_wraps_the_first_harmful_prompts():
+    from mergekit_safety.evaluation import make_evaluator
+
+    evaluator = make_evaluator(harmful=None, benign=None, task=None, prompts_dir=None, limit=5,
+                               judge=None, batch_size=1, max_new_tokens=1, device="cpu",
+                               progress=False, attacks="base64", attack_limit=2)  # fmt: skip
+    prompts = evaluator.prompts
+    wrapped = prompts.attacks["base64"]
+    assert [base64.b64decode(t.split("\n")[1]).decode() for t in wrapped] == prompts.harmful[:2]
+    assert prompts.attack_sources["base64"].startswith("written here")
+
+
+def test_sweep_markdown_shows_the_attacks_beside_plain():
+    from mergekit_safety.evaluation.evaluator import attack_rates
+    from mergekit_safety.evaluation.report import attack_table
+
+    rows = [{"model": "m", "attacks": attack_rates({"plain": (9, 10), "aim": (4, 10)})}]
+    table = attack_table(rows).splitlines()
+    assert table[2].startswith("| m | plain | 0.900 [0.60, 0.98] | 0.100 [0.02, 0.40] | – | 10 |")
+    assert table[3] == "| m | aim | 0.400 [0.17, 0.69] | 0.600 [0.31, 0.83] | -0.500 | 10 |"
+    assert attack_table([{"model": "m"}]) == ""
+
+
+def test_the_card_shows_refusal_under_each_attack():
+    from mergekit_safety.card import SafetyEvaluation, render_section
+    from mergekit_safety.evaluation.evaluator import attack_rates
+
+    merged = {"model": "out", "refusal_rate": 0.9, "asr": 0.1,
+              "attacks": attack_rates({"plain": (9, 10), "few_shot": (3, 10)})}  # fmt: skip
+    aligned = {"model": "A", "refusal_rate": 1.0, "attacks": attack_rates({"plain": (10, 10)})}
+    text = render_section(SafetyEvaluation("safe_linear", merged, aligned=aligned), "me")
+    assert "| Model | Role | Attack | Refusal rate ↑ | ASR ↓ | n |" in text
+    assert "| A | aligned (base_model) | plain | 1.000 | 0.000 | 10 |" in text
+    assert (
+        "| **me** | **merged (safe_linear): this model** | few_shot | 0.300 | 0.700 | 10 |" in text
+    )
+    no_attacks = render_section(SafetyEvaluation("safe_linear", {"model": "out"}), "me")
+    assert "Attack" not in no_attacks
