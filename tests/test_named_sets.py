@@ -277,3 +277,12 @@ def test_the_card_shows_refusal_under_each_attack():
     )
     no_attacks = render_section(SafetyEvaluation("safe_linear", {"model": "out"}), "me")
     assert "Attack" not in no_attacks
+
+
+def test_attack_limit_without_attacks_is_a_usage_error():
+    result = cli_in_process("eval", REPO / "recipes/demo/aligned", "--attack-limit", "3")
+    assert result.returncode == 2
+    assert "--attack-limit" in result.stderr and "wraps nothing without --attacks" in result.stderr
+    bad = cli_in_process("eval", REPO / "recipes/demo/aligned", "--attacks", "nope", "--quiet")
+    assert bad.returncode == 1
+    assert "unknown attack 'nope'" in bad.stderr.strip().splitlines()[-1]

@@ -129,6 +129,8 @@ def eval_command(
             f"--judge: expected 'keyword' or a local classifier directory; {judge} has no "
             "config.json"
         )
+    if attack_limit is not None and not attacks:
+        raise click.BadParameter("wraps nothing without --attacks", param_hint="--attack-limit")
     from mergekit_safety.evaluation import harness
 
     tasks = harness.parse_tasks(lm_eval_tasks)
