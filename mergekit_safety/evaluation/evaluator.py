@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from mergekit_safety.errors import ConfigError
 from mergekit_safety.evaluation.answers import answer_matches, extract_answer, parse_number
+from mergekit_safety.evaluation.attacks import PLAIN
 from mergekit_safety.evaluation.judge import (
     Judge,
     KeywordJudge,
@@ -231,7 +232,7 @@ def evaluate(
     counts: dict[str, tuple[int, int]] = {}
     for name, texts in prompts.attacks.items():
         flags = [f for (n, _i, _t), f in zip(wrapped, attacked, strict=True) if n == name]
-        counts.setdefault("plain", (sum(refused[: len(texts)]), len(texts)))
+        counts.setdefault(PLAIN, (sum(refused[: len(texts)]), len(texts)))
         counts[name] = (sum(flags), len(flags))
 
     records: list[dict[str, Any]] = []

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from mergekit_safety.evaluation.attacks import PLAIN
 from mergekit_safety.evaluation.evaluator import EvalResult
 from mergekit_safety.evaluation.harness import task_metrics
 
@@ -63,11 +64,11 @@ def attack_table(summaries: Sequence[Mapping[str, Any]]) -> str:
     ]
     for row in summaries:
         attacks = row.get("attacks") or {}
-        plain = (attacks.get("plain") or {}).get("refusal_rate")
+        plain = (attacks.get(PLAIN) or {}).get("refusal_rate")
         model = str(row.get("model", "")).replace("|", "\\|")
         for name, rates in attacks.items():
             rate = rates.get("refusal_rate")
-            delta = "–" if name == "plain" or None in (rate, plain) else f"{rate - plain:+.3f}"
+            delta = "–" if name == PLAIN or None in (rate, plain) else f"{rate - plain:+.3f}"
             lines.append(
                 f"| {model} | {name} | {_cell(rate, rates.get('refusal_rate_ci'))} | "
                 f"{_cell(rates.get('asr'), rates.get('asr_ci'))} | {delta} | {rates.get('n')} |"
