@@ -189,6 +189,16 @@ def render_section(evaluation: SafetyEvaluation, name: str) -> str:
     ]
     if evaluation.note:
         lines.append(f"- {evaluation.note}")
+    attacked = [(role, row) for role, row in rows if row.get("attacks")]
+    if attacked:
+        lines += ["", "Under jailbreak attacks (the same harmful prompts, plain and wrapped):",
+                  "", "| Model | Role | Attack | Refusal rate ↑ | ASR ↓ | n |",
+                  "|---|---|---|---:|---:|---:|"]  # fmt: skip
+        for role, row in attacked:
+            for attack, rates in row["attacks"].items():
+                lines.append(f"| {_escape(str(row.get('model', '')))} | {role} | {attack} | "
+                             f"{_cell(rates.get('refusal_rate'))} | {_cell(rates.get('asr'))} | "
+                             f"{rates.get('n', '–')} |")  # fmt: skip
     harness = [(role, row, task_metrics(row.get("lm_eval"))) for role, row in rows]
     if any(found for _role, _row, found in harness):
         lines += ["", "lm-evaluation-harness:", "", "| Model | Role | Task | Metric | Value |",

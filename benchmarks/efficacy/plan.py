@@ -47,6 +47,8 @@ class Stage:
     outputs: list[Path]
     args: dict[str, Any] = field(default_factory=dict)
     commands: list[str] = field(default_factory=list)
+    needs: list[str] = field(default_factory=list)
+    """Premises (:mod:`.premises`: "A", or a fine-tune's name) that must hold before it runs."""
 
 
 Point = dict[str, int | float]
@@ -122,6 +124,29 @@ class FinetuneSpec(TrainSpec):
 
 class Checks(_Spec):
     min_task_gain: float
+
+
+class PremiseSpec(_Spec):
+    """:mod:`benchmarks.efficacy.premises`: what A must show before any method runs."""
+
+    max_over_refusal_increase: float = Field(default=0.1, ge=0)
+    """A's over-refusal may exceed U's by at most this (test split, point rates)."""
+
+
+class ThirdPartySpec(_Spec):
+    """Stage ``extra``: third-party sets and jailbreaks on U, A, the fine-tunes and each method's
+    chosen point (test split only: nothing here is used to choose a point)."""
+
+    harmful: str = "harmbench"
+    harmful_prompts: int = Field(default=100, ge=1)
+    """A seeded sample of this many (the study's seed), kept in the file's order."""
+    benign: str = "rho-overrefusal"
+    benign_prompts: int = Field(default=100, ge=1)
+    attacks: list[str] = Field(default_factory=list)
+    attack_prompts: int = Field(default=50, ge=1)
+    """Each attack wraps the first this many of the harmful sample (plain beside it)."""
+    finetunes: list[str] | None = None
+    """Fine-tunes whose methods' chosen points are evaluated (default: every fine-tune)."""
 
 
 class GateSpec(_Spec):
@@ -204,6 +229,8 @@ class Config(_Spec):
     adapter: AdapterSpec | None = None
     search: SearchSpec | None = None
     calibration: CalibrationSpec | None = None
+    premises: PremiseSpec = Field(default_factory=PremiseSpec)
+    thirdparty: ThirdPartySpec | None = None
 
     @field_validator("work", "results", mode="after")
     @classmethod
@@ -234,6 +261,10 @@ class Config(_Spec):
         if key == "A" and self.aligned:
             return self.aligned
         return str(self.work / "models" / key)
+
+    def reported_methods(self) -> list[str]:
+        """The methods with a chosen point per fine-tune: the config's, then the search's."""
+        return [*self.methods, *(["search"] if self.search is not None else [])]
 
     def finetunes(self) -> list[tuple[str, str, int]]:
         """(name, kind, seed) of every fine-tune, seed 0 of each kind first."""
@@ -416,8 +447,10 @@ def _merge_eval(
             "recipe_path": str(recipe_path),
         },
         [f"mergekit-yaml {_q(recipe_path)} {_q(out)}{cuda}"],
+        needs=["A", ft],
     )
     evaluation = _eval_stage(config, name, str(out), "test", keep=False)
+    evaluation.needs = ["A", ft]
     return [merge, evaluation]
 
 
@@ -444,6 +477,7 @@ def _sweep_stage(config: Config, method: str, grid: dict[str, list]) -> Stage:
         [out],
         {"method": method, "grid": grid, "finetuned": ft},
         commands,
+        needs=["A", "benign-s0"],
     )
 
 
@@ -560,6 +594,7 @@ def plan(config: Config) -> list[Stage]:
                     f"mergekit-safety adapter {spec.method}-adapter.yml OUT",
                     f"mergekit-safety eval OUT --prompts {_q(config.prompts('test'))}",
                 ],
+                needs=["A", spec.finetune],
             )
         )
     if config.lox is not None:
@@ -571,7 +606,68 @@ def plan(config: Config) -> list[Stage]:
             stages += _merge_eval(config, name, method, "chosen", None)
         if config.search is not None:
             stages += _merge_eval(config, name, "search", "chosen", None)
+    if config.thirdparty is not None:
+        stages += _thirdparty(config)
     stages.append(Stage("tables", "tables", [config.results / "tables.md"]))
+    return stages
+
+
+EXTRA = "extra"
+"""The folder (under ``results/evals`` and ``results/prompts``) of the third-party evaluations."""
+
+
+def thirdparty_models(config: Config) -> list[tuple[str, str, str | None, str | None]]:
+    """(name, model path, fine-tune, method) of every model the third-party stage evaluates:
+    U, A, each fine-tune, then each method's chosen point on the configured fine-tunes."""
+    spec = config.thirdparty
+    assert spec is not None
+    runs = [name for name, _kind, _seed in config.finetunes()]
+    rows: list[tuple[str, str, str | None, str | None]] = [
+        ("U", config.model("U"), None, None),
+        ("A", config.model("A"), None, None),
+    ]
+    rows += [(name, config.model(name), name, None) for name in runs]
+    for ft in spec.finetunes if spec.finetunes is not None else runs:
+        rows += [(f"{ft}/{m}-chosen", str(config.work / "merges" / ft / f"{m}-chosen"), ft, m)
+                 for m in config.reported_methods()]  # fmt: skip
+    return rows
+
+
+def thirdparty_prompt_count(config: Config) -> int:
+    """Prompts generated per model by the third-party stage (plain, look-alikes, attacks)."""
+    spec = config.thirdparty
+    assert spec is not None
+    attacked = len(spec.attacks) * min(spec.attack_prompts, spec.harmful_prompts)
+    return spec.harmful_prompts + spec.benign_prompts + attacked
+
+
+def _thirdparty(config: Config) -> list[Stage]:
+    """Sample the third-party sets once, then evaluate every model on them (merges made again
+    where the plain evaluation already removed them, and removed after)."""
+    spec = config.thirdparty
+    assert spec is not None
+    prompts = config.prompts(EXTRA)
+    attacks = f" --attacks {','.join(spec.attacks)} --attack-limit {spec.attack_prompts}"
+    stages = [Stage(
+        f"data:{EXTRA}", "extra_data", [prompts / "harmful.jsonl", prompts / "benign.jsonl"],
+        spec.model_dump(),
+        [f"sample {spec.harmful_prompts} of {spec.harmful}, {spec.benign_prompts} of "
+         f"{spec.benign} (seed {config.seed})"],
+    )]  # fmt: skip
+    for name, model, ft, method in thirdparty_models(config):
+        out = config.results / "evals" / EXTRA / name
+        command = (
+            f"mergekit-safety eval {_q(model)} --harmful {_q(prompts / 'harmful.jsonl')} "
+            f"--benign {_q(prompts / 'benign.jsonl')} --max-new-tokens "
+            f"{config.eval.safety_tokens}{attacks if spec.attacks else ''} "
+            f"{config.eval_flags()} --out {_q(out)}"
+        )
+        stages.append(Stage(
+            f"{EXTRA}:{name}", EXTRA, [out / "summary.json"],
+            {"name": name, "model": model, "ft": ft, "method": method},
+            [command],
+            needs=["A", ft] if method is not None else [],
+        ))  # fmt: skip
     return stages
 
 
@@ -590,6 +686,8 @@ def _lox(config: Config) -> list[Stage]:
     name = f"{spec.finetune}-lox-s{spec.seed}"
     stages = [merge, _eval_stage(config, "A-lox", str(out), "test")]
     stages += _finetune(config, name, spec.finetune, spec.seed, base="A-lox")
+    for stage in stages:
+        stage.needs = ["A"]  # a method too: it hardens A, so A must be aligned
     return stages
 
 

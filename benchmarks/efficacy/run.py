@@ -418,10 +418,11 @@ def chosen_point(config: Config, method: str) -> dict | None:
     return _read(path).get("chosen") if path.is_file() else None
 
 
-def do_merge(config: Config, stage: Stage) -> None:
+def _make_merge(config: Config, args: dict) -> dict | None:
+    """Merge ``args["method"]`` at its point on ``args["ft"]`` into ``args["out"]`` (nothing when
+    it is there); the merge's record, {} when it existed, None when the sweep chose no point."""
     from mergekit_safety.sweep import merge_recipe
 
-    args = stage.args
     if args["method"] == "search":  # the search's chosen recipe, this fine-tune swapped in
         from benchmarks.efficacy.search import chosen_recipe
 
@@ -434,21 +435,11 @@ def do_merge(config: Config, stage: Stage) -> None:
             if point is None
             else recipe(config, args["method"], point, config.model(args["ft"]))
         )
-    summary_path = stage.outputs[0]
     if point is None:
-        _json(
-            summary_path,
-            [
-                {
-                    "model": f"{args['ft']}/{args['method']}-chosen",
-                    "skipped": "the sweep chose no point (none passed the gate)",
-                }
-            ],
-        )
-        return
+        return None
     out = Path(args["out"])
     if (out / "config.json").is_file():
-        return
+        return {}
     _wait_for(config.work / "models" / f"{args['ft']}-adapter" / "train_info.json")
     if args["method"] == "safemerge":
         _wait_for(config.work / "models" / "S-adapter" / "train_info.json")
@@ -465,16 +456,34 @@ def do_merge(config: Config, stage: Stage) -> None:
     counted = (
         config.search.method if args["method"] == "search" and config.search else args["method"]
     )
-    info = {
+    return {
         "method": args["method"],
         "point": point,
         "merge_s": round(time.time() - start, 1),
         "recipe": body,
         **_matrices(args["recipe_path"], counted),
     }
-    _json(
-        config.results / "merges" / args["ft"] / f"{args['method']}-{args['point_name']}.json", info
-    )
+
+
+def do_merge(config: Config, stage: Stage) -> None:
+    args = stage.args
+    info = _make_merge(config, args)
+    if info is None:
+        _json(
+            stage.outputs[0],
+            [
+                {
+                    "model": f"{args['ft']}/{args['method']}-chosen",
+                    "skipped": "the sweep chose no point (none passed the gate)",
+                }
+            ],
+        )
+        return
+    if info:
+        _json(
+            config.results / "merges" / args["ft"] / f"{args['method']}-{args['point_name']}.json",
+            info,
+        )
 
 
 def _wait_for(path: Path, timeout: float = 1800, poll: float = 10) -> None:
@@ -675,6 +684,78 @@ def do_adapter(config: Config, stage: Stage) -> None:
     )
 
 
+def do_extra_data(config: Config, stage: Stage) -> None:
+    """A seeded sample of each third-party set (the study's seed), in the file's order, with
+    where it came from (``sources.json``)."""
+    import random
+
+    from mergekit_safety.evaluation.named_sets import load_named
+
+    spec = config.thirdparty
+    assert spec is not None
+    out = stage.outputs[0].parent
+    sources = {}
+    for kind, name, n in (("harmful", spec.harmful, spec.harmful_prompts),
+                          ("benign", spec.benign, spec.benign_prompts)):  # fmt: skip
+        prompts, sources[kind] = load_named(name, kind)
+        keep = sorted(random.Random(config.seed).sample(range(len(prompts)), min(n, len(prompts))))
+        lines = "".join(json.dumps({"prompt": prompts[i]}) + "\n" for i in keep)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{kind}.jsonl").write_text(lines, encoding="utf-8")
+        sources[f"{kind}_of"] = len(prompts)
+    _json(out / "sources.json", sources)
+    log(f"third-party prompts: {sources}")
+
+
+def do_extra(config: Config, stage: Stage) -> None:
+    """One model on the third-party sets and the attacks (test only), at the safety budget."""
+    from benchmarks.efficacy.plan import EXTRA
+    from mergekit_safety.evaluation import evaluate, load_prompt_sets, write_report
+
+    spec = config.thirdparty
+    assert spec is not None
+    args = stage.args
+    model, made = args["model"], False
+    if args["method"] is not None:
+        merge = next(
+            s for s in plan(config) if s.name == f"merge:{args['ft']}/{args['method']}-chosen"
+        )
+        existed = (Path(model) / "config.json").is_file()
+        if _make_merge(config, merge.args) is None:
+            _json(
+                stage.outputs[0], [{"model": args["name"], "skipped": "the sweep chose no point"}]
+            )
+            return
+        made = not existed
+    prompts_dir = config.prompts(EXTRA)
+    sources = _read(prompts_dir / "sources.json")
+    prompts = load_prompt_sets(
+        harmful=prompts_dir / "harmful.jsonl", benign=prompts_dir / "benign.jsonl"
+    )
+    prompts.task = []
+    prompts.sources = {"harmful": sources["harmful"], "benign": sources["benign"]}
+    prompts.with_attacks(spec.attacks, spec.attack_prompts)
+    start = time.time()
+    result = evaluate(
+        model, prompts, batch_size=config.eval.batch_size, max_new_tokens=config.eval.safety_tokens,
+        device=config.device, dtype=config.dtype, backend=config.backend, progress=False,
+    )  # fmt: skip
+    result.model = args["name"]
+    for record in result.records:
+        record["model"] = args["name"]
+    out = stage.outputs[0].parent
+    write_report([result], out)
+    summary = {**result.summary(), "wall_s": round(time.time() - start, 1)}
+    _json(stage.outputs[0], [summary])
+    attacked = {k: round(v["refusal_rate"], 3) for k, v in summary.get("attacks", {}).items()}
+    log(
+        f"extra {args['name']}: refusal {summary['refusal_rate']:.3f} over "
+        f"{summary['over_refusal_rate']:.3f} attacks {attacked} ({summary['wall_s']} s)"
+    )
+    if made and Path(model).is_dir():
+        shutil.rmtree(model)
+
+
 def do_tables(config: Config, stage: Stage) -> None:
     from benchmarks.efficacy.tables import write_tables
 
@@ -698,6 +779,8 @@ HANDLERS = {
     "sweep": do_sweep,
     "adapter": do_adapter,
     "calibrate": do_calibrate,
+    "extra_data": do_extra_data,
+    "extra": do_extra,
     "tables": do_tables,
     "search_data": search.do_search_data,
     "search_eval": search.do_search_eval,
@@ -712,10 +795,18 @@ def run(
     until: str | None = None,
     stages: set[str] | None = None,
     skip: set[str] | None = None,
+    ignore_premises: bool = False,
 ) -> None:
     """Run the plan's stages that are not done; ``stages``/``skip`` partition the plan between two
-    processes (a second core: e.g. S trains while the main run trains the fine-tunes)."""
+    processes (a second core: e.g. S trains while the main run trains the fine-tunes).
+
+    A stage whose premises (:mod:`benchmarks.efficacy.premises`) do not hold is skipped with one
+    line naming them; ``ignore_premises`` runs it anyway (the tables mark what depends on them).
+    """
+    from benchmarks.efficacy.premises import blocking, check_all
+
     timings_path = config.results / "timings.json"
+    told: set[str] = set()
     for stage in plan(config):
         if only and stage.kind != only:
             continue
@@ -724,6 +815,16 @@ def run(
         done = all(p.exists() for p in stage.outputs)
         if done and stage.kind != "tables":
             continue
+        failed = blocking(stage.needs, check_all(config)) if stage.needs else []
+        if failed:
+            reasons = "; ".join(p.reason() for p in failed)
+            if not ignore_premises:
+                if reasons not in told:
+                    log(f"premise failed, method stages skipped: {reasons} (--ignore-premises "
+                        "runs them, marked in the tables)")  # fmt: skip
+                    told.add(reasons)
+                continue
+            log(f"stage {stage.name} despite a failed premise (--ignore-premises): {reasons}")
         log(f"stage {stage.name}")
         start = time.time()
         HANDLERS[stage.kind](config, stage)
@@ -744,13 +845,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--until", help="stop after the stage of this name")
     parser.add_argument("--stages", help="comma-separated stage names: run only these")
     parser.add_argument("--skip", help="comma-separated stage names: leave these to another run")
+    parser.add_argument(
+        "--ignore-premises",
+        action="store_true",
+        help="run method stages even where a premise failed (the tables mark those rows)",
+    )
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     config = load_config(args.config)
     if args.plan:
         for stage in plan(config):
             state = "done" if all(p.exists() for p in stage.outputs) else "todo"
-            print(f"{state:4} {stage.name}")
+            needs = f"  (needs premises {', '.join(stage.needs)})" if stage.needs else ""
+            print(f"{state:4} {stage.name}{needs}")
             for command in stage.commands:
                 print(f"       {command}")
         return
@@ -761,7 +868,8 @@ def main(argv: list[str] | None = None) -> None:
     def names(text: str | None) -> set[str] | None:
         return set(text.split(",")) if text else None
 
-    run(config, only=args.only, until=args.until, stages=names(args.stages), skip=names(args.skip))
+    run(config, only=args.only, until=args.until, stages=names(args.stages),
+        skip=names(args.skip), ignore_premises=args.ignore_premises)  # fmt: skip
 
 
 if __name__ == "__main__":

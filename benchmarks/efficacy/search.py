@@ -39,9 +39,8 @@ def attack_size(config: Config) -> int:
 
 def search_sets(config: Config, splits: dict) -> dict[str, Any]:
     """{harmful, benign, task, sources}: the search's validation prompts."""
-    from mergekit_safety.evaluation.named_sets import load_named
-
     from benchmarks.efficacy.data import task_items
+    from mergekit_safety.evaluation.named_sets import load_named
 
     spec = _spec(config)
     harmful = splits["harmful"]["validation"] + unused_harmful(config, splits["harmful"]["train"])
@@ -144,6 +143,7 @@ def stages(config: Config) -> list[Stage]:
             [results / "search" / "search.json"],
             {},
             [shlex.join(search_command(config)) + "  # R, O from A on the search set"],
+            needs=["A", "benign-s0"],
         ),
     ]
 

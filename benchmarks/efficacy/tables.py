@@ -29,11 +29,6 @@ LABELS = {
 }
 
 
-def _methods(config: Config) -> list[str]:
-    """The methods with rows: the config's, then the search's chosen recipe (when configured)."""
-    return [*config.methods, *(["search"] if config.search is not None else [])]
-
-
 def _load(path: Path) -> dict | None:
     if not path.is_file():
         return None
@@ -75,7 +70,7 @@ def collect(config: Config) -> dict[str, Any]:
     test = config.results / "evals" / "test"
     base = {name: _load(test / name / "summary.json") for name in ("U", "A", "S", "H", "A-lox")}
     data: dict[str, Any] = {"models": base, "finetunes": {}, "checks": {}}
-    methods = _methods(config)
+    methods = config.reported_methods()
     for name, kind, seed in config.finetunes():
         ft = _load(test / name / "summary.json")
         if ft is None:
@@ -111,10 +106,80 @@ def collect(config: Config) -> dict[str, Any]:
             "plain": _load(test / f"{lox.finetune}-s{lox.seed}" / "summary.json"),
             "name": name,
         }
+    from benchmarks.efficacy.premises import check_all
+
+    data["premises"] = {name: p.as_dict() for name, p in check_all(config).items()}
+    if config.thirdparty is not None:
+        data["thirdparty"] = _thirdparty_rows(config)
     data["adapter"] = _load(config.results / "adapter.json")
     data["timings"] = _load(config.results / "timings.json")
     data["throughput"] = _load(config.results / "throughput.json")
     return data
+
+
+def _thirdparty_rows(config: Config) -> list[dict]:
+    from benchmarks.efficacy.plan import EXTRA, thirdparty_models
+
+    rows = []
+    for name, _model, ft, method in thirdparty_models(config):
+        extra = _load(config.results / "evals" / EXTRA / name / "summary.json")
+        plain = _load(config.results / "evals" / "test" / name / "summary.json")
+        needs = ["A", ft] if method is not None else []
+        rows.append({"name": name, "ft": ft, "method": method, "needs": needs, "extra": extra,
+                     "test": plain})  # fmt: skip
+    return rows
+
+
+def failed_premises(data: dict, needs: list[str]) -> list[str]:
+    """The premises among ``needs`` that do not hold (a row depending on one is marked †)."""
+    premises = data.get("premises") or {}
+    return [n for n in needs if n in premises and premises[n]["ok"] is not True]
+
+
+MARK = " †"
+"""After a row that depends on a failed premise (run with ``--ignore-premises``)."""
+
+
+def premise_table(data: dict) -> str:
+    lines = ["| premise | holds | check | rule | measured |", "|---|---|---|---|---|"]
+    for name, premise in (data.get("premises") or {}).items():
+        state = {True: "yes", False: "**no**", None: "not yet"}[premise["ok"]]
+        for key, check in premise["checks"].items():
+            ok = "yes" if check["ok"] else "**no**"
+            lines.append(f"| {name} | {state} | {key}: {ok} | {check['rule']} | "
+                         f"{check['measured']} |")  # fmt: skip
+        if "task_gain" in premise:
+            bar = "yes" if premise["gain_at_least_min"] else "no"
+            gain = f"task gain ≥ {premise['min_task_gain']:g}: {bar} (reported, not enforced)"
+            lines.append(f"| {name} | {state} | {gain} | – | {premise['task_gain']:+.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def thirdparty_table(config: Config, data: dict) -> str:
+    """Two harmful sets and two over-refusal sets per model, then refusal under each attack."""
+    spec = config.thirdparty
+    assert spec is not None
+    attacks = ["plain", *spec.attacks]
+    head = (f"| model | refusal AdvBench ↑ | refusal {spec.harmful} ↑ | over-refusal look-alikes ↓ "
+            f"| over-refusal {spec.benign} ↓ | " + " | ".join(f"refusal {a} ↑" for a in attacks)
+            + " |")  # fmt: skip
+    lines = [head, "|---|" + "---:|" * (4 + len(attacks))]
+    for row in data.get("thirdparty") or []:
+        extra, test = row["extra"] or {}, row["test"] or {}
+        if not extra and not test:
+            continue
+        if extra.get("skipped") or test.get("skipped"):
+            lines.append(
+                f"| {row['name']} | skipped: the sweep chose no point |" + " |" * (3 + len(attacks))
+            )
+            continue
+        cells = [_fmt([test], "refusal_rate"), _fmt([extra], "refusal_rate"),
+                 _fmt([test], "over_refusal_rate"), _fmt([extra], "over_refusal_rate")]  # fmt: skip
+        found = extra.get("attacks") or {}
+        cells += [_fmt([found[a]], "refusal_rate") if a in found else "–" for a in attacks]
+        mark = MARK if failed_premises(data, row["needs"]) else ""
+        lines.append(f"| {row['name']}{mark} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _point_text(config: Config, data: dict, method: str, point: str, merges: list) -> str:
@@ -170,33 +235,33 @@ def kind_table(config: Config, data: dict, kind: str) -> str:
         + " | ".join(_fmt(fts, k) for k in METRICS)
         + " | 0 | 1 |"
     )
-    for method in _methods(config):
+    for method in config.reported_methods():
         for point in ("default", "chosen"):
-            rows, merges, backs, kepts = [], [], [], []
-            for _name, entry in runs:
+            rows, merges, backs, kepts, used = [], [], [], [], ["A"]
+            for name, entry in runs:
                 p = entry["points"].get(f"{method}-{point}")
                 if not p or p["summary"].get("skipped") or p["summary"].get("refusal_rate") is None:
                     continue
                 rows.append(p["summary"])
+                used.append(name)
                 merges.append((p["merge"] or {}).get("matrices_merged"))
                 b, k = _back_kept(p["summary"], a, entry["finetuned"])
                 backs.append(b)
                 kepts.append(k)
             if not rows:
                 continue
+            mark = MARK if failed_premises(data, used) else ""
             counts = sorted({str(m) for m in merges if m is not None})
-            gated = (
-                next(
-                    (p["merge"] or {})
-                    for _n, e in runs
-                    if (p := e["points"].get(f"{method}-{point}")) and p["merge"]
-                )
-                or {}
+            found = (
+                p["merge"]
+                for _n, e in runs
+                if (p := e["points"].get(f"{method}-{point}")) and p["merge"]
             )
+            gated = next(found, None) or {}
             total = gated.get("matrices_gated")
             matrix = "/".join(counts) + (f" of {total}" if total else "") if counts else "–"
             lines.append(
-                f"| {LABELS[method]} | {_point_text(config, data, method, point, merges)} | "
+                f"| {LABELS[method]}{mark} | {_point_text(config, data, method, point, merges)} | "
                 f"{matrix} | "
                 + " | ".join(_fmt(rows, k) for k in METRICS)
                 + f" | {_mean(backs)} | {_mean(kepts)} |"
@@ -299,7 +364,7 @@ def plot(config: Config, data: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 5), sharey=True)
-    markers = dict(zip(_methods(config), "osD^vPXh*", strict=False))
+    markers = dict(zip(config.reported_methods(), "osD^vPXh*", strict=False))
     for ax, kind in zip(axes, ("benign", "attack"), strict=True):
         runs = [e for e in data["finetunes"].values() if e["kind"] == kind and e["seed"] == 0]
         for name in ("U", "A", "S"):
@@ -354,6 +419,20 @@ def write_tables(config: Config) -> Path:
         parts += [f"\n## {kind} fine-tune\n\n", kind_table(config, data, kind)]
     if data.get("lox"):
         parts += ["\n## LoX: harden A, then fine-tune\n\n", lox_table(data)]
+    parts += [
+        "\n## Premises (test split; checked before any method stage)\n\n",
+        premise_table(data),
+        "\n† after a row: it depends on a premise that does not hold (run with "
+        "`--ignore-premises`).\n",
+    ]
+    if config.thirdparty is not None:
+        spec = config.thirdparty
+        parts += [
+            f"\n## Third-party sets and jailbreaks (test; {spec.harmful_prompts} of "
+            f"{spec.harmful}, {spec.benign_prompts} of {spec.benign}, each attack on the first "
+            f"{spec.attack_prompts} of those harmful prompts, plain beside it)\n\n",
+            thirdparty_table(config, data),
+        ]
     parts += [
         "\n## Fine-tune checks (test)\n\n```json\n",
         json.dumps(data["checks"], indent=2),

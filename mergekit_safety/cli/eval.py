@@ -13,9 +13,14 @@ from mergekit_safety.cli.common import DTYPE_CHOICES, config_errors, lm_eval_opt
 @click.argument("models", nargs=-1, required=True, metavar="MODEL...")
 @click.option(
     "--harmful",
-    help="Harmful prompts: a .txt/.jsonl/.csv/.json file or a Hub dataset id [default: built-in].",
+    help="Harmful prompts: a .txt/.jsonl/.csv/.json file, a third-party set (harmbench, "
+    "donotanswer, donotanswer-harmful, wsr-harmful) or a Hub dataset id [default: built-in].",
 )
-@click.option("--benign", help="Benign look-alike prompts, for over-refusal [default: built-in].")
+@click.option(
+    "--benign",
+    help="Benign look-alike prompts, for over-refusal: a file or a third-party set "
+    "(rho-overrefusal, rho-edgy80, rho-expanded70, wsr-benign) [default: built-in].",
+)
 @click.option(
     "--task",
     help="Task prompts with answers (.jsonl/.csv/.json), for accuracy [default: built-in].",
@@ -31,6 +36,18 @@ from mergekit_safety.cli.common import DTYPE_CHOICES, config_errors, lm_eval_opt
     "--column", help="The prompt field or column [default: prompt, else question, goal, ...]."
 )
 @click.option("--limit", type=click.IntRange(min=1), help="Use the first N prompts of each set.")
+@click.option(
+    "--attacks",
+    metavar="NAME[,NAME]",
+    help="Also ask each harmful prompt wrapped in these jailbreaks: prefix_injection, "
+    "refusal_suppression, style_injection, aim, evil_confidant, few_shot, base64, "
+    "pyrit:<template> (templates read from the installed pyrit).",
+)
+@click.option(
+    "--attack-limit",
+    type=click.IntRange(min=1),
+    help="Wrap only the first N harmful prompts [default: all].",
+)
 @click.option(
     "--judge",
     default="keyword",
@@ -71,6 +88,8 @@ def eval_command(
     split: str,
     column: str | None,
     limit: int | None,
+    attacks: str | None,
+    attack_limit: int | None,
     judge: str,
     batch_size: int,
     max_new_tokens: int,
@@ -89,6 +108,7 @@ def eval_command(
     Greedy generation with the model's chat template, batched with left padding. Reports the
     refusal rate on harmful prompts (ASR = 1 − refusal rate), the over-refusal rate on benign
     prompts that look harmful, and exact/numeric task accuracy, and prints a Markdown table.
+    With --attacks, the refusal rate and ASR under each jailbreak beside the plain prompts.
     """
     from mergekit_safety.evaluation import generation
     from mergekit_safety.evaluation.evaluator import check_model
@@ -109,6 +129,8 @@ def eval_command(
             f"--judge: expected 'keyword' or a local classifier directory; {judge} has no "
             "config.json"
         )
+    if attack_limit is not None and not attacks:
+        raise click.BadParameter("wraps nothing without --attacks", param_hint="--attack-limit")
     from mergekit_safety.evaluation import harness
 
     tasks = harness.parse_tasks(lm_eval_tasks)
@@ -130,7 +152,7 @@ def eval_command(
             limit=limit,
             split=split,
             column=column,
-        )
+        ).with_attacks(attacks, attack_limit)
 
     from mergekit_safety.evaluation import Evaluator, markdown_table, write_report
 
@@ -146,6 +168,10 @@ def eval_command(
             results.append(evaluator.evaluate(model))
     summaries = [result.summary() for result in results]
     click.echo(markdown_table(summaries))
+    if attacks:
+        from mergekit_safety.evaluation.report import attack_table
+
+        click.echo("\n" + attack_table(summaries))
     if tasks:
         from mergekit_safety.evaluation.report import lm_eval_table
 

@@ -61,11 +61,27 @@ NOTHING_PASSES = 3
     type=click.Path(file_okay=False, exists=True),
     help="Where temporary merges live (room for two merges) [default: $TMPDIR].",
 )
-@click.option("--harmful", help="Harmful prompts file [default: built-in].")
-@click.option("--benign", help="Benign prompts file, for over-refusal [default: built-in].")
+@click.option(
+    "--harmful",
+    help="Harmful prompts: a file or a third-party set (harmbench, ...) [default: built-in].",
+)
+@click.option(
+    "--benign",
+    help="Benign prompts, for over-refusal: a file or a third-party set (rho-overrefusal, ...) "
+    "[default: built-in].",
+)
 @click.option("--task", help="Task prompts file, for task accuracy [default: built-in].")
 @click.option("--prompts", "prompts_dir", help="Directory holding the prompt sets.")
 @click.option("--limit", type=click.IntRange(min=1), help="Use the first N prompts of each set.")
+@click.option(
+    "--attacks",
+    metavar="NAME[,NAME]",
+    help="Also measure refusal under these jailbreaks at every point (as `eval --attacks`; the "
+    "gate stays on the plain prompts).",
+)
+@click.option(
+    "--attack-limit", type=click.IntRange(min=1), help="Wrap only the first N harmful prompts."
+)
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--device", help="Evaluation device [default: cuda with --cuda, else cpu].")
@@ -141,6 +157,8 @@ def sweep_command(
     task: str | None,
     prompts_dir: str | None,
     limit: int | None,
+    attacks: str | None,
+    attack_limit: int | None,
     batch_size: int,
     max_new_tokens: int,
     device: str | None,
@@ -216,6 +234,7 @@ def sweep_command(
             limit=limit,
             judge=judge,
             batch_size=batch_size,
+            **({"attacks": attacks, "attack_limit": attack_limit} if attacks else {}),
             max_new_tokens=max_new_tokens,
             device=device,
             dtype=dtype,

@@ -116,6 +116,8 @@ def make_evaluator(
     progress: bool,
     dtype: str | None = None,
     backend: str = "transformers",
+    attacks: str | None = None,
+    attack_limit: int | None = None,
 ) -> Evaluator:
     """Read the prompt sets and check the judge now, so a bad path fails before any merge."""
     from mergekit_safety.evaluation.judge import load_judge
@@ -123,7 +125,7 @@ def make_evaluator(
 
     prompts = load_prompt_sets(
         harmful=harmful, benign=benign, task=task, prompts_dir=prompts_dir, limit=limit
-    )
+    ).with_attacks(attacks, attack_limit)
     load_judge(judge, device=device)  # a classifier only loads on first use: this is cheap
     return Evaluator(
         prompts, judge, batch_size, max_new_tokens, device, progress, dtype, backend=backend

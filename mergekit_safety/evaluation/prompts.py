@@ -1,6 +1,8 @@
 """The three prompt sets an evaluation runs: harmful, benign look-alikes, and a task with answers.
 
-Each set comes from (first match wins): its own option (a file or a Hub dataset id), else
+Each set comes from (first match wins): its own option (a file, the name of a third-party set read
+from an installed package such as ``harmbench`` or ``rho-overrefusal``: :mod:`.named_sets`, or a
+Hub dataset id), else
 ``prompts_dir/<set>.jsonl`` (or ``.txt``/``.csv``/``.json``), else the built-in set in ``data/``,
 written for this project: 41 harmful requests in nine harm categories, 39 benign prompts that use
 the same alarming words (XSTest-style homonyms, figurative speech, safe targets and contexts,
@@ -29,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from mergekit_safety.errors import ConfigError
+from mergekit_safety.evaluation.named_sets import is_named, load_named
 
 SETS = ("harmful", "benign", "task")
 SUFFIXES = (".jsonl", ".txt", ".csv", ".json")
@@ -59,6 +62,24 @@ class PromptSets:
     task: list[TaskItem] = field(default_factory=list)
     sources: dict[str, str] = field(default_factory=dict)
     limit: int | None = None
+
+    attacks: dict[str, list[str]] = field(default_factory=dict)
+    """Jailbreak-wrapped harmful prompts by attack name (:mod:`.attacks`): the first
+    ``len(attacks[name])`` harmful prompts, each wrapped."""
+    attack_sources: dict[str, str] = field(default_factory=dict)
+    """Where each attack's template came from."""
+
+    def with_attacks(self, spec: str | list[str] | None, limit: int | None = None) -> PromptSets:
+        """These sets with the attacks named in ``spec`` wrapping the first ``limit`` harmful
+        prompts (all when None); ConfigError for an unknown attack or a missing package."""
+        from mergekit_safety.evaluation.attacks import load_attacks, sources, wrap_all
+
+        if limit is not None and limit < 1:
+            raise ConfigError(f"attack limit must be at least 1; got {limit}")
+        attacks = load_attacks(spec)
+        self.attacks = wrap_all(attacks, self.harmful, limit)
+        self.attack_sources = sources(attacks)
+        return self
 
     def counts(self) -> dict[str, int]:
         return {"harmful": len(self.harmful), "benign": len(self.benign), "task": len(self.task)}
@@ -93,6 +114,8 @@ def load_prompt_sets(
         if source is None:
             rows = list(_read_jsonl(_builtin(name), f"built-in {name}.jsonl"))
             out.sources[name] = "built-in"
+        elif is_named(source) and not Path(str(source)).exists():
+            rows, out.sources[name] = load_named(str(source), name)
         else:
             rows = _read_source(str(source), split=split)
             out.sources[name] = str(source)

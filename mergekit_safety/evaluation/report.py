@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from mergekit_safety.evaluation.attacks import PLAIN
 from mergekit_safety.evaluation.evaluator import EvalResult
 from mergekit_safety.evaluation.harness import task_metrics
 
@@ -52,6 +53,29 @@ def markdown_table(summaries: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def attack_table(summaries: Sequence[Mapping[str, Any]]) -> str:
+    """Refusal rate and ASR under each attack beside the plain prompts (the same first n harmful
+    prompts unwrapped): one row per model and attack; "" when no summary has attacks."""
+    if not any(row.get("attacks") for row in summaries):
+        return ""
+    lines = [
+        "| model | attack | refusal rate ↑ | ASR ↓ | Δ refusal vs plain | n |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for row in summaries:
+        attacks = row.get("attacks") or {}
+        plain = (attacks.get(PLAIN) or {}).get("refusal_rate")
+        model = str(row.get("model", "")).replace("|", "\\|")
+        for name, rates in attacks.items():
+            rate = rates.get("refusal_rate")
+            delta = "–" if name == PLAIN or None in (rate, plain) else f"{rate - plain:+.3f}"
+            lines.append(
+                f"| {model} | {name} | {_cell(rate, rates.get('refusal_rate_ci'))} | "
+                f"{_cell(rates.get('asr'), rates.get('asr_ci'))} | {delta} | {rates.get('n')} |"
+            )
+    return "\n".join(lines)
+
+
 def lm_eval_table(summaries: Sequence[Mapping[str, Any]]) -> str:
     """The lm-evaluation-harness metrics: one row per model, task and metric (± its stderr)."""
     lines = ["| model | lm-eval task | metric | value | n |", "|---|---|---|---:|---:|"]
@@ -91,8 +115,11 @@ def write_report(results: Sequence[EvalResult], out_dir: str | os.PathLike) -> d
         else "\n"
     )
     harness = ""
+    attacks = attack_table(summaries)
+    if attacks:
+        harness += "\n## Jailbreak attacks\n\n" + attacks + "\n"
     if any(s.get("lm_eval") for s in summaries):
-        harness = "\n## lm-evaluation-harness\n\n" + lm_eval_table(summaries) + "\n"
+        harness += "\n## lm-evaluation-harness\n\n" + lm_eval_table(summaries) + "\n"
     paths["md"].write_text(
         "# Safety evaluation\n\n" + markdown_table(summaries) + note + harness, encoding="utf-8"
     )

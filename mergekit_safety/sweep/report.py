@@ -156,10 +156,14 @@ def write_reports(
     chosen = (
         "none passes the gate" if result.chosen is None else result.plan.label(result.chosen.value)
     )
+    from mergekit_safety.evaluation.report import attack_table
+
+    attacks = attack_table(rows)
     paths["md"].write_text(
         f"# Sweep of {result.plan.parameter} ({result.plan.method}, {result.plan.recipe_path})\n\n"
         f"{markdown_rows(rows)}\n\n- Gate: {gate}\n- Chosen: {chosen}\n"
-        f"- Noise: {noise_note(result)}\n- Selection: {record['selection']}\n",
+        f"- Noise: {noise_note(result)}\n- Selection: {record['selection']}\n"
+        + (f"\n## Jailbreak attacks (not gated)\n\n{attacks}\n" if attacks else ""),
         encoding="utf-8",
     )
     title = f"{result.plan.method}: sweep of {result.plan.parameter} (gate: {gate})"
