@@ -204,13 +204,14 @@ def _constraints(trial: Any) -> Sequence[float]:
 
 
 def run_study(
-    plan: SearchPlan, runner: Runner, budget: Budget, gate: Gate, *, progress: bool = True
-) -> Any:
-    """Ask, evaluate and tell until ``budget.trials`` trials have finished; returns the study."""
+    study: Any, plan: SearchPlan, runner: Runner, budget: Budget, gate: Gate, *,
+    progress: bool = True,
+) -> Any:  # fmt: skip
+    """Ask, evaluate and tell until ``budget.trials`` trials have finished (``study`` from
+    :func:`open_study`); returns the study."""
     from tqdm.auto import tqdm
 
     optuna = import_optuna()
-    study = open_study(plan, budget, gate)
     abandon_running(study)
     distributions = plan.distributions(optuna)
     done = len(finished(study))
