@@ -333,3 +333,14 @@ def test_a_ray_search_equals_a_serial_one(tmp_path):
     assert (tmp_path / "ray" / "recipe.yml").read_text() == (
         tmp_path / "serial" / "recipe.yml"
     ).read_text()
+
+
+@pytest.mark.subprocess
+def test_the_core_imports_neither_optuna_nor_ray():
+    code = ("import sys, mergekit_safety.cli, mergekit_safety.cli.search, mergekit_safety.search."
+            "study, mergekit_safety.search.runners, mergekit_safety.search.report\n"
+            "print(sorted({'optuna', 'ray'} & set(sys.modules)))")  # fmt: skip
+    ran = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=ENV, capture_output=True,
+                         text=True, timeout=300)  # fmt: skip
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    assert ran.stdout.strip() == "[]"

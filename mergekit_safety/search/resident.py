@@ -5,9 +5,11 @@ are the merge's: mergekit writes the base model's config). Each trial plans the 
 with mergekit's own planner and executor (:func:`~mergekit_safety.mergekit_internals.
 merge_in_memory`), inside a merge run of its own (:mod:`mergekit_safety.runs`) so the planning
 hooks — checks, the ``top_k`` ρ pass, the gated kernels' decisions — apply as in ``mergekit-yaml``,
-and copies every merged tensor into the resident network's parameters. The network then holds
-the tensors ``mergekit-yaml`` would write for that recipe (cast to the network's dtype, as loading
-the written model does), and is evaluated as it is (``ResidentNetwork``).
+and copies every merged tensor into the resident network's parameters (a ``top_k`` recipe's ρ
+pass runs once, for the first trial: ρ depends on the models, not on the searched values). The
+network then holds the tensors ``mergekit-yaml`` would write for that recipe (cast to the
+network's dtype, as loading the written model does), and is evaluated as it is
+(``ResidentNetwork``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 
 from mergekit_safety import mergekit_internals, runs
 from mergekit_safety.errors import ConfigError
+from mergekit_safety.scoring import ScoreCache, kept_scores
 
 
 class ResidentMerge:
@@ -40,6 +43,8 @@ class ResidentMerge:
         self.base = evaluable(reference_name(config.base_model), options)
         self.network, self.tokenizer = generation.load_model(self.base, device=device, dtype=dtype)
         self.parameters = dict(self.network.named_parameters(remove_duplicate=False))
+        self.scores = ScoreCache()
+        """The ``top_k`` ρ pass, kept across trials (ρ does not depend on what is searched)."""
         self.merges = 0
 
     def apply(self, recipe: Mapping[str, Any]) -> dict[str, Any]:
@@ -49,7 +54,7 @@ class ResidentMerge:
 
         config = MergeConfiguration.model_validate(dict(recipe))
         merged: dict[str, Any] = {}
-        with runs.opened(runs.MergeRun(quiet=True)), torch.no_grad():
+        with runs.opened(runs.MergeRun(quiet=True)), kept_scores(self.scores), torch.no_grad():
             for name, tensor in mergekit_internals.merge_in_memory(
                 config, self.options, arch_info=self.arch_info, out_config=self.out_config
             ):
