@@ -344,3 +344,25 @@ def test_the_core_imports_neither_optuna_nor_ray():
                          text=True, timeout=300)  # fmt: skip
     assert ran.returncode == 0, ran.stderr[-2000:]
     assert ran.stdout.strip() == "[]"
+
+
+def test_an_lm_eval_objective_runs_on_the_trial_in_memory(tmp_path):
+    """lm-eval on a trial's resident network scores as lm-eval on the written chosen model."""
+    pytest.importorskip("lm_eval")
+    from mergekit_safety.evaluation import harness
+
+    out = tmp_path / "out"
+    ran = cli_in_process("search", "recipes/safe_linear.yml", "--param", "weight=0:1",
+                         "--trials", "3", "--startup-trials", "2", "--min-refusal", "0",
+                         "--prompts", "recipes/demo/prompts", "--limit", "2", "--max-new-tokens",
+                         "4", "--lm-eval", "demo_arith", "--lm-eval-include",
+                         "recipes/demo/lm_eval", "--objective", "lm_eval:demo_arith:acc",
+                         "--out", out, "--quiet", cwd=REPO,
+                         env={"HF_DATASETS_OFFLINE": "1"})  # fmt: skip
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    record = json.loads((out / "search.json").read_text())
+    scores = [t["lm_eval"]["demo_arith"]["acc"] for t in record["trials"]]
+    assert record["chosen"]["lm_eval"]["demo_arith"]["acc"] == max(scores)
+    include = str(REPO / "recipes/demo/lm_eval")
+    on_disk = harness.run_tasks(str(out), ["demo_arith"], include=include)
+    assert on_disk["demo_arith"]["acc"] == record["chosen"]["lm_eval"]["demo_arith"]["acc"]

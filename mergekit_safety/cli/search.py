@@ -15,9 +15,11 @@ from mergekit_safety.cli.common import (
     check_ray,
     config_errors,
     gate_options,
+    lm_eval_options,
     objective_option,
     prompt_options,
     ray_options,
+    terminate_unwinds,
 )
 
 NOTHING_PASSES = 3
@@ -101,6 +103,7 @@ NOTHING_PASSES = 3
     help="Keep LoRA-merged inputs here [default: in the work dir, removed after].",
 )
 @ray_options("Evaluate each batch's trials on Ray actors, one resident model each")
+@lm_eval_options
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def search_command(
     recipe: str,
@@ -136,6 +139,10 @@ def search_command(
     lora_merge_cache: str | None,
     ray_address: str | None,
     ray_workers: int | None,
+    lm_eval_tasks: str | None,
+    lm_eval_include: str | None,
+    lm_eval_chat_template: bool,
+    lm_eval_limit: int | None,
     quiet: bool,
 ):
     """Search RECIPE's parameters (--space, --param) for the best task accuracy under the gate.
@@ -161,7 +168,10 @@ def search_command(
     check_ray(ray_address, ray_workers)
     if ray_address is None and ray_workers is not None:
         raise click.BadParameter("needs --ray", param_hint="--ray-workers")
-    check_objective(objective, [])  # lm-eval objectives need a model on disk: not per trial
+    from mergekit_safety.evaluation import harness
+
+    tasks = harness.parse_tasks(lm_eval_tasks)
+    check_objective(objective, tasks)
     device = device or ("cuda" if cuda else "cpu")
     with config_errors():
         studies.import_optuna()  # the missing extra: one line, before any work
@@ -201,6 +211,15 @@ def search_command(
                 dtype,
             )
             _check_disjoint(evaluator.prompts, tester.prompts, prompts_dir, test_prompts)
+        if tasks:  # lm-eval runs on each trial's network in memory, and on the references
+            harness.check_tasks(tasks, lm_eval_include)
+            settings = {
+                "tasks": tasks,
+                "include": lm_eval_include,
+                "chat_template": lm_eval_chat_template,
+                "limit": lm_eval_limit,
+            }
+            evaluator.lm_eval = settings
         plan = studies.SearchPlan(space, sweep_plan)
         budget = studies.Budget(
             trials,
@@ -222,7 +241,7 @@ def search_command(
         lora_merge_cache=lora_merge_cache,
         quiet=True,
     )
-    with config_errors():
+    with config_errors(), terminate_unwinds():
         result = _search(
             study,
             plan,
@@ -239,7 +258,7 @@ def search_command(
             ray_workers=ray_workers,
             progress=not quiet,
         )
-    _report(result, evaluator, judge, limit, out_path)
+    _report(result, evaluator, tester, judge, limit, out_path)
 
 
 def _search(
@@ -337,11 +356,14 @@ def _search(
     return result
 
 
-def _report(result: Any, evaluator: Any, judge: str | None, limit: int | None, out: Path) -> None:
+def _report(
+    result: Any, evaluator: Any, tester: Any, judge: str | None, limit: int | None, out: Path
+) -> None:
     from mergekit_safety.search.report import write_reports
 
     context = {
         "prompt_sets": {**evaluator.prompt_sets(), "limit": limit},
+        "test_prompt_sets": None if tester is None else {**tester.prompt_sets(), "limit": limit},
         "judge": judge or result.aligned.get("judge"),
         "generation": {
             "batch_size": evaluator.batch_size,

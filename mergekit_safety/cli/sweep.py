@@ -3,11 +3,7 @@ of a one- or two-parameter grid under a safety gate."""
 
 from __future__ import annotations
 
-import contextlib
-import signal
 import sys
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +18,7 @@ from mergekit_safety.cli.common import (
     objective_option,
     prompt_options,
     ray_options,
+    terminate_unwinds,
 )
 from mergekit_safety.evaluation.prompt_evaluator import Evaluator, make_evaluator
 
@@ -233,7 +230,7 @@ def sweep_command(
                                     gpus_per_point=gpus)  # fmt: skip
     else:
         executor = SerialExecutor(options, **where)
-    with config_errors(), _terminate_unwinds():
+    with config_errors(), terminate_unwinds():
         result = run_sweep(plan, evaluate_model, executor, min_refusal=min_refusal,
                            max_over_refusal=max_over_refusal, out=out_path,
                            objective=objective)  # fmt: skip
@@ -271,19 +268,6 @@ def sweep_command(
         click.echo(f"Chosen {chosen}; merge written to {result.out}")
     else:
         click.echo(f"Chosen {chosen} (pass --out DIR to keep the merge)")
-
-
-@contextlib.contextmanager
-def _terminate_unwinds() -> Iterator[None]:
-    """SIGTERM (a scheduler's kill) unwinds like Ctrl-C, so temporary merges are removed too."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(128 + signal.SIGTERM))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _check_backend(backend: str) -> None:

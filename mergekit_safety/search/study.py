@@ -121,8 +121,9 @@ def constraints(summary: Mapping[str, Any], gate: Gate) -> list[float]:
 
 
 def kept_metrics(summary: Mapping[str, Any]) -> dict[str, Any]:
-    """The rates, their intervals, the set sizes and the judge: what a trial records."""
-    keys = [*KEPT, *(f"{k}_ci" for k in KEPT), "n_harmful", "n_benign", "n_task", "judge"]
+    """What a trial keeps: rates, intervals, set sizes, the judge, lm-eval's metrics."""
+    keys = [*KEPT, *(f"{k}_ci" for k in KEPT), "n_harmful", "n_benign", "n_task", "judge",
+            "lm_eval"]  # fmt: skip
     return {key: summary[key] for key in keys if key in summary}
 
 
