@@ -269,22 +269,32 @@ def test_search_needs_a_gate_and_disjoint_test_prompts(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def search_args(out: Path, *extra: str) -> list[str]:
+def search_args(out: Path, *extra: object) -> list[str]:
     return ["search", "recipes/safe_linear_gated.yml", "--param", "weight=0:1@2/self_attn,mlp",
             "--trials", "4", "--startup-trials", "2", "--min-refusal", "0.5", *DEMO, "--out",
-            str(out), "--quiet", *extra]  # fmt: skip
+            str(out), "--quiet", *map(str, extra)]  # fmt: skip
 
 
 def test_search_writes_a_plain_recipe_that_mergekit_yaml_reproduces(tmp_path):
-    ran = cli_in_process(*search_args(tmp_path / "out"), cwd=REPO)
+    test_dir = tmp_path / "test-prompts"  # the second half of each demo set: disjoint
+    test_dir.mkdir()
+    for name in ("harmful", "benign", "task"):
+        lines = (REPO / "recipes/demo/prompts" / f"{name}.jsonl").read_text().splitlines()
+        (test_dir / f"{name}.jsonl").write_text("\n".join(lines[len(lines) // 2 :]) + "\n")
+    ran = cli_in_process(*search_args(tmp_path / "out", "--test-prompts", test_dir), cwd=REPO)
     assert ran.returncode == 0, ran.stderr[-3000:]
     out = tmp_path / "out"
     record = json.loads((out / "search.json").read_text())
     assert record["trials_finished"] == 4 and len(record["trials"]) == 4
     assert record["chosen"]["number"] in [t["number"] for t in record["trials"] if t["passes"]]
     assert record["prompt_sets"]["counts"] == {"harmful": 4, "benign": 4, "task": 4}
+    assert record["test_prompt_sets"]["counts"] == {"harmful": 4, "benign": 4, "task": 4}
+    assert set(record["test"]) == {"chosen", "aligned", "finetuned"}
+    assert "| chosen | test |" in (out / "search.md").read_text()
     for name in ("search.md", "search.png", "search-coefficients.png", "README.md"):
         assert (out / name).is_file(), name
+    card = (out / "README.md").read_text()
+    assert "mergekit-safety search" in card and f"Trial {record['chosen']['number']} of 4" in card
     recipe = yaml.safe_load((out / "recipe.yml").read_text())
     weight = recipe["models"][0]["parameters"]["weight"]
     assert [entry.get("filter") for entry in weight] == ["self_attn", "mlp", None]
