@@ -376,3 +376,22 @@ def test_an_lm_eval_objective_runs_on_the_trial_in_memory(tmp_path):
     include = str(REPO / "recipes/demo/lm_eval")
     on_disk = harness.run_tasks(str(out), ["demo_arith"], include=include)
     assert on_disk["demo_arith"]["acc"] == record["chosen"]["lm_eval"]["demo_arith"]["acc"]
+
+
+def test_the_command_continues_a_stored_study(tmp_path):
+    """A rerun with a larger --trials on the same --storage keeps the trials it had; other
+    prompts in the same study are refused."""
+    storage = ["--storage", f"sqlite:///{tmp_path}/s.db"]
+    first = cli_in_process(*search_args(tmp_path / "a", "--trials", "2", *storage), cwd=REPO)
+    assert first.returncode == 0, first.stderr[-3000:]
+    had = json.loads((tmp_path / "a" / "search.json").read_text())["trials"]
+    more = cli_in_process(*search_args(tmp_path / "a", "--trials", "3", "--overwrite", *storage),
+                          cwd=REPO)  # fmt: skip
+    assert more.returncode == 0, more.stderr[-3000:]
+    now = json.loads((tmp_path / "a" / "search.json").read_text())["trials"]
+    assert [t["number"] for t in now] == [0, 1, 2]
+    assert [(t["params"], t["task_accuracy"]) for t in now[:2]] == [
+        (t["params"], t["task_accuracy"]) for t in had
+    ]
+    other = cli_in_process(*search_args(tmp_path / "b", *storage, "--limit", "3"), cwd=REPO)
+    assert "is another search (its evaluation differ" in click_line(other)

@@ -230,7 +230,14 @@ def search_command(
             study_name or f"search-{Path(recipe).stem}",
         )
         gate = studies.Gate(min_refusal, max_over_refusal, objective)
-        study = studies.open_study(plan, budget, gate)
+        measured = {
+            "prompt_sets": evaluator.prompt_sets(),
+            "judge": judge,
+            "max_new_tokens": max_new_tokens,
+            "dtype": dtype,
+            "lm_eval": evaluator.lm_eval,
+        }
+        study = studies.open_study(plan, budget, gate, measured)
     from mergekit.options import MergeOptions
 
     options = MergeOptions(

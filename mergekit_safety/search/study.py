@@ -139,10 +139,16 @@ def finished(study: Any) -> list[Any]:
     return counted
 
 
-def identity(plan: SearchPlan, budget: Budget, gate: Gate) -> dict[str, Any]:
-    """What makes two runs the same search (the trial budget aside): checked on resume."""
+def identity(
+    plan: SearchPlan, budget: Budget, gate: Gate, evaluation: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """What makes two runs the same search (the trial budget aside): checked on resume.
+
+    ``evaluation``: how trials are measured (prompt sets, judge, generation settings).
+    """
     recipe = json.dumps(plan.sweep.recipe, sort_keys=True, default=str)
     return {
+        "evaluation": dict(evaluation or {}),
         "recipe_sha256": hashlib.sha256(recipe.encode()).hexdigest(),
         "space": [d.record() for d in plan.space.dimensions],
         "seed": budget.seed,
@@ -153,7 +159,9 @@ def identity(plan: SearchPlan, budget: Budget, gate: Gate) -> dict[str, Any]:
     }
 
 
-def open_study(plan: SearchPlan, budget: Budget, gate: Gate) -> Any:
+def open_study(
+    plan: SearchPlan, budget: Budget, gate: Gate, evaluation: Mapping[str, Any] | None = None
+) -> Any:
     """Create the study, or load it (``storage``) after checking it is this search."""
     optuna = import_optuna()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -164,7 +172,7 @@ def open_study(plan: SearchPlan, budget: Budget, gate: Gate) -> Any:
         )  # fmt: skip
     except (ValueError, ImportError, RuntimeError) as error:  # a malformed URL, no driver
         raise ConfigError(f"--storage {budget.storage}: {error}".splitlines()[0]) from None
-    wanted = json.loads(json.dumps(identity(plan, budget, gate)))
+    wanted = json.loads(json.dumps(identity(plan, budget, gate, evaluation), default=str))
     found = study.user_attrs.get("search")
     if found is None:
         study.set_user_attr("search", wanted)
