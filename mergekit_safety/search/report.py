@@ -308,11 +308,14 @@ def write_reports(result: SearchResult, directory: Path, context: Mapping[str, A
         title=f"{result.plan.sweep.method}: search, {len(result.counted)} trials (gate: {gate})",
     )
     if result.chosen is not None:
-        curves = {
-            f"{d.name} ({group})": values
-            for d in result.plan.space.dimensions
-            for group, values in d.gradients(result.chosen.params).items()
-        }
+        curves: dict[str, list[float]] = {}
+        for dimension in result.plan.space.dimensions:
+            params = result.chosen.params
+            for group, values in dimension.gradients(params).items():
+                curves[f"{dimension.name} ({group})"] = values
+            if dimension.filters:  # the value on every tensor no filter names, flat over depth
+                rest = float(dimension.value(params)[-1]["value"])
+                curves[f"{dimension.name} (elsewhere)"] = [rest, rest]
         if curves:
             paths["coefficients"] = plot_coefficients(
                 curves,
