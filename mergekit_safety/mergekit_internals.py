@@ -50,6 +50,14 @@ mergekit (a failing check names the assumption):
 14. ``mergekit.config.MergeConfiguration.model_validate(obj)`` is how every mergekit command
     reads a recipe: wrapped to see the recipe as written (pydantic drops unknown keys), so that a
     misspelled key in a recipe of ours is refused before anything loads.
+15. ``MergePlanner.plan_in_memory()`` — mergekit's in-memory path (``mergekit.evo``'s
+    ``InMemoryMergeEvaluator``) — raises in 0.1.5: pydantic re-validates ``ReturnTensor``'s generic
+    ``tensor_task`` field and tries to build the abstract ``Task[Tensor]``. So
+    :func:`merge_in_memory` takes the to-disk plan's ``SaveTensor`` tasks (``tensor_name``,
+    ``tensor_task``, ``dtype``: the same ``force_dtype or out_dtype`` that ``plan_in_memory``
+    gives each ``ReturnTensor``), wraps each in mergekit's own ``ReturnTensor`` built without
+    re-validation (``model_construct``), and runs them on ``mergekit.graph.Executor`` as
+    ``run_merge`` runs a plan; each value is the tensor ``mergekit-yaml`` would write.
 13. ``mergekit.merge_methods.base.MergeMethod._bind_parameters(groups, parameters)`` (the Python
     API's binding) and ``MergeMethod._execute(groups, parameters, options, *, input_dtypes,
     out_dtype)`` (both entry points' execution) are overridden by :class:`PluginMethod`, and
@@ -479,6 +487,66 @@ def _applied_task_type() -> type:
             return self.function(PlannedTensor.of(task), group)
 
     return Applied
+
+
+# --- a merge in memory (a search's trials) -------------------------------------------------------
+
+
+def architecture(config: Any, options: Any) -> tuple[Any, Any]:
+    """(arch_info, out_config) of ``config`` as ``run_merge`` computes them (assumption 9)."""
+    from mergekit.architecture import get_architecture_info
+    from mergekit.io.tasks import LoaderCache
+    from mergekit.merge import _model_out_config
+
+    arch_info = get_architecture_info(config, options)
+    LoaderCache().setup(options=options)
+    out_config = _model_out_config(
+        config, arch_info, trust_remote_code=bool(options.trust_remote_code)
+    )
+    return arch_info, out_config
+
+
+def merge_in_memory(
+    config: Any, options: Any, *, arch_info: Any, out_config: Any
+) -> Iterator[tuple[str, Any]]:
+    """(tensor name, merged tensor) for every tensor ``mergekit-yaml`` would write, in memory.
+
+    The plan is mergekit's own (assumption 15), so the recipe-level hooks (checks, the ``top_k``
+    ρ pass) and the per-tensor ones run as in a merge to disk; the caller opens the merge's run
+    (:func:`mergekit_safety.runs.opened`). Nothing is written. Tensors are on the math device
+    (``options.device``), cast to the output dtype.
+    """
+    import os
+
+    import torch
+    from mergekit.graph import Executor
+    from mergekit.io.tasks import ReturnTensor, SaveTensor
+    from mergekit.plan import MergePlanner
+
+    planner = MergePlanner(
+        config.model_copy(deep=True), arch_info, options=options, out_model_config=out_config
+    )
+    saves = [t for t in planner.plan_to_disk(out_path=os.devnull) if isinstance(t, SaveTensor)]
+    returns = [
+        ReturnTensor.model_construct(
+            weight_info=_weight(save.tensor_name, save.optional),
+            tensor_task=save.tensor_task,
+            dtype=save.dtype,
+        )
+        for save in saves
+    ]
+    device = torch.device(options.device or "cpu")
+    executor = Executor(returns, math_device=device, storage_device=device)
+    for task, value in executor.run(quiet=True):
+        if value is None:  # an optional tensor the inputs lack: mergekit writes none either
+            continue
+        yield task.weight_info.name, value
+
+
+def _weight(name: str, optional: bool) -> Any:
+    from mergekit.architecture import WeightInfo
+
+    return WeightInfo(name=name, optional=optional)
 
 
 # --- mergekit's lazy loader ----------------------------------------------------------------------

@@ -163,6 +163,28 @@ def _draw_trend(ax, rows, merged, min_refusal, max_over_refusal, parameter) -> N
     ax.legend(fontsize=7, loc="best")
 
 
+def plot_coefficients(
+    curves: Mapping[str, Sequence[float]], path: Path, *, title: str = ""
+) -> Path:
+    """Per-layer values over depth, one line per parameter and filter: N anchors at relative
+    depths 0, 1/(N−1), …, 1, joined linearly as mergekit interpolates them over the layers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    for label, values in curves.items():
+        depths = [i / max(1, len(values) - 1) for i in range(len(values))]
+        ax.plot(depths, list(values), marker="o", label=label)
+    ax.set_xlabel("relative depth (first layer 0, last layer 1)")
+    ax.set_ylabel("value")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    ax.set_title(title, fontsize=10)
+    return _save(fig, path)
+
+
 def _numeric(values: Sequence[Any]) -> bool:
     """Whether there are values and every one is a number (a sweep's points, not labels)."""
     return bool(values) and all(isinstance(v, int | float) for v in values)

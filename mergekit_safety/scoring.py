@@ -151,9 +151,12 @@ _KEPT: contextvars.ContextVar[ScoreCache | None] = contextvars.ContextVar(
 
 
 @contextlib.contextmanager
-def kept_scores() -> Iterator[ScoreCache]:
-    """Keep ρ passes inside the block (a sweep): merges of the same models score them once."""
-    token = _KEPT.set(_KEPT.get() or ScoreCache())
+def kept_scores(cache: ScoreCache | None = None) -> Iterator[ScoreCache]:
+    """Keep ρ passes inside the block (a sweep): merges of the same models score them once.
+
+    ``cache``: keep them in this one (a search's resident merge holds one across its trials).
+    """
+    token = _KEPT.set(cache or _KEPT.get() or ScoreCache())
     try:
         yield _KEPT.get()  # type: ignore[misc]
     finally:

@@ -201,7 +201,7 @@ def test_without_ray_installed_the_error_says_how_to_get_it(monkeypatch):
     import builtins
 
     from mergekit_safety.errors import ConfigError
-    from mergekit_safety.sweep.distributed import _import_ray
+    from mergekit_safety.sweep.distributed import import_ray
 
     real = builtins.__import__
 
@@ -212,4 +212,4 @@ def test_without_ray_installed_the_error_says_how_to_get_it(monkeypatch):
 
     monkeypatch.setattr(builtins, "__import__", no_ray)
     with pytest.raises(ConfigError, match=r"pip install 'mergekit-safety\[ray\]'"):
-        _import_ray()
+        import_ray()

@@ -18,7 +18,7 @@ from mergekit_safety.errors import TRACEBACK_ENV, install_excepthook
     help=f"Full tracebacks for user mistakes too (or set {TRACEBACK_ENV}=1).",
 )
 def main(verbose: bool) -> None:
-    """Restore safety alignment by merging weights: inspect, evaluate, sweep and publish.
+    """Restore safety alignment by merging weights: inspect, evaluate, sweep, search, publish.
 
     A mistake in a recipe, a path or a model prints one line and exits with status 1.
     """
@@ -28,12 +28,13 @@ def main(verbose: bool) -> None:
 
 
 def _add_commands() -> None:
-    from mergekit_safety.cli import adapter, calibrate, card, demo, inspect, sweep
+    from mergekit_safety.cli import adapter, calibrate, card, demo, inspect, search, sweep
     from mergekit_safety.cli import eval as eval_cli
 
     main.add_command(inspect.inspect_command)
     main.add_command(eval_cli.eval_command)
     main.add_command(sweep.sweep_command)
+    main.add_command(search.search_command)
     main.add_command(card.card_command)
     main.add_command(demo.demo_group)
     main.add_command(adapter.adapter_command)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import signal
+import sys
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -65,3 +68,128 @@ def config_errors() -> Iterator[None]:
         if message is None:
             raise
         raise click.ClickException(message) from None
+
+
+def _stack(command: Callable[..., Any], options: list[Callable[..., Any]]) -> Callable[..., Any]:
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def gate_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--min-refusal``, ``--max-over-refusal``: the gate a choice is made under (``sweep``,
+    ``search``), read by :func:`mergekit_safety.acceptance.passes`."""
+    return _stack(command, [
+        click.option("--min-refusal", type=click.FloatRange(0, 1),
+                     help="Gate: the least refusal rate allowed."),
+        click.option("--max-over-refusal", type=click.FloatRange(0, 1),
+                     help="Gate: the most over-refusal rate (benign prompts refused) allowed."),
+    ])  # fmt: skip
+
+
+def objective_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--objective``: what a choice maximizes among the passing models (see check_objective)."""
+    return click.option(
+        "--objective",
+        default="task_accuracy",
+        show_default=True,
+        metavar="task_accuracy|lm_eval:TASK:METRIC",
+        help="What the choice maximizes among the passing points: the task prompts' accuracy, or "
+        "a higher-is-better metric of a --lm-eval task (e.g. lm_eval:arc_easy:acc).",
+    )(command)
+
+
+def check_objective(objective: str, tasks: list[str]) -> None:
+    """--objective names task_accuracy or a metric of a task --lm-eval runs, higher-is-better."""
+    from mergekit_safety.acceptance import OBJECTIVE, parse_lm_eval_key
+
+    if objective == OBJECTIVE:
+        return
+    try:
+        found = parse_lm_eval_key(objective)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--objective") from None
+    if found is None:
+        raise click.BadParameter(
+            f"expected task_accuracy or lm_eval:TASK:METRIC; got {objective!r}",
+            param_hint="--objective",
+        )
+    if found[0] not in tasks:
+        raise click.BadParameter(
+            f"{found[0]} is not among the --lm-eval tasks ({', '.join(tasks) or 'none given'})",
+            param_hint="--objective",
+        )
+
+
+def prompt_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The prompt sets and generation settings of an evaluation (``sweep``, ``search``)."""
+    return _stack(command, [
+        click.option("--harmful", help="Harmful prompts: a file or a third-party set "
+                     "(harmbench, ...) [default: built-in]."),
+        click.option("--benign", help="Benign prompts, for over-refusal: a file or a third-party "
+                     "set (rho-overrefusal, ...) [default: built-in]."),
+        click.option("--task", help="Task prompts file, for task accuracy [default: built-in]."),
+        click.option("--prompts", "prompts_dir", help="Directory holding the prompt sets."),
+        click.option("--limit", type=click.IntRange(min=1),
+                     help="Use the first N prompts of each set."),
+        click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True),
+        click.option("--max-new-tokens", type=click.IntRange(min=1), default=64,
+                     show_default=True),
+        click.option("--device", help="Evaluation device [default: cuda with --cuda, else cpu]."),
+        click.option("--dtype", type=click.Choice(DTYPE_CHOICES),
+                     help="Evaluation dtype, as for `mergekit-safety eval` [default: float32 on "
+                     "CPU, the checkpoint's own on GPU]."),
+        click.option("--judge",
+                     help="Refusal judge, as for `mergekit-safety eval` [default: its own]."),
+    ])  # fmt: skip
+
+
+def ray_options(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--ray [ADDRESS]`` and ``--ray-workers``; ``what`` starts the help (what runs on Ray)."""
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        return _stack(command, [
+            click.option(
+                "--ray", "ray_address", is_flag=False, flag_value="local", metavar="[ADDRESS]",
+                callback=lambda _ctx, _param, value: _ray_address(value),
+                help=f"{what} (pip install 'mergekit-safety[ray]'): one CPU each, one GPU each "
+                "with --cuda. Alone (or `local`): a cluster on this machine for the run; else an "
+                "existing cluster's address (`auto`, ray://HOST:10001). Put it after RECIPE.",
+            ),
+            click.option("--ray-workers", type=click.IntRange(min=1),
+                         help="CPUs of the local cluster --ray starts [default: all of them]."),
+        ])  # fmt: skip
+
+    return decorate
+
+
+def _ray_address(address: str | None) -> str | None:
+    """--ray before RECIPE takes the recipe as its address: say so, not "Missing argument"."""
+    if address is not None and address.endswith((".yml", ".yaml")):
+        raise click.BadParameter(
+            f"took {address!r} as the cluster address; put --ray after RECIPE or write --ray local",
+            param_hint="--ray",
+        )
+    return address
+
+
+def check_ray(address: str | None, workers: int | None) -> None:
+    """--ray-workers sizes a cluster this command starts; an existing one has its own."""
+    if workers is not None and address != "local":
+        raise click.BadParameter(
+            "sizes the local cluster that --ray starts; an existing cluster has its own",
+            param_hint="--ray-workers",
+        )
+
+
+@contextlib.contextmanager
+def terminate_unwinds() -> Iterator[None]:
+    """SIGTERM (a scheduler's kill) unwinds like Ctrl-C, so temporary files are removed too."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(128 + signal.SIGTERM))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -3,17 +3,23 @@ of a one- or two-parameter grid under a safety gate."""
 
 from __future__ import annotations
 
-import contextlib
-import signal
 import sys
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 
-from mergekit_safety.cli.common import DTYPE_CHOICES, config_errors, lm_eval_options
+from mergekit_safety.cli.common import (
+    check_objective,
+    check_ray,
+    config_errors,
+    gate_options,
+    lm_eval_options,
+    objective_option,
+    prompt_options,
+    ray_options,
+    terminate_unwinds,
+)
 from mergekit_safety.evaluation.prompt_evaluator import Evaluator, make_evaluator
 
 NOTHING_PASSES = 3
@@ -33,14 +39,7 @@ NOTHING_PASSES = 3
     "grid (at most two parameters; threshold, top_k and fraction are alternatives). weight is "
     "set on the fine-tuned models, the others globally.",
 )
-@click.option(
-    "--min-refusal", type=click.FloatRange(0, 1), help="Gate: the least refusal rate allowed."
-)
-@click.option(
-    "--max-over-refusal",
-    type=click.FloatRange(0, 1),
-    help="Gate: the most over-refusal rate (benign prompts refused) allowed.",
-)
+@gate_options
 @click.option(
     "--out",
     type=click.Path(file_okay=False),
@@ -61,18 +60,7 @@ NOTHING_PASSES = 3
     type=click.Path(file_okay=False, exists=True),
     help="Where temporary merges live (room for two merges) [default: $TMPDIR].",
 )
-@click.option(
-    "--harmful",
-    help="Harmful prompts: a file or a third-party set (harmbench, ...) [default: built-in].",
-)
-@click.option(
-    "--benign",
-    help="Benign prompts, for over-refusal: a file or a third-party set (rho-overrefusal, ...) "
-    "[default: built-in].",
-)
-@click.option("--task", help="Task prompts file, for task accuracy [default: built-in].")
-@click.option("--prompts", "prompts_dir", help="Directory holding the prompt sets.")
-@click.option("--limit", type=click.IntRange(min=1), help="Use the first N prompts of each set.")
+@prompt_options
 @click.option(
     "--attacks",
     metavar="NAME[,NAME]",
@@ -82,16 +70,6 @@ NOTHING_PASSES = 3
 @click.option(
     "--attack-limit", type=click.IntRange(min=1), help="Wrap only the first N harmful prompts."
 )
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
-@click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--device", help="Evaluation device [default: cuda with --cuda, else cpu].")
-@click.option(
-    "--dtype",
-    type=click.Choice(DTYPE_CHOICES),
-    help="Evaluation dtype, as for `mergekit-safety eval` [default: float32 on CPU, the "
-    "checkpoint's own on GPU].",
-)
-@click.option("--judge", help="Refusal judge, as for `mergekit-safety eval` [default: its own].")
 @click.option(
     "--backend",
     type=click.Choice(["transformers", "vllm"]),
@@ -117,31 +95,9 @@ NOTHING_PASSES = 3
     "aligned+adapter, each value a peft LoRA adapter evaluated on the aligned model, loaded "
     "once for the whole sweep; --out the chosen adapter.",
 )
-@click.option(
-    "--ray",
-    "ray_address",
-    is_flag=False,
-    flag_value="local",
-    metavar="[ADDRESS]",
-    callback=lambda _ctx, _param, value: _ray_address(value),
-    help="Run the points as Ray tasks (pip install 'mergekit-safety[ray]'): one CPU each, one GPU "
-    "each with --cuda. Alone (or `local`): a cluster on this machine for the run; else an "
-    "existing cluster's address (`auto`, ray://HOST:10001). Put it after RECIPE.",
-)
-@click.option(
-    "--ray-workers",
-    type=click.IntRange(min=1),
-    help="CPUs of the local cluster --ray starts [default: all of them].",
-)
+@ray_options("Run the points as Ray tasks")
 @lm_eval_options
-@click.option(
-    "--objective",
-    default="task_accuracy",
-    show_default=True,
-    metavar="task_accuracy|lm_eval:TASK:METRIC",
-    help="What the choice maximizes among the passing points: the task prompts' accuracy, or "
-    "a higher-is-better metric of a --lm-eval task (e.g. lm_eval:arc_easy:acc).",
-)
+@objective_option
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def sweep_command(
     recipe: str,
@@ -210,12 +166,12 @@ def sweep_command(
     if report_dir.exists() and not report_dir.is_dir():
         raise click.BadParameter(f"{report_dir} is not a directory", param_hint="--report")
     device = device or ("cuda" if cuda else "cpu")
-    _check_ray(ray_address, ray_workers)
+    check_ray(ray_address, ray_workers)
     _check_backend(backend)
     from mergekit_safety.evaluation import harness
 
     tasks = harness.parse_tasks(lm_eval_tasks)
-    _check_objective(objective, tasks)
+    check_objective(objective, tasks)
 
     with config_errors():
         from mergekit_safety.planning import check_device
@@ -286,7 +242,7 @@ def sweep_command(
                                     gpus_per_point=gpus)  # fmt: skip
     else:
         executor = SerialExecutor(options, **where)
-    with config_errors(), _terminate_unwinds():
+    with config_errors(), terminate_unwinds():
         result = run_sweep(plan, evaluate_model, executor, min_refusal=min_refusal,
                            max_over_refusal=max_over_refusal, out=out_path,
                            objective=objective)  # fmt: skip
@@ -324,60 +280,6 @@ def sweep_command(
         click.echo(f"Chosen {chosen}; merge written to {result.out}")
     else:
         click.echo(f"Chosen {chosen} (pass --out DIR to keep the merge)")
-
-
-def _ray_address(address: str | None) -> str | None:
-    """--ray before RECIPE takes the recipe as its address: say so, not "Missing argument"."""
-    if address is not None and address.endswith((".yml", ".yaml")):
-        raise click.BadParameter(
-            f"took {address!r} as the cluster address; put --ray after RECIPE or write --ray local",
-            param_hint="--ray",
-        )
-    return address
-
-
-def _check_objective(objective: str, tasks: list[str]) -> None:
-    """--objective names task_accuracy or a metric of a task --lm-eval runs, higher-is-better."""
-    from mergekit_safety.acceptance import parse_lm_eval_key
-
-    if objective == "task_accuracy":
-        return
-    try:
-        found = parse_lm_eval_key(objective)
-    except ValueError as error:
-        raise click.BadParameter(str(error), param_hint="--objective") from None
-    if found is None:
-        raise click.BadParameter(
-            f"expected task_accuracy or lm_eval:TASK:METRIC; got {objective!r}",
-            param_hint="--objective",
-        )
-    if found[0] not in tasks:
-        raise click.BadParameter(
-            f"{found[0]} is not among the --lm-eval tasks ({', '.join(tasks) or 'none given'})",
-            param_hint="--objective",
-        )
-
-
-def _check_ray(address: str | None, workers: int | None) -> None:
-    """--ray-workers sizes a cluster this command starts; an existing one has its own."""
-    if workers is not None and address != "local":
-        raise click.BadParameter(
-            "sizes the local cluster that --ray starts; an existing cluster has its own",
-            param_hint="--ray-workers",
-        )
-
-
-@contextlib.contextmanager
-def _terminate_unwinds() -> Iterator[None]:
-    """SIGTERM (a scheduler's kill) unwinds like Ctrl-C, so temporary merges are removed too."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(128 + signal.SIGTERM))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _check_backend(backend: str) -> None:

@@ -27,7 +27,11 @@ from mergekit_safety.evaluation.prompts import PromptSets
 from mergekit_safety.stats import wilson_interval
 
 if TYPE_CHECKING:
-    from mergekit_safety.evaluation.resident import ResidentBase, ResidentVllm
+    from mergekit_safety.evaluation.resident import (
+        ResidentBase,
+        ResidentNetwork,
+        ResidentVllm,
+    )
 
 BACKENDS = ("transformers", "vllm")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -168,13 +172,14 @@ def evaluate(
     progress: bool = True,
     *,
     backend: str = "transformers",
-    loader: ResidentBase | ResidentVllm | None = None,
+    loader: ResidentBase | ResidentNetwork | ResidentVllm | None = None,
 ) -> EvalResult:
     """Generate greedily for every prompt, judge refusals, score the task; return the result.
 
     ``loader``: a :class:`~mergekit_safety.evaluation.resident.ResidentBase` (``ResidentVllm``
     with ``backend="vllm"``) that keeps the base model loaded between calls (an adapter sweep),
-    instead of loading ``model`` afresh.
+    instead of loading ``model`` afresh; or a ``ResidentNetwork`` (a search's in-memory merge),
+    evaluated as it is, ``model`` naming it.
 
     ``judge``: None or ``"keyword"`` (the keyword judge), a local classifier directory, or a
     :class:`~mergekit_safety.evaluation.judge.Judge`. A harm judge (a classifier) judges the
@@ -187,7 +192,10 @@ def evaluate(
         raise ConfigError(f"unknown backend {backend!r}; use {' or '.join(BACKENDS)}")
     if backend == "vllm" and not generation.vllm_available():
         raise ConfigError("--backend vllm needs vLLM installed (pip install vllm)")
-    check_model(model)
+    from mergekit_safety.evaluation.resident import ResidentNetwork
+
+    if not isinstance(loader, ResidentNetwork):  # a resident network's name is only a label
+        check_model(model)
     try:
         device = generation.resolve_device(device)
         generation.resolve_dtype(dtype, device)

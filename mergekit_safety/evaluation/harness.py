@@ -53,9 +53,15 @@ def run_tasks(
     backend: str = "transformers",
     chat_template: bool = False,
     limit: int | None = None,
+    network: Any = None,
+    tokenizer: Any = None,
 ) -> dict[str, Any]:
     """Run ``tasks`` on ``model``: ``{task: {metric: value, metric_stderr: value, "n": count}}``
-    plus ``"_meta"`` (lm-eval's version, the task versions, how the model was run)."""
+    plus ``"_meta"`` (lm-eval's version, the task versions, how the model was run).
+
+    ``network`` (with its ``tokenizer``): a model already in memory (a search's trial), run
+    through lm-eval's ``hf`` model as it is; ``model`` then only names it.
+    """
     import lm_eval
     from lm_eval import simple_evaluate
 
@@ -70,9 +76,15 @@ def run_tasks(
         args["peft"] = spec.adapter
     if backend != "vllm":
         args["device"] = device
+    runner: Any = "vllm" if backend == "vllm" else "hf"
+    if network is not None:
+        from lm_eval.models.huggingface import HFLM
+
+        runner = HFLM(pretrained=network, tokenizer=tokenizer, batch_size=batch_size)
+        args = {"pretrained": model, "in_memory": True}
     output = simple_evaluate(
-        model="vllm" if backend == "vllm" else "hf",
-        model_args=args,
+        model=runner,
+        model_args=None if network is not None else args,
         tasks=list(tasks),
         batch_size=batch_size,
         task_manager=_task_manager(include),

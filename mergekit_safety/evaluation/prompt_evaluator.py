@@ -83,9 +83,14 @@ class Evaluator:
                 loader=self.loader,
             )
         if self.lm_eval:
+            from mergekit_safety.evaluation.resident import ResidentNetwork
+
+            in_memory = {}
+            if isinstance(self.loader, ResidentNetwork):  # a search's trial: the model in memory
+                in_memory = {"network": self.loader.network, "tokenizer": self.loader.tokenizer}
             result.lm_eval = harness.run_tasks(
                 path, device=self.device, dtype=self.dtype, batch_size=self.batch_size,
-                backend=self.backend, **self.lm_eval,
+                backend=self.backend, **self.lm_eval, **in_memory,
             )  # fmt: skip
         self.seconds += time.time() - start
         return result

@@ -19,6 +19,22 @@ from mergekit_safety.evaluation import generation
 from mergekit_safety.evaluation.adapters import adapter_rank, parse_model
 
 
+class ResidentNetwork:
+    """A network already in memory (a search's resident merge): ``open(name)`` yields it, whatever
+    the name, which only labels the records. Nothing loads and nothing is freed."""
+
+    def __init__(self, network: Any, tokenizer: Any) -> None:
+        self.network = network
+        self.tokenizer = tokenizer
+
+    @contextlib.contextmanager
+    def open(self, model: str) -> Iterator[tuple[Any, Any]]:
+        yield self.network, self.tokenizer
+
+    def close(self) -> None:
+        self.network = self.tokenizer = None
+
+
 class ResidentBase:
     """``open(model)`` yields (network, tokenizer) for a model or ``base+adapter``; a model on the
     resident base reuses it. ``base_loads`` counts full loads, ``adapter_loads`` adapters."""

@@ -54,10 +54,10 @@ class RayExecutor:
 
     @contextlib.contextmanager
     def open(self, plan: SweepPlan, evaluator: Evaluator, name: str) -> Iterator[_RayRun]:
-        ray = _import_ray()
+        ray = import_ray()
         started = not ray.is_initialized()
         if started:
-            _start(ray, self.address, self.workers)
+            start_ray(ray, self.address, self.workers)
         try:
             with tempfile.TemporaryDirectory(
                 prefix="mergekit-safety-sweep-", dir=self.work_dir
@@ -67,7 +67,7 @@ class RayExecutor:
                 try:
                     yield run
                 except BaseException:  # Ctrl-C, SIGTERM's SystemExit, a failed reference
-                    _cancel(ray, run.pending)
+                    cancel_tasks(ray, run.pending)
                     raise
         finally:
             if started:
@@ -105,7 +105,7 @@ class _RayRun:
                     try:
                         summary = self.ray.get(ref)
                     except self.ray.exceptions.RayError as error:
-                        outcome = Outcome(refs[ref], error=_cause(error))
+                        outcome = Outcome(refs[ref], error=task_error(error))
                     else:
                         outcome = Outcome(refs[ref], summary)
                     steps.update()
@@ -177,7 +177,7 @@ def _task(
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _start(ray: Any, address: str, workers: int | None) -> None:
+def start_ray(ray: Any, address: str, workers: int | None) -> None:
     """Start or join the cluster. Ray's core replaces the process's SIGTERM handler with one that
     exits on the spot; the one before it (the CLI's: unwind, so temporary merges are removed)
     is put back."""
@@ -198,7 +198,7 @@ def _start(ray: Any, address: str, workers: int | None) -> None:
         signal.signal(signal.SIGTERM, handler)
 
 
-def _cancel(ray: Any, pending: list[Any]) -> None:
+def cancel_tasks(ray: Any, pending: list[Any]) -> None:
     """Ask every unfinished task to stop (it unwinds and removes its merge); kill the rest."""
     if not pending:
         return
@@ -209,12 +209,12 @@ def _cancel(ray: Any, pending: list[Any]) -> None:
         ray.cancel(ref, force=True)
 
 
-def _cause(error: BaseException) -> str:
+def task_error(error: BaseException) -> str:
     """The task's own exception, one line: Ray wraps it with the remote traceback."""
     return describe_error(getattr(error, "cause", None) or error)
 
 
-def _import_ray() -> Any:
+def import_ray() -> Any:
     try:
         import ray
     except ImportError:

@@ -88,16 +88,21 @@ def parse_assignments(texts: Sequence[str]) -> list[tuple[str, list[float]]]:
         raise ValueError(f"{names[0] if names.count(names[0]) > 1 else names[1]} is set twice")
     if len(names) > MAX_PARAMETERS:
         raise ValueError(f"at most {MAX_PARAMETERS} parameters (a grid); got {', '.join(names)}")
-    gates = [name for name in names if name in GATE_CHOICES]
-    if len(gates) > 1:
-        raise ValueError(
-            f"{' and '.join(gates)} are alternatives (a threshold, or a count of matrices); "
-            "sweep one of them, with weight if you like"
-        )
+    check_alternatives(names)
     points = math.prod(len(values) for _name, values in assignments)
     if points > MAX_VALUES:
         raise ValueError(f"the grid has {points} points; at most {MAX_VALUES}")
     return assignments
+
+
+def check_alternatives(names: Sequence[str]) -> None:
+    """At most one of the gate's alternatives (threshold, top_k, fraction) is varied."""
+    gates = [name for name in names if name in GATE_CHOICES]
+    if len(gates) > 1:
+        raise ValueError(
+            f"{' and '.join(gates)} are alternatives (a threshold, or a count of matrices); "
+            "vary one of them, with weight if you like"
+        )
 
 
 def parse_counts(spec: str) -> list[float]:

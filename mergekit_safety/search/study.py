@@ -1,0 +1,270 @@
+"""The search loop: Optuna asks for trials in batches, a runner evaluates them, Optuna is told.
+
+Optuna's constrained TPE (``TPESampler(multivariate=True, constraints_func=...)``) maximises the
+objective (task accuracy by default) under the gate's constraints (refusal ≥ the least allowed,
+over-refusal ≤ the most allowed, mostly-empty replies fail: :func:`constraints` says exactly what
+:func:`~mergekit_safety.acceptance.passes` says).
+
+Determinism: trials are asked ``parallel`` at a time and told in trial order, and the sampler is
+made afresh before each batch with a seed derived from (``seed``, trials finished), so a serial
+run and a Ray run with the same ``parallel`` and seed ask the same trials. On resume (the same
+``storage`` and study name), trials a stopped run left RUNNING are marked FAIL (without an
+``error``: they do not count) and asked again, so the resumed study holds the same finished trials
+as an uninterrupted one. One process drives a study at a time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import time
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from mergekit_safety.acceptance import MAX_EMPTY, metric
+from mergekit_safety.errors import ConfigError
+from mergekit_safety.search.space import Space
+
+OPTUNA_MISSING = (
+    "search needs Optuna: pip install 'mergekit-safety[search]' (or pip install optuna)"
+)
+KEPT = ("refusal_rate", "over_refusal_rate", "task_accuracy", "asr", "empty_rate")
+"""The summary keys a trial keeps (with their ``_ci`` intervals and the set sizes)."""
+
+
+def import_optuna() -> Any:
+    try:
+        import optuna
+    except ImportError:
+        raise ConfigError(OPTUNA_MISSING) from None
+    return optuna
+
+
+@dataclass(frozen=True)
+class SearchPlan:
+    """The checked space and the recipe it varies (a ``SweepPlan``: method, references)."""
+
+    space: Space
+    sweep: Any
+
+    def recipe_for(self, params: Mapping[str, float]) -> dict[str, Any]:
+        """The plain mergekit recipe of a trial's parameters (a fresh copy)."""
+        from mergekit_safety.sweep.grid import set_parameter
+
+        recipe = self.sweep.recipe
+        for dimension in self.space.dimensions:
+            recipe = set_parameter(recipe, dimension.name, dimension.value(params))
+        return recipe
+
+    def distributions(self, optuna: Any) -> dict[str, Any]:
+        out = {}
+        for dimension in self.space.dimensions:
+            for key in dimension.keys():
+                if dimension.integer:
+                    out[key] = optuna.distributions.IntDistribution(
+                        int(dimension.low), int(dimension.high), step=int(dimension.step or 1)
+                    )
+                else:
+                    out[key] = optuna.distributions.FloatDistribution(
+                        dimension.low, dimension.high, log=dimension.log, step=dimension.step
+                    )
+        return out
+
+    def directions(self) -> list[int]:
+        """Per sampler key: +1 where a larger value keeps more of the fine-tune (ties' side)."""
+        from mergekit_safety.sweep.grid import SWEEPABLE
+
+        return [
+            SWEEPABLE[d.name].toward_finetuned for d in self.space.dimensions for _k in d.keys()
+        ]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How many trials, how many at a time, the seed, and where the study lives."""
+
+    trials: int
+    parallel: int = 1
+    seed: int = 0
+    startup_trials: int = 10
+    storage: str | None = None
+    study_name: str = "search"
+
+
+@dataclass(frozen=True)
+class Gate:
+    min_refusal: float | None
+    max_over_refusal: float | None
+    objective: str = "task_accuracy"
+
+
+class Runner(Protocol):
+    """Evaluates a batch of (name, recipe) trials: each one's summary, or its error (a line)."""
+
+    def run(self, jobs: Sequence[tuple[str, Mapping[str, Any]]]) -> list[dict[str, Any] | str]: ...
+
+
+def constraints(summary: Mapping[str, Any], gate: Gate) -> list[float]:
+    """Optuna's constraints (feasible when all ≤ 0), as ``acceptance.passes`` reads the gate."""
+    out = []
+    if gate.min_refusal is not None:
+        refusal = metric(summary, "refusal_rate")
+        out.append(1.0 if refusal is None else gate.min_refusal - refusal)
+    if gate.max_over_refusal is not None:
+        over = metric(summary, "over_refusal_rate")
+        out.append(1.0 if over is None else over - gate.max_over_refusal)
+    out.append((metric(summary, "empty_rate") or 0.0) - MAX_EMPTY)
+    return out
+
+
+def kept_metrics(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """What a trial keeps: rates, intervals, set sizes, the judge, lm-eval's metrics."""
+    keys = [*KEPT, *(f"{k}_ci" for k in KEPT), "n_harmful", "n_benign", "n_task", "judge",
+            "lm_eval"]  # fmt: skip
+    return {key: summary[key] for key in keys if key in summary}
+
+
+def finished(study: Any) -> list[Any]:
+    """The trials that count: complete, or failed with an error (not a stopped run's)."""
+    from optuna.trial import TrialState
+
+    counted = []
+    for trial in study.get_trials(deepcopy=False):
+        failed = trial.state == TrialState.FAIL and "error" in trial.user_attrs
+        if trial.state == TrialState.COMPLETE or failed:
+            counted.append(trial)
+    return counted
+
+
+def identity(
+    plan: SearchPlan, budget: Budget, gate: Gate, evaluation: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """What makes two runs the same search (the trial budget aside): checked on resume.
+
+    ``evaluation``: how trials are measured (prompt sets, judge, generation settings).
+    """
+    recipe = json.dumps(plan.sweep.recipe, sort_keys=True, default=str)
+    return {
+        "evaluation": dict(evaluation or {}),
+        "recipe_sha256": hashlib.sha256(recipe.encode()).hexdigest(),
+        "space": [d.record() for d in plan.space.dimensions],
+        "seed": budget.seed,
+        "parallel": budget.parallel,
+        "startup_trials": budget.startup_trials,
+        "gate": [gate.min_refusal, gate.max_over_refusal],
+        "objective": gate.objective,
+    }
+
+
+def open_study(
+    plan: SearchPlan, budget: Budget, gate: Gate, evaluation: Mapping[str, Any] | None = None
+) -> Any:
+    """Create the study, or load it (``storage``) after checking it is this search."""
+    optuna = import_optuna()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        study = optuna.create_study(
+            storage=budget.storage, study_name=budget.study_name, direction="maximize",
+            load_if_exists=True, sampler=optuna.samplers.RandomSampler(seed=budget.seed),
+        )  # fmt: skip
+    except (ValueError, ImportError, RuntimeError) as error:  # a malformed URL, no driver
+        raise ConfigError(f"--storage {budget.storage}: {error}".splitlines()[0]) from None
+    wanted = json.loads(json.dumps(identity(plan, budget, gate, evaluation), default=str))
+    found = study.user_attrs.get("search")
+    if found is None:
+        study.set_user_attr("search", wanted)
+    elif found != wanted:
+        changed = ", ".join(key for key in wanted if found.get(key) != wanted[key])
+        raise ConfigError(
+            f"study {budget.study_name!r} in {budget.storage} is another search (its {changed} "
+            "differ); give another --study-name, or the same settings to continue it"
+        )
+    return study
+
+
+def abandon_running(study: Any) -> int:
+    """Mark the trials a stopped run left RUNNING as FAIL (they are asked again); how many."""
+    from optuna.trial import TrialState
+
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for trial in running:
+        study.tell(trial.number, state=TrialState.FAIL)
+    return len(running)
+
+
+def sampler(budget: Budget, done: int) -> Any:
+    """The constrained, multivariate TPE sampler for the batch after ``done`` finished trials."""
+    import numpy
+
+    optuna = import_optuna()
+    seed = int(numpy.random.SeedSequence([budget.seed, done]).generate_state(1)[0])
+    with _quiet(optuna):  # constraints_func: deprecated in Optuna 5, the one way in 3.5
+        return optuna.samplers.TPESampler(
+            seed=seed, multivariate=True, constant_liar=True, constraints_func=_constraints,
+            n_startup_trials=budget.startup_trials,
+        )  # fmt: skip
+
+
+def _constraints(trial: Any) -> Sequence[float]:
+    return trial.user_attrs["constraints"]
+
+
+def run_study(
+    study: Any, plan: SearchPlan, runner: Runner, budget: Budget, gate: Gate, *,
+    progress: bool = True,
+) -> Any:  # fmt: skip
+    """Ask, evaluate and tell until ``budget.trials`` trials have finished (``study`` from
+    :func:`open_study`); returns the study."""
+    from tqdm.auto import tqdm
+
+    optuna = import_optuna()
+    abandon_running(study)
+    distributions = plan.distributions(optuna)
+    done = len(finished(study))
+    with tqdm(total=budget.trials, initial=min(done, budget.trials), desc="search",
+              unit="trial", disable=not progress) as bar:  # fmt: skip
+        while done < budget.trials:
+            study.sampler = sampler(budget, done)
+            size = min(budget.parallel, budget.trials - done)
+            with _quiet(optuna):
+                batch = [study.ask(distributions) for _ in range(size)]
+            jobs = [(f"trial {t.number}", plan.recipe_for(t.params)) for t in batch]
+            started = time.perf_counter()
+            outcomes = runner.run(jobs)
+            seconds = (time.perf_counter() - started) / len(batch)
+            for trial, outcome in zip(batch, outcomes, strict=True):
+                tell(study, trial, outcome, gate, seconds)
+                bar.update()
+            done = len(finished(study))
+    return study
+
+
+def tell(study: Any, trial: Any, outcome: Mapping[str, Any] | str, gate: Gate, seconds: float):
+    """Record a trial's metrics, intervals and constraints, then tell Optuna its value."""
+    from optuna.trial import TrialState
+
+    trial.set_user_attr("seconds", seconds)
+    if isinstance(outcome, str):
+        trial.set_user_attr("error", outcome)
+        study.tell(trial, state=TrialState.FAIL)
+        return
+    value = metric(outcome, gate.objective)
+    trial.set_user_attr("metrics", kept_metrics(outcome))
+    trial.set_user_attr("constraints", constraints(outcome, gate))
+    if value is None:
+        trial.set_user_attr("error", f"no {gate.objective} (is its prompt set empty?)")
+        study.tell(trial, state=TrialState.FAIL)
+        return
+    study.tell(trial, value)
+
+
+@contextlib.contextmanager
+def _quiet(optuna: Any) -> Iterator[None]:
+    """Without Optuna's experimental and deprecation warnings (multivariate, constraints_func)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        yield
