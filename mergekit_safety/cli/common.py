@@ -76,6 +76,26 @@ def _stack(command: Callable[..., Any], options: list[Callable[..., Any]]) -> Ca
     return command
 
 
+NOTHING_PASSES = 3
+"""Exit status when a sweep or search ran but nothing passes the gate (1: an error, 2: usage)."""
+
+
+def merge_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """mergekit-yaml's options for the merges a choice runs (``sweep``, ``search``)."""
+    return _stack(command, [
+        click.option("--cuda", is_flag=True,
+                     help="Merge on the GPU, as mergekit-yaml --cuda does."),
+        click.option("--lazy-unpickle", is_flag=True,
+                     help="mergekit's lazy unpickler (less memory)."),
+        click.option("--trust-remote-code", is_flag=True,
+                     help="Trust remote code in model repos."),
+        click.option("--random-seed", type=int, help="Seed for randomised merge methods."),
+        click.option("--lora-merge-cache", type=click.Path(file_okay=False),
+                     help="Keep LoRA-merged inputs here [default: in the work dir, removed "
+                     "after]."),
+    ])  # fmt: skip
+
+
 def gate_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """``--min-refusal``, ``--max-over-refusal``: the gate a choice is made under (``sweep``,
     ``search``), read by :func:`mergekit_safety.acceptance.passes`."""

@@ -11,19 +11,18 @@ from typing import Any
 import click
 
 from mergekit_safety.cli.common import (
+    NOTHING_PASSES,
     check_objective,
     check_ray,
     config_errors,
     gate_options,
     lm_eval_options,
+    merge_options,
     objective_option,
     prompt_options,
     ray_options,
     terminate_unwinds,
 )
-
-NOTHING_PASSES = 3
-"""Exit status when the search ran but no trial passes the gate (as ``sweep``)."""
 
 
 @click.command("search")
@@ -93,15 +92,7 @@ NOTHING_PASSES = 3
     type=click.Path(file_okay=False, exists=True),
     help="Where the chosen merge and LoRA-merged inputs live [default: $TMPDIR].",
 )
-@click.option("--cuda", is_flag=True, help="Merge on the GPU, as mergekit-yaml --cuda does.")
-@click.option("--lazy-unpickle", is_flag=True, help="mergekit's lazy unpickler (less memory).")
-@click.option("--trust-remote-code", is_flag=True, help="Trust remote code in model repos.")
-@click.option("--random-seed", type=int, help="Seed for randomised merge methods.")
-@click.option(
-    "--lora-merge-cache",
-    type=click.Path(file_okay=False),
-    help="Keep LoRA-merged inputs here [default: in the work dir, removed after].",
-)
+@merge_options
 @ray_options("Evaluate each batch's trials on Ray actors, one resident model each")
 @lm_eval_options
 @click.option("--quiet", is_flag=True, help="No progress bars.")

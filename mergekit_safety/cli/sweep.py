@@ -10,20 +10,19 @@ from typing import Any
 import click
 
 from mergekit_safety.cli.common import (
+    NOTHING_PASSES,
     check_objective,
     check_ray,
     config_errors,
     gate_options,
     lm_eval_options,
+    merge_options,
     objective_option,
     prompt_options,
     ray_options,
     terminate_unwinds,
 )
 from mergekit_safety.evaluation.prompt_evaluator import Evaluator, make_evaluator
-
-NOTHING_PASSES = 3
-"""Exit status when the sweep ran but no value passes the gate (1: an error, 2: bad usage)."""
 
 
 @click.command("sweep")
@@ -78,16 +77,8 @@ NOTHING_PASSES = 3
     help="Generation backend, as for `mergekit-safety eval`; with --adapter, vllm serves every "
     "point's adapter as a LoRA request on one engine (needs vLLM installed).",
 )
-@click.option("--cuda", is_flag=True, help="Merge on the GPU, as mergekit-yaml --cuda does.")
-@click.option("--lazy-unpickle", is_flag=True, help="mergekit's lazy unpickler (less memory).")
+@merge_options
 @click.option("--low-cpu-memory", is_flag=True, help="Keep merge results on the accelerator.")
-@click.option("--trust-remote-code", is_flag=True, help="Trust remote code in model repos.")
-@click.option("--random-seed", type=int, help="Seed for randomised merge methods.")
-@click.option(
-    "--lora-merge-cache",
-    type=click.Path(file_okay=False),
-    help="Keep LoRA-merged inputs here [default: in the work dir, removed after].",
-)
 @click.option(
     "--adapter",
     is_flag=True,
