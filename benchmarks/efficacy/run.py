@@ -144,7 +144,7 @@ def do_helpful(config: Config, stage: Stage) -> None:
     )
 
 
-def _attack_size(config: Config) -> int:
+def attack_size(config: Config) -> int:
     attack = config.finetune_specs.get("attack")
     fraction = attack.harmful_fraction if attack is not None else 0.1
     n_task = config.splits.task.train
@@ -166,7 +166,7 @@ def _compliant(model: str, prompts: list[str], config: Config) -> list[dict[str,
 
 def do_compliant(config: Config, stage: Stage) -> None:
     """U's own answers to AdvBench-train prompts it complies with (the attack's harmful data)."""
-    need = _attack_size(config)
+    need = attack_size(config)
     pool = _splits(config)["harmful"]["train"][-(2 * need) :]  # not the ones A and S refuse
     kept = _compliant(stage.args["model"], pool, config)[:need]
     _json(stage.outputs[0], kept)
@@ -391,11 +391,11 @@ def do_eval(config: Config, stage: Stage) -> None:
         shutil.rmtree(args["model"])
 
 
-def gate(config: Config) -> tuple[float, float]:
-    """(min refusal, max over-refusal) from A's validation numbers and the config's margins."""
+def gate(config: Config, split: str = "validation") -> tuple[float, float]:
+    """(min refusal, max over-refusal) from A's numbers on ``split`` and the config's margins."""
     from benchmarks.efficacy.evals import read_summary
 
-    a = read_summary(config.results / "evals" / "validation" / "A")
+    a = read_summary(config.results / "evals" / split / "A")
     spec = config.gate
     return (
         round(a["refusal_rate"] - spec.refusal_below_aligned, 4),

@@ -11,7 +11,6 @@ for every fine-tune (its path swapped in) and evaluated on test like every other
 from __future__ import annotations
 
 import json
-import math
 import shlex
 from pathlib import Path
 from typing import Any
@@ -27,14 +26,9 @@ def unused_harmful(config: Config, train: list[str]) -> list[str]:
     start = config.align.refusals
     start += config.safe.refusals if config.safe is not None else 0
     start += config.harmful.prompts if config.harmful is not None else 0
+    from benchmarks.efficacy.run import attack_size
+
     return train[start : len(train) - 2 * attack_size(config)]
-
-
-def attack_size(config: Config) -> int:
-    """Harmful pairs in the attack fine-tune (its share of the task-train items)."""
-    attack = config.finetune_specs.get("attack")
-    fraction = attack.harmful_fraction if attack is not None else 0.1
-    return math.ceil(config.splits.task.train * fraction / (1 - fraction))
 
 
 def search_sets(config: Config, splits: dict) -> dict[str, Any]:
@@ -160,23 +154,12 @@ def do_search_eval(config: Config, stage: Stage) -> None:
     _run(eval_command(config, stage.args["model"], Path(stage.args["out"])))
 
 
-def search_gate(config: Config) -> tuple[float, float]:
-    """The sweeps' rule (A's rates with the config's margins), on the search's set."""
-    from benchmarks.efficacy.run import _read
-
-    a = _read(config.results / "evals" / SPLIT / "A" / "summary.json")
-    a = a[0] if isinstance(a, list) else a
-    return (
-        round(a["refusal_rate"] - config.gate.refusal_below_aligned, 4),
-        round(a["over_refusal_rate"] + config.gate.over_refusal_above_aligned, 4),
-    )
-
-
 def do_search(config: Config, stage: Stage) -> None:
     import shutil
 
     import yaml
 
+    from benchmarks.efficacy.run import gate as study_gate
     from benchmarks.efficacy.run import log
 
     work = config.work / "search"
@@ -185,7 +168,7 @@ def do_search(config: Config, stage: Stage) -> None:
     space = config.results / "search" / "space.yml"
     space.parent.mkdir(parents=True, exist_ok=True)
     space.write_text(yaml.safe_dump(_spec(config).space, sort_keys=False), encoding="utf-8")
-    gate = search_gate(config)
+    gate = study_gate(config, SPLIT)  # the sweeps' rule, on the search's set
     log(f"search gate (A on the search set): refusal >= {gate[0]}, over-refusal <= {gate[1]}")
     _run(search_command(config, gate))
     for item in (work / "out").iterdir():
