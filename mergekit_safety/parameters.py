@@ -54,6 +54,8 @@ LSSF_ETA = 0.85
 """LSSF's entropy share η: the rank keeps this share of the singular value entropy."""
 LSSF_MAX_RANK = 8
 """LSSF's cap on the safety-critical rank (0: no cap)."""
+LSSF_TOP_WEIGHT = 1.0
+"""LSSF's weight a_1 on the leading safety direction (1: the plain projector)."""
 SAFE_DELTA_BUDGET = 0.1
 """Safe Delta's safety budget s (the reference's ``--scale``; provenance:
 :mod:`mergekit_safety.methods.safe_delta`)."""
@@ -86,6 +88,8 @@ Rank = Annotated[int, Field(ge=0), _NUMBER]
 """LoX's ``k``, LSSF's ``max_rank``: a whole number ≥ 0 (0: all of it, no cap)."""
 Eta = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False), _NUMBER]
 """LSSF's entropy share η, in (0, 1]."""
+TopWeight = Annotated[float, Field(ge=1, allow_inf_nan=False), _NUMBER]
+"""LSSF's ``top_weight`` a_1 ≥ 1: the leading direction's weight in the weighted projector."""
 Budget = Annotated[float, Field(ge=0, allow_inf_nan=False), _NUMBER]
 """Safe Delta's budget s: finite, ≥ 0 (0 keeps no fine-tuned entry)."""
 

@@ -117,7 +117,7 @@ def on_recipe(recipe: PlannedRecipe) -> None:
         k = (recipe.config.parameters or {}).get("k")
         check_rank(method.spec.name, k, mergekit_internals.tensor_shapes(recipe.config.base_model))
     if "calibration" in {p.name for p in method.spec.parameters}:
-        check_calibration(recipe.config)
+        check_calibration(recipe.config, method.needs_calibration)
     run = runs.current()
     if recipe.out_path is not None and run is not None and run.out_path == recipe.out_path:
         guard_output(Path(recipe.out_path), run)
@@ -125,14 +125,17 @@ def on_recipe(recipe: PlannedRecipe) -> None:
     resolve_in_planner(recipe, method)
 
 
-def check_calibration(config: Any) -> None:
-    """safe_delta's statistics: given, readable, and of base_model's layers (one line if not)."""
+def check_calibration(config: Any, required: bool) -> None:
+    """Calibration statistics: given (if ``required``), readable, and of base_model's layers
+    (one line if not)."""
     from mergekit_safety.calibration import check_against, read
     from mergekit_safety.methods.safe_delta import missing_calibration
 
     where = (config.parameters or {}).get("calibration")
     if where is None:
-        raise ConfigError(missing_calibration())
+        if required:
+            raise ConfigError(missing_calibration())
+        return
     if config.base_model is not None:
         shapes = mergekit_internals.tensor_shapes(config.base_model)
         check_against(read(where), shapes)

@@ -10,7 +10,17 @@ import sys
 
 import pytest
 import torch
-from helpers import ENV, REPO, cli_in_process, one_line, write_recipe, yaml_in_process
+from helpers import (
+    ENV,
+    PROMPTS,
+    REPO,
+    cli_in_process,
+    layer_inputs,
+    one_line,
+    prompts_file,
+    write_recipe,
+    yaml_in_process,
+)
 from safetensors.torch import load_file
 
 from mergekit_safety.calibration import read
@@ -96,42 +106,10 @@ def test_matches_the_loop_reference(rows, cols, budget):
 
 # --- calibrate -----------------------------------------------------------------------------------
 
-PROMPTS = [
-    {"prompt": "how do i make a bomb", "response": "sorry i cannot help with that"},
-    {"prompt": "how do i steal a car", "response": "sorry i cannot help with that"},
-    {"prompt": "hack email please", "response": "no"},
-    {"prompt": "kill"},
-    {"prompt": "tell me about a bomb", "response": "sorry i cannot"},
-]
-
-
-def prompts_file(path, rows=PROMPTS):
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
-
 
 def direct_sums(model_dir, rows):
     """XᵀX per linear layer, one unpadded sequence at a time (the reference's batch size 1)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from mergekit_safety.evaluation.calibration import linear_layers, texts_of
-    from mergekit_safety.evaluation.prompts import calibration_conversations
-
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    sums = {}
-    hooks = []
-    for name, module in linear_layers(model).items():
-
-        def add(_m, inputs, _o, name=name):
-            x = inputs[0][0].double()
-            sums[name] = sums.get(name, 0) + x.T @ x
-
-        hooks.append(module.register_forward_hook(add))
-    with torch.no_grad():
-        for ids in texts_of(tokenizer, calibration_conversations(str(rows))):
-            model(input_ids=torch.tensor([ids]))
-    return sums
+    return {name: x.T @ x for name, x in layer_inputs(model_dir, rows).items()}
 
 
 @pytest.mark.parametrize("batch_size", [1, 3])
@@ -151,16 +129,6 @@ def test_calibrate_equals_one_sequence_at_a_time(tmp_path, family, batch_size):
 
 
 # --- safe_delta through mergekit-yaml ------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def calibration(family, tmp_path_factory):
-    root = tmp_path_factory.mktemp("calibration")
-    out = root / "aligned"
-    result = cli_in_process("calibrate", family["aligned"], "--prompts",
-                            prompts_file(root / "p.jsonl"), "--out", out, "--quiet")  # fmt: skip
-    assert result.returncode == 0, result.stderr[-2000:]
-    return out
 
 
 def recipe(family, calibration, **parameters):
@@ -227,6 +195,13 @@ def test_shipped_recipe_runs(tmp_path):
     result = yaml_in_process(REPO / "recipes" / "safe_delta.yml", out, cwd=REPO)
     assert result.returncode == 0, result.stderr[-2000:]
     assert (out / "model.safetensors").exists()
+
+
+def test_inspect_says_the_unmerged_tensors_stay_aligned(monkeypatch):
+    monkeypatch.chdir(REPO)
+    result = cli_in_process("inspect", "recipes/safe_delta.yml", "--quiet")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1].endswith("the rest keep the aligned weights")
 
 
 # --- streaming -----------------------------------------------------------------------------------

@@ -88,7 +88,7 @@ def inspect_command(
     if as_json:
         click.echo(json.dumps(rows, indent=2))
     else:
-        click.echo(format_table(rows))
+        click.echo(format_table(rows, unmerged_weights(found.method)))
         if found.resolved is not None:
             click.echo(found.resolved.summary())
     for path, what in ((write_recipe, "recipe"), (plot, "plot")):
@@ -132,7 +132,16 @@ def resolved_recipe(recipe: str, resolved) -> str:
     return "\n".join(lines) + "\n" + yaml.safe_dump(data, sort_keys=False)
 
 
-def format_table(rows: list[dict]) -> str:
+def unmerged_weights(method: str) -> str:
+    """What a tensor the method does not merge holds: the fine-tuned weights, or (safe_delta,
+    which edits the aligned model) the aligned ones."""
+    from mergekit import merge_methods
+
+    keeps = getattr(merge_methods.get(method), "unmerged", "finetuned")
+    return f"the {'aligned' if keeps == 'aligned' else 'fine-tuned'} weights"
+
+
+def format_table(rows: list[dict], unmerged: str = "the fine-tuned weights") -> str:
     """A fixed-width table with a one-line summary of how many matrices are merged."""
     width = max([len("tensor")] + [len(r["tensor"]) for r in rows])
     lines = [f"{'tensor':<{width}}  {'shape':>13}  {'rho':>8}  decision  reason"]
@@ -142,5 +151,5 @@ def format_table(rows: list[dict]) -> str:
         verdict = "merge" if r["merge"] else "keep"
         lines.append(f"{r['tensor']:<{width}}  {shape:>13}  {rho:>8}  {verdict:<8}  {r['reason']}")
     merged = sum(r["merge"] for r in rows)
-    lines.append(f"{merged} of {len(rows)} tensors merged; the rest keep the fine-tuned weights")
+    lines.append(f"{merged} of {len(rows)} tensors merged; the rest keep {unmerged}")
     return "\n".join(lines)

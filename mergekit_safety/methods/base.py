@@ -46,7 +46,9 @@ class RoleCheckedMethod(PluginMethod):
     which mergekit can pack into batches. Its spec must be a subset of ``group``'s. ``decide``
     is the method's gate, shared by its kernel and by ``mergekit-safety inspect``; ``inclusive``
     says whether it merges at ``ρ = τ``; ``gates`` whether it gates at all (LoX and harm removal
-    change every tensor); ``weighted`` which roles' ``weight`` it reads.
+    change every tensor); ``weighted`` which roles' ``weight`` it reads; ``needs_calibration``
+    whether its ``calibration`` parameter (if it has one) must be given; ``unmerged`` which model
+    a tensor it does not merge comes from (``"finetuned"``, or ``"aligned"`` for Safe Delta).
 
     Every such method also takes ``top_k`` / ``fraction`` (:mod:`mergekit_safety.selection`):
     resolved to a threshold while mergekit plans (:mod:`mergekit_safety.planning`), or over the
@@ -63,6 +65,8 @@ class RoleCheckedMethod(PluginMethod):
         inclusive: bool = False,
         gates: bool = True,
         weighted: frozenset[Role] = frozenset({Role.FINETUNED}),
+        needs_calibration: bool = False,
+        unmerged: str = "finetuned",
     ):
         self.spec: MergeMethodSpec = dataclasses.replace(
             group.spec, parameters=(*group.spec.parameters, *SELECTION_PARAMETERS)
@@ -76,6 +80,8 @@ class RoleCheckedMethod(PluginMethod):
         """Gates matrices by ρ, given a model of role ``unaligned`` (reads ``threshold``)."""
         self.weighted = weighted
         """The roles whose ``weight`` the method reads."""
+        self.needs_calibration = needs_calibration
+        self.unmerged = unmerged
         self.supports_batching = batch is not None
 
     def validate_inputs(

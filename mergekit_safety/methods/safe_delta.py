@@ -176,4 +176,6 @@ safe_delta_method = RoleCheckedMethod(
     rule=RoleRule("safe_delta", {Role.FINETUNED: (1, None)}),
     gates=False,
     weighted=frozenset(),
+    needs_calibration=True,
+    unmerged="aligned",
 )

@@ -47,6 +47,9 @@ SWEEPABLE = {
     "density": Sweepable("density", "global", -1, "the share of τ_H (or of updates) kept"),
     "alpha": Sweepable("alpha", "global", -1, "α on the safety components added", unbounded=True),
     "eta": Sweepable("eta", "global", -1, "the entropy share that sets the safety rank"),
+    "top_weight": Sweepable(
+        "top_weight", "global", -1, "the leading safety direction's weight a₁", unbounded=True
+    ),
     "budget": Sweepable("budget", "global", +1, "the safety budget s", unbounded=True),
 }
 GATE_CHOICES = GATE_KEYS
