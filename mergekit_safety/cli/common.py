@@ -96,6 +96,30 @@ def merge_options(command: Callable[..., Any]) -> Callable[..., Any]:
     ])  # fmt: skip
 
 
+def merge_options_from(
+    *,
+    cuda: bool,
+    lazy_unpickle: bool,
+    trust_remote_code: bool,
+    random_seed: int | None,
+    lora_merge_cache: str | None,
+    **more: Any,
+) -> Any:
+    """mergekit's ``MergeOptions`` from :func:`merge_options`' flags (and ``more`` of its
+    fields), quiet: one bar for the whole choice instead of mergekit's bars for every merge."""
+    from mergekit.options import MergeOptions
+
+    return MergeOptions(
+        cuda=cuda,
+        lazy_unpickle=lazy_unpickle,
+        trust_remote_code=trust_remote_code,
+        random_seed=random_seed,
+        lora_merge_cache=lora_merge_cache,
+        quiet=True,
+        **more,
+    )
+
+
 def gate_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """``--min-refusal``, ``--max-over-refusal``: the gate a choice is made under (``sweep``,
     ``search``), read by :func:`mergekit_safety.acceptance.passes`."""

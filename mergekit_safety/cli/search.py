@@ -18,6 +18,7 @@ from mergekit_safety.cli.common import (
     gate_options,
     lm_eval_options,
     merge_options,
+    merge_options_from,
     objective_option,
     prompt_options,
     ray_options,
@@ -229,15 +230,12 @@ def search_command(
             "lm_eval": evaluator.lm_eval,
         }
         study = studies.open_study(plan, budget, gate, measured)
-    from mergekit.options import MergeOptions
-
-    options = MergeOptions(
+    options = merge_options_from(
         cuda=cuda,
         lazy_unpickle=lazy_unpickle,
         trust_remote_code=trust_remote_code,
         random_seed=random_seed,
         lora_merge_cache=lora_merge_cache,
-        quiet=True,
     )
     with config_errors(), terminate_unwinds():
         result = _search(

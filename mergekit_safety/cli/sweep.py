@@ -17,6 +17,7 @@ from mergekit_safety.cli.common import (
     gate_options,
     lm_eval_options,
     merge_options,
+    merge_options_from,
     objective_option,
     prompt_options,
     ray_options,
@@ -207,18 +208,15 @@ def sweep_command(
                 if backend == "vllm"
                 else ResidentBase(device=device, dtype=dtype)
             )
-    from mergekit.options import MergeOptions
-
     from mergekit_safety.sweep import SerialExecutor, run_sweep, write_reports
 
-    options = MergeOptions(
+    options = merge_options_from(
         cuda=cuda,
         lazy_unpickle=lazy_unpickle,
-        low_cpu_memory=low_cpu_memory,
         trust_remote_code=trust_remote_code,
         random_seed=random_seed,
         lora_merge_cache=lora_merge_cache,
-        quiet=True,  # one sweep bar instead of mergekit's bars for every merge
+        low_cpu_memory=low_cpu_memory,
     )
     where = {
         "work_dir": None if work_dir is None else Path(work_dir),
