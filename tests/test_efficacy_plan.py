@@ -75,8 +75,10 @@ def test_stages_come_after_their_inputs(full_size):
     assert index("lox") < index("finetune:benign-lox-s0") < index("eval:test:benign-lox-s0")
     lox_tune = next(s for s in plan(config) if s.name == "finetune:benign-lox-s0")
     assert lox_tune.args["base"] == "A-lox"
-    # Safe Delta reads A's calibration statistics: A first, then the pass, then its merges
+    # Safe Delta and LSSF's activation subspace read A's calibration statistics: A first, then
+    # the pass, then their merges
     assert index("eval:test:A") < index("calibrate") < index("merge:benign-s0/safe_delta-default")
+    assert index("calibrate") < index("merge:benign-s0/lssf_activations-default")
 
 
 def test_the_new_methods_are_stages_with_a_default_and_a_sweepable_grid(full_size, tmp_path):
@@ -89,7 +91,7 @@ def test_the_new_methods_are_stages_with_a_default_and_a_sweepable_grid(full_siz
     calibrate = stages["calibrate"]
     assert calibrate.outputs[1] == calibration_dir(config) / METADATA
     assert calibrate.commands[0].startswith(f"mergekit-safety calibrate {a}")
-    for method in ("lssf", "safe_delta"):
+    for method in ("lssf", "lssf_activations", "safe_delta"):
         spec = config.methods[method]
         assert f"merge:benign-s0/{method}-default" in stages
         assert f"merge:attack-s0/{method}-chosen" in stages
@@ -102,6 +104,10 @@ def test_the_new_methods_are_stages_with_a_default_and_a_sweepable_grid(full_siz
         assert plan_grid(path, grid).parameters == tuple(spec.sweep)  # sweepable as planned
     lssf = recipe(config, "lssf", {"alpha": 2, "eta": 0.9, "max_rank": 4}, str(a))
     assert lssf["parameters"] == {"alpha": 2.0, "eta": 0.9, "max_rank": 4}
+    paper = recipe(config, "lssf_activations", {"alpha": 2, "top_weight": 1.5}, str(a))
+    assert paper["merge_method"] == "lssf"
+    assert paper["parameters"] == {"alpha": 2.0, "top_weight": 1.5,
+                                   "calibration": str(calibration_dir(config))}  # fmt: skip
     delta = recipe(config, "safe_delta", {"budget": 0.3}, str(a))
     assert delta["parameters"] == {"calibration": str(calibration_dir(config)), "budget": 0.3}
 
@@ -167,7 +173,10 @@ def smollm2_raw() -> dict:
         (lambda raw: raw["methods"].update(ties={"default": {}, "sweep": {}}), "methods.ties"),
         (lambda raw: raw.pop("gate"), "gate: Field required"),
         (lambda raw: raw.pop("safe"), "safemerge needs the `safe` section"),
-        (lambda raw: raw.pop("calibration"), "safe_delta needs the `calibration` section"),
+        (
+            lambda raw: raw.pop("calibration"),
+            "lssf_activations and safe_delta read A's statistics: the `calibration` section",
+        ),
     ],
 )
 def test_a_bad_config_is_rejected_with_where_and_why(tmp_path, change, message):
@@ -188,6 +197,38 @@ def test_the_config_keeps_whole_numbers_and_resolves_paths():
     assert config.lox is not None and config.lox.point == {"k": 0, "alpha": 1.0}
     assert config.work == (ROOT / "benchmarks/efficacy/work/smollm2").resolve()
     assert config.finetune_specs["attack"].harmful_fraction == 0.1
+
+
+def test_the_farn_setup_changes_only_the_fine_tunes():
+    """smollm2-farn.yml extends smollm2.yml: U, A, S, H and the calibration come from identical
+    sections (so copying smollm2's outputs for them equals running them); the fine-tunes sit in
+    Farn et al.'s lr range at the same lr × steps as smollm2's."""
+    base = load_config(ROOT / "benchmarks/efficacy/smollm2.yml", ROOT)
+    farn = load_config(ROOT / "benchmarks/efficacy/smollm2-farn.yml", ROOT)
+    shared = ("seed", "unaligned", "aligned", "splits", "eval", "align", "safe", "harmful",
+              "calibration", "methods", "gate", "premises", "thirdparty")  # fmt: skip
+    assert all(getattr(farn, key) == getattr(base, key) for key in shared)
+    assert farn.work == (ROOT / "benchmarks/efficacy/work/smollm2-farn").resolve()
+    assert farn.search is None and farn.lox is None and base.search is not None
+    for kind in ("benign", "attack"):
+        old, new = base.finetune_specs[kind], farn.finetune_specs[kind]
+        assert 1e-4 <= new.lr <= 2e-4 and (new.lora_r, new.lora_alpha) == (8, 16)
+        assert new.seeds == old.seeds and new.batch_size == old.batch_size
+        lr_steps = [s.lr * -(-s.examples // s.batch_size) * s.epochs for s in (old, new)]
+        assert lr_steps[0] == pytest.approx(lr_steps[1])
+
+
+def test_extends_overlays_mappings_and_null_switches_a_section_off(tmp_path):
+    (tmp_path / "base.yml").write_text(yaml.safe_dump(smollm2_raw()))
+    (tmp_path / "child.yml").write_text(
+        "extends: base.yml\nname: child\neval: {batch_size: 4}\nsearch: null\n"
+    )
+    config = load_config(tmp_path / "child.yml")
+    assert config.name == "child" and config.search is None
+    assert config.eval.batch_size == 4 and config.eval.safety_tokens == 16  # the rest kept
+    (tmp_path / "loop.yml").write_text("extends: loop.yml\n")
+    with pytest.raises(ValueError, match="loops back"):
+        load_config(tmp_path / "loop.yml")
 
 
 def test_waiting_for_another_runs_output_raises_on_timeout(tmp_path):

@@ -32,10 +32,13 @@ Method = Literal[
     "resta",
     "harm_removal",
     "lssf",
+    "lssf_activations",
     "safe_delta",
 ]
 METHODS: tuple[str, ...] = get_args(Method)
 """Methods that repair a fine-tune. LoX acts before the fine-tune instead: its own stages."""
+CALIBRATED = ("lssf_activations", "safe_delta")
+"""Methods that read A's calibration statistics (stage ``calibrate``)."""
 
 
 @dataclass
@@ -250,8 +253,11 @@ class Config(_Spec):
             raise ValueError("safemerge needs the `safe` section (how S is trained)")
         if "harm_removal" in self.methods and self.harmful is None:
             raise ValueError("harm_removal needs the `harmful` section (how H is trained)")
-        if "safe_delta" in self.methods and self.calibration is None:
-            raise ValueError("safe_delta needs the `calibration` section (A's statistics)")
+        calibrated = [method for method in CALIBRATED if method in self.methods]
+        if calibrated and self.calibration is None:
+            raise ValueError(
+                f"{' and '.join(calibrated)} read A's statistics: the `calibration` section"
+            )
         return self
 
     def model(self, key: str) -> str:
@@ -282,11 +288,34 @@ class Config(_Spec):
         return self.results / "prompts" / split
 
 
-def load_config(path: str | Path, root: str | Path = ".") -> Config:
-    """Read and check the YAML: every mistake (a missing or unknown key, a wrong type) at once."""
-    raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+def _overlay(base: dict, changes: dict) -> dict:
+    """``base`` with ``changes`` laid over it: mappings merged key by key, anything else replaced
+    (``null`` included, which switches an optional section off)."""
+    merged = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            value = _overlay(merged[key], value)
+        merged[key] = value
+    return merged
+
+
+def _read_config(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """The YAML's settings, over those of the file its ``extends:`` names (relative to it)."""
+    if path in seen:
+        raise ValueError(f"{path}: `extends` loops back to itself")
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: expected a mapping of settings")
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    return _overlay(_read_config((path.parent / str(parent)).resolve(), (*seen, path)), raw)
+
+
+def load_config(path: str | Path, root: str | Path = ".") -> Config:
+    """Read and check the YAML (after its ``extends:`` chain): every mistake (a missing or unknown
+    key, a wrong type) at once."""
+    raw = _read_config(Path(path).resolve())
     try:
         return Config.model_validate(raw, context={"root": Path(root).resolve()})
     except ValidationError as error:
@@ -356,13 +385,16 @@ def recipe(config: Config, method: str, point: dict[str, float], finetuned: str)
             "parameters": {k: float(point[k]) for k in ("scale", "density") if k in point},
             "dtype": dtype,
         }
-    if method == "lssf":
-        keys = {"alpha": float, "eta": float, "max_rank": int}
+    if method in ("lssf", "lssf_activations"):
+        keys = {"alpha": float, "eta": float, "max_rank": int, "top_weight": float}
+        parameters = {k: cast(point[k]) for k, cast in keys.items() if k in point}
+        if method == "lssf_activations":  # the paper's subspace: A's outputs on safety data
+            parameters["calibration"] = str(calibration_dir(config))
         return {
             "merge_method": "lssf",
             "base_model": a,
             "models": [{"model": finetuned}, unaligned],
-            "parameters": {k: cast(point[k]) for k, cast in keys.items() if k in point},
+            "parameters": parameters,
             "dtype": dtype,
         }
     if method == "safe_delta":
@@ -380,7 +412,7 @@ def recipe(config: Config, method: str, point: dict[str, float], finetuned: str)
 
 
 def calibration_dir(config: Config) -> Path:
-    """Where ``mergekit-safety calibrate`` writes A's statistics for safe_delta."""
+    """Where ``mergekit-safety calibrate`` writes A's statistics (:data:`CALIBRATED`)."""
     return config.work / "calibration" / "A"
 
 
@@ -545,7 +577,7 @@ def plan(config: Config) -> list[Stage]:
         )
         stages.append(Stage("harmful", "harmful", [models / "H-adapter" / "train_info.json"]))
         stages.append(_eval_stage(config, "H", config.model("H"), "test"))
-    if "safe_delta" in config.methods:
+    if any(method in config.methods for method in CALIBRATED):
         out = calibration_dir(config)
         stages.append(
             Stage(

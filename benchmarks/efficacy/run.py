@@ -21,6 +21,7 @@ import yaml
 
 from benchmarks.efficacy import search
 from benchmarks.efficacy.plan import (
+    CALIBRATED,
     AlignSpec,
     Config,
     Stage,
@@ -208,8 +209,9 @@ def _train(
 
 
 def do_calibrate(config: Config, stage: Stage) -> None:
-    """safe_delta's statistics: A's own greedy replies to harmful train prompts (the reference's
-    self-generated safety data), then the calibration pass; its time recorded on its own."""
+    """A's statistics (safe_delta, lssf_activations): A's own greedy replies to harmful train
+    prompts (the reference's self-generated safety data), then the calibration pass; its time
+    recorded on its own."""
     from mergekit_safety.evaluation.calibration import calibrate
 
     spec = config.calibration
@@ -445,7 +447,7 @@ def _make_merge(config: Config, args: dict) -> dict | None:
         _wait_for(config.work / "models" / "S-adapter" / "train_info.json")
     if args["method"] == "harm_removal":
         _wait_for(config.work / "models" / "H-adapter" / "train_info.json")
-    if args["method"] == "safe_delta":
+    if args["method"] in CALIBRATED:
         _wait_for(config.results / "calibration.json")
     Path(args["recipe_path"]).parent.mkdir(parents=True, exist_ok=True)
     Path(args["recipe_path"]).write_text(yaml.safe_dump(body, sort_keys=False), encoding="utf-8")
@@ -501,7 +503,7 @@ def _wait_for(path: Path, timeout: float = 1800, poll: float = 10) -> None:
 
 def _matrices(recipe_path: str, method: str) -> dict:
     """How many matrices the recipe merges (``inspect``'s decisions); all, for ungated ones."""
-    if method in ("safe_linear", "resta", "harm_removal", "lssf", "safe_delta"):
+    if method in ("safe_linear", "resta", "harm_removal", "lssf", *CALIBRATED):
         return {"matrices_merged": "all"}
     try:
         from mergekit_safety.inspection import inspect

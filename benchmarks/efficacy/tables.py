@@ -24,6 +24,7 @@ LABELS = {
     "resta": "RESTA (task_arithmetic)",
     "harm_removal": "harm_removal",
     "lssf": "lssf",
+    "lssf_activations": "lssf, activation subspace",
     "safe_delta": "safe_delta",
     "search": "search: safe_linear, per-layer λ",
 }
@@ -194,6 +195,7 @@ def _point_text(config: Config, data: dict, method: str, point: str, merges: lis
         text = (point_label(chosen) if chosen else "none passed") + " (chosen)"
     text = text.replace("weight", "λ").replace("threshold", "τ").replace("beta", "β")
     text = text.replace("budget", "s").replace("alpha", "α").replace("eta", "η")
+    text = text.replace("top_weight", "a₁")
     return text.replace("scale", "λ")
 
 
