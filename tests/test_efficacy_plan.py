@@ -301,3 +301,30 @@ def test_the_calibrate_stage_writes_statistics_for_safe_delta(tmp_path, monkeypa
     body = recipe(config, "safe_delta", {"budget": 0.1}, str(tiny_llama(tmp_path / "F", seed=2)))
     merge_recipe(body, tmp_path / "merged", run._merge_options(config))
     assert (tmp_path / "merged" / "config.json").is_file()
+
+
+def test_compare_puts_setups_side_by_side(tmp_path):
+    from benchmarks.efficacy.compare import compare
+
+    def summary(refusal: float, task: float) -> dict:
+        return {"refusal_rate": refusal, "over_refusal_rate": 0.0, "task_accuracy": task,
+                "refusal_rate_ci": [0, 1], "task_accuracy_ci": [0, 1]}  # fmt: skip
+
+    configs = []
+    for name, ft, merged in (("old", 0.0, 0.5), ("new", 0.5, 0.75)):
+        results = tmp_path / name
+        for model, s in {"U": summary(0.0, 0.0), "A": summary(1.0, 0.0),
+                         "benign-s0": summary(ft, 1.0),
+                         "benign-s0/safe_linear-chosen": summary(merged, 0.5)}.items():  # fmt: skip
+            (results / "evals" / "test" / model).mkdir(parents=True)
+            (results / "evals" / "test" / model / "summary.json").write_text(json.dumps(s))
+        path = tmp_path / f"{name}.yml"
+        path.write_text(f"extends: {ROOT / 'benchmarks/efficacy/smollm2.yml'}\nname: {name}\n"
+                        f"results: {results}\nwork: {tmp_path / 'work'}\n")  # fmt: skip
+        configs.append(load_config(path))
+    text = compare(configs)
+    row = next(line for line in text.splitlines() if line.startswith("| safe_linear (chosen)"))
+    # old: half the lost refusal back, half the task kept; new: (0.75-0.5)/(1-0.5) = 0.5 back
+    assert row == "| safe_linear (chosen) | 0.50 / 0.00 / 0.50 (0.50, 0.50) n=1 | " \
+                  "0.75 / 0.00 / 0.50 (0.50, 0.50) n=1 |"  # fmt: skip
+    assert "| fine-tuned (benign) | 0.00 / 0.00 / 1.00 (0.00, 1.00) n=1 |" in text
