@@ -185,7 +185,7 @@ def decide(inputs: GateInputs, parameters: Mapping[str, Any]) -> Decision:
     return Decision(
         True,
         f"theta_ft + {alpha:g} * P_r V, subspace from the {source}, entropy share {eta:g}, "
-        f"rank cap {cap}, top weight {top:g}",
+        f"{f'rank cap {cap}' if cap else 'no rank cap'}, top weight {top:g}",
     )
 
 
