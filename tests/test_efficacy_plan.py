@@ -206,8 +206,12 @@ def test_the_farn_setup_changes_only_the_fine_tunes():
     base = load_config(ROOT / "benchmarks/efficacy/smollm2.yml", ROOT)
     farn = load_config(ROOT / "benchmarks/efficacy/smollm2-farn.yml", ROOT)
     shared = ("seed", "unaligned", "aligned", "splits", "eval", "align", "safe", "harmful",
-              "calibration", "methods", "gate", "premises", "thirdparty")  # fmt: skip
+              "calibration", "gate", "premises", "thirdparty")  # fmt: skip
     assert all(getattr(farn, key) == getattr(base, key) for key in shared)
+    assert farn.methods.keys() == base.methods.keys()
+    for name, spec in farn.methods.items():  # the same defaults; grids cut, never widened
+        assert spec.default == base.methods[name].default
+        assert all(set(v) <= set(base.methods[name].sweep[k]) for k, v in spec.sweep.items())
     assert farn.work == (ROOT / "benchmarks/efficacy/work/smollm2-farn").resolve()
     assert farn.search is None and farn.lox is None and base.search is not None
     for kind in ("benign", "attack"):
@@ -328,3 +332,13 @@ def test_compare_puts_setups_side_by_side(tmp_path):
     assert row == "| safe_linear (chosen) | 0.50 / 0.00 / 0.50 (0.50, 0.50) n=1 | " \
                   "0.75 / 0.00 / 0.50 (0.50, 0.50) n=1 |"  # fmt: skip
     assert "| fine-tuned (benign) | 0.00 / 0.00 / 1.00 (0.00, 1.00) n=1 |" in text
+
+
+def test_null_switches_a_method_off(tmp_path):
+    (tmp_path / "child.yml").write_text(
+        f"extends: {ROOT / 'benchmarks/efficacy/smollm2.yml'}\n"
+        "methods: {lssf_activations: null}\n"
+    )
+    config = load_config(tmp_path / "child.yml")
+    assert "lssf_activations" not in config.methods and "lssf" in config.methods
+    assert not any("lssf_activations" in s.name for s in plan(config))

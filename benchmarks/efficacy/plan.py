@@ -227,7 +227,9 @@ class Config(_Spec):
     finetune_specs: dict[str, FinetuneSpec] = Field(alias="finetunes")
     checks: Checks
     gate: GateSpec
-    methods: dict[Method, MethodSpec]
+    methods: dict[Method, MethodSpec | None]
+    """Each method's default and sweep grid; ``null`` switches a method off (e.g. in a config
+    that extends another)."""
     lox: LoxSpec | None = None
     adapter: AdapterSpec | None = None
     search: SearchSpec | None = None
@@ -240,6 +242,11 @@ class Config(_Spec):
     def _resolve(cls, path: Path, info: ValidationInfo) -> Path:
         root = Path((info.context or {}).get("root", "."))
         return (root / path).resolve()
+
+    @field_validator("methods", mode="after")
+    @classmethod
+    def _drop_switched_off(cls, methods: dict) -> dict:
+        return {name: spec for name, spec in methods.items() if spec is not None}
 
     @model_validator(mode="after")
     def _stages_have_their_settings(self) -> Config:
