@@ -237,3 +237,17 @@ def test_calibrate_memory_does_not_grow_with_prompts(tmp_path):
         assert run.returncode == 0, run.stderr[-2000:]
         peaks[n] = int(run.stdout.split()[-1])
     assert peaks[256] - peaks[64] < GROWTH_BOUND_KIB, peaks
+
+
+def test_saturation_counts_what_the_budget_takes(family, calibration):
+    import sys
+
+    sys.path.insert(0, str(REPO))
+    from benchmarks.efficacy.saturation import saturation
+
+    found = saturation(str(family["aligned"]), str(family["finetuned"]), calibration, [0, 1e12])
+    assert found["matrices"] == 14
+    assert found["budgets"]["0"] == {"mean_share_taken": 0.0, "matrices_taking_all": 0}
+    everything = found["budgets"]["1e+12"]
+    assert everything["matrices_taking_all"] == 14
+    assert everything["mean_share_taken"] == pytest.approx(0.85, abs=0.01)

@@ -193,9 +193,9 @@ def _point_text(config: Config, data: dict, method: str, point: str, merges: lis
         sweep = data["sweeps"].get(method) or {}
         chosen = sweep.get("chosen")
         text = (point_label(chosen) if chosen else "none passed") + " (chosen)"
-    text = text.replace("weight", "λ").replace("threshold", "τ").replace("beta", "β")
+    text = text.replace("top_weight", "a₁").replace("weight", "λ").replace("threshold", "τ")
+    text = text.replace("beta", "β")
     text = text.replace("budget", "s").replace("alpha", "α").replace("eta", "η")
-    text = text.replace("top_weight", "a₁")
     return text.replace("scale", "λ")
 
 
