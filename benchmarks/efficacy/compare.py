@@ -15,7 +15,7 @@ import statistics
 from pathlib import Path
 
 from benchmarks.efficacy.plan import Config, load_config
-from benchmarks.efficacy.tables import LABELS, _back_kept, collect
+from benchmarks.efficacy.tables import LABELS, back_kept, collect
 
 
 def _mean(values: list[float]) -> str:
@@ -33,7 +33,7 @@ def _cell(rows: list[tuple[dict, dict]], a: dict) -> str:
         _mean([s[k] for s, _ft in rows])
         for k in ("refusal_rate", "over_refusal_rate", "task_accuracy")
     ]
-    pairs = [_back_kept(s, a, ft) for s, ft in rows]
+    pairs = [back_kept(s, a, ft) for s, ft in rows]
     back = _mean([b for b, _k in pairs if b is not None])
     kept = _mean([k for _b, k in pairs if k is not None])
     return f"{' / '.join(rates)} ({back}, {kept}) n={len(rows)}"

@@ -51,7 +51,8 @@ def _ratio(num: float, den: float) -> float | None:
     return None if abs(den) < 1e-9 else num / den
 
 
-def _back_kept(row: dict, a: dict, ft: dict) -> tuple[float | None, float | None]:
+def back_kept(row: dict, a: dict, ft: dict) -> tuple[float | None, float | None]:
+    """(refusal back, task kept) of ``row`` against A and the fine-tune it repairs."""
     back = _ratio(row["refusal_rate"] - ft["refusal_rate"], a["refusal_rate"] - ft["refusal_rate"])
     kept = _ratio(
         row["task_accuracy"] - a["task_accuracy"], ft["task_accuracy"] - a["task_accuracy"]
@@ -247,7 +248,7 @@ def kind_table(config: Config, data: dict, kind: str) -> str:
                 rows.append(p["summary"])
                 used.append(name)
                 merges.append((p["merge"] or {}).get("matrices_merged"))
-                b, k = _back_kept(p["summary"], a, entry["finetuned"])
+                b, k = back_kept(p["summary"], a, entry["finetuned"])
                 backs.append(b)
                 kepts.append(k)
             if not rows:
