@@ -194,3 +194,29 @@ def test_tables_show_the_premises_and_mark_dependent_rows(study):
     assert row.startswith("| benign-s0/safe_lora-chosen † | 1.000 [0.96, 1.00] | 0.950 [")
     assert "| 0.400 [0.28, 0.54] |" in row  # aim's refusal on 50 prompts, Wilson by hand
     assert "| refusal plain ↑ | refusal aim ↑ | refusal base64 ↑ |" in rows[0]
+
+
+def test_thirdparty_summary_is_over_the_seeds(study):
+    from benchmarks.efficacy.tables import collect, thirdparty_summary
+
+    write_summary(study, "test", "U", summary(0.02, 0.02, 0.05))
+    write_summary(study, "test", "A", summary(1.00, 0.02, 0.045))
+    for name, plain, aim in (("benign-s0", 0.5, 0.2), ("benign-s1", 0.7, 0.4)):
+        write_summary(study, "test", name, summary(plain, 0.02, 0.4))
+        attacked = {"aim": {"refusal_rate": aim, "refusal_rate_ci": rate_interval(aim, 50)}}
+        write_summary(study, EXTRA, name, {**summary(plain, 0.1, 0.0), "attacks": attacked})
+    write_summary(study, "test", "benign-s0/safe_lora-chosen", summary(0.9, 0.02, 0.2))
+    write_summary(study, EXTRA, "benign-s0/safe_lora-chosen", summary(0.8, 0.05, 0.0))
+    rows = thirdparty_summary(study, collect(study)).splitlines()
+    assert rows[0].startswith("| model (seeds) | refusal AdvBench ↑ |")
+    (ft,) = [r for r in rows if r.startswith("| fine-tuned (benign)")]
+    # two seeds: mean ± sd, by hand (0.5, 0.7 -> 0.6 ± 0.141; 0.2, 0.4 -> 0.3 ± 0.141)
+    assert ft.startswith("| fine-tuned (benign) (benign-s0, benign-s1) | 0.600 ± 0.141 (n=2) |")
+    assert "| 0.300 ± 0.141 (n=2) |" in ft
+    (one,) = [r for r in rows if "safe_lora" in r]
+    assert one.startswith("| safe_lora, benign (benign-s0) | 0.900 [")  # one seed: its interval
+    assert one.endswith("| – | – | – |")  # no attacked refusal measured for it
+    # a method's row on a fine-tune whose premise fails is marked, as in the per-model table
+    write_summary(study, "test", "benign-s0", summary(0.99, 0.02, 0.4))
+    rows = thirdparty_summary(study, collect(study)).splitlines()
+    assert any(r.startswith("| safe_lora, benign (benign-s0) † |") for r in rows)

@@ -157,30 +157,66 @@ def premise_table(data: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def thirdparty_table(config: Config, data: dict) -> str:
-    """Two harmful sets and two over-refusal sets per model, then refusal under each attack."""
+def _thirdparty_head(config: Config, first: str) -> list[str]:
     spec = config.thirdparty
     assert spec is not None
     attacks = ["plain", *spec.attacks]
-    head = (f"| model | refusal AdvBench ↑ | refusal {spec.harmful} ↑ | over-refusal look-alikes ↓ "
-            f"| over-refusal {spec.benign} ↓ | " + " | ".join(f"refusal {a} ↑" for a in attacks)
-            + " |")  # fmt: skip
-    lines = [head, "|---|" + "---:|" * (4 + len(attacks))]
+    head = (f"| {first} | refusal AdvBench ↑ | refusal {spec.harmful} ↑ "
+            f"| over-refusal look-alikes ↓ | over-refusal {spec.benign} ↓ | "
+            + " | ".join(f"refusal {a} ↑" for a in attacks) + " |")  # fmt: skip
+    return [head, "|---|" + "---:|" * (4 + len(attacks))]
+
+
+def _thirdparty_cells(config: Config, rows: list[dict]) -> list[str]:
+    """The table's cells over ``rows`` (one run: its intervals; several: mean ± sd)."""
+    assert config.thirdparty is not None
+    tests = [row["test"] or {} for row in rows]
+    extras = [row["extra"] or {} for row in rows]
+    cells = [_fmt(tests, "refusal_rate"), _fmt(extras, "refusal_rate"),
+             _fmt(tests, "over_refusal_rate"), _fmt(extras, "over_refusal_rate")]  # fmt: skip
+    for attack in ["plain", *config.thirdparty.attacks]:
+        found = [e["attacks"][attack] for e in extras if attack in (e.get("attacks") or {})]
+        cells.append(_fmt(found, "refusal_rate") if found else "–")
+    return cells
+
+
+def _skipped(row: dict) -> bool:
+    return bool((row["extra"] or {}).get("skipped") or (row["test"] or {}).get("skipped"))
+
+
+def thirdparty_table(config: Config, data: dict) -> str:
+    """Two harmful sets and two over-refusal sets per model, then refusal under each attack."""
+    assert config.thirdparty is not None
+    width = 4 + len(config.thirdparty.attacks)
+    lines = _thirdparty_head(config, "model")
     for row in data.get("thirdparty") or []:
-        extra, test = row["extra"] or {}, row["test"] or {}
-        if not extra and not test:
+        if not row["extra"] and not row["test"]:
             continue
-        if extra.get("skipped") or test.get("skipped"):
-            lines.append(
-                f"| {row['name']} | skipped: the sweep chose no point |" + " |" * (3 + len(attacks))
-            )
+        if _skipped(row):
+            lines.append(f"| {row['name']} | skipped: the sweep chose no point |" + " |" * width)
             continue
-        cells = [_fmt([test], "refusal_rate"), _fmt([extra], "refusal_rate"),
-                 _fmt([test], "over_refusal_rate"), _fmt([extra], "over_refusal_rate")]  # fmt: skip
-        found = extra.get("attacks") or {}
-        cells += [_fmt([found[a]], "refusal_rate") if a in found else "–" for a in attacks]
         mark = MARK if failed_premises(data, row["needs"]) else ""
+        cells = _thirdparty_cells(config, [row])
         lines.append(f"| {row['name']}{mark} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def thirdparty_summary(config: Config, data: dict) -> str:
+    """:func:`thirdparty_table` over the seeds of each kind of fine-tune: the fine-tunes, then each
+    method's chosen point, mean ± sd where several seeds have both evaluations."""
+    lines = _thirdparty_head(config, "model (seeds)")
+    kinds = {name: entry["kind"] for name, entry in data["finetunes"].items()}
+    groups: dict[tuple[str, str | None], list[dict]] = {}
+    for row in data.get("thirdparty") or []:
+        if row["ft"] in kinds and row["extra"] and row["test"] and not _skipped(row):
+            groups.setdefault((kinds[row["ft"]], row["method"]), []).append(row)
+    for (kind, method), rows in groups.items():
+        label = f"fine-tuned ({kind})" if method is None else f"{LABELS[method]}, {kind}"
+        needs = sorted({n for row in rows for n in row["needs"]})
+        mark = MARK if failed_premises(data, needs) else ""
+        seeds = ", ".join(row["ft"] for row in rows)
+        lines.append(f"| {label} ({seeds}){mark} | " + " | ".join(_thirdparty_cells(config, rows))
+                     + " |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -435,6 +471,9 @@ def write_tables(config: Config) -> Path:
             f"{spec.harmful}, {spec.benign_prompts} of {spec.benign}, each attack on the first "
             f"{spec.attack_prompts} of those harmful prompts, plain beside it)\n\n",
             thirdparty_table(config, data),
+            "\nThe same over the seeds of each kind of fine-tune (± : sd over seeds; one seed: its "
+            "interval):\n\n",
+            thirdparty_summary(config, data),
         ]
     parts += [
         "\n## Fine-tune checks (test)\n\n```json\n",
