@@ -200,14 +200,17 @@ def test_the_config_keeps_whole_numbers_and_resolves_paths():
 
 
 def test_the_farn_setup_changes_only_the_fine_tunes():
-    """smollm2-farn.yml extends smollm2.yml: U, A, S, H and the calibration come from identical
-    sections (so copying smollm2's outputs for them equals running them); the fine-tunes sit in
-    Farn et al.'s lr range at the same lr × steps as smollm2's."""
+    """smollm2-farn.yml extends smollm2.yml: U, A, S, H, the calibration and the third-party sets
+    come from identical sections (so copying smollm2's outputs for them equals running them); the
+    fine-tunes sit in Farn et al.'s lr range at the same lr × steps as smollm2's."""
     base = load_config(ROOT / "benchmarks/efficacy/smollm2.yml", ROOT)
     farn = load_config(ROOT / "benchmarks/efficacy/smollm2-farn.yml", ROOT)
     shared = ("seed", "unaligned", "aligned", "splits", "eval", "align", "safe", "harmful",
-              "calibration", "gate", "premises", "thirdparty")  # fmt: skip
+              "calibration", "gate", "premises")  # fmt: skip
     assert all(getattr(farn, key) == getattr(base, key) for key in shared)
+    # the same third-party sets and attacks; only whose chosen points get them differs (all)
+    assert farn.thirdparty is not None and farn.thirdparty.finetunes is None
+    assert farn.thirdparty == base.thirdparty.model_copy(update={"finetunes": None})
     assert farn.methods.keys() == base.methods.keys()
     for name, spec in farn.methods.items():  # the same defaults; grids cut, never widened
         assert spec.default == base.methods[name].default
