@@ -91,6 +91,16 @@ from mergekit_safety.parameters import domain_error
 
 
 @dataclass(frozen=True)
+class PlannedInput:
+    """One model's input to a planned tensor: the names mergekit looks for, in its order."""
+
+    model: Any
+    names: tuple[str, ...]
+    """The weight's name, its aliases, its tied names: mergekit loads the first one present."""
+    optional: bool
+
+
+@dataclass(frozen=True)
 class PlannedTensor:
     """One output tensor as mergekit planned it: which method, inputs and resolved parameters."""
 
@@ -105,10 +115,16 @@ class PlannedTensor:
     input_parameters: dict[Any, dict[str, Any]]
     task: Any = field(repr=False, compare=False)
     """mergekit's ``ExecuteMergeMethodTask``: only this module looks inside it."""
+    inputs: tuple[PlannedInput, ...] = field(default=(), repr=False, compare=False)
+    vocabulary_aligned: bool = False
+    """The recipe's ``tokenizer`` section aligns this tensor's vocabulary axis before merging."""
 
     @classmethod
     def of(cls, task: Any) -> PlannedTensor:
         weight = task.output_weight
+        gather = task.gather_tensors
+        aligned = type(gather).__name__ != "GatherTensors"  # PermutedVocabulary, Truncated...
+        gather = getattr(gather, "gather_tensors", gather)
         return cls(
             name=weight.name,
             aliases=tuple(weight.aliases or ()),
@@ -121,6 +137,15 @@ class PlannedTensor:
                 model: dict(values.items()) for model, values in task.input_parameters.items()
             },
             task=task,
+            inputs=tuple(
+                PlannedInput(
+                    model=model,
+                    names=(info.name, *(info.aliases or ()), *(info.tied_names or ())),
+                    optional=bool(info.optional),
+                )
+                for model, info in getattr(gather, "weight_info", {}).items()
+            ),
+            vocabulary_aligned=aligned,
         )
 
 
@@ -589,6 +614,19 @@ def tensor_shapes(model: Any) -> dict[str, tuple[int, ...]]:
             for name in names:
                 shapes[name] = tuple(handle.get_slice(name).get_shape())
     return shapes
+
+
+def converts_checkpoints(model: Any) -> bool:
+    """Whether mergekit may build a weight ``model``'s files lack from others (transformers'
+    checkpoint conversions for its model type, e.g. fused experts): then a missing name is no
+    proof of a missing tensor."""
+    from transformers.conversion_mapping import get_checkpoint_conversion_mapping
+
+    try:
+        model_type = model.config(trust_remote_code=False).model_type
+    except Exception:  # noqa: BLE001 - no readable config: mergekit says so itself
+        return True
+    return bool(get_checkpoint_conversion_mapping(model_type))
 
 
 def same_matrices(first: Any, second: Any) -> bool | None:

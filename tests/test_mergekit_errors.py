@@ -61,7 +61,8 @@ def _cases(family, tmp_path):
         ),
         "vocabularies differ": (
             with_model(small_vocab),
-            "lm_head.weight: the models' vocabularies differ in size",
+            "model.embed_tokens.weight: the models' vocabularies differ in size ((40, 32), "
+            "(50, 32)); add `tokenizer: {source: base}` to the recipe to align them",
         ),
         "tensor missing": (
             with_model(missing),
@@ -83,10 +84,14 @@ CASES = [
 
 @pytest.mark.parametrize("case", CASES)
 def test_mergekit_failures_give_one_line_and_no_output(tmp_path, family, case):
+    """Each is known from the recipe and the file headers: refused before any tensor merges
+    (issue #40: dtype, vocabularies and a missing tensor were found while executing)."""
     recipe, message = _cases(family, tmp_path)[case]
     out = tmp_path / "out"
-    line = one_line(yaml_in_process(write_recipe(tmp_path / "r.yml", recipe), out))
+    result = yaml_in_process(write_recipe(tmp_path / "r.yml", recipe), out)
+    line = one_line(result)
     assert line.startswith(message), line
+    assert "Executing graph" not in result.stderr
     assert not out.exists()
 
 

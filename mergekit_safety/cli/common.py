@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import signal
-import sys
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
 
 from mergekit_safety.errors import explain, run_cleanups, show_traceback
+from mergekit_safety.errors import terminate_unwinds as terminate_unwinds  # for the commands
 
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 """What ``--dtype`` takes in ``eval`` and ``sweep``."""
@@ -224,16 +222,3 @@ def check_ray(address: str | None, workers: int | None) -> None:
             "sizes the local cluster that --ray starts; an existing cluster has its own",
             param_hint="--ray-workers",
         )
-
-
-@contextlib.contextmanager
-def terminate_unwinds() -> Iterator[None]:
-    """SIGTERM (a scheduler's kill) unwinds like Ctrl-C, so temporary files are removed too."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(128 + signal.SIGTERM))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
