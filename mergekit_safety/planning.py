@@ -51,7 +51,7 @@ from mergekit_safety.outputs import check_writable
 from mergekit_safety.parameters import check_domains, check_parameters, check_rank
 from mergekit_safety.preflight import check_same_architecture
 from mergekit_safety.recipe import inputs, resolve_selection, role_of, without_selection
-from mergekit_safety.recipe_keys import check_recipe_keys, ours
+from mergekit_safety.recipe_keys import check_filters, check_recipe_keys, ours
 from mergekit_safety.roles import Role
 from mergekit_safety.selection import SELECTORS
 
@@ -134,6 +134,9 @@ def on_recipe(recipe: PlannedRecipe) -> None:
     if "k" in {p.name for p in method.spec.parameters} and recipe.config.base_model is not None:
         k = (recipe.config.parameters or {}).get("k")
         check_rank(method.spec.name, k, mergekit_internals.tensor_shapes(recipe.config.base_model))
+    if recipe.config.base_model is not None:
+        base = recipe.config.base_model
+        check_filters(recipe.config, mergekit_internals.tensor_shapes(base), base)
     if "calibration" in {p.name for p in method.spec.parameters}:
         check_calibration(recipe.config, method.needs_calibration)
     run = runs.current()

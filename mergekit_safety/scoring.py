@@ -238,6 +238,17 @@ def _score_key(config: MergeConfiguration, options: MergeOptions, gated_only: bo
     )
 
 
+def check_top_k(config: MergeConfiguration, top_k: int) -> None:
+    """``top_k`` (a sweep's or a search's largest) fits the recipe's rankable matrices: planned
+    by mergekit, counted from the file headers; nothing is loaded, no ρ computed."""
+    from mergekit_safety.recipe import without_selection
+
+    tensors = mergekit_internals.plan_tensors(
+        without_selection(config, drop_threshold=False), MergeOptions(quiet=True)
+    )
+    count_rankable([t for t in tensors if not t.vocabulary], Selection(top_k=int(top_k)))
+
+
 def count_rankable(tensors: list[PlannedTensor], selection: Selection) -> None:
     """Stop a ``top_k`` larger than the matrices that could be ranked, before any ρ pass.
 

@@ -67,6 +67,7 @@ class RoleCheckedMethod(PluginMethod):
         weighted: frozenset[Role] = frozenset({Role.FINETUNED}),
         needs_calibration: bool = False,
         unmerged: str = "finetuned",
+        read_only_with: Mapping[str, tuple[str, Any]] | None = None,
     ):
         self.spec: MergeMethodSpec = dataclasses.replace(
             group.spec, parameters=(*group.spec.parameters, *SELECTION_PARAMETERS)
@@ -82,6 +83,9 @@ class RoleCheckedMethod(PluginMethod):
         """The roles whose ``weight`` the method reads."""
         self.needs_calibration = needs_calibration
         self.unmerged = unmerged
+        self.read_only_with = dict(read_only_with or {})
+        """Parameter -> (another parameter, the value that makes the method read it): set
+        otherwise it would be ignored, so a recipe setting it is refused (``recipe_keys``)."""
         self.supports_batching = batch is not None
 
     def validate_inputs(
