@@ -616,6 +616,30 @@ def tensor_shapes(model: Any) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def first_non_finite(model: Any) -> str | None:
+    """The first tensor of ``model``'s safetensors files holding NaN or Inf (None: all finite,
+    or not safetensors). One tensor in memory at a time, through the index mergekit loads by."""
+    import math
+    import os
+
+    import torch
+    from mergekit.io.tasks import LoaderCache
+    from safetensors import safe_open
+
+    index = LoaderCache().get(model).index
+    for shard in sorted(set(index.tensor_paths.values())):
+        if not shard.endswith(".safetensors"):
+            return None
+        with safe_open(os.path.join(index.base_path, shard), framework="pt") as handle:
+            for name in handle.keys():
+                tensor = handle.get_tensor(name)
+                if tensor.is_floating_point() and tensor.numel():
+                    low, high = torch.aminmax(tensor)
+                    if not (math.isfinite(float(low)) and math.isfinite(float(high))):
+                        return name
+    return None
+
+
 def converts_checkpoints(model: Any) -> bool:
     """Whether mergekit may build a weight ``model``'s files lack from others (transformers'
     checkpoint conversions for its model type, e.g. fused experts): then a missing name is no

@@ -105,6 +105,21 @@ def on_config(raw: Mapping[str, Any], config: Any) -> None:
     }
     check_domains(method.spec.parameters, scalars)  # the cross-parameter rules: per tensor
     check_dtypes(config)
+    check_adapters(config)
+
+
+def check_adapters(config: Any) -> None:
+    """Every local ``model+adapter`` input's LoRA fits its model (shapes, rank, finite values),
+    from the adapter's and the model's files, before mergekit merges it (warm-up)."""
+    from mergekit.common import ModelReference
+
+    from mergekit_safety.adapter.source import check_fits
+
+    for reference in config.referenced_models():
+        if reference.lora is None or not Path(reference.model.path).expanduser().is_dir():
+            continue
+        model = ModelReference(model=reference.model)
+        check_fits(reference.lora.path, mergekit_internals.tensor_shapes(model), model)
 
 
 def check_dtypes(config: Any) -> None:
