@@ -35,6 +35,12 @@ class ConfigError(ValueError):
     """A user mistake found before heavy work: bad roles, parameters, paths or models."""
 
 
+def install_hint(extra: str, packages: str) -> str:
+    """How to install an optional extra: mergekit-safety is installed from its repository (it
+    is not on the package index, so ``pip install 'mergekit-safety[extra]'`` finds nothing)."""
+    return f"pip install {packages} (in a clone of this repository: pip install -e '.[{extra}]')"
+
+
 def find_config_error(error: BaseException | None) -> ConfigError | None:
     """Return the ConfigError behind ``error``: itself, a cause, or one pydantic wrapped."""
     for candidate in _chain(error):

@@ -426,11 +426,29 @@ def on_written(written: WrittenMerge) -> None:
     gated = [run.decisions[t.name].merge for t in safety if t.name in run.decisions]
     if gated:
         what = f"{sum(gated)} of {len(gated)} gated matrices merged"
-    else:  # ungated safe_linear, lox, harm_removal: every tensor goes through the kernel
-        what = f"all {len(safety)} tensors merged"
+    else:
+        what = ungated_count(ours(method), safety, run)
     from tqdm.auto import tqdm
 
     tqdm.write(f"mergekit-safety: wrote {written.out_path} ({method}, {what})", file=sys.stderr)
+
+
+def ungated_count(method: RoleCheckedMethod, tensors: Any, run: runs.MergeRun) -> str:
+    """How many tensors an ungated merge changed: all (safe_linear, harm_removal), or those its
+    ``changes`` says, by the shapes read while planning (lox, lssf, safe_delta)."""
+    if method.changes is None:
+        return f"all {len(tensors)} tensors merged"
+    changed = 0
+    for tensor in tensors:
+        shape = run.headers.get(tensor.base, {}).get(tensor.name)
+        if shape is None or method.changes(tensor.name, shape, tensor.vocabulary,
+                                           tensor.parameters):  # fmt: skip
+            changed += 1
+    kept = len(tensors) - changed
+    if not kept:
+        return f"all {len(tensors)} tensors merged"
+    source = "aligned" if method.unmerged == "aligned" else "fine-tuned"
+    return f"{changed} of {len(tensors)} tensors merged, {kept} kept as the {source} model's"
 
 
 # --- top_k / fraction ---------------------------------------------------------------------------

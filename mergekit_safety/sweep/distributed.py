@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from mergekit_safety.acceptance import OBJECTIVE
-from mergekit_safety.errors import ConfigError
+from mergekit_safety.errors import ConfigError, install_hint
 from mergekit_safety.sweep.executor import Evaluator, Job, Outcome, describe_error
 from mergekit_safety.sweep.grid import SweepPlan
 from mergekit_safety.sweep.merging import Merge, evaluable, install, merge_adapter, merge_recipe
@@ -214,11 +214,27 @@ def task_error(error: BaseException) -> str:
     return describe_error(getattr(error, "cause", None) or error)
 
 
+RAY_MISSING = f"--ray needs Ray: {install_hint('ray', 'ray[client]')}"
+RAY_CLIENT_MISSING = (
+    f"--ray ray://...: a ray:// address needs Ray's client (grpcio): "
+    f"{install_hint('ray', 'ray[client]')}"
+)
+
+
+def check_ray_installed(address: str) -> None:
+    """Ray (and, for a ``ray://`` address, its client) is installed: found without importing
+    it, so a missing extra is one line before any model is evaluated."""
+    from importlib.util import find_spec
+
+    if find_spec("ray") is None:
+        raise ConfigError(RAY_MISSING)
+    if address.startswith("ray://") and find_spec("grpc") is None:
+        raise ConfigError(RAY_CLIENT_MISSING)
+
+
 def import_ray() -> Any:
     try:
         import ray
     except ImportError:
-        raise ConfigError(
-            "--ray needs Ray: pip install 'mergekit-safety[ray]' (or pip install ray)"
-        ) from None
+        raise ConfigError(RAY_MISSING) from None
     return ray
