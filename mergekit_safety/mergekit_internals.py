@@ -58,6 +58,16 @@ mergekit (a failing check names the assumption):
     gives each ``ReturnTensor``), wraps each in mergekit's own ``ReturnTensor`` built without
     re-validation (``model_construct``), and runs them on ``mergekit.graph.Executor`` as
     ``run_merge`` runs a plan; each value is the tensor ``mergekit-yaml`` would write.
+16. ``mergekit.card.is_hf(path)`` decides whether a recipe's model is a Hub repository, for the
+    card ``run_merge`` writes after the merge; it asks the Hub about any existing path with one
+    ``/`` (``um/aligned``, the usual way to write a local path), which online costs a traceback
+    after a finished merge and offline a wrong one-line error. mergekit itself loads an existing
+    local path as a local model (``ModelPath.local_path``), so :func:`_wrap_card` answers the same
+    for such a path: an existing local directory is a local model; the Hub is not asked.
+17. ``GatherTensors.weight_info`` (model -> ``WeightInfo`` with ``name``, ``aliases``,
+    ``tied_names``, ``optional``) is what a planned tensor loads per input, possibly wrapped
+    (``PermutedVocabulary``, ``TruncatedVocabulary``: an attribute ``gather_tensors``), read by
+    :class:`PlannedTensor` to check every input against the file headers while planning.
 13. ``mergekit.merge_methods.base.MergeMethod._bind_parameters(groups, parameters)`` (the Python
     API's binding) and ``MergeMethod._execute(groups, parameters, options, *, input_dtypes,
     out_dtype)`` (both entry points' execution) are overridden by :class:`PluginMethod`, and
@@ -200,6 +210,7 @@ def install(hooks: Hooks, after_import: AfterImport) -> None:
     after_import("mergekit.io.loader", _wrap_loader)
     after_import("mergekit.io.lazy_tensor_loader", _wrap_index)
     after_import("transformers.configuration_utils", _quiet_torch_dtype_warning)
+    after_import("mergekit.card", _wrap_card)
 
 
 def _once(owner: Any, name: str, make: Callable[[Callable], Callable]) -> None:
@@ -406,6 +417,23 @@ def _wrap_loader(module: Any) -> None:
 
 def _wrap_index(module: Any) -> None:
     _named_shard(module.ShardedTensorIndex, "from_file")
+
+
+def _wrap_card(module: Any) -> None:
+    """``is_hf``: an existing local directory is a local model (assumption 16)."""
+
+    def is_hf(original: Callable) -> Callable:
+        @functools.wraps(original)
+        def wrapper(path: str, *args: Any, **kwargs: Any) -> Any:
+            import os
+
+            if os.path.isdir(os.path.expanduser(str(path))):
+                return False
+            return original(path, *args, **kwargs)
+
+        return wrapper
+
+    _once(module, "is_hf", is_hf)
 
 
 class _DropTorchDtypeDeprecation:

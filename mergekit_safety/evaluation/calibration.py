@@ -41,7 +41,9 @@ def texts_of(tokenizer: Any, conversations: Sequence[Any]) -> list[list[int]]:
             )
         else:
             text = " ".join(turn["content"] for turn in conversation)
-        rows.append(tokenizer(text, add_special_tokens=not chat)["input_ids"])
+        # verbose=False: the caller cuts each row to --max-length; the tokenizer's warning about
+        # its model_max_length would repeat on every run
+        rows.append(tokenizer(text, add_special_tokens=not chat, verbose=False)["input_ids"])
     return rows
 
 

@@ -13,6 +13,7 @@ SIGTERM) cancels every task and removes what they wrote. Ray is imported when a 
 from __future__ import annotations
 
 import contextlib
+import logging
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -186,6 +187,9 @@ def start_ray(ray: Any, address: str, workers: int | None) -> None:
 
     main = threading.current_thread() is threading.main_thread()
     handler = signal.getsignal(signal.SIGTERM) if main else None
+    notice = logging.getLogger(TOKEN_NOTICE_LOGGER)
+    quiet = _DropTokenNotice()
+    notice.addFilter(quiet)  # every run's own cluster: a notice on every run buries the result
     try:
         if address == LOCAL:
             ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False,
@@ -194,8 +198,22 @@ def start_ray(ray: Any, address: str, workers: int | None) -> None:
             ray.init(address=address, log_to_driver=False, configure_logging=False)
     except (ConnectionError, RuntimeError, ValueError) as error:
         raise ConfigError(f"--ray {address}: cannot join the Ray cluster: {error}") from None
+    finally:
+        notice.removeFilter(quiet)
     if handler is not None:
         signal.signal(signal.SIGTERM, handler)
+
+
+TOKEN_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
+"""Where Ray says "Token authentication is enabled for this Ray cluster" as it starts one."""
+
+
+class _DropTokenNotice:
+    """A logging filter: drop Ray's notice that the cluster it starts uses token authentication
+    (its default, nothing to act on), keep every other record (a disabled-auth warning too)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled for")
 
 
 def cancel_tasks(ray: Any, pending: list[Any]) -> None:
