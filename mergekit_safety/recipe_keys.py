@@ -120,8 +120,9 @@ def check_filters(recipe: Any, names: Iterable[str], model: Any) -> None:
         for key, value in scope.parameters.items():
             if not isinstance(value, list):
                 continue
-            for entry in value:
+            for entry in value:  # a mapping as written, mergekit's ConditionalParameter as read
                 text = entry.get("filter") if isinstance(entry, Mapping) else None
+                text = getattr(entry, "filter", text)
                 if isinstance(text, str):
                     check_filter(text, names, model, f"`{key}` in {where}")
 
