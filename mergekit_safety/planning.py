@@ -30,6 +30,7 @@ loading; rewriting the frozen, hashed tasks is not possible. A planner that is n
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 import time
@@ -285,6 +286,19 @@ def model_files(directory: Path) -> list[Path]:
     return sorted({path for pattern in MODEL_FILES for path in directory.glob(pattern)})
 
 
+IN_PROGRESS_SHARD = re.compile(r"^[\w.]+-\d+\.(safetensors|bin)$")
+"""What mergekit names a shard while it writes (``model-3.safetensors``): renamed to
+``model-00003-of-00012.safetensors`` (or ``model.safetensors``) once every shard is written."""
+
+
+def interrupted_merge(out: Path) -> bool:
+    """``out`` holds nothing but shards mergekit had not finished: a merge that was killed."""
+    entries = list(out.iterdir()) if out.is_dir() else []
+    return bool(entries) and all(
+        entry.is_file() and IN_PROGRESS_SHARD.match(entry.name) for entry in entries
+    )
+
+
 def overwrite_allowed() -> bool:
     return os.environ.get(OVERWRITE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -301,6 +315,9 @@ def guard_output(out: Path, run: runs.MergeRun) -> None:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output {out} exists and is not a directory")
     check_writable(out)
+    if interrupted_merge(out):  # shards of a killed run (SIGKILL, an older version): not a model
+        for path in out.iterdir():
+            path.unlink()
     existing = model_files(out)
     if existing:
         if not overwrite_allowed():

@@ -914,6 +914,18 @@ def test_calibrate_terminated_while_writing_leaves_nothing(tmp_path, family):
     assert not out.exists() and not leftovers(tmp_path)
 
 
+def test_an_output_holding_only_a_killed_merges_shards_is_not_a_model(tmp_path, family):
+    """SIGKILL mid-merge leaves mergekit's in-progress shards (``model-N.safetensors``, no
+    config.json): the next merge into that output replaces them without being asked."""
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("model-1.safetensors", "model-2.safetensors"):
+        (out / name).write_bytes(b"half")
+    result = yaml_in_process(write_recipe(tmp_path / "r.yml", gated(family)), out)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (out / "config.json").is_file() and not (out / "model-1.safetensors").exists()
+
+
 def test_a_killed_runs_staging_directory_is_removed_by_the_next(tmp_path, family):
     """SIGKILL leaves a staging sibling (no process can clean up after it); the next run into
     the same --out removes it, since its process is gone."""
