@@ -129,6 +129,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["measure", "errors"])
     parser.add_argument("--label", default="after")
+    parser.add_argument(
+        "--show-heldout",
+        action="store_true",
+        help="Print the held-out half's numbers too (once, at the end).",
+    )
     args = parser.parse_args()
     if args.command == "errors":
         errors(current_outcome)
@@ -137,6 +142,8 @@ def main() -> None:
     found[args.label] = measure(current_outcome)
     OUT.write_text(json.dumps(found, indent=1) + "\n", "utf-8")
     for name, part in found[args.label].items():
+        if name.endswith("heldout") and not args.show_heldout:
+            continue
         parts = part.values() if name.startswith("study") else [part]
         agree = ", ".join(f"{p['agreement']['value']:.3f} (n {p['n']})" for p in parts)
         print(f"{args.label} {name}: agreement {agree}")
