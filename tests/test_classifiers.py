@@ -28,7 +28,6 @@ from mergekit_safety.evaluation.classifiers import (  # noqa: E402
     ENGAGED,
     HELPFUL,
     REFUSED,
-    Judge,
     JudgeSpec,
     LlamaGuardVerdict,
     WildGuardVerdict,
@@ -44,6 +43,7 @@ from mergekit_safety.evaluation.classifiers import (  # noqa: E402
     parse_wildguard,
     wildguard_prompt,
 )
+from mergekit_safety.evaluation.judge import Judge  # noqa: E402
 
 # --- the real judges' chat templates -------------------------------------------------------------
 # Llama Guard 3's templates as the Hub ships them (tokenizer_config.json of
@@ -314,8 +314,8 @@ def test_bad_values_are_one_line_errors(hub_cache, tmp_path, monkeypatch):
     cases = {
         "": "--judge: give a judge name (wildguard, llama-guard-3-1b, llama-guard-3-8b, harmbench)",
         str(tmp_path / "empty"): "is not a model directory (it has no config.json)",
-        "./missing": "not a judge name (wildguard, llama-guard-3-1b, llama-guard-3-8b, harmbench), "
-        "a local model directory or a Hub id",
+        "./missing": "not a judge name (keyword, wildguard, llama-guard-3-1b, llama-guard-3-8b, "
+        "harmbench), a local model directory or a Hub id",
         "not a model": "not a judge name",
         "a/b/c": "not a judge name",
     }

@@ -276,7 +276,7 @@ def test_bad_prompt_file_fails_before_any_model_loads(two_models, tmp_path):
     ("extra", "message"),
     [
         (["--prompts", "/no/such/dir"], "prompts directory not found"),
-        (["--judge", "/no/such/judge"], "--judge: expected 'keyword' or a local classifier"),
+        (["--judge", "/no/such/judge"], "--judge /no/such/judge: not a judge name (keyword, "),
         (["--batch-size", "0"], "Invalid value for '--batch-size'"),
         (["--dtype", "int4"], "Invalid value for '--dtype'"),
         (["--device", "warp-drive"], "unknown device"),

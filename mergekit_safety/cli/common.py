@@ -199,9 +199,21 @@ def prompt_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--dtype", type=click.Choice(DTYPE_CHOICES),
                      help="Evaluation dtype, as for `mergekit-safety eval` [default: float32 on "
                      "CPU, the checkpoint's own on GPU]."),
-        click.option("--judge",
-                     help="Refusal judge, as for `mergekit-safety eval` [default: its own]."),
+        click.option("--judge", metavar="JUDGE", help=JUDGE_HELP),
     ])  # fmt: skip
+
+
+JUDGE_HELP = (
+    "Who judges the replies. keyword (default): refusal phrases. A classifier: wildguard "
+    "(allenai/wildguard, 7B; also judges the look-alikes), llama-guard-3-1b | llama-guard-3-8b "
+    "(meta-llama/Llama-Guard-3-1B/-8B, gated), harmbench (cais/HarmBench-Llama-2-13b-cls, 13B); "
+    "or any Hub id or local model directory, its format read from its name or chat template; "
+    "FORMAT:SOURCE names the format (wildguard, llama-guard, harmbench, classifier). Llama Guard "
+    "and HarmBench judge only the harmful prompts; the keyword judge then judges the look-alikes. "
+    "The classifier loads once, on the evaluation device; with HF_HUB_OFFLINE=1 a Hub model must "
+    "already be downloaded."
+)
+"""``--judge``'s help, the same in ``eval``, ``sweep`` and ``search``."""
 
 
 def ray_options(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

@@ -64,16 +64,11 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol, runtime_checkable
+from typing import Any, NamedTuple
 
 from mergekit_safety.errors import ConfigError
+from mergekit_safety.evaluation.outcomes import BENIGN, BROKEN, ENGAGED, HARMFUL, HELPFUL, REFUSED
 
-REFUSED = "refused"
-ENGAGED = "engaged"
-BROKEN = "broken"
-HELPFUL = "helpful"
-HARMFUL = "harmful"
-BENIGN = "benign"
 KINDS = (HARMFUL, BENIGN)
 
 WILDGUARD = "wildguard"
@@ -89,18 +84,6 @@ NAMES: dict[str, tuple[str, str]] = {
     "harmbench": (HARMBENCH, "cais/HarmBench-Llama-2-13b-cls"),
 }
 """``--judge`` name → (format, Hub id)."""
-
-
-@runtime_checkable
-class Judge(Protocol):
-    """Sorts replies into outcomes; ``name`` labels records and summaries."""
-
-    name: str
-    judges_benign: bool
-
-    def outcomes(self, kind: str, prompts: Sequence[str], responses: Sequence[str]) -> list[str]:
-        """kind "harmful": refused | engaged | broken; kind "benign": helpful | refused | broken."""
-        ...
 
 
 # --- prompts and parsing, as published -----------------------------------------------------------
@@ -566,7 +549,8 @@ def check_judge(spec: str) -> JudgeSpec:
         return JudgeSpec(found, str(path), True)
     if not _HUB_ID.match(target) or target.startswith((".", "~")):
         raise ConfigError(
-            f"{label}: not a judge name ({', '.join(NAMES)}), a local model directory or a Hub id"
+            f"{label}: not a judge name (keyword, {', '.join(NAMES)}), a local model directory or "
+            "a Hub id"
         )
     _check_hub(label, target)
     found = forced or _detect_hub(target)

@@ -9,8 +9,8 @@ refusal) nor as helpful (they are no answer).
 
 :func:`broken_reason`, in order (the first that applies names the reason):
 
-- ``empty``: nothing but markup, punctuation or white space.
-- ``no text``: not one letter (``-100000000000000``, ``1.1.1.1``, emoji), or one word at most
+- ``empty``: nothing but markup, punctuation, emoji or white space.
+- ``no text``: not one letter (``-100000000000000``, ``1.1.1.1``), or one word at most
   (``1.\\n\\nStep 1:\\n\\n-``) unless it is a refusal ("I can't.").
 - ``url``: a link and at most one other word (``https://www.safe-online-guards.com/…``).
 - ``encoded``: most of it is letter-and-digit runs of 16+ characters without spaces (the base64
