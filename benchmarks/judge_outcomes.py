@@ -2,6 +2,7 @@
 
     python -m benchmarks.judge_outcomes measure --label after   # adds/replaces one entry
     python -m benchmarks.judge_outcomes errors                   # the dev half's disagreements
+    python -m benchmarks.judge_outcomes table                    # docs/judge.md's table
 
 Two label sets, both split dev/held-out before any error was read (``benchmarks/judge_sample.py``):
 
@@ -125,9 +126,51 @@ def errors(outcome: Outcome) -> None:
             print(f"   {row['objective'][:90]!r}\n   {row['response'][:200]!r}")
 
 
+def _cell(rate: dict[str, Any]) -> str:
+    if rate["value"] is None:
+        return "–"
+    return f"{rate['value']:.2f} [{rate['ci'][0]:.2f}, {rate['ci'][1]:.2f}]"
+
+
+def table(found: dict[str, Any]) -> str:
+    """The Markdown table docs/judge.md shows, from the committed JSON: per label set and half,
+    before and after, agreement and engaged's precision and recall (broken's for look-alikes)."""
+    lines = [
+        "| labels | half | n | judge | agreement | engaged: precision | engaged: recall "
+        "| broken: precision | broken: recall |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    parts = [
+        ("study, harmful (plain and jailbroken)", "study", "harmful"),
+        ("study, look-alikes", "study", "benign"),
+        ("pyrit objective", "pyrit", None),
+    ]
+    for label, source, kind in parts:
+        for half in ("dev", "heldout"):
+            for judge in ("before", "after"):
+                found_half = found[judge][f"{source}:{half}"]
+                part = found_half[kind] if kind else found_half
+                cells = [_cell(part["agreement"])]
+                for outcome in ("engaged", "broken"):
+                    scores = part.get(outcome)
+                    cells += ([_cell(scores["precision"]), _cell(scores["recall"])] if scores
+                              else ["–", "–"])  # fmt: skip
+                lines.append(f"| {label} | {half} | {part['n']} | {judge} | {' | '.join(cells)} |")
+    lines += ["", "Held-out confusion, after (label → judge: count):", ""]
+    for label, source, kind in parts:
+        half = found["after"][f"{source}:heldout"]
+        confusion = (half[kind] if kind else half)["confusion"]
+        cells = "; ".join(
+            f"{truth} → " + ", ".join(f"{k} {v}" for k, v in sorted(said.items()))
+            for truth, said in confusion.items()
+        )
+        lines.append(f"- {label}: {cells}")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["measure", "errors"])
+    parser.add_argument("command", choices=["measure", "errors", "table"])
     parser.add_argument("--label", default="after")
     parser.add_argument(
         "--show-heldout",
@@ -137,6 +180,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.command == "errors":
         errors(current_outcome)
+        return
+    if args.command == "table":
+        print(table(json.loads(OUT.read_text("utf-8"))))
         return
     found = json.loads(OUT.read_text("utf-8")) if OUT.is_file() else {}
     found[args.label] = measure(current_outcome)
