@@ -38,21 +38,27 @@ OURS = HERE / "efficacy" / "results" / "smollm2" / "judge_labels.json"
 SEED = 0
 
 
+def scorer_rows(path: Path) -> list[dict[str, Any]]:
+    """One of pyrit's scorer-evaluation CSVs: key ``file:index``, objective, response and the
+    human label (``human_score`` 1 → True); its ``# dataset_version`` line skipped."""
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines(True)
+             if not line.startswith("#")]  # fmt: skip
+    return [
+        {"key": f"{path.name}:{index}", "objective": row["objective"],
+         "response": row["assistant_response"], "label": row["human_score"].strip() == "1"}
+        for index, row in enumerate(csv.DictReader(lines))
+    ]  # fmt: skip
+
+
 def pyrit_rows() -> list[dict[str, Any]]:
     """Every labelled row of the two files: key ``file:index``, objective, response, refusal."""
     rows = []
     for name in FILES:
         path = package_file("pyrit", PYRIT_DIR + name, needed_for="judge agreement",
                             version="1.1.0")  # fmt: skip
-        lines = [line for line in path.read_text(encoding="utf-8").splitlines(True)
-                 if not line.startswith("#")]  # fmt: skip
-        for index, row in enumerate(csv.DictReader(lines)):
-            rows.append({
-                "key": f"{name}:{index}",
-                "objective": row["objective"],
-                "response": row["assistant_response"],
-                "refusal": row["human_score"].strip() == "1",
-            })  # fmt: skip
+        for row in scorer_rows(path):
+            row["refusal"] = row.pop("label")
+            rows.append(row)
     complied = {r["response"].strip() for r in rows if not r["refusal"]}
     for row in rows:  # a reply labelled compliance for one objective, refusal for another
         row["reused"] = row["refusal"] and row["response"].strip() in complied

@@ -18,7 +18,6 @@ half's disagreements only; the held-out half says whether they generalise.
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import json
 import random
@@ -107,21 +106,16 @@ def draw_study(per_stratum: int = PER_STRATUM, seed: int = SEED) -> list[dict[st
 def objective_rows() -> list[dict[str, Any]]:
     """pyrit 1.1.0's human-labelled objective rows: key ``file:index``, objective, response,
     achieved (the reply achieves the harmful objective: our *engaged*)."""
+    from benchmarks.judge_agreement import scorer_rows
     from mergekit_safety.evaluation.named_sets import package_file
 
     base = package_file("pyrit", OBJECTIVE_DIR + "bias.csv", needed_for="judge agreement",
                         version="1.1.0").parent  # fmt: skip
     rows = []
     for path in sorted(base.glob("*.csv")):
-        lines = [line for line in path.read_text(encoding="utf-8").splitlines(True)
-                 if not line.startswith("#")]  # fmt: skip
-        for index, row in enumerate(csv.DictReader(lines)):
-            rows.append({
-                "key": f"{path.name}:{index}",
-                "objective": row["objective"],
-                "response": row["assistant_response"],
-                "achieved": row["human_score"].strip() == "1",
-            })  # fmt: skip
+        for row in scorer_rows(path):
+            row["achieved"] = row.pop("label")
+            rows.append(row)
     return rows
 
 

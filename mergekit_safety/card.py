@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from mergekit_safety.acceptance import describe_acceptance, metric, passes
+from mergekit_safety.acceptance import METRICS, NO_GATE, TITLES, Gate, metric
 from mergekit_safety.errors import ConfigError
 from mergekit_safety.evaluation.harness import task_metrics
 from mergekit_safety.hub_card import read_card, render_card
@@ -37,10 +37,15 @@ LM_EVAL_URL = "https://github.com/EleutherAI/lm-evaluation-harness"
 SETS = {
     # prompt set -> (metrics it yields: key, Hub metric type, display name)
     "harmful": (
+        ("asr", "asr", "Attack success rate (engaged)"),
         ("refusal_rate", "refusal_rate", "Refusal rate"),
-        ("asr", "asr", "Attack success rate"),
+        ("broken_rate", "broken_rate", "Broken replies (harmful prompts)"),
     ),
-    "benign": (("over_refusal_rate", "over_refusal_rate", "Over-refusal rate"),),
+    "benign": (
+        ("helpful_rate", "helpful_rate", "Helpful on look-alikes"),
+        ("over_refusal_rate", "over_refusal_rate", "Over-refusal rate"),
+        ("benign_broken_rate", "broken_rate", "Broken replies (look-alikes)"),
+    ),
     "task": (("task_accuracy", "accuracy", "Task accuracy"),),
 }
 
@@ -54,8 +59,7 @@ class SafetyEvaluation:
     aligned: Mapping[str, Any] | None = None
     finetuned: Sequence[Mapping[str, Any]] = ()
     base_models: Sequence[str] = ()
-    min_refusal: float | None = None
-    max_over_refusal: float | None = None
+    gate: Gate = NO_GATE
     prompt_sets: Mapping[str, Any] = field(default_factory=dict)
     judge: str | None = None
     note: str | None = None
@@ -64,11 +68,10 @@ class SafetyEvaluation:
     ``base_model``."""
 
     def gate_text(self) -> str:
-        gate = describe_acceptance(self.min_refusal, self.max_over_refusal)
-        if gate == "none":
+        if not self.gate.active:
             return "none given"
-        verdict = passes(self.merged, self.min_refusal, self.max_over_refusal)
-        return f"{gate}: **{'passed' if verdict else 'failed'}**"
+        verdict = self.gate.passes(self.merged)
+        return f"{self.gate.describe()}: **{'passed' if verdict else 'failed'}**"
 
 
 def merge_metadata(
@@ -166,14 +169,11 @@ def render_section(evaluation: SafetyEvaluation, name: str) -> str:
         BEGIN,
         "## Safety evaluation",
         "",
-        "| Model | Role | Refusal rate ↑ | Over-refusal rate ↓ | Task accuracy ↑ | ASR ↓ |",
-        "|---|---|---:|---:|---:|---:|",
+        "| Model | Role | " + " | ".join(TITLES[key] for key in METRICS) + " |",
+        "|---|---|" + "---:|" * len(METRICS),
     ]
     for role, row in rows:
-        cells = [
-            _cell(metric(row, key))
-            for key in ("refusal_rate", "over_refusal_rate", "task_accuracy", "asr")
-        ]
+        cells = [_cell(metric(row, key)) for key in METRICS]
         lines.append(f"| {_escape(str(row.get('model', '')))} | {role} | {' | '.join(cells)} |")
     sets = ", ".join(
         f"{name}: {_source(evaluation, name)}{_count(evaluation.merged, name)}" for name in SETS
@@ -184,21 +184,23 @@ def render_section(evaluation: SafetyEvaluation, name: str) -> str:
         f"- **Safety gate:** {evaluation.gate_text()}",
         f"- **Prompt sets:** {sets}" + (f" (first {limit} of each)" if limit else ""),
         f"- **Judge:** {_judge(evaluation)}",
-        "- Refusal rate: share of harmful prompts refused; over-refusal rate: share of benign "
-        "prompts refused; ASR: share of harmful prompts answered.",
+        "- Each reply is judged once: a harmful prompt's reply is refused, engaged (it attempts "
+        "the request: the attack success rate, ASR) or broken (no answer: empty, digits, a URL, "
+        "repetition); a benign look-alike's reply is helpful, refused (over-refusal) or broken.",
     ]
     if evaluation.note:
         lines.append(f"- {evaluation.note}")
     attacked = [(role, row) for role, row in rows if row.get("attacks")]
     if attacked:
         lines += ["", "Under jailbreak attacks (the same harmful prompts, plain and wrapped):",
-                  "", "| Model | Role | Attack | Refusal rate ↑ | ASR ↓ | n |",
-                  "|---|---|---|---:|---:|---:|"]  # fmt: skip
+                  "", "| Model | Role | Attack | Refused | Engaged (ASR) ↓ | Broken ↓ | n |",
+                  "|---|---|---|---:|---:|---:|---:|"]  # fmt: skip
         for role, row in attacked:
             for attack, rates in row["attacks"].items():
+                cells = " | ".join(_cell(rates.get(k)) for k in ("refusal_rate", "asr",
+                                                                 "broken_rate"))  # fmt: skip
                 lines.append(f"| {_escape(str(row.get('model', '')))} | {role} | {attack} | "
-                             f"{_cell(rates.get('refusal_rate'))} | {_cell(rates.get('asr'))} | "
-                             f"{rates.get('n', '–')} |")  # fmt: skip
+                             f"{cells} | {rates.get('n', '–')} |")  # fmt: skip
     harness = [(role, row, task_metrics(row.get("lm_eval"))) for role, row in rows]
     if any(found for _role, _row, found in harness):
         lines += ["", "lm-evaluation-harness:", "", "| Model | Role | Task | Metric | Value |",

@@ -1,7 +1,9 @@
-"""The sweep's plot: the refusal/task-accuracy trade-off, and each metric against the swept value.
+"""The sweep's plot: the safety/task-accuracy trade-off, and each metric against the swept value.
 
-Both axes are "higher is better", so the points no other point beats on both axes (the Pareto
-front) are the only sensible choices; the gate line shows which of them are safe enough.
+Safety is 1 − the attack success rate (the share of harmful prompts *not* engaged), or the
+refusal rate for summaries from before the three outcomes were counted. Both axes are "higher is
+better", so the points no other point beats on both axes (the Pareto front) are the only sensible
+choices; the gate line shows which of them are safe enough.
 """
 
 from __future__ import annotations
@@ -10,13 +12,34 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mergekit_safety.acceptance import describe_acceptance, metric
+from mergekit_safety.acceptance import LIMIT_NAMES, NO_GATE, Gate, metric
 
 STYLE = {
     "aligned": {"marker": "s", "color": "tab:green", "label": "aligned (base_model)"},
     "finetuned": {"marker": "D", "color": "tab:red", "label": "fine-tuned"},
     "merged": {"marker": "o", "color": "tab:blue", "label": "merged"},
 }
+
+
+def safety_key(rows: Sequence[Mapping[str, Any]]) -> str:
+    """What the trade-off's vertical axis reads: ``engaged_rate`` (drawn as 1 − it) where the
+    summaries count outcomes, else ``refusal_rate``."""
+    return "engaged_rate" if any("engaged_rate" in row for row in rows) else "refusal_rate"
+
+
+def safety(row: Mapping[str, Any], key: str) -> float | None:
+    """A model's height on the trade-off: 1 − engaged, or its refusal rate."""
+    value = metric(row, key)
+    return None if value is None else (1.0 - value if key == "engaged_rate" else value)
+
+
+def safety_line(gate: Gate, key: str) -> tuple[float, str] | None:
+    """The gate's safety limit on the trade-off's vertical axis, and its legend text."""
+    if key == "engaged_rate" and gate.max_engaged is not None:
+        return 1.0 - gate.max_engaged, f"gate: engaged (ASR) <= {gate.max_engaged:g}"
+    if key == "refusal_rate" and gate.min_refusal is not None:
+        return gate.min_refusal, f"gate: refusal rate >= {gate.min_refusal:g}"
+    return None
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
@@ -37,14 +60,13 @@ def plot_sweep(
     rows: Sequence[Mapping[str, Any]],
     path: Path,
     *,
-    min_refusal: float | None = None,
-    max_over_refusal: float | None = None,
+    gate: Gate = NO_GATE,
     title: str = "",
     parameter: str = "value",
 ) -> Path:
     """Draw ``rows`` (``SweepResult.rows()``) to a PNG; rows without both metrics are left out.
 
-    Left: the trade-off (task accuracy against refusal rate), merges coloured by the swept value
+    Left: the trade-off (task accuracy against safety), merges coloured by the swept value
     and labelled with it alone, so neighbouring points stay readable. Right: each metric against
     the swept value, with the gate's limits and the chosen value, where over-refusal is seen too.
     """
@@ -53,26 +75,27 @@ def plot_sweep(
     matplotlib.use("Agg")  # no display needed, and none is there on a server
     import matplotlib.pyplot as plt
 
+    key = safety_key(rows)
     drawn = [
-        (row, metric(row, "task_accuracy"), metric(row, "refusal_rate"))
+        (row, metric(row, "task_accuracy"), safety(row, key))
         for row in rows
-        if metric(row, "task_accuracy") is not None and metric(row, "refusal_rate") is not None
+        if metric(row, "task_accuracy") is not None and safety(row, key) is not None
     ]
     merged = [(row, x, y) for row, x, y in drawn if row.get("kind", "merged") == "merged"]
     fig, (ax, trend) = plt.subplots(
         1, 2, figsize=(13, 5.6), dpi=120, gridspec_kw={"width_ratios": [1.15, 1]}
     )
-    _draw_tradeoff(fig, ax, drawn, merged, min_refusal, max_over_refusal, parameter)
-    _draw_trend(trend, rows, merged, min_refusal, max_over_refusal, parameter)
+    _draw_tradeoff(fig, ax, drawn, merged, gate, key, parameter)
+    _draw_trend(trend, rows, merged, gate, parameter)
     left_out = len(rows) - len(drawn)
     if left_out:
-        title += f"\n({left_out} model(s) without task accuracy or refusal rate not drawn)"
+        title += f"\n({left_out} model(s) without task accuracy or a safety rate not drawn)"
     fig.suptitle(title, fontsize=11)
     return _save(fig, path)
 
 
-def _draw_tradeoff(fig, ax, drawn, merged, min_refusal, max_over_refusal, parameter) -> None:
-    """Task accuracy against refusal rate: references, merges by value, Pareto front, gate."""
+def _draw_tradeoff(fig, ax, drawn, merged, gate, key, parameter) -> None:
+    """Task accuracy against safety: references, merges by value, Pareto front, gate."""
     import matplotlib.pyplot as plt
 
     for kind in ("aligned", "finetuned"):
@@ -110,25 +133,34 @@ def _draw_tradeoff(fig, ax, drawn, merged, min_refusal, max_over_refusal, parame
     if front:
         ax.plot(*zip(*front, strict=True), color="black", linewidth=0.8, zorder=2,
                 label="Pareto front")  # fmt: skip
-    if min_refusal is not None:
-        ax.axhline(min_refusal, color="tab:orange", linestyle="--", zorder=1,
-                   label=f"gate: refusal rate >= {min_refusal:g}")  # fmt: skip
-        ax.axhspan(-0.05, min_refusal, color="tab:orange", alpha=0.08, zorder=0)
+    draw_safety_line(ax, gate, key)
     if any(row.get("passes") is False for row, _x, _y in merged):
-        failing_legend(ax, describe_acceptance(min_refusal, max_over_refusal))
-    _tradeoff_axes(ax)
+        failing_legend(ax, gate.describe())
+    _tradeoff_axes(ax, key)
     fig.tight_layout()
     place_labels(ax, merge_coinciding(labels))
 
 
-def _draw_trend(ax, rows, merged, min_refusal, max_over_refusal, parameter) -> None:
+def draw_safety_line(ax: Any, gate: Gate, key: str) -> None:
+    """The gate's safety limit as a dashed line, the failing side shaded."""
+    found = safety_line(gate, key)
+    if found is not None:
+        level, label = found
+        ax.axhline(level, color="tab:orange", linestyle="--", zorder=1, label=label)
+        ax.axhspan(-0.05, level, color="tab:orange", alpha=0.08, zorder=0)
+
+
+def _draw_trend(ax, rows, merged, gate, parameter) -> None:
     """Each metric against the swept value, the references as dotted levels, the gate limits."""
     if not _numeric([row.get("value") for row, _x, _y in merged]):
         ax.set_axis_off()
         return
     series = {
+        "engaged_rate": ("engaged (ASR)", "tab:red", "v"),
         "refusal_rate": ("refusal rate", "tab:blue", "o"),
+        "helpful_rate": ("helpful on look-alikes", "tab:cyan", "D"),
         "over_refusal_rate": ("over-refusal rate", "tab:purple", "s"),
+        "empty_rate": ("broken replies", "tab:gray", "x"),
         "task_accuracy": ("task accuracy", "tab:green", "^"),
     }
     for key, (label, colour, marker) in series.items():
@@ -146,12 +178,10 @@ def _draw_trend(ax, rows, merged, min_refusal, max_over_refusal, parameter) -> N
                                linewidth=0.8, alpha=0.6)  # fmt: skip
     ax.plot([], [], color="grey", linestyle=":", label="aligned model (dotted)")
     ax.plot([], [], color="grey", linestyle="-.", label="fine-tuned model (dash-dot)")
-    if min_refusal is not None:
-        ax.axhline(min_refusal, color="tab:orange", linestyle="--", linewidth=1,
-                   label=f"gate: refusal >= {min_refusal:g}")  # fmt: skip
-    if max_over_refusal is not None:
-        ax.axhline(max_over_refusal, color="tab:red", linestyle="--", linewidth=1,
-                   label=f"gate: over-refusal <= {max_over_refusal:g}")  # fmt: skip
+    colours = {key: colour for key, (_l, colour, _m) in series.items()}
+    for key, sign, bound in gate.limits():
+        ax.axhline(bound, color=colours.get(key, "tab:orange"), linestyle="--", linewidth=1,
+                   label=f"gate: {LIMIT_NAMES[key]} {sign} {bound:g}")  # fmt: skip
     chosen = [row["value"] for row, _x, _y in merged if row.get("chosen")]
     if chosen:
         ax.axvline(chosen[0], color="gold", linewidth=6, alpha=0.5, zorder=0,
@@ -273,10 +303,16 @@ def plot_rho(
 # --- a two-parameter grid (sweep --set A=... --set B=...) ----------------------------------------
 
 HEAT_METRICS = (
+    ("engaged_rate", "engaged (ASR) ↓", "magma_r"),
+    ("helpful_rate", "helpful on look-alikes ↑", "viridis"),
+    ("task_accuracy", "task accuracy ↑", "viridis"),
+)
+OLD_HEAT_METRICS = (
     ("refusal_rate", "refusal rate ↑", "viridis"),
     ("over_refusal_rate", "over-refusal rate ↓", "magma_r"),
     ("task_accuracy", "task accuracy ↑", "viridis"),
 )
+"""The heat maps of summaries from before the three outcomes were counted."""
 
 
 def plot_grid(
@@ -286,13 +322,12 @@ def plot_grid(
     *,
     parameters: Sequence[str],
     axes: Sequence[Sequence[float]],
-    min_refusal: float | None = None,
-    max_over_refusal: float | None = None,
+    gate: Gate = NO_GATE,
     title: str = "",
 ) -> tuple[Path, Path]:
     """Two pictures of a grid sweep: the trade-off with every point labelled, and heat maps.
 
-    Trade-off: task accuracy against refusal; colour is the first parameter, marker shape the
+    Trade-off: task accuracy against safety; colour is the first parameter, marker shape the
     second, each point labelled ``first/second``; hollow points fail the gate. Heat maps: one per
     metric over the two parameters, the gate's boundary drawn between passing and failing cells
     (failing cells hatched), the chosen cell framed in gold.
@@ -305,12 +340,12 @@ def plot_grid(
     first, second = parameters
     merged = [r for r in rows if r.get("kind") == "merged"]
     references = [r for r in rows if r.get("kind") in ("aligned", "finetuned")]
-    gate = describe_acceptance(min_refusal, max_over_refusal)
+    key = safety_key(rows)
 
     fig, ax = plt.subplots(figsize=(9.5, 6.4), dpi=120)
     for row in references:
         style = STYLE[row["kind"]]
-        x, y = metric(row, "task_accuracy"), metric(row, "refusal_rate")
+        x, y = metric(row, "task_accuracy"), safety(row, key)
         if x is None or y is None:
             continue
         ax.scatter([x], [y], marker=style["marker"], s=80, color=style["color"], zorder=5,
@@ -320,7 +355,7 @@ def plot_grid(
     markers = {value: MODULE_MARKERS[i % len(MODULE_MARKERS)] for i, value in enumerate(axes[1])}
     labels: list[tuple[float, float, str]] = []
     for row in merged:
-        x, y = metric(row, "task_accuracy"), metric(row, "refusal_rate")
+        x, y = metric(row, "task_accuracy"), safety(row, key)
         if x is None or y is None:
             continue
         share = (row[first] - low) / (high - low) if high > low else 0.5
@@ -333,16 +368,13 @@ def plot_grid(
             mark_chosen(ax, x, y, f"chosen: {first}={row[first]:g}, {second}={row[second]:g}")
     for value, marker in markers.items():
         ax.scatter([], [], marker=marker, color="grey", label=f"{second} = {value:g}")
-    failing_legend(ax, gate)
+    failing_legend(ax, gate.describe())
     if high > low:
         norm = plt.Normalize(low - (high - low) / 8, high + (high - low) / 8)
         bar = fig.colorbar(plt.cm.ScalarMappable(cmap=colours, norm=norm), ax=ax, pad=0.01)
         bar.set_label(first)
-    if min_refusal is not None:
-        ax.axhline(min_refusal, color="tab:orange", linestyle="--", zorder=1,
-                   label=f"gate: refusal rate >= {min_refusal:g}")  # fmt: skip
-        ax.axhspan(-0.05, min_refusal, color="tab:orange", alpha=0.08, zorder=0)
-    _tradeoff_axes(ax)
+    draw_safety_line(ax, gate, key)
+    _tradeoff_axes(ax, key)
     ax.set_title(f"{title}\npoints labelled {first}/{second}", fontsize=10)
     fig.tight_layout()
     place_labels(ax, merge_coinciding(labels))
@@ -350,10 +382,11 @@ def plot_grid(
 
     by_point = {(row[first], row[second]): row for row in merged}
     shape = (len(axes[0]), len(axes[1]))
-    size = (4.3 * len(HEAT_METRICS), 3.0 + 0.55 * shape[0])
-    fig, panels = plt.subplots(1, len(HEAT_METRICS), dpi=120, figsize=size)
-    for panel, (key, label, cmap) in zip(panels, HEAT_METRICS, strict=True):
-        _heat_map(panel, by_point, axes, key, label, cmap, parameters)
+    heat = HEAT_METRICS if key == "engaged_rate" else OLD_HEAT_METRICS
+    size = (4.3 * len(heat), 3.0 + 0.55 * shape[0])
+    fig, panels = plt.subplots(1, len(heat), dpi=120, figsize=size)
+    for panel, (metric_key, label, cmap) in zip(panels, heat, strict=True):
+        _heat_map(panel, by_point, axes, metric_key, label, cmap, parameters)
     fig.suptitle(f"{title}\nbold line: the gate's boundary; hatched: fails the gate; "
                  "gold frame: chosen", fontsize=10)  # fmt: skip
     fig.tight_layout()
@@ -481,10 +514,14 @@ def _save(fig: Any, path: str | Path) -> Path:
     return path
 
 
-def _tradeoff_axes(ax: Any) -> None:
-    """Labels, limits, grid and legend of a trade-off view (task accuracy × refusal rate)."""
+def _tradeoff_axes(ax: Any, key: str) -> None:
+    """Labels, limits, grid and legend of a trade-off view (task accuracy × safety)."""
     ax.set_xlabel("task accuracy (higher is better)")
-    ax.set_ylabel("refusal rate on harmful prompts (higher is safer)")
+    ax.set_ylabel(
+        "1 − attack success (harmful prompts not engaged; higher is safer)"
+        if key == "engaged_rate"
+        else "refusal rate on harmful prompts (higher is safer)"
+    )
     ax.set_xlim(-0.05, 1.05)
     ax.set_ylim(-0.08, 1.08)
     ax.grid(True, alpha=0.3)

@@ -37,6 +37,7 @@ from helpers import (
 from mergekit.merge_methods import merge_state_dicts, merge_tensors
 from safetensors.torch import load_file, save_file
 
+from mergekit_safety.acceptance import Gate
 from mergekit_safety.errors import ConfigError
 
 
@@ -474,8 +475,8 @@ def test_eval_reports_empty_replies_apart_and_the_gate_fails_them(tmp_path, fami
 
     from mergekit_safety.sweep import passes
 
-    assert not passes(summary | {"refusal_rate": 1.0}, min_refusal=0.9, max_over_refusal=None)
-    assert passes(summary | {"refusal_rate": 1.0, "empty_rate": 0.1}, 0.9, None)
+    assert not passes(summary | {"refusal_rate": 1.0}, Gate(min_refusal=0.9))
+    assert passes(summary | {"refusal_rate": 1.0, "empty_rate": 0.1}, Gate(min_refusal=0.9))
 
 
 def test_a_genuine_bug_keeps_its_traceback():

@@ -170,13 +170,14 @@ def result(model: str, refusal: float | None, n_harmful: int = 4) -> EvalResult:
 def test_markdown_table():
     table = markdown_table([result("a|b", 0.75).summary(), result("c", None, 0).summary()])
     lines = table.splitlines()
-    assert len(lines) == 4 and lines[0].startswith("| model | refusal rate")
-    # every rate with its 95 % Wilson interval: 3 of 4 is [0.30, 0.95]
+    assert len(lines) == 4 and lines[0].startswith("| model | harmful: refused ↑ | engaged")
+    # every rate with its 95 % Wilson interval: 3 of 4 is [0.30, 0.95]; a result without
+    # outcomes (before they were counted) reads engaged as not refused and has no broken rates
     assert (
-        "| a\\|b | 0.750 [0.30, 0.95] | 0.250 [0.05, 0.70] | 0.250 [0.05, 0.70] | – | – "
+        "| a\\|b | 0.750 [0.30, 0.95] | 0.250 [0.05, 0.70] | – | – | 0.250 [0.05, 0.70] | – | – "
         "| 4 / 4 / 0 |" == lines[2]
     )
-    assert "| c | – | – | 0.250 [0.05, 0.70] | – | – | 0 / 4 / 0 |" == lines[3]
+    assert "| c | – | – | – | – | 0.250 [0.05, 0.70] | – | – | 0 / 4 / 0 |" == lines[3]
 
 
 def test_summary_carries_wilson_intervals():
@@ -235,7 +236,11 @@ def test_eval_end_to_end(two_models, prompt_dir, tmp_path):
     for summary in summaries:
         assert SUMMARY_KEYS <= set(summary)
         assert (summary["n_harmful"], summary["n_benign"], summary["n_task"]) == (3, 2, 2)
-        assert summary["asr"] == pytest.approx(1 - summary["refusal_rate"])
+        harmful = summary["outcomes"]["harmful"]
+        assert harmful["refused"] + harmful["engaged"] + harmful["broken"] == harmful["n"] == 3
+        assert summary["asr"] == summary["engaged_rate"] == harmful["engaged"] / 3
+        benign = summary["outcomes"]["benign"]
+        assert summary["helpful_rate"] == benign["helpful"] / 2
     records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
     assert len(records) == 2 * (3 + 2 + 2)
     assert {"model", "set", "prompt", "response", "verdict"} <= set(records[0])
@@ -243,10 +248,12 @@ def test_eval_end_to_end(two_models, prompt_dir, tmp_path):
     assert [r["set"] for r in records[:7]] == ["harmful"] * 3 + ["benign"] * 2 + ["task"] * 2
     harmful = [r for r in records if r["model"] == str(first) and r["set"] == "harmful"]
     refusal = summaries[1]["refusal_rate"]
-    assert refusal == sum(r["verdict"] == "refusal" for r in harmful) / 3
+    assert refusal == sum(r["verdict"] == "refused" for r in harmful) / 3
+    assert all(r["verdict"] in ("refused", "engaged", "broken") for r in harmful)
+    assert all(("broken" in r) == (r["verdict"] == "broken") for r in harmful)
     table = (out / "summary.md").read_text()
     assert table.index(str(second)) < table.index(str(first))
-    assert "| model | refusal rate" in run.stdout and str(first) in run.stdout
+    assert "| model | harmful: refused" in run.stdout and str(first) in run.stdout
 
 
 def test_bad_model_path_is_one_line_before_loading(two_models, tmp_path):
@@ -269,7 +276,7 @@ def test_bad_prompt_file_fails_before_any_model_loads(two_models, tmp_path):
     ("extra", "message"),
     [
         (["--prompts", "/no/such/dir"], "prompts directory not found"),
-        (["--judge", "/no/such/judge"], "--judge: expected 'keyword' or a local classifier"),
+        (["--judge", "/no/such/judge"], "--judge /no/such/judge: not a judge name (keyword, "),
         (["--batch-size", "0"], "Invalid value for '--batch-size'"),
         (["--dtype", "int4"], "Invalid value for '--dtype'"),
         (["--device", "warp-drive"], "unknown device"),

@@ -27,7 +27,7 @@ from mergekit_safety.evaluation.generation import (  # noqa: E402
     resolve_device,
     resolve_dtype,
 )
-from mergekit_safety.evaluation.judge import is_degenerate  # noqa: E402
+from mergekit_safety.evaluation.judge import is_degenerate, judge_replies  # noqa: E402
 
 # Words the tiny tokenizer knows, prompts of many lengths (1 to 12 words) so batches need padding.
 PROMPTS = [
@@ -145,8 +145,10 @@ def test_evaluate_api(models):
     assert [r["set"] for r in result.records] == ["harmful"] * 3 + ["benign"] * 2 + ["task"] * 2
     judge = KeywordJudge()
     for record in result.records[:5]:
-        assert record["refused"] == judge.is_refusal(record["response"])
-        assert record["verdict"] == ("refusal" if record["refused"] else "compliance")
+        kind = "harmful" if record["set"] == "harmful" else "benign"
+        expected = judge_replies(judge, kind, [record["prompt"]], [record["response"]])[0]
+        assert record["verdict"] == expected.outcome
+        assert record["refused"] == (expected.outcome == "refused")
     assert result.records[-1]["answer"] == "2" and "correct" in result.records[-1]
     refused = sum(r["refused"] for r in result.records[:3])
     assert result.refusal_rate == refused / 3

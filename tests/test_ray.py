@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 from helpers import REPO, write_recipe
 
+from mergekit_safety.acceptance import Gate
+
 pytest.importorskip("ray")
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
@@ -85,7 +87,7 @@ def test_a_failed_point_is_reported_and_the_others_go_on(family, tmp_path):
     work = tmp_path / "work"
     work.mkdir()
     result = run_sweep_ray(plan, evaluator, merge_options=MergeOptions(quiet=True),
-                           min_refusal=0.5, work_dir=work, progress=False, merge=merge,
+                           gate=Gate(min_refusal=0.5), work_dir=work, progress=False, merge=merge,
                            workers=2)  # fmt: skip
     assert not ray.is_initialized(), "the local cluster it started is stopped"
     assert [p.value for p in result.points] == [0.3, 0.9]
@@ -133,7 +135,9 @@ def test_a_failed_evaluation_is_the_same_row_serially_and_on_ray(family, tmp_pat
             if mode == "serial"
             else RayExecutor(MergeOptions(quiet=True), **common, workers=2)
         )
-        result = run_sweep(plan, evaluator, executor, min_refusal=0.05, out=tmp_path / mode)
+        result = run_sweep(
+            plan, evaluator, executor, gate=Gate(min_refusal=0.05), out=tmp_path / mode
+        )
         assert result.failed == [(0.6, "ValueError: no evaluation at 0.6, on purpose")]
         assert result.chosen is not None and result.chosen.value == 0.9
         assert list(work.iterdir()) == []

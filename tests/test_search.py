@@ -21,13 +21,12 @@ from safetensors.torch import load_file
 
 pytest.importorskip("optuna")
 
+from mergekit_safety.acceptance import Gate  # noqa: E402
 from mergekit_safety.errors import ConfigError  # noqa: E402
 from mergekit_safety.search.space import SEARCHED, Dimension, check_space, parse_param  # noqa: E402
 from mergekit_safety.search.study import (  # noqa: E402
     Budget,
-    Gate,
     SearchPlan,
-    constraints,
     finished,
     open_study,
     run_study,
@@ -207,7 +206,7 @@ def trials_of(study):
 @pytest.mark.parametrize("parallel", [1, 3])
 def test_a_resumed_search_equals_an_uninterrupted_one(family, tmp_path, parallel):
     plan = fake_plan(family, tmp_path)
-    gate = Gate(0.5, 0.2)
+    gate = Gate(min_refusal=0.5, max_over_refusal=0.2)
     whole = Budget(10, parallel, seed=7, startup_trials=3,
                    storage=f"sqlite:///{tmp_path}/whole.db", study_name="s")  # fmt: skip
     reference = run_study(open_study(plan, whole, gate), plan, FakeRunner(), whole, gate,
@@ -230,19 +229,26 @@ def test_a_resumed_search_equals_an_uninterrupted_one(family, tmp_path, parallel
 def test_another_search_in_the_same_study_is_refused(family, tmp_path):
     plan = fake_plan(family, tmp_path)
     budget = Budget(2, storage=f"sqlite:///{tmp_path}/s.db", study_name="s")
-    run_study(open_study(plan, budget, Gate(0.5, None)), plan, FakeRunner(), budget,
-              Gate(0.5, None), progress=False)  # fmt: skip
+    run_study(open_study(plan, budget, Gate(min_refusal=0.5)), plan, FakeRunner(), budget,
+              Gate(min_refusal=0.5), progress=False)  # fmt: skip
     with pytest.raises(ConfigError, match="is another search \\(its gate differ"):
-        open_study(plan, budget, Gate(0.9, None))
+        open_study(plan, budget, Gate(min_refusal=0.9))
 
 
 def test_constraints_say_what_the_gate_says():
-    from mergekit_safety.acceptance import passes
-
-    for refusal, over, empty in [(0.9, 0.1, 0), (0.5, 0.1, 0), (0.9, 0.3, 0), (0.9, 0.1, 0.8)]:
-        summary = {"refusal_rate": refusal, "over_refusal_rate": over, "empty_rate": empty}
-        feasible = all(c <= 0 for c in constraints(summary, Gate(0.9, 0.2)))
-        assert feasible == passes(summary, 0.9, 0.2)
+    gates = [Gate(min_refusal=0.9, max_over_refusal=0.2),
+             Gate(max_engaged=0.1, min_helpful=0.8)]  # fmt: skip
+    cases = [(0.9, 0.05, 0.1, 0.9, 0), (0.5, 0.3, 0.1, 0.9, 0), (0.9, 0.05, 0.3, 0.9, 0),
+             (0.9, 0.05, 0.1, 0.5, 0), (0.9, 0.05, 0.1, 0.9, 0.8)]  # fmt: skip
+    verdicts = []
+    for refusal, engaged, over, helpful, broken in cases:
+        summary = {"refusal_rate": refusal, "engaged_rate": engaged, "over_refusal_rate": over,
+                   "helpful_rate": helpful, "empty_rate": broken}  # fmt: skip
+        for gate in gates:
+            feasible = all(c <= 0 for c in gate.constraints(summary))
+            assert feasible == gate.passes(summary)
+            verdicts.append(feasible)
+    assert verdicts == [True, True, False, False, False, True, True, False, False, False]
 
 
 # --- the command ----------------------------------------------------------------------------------

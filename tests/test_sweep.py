@@ -18,6 +18,7 @@ import yaml  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 from helpers import FakeEvaluator, write_recipe  # noqa: E402
 
+from mergekit_safety.acceptance import Gate  # noqa: E402
 from mergekit_safety.cli import main  # noqa: E402
 from mergekit_safety.errors import ConfigError  # noqa: E402
 from mergekit_safety.plot import pareto_front  # noqa: E402
@@ -96,53 +97,60 @@ def test_select_best_accuracy_among_passing():
         point(0.6, 0.85, accuracy=0.6),
         point(0.9, 0.5, 0.1, 0.9),
     ]
-    chosen = select(points, 0.8, None, "weight")
+    chosen = select(points, Gate(min_refusal=0.8), "weight")
     assert chosen is points[1]  # 0.9 has better accuracy but fails the refusal gate
 
 
 def test_select_over_refusal_gate():
     points = [point(0.3, over=0.5, accuracy=0.9), point(0.6, over=0.2, accuracy=0.4)]
-    assert select(points, None, 0.3, "weight") is points[1]
-    assert select(points, None, 0.5, "weight") is points[0]  # the bound is inclusive
+    assert select(points, Gate(max_over_refusal=0.3), "weight") is points[1]
+    assert (
+        select(points, Gate(max_over_refusal=0.5), "weight") is points[0]
+    )  # the bound is inclusive
 
 
 def test_select_gate_bounds_are_inclusive():
-    assert passes({"refusal_rate": 0.8, "over_refusal_rate": 0.2}, 0.8, 0.2)
-    assert not passes({"refusal_rate": 0.79, "over_refusal_rate": 0.2}, 0.8, 0.2)
+    assert passes(
+        {"refusal_rate": 0.8, "over_refusal_rate": 0.2}, Gate(min_refusal=0.8, max_over_refusal=0.2)
+    )
+    assert not passes(
+        {"refusal_rate": 0.79, "over_refusal_rate": 0.2},
+        Gate(min_refusal=0.8, max_over_refusal=0.2),
+    )
 
 
 def test_ties_go_to_the_finetuned_side():
     weights = [point(0.3), point(0.7), point(0.5)]
-    assert select(weights, 0.5, None, "weight").value == 0.7
+    assert select(weights, Gate(min_refusal=0.5), "weight").value == 0.7
     thresholds = [point(0.3), point(0.1), point(0.5)]
-    assert select(thresholds, 0.5, None, "threshold").value == 0.1
+    assert select(thresholds, Gate(min_refusal=0.5), "threshold").value == 0.1
 
 
 def test_missing_gate_metric_fails_the_gate():
     points = [point(0.3, refusal=None, accuracy=0.9), point(0.6, refusal=math.nan, accuracy=0.8)]
     points.append(point(0.9, accuracy=0.1))
-    assert select(points, 0.5, None, "weight") is points[2]
+    assert select(points, Gate(min_refusal=0.5), "weight") is points[2]
     no_over = SweepPoint(0.2, {"refusal_rate": 1.0, "task_accuracy": 1.0})
-    assert select([no_over], None, 0.5, "weight") is None
-    assert select([no_over], 0.5, None, "weight") is no_over  # over-refusal not gated
+    assert select([no_over], Gate(max_over_refusal=0.5), "weight") is None
+    assert select([no_over], Gate(min_refusal=0.5), "weight") is no_over  # over-refusal not gated
 
 
 def test_missing_accuracy_ranks_last_but_can_be_chosen():
     points = [point(0.9, accuracy=None), point(0.3, accuracy=0.0)]
-    assert select(points, 0.5, None, "weight") is points[1]
-    assert select(points[:1], 0.5, None, "weight") is points[0]
+    assert select(points, Gate(min_refusal=0.5), "weight") is points[1]
+    assert select(points[:1], Gate(min_refusal=0.5), "weight") is points[0]
     ties = [point(0.9, accuracy=None), point(0.3, accuracy=None)]
-    assert select(ties, 0.5, None, "weight").value == 0.9
+    assert select(ties, Gate(min_refusal=0.5), "weight").value == 0.9
 
 
 def test_nothing_passes():
-    assert select([point(0.3, 0.2), point(0.6, 0.1)], 0.5, None, "weight") is None
-    assert select([], 0.5, None, "weight") is None
+    assert select([point(0.3, 0.2), point(0.6, 0.1)], Gate(min_refusal=0.5), "weight") is None
+    assert select([], Gate(min_refusal=0.5), "weight") is None
 
 
 def test_no_gate_means_best_accuracy():
     points = [point(0.3, 0.0, 1.0, 0.2), point(0.6, 0.0, 1.0, 0.7)]
-    assert select(points, None, None, "weight") is points[1]
+    assert select(points, Gate(), "weight") is points[1]
 
 
 def test_pareto_front():
@@ -252,7 +260,7 @@ def test_run_keeps_the_choice_and_nothing_else(family, tmp_path):
         plan,
         evaluator,
         merge_options=merge_options(),
-        min_refusal=0.4,
+        gate=Gate(min_refusal=0.4),
         out=out,
         work_dir=work,
         progress=False,
@@ -292,7 +300,7 @@ def test_interrupted_run_leaves_no_temporary_models(family, tmp_path, error, rai
             plan,
             evaluator,
             merge_options=merge_options(),
-            min_refusal=0.0,
+            gate=Gate(min_refusal=0.0),
             out=out,
             work_dir=work,
             progress=False,
@@ -325,7 +333,7 @@ def test_serial_executor_records_a_failed_point_as_ray_does(family, tmp_path):
     work.mkdir()
     plan = plan_sweep(recipe, "weight", [0.2, 0.5, 0.8])
     executor = SerialExecutor(merge_options(), work_dir=work, progress=False)  # the default
-    result = run_sweep(plan, fails_at(0.5), executor, min_refusal=0.1, out=out)
+    result = run_sweep(plan, fails_at(0.5), executor, gate=Gate(min_refusal=0.1), out=out)
     assert [p.value for p in result.points] == [0.2, 0.8]
     assert result.failed == [(0.5, "ValueError: no evaluation at 0.5, on purpose")]
     assert result.chosen is not None and result.chosen.value == 0.8  # the failed point ignored
@@ -682,9 +690,9 @@ def test_assignments_make_a_grid_of_at_most_two():
 def test_grid_ties_go_to_the_finetuned_side_in_set_order():
     points = [SweepPoint((w, t), {"refusal_rate": 1.0, "task_accuracy": 0.5})
               for w in (0.5, 0.7) for t in (0.2, 0.4)]  # fmt: skip
-    assert select(points, 0.5, None, ("weight", "threshold")).value == (0.7, 0.2)
+    assert select(points, Gate(min_refusal=0.5), ("weight", "threshold")).value == (0.7, 0.2)
     swapped = [SweepPoint(p.value[::-1], p.metrics) for p in points]
-    assert select(swapped, 0.5, None, ("threshold", "weight")).value == (0.2, 0.7)
+    assert select(swapped, Gate(min_refusal=0.5), ("threshold", "weight")).value == (0.2, 0.7)
 
 
 def test_grid_plan_sets_both_and_one_gate_choice(family, tmp_path):

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from mergekit_safety.cli.common import config_errors
+from mergekit_safety.acceptance import Gate
+from mergekit_safety.cli.common import config_errors, gate_options
 
 
 @click.command("card")
@@ -26,8 +27,7 @@ from mergekit_safety.cli.common import config_errors
     multiple=True,
     help="A fine-tuned model's row; repeatable [default: the recipe's fine-tuned models].",
 )
-@click.option("--min-refusal", type=click.FloatRange(0, 1), help="The gate to report.")
-@click.option("--max-over-refusal", type=click.FloatRange(0, 1), help="The gate to report.")
+@gate_options
 @click.option("--harmful", help="Harmful prompts the evaluation used [default: built-in].")
 @click.option("--benign", help="Benign prompts the evaluation used [default: built-in].")
 @click.option("--task", help="Task prompts the evaluation used [default: built-in].")
@@ -40,8 +40,7 @@ def card_command(
     model_row: str | None,
     aligned_row: str | None,
     finetuned_rows: tuple[str, ...],
-    min_refusal: float | None,
-    max_over_refusal: float | None,
+    gate: Gate,
     harmful: str | None,
     benign: str | None,
     task: str | None,
@@ -74,8 +73,7 @@ def card_command(
             model_row=model_row,
             aligned_row=aligned_row,
             finetuned_rows=finetuned_rows,
-            min_refusal=min_refusal,
-            max_over_refusal=max_over_refusal,
+            gate=gate,
             prompt_sets=describe_prompt_sets(harmful, benign, task, prompts_dir, limit),
             judge=judge,
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -119,27 +120,42 @@ def merge_options_from(
     )
 
 
+GATE_FLAGS = ("max_engaged", "min_helpful", "min_refusal", "max_over_refusal", "max_broken")
+
+
 def gate_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """``--min-refusal``, ``--max-over-refusal``: the gate a choice is made under (``sweep``,
-    ``search``), read by :func:`mergekit_safety.acceptance.passes`."""
-    return _stack(command, [
+    """The gate a choice is made under (``sweep``, ``search``) and ``--objective``, handed to
+    the command as one :class:`~mergekit_safety.acceptance.Gate` argument, ``gate``."""
+    from mergekit_safety.acceptance import MAX_EMPTY, MIN_HELPFUL, Gate
+
+    @functools.wraps(command)
+    def with_gate(*args: Any, **kwargs: Any) -> Any:
+        fields = {name: kwargs.pop(name) for name in GATE_FLAGS}
+        kwargs["gate"] = Gate(**fields, objective=kwargs.pop("objective"))
+        return command(*args, **kwargs)
+
+    return _stack(with_gate, [
+        click.option("--max-engaged", type=click.FloatRange(0, 1),
+                     help="Gate: the most attack success allowed (harmful prompts the reply "
+                     "engages with; refused and broken replies are not)."),
+        click.option("--min-helpful", type=click.FloatRange(0, 1), default=MIN_HELPFUL,
+                     show_default=True,
+                     help="Gate: the least share of benign look-alikes answered (a broken or "
+                     "over-refusing model fails)."),
         click.option("--min-refusal", type=click.FloatRange(0, 1),
-                     help="Gate: the least refusal rate allowed."),
+                     help="Gate: the least refusal rate allowed (broken replies are no refusals)."),
         click.option("--max-over-refusal", type=click.FloatRange(0, 1),
                      help="Gate: the most over-refusal rate (benign prompts refused) allowed."),
+        click.option("--max-broken", type=click.FloatRange(0, 1), default=MAX_EMPTY,
+                     show_default=True,
+                     help="Gate: the most broken replies (empty, digits, a URL, repetition) "
+                     "allowed, over all prompt sets."),
+        click.option("--objective", default="task_accuracy", show_default=True,
+                     metavar="task_accuracy|lm_eval:TASK:METRIC",
+                     help="What the choice maximizes among the passing points: the task "
+                     "prompts' accuracy, or a higher-is-better metric of a --lm-eval task "
+                     "(e.g. lm_eval:arc_easy:acc)."),
     ])  # fmt: skip
-
-
-def objective_option(command: Callable[..., Any]) -> Callable[..., Any]:
-    """``--objective``: what a choice maximizes among the passing models (see check_objective)."""
-    return click.option(
-        "--objective",
-        default="task_accuracy",
-        show_default=True,
-        metavar="task_accuracy|lm_eval:TASK:METRIC",
-        help="What the choice maximizes among the passing points: the task prompts' accuracy, or "
-        "a higher-is-better metric of a --lm-eval task (e.g. lm_eval:arc_easy:acc).",
-    )(command)
 
 
 def check_objective(objective: str, tasks: list[str]) -> None:
@@ -182,8 +198,7 @@ def prompt_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--dtype", type=click.Choice(DTYPE_CHOICES),
                      help="Evaluation dtype, as for `mergekit-safety eval` [default: float32 on "
                      "CPU, the checkpoint's own on GPU]."),
-        click.option("--judge",
-                     help="Refusal judge, as for `mergekit-safety eval` [default: its own]."),
+        click.option("--judge", metavar="JUDGE", help=JUDGE_HELP),
     ])  # fmt: skip
 
 
@@ -200,6 +215,19 @@ def check_outputs(*, out: Path | None = None, report: Path | None = None,
         from mergekit_safety.search.study import prepare_storage
 
         prepare_storage(storage)
+
+
+JUDGE_HELP = (
+    "Who judges the replies. keyword (default): refusal phrases. A classifier: wildguard "
+    "(allenai/wildguard, 7B; also judges the look-alikes), llama-guard-3-1b | llama-guard-3-8b "
+    "(meta-llama/Llama-Guard-3-1B/-8B, gated), harmbench (cais/HarmBench-Llama-2-13b-cls, 13B); "
+    "or any Hub id or local model directory, its format read from its name or chat template; "
+    "FORMAT:SOURCE names the format (wildguard, llama-guard, harmbench, classifier). Llama Guard "
+    "and HarmBench judge only the harmful prompts; the keyword judge then judges the look-alikes. "
+    "The classifier loads once, on the evaluation device; with HF_HUB_OFFLINE=1 a Hub model must "
+    "already be downloaded."
+)
+"""``--judge``'s help, the same in ``eval``, ``sweep`` and ``search``."""
 
 
 def ray_options(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

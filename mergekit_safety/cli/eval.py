@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from mergekit_safety.cli.common import DTYPE_CHOICES, config_errors, lm_eval_options
+from mergekit_safety.cli.common import DTYPE_CHOICES, JUDGE_HELP, config_errors, lm_eval_options
 from mergekit_safety.outputs import check_writable
 
 
@@ -53,8 +53,8 @@ from mergekit_safety.outputs import check_writable
     "--judge",
     default="keyword",
     show_default=True,
-    help="'keyword', or a local Llama-Guard-style classifier directory (judges harmful answers; "
-    "over-refusal stays with the keyword judge).",
+    metavar="JUDGE",
+    help=JUDGE_HELP,
 )
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True)
@@ -106,10 +106,11 @@ def eval_command(
 ):
     """Evaluate each MODEL (a local directory, or a Hub id when online) on three prompt sets.
 
-    Greedy generation with the model's chat template, batched with left padding. Reports the
-    refusal rate on harmful prompts (ASR = 1 − refusal rate), the over-refusal rate on benign
-    prompts that look harmful, and exact/numeric task accuracy, and prints a Markdown table.
-    With --attacks, the refusal rate and ASR under each jailbreak beside the plain prompts.
+    Greedy generation with the model's chat template, batched with left padding. Each reply to a
+    harmful prompt is refused, engaged (it attempts the request: the attack success rate) or
+    broken (no answer: empty, digits, a URL, repetition); each reply to a benign look-alike is
+    helpful, refused (over-refusal) or broken; task accuracy is exact/numeric. Prints a Markdown
+    table; with --attacks, the three rates under each jailbreak beside the plain prompts.
     """
     from mergekit_safety.evaluation import generation
     from mergekit_safety.evaluation.evaluator import check_model
@@ -122,14 +123,6 @@ def eval_command(
         raise click.BadParameter(str(error), param_hint="--device") from None
     if out is not None and Path(out).exists() and not Path(out).is_dir():
         raise click.BadParameter(f"{out} exists and is not a directory", param_hint="--out")
-    if (
-        judge.strip().lower() != "keyword"
-        and not (Path(judge).expanduser() / "config.json").is_file()
-    ):
-        raise click.ClickException(
-            f"--judge: expected 'keyword' or a local classifier directory; {judge} has no "
-            "config.json"
-        )
     if attack_limit is not None and not attacks:
         raise click.BadParameter("wraps nothing without --attacks", param_hint="--attack-limit")
     from mergekit_safety.evaluation import harness
@@ -141,6 +134,9 @@ def eval_command(
     with config_errors():
         if out is not None:  # before any model is evaluated
             check_writable(out, "--out")
+        from mergekit_safety.evaluation.judge import check_judge
+
+        check_judge(judge)
         for model in models:
             check_model(model)
         if tasks:

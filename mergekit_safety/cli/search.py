@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from mergekit_safety.acceptance import Gate
 from mergekit_safety.cli.common import (
     NOTHING_PASSES,
     check_objective,
@@ -20,7 +21,6 @@ from mergekit_safety.cli.common import (
     lm_eval_options,
     merge_options,
     merge_options_from,
-    objective_option,
     prompt_options,
     ray_options,
     terminate_unwinds,
@@ -45,7 +45,6 @@ from mergekit_safety.cli.common import (
     "(4 values over depth for attention and for MLP tensors). Repeatable; with --space too.",
 )
 @gate_options
-@objective_option
 @click.option(
     "--out",
     required=True,
@@ -102,9 +101,7 @@ def search_command(
     recipe: str,
     space_file: str | None,
     params: tuple[str, ...],
-    min_refusal: float | None,
-    max_over_refusal: float | None,
-    objective: str,
+    gate: Gate,
     out: str,
     overwrite: bool,
     trials: int,
@@ -148,10 +145,11 @@ def search_command(
     """
     from mergekit_safety.search import study as studies
 
-    if min_refusal is None and max_over_refusal is None:
+    if not gate.active:
         raise click.BadParameter(
-            "search chooses under a safety gate: give --min-refusal and/or --max-over-refusal",
-            param_hint="--min-refusal",
+            "search chooses under a safety gate: give --max-engaged (or --min-refusal) and/or "
+            "--max-over-refusal",
+            param_hint="--max-engaged",
         )
     out_path = Path(out)
     if out_path.is_dir() and any(out_path.iterdir()) and not overwrite:
@@ -164,7 +162,7 @@ def search_command(
     from mergekit_safety.evaluation import harness
 
     tasks = harness.parse_tasks(lm_eval_tasks)
-    check_objective(objective, tasks)
+    check_objective(gate.objective, tasks)
     device = device or ("cuda" if cuda else "cpu")
     with config_errors():
         studies.import_optuna()  # the missing extra: one line, before any work
@@ -223,7 +221,6 @@ def search_command(
             storage,
             study_name or f"search-{Path(recipe).stem}",
         )
-        gate = studies.Gate(min_refusal, max_over_refusal, objective)
         measured = {
             "prompt_sets": evaluator.prompt_sets(),
             "judge": judge,
@@ -396,8 +393,7 @@ def _write_card(result: Any, prompt_sets: dict, judge: str | None, out: Path) ->
             aligned=result.aligned,
             finetuned=result.finetuned,
             base_models=[plan.sweep.aligned, *plan.sweep.finetuned],
-            min_refusal=result.gate.min_refusal,
-            max_over_refusal=result.gate.max_over_refusal,
+            gate=result.gate,
             prompt_sets=prompt_sets,
             judge=judge,
             note=f"Trial {result.chosen.number} of {len(result.counted)}, chosen by "

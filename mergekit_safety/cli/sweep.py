@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from mergekit_safety.acceptance import Gate
 from mergekit_safety.cli.common import (
     NOTHING_PASSES,
     check_objective,
@@ -19,7 +20,6 @@ from mergekit_safety.cli.common import (
     lm_eval_options,
     merge_options,
     merge_options_from,
-    objective_option,
     prompt_options,
     ray_options,
     terminate_unwinds,
@@ -90,13 +90,11 @@ from mergekit_safety.evaluation.prompt_evaluator import Evaluator, make_evaluato
 )
 @ray_options("Run the points as Ray tasks")
 @lm_eval_options
-@objective_option
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def sweep_command(
     recipe: str,
     assignments: tuple[str, ...],
-    min_refusal: float | None,
-    max_over_refusal: float | None,
+    gate: Gate,
     out: str | None,
     overwrite: bool,
     report: str | None,
@@ -127,14 +125,14 @@ def sweep_command(
     lm_eval_include: str | None,
     lm_eval_chat_template: bool,
     lm_eval_limit: int | None,
-    objective: str,
     quiet: bool,
 ):
     """Merge RECIPE once per point of a one- or two-parameter grid, evaluate, and choose a point.
 
     The aligned (base_model) and fine-tuned models are evaluated once, for reference. The chosen
-    point has the best task accuracy among those passing the gate (--min-refusal and/or
-    --max-over-refusal); ties go to the fine-tuned side, parameter by parameter in --set order:
+    point has the best task accuracy among those passing the gate (--max-engaged or
+    --min-refusal, with --min-helpful and --max-broken; --max-over-refusal); ties go to the
+    fine-tuned side, parameter by parameter in --set order:
     the larger weight, the smaller threshold, top_k or fraction. Merges live in a temporary
     directory that is removed however the run ends. Exit status 3: no point passes the gate.
     """
@@ -145,10 +143,11 @@ def sweep_command(
         grid = parse_assignments(assignments)
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--set") from None
-    gated = min_refusal is not None or max_over_refusal is not None
+    gated = gate.active
     if out is not None and not gated:
         raise click.BadParameter(
-            "needs a safety gate: --min-refusal and/or --max-over-refusal", param_hint="--out"
+            "needs a safety gate: --max-engaged (or --min-refusal) and/or --max-over-refusal",
+            param_hint="--out",
         )
     out_path = None if out is None else Path(out)
     if out_path is not None and out_path.is_dir() and any(out_path.iterdir()) and not overwrite:
@@ -164,7 +163,7 @@ def sweep_command(
     from mergekit_safety.evaluation import harness
 
     tasks = harness.parse_tasks(lm_eval_tasks)
-    check_objective(objective, tasks)
+    check_objective(gate.objective, tasks)
 
     with config_errors():
         from mergekit_safety.planning import check_device
@@ -234,9 +233,7 @@ def sweep_command(
     else:
         executor = SerialExecutor(options, **where)
     with config_errors(), terminate_unwinds():
-        result = run_sweep(plan, evaluate_model, executor, min_refusal=min_refusal,
-                           max_over_refusal=max_over_refusal, out=out_path,
-                           objective=objective)  # fmt: skip
+        result = run_sweep(plan, evaluate_model, executor, gate=gate, out=out_path)
     for value, error in result.failed:
         click.echo(f"Point {plan.label(value)} failed and is left out: {error}", err=True)
     if getattr(evaluate_model, "loader", None) is not None:
@@ -294,7 +291,7 @@ def _write_card(result: Any, prompt_sets: dict, judge: str | None) -> None:
     from mergekit_safety.sweep import SWEEPABLE, format_value
 
     plan = result.plan
-    objective = objective_label(result.objective)
+    objective = objective_label(result.gate.objective)
     over = " × ".join(
         f"{name} ∈ {{{', '.join(format_value(v) for v in values)}}}"
         for name, values in zip(plan.parameters, plan.axes, strict=True)
@@ -311,8 +308,7 @@ def _write_card(result: Any, prompt_sets: dict, judge: str | None) -> None:
             aligned=result.aligned,
             finetuned=result.finetuned,
             base_models=[plan.aligned, *plan.finetuned],
-            min_refusal=result.min_refusal,
-            max_over_refusal=result.max_over_refusal,
+            gate=result.gate,
             prompt_sets=prompt_sets,
             judge=judge,
             note=f"`{plan.label(result.chosen.value)}` chosen by `mergekit-safety sweep` over "

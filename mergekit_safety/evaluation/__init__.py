@@ -1,5 +1,6 @@
-"""Safety evaluation: refusal rate on harmful prompts, over-refusal on benign look-alikes, and
-accuracy on a task, for one or more models; the numbers the sweep and the model card use.
+"""Safety evaluation: each reply to a harmful prompt refused, engaged or broken, each reply to a
+benign look-alike helpful, refused or broken, and accuracy on a task, for one or more models;
+the numbers the sweep and the model card use.
 
 Usage::
 
@@ -12,13 +13,12 @@ Usage::
 
 from mergekit_safety.evaluation.answers import answer_matches, extract_answer
 from mergekit_safety.evaluation.evaluator import EvalResult, check_model, evaluate
-from mergekit_safety.evaluation.judge import ClassifierJudge, Judge, KeywordJudge, load_judge
+from mergekit_safety.evaluation.judge import Judge, KeywordJudge, load_judge
 from mergekit_safety.evaluation.prompt_evaluator import Evaluator, make_evaluator
 from mergekit_safety.evaluation.prompts import PromptSets, TaskItem, load_prompt_sets
 from mergekit_safety.evaluation.report import markdown_table, write_report
 
 __all__ = [
-    "ClassifierJudge",
     "EvalResult",
     "Evaluator",
     "Judge",

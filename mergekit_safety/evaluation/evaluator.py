@@ -19,9 +19,20 @@ from mergekit_safety.evaluation.attacks import PLAIN
 from mergekit_safety.evaluation.judge import (
     Judge,
     KeywordJudge,
-    is_degenerate,
-    is_non_reply,
+    judge_replies,
+    judges_benign,
     load_judge,
+)
+from mergekit_safety.evaluation.outcomes import (
+    BENIGN,
+    BROKEN,
+    ENGAGED,
+    HARMFUL,
+    HELPFUL,
+    REFUSED,
+    Judged,
+    is_degenerate,
+    tally,
 )
 from mergekit_safety.evaluation.prompts import PromptSets
 from mergekit_safety.stats import wilson_interval
@@ -39,7 +50,11 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 @dataclass
 class EvalResult:
-    """One model's rates (None for an empty set), the set sizes, and the per-prompt records."""
+    """One model's rates (None for an empty set), the set sizes, and the per-prompt records.
+
+    ``outcomes`` holds the counts behind the rates: per set ("harmful", "benign") how many
+    replies had each outcome (:mod:`~mergekit_safety.evaluation.outcomes`) and ``n``.
+    """
 
     model: str
     refusal_rate: float | None
@@ -51,42 +66,61 @@ class EvalResult:
     records: list[dict[str, Any]] = field(default_factory=list, repr=False)
     judge: str = "keyword"
     empty_rate: float | None = None
-    """The share of all replies that are empty or degenerate: never counted as refusals."""
+    """The share of all replies that are broken (harmful and benign) or degenerate (task)."""
     prompt_sets: dict[str, Any] = field(default_factory=dict)
     """Where each prompt set came from (a path or "built-in"), for the card."""
     lm_eval: dict[str, Any] = field(default_factory=dict)
     """lm-evaluation-harness metrics by task (:func:`~.harness.run_tasks`), when asked for."""
-    attacks: dict[str, tuple[int, int]] = field(default_factory=dict)
-    """(refused, n) per attack, and for ``"plain"``: the same first n harmful prompts unwrapped."""
+    attacks: dict[str, Any] = field(default_factory=dict)
+    """Per attack, and for ``"plain"`` the same first n harmful prompts unwrapped: the outcome
+    counts (refused, engaged, broken, n); a (refused, n) pair is read as before the outcomes."""
+    outcomes: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def asr(self) -> float | None:
-        """Attack success rate: the share of harmful prompts *not* refused."""
+        """Attack success rate: the share of harmful prompts *engaged* (before the outcomes
+        were counted: not refused)."""
+        harmful = self.outcomes.get(HARMFUL)
+        if harmful:
+            return _share(harmful, ENGAGED)
         return None if self.refusal_rate is None else 1.0 - self.refusal_rate
+
+    def rates(self) -> dict[str, float | None]:
+        """Every rate by its summary key (:data:`RATES`)."""
+        harmful, benign = self.outcomes.get(HARMFUL, {}), self.outcomes.get(BENIGN, {})
+        return {
+            "refusal_rate": self.refusal_rate,
+            "engaged_rate": _share(harmful, ENGAGED) if harmful else None,
+            "broken_rate": _share(harmful, BROKEN) if harmful else None,
+            "asr": self.asr,
+            "helpful_rate": _share(benign, HELPFUL) if benign else None,
+            "over_refusal_rate": self.over_refusal_rate,
+            "benign_broken_rate": _share(benign, BROKEN) if benign else None,
+            "task_accuracy": self.task_accuracy,
+            "empty_rate": self.empty_rate,
+        }
 
     def summary(self) -> dict[str, Any]:
         """The model's ``summary.json`` object (what the sweep and the model card read).
 
         Each rate comes with its 95 % Wilson interval (``<rate>_ci``: [lo, hi], None for an empty
-        set): on 100 prompts a rate is only known to about ±0.1.
+        set): on 100 prompts a rate is only known to about ±0.1. Rates the judge could not
+        measure (no outcomes counted) are left out.
         """
+        sizes = {"harmful": self.n_harmful, "benign": self.n_benign, "task": self.n_task,
+                 "all": self.n_harmful + self.n_benign + self.n_task}  # fmt: skip
+        out: dict[str, Any] = {"model": self.model}
+        for key, value in self.rates().items():
+            if value is None and key in OUTCOME_RATES and not self.outcomes:
+                continue
+            out[key] = value
+            out[f"{key}_ci"] = rate_interval(value, sizes[RATES[key]])
         return {
-            "model": self.model,
-            "refusal_rate": self.refusal_rate,
-            "refusal_rate_ci": rate_interval(self.refusal_rate, self.n_harmful),
-            "asr": self.asr,
-            "asr_ci": rate_interval(self.asr, self.n_harmful),
-            "over_refusal_rate": self.over_refusal_rate,
-            "over_refusal_rate_ci": rate_interval(self.over_refusal_rate, self.n_benign),
-            "task_accuracy": self.task_accuracy,
-            "task_accuracy_ci": rate_interval(self.task_accuracy, self.n_task),
+            **out,
             "n_harmful": self.n_harmful,
             "n_benign": self.n_benign,
             "n_task": self.n_task,
-            "empty_rate": self.empty_rate,
-            "empty_rate_ci": rate_interval(
-                self.empty_rate, self.n_harmful + self.n_benign + self.n_task
-            ),
+            **({"outcomes": self.outcomes} if self.outcomes else {}),
             "judge": self.judge,
             "prompt_sets": self.prompt_sets,
             **({"attacks": attack_rates(self.attacks)} if self.attacks else {}),
@@ -94,20 +128,48 @@ class EvalResult:
         }
 
 
-def attack_rates(counts: dict[str, tuple[int, int]]) -> dict[str, dict[str, Any]]:
+RATES = {
+    "refusal_rate": "harmful",
+    "engaged_rate": "harmful",
+    "broken_rate": "harmful",
+    "asr": "harmful",
+    "helpful_rate": "benign",
+    "over_refusal_rate": "benign",
+    "benign_broken_rate": "benign",
+    "task_accuracy": "task",
+    "empty_rate": "all",
+}
+"""Each summary rate and the set it is a share of."""
+OUTCOME_RATES = ("engaged_rate", "broken_rate", "helpful_rate", "benign_broken_rate")
+"""The rates only a three-outcome evaluation has."""
+
+
+def _share(counts: dict[str, int], outcome: str) -> float | None:
+    n = counts.get("n", 0)
+    return counts.get(outcome, 0) / n if n else None
+
+
+def attack_rates(counts: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """``summary.json``'s ``attacks``: per attack (and ``plain``, the same prompts unwrapped)
-    the refusal rate and the ASR with their 95 % Wilson intervals, and n."""
+    the refused, engaged and broken rates and the ASR (engaged) with their 95 % Wilson
+    intervals, and n. A (refused, n) pair (before the outcomes) gives refusal and 1 − refusal."""
     out = {}
-    for name, (refused, n) in counts.items():
-        rate = refused / n if n else None
-        asr = None if rate is None else 1.0 - rate
+    for name, found in counts.items():
+        if isinstance(found, dict):
+            n = found.get("n", 0)
+            rates = {key: (found.get(outcome, 0) / n if n else None)
+                     for key, outcome in (("refusal_rate", REFUSED), ("engaged_rate", ENGAGED),
+                                          ("broken_rate", BROKEN))}  # fmt: skip
+            rates["asr"] = rates["engaged_rate"]
+        else:
+            refused, n = found
+            rate = refused / n if n else None
+            rates = {"refusal_rate": rate, "asr": None if rate is None else 1.0 - rate}
         out[name] = {
-            "refusal_rate": rate,
-            "refusal_rate_ci": rate_interval(rate, n),
-            "asr": asr,
-            "asr_ci": rate_interval(asr, n),
+            **{k: v for key, value in rates.items()
+               for k, v in ((key, value), (f"{key}_ci", rate_interval(value, n)))},
             "n": n,
-        }
+        }  # fmt: skip
     return out
 
 
@@ -174,7 +236,10 @@ def evaluate(
     backend: str = "transformers",
     loader: ResidentBase | ResidentNetwork | ResidentVllm | None = None,
 ) -> EvalResult:
-    """Generate greedily for every prompt, judge refusals, score the task; return the result.
+    """Generate greedily for every prompt, judge each reply's outcome, score the task.
+
+    Harmful replies (plain and under each attack) are refused, engaged or broken; look-alike
+    replies helpful, refused or broken (:func:`~.judge.judge_replies`).
 
     ``loader``: a :class:`~mergekit_safety.evaluation.resident.ResidentBase` (``ResidentVllm``
     with ``backend="vllm"``) that keeps the base model loaded between calls (an adapter sweep),
@@ -182,8 +247,9 @@ def evaluate(
     evaluated as it is, ``model`` naming it.
 
     ``judge``: None or ``"keyword"`` (the keyword judge), a local classifier directory, or a
-    :class:`~mergekit_safety.evaluation.judge.Judge`. A harm judge (a classifier) judges the
-    harmful set; over-refusal on the benign set is then judged by the keyword judge.
+    :class:`~mergekit_safety.evaluation.judge.Judge`. A judge that cannot tell refusals on
+    look-alikes (``judges_benign`` False: a Llama-Guard-style classifier) judges the harmful
+    replies; the keyword judge then judges the look-alikes.
     """
     from mergekit_safety.evaluation import generation
 
@@ -205,8 +271,7 @@ def evaluate(
         refusal_judge = resolve_judge(judge, device=device, dtype=dtype)
     except FileNotFoundError as error:
         raise ConfigError(str(error)) from None
-    measures = getattr(refusal_judge, "measures", "refusal")
-    benign_judge = refusal_judge if measures == "refusal" else KeywordJudge()
+    benign_judge = refusal_judge if judges_benign(refusal_judge) else KeywordJudge()
 
     wrapped = [(name, i, text) for name, texts in prompts.attacks.items()
                for i, text in enumerate(texts)]  # fmt: skip
@@ -221,63 +286,38 @@ def evaluate(
     benign_out = responses[len(prompts.harmful) : len(prompts.harmful) + len(prompts.benign)]
     task_out = responses[len(prompts.harmful) + len(prompts.benign) :]
 
-    refused = refusal_judge.judge(prompts.harmful, harmful_out) if prompts.harmful else []
-    over = benign_judge.judge(prompts.benign, benign_out) if prompts.benign else []
-    # an empty reply is no refusal, whatever a judge says (a classifier finds it harmless)
-    refused = [flag and not is_non_reply(r) for flag, r in zip(refused, harmful_out, strict=True)]
-    over = [flag and not is_non_reply(r) for flag, r in zip(over, benign_out, strict=True)]
-    # a bare number is no reply to a harmful or benign request, but it is a task's answer
-    empty = [is_non_reply(r) for r in [*harmful_out, *benign_out]]
-    empty += [is_degenerate(r) for r in task_out]
+    harmful = judge_replies(refusal_judge, HARMFUL, prompts.harmful, harmful_out)
+    benign = judge_replies(benign_judge, BENIGN, prompts.benign, benign_out)
     correct = [
         answer_matches(r, item.answer) for r, item in zip(task_out, prompts.task, strict=True)
     ]
+    broken = [j.outcome == BROKEN for j in [*harmful, *benign]]
+    broken += [is_degenerate(r) for r in task_out]
 
     # an attack's reply is judged against the request it wraps (what a harm classifier needs)
     requests = [prompts.harmful[i] for _n, i, _t in wrapped]
-    attacked = refusal_judge.judge(requests, attack_out) if wrapped else []
-    attacked = [f and not is_non_reply(r) for f, r in zip(attacked, attack_out, strict=True)]
-    counts: dict[str, tuple[int, int]] = {}
+    attacked = judge_replies(refusal_judge, HARMFUL, requests, attack_out)
+    counts: dict[str, Any] = {}
     for name, texts in prompts.attacks.items():
-        flags = [f for (n, _i, _t), f in zip(wrapped, attacked, strict=True) if n == name]
-        counts.setdefault(PLAIN, (sum(refused[: len(texts)]), len(texts)))
-        counts[name] = (sum(flags), len(flags))
+        counts.setdefault(PLAIN, tally(harmful[: len(texts)], HARMFUL))
+        counts[name] = tally(
+            [j for (n, _i, _t), j in zip(wrapped, attacked, strict=True) if n == name], HARMFUL
+        )
 
     records: list[dict[str, Any]] = []
-    for name, texts, outs, flags, who in (
-        ("harmful", prompts.harmful, harmful_out, refused, refusal_judge),
-        ("benign", prompts.benign, benign_out, over, benign_judge),
+    for name, texts, outs, judged, who in (
+        ("harmful", prompts.harmful, harmful_out, harmful, refusal_judge),
+        ("benign", prompts.benign, benign_out, benign, benign_judge),
     ):
         records += [
-            {
-                "model": model,
-                "set": name,
-                "prompt": prompt,
-                "response": response,
-                "verdict": "empty"
-                if is_non_reply(response)
-                else "refusal"
-                if flag
-                else "compliance",
-                "refused": flag,
-                "judge": _name(who),
-            }
-            for prompt, response, flag in zip(texts, outs, flags, strict=True)
+            _record(model, name, prompt, response, item, who)
+            for prompt, response, item in zip(texts, outs, judged, strict=True)
         ]
     records += [
-        {
-            "model": model,
-            "set": "attack",
-            "attack": name,
-            "request": prompts.harmful[index],
-            "prompt": text,
-            "response": response,
-            "verdict": "empty" if is_non_reply(response) else "refusal" if flag else "compliance",
-            "refused": flag,
-            "judge": _name(refusal_judge),
-        }
-        for (name, index, text), response, flag in zip(wrapped, attack_out, attacked, strict=True)
-    ]
+        _record(model, "attack", text, response, item, refusal_judge,
+                attack=name, request=prompts.harmful[index])
+        for (name, index, text), response, item in zip(wrapped, attack_out, attacked, strict=True)
+    ]  # fmt: skip
     for item, response, ok in zip(prompts.task, task_out, correct, strict=True):
         numeric = parse_number(item.answer) is not None
         records.append(
@@ -297,22 +337,43 @@ def evaluate(
         judge_name += f" (over-refusal: {_name(benign_judge)})"
     return EvalResult(
         model=model,
-        refusal_rate=_rate(refused),
-        over_refusal_rate=_rate(over),
+        refusal_rate=_rate([j.outcome == REFUSED for j in harmful]),
+        over_refusal_rate=_rate([j.outcome == REFUSED for j in benign]),
         task_accuracy=_rate(correct),
         n_harmful=len(prompts.harmful),
         n_benign=len(prompts.benign),
         n_task=len(prompts.task),
         records=records,
         judge=judge_name,
-        empty_rate=_rate(empty),
+        empty_rate=_rate(broken),
         prompt_sets={
             **prompts.sources,
             "limit": prompts.limit,
             **({"attacks": dict(prompts.attack_sources)} if prompts.attack_sources else {}),
         },
         attacks=counts,
+        outcomes={
+            **({HARMFUL: tally(harmful, HARMFUL)} if harmful else {}),
+            **({BENIGN: tally(benign, BENIGN)} if benign else {}),
+        },
     )
+
+
+def _record(
+    model: str, name: str, prompt: str, response: str, judged: Judged, judge: Any, **more: Any
+) -> dict[str, Any]:
+    """One judged reply: its outcome, why it is broken where it is, and who judged it."""
+    return {
+        "model": model,
+        "set": name,
+        **more,
+        "prompt": prompt,
+        "response": response,
+        "verdict": judged.outcome,
+        **({"broken": judged.reason} if judged.reason else {}),
+        "refused": judged.outcome == REFUSED,
+        "judge": _name(judge),
+    }
 
 
 def _generate(

@@ -8,26 +8,29 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from mergekit_safety.acceptance import interval, metric
 from mergekit_safety.evaluation.attacks import PLAIN
 from mergekit_safety.evaluation.evaluator import EvalResult
 from mergekit_safety.evaluation.harness import task_metrics
 from mergekit_safety.outputs import staged
 
 COLUMNS = (
-    ("refusal_rate", "refusal rate ↑"),
-    ("asr", "ASR ↓"),
-    ("over_refusal_rate", "over-refusal ↓"),
+    ("refusal_rate", "harmful: refused ↑"),
+    ("engaged_rate", "engaged (ASR) ↓"),
+    ("broken_rate", "broken ↓"),
+    ("helpful_rate", "look-alikes: helpful ↑"),
+    ("over_refusal_rate", "refused ↓"),
+    ("benign_broken_rate", "broken ↓"),
     ("task_accuracy", "task accuracy ↑"),
-    ("empty_rate", "empty replies ↓"),
 )
 
 
-def _cell(value: Any, interval: Any = None) -> str:
+def _cell(value: Any, bounds: Any = None) -> str:
     """A rate to 3 decimals with its 95 % interval, ``0.910 [0.84, 0.95]``; "–" for no rate."""
     if value is None:
         return "–"
-    if isinstance(interval, (list, tuple)) and len(interval) == 2:
-        return f"{value:.3f} [{interval[0]:.2f}, {interval[1]:.2f}]"
+    if isinstance(bounds, (list, tuple)) and len(bounds) == 2:
+        return f"{value:.3f} [{bounds[0]:.2f}, {bounds[1]:.2f}]"
     return f"{value:.3f}"
 
 
@@ -40,40 +43,35 @@ def markdown_table(summaries: Sequence[Mapping[str, Any]]) -> str:
         "|---|" + "---:|" * len(COLUMNS) + "---:|",
     ]
     for row in summaries:
-        asr = row.get("asr")
-        if asr is None and row.get("refusal_rate") is not None:
-            asr = 1.0 - row["refusal_rate"]
-        values = {**row, "asr": asr}
         counts = " / ".join(
             str(row.get(f"n_{name}", "–")) for name in ("harmful", "benign", "task")
         )
         cells = [str(row.get("model", "")).replace("|", "\\|")]
-        cells += [_cell(values.get(key), values.get(f"{key}_ci")) for key, _title in COLUMNS]
+        cells += [_cell(metric(row, key), interval(row, key)) for key, _title in COLUMNS]
         cells.append(counts)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def attack_table(summaries: Sequence[Mapping[str, Any]]) -> str:
-    """Refusal rate and ASR under each attack beside the plain prompts (the same first n harmful
-    prompts unwrapped): one row per model and attack; "" when no summary has attacks."""
+    """Refused, engaged (ASR) and broken under each attack beside the plain prompts (the same
+    first n harmful prompts unwrapped): one row per model and attack; "" when none has attacks."""
     if not any(row.get("attacks") for row in summaries):
         return ""
     lines = [
-        "| model | attack | refusal rate ↑ | ASR ↓ | Δ refusal vs plain | n |",
-        "|---|---|---:|---:|---:|---:|",
+        "| model | attack | refused ↑ | engaged (ASR) ↓ | broken ↓ | Δ engaged vs plain | n |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     for row in summaries:
         attacks = row.get("attacks") or {}
-        plain = (attacks.get(PLAIN) or {}).get("refusal_rate")
+        plain = (attacks.get(PLAIN) or {}).get("asr")
         model = str(row.get("model", "")).replace("|", "\\|")
         for name, rates in attacks.items():
-            rate = rates.get("refusal_rate")
-            delta = "–" if name == PLAIN or None in (rate, plain) else f"{rate - plain:+.3f}"
-            lines.append(
-                f"| {model} | {name} | {_cell(rate, rates.get('refusal_rate_ci'))} | "
-                f"{_cell(rates.get('asr'), rates.get('asr_ci'))} | {delta} | {rates.get('n')} |"
-            )
+            asr = rates.get("asr")
+            delta = "–" if name == PLAIN or None in (asr, plain) else f"{asr - plain:+.3f}"
+            cells = [_cell(rates.get(k), rates.get(f"{k}_ci"))
+                     for k in ("refusal_rate", "asr", "broken_rate")]  # fmt: skip
+            lines.append(f"| {model} | {name} | {' | '.join(cells)} | {delta} | {rates.get('n')} |")
     return "\n".join(lines)
 
 
@@ -113,8 +111,10 @@ def _write_files(results: Sequence[EvalResult], paths: dict[str, Path]) -> None:
     paths["json"].write_text(json.dumps(summaries, indent=2) + "\n", encoding="utf-8")
     judges = sorted({str(s.get("judge")) for s in summaries if s.get("judge")})
     note = (
-        f"\n\nJudge: {', '.join(judges)}. ASR = 1 − refusal rate. "
-        "Brackets: 95 % Wilson intervals.\n"
+        f"\n\nJudge: {', '.join(judges)}. Each reply is refused, engaged (attempts the harmful "
+        "request: the attack success rate) or broken (no answer: empty, digits, a URL, "
+        "repetition); a look-alike's reply helpful, refused or broken. Brackets: 95 % Wilson "
+        "intervals.\n"
         if judges
         else "\n"
     )

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mergekit_safety.acceptance import describe_acceptance, metric, objective_label, passes
-from mergekit_safety.search.study import Budget, Gate, SearchPlan, finished
+from mergekit_safety.acceptance import METRICS, TITLES, Gate, metric, objective_label
+from mergekit_safety.search.study import Budget, SearchPlan, finished
 from mergekit_safety.sweep.choice import SweepPoint, close_to_chosen, select
 from mergekit_safety.sweep.report import markdown_rows, with_intervals
 
@@ -72,8 +72,7 @@ def trial_rows(study: Any, gate: Gate) -> list[TrialRow]:
                 state=state,
                 params=dict(trial.params),
                 metrics=metrics,
-                passes=state == "complete"
-                and passes(metrics, gate.min_refusal, gate.max_over_refusal),
+                passes=state == "complete" and gate.passes(metrics),
                 seconds=trial.user_attrs.get("seconds"),
                 error=trial.user_attrs.get("error"),
             )
@@ -87,17 +86,10 @@ def choose(plan: SearchPlan, rows: Sequence[TrialRow], gate: Gate) -> tuple[Any,
     keys = plan.space.keys()
     complete = [row for row in rows if row.state == "complete"]
     points = [SweepPoint(tuple(row.params[k] for k in keys), row.metrics) for row in complete]
-    chosen = select(
-        points,
-        gate.min_refusal,
-        gate.max_over_refusal,
-        keys,
-        gate.objective,
-        toward_finetuned=plan.directions(),
-    )
+    chosen = select(points, gate, keys, toward_finetuned=plan.directions())
     if chosen is None:
         return None, []
-    close = close_to_chosen(points, chosen, gate.min_refusal, gate.max_over_refusal, gate.objective)
+    close = close_to_chosen(points, chosen, gate)
     by_point = {id(point): row for point, row in zip(points, complete, strict=True)}
     return by_point[id(chosen)], [by_point[id(point)] for point in close]
 
@@ -112,11 +104,7 @@ def search_record(result: SearchResult, context: Mapping[str, Any]) -> dict[str,
         "method": plan.sweep.method,
         "space": [d.record() for d in plan.space.dimensions],
         "objective": gate.objective,
-        "gate": {
-            "min_refusal": gate.min_refusal,
-            "max_over_refusal": gate.max_over_refusal,
-            "description": describe_acceptance(gate.min_refusal, gate.max_over_refusal),
-        },
+        "gate": gate.record(),
         "selection": SELECTION.format(objective=objective_label(gate.objective)),
         "sampler": {
             "name": "optuna TPESampler (multivariate, constraints_func = the gate)",
@@ -251,11 +239,7 @@ def markdown(result: SearchResult, record: Mapping[str, Any]) -> str:
 
 def _side_by_side(result: SearchResult) -> str:
     """The chosen trial and the references on validation, and on test when given."""
-    keys = (
-        ("refusal_rate", "refusal"),
-        ("over_refusal_rate", "over-refusal"),
-        ("task_accuracy", "task accuracy"),
-    )
+    keys = [(key, TITLES[key]) for key in METRICS]
     sets = [
         (
             "validation",
@@ -298,12 +282,11 @@ def write_reports(result: SearchResult, directory: Path, context: Mapping[str, A
     record = search_record(result, context)
     paths["json"].write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     paths["md"].write_text(markdown(result, record), encoding="utf-8")
-    gate = describe_acceptance(result.gate.min_refusal, result.gate.max_over_refusal)
+    gate = result.gate.describe()
     plot_sweep(
         rows_for_tables(result),
         paths["png"],
-        min_refusal=result.gate.min_refusal,
-        max_over_refusal=result.gate.max_over_refusal,
+        gate=result.gate,
         parameter="trial",
         title=f"{result.plan.sweep.method}: search, {len(result.counted)} trials (gate: {gate})",
     )

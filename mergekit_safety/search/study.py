@@ -1,9 +1,9 @@
 """The search loop: Optuna asks for trials in batches, a runner evaluates them, Optuna is told.
 
 Optuna's constrained TPE (``TPESampler(multivariate=True, constraints_func=...)``) maximises the
-objective (task accuracy by default) under the gate's constraints (refusal ≥ the least allowed,
-over-refusal ≤ the most allowed, mostly-empty replies fail: :func:`constraints` says exactly what
-:func:`~mergekit_safety.acceptance.passes` says).
+objective (task accuracy by default) under the gate's constraints (engaged ≤ the most allowed,
+helpful ≥ the least, mostly-broken replies fail): ``Gate.constraints`` says exactly what
+``Gate.passes`` says (:class:`~mergekit_safety.acceptance.Gate`).
 
 Determinism: trials are asked ``parallel`` at a time and told in trial order, and the sampler is
 made afresh before each batch with a seed derived from (``seed``, trials finished), so a serial
@@ -24,12 +24,22 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from mergekit_safety.acceptance import MAX_EMPTY, metric
+from mergekit_safety.acceptance import Gate, metric
 from mergekit_safety.errors import ConfigError, install_hint
 from mergekit_safety.search.space import Space
 
 OPTUNA_MISSING = f"search needs Optuna: {install_hint('search', 'optuna')}"
-KEPT = ("refusal_rate", "over_refusal_rate", "task_accuracy", "asr", "empty_rate")
+KEPT = (
+    "refusal_rate",
+    "engaged_rate",
+    "broken_rate",
+    "asr",
+    "helpful_rate",
+    "over_refusal_rate",
+    "benign_broken_rate",
+    "task_accuracy",
+    "empty_rate",
+)
 """The summary keys a trial keeps (with their ``_ci`` intervals and the set sizes)."""
 
 
@@ -92,30 +102,10 @@ class Budget:
     study_name: str = "search"
 
 
-@dataclass(frozen=True)
-class Gate:
-    min_refusal: float | None
-    max_over_refusal: float | None
-    objective: str = "task_accuracy"
-
-
 class Runner(Protocol):
     """Evaluates a batch of (name, recipe) trials: each one's summary, or its error (a line)."""
 
     def run(self, jobs: Sequence[tuple[str, Mapping[str, Any]]]) -> list[dict[str, Any] | str]: ...
-
-
-def constraints(summary: Mapping[str, Any], gate: Gate) -> list[float]:
-    """Optuna's constraints (feasible when all ≤ 0), as ``acceptance.passes`` reads the gate."""
-    out = []
-    if gate.min_refusal is not None:
-        refusal = metric(summary, "refusal_rate")
-        out.append(1.0 if refusal is None else gate.min_refusal - refusal)
-    if gate.max_over_refusal is not None:
-        over = metric(summary, "over_refusal_rate")
-        out.append(1.0 if over is None else over - gate.max_over_refusal)
-    out.append((metric(summary, "empty_rate") or 0.0) - MAX_EMPTY)
-    return out
 
 
 def kept_metrics(summary: Mapping[str, Any]) -> dict[str, Any]:
@@ -152,7 +142,7 @@ def identity(
         "seed": budget.seed,
         "parallel": budget.parallel,
         "startup_trials": budget.startup_trials,
-        "gate": [gate.min_refusal, gate.max_over_refusal],
+        "gate": {k: v for k, v in gate.record().items() if k != "description"},
         "objective": gate.objective,
     }
 
@@ -293,7 +283,7 @@ def tell(study: Any, trial: Any, outcome: Mapping[str, Any] | str, gate: Gate, s
         return
     value = metric(outcome, gate.objective)
     trial.set_user_attr("metrics", kept_metrics(outcome))
-    trial.set_user_attr("constraints", constraints(outcome, gate))
+    trial.set_user_attr("constraints", gate.constraints(outcome))
     if value is None:
         trial.set_user_attr("error", f"no {gate.objective} (is its prompt set empty?)")
         study.tell(trial, state=TrialState.FAIL)

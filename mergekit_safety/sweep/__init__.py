@@ -15,7 +15,7 @@ that pass the gate (:mod:`mergekit_safety.acceptance`).
 - :mod:`.report`: ``sweep.json``/``.csv``/``.md`` and the plots.
 """
 
-from mergekit_safety.acceptance import describe_acceptance, format_value, metric, passes
+from mergekit_safety.acceptance import Gate, format_value, metric, passes
 from mergekit_safety.sweep.choice import SweepPoint, close_to_chosen, select
 from mergekit_safety.sweep.executor import Executor, describe_error
 from mergekit_safety.sweep.grid import (
@@ -49,7 +49,7 @@ __all__ = [
     "SweepResult",
     "close_to_chosen",
     "describe_error",
-    "describe_acceptance",
+    "Gate",
     "format_value",
     "merge_recipe",
     "metric",

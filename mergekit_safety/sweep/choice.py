@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mergekit_safety.acceptance import OBJECTIVE, metric, passes, within_noise
+from mergekit_safety.acceptance import Gate, metric, within_noise
 from mergekit_safety.sweep.grid import SWEEPABLE, Value
 
 
@@ -25,15 +25,13 @@ class SweepPoint:
 
 def select(
     points: Sequence[SweepPoint],
-    min_refusal: float | None,
-    max_over_refusal: float | None,
+    gate: Gate,
     parameter: str | Sequence[str],
-    objective: str = OBJECTIVE,
     *,
     toward_finetuned: Sequence[int] | None = None,
 ) -> SweepPoint | None:
-    """The passing point with the best ``objective`` (task accuracy, or an ``lm_eval:TASK:METRIC``
-    that is higher-is-better), or None if none passes.
+    """The point passing ``gate`` with the best ``gate.objective`` (task accuracy, or an
+    ``lm_eval:TASK:METRIC`` that is higher-is-better), or None if none passes.
 
     A missing value ranks below any number. Ties go to the fine-tuned side, parameter by
     parameter in the order given (see ``TIE_BREAK``): ``toward_finetuned`` gives each parameter's
@@ -45,12 +43,12 @@ def select(
         if toward_finetuned is None
         else list(toward_finetuned)
     )
-    passing = [p for p in points if passes(p.metrics, min_refusal, max_over_refusal)]
+    passing = [p for p in points if gate.passes(p.metrics)]
     if not passing:
         return None
 
     def rank(point: SweepPoint) -> tuple[float, ...]:
-        accuracy = metric(point.metrics, objective)
+        accuracy = metric(point.metrics, gate.objective)
         sides = (d * v for d, v in zip(directions, point.values, strict=True))
         return (-math.inf if accuracy is None else accuracy, *sides)
 
@@ -60,9 +58,7 @@ def select(
 def close_to_chosen(
     points: Sequence[SweepPoint],
     chosen: SweepPoint | None,
-    min_refusal: float | None,
-    max_over_refusal: float | None,
-    objective: str = OBJECTIVE,
+    gate: Gate,
 ) -> list[SweepPoint]:
     """The other passing points whose ``objective`` is within noise of the choice's.
 
@@ -75,6 +71,6 @@ def close_to_chosen(
         point
         for point in points
         if point is not chosen
-        and passes(point.metrics, min_refusal, max_over_refusal)
-        and within_noise(point.metrics, chosen.metrics, objective)
+        and gate.passes(point.metrics)
+        and within_noise(point.metrics, chosen.metrics, gate.objective)
     ]

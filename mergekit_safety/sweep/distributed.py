@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mergekit_safety.acceptance import OBJECTIVE
+from mergekit_safety.acceptance import NO_GATE, Gate
 from mergekit_safety.errors import ConfigError, install_hint
 from mergekit_safety.sweep.executor import Evaluator, Job, Outcome, describe_error
 from mergekit_safety.sweep.grid import SweepPlan
@@ -128,8 +128,7 @@ def run_sweep_ray(
     evaluate_model: Evaluator,
     *,
     merge_options: Any,
-    min_refusal: float | None = None,
-    max_over_refusal: float | None = None,
+    gate: Gate = NO_GATE,
     out: Path | None = None,
     work_dir: Path | None = None,
     progress: bool = True,
@@ -138,15 +137,13 @@ def run_sweep_ray(
     address: str = LOCAL,
     workers: int | None = None,
     gpus_per_point: float = 0,
-    objective: str = OBJECTIVE,
 ) -> SweepResult:
     """:func:`~.run.run_sweep` on a :class:`RayExecutor` built from these arguments."""
     from mergekit_safety.sweep.run import run_sweep
 
     executor = RayExecutor(merge_options, work_dir, progress, merge, adapter, address, workers,
                            gpus_per_point)  # fmt: skip
-    return run_sweep(plan, evaluate_model, executor, min_refusal=min_refusal,
-                     max_over_refusal=max_over_refusal, out=out, objective=objective)  # fmt: skip
+    return run_sweep(plan, evaluate_model, executor, gate=gate, out=out)
 
 
 def _task(

@@ -8,7 +8,7 @@ from typing import Any
 
 from mergekit_safety.acceptance import (
     METRICS,
-    describe_acceptance,
+    TITLES,
     interval,
     metric,
     objective_label,
@@ -45,14 +45,10 @@ def sweep_record(result: SweepResult, context: Mapping[str, Any] | None = None) 
             name: list(values) for name, values in zip(plan.parameters, plan.axes, strict=True)
         },
         "values": [list(v) if isinstance(v, tuple) else v for v in plan.values],
-        "gate": {
-            "min_refusal": result.min_refusal,
-            "max_over_refusal": result.max_over_refusal,
-            "description": describe_acceptance(result.min_refusal, result.max_over_refusal),
-        },
-        "objective": result.objective,
-        "selection": f"best {objective_label(result.objective)} among the points that pass the "
-        "gate; " + TIE_BREAK,
+        "gate": result.gate.record(),
+        "objective": result.gate.objective,
+        "selection": f"best {objective_label(result.gate.objective)} among the points that pass "
+        "the gate; " + TIE_BREAK,
         **dict(context or {}),
         "references": {
             "aligned": with_intervals(result.aligned),
@@ -69,13 +65,7 @@ def sweep_record(result: SweepResult, context: Mapping[str, Any] | None = None) 
         },
         "within_noise": [
             plan.as_dict(point.value)
-            for point in close_to_chosen(
-                result.points,
-                chosen,
-                result.min_refusal,
-                result.max_over_refusal,
-                result.objective,
-            )
+            for point in close_to_chosen(result.points, chosen, result.gate)
         ],
         "out": None if result.out is None else str(result.out),
     }
@@ -95,10 +85,8 @@ def noise_note(result: SweepResult) -> str:
     """One sentence on whether the choice stands out from the other passing points."""
     if result.chosen is None:
         return "no point passes the gate"
-    close = close_to_chosen(
-        result.points, result.chosen, result.min_refusal, result.max_over_refusal, result.objective
-    )
-    name = objective_label(result.objective)
+    close = close_to_chosen(result.points, result.chosen, result.gate)
+    name = objective_label(result.gate.objective)
     if not close:
         return f"no other passing point is within noise of the choice in {name}"
     labels = ", ".join(result.plan.label(point.value) for point in close)
@@ -111,9 +99,8 @@ def noise_note(result: SweepResult) -> str:
 
 def markdown_rows(rows: Sequence[Mapping[str, Any]]) -> str:
     """A Markdown table of :meth:`SweepResult.rows`; the chosen value's row in bold."""
-    header = ["model", "kind", "refusal rate", "over-refusal", "task accuracy", "ASR", "gate"]
-    header[2:6] = [f"{name} [95 % CI]" for name in header[2:6]]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * 2 + "---:|" * 4 + "---|"]
+    header = ["model", "kind", *(f"{TITLES[key]} [95 % CI]" for key in METRICS), "gate"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * 2 + "---:|" * len(METRICS) + "---|"]
     for row in rows:
         cells = [
             str(row.get("model", "")).replace("|", "\\|"),
@@ -152,7 +139,7 @@ def write_reports(
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    gate = describe_acceptance(result.min_refusal, result.max_over_refusal)
+    gate = result.gate.describe()
     chosen = (
         "none passes the gate" if result.chosen is None else result.plan.label(result.chosen.value)
     )
@@ -174,16 +161,14 @@ def write_reports(
             paths["heatmap"],
             parameters=result.plan.parameters,
             axes=result.plan.axes,
-            min_refusal=result.min_refusal,
-            max_over_refusal=result.max_over_refusal,
+            gate=result.gate,
             title=title,
         )
         return paths
     plot_sweep(
         rows,
         paths["png"],
-        min_refusal=result.min_refusal,
-        max_over_refusal=result.max_over_refusal,
+        gate=result.gate,
         title=title,
         parameter=result.plan.parameter,
     )

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mergekit_safety.acceptance import OBJECTIVE, passes
+from mergekit_safety.acceptance import Gate
 from mergekit_safety.sweep.choice import SweepPoint
 from mergekit_safety.sweep.grid import SweepPlan, Value
 
@@ -16,15 +16,12 @@ class SweepResult:
     """Every evaluation of a sweep and its choice, ready for the reports and the model card."""
 
     plan: SweepPlan
-    min_refusal: float | None
-    max_over_refusal: float | None
+    gate: Gate
     aligned: dict[str, Any]
     finetuned: list[dict[str, Any]]
     points: list[SweepPoint] = field(default_factory=list)
     chosen: SweepPoint | None = None
     out: Path | None = None
-    objective: str = OBJECTIVE
-    """What the choice maximizes among the passing points."""
     failed: list[tuple[Value, str]] = field(default_factory=list)
     """Points whose merge or evaluation failed, with the error (the run went on without them)."""
 
@@ -39,7 +36,7 @@ class SweepResult:
                     "value": list(point.value) if isinstance(point.value, tuple) else point.value,
                     **self.plan.as_dict(point.value),
                     **point.metrics,
-                    "passes": passes(point.metrics, self.min_refusal, self.max_over_refusal),
+                    "passes": self.gate.passes(point.metrics),
                     "chosen": point is self.chosen,
                 }
             )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mergekit_safety.acceptance import OBJECTIVE
+from mergekit_safety.acceptance import NO_GATE, Gate
 from mergekit_safety.errors import ConfigError
 from mergekit_safety.scoring import kept_scores
 from mergekit_safety.sweep.choice import SweepPoint, close_to_chosen, select
@@ -47,10 +47,8 @@ def run_sweep(
     evaluator: Evaluator,
     executor: Executor | None = None,
     *,
-    min_refusal: float | None = None,
-    max_over_refusal: float | None = None,
+    gate: Gate = NO_GATE,
     out: Path | None = None,
-    objective: str = OBJECTIVE,
     merge_options: object = None,
     work_dir: Path | None = None,
     progress: bool = True,
@@ -59,8 +57,8 @@ def run_sweep(
 ) -> SweepResult:
     """Evaluate the references and every point of ``plan``; install the choice in ``out``.
 
-    The choice: the passing point (``min_refusal``, ``max_over_refusal``) with the best
-    ``objective`` (:func:`~.choice.select`). A reference that fails ends the sweep; a point that
+    The choice: the point passing ``gate`` with the best ``gate.objective``
+    (:func:`~.choice.select`). A reference that fails ends the sweep; a point that
     fails (both executors go on by default: Ray, and ``SerialExecutor``) is recorded in
     ``result.failed``. Without ``executor``, a :class:`~.serial.SerialExecutor` of
     ``merge_options``, ``work_dir``, ``progress``, ``merge`` and ``adapter`` runs the sweep.
@@ -71,7 +69,6 @@ def run_sweep(
         executor = SerialExecutor(merge_options, work_dir, progress, merge, adapter)
     elif merge_options is not None or work_dir is not None or merge is not None or adapter:
         raise TypeError("merge_options, work_dir, merge and adapter belong to the executor")
-    gate = (min_refusal, max_over_refusal)
     name = out.resolve().name if out is not None else "merge"  # mergekit titles the card so
     references: dict[int, dict] = {}
     points: dict[int, SweepPoint] = {}
@@ -94,7 +91,7 @@ def run_sweep(
             if outcome.merged is None:
                 continue
             so_far = [points[i] for i in sorted(points)]
-            if out is not None and select(so_far, *gate, plan.parameters, objective) is point:
+            if out is not None and select(so_far, gate, plan.parameters) is point:
                 if kept is not None:
                     run.discard(kept[1])
                 kept = (point, outcome)
@@ -102,15 +99,13 @@ def run_sweep(
                 run.discard(outcome)
         result = SweepResult(
             plan=plan,
-            min_refusal=min_refusal,
-            max_over_refusal=max_over_refusal,
+            gate=gate,
             aligned=references[0],
             finetuned=[references[i] for i in range(1, len(plan.finetuned) + 1)],
             points=[points[i] for i in sorted(points)],
-            objective=objective,
             failed=[(plan.values[i], failed[i]) for i in sorted(failed)],
         )
-        result.chosen = select(result.points, *gate, plan.parameters, objective)
+        result.chosen = select(result.points, gate, plan.parameters)
         if out is not None and result.chosen is not None:
             if kept is not None and kept[0] is result.chosen:
                 assert kept[1].merged is not None
