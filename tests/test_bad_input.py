@@ -719,16 +719,11 @@ def test_a_local_path_without_dot_slash_is_a_local_model(tmp_path, family, monke
 def test_the_readme_search_command_makes_its_storage_folder(tmp_path):
     """``--storage sqlite:///out/search.db`` where ``out/`` does not exist yet."""
     storage = tmp_path / "fresh" / "search.db"
-    args = [
-        "--prompts",
-        "recipes/demo/prompts",
-        "--storage",
-        f"sqlite:///{storage}",
-        "--min-refusal",
-        "0",
-    ]  # every trial passes: the chosen one is written
+    storing = ["--prompts", "recipes/demo/prompts", "--storage", f"sqlite:///{storage}"]
+    passing = ["--min-refusal", "0", "--min-helpful", "0", "--max-broken", "1"]  # one is chosen
     result = cli_in_process("search", "recipes/safe_linear.yml", "--param", "weight=0:1",
-                            *SEARCH, *args, "--out", tmp_path / "out", cwd=REPO)  # fmt: skip
+                            *SEARCH, *storing, *passing, "--out", tmp_path / "out",
+                            cwd=REPO)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert storage.is_file() and (tmp_path / "out" / "recipe.yml").is_file()
 
