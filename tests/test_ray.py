@@ -215,5 +215,6 @@ def test_without_ray_installed_the_error_says_how_to_get_it(monkeypatch):
         return real(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_ray)
-    with pytest.raises(ConfigError, match=r"pip install 'mergekit-safety\[ray\]'"):
+    with pytest.raises(ConfigError, match=r"pip install ray\[client\] \(in a clone of this "
+                       r"repository: pip install -e '\.\[ray\]'\)"):  # fmt: skip
         import_ray()
