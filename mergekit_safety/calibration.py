@@ -27,6 +27,8 @@ from mergekit_safety.errors import ConfigError
 METADATA = "calibration.json"
 TENSOR = "xtx"
 FORMAT = 1
+FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
+"""safetensors' names of the dtypes a statistics file may hold (``calibrate`` writes F32)."""
 IN_BLOCK = re.compile(r"\.\d+\.")
 """A weight inside a numbered block (a decoder layer): the reference calibrates exactly those."""
 
@@ -118,4 +120,47 @@ def check_against(calibration: Calibration, shapes: Mapping[str, tuple[int, ...]
             raise ConfigError(
                 f"calibration {where} has no statistics for {name}: calibrate the aligned model "
                 "(base_model) itself"
+            )
+
+
+def check_files(calibration: Calibration) -> None:
+    """Every statistics file as ``calibration.json`` describes it: readable (not truncated), one
+    ``xtx`` tensor of ``width × width`` in a floating dtype, finite.
+
+    Made while mergekit plans, before any tensor merges (as mergekit's inputs are checked): the
+    header first, then the values, one file in memory at a time.
+    """
+    from safetensors import safe_open
+
+    for module, width in calibration.modules.items():
+        path = file_of(calibration.directory, module)
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as handle:
+                names = list(handle.keys())
+                if names != [TENSOR]:
+                    raise ConfigError(
+                        f"{path}: holds {', '.join(names) or 'no tensor'}, not one `{TENSOR}` "
+                        "tensor: not a `mergekit-safety calibrate` file"
+                    )
+                header = handle.get_slice(TENSOR)
+                shape, dtype = tuple(header.get_shape()), str(header.get_dtype())
+                if shape != (width, width):
+                    raise ConfigError(
+                        f"{path}: statistics of {'×'.join(map(str, shape))}, but "
+                        f"{METADATA} says inputs of width {width} ({width}×{width}): the file "
+                        "and the record are of different models"
+                    )
+                if dtype not in FLOAT_DTYPES:
+                    raise ConfigError(f"{path}: statistics of dtype {dtype}, not a float")
+                values = handle.get_tensor(TENSOR)
+        except ConfigError:
+            raise
+        except Exception as error:  # noqa: BLE001 - safetensors' errors: truncated, not a file
+            raise ConfigError(
+                f"{path}: unreadable calibration statistics, truncated or corrupt ({error})"
+            ) from None
+        if not bool(torch.isfinite(values).all()):
+            raise ConfigError(
+                f"{path}: the statistics hold NaN or Inf values (was the calibrated model "
+                "broken?); nothing was merged"
             )

@@ -14,11 +14,16 @@ Nothing here runs on import: the commands install the hook (:func:`install_excep
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
 import re
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from types import TracebackType
+from typing import Any
 
 from mergekit_safety import runs
 
@@ -28,6 +33,12 @@ PREFIX = "mergekit-safety: error:"
 
 class ConfigError(ValueError):
     """A user mistake found before heavy work: bad roles, parameters, paths or models."""
+
+
+def install_hint(extra: str, packages: str) -> str:
+    """How to install an optional extra: mergekit-safety is installed from its repository (it
+    is not on the package index: an extra is installed as ``pip install -e '.[extra]'``)."""
+    return f"pip install {packages} (in a clone of this repository: pip install -e '.[{extra}]')"
 
 
 def find_config_error(error: BaseException | None) -> ConfigError | None:
@@ -216,11 +227,38 @@ def show_traceback() -> bool:
     return any(arg in ("-v", "--verbose") or re.fullmatch(r"-v+", arg) for arg in sys.argv[1:])
 
 
+def exit_on_terminate(signum: int, _frame: Any) -> None:
+    """SIGTERM (a scheduler's kill, ``timeout``) ends a command as Ctrl-C does: the stack unwinds
+    (temporary files and staging directories go), and once it has, what the current merge wrote
+    is removed (a merge that finished, whose config.json is written, is left)."""
+    atexit.register(run_cleanups)
+    sys.exit(128 + signum)
+
+
+@contextlib.contextmanager
+def terminate_unwinds() -> Iterator[None]:
+    """:func:`exit_on_terminate` for SIGTERM while the block runs (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, exit_on_terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def install_excepthook() -> None:
-    """Print a user mistake that escapes a mergekit command as one line (exit status stays 1)."""
+    """Print a user mistake that escapes a mergekit command as one line (exit status stays 1),
+    and let SIGTERM remove a merge's partial output as Ctrl-C does (:func:`exit_on_terminate`)."""
     previous = sys.excepthook
     if getattr(previous, "_mergekit_safety", False):
         return
+    if (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    ):
+        signal.signal(signal.SIGTERM, exit_on_terminate)
 
     def hook(kind: type[BaseException], error: BaseException, tb: TracebackType | None) -> None:
         run_cleanups()

@@ -58,6 +58,16 @@ mergekit (a failing check names the assumption):
     gives each ``ReturnTensor``), wraps each in mergekit's own ``ReturnTensor`` built without
     re-validation (``model_construct``), and runs them on ``mergekit.graph.Executor`` as
     ``run_merge`` runs a plan; each value is the tensor ``mergekit-yaml`` would write.
+16. ``mergekit.card.is_hf(path)`` decides whether a recipe's model is a Hub repository, for the
+    card ``run_merge`` writes after the merge; it asks the Hub about any existing path with one
+    ``/`` (``um/aligned``, the usual way to write a local path), which online costs a traceback
+    after a finished merge and offline a wrong one-line error. mergekit itself loads an existing
+    local path as a local model (``ModelPath.local_path``), so :func:`_wrap_card` answers the same
+    for such a path: an existing local directory is a local model; the Hub is not asked.
+17. ``GatherTensors.weight_info`` (model -> ``WeightInfo`` with ``name``, ``aliases``,
+    ``tied_names``, ``optional``) is what a planned tensor loads per input, possibly wrapped
+    (``PermutedVocabulary``, ``TruncatedVocabulary``: an attribute ``gather_tensors``), read by
+    :class:`PlannedTensor` to check every input against the file headers while planning.
 13. ``mergekit.merge_methods.base.MergeMethod._bind_parameters(groups, parameters)`` (the Python
     API's binding) and ``MergeMethod._execute(groups, parameters, options, *, input_dtypes,
     out_dtype)`` (both entry points' execution) are overridden by :class:`PluginMethod`, and
@@ -91,6 +101,16 @@ from mergekit_safety.parameters import domain_error
 
 
 @dataclass(frozen=True)
+class PlannedInput:
+    """One model's input to a planned tensor: the names mergekit looks for, in its order."""
+
+    model: Any
+    names: tuple[str, ...]
+    """The weight's name, its aliases, its tied names: mergekit loads the first one present."""
+    optional: bool
+
+
+@dataclass(frozen=True)
 class PlannedTensor:
     """One output tensor as mergekit planned it: which method, inputs and resolved parameters."""
 
@@ -105,10 +125,16 @@ class PlannedTensor:
     input_parameters: dict[Any, dict[str, Any]]
     task: Any = field(repr=False, compare=False)
     """mergekit's ``ExecuteMergeMethodTask``: only this module looks inside it."""
+    inputs: tuple[PlannedInput, ...] = field(default=(), repr=False, compare=False)
+    vocabulary_aligned: bool = False
+    """The recipe's ``tokenizer`` section aligns this tensor's vocabulary axis before merging."""
 
     @classmethod
     def of(cls, task: Any) -> PlannedTensor:
         weight = task.output_weight
+        gather = task.gather_tensors
+        aligned = type(gather).__name__ != "GatherTensors"  # PermutedVocabulary, Truncated...
+        gather = getattr(gather, "gather_tensors", gather)
         return cls(
             name=weight.name,
             aliases=tuple(weight.aliases or ()),
@@ -121,6 +147,15 @@ class PlannedTensor:
                 model: dict(values.items()) for model, values in task.input_parameters.items()
             },
             task=task,
+            inputs=tuple(
+                PlannedInput(
+                    model=model,
+                    names=(info.name, *(info.aliases or ()), *(info.tied_names or ())),
+                    optional=bool(info.optional),
+                )
+                for model, info in getattr(gather, "weight_info", {}).items()
+            ),
+            vocabulary_aligned=aligned,
         )
 
 
@@ -175,6 +210,7 @@ def install(hooks: Hooks, after_import: AfterImport) -> None:
     after_import("mergekit.io.loader", _wrap_loader)
     after_import("mergekit.io.lazy_tensor_loader", _wrap_index)
     after_import("transformers.configuration_utils", _quiet_torch_dtype_warning)
+    after_import("mergekit.card", _wrap_card)
 
 
 def _once(owner: Any, name: str, make: Callable[[Callable], Callable]) -> None:
@@ -383,6 +419,23 @@ def _wrap_index(module: Any) -> None:
     _named_shard(module.ShardedTensorIndex, "from_file")
 
 
+def _wrap_card(module: Any) -> None:
+    """``is_hf``: an existing local directory is a local model (assumption 16)."""
+
+    def is_hf(original: Callable) -> Callable:
+        @functools.wraps(original)
+        def wrapper(path: str, *args: Any, **kwargs: Any) -> Any:
+            import os
+
+            if os.path.isdir(os.path.expanduser(str(path))):
+                return False
+            return original(path, *args, **kwargs)
+
+        return wrapper
+
+    _once(module, "is_hf", is_hf)
+
+
 class _DropTorchDtypeDeprecation:
     """A logging filter: drop transformers' ``torch_dtype`` deprecation, keep everything else."""
 
@@ -589,6 +642,43 @@ def tensor_shapes(model: Any) -> dict[str, tuple[int, ...]]:
             for name in names:
                 shapes[name] = tuple(handle.get_slice(name).get_shape())
     return shapes
+
+
+def first_non_finite(model: Any) -> str | None:
+    """The first tensor of ``model``'s safetensors files holding NaN or Inf (None: all finite,
+    or not safetensors). One tensor in memory at a time, through the index mergekit loads by."""
+    import math
+    import os
+
+    import torch
+    from mergekit.io.tasks import LoaderCache
+    from safetensors import safe_open
+
+    index = LoaderCache().get(model).index
+    for shard in sorted(set(index.tensor_paths.values())):
+        if not shard.endswith(".safetensors"):
+            return None
+        with safe_open(os.path.join(index.base_path, shard), framework="pt") as handle:
+            for name in handle.keys():
+                tensor = handle.get_tensor(name)
+                if tensor.is_floating_point() and tensor.numel():
+                    low, high = torch.aminmax(tensor)
+                    if not (math.isfinite(float(low)) and math.isfinite(float(high))):
+                        return name
+    return None
+
+
+def converts_checkpoints(model: Any) -> bool:
+    """Whether mergekit may build a weight ``model``'s files lack from others (transformers'
+    checkpoint conversions for its model type, e.g. fused experts): then a missing name is no
+    proof of a missing tensor."""
+    from transformers.conversion_mapping import get_checkpoint_conversion_mapping
+
+    try:
+        model_type = model.config(trust_remote_code=False).model_type
+    except Exception:  # noqa: BLE001 - no readable config: mergekit says so itself
+        return True
+    return bool(get_checkpoint_conversion_mapping(model_type))
 
 
 def same_matrices(first: Any, second: Any) -> bool | None:

@@ -30,6 +30,7 @@ loading; rewriting the frozen, hashed tasks is not possible. A planner that is n
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 import time
@@ -47,10 +48,11 @@ from mergekit_safety.mergekit_internals import (
 )
 from mergekit_safety.methods.alignment_check import watch_planned
 from mergekit_safety.methods.base import RoleCheckedMethod
+from mergekit_safety.outputs import check_writable
 from mergekit_safety.parameters import check_domains, check_parameters, check_rank
 from mergekit_safety.preflight import check_same_architecture
-from mergekit_safety.recipe import inputs, resolve_selection, without_selection
-from mergekit_safety.recipe_keys import check_recipe_keys, ours
+from mergekit_safety.recipe import inputs, resolve_selection, role_of, without_selection
+from mergekit_safety.recipe_keys import check_filters, check_recipe_keys, ours
 from mergekit_safety.roles import Role
 from mergekit_safety.selection import SELECTORS
 
@@ -103,6 +105,38 @@ def on_config(raw: Mapping[str, Any], config: Any) -> None:
         if not isinstance(value, (list, dict))  # gradients and filters resolve per tensor
     }
     check_domains(method.spec.parameters, scalars)  # the cross-parameter rules: per tensor
+    check_dtypes(config)
+    check_adapters(config)
+
+
+def check_adapters(config: Any) -> None:
+    """Every local ``model+adapter`` input's LoRA fits its model (shapes, rank, finite values),
+    from the adapter's and the model's files, before mergekit merges it (warm-up)."""
+    from mergekit.common import ModelReference
+
+    from mergekit_safety.adapter.source import check_fits
+
+    for reference in config.referenced_models():
+        if reference.lora is None or not Path(reference.model.path).expanduser().is_dir():
+            continue
+        model = ModelReference(model=reference.model)
+        check_fits(reference.lora.path, mergekit_internals.tensor_shapes(model), model)
+
+
+def check_dtypes(config: Any) -> None:
+    """``dtype`` and ``out_dtype`` name a dtype mergekit knows (it would find out mid-merge)."""
+    from mergekit.common import dtype_from_name
+
+    for key in ("dtype", "out_dtype"):
+        value = getattr(config, key, None)
+        if value is None:
+            continue
+        try:
+            dtype_from_name(value)
+        except RuntimeError:
+            raise ConfigError(
+                f"{key}: unknown dtype {value!r} (use float32, float16 or bfloat16)"
+            ) from None
 
 
 def on_recipe(recipe: PlannedRecipe) -> None:
@@ -116,6 +150,9 @@ def on_recipe(recipe: PlannedRecipe) -> None:
     if "k" in {p.name for p in method.spec.parameters} and recipe.config.base_model is not None:
         k = (recipe.config.parameters or {}).get("k")
         check_rank(method.spec.name, k, mergekit_internals.tensor_shapes(recipe.config.base_model))
+    if recipe.config.base_model is not None:
+        base = recipe.config.base_model
+        check_filters(recipe.config, mergekit_internals.tensor_shapes(base), base)
     if "calibration" in {p.name for p in method.spec.parameters}:
         check_calibration(recipe.config, method.needs_calibration)
     run = runs.current()
@@ -126,9 +163,9 @@ def on_recipe(recipe: PlannedRecipe) -> None:
 
 
 def check_calibration(config: Any, required: bool) -> None:
-    """Calibration statistics: given (if ``required``), readable, and of base_model's layers
-    (one line if not)."""
-    from mergekit_safety.calibration import check_against, read
+    """Calibration statistics: given (if ``required``), readable, of base_model's layers, taken
+    on base_model, and every file as its header and values should be (one line if not)."""
+    from mergekit_safety.calibration import check_against, check_files, read
     from mergekit_safety.methods.safe_delta import missing_calibration
 
     where = (config.parameters or {}).get("calibration")
@@ -136,9 +173,56 @@ def check_calibration(config: Any, required: bool) -> None:
         if required:
             raise ConfigError(missing_calibration())
         return
+    calibration = read(where)
     if config.base_model is not None:
         shapes = mergekit_internals.tensor_shapes(config.base_model)
-        check_against(read(where), shapes)
+        check_against(calibration, shapes)
+        check_calibrated_on(config, calibration)
+    check_files(calibration)
+
+
+def check_calibrated_on(config: Any, calibration: Any) -> None:
+    """The statistics were taken on base_model (the aligned model), as ``calibration.json`` says.
+
+    Refused when the recorded model is another input of the recipe (the unaligned model, the
+    fine-tune), or a local model whose matrices differ from base_model's; a recorded path that
+    names nothing here (another machine, a Hub id) cannot be compared and passes.
+    """
+    from mergekit.common import ModelReference
+
+    recorded = calibration.info.get("model")
+    base = config.base_model
+    if not isinstance(recorded, str) or not recorded or base.lora is not None:
+        return
+    if _same_path(recorded, base.model.path):
+        return
+    method = config.merge_method
+    advice = (
+        f"{method} needs the statistics of the aligned model (base_model): "
+        f"`mergekit-safety calibrate {base} --prompts FILE --out DIR`"
+    )
+    for scope in inputs(config):
+        if scope.reference != base and _same_path(recorded, scope.reference.model.path):
+            raise ConfigError(
+                f"calibration {calibration.directory} was taken on {recorded}, the "
+                f"{role_of(scope)} model of this recipe, not on base_model {base}; {advice}"
+            )
+    if (
+        Path(recorded).expanduser().is_dir()
+        and mergekit_internals.same_matrices(base, ModelReference.parse(recorded)) is False
+    ):
+        raise ConfigError(
+            f"calibration {calibration.directory} was taken on {recorded}, whose weights differ "
+            f"from base_model {base}; {advice}"
+        )
+
+
+def _same_path(first: str, second: str) -> bool:
+    """Two model paths name one directory (or, where neither is local, the same Hub id)."""
+    a, b = Path(first).expanduser(), Path(second).expanduser()
+    if a.exists() and b.exists():
+        return a.resolve() == b.resolve()
+    return first.strip().rstrip("/") == second.strip().rstrip("/")
 
 
 def check_device(options: Any) -> None:
@@ -202,6 +286,19 @@ def model_files(directory: Path) -> list[Path]:
     return sorted({path for pattern in MODEL_FILES for path in directory.glob(pattern)})
 
 
+IN_PROGRESS_SHARD = re.compile(r"^[\w.]+-\d+\.(safetensors|bin)$")
+"""What mergekit names a shard while it writes (``model-3.safetensors``): renamed to
+``model-00003-of-00012.safetensors`` (or ``model.safetensors``) once every shard is written."""
+
+
+def interrupted_merge(out: Path) -> bool:
+    """``out`` holds nothing but shards mergekit had not finished: a merge that was killed."""
+    entries = list(out.iterdir()) if out.is_dir() else []
+    return bool(entries) and all(
+        entry.is_file() and IN_PROGRESS_SHARD.match(entry.name) for entry in entries
+    )
+
+
 def overwrite_allowed() -> bool:
     return os.environ.get(OVERWRITE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -218,6 +315,9 @@ def guard_output(out: Path, run: runs.MergeRun) -> None:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output {out} exists and is not a directory")
     check_writable(out)
+    if interrupted_merge(out):  # shards of a killed run (SIGKILL, an older version): not a model
+        for path in out.iterdir():
+            path.unlink()
     existing = model_files(out)
     if existing:
         if not overwrite_allowed():
@@ -252,23 +352,6 @@ def guard_output(out: Path, run: runs.MergeRun) -> None:
     run.on_failure(remove_what_the_run_added)
 
 
-def check_writable(out: Path) -> None:
-    """The output directory (or the nearest folder that exists above it) takes a new file."""
-    import tempfile
-
-    target = out
-    while not target.exists() and target != target.parent:
-        target = target.parent
-    if not target.is_dir():
-        return  # a file in the way: mergekit's own error names it (see errors._os_error)
-    try:
-        handle, probe = tempfile.mkstemp(dir=target, prefix=".mergekit-safety-")
-    except OSError as error:
-        raise ConfigError(f"output {out} is not writable ({error.strerror})") from None
-    os.close(handle)
-    os.unlink(probe)
-
-
 # --- every planned tensor ----------------------------------------------------------------------
 
 
@@ -287,14 +370,49 @@ def on_tensor(tensor: PlannedTensor) -> None:
     unaligned = [model for model, role in roles.items() if role is Role.UNALIGNED]
     run = runs.current()
     if run is None or run.written:  # a planner that does not plan to disk (mergekit-pytorch)
-        runs.start(runs.MergeRun())
+        run = runs.start(runs.MergeRun())
     if unaligned:
         watch_planned((tensor.base, unaligned[0]), tensor.name)
     check_parameters(method.spec.name, tensor.parameters, tensor.input_parameters)
     others = tuple(m for m in tensor.models if m != tensor.base)
     models = (tensor.base, *others) if tensor.base else others
-    if runs.current().first_time(("architecture", models)):  # once per merge, not per tensor
+    if run.first_time(("architecture", models)):  # once per merge, not per tensor
         check_same_architecture(models)
+    check_inputs(tensor, run)
+
+
+def check_inputs(tensor: PlannedTensor, run: runs.MergeRun) -> None:
+    """Every input holds the planned tensor, all of one shape: from the file headers, before
+    any tensor loads (mergekit would find out while executing, after earlier tensors merged)."""
+    found: dict[Any, tuple[int, ...]] = {}
+    for planned in tensor.inputs:
+        shapes = run.headers.get(planned.model)
+        if shapes is None:
+            shapes = run.headers[planned.model] = mergekit_internals.tensor_shapes(planned.model)
+        if not shapes:
+            continue  # not in safetensors files: mergekit's own check runs
+        shape = next((shapes[name] for name in planned.names if name in shapes), None)
+        if shape is not None:
+            found[planned.model] = shape
+        elif not planned.optional and not mergekit_internals.converts_checkpoints(planned.model):
+            raise ConfigError(
+                f"{planned.model} has no tensor {tensor.name}: the models are not of one "
+                "architecture, or a checkpoint is incomplete"
+            )
+    if len(set(found.values())) < 2 or (tensor.vocabulary and tensor.vocabulary_aligned):
+        return
+    if tensor.vocabulary:
+        raise ConfigError(
+            f"{tensor.name}: the models' vocabularies differ in size "
+            f"({', '.join(str(shape) for shape in found.values())}); add "
+            "`tokenizer: {source: base}` to the recipe to align them"
+        )
+    (first, want), *others = found.items()
+    model, got = next((m, shape) for m, shape in others if shape != want)
+    raise ConfigError(
+        f"mismatched models: {tensor.name} is {'×'.join(map(str, got))} in {model} but "
+        f"{'×'.join(map(str, want))} in {first}"
+    )
 
 
 def refuse_unresolved(tensor: PlannedTensor) -> None:
@@ -325,11 +443,29 @@ def on_written(written: WrittenMerge) -> None:
     gated = [run.decisions[t.name].merge for t in safety if t.name in run.decisions]
     if gated:
         what = f"{sum(gated)} of {len(gated)} gated matrices merged"
-    else:  # ungated safe_linear, lox, harm_removal: every tensor goes through the kernel
-        what = f"all {len(safety)} tensors merged"
+    else:
+        what = ungated_count(ours(method), safety, run)
     from tqdm.auto import tqdm
 
     tqdm.write(f"mergekit-safety: wrote {written.out_path} ({method}, {what})", file=sys.stderr)
+
+
+def ungated_count(method: RoleCheckedMethod, tensors: Any, run: runs.MergeRun) -> str:
+    """How many tensors an ungated merge changed: all (safe_linear, harm_removal), or those its
+    ``changes`` says, by the shapes read while planning (lox, lssf, safe_delta)."""
+    if method.changes is None:
+        return f"all {len(tensors)} tensors merged"
+    changed = 0
+    for tensor in tensors:
+        shape = run.headers.get(tensor.base, {}).get(tensor.name)
+        if shape is None or method.changes(tensor.name, shape, tensor.vocabulary,
+                                           tensor.parameters):  # fmt: skip
+            changed += 1
+    kept = len(tensors) - changed
+    if not kept:
+        return f"all {len(tensors)} tensors merged"
+    source = "aligned" if method.unmerged == "aligned" else "fine-tuned"
+    return f"{changed} of {len(tensors)} tensors merged, {kept} kept as the {source} model's"
 
 
 # --- top_k / fraction ---------------------------------------------------------------------------

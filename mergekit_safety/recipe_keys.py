@@ -11,7 +11,7 @@ against what the method reads for that input's role (values: ``mergekit_safety.p
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from mergekit.merge_methods import get, registered_methods
@@ -50,11 +50,14 @@ def check_recipe_keys(raw: Mapping[str, Any]) -> None:
     per_input = {p.name for p in method.spec.parameters if p.scope is not ParameterScope.SHARED}
     inputs = list(_inputs(raw))
     gated = method.gates and any(_role(p) is Role.UNALIGNED for _where, p in inputs)
+    top = raw.get("parameters") or {}
     for where, parameters in _scopes(raw):
         for key in parameters:  # per-input ones here apply to every input
             _check_key(method, key, shared | per_input, where)
             if key in GATE_KEYS and not gated:
                 raise ConfigError(not_gated(method, key))
+            if key in method.read_only_with:
+                _check_read(method, key, parameters, top)
     for where, parameters in inputs:
         role = _role(parameters)
         for key in parameters:
@@ -87,6 +90,58 @@ def _check_key(method: RoleCheckedMethod, key: str, known: set[str], where: str)
     vocabulary = {p.name for m in registered_methods() for p in getattr(m.spec, "parameters", ())}
     raise ConfigError(
         f"{name}: unknown parameter `{key}` in {where}{_meant(key, known | vocabulary)}"
+    )
+
+
+def _check_read(
+    method: RoleCheckedMethod, key: str, parameters: Mapping[str, Any], top: Mapping[str, Any]
+) -> None:
+    """``key`` is read only when another parameter has a value: refuse it where it has not."""
+    other, wanted = method.read_only_with[key]
+    default = next(p.default for p in method.spec.parameters if p.name == other)
+    value = parameters.get(other, top.get(other, default) if isinstance(top, Mapping) else default)
+    if value != wanted:
+        name = method.spec.name
+        raise ConfigError(
+            f"{name}: `{key}` is read only with `{other}: {wanted}`, and {other} is {value} here: "
+            f"{key} would be ignored; set `{other}: {wanted}` or remove {key}"
+        )
+
+
+def check_filters(recipe: Any, names: Iterable[str], model: Any) -> None:
+    """Every ``filter:`` of the recipe's parameters matches some tensor of ``names`` (mergekit
+    applies a filtered value to the tensors whose name contains it, and a filter that matches
+    none is silently ignored: every tensor gets the unfiltered value)."""
+    names = list(names)
+    if not names:
+        return
+    for scope in walk(recipe):
+        where = scope.label or "the top-level `parameters:`"
+        for key, value in scope.parameters.items():
+            if not isinstance(value, list):
+                continue
+            for entry in value:  # a mapping as written, mergekit's ConditionalParameter as read
+                text = entry.get("filter") if isinstance(entry, Mapping) else None
+                text = getattr(entry, "filter", text)
+                if isinstance(text, str):
+                    check_filter(text, names, model, f"`{key}` in {where}")
+
+
+def check_filter(text: str, names: Iterable[str], model: Any, where: str) -> None:
+    """One filter matches a tensor name (as mergekit matches: a substring), or one line."""
+    names = list(names)
+    if not names or any(text in name for name in names):
+        return
+    parts = dict.fromkeys(
+        part
+        for name in names
+        for part in name.split(".")
+        if not part.isdigit() and part not in ("model", "layers", "weight", "bias")
+    )
+    meant = _meant(text, parts) or f" (its tensor names hold {', '.join(list(parts)[:6])}, ...)"
+    raise ConfigError(
+        f"{where}: filter {text!r} matches no tensor of {model}{meant}; its value would apply "
+        "to nothing"
     )
 
 

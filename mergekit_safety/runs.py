@@ -56,6 +56,8 @@ class MergeRun:
     """The planned recipe (mergekit's view, see ``mergekit_internals.PlannedRecipe``)."""
     written: bool = False
     seen: set[Hashable] = field(default_factory=set)
+    headers: dict[Any, dict[str, tuple[int, ...]]] = field(default_factory=dict)
+    """Model -> its tensors' shapes from its file headers, read once per merge."""
     _cleanups: list[Callable[[], None]] = field(default_factory=list, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 

@@ -25,7 +25,7 @@ from mergekit.options import MergeOptions
 from mergekit_safety import mergekit_internals
 from mergekit_safety.errors import ConfigError
 from mergekit_safety.mergekit_internals import PlannedTensor
-from mergekit_safety.methods.base import RoleCheckedMethod, RoleInputs
+from mergekit_safety.methods.base import RoleCheckedMethod, RoleInputs, check_finite
 from mergekit_safety.recipe import parameter_scopes
 from mergekit_safety.roles import Role
 from mergekit_safety.selection import SELECTORS, Resolved, Selection, parse_selection
@@ -62,7 +62,9 @@ class TensorDecision(Mapping[str, Any]):
 
 
 def gate_record(tensor: PlannedTensor, group: TensorGroup) -> TensorDecision:
-    """The decision the tensor's method takes for it."""
+    """The decision the tensor's method takes for it (a NaN or Inf input: one line, as in the
+    merge; its ρ would read as drift)."""
+    check_finite(group)
     method = get(tensor.method)
     roles = {entry.id: tensor.input_parameters[entry.id]["role"] for entry in group.non_base}
     method.rule.check(roles, tensor.base)
@@ -236,6 +238,17 @@ def _score_key(config: MergeConfiguration, options: MergeOptions, gated_only: bo
     return json.dumps(
         [keep_roles(data), str(options.device), gated_only, stamps], sort_keys=True, default=str
     )
+
+
+def check_top_k(config: MergeConfiguration, top_k: int) -> None:
+    """``top_k`` (a sweep's or a search's largest) fits the recipe's rankable matrices: planned
+    by mergekit, counted from the file headers; nothing is loaded, no ρ computed."""
+    from mergekit_safety.recipe import without_selection
+
+    tensors = mergekit_internals.plan_tensors(
+        without_selection(config, drop_threshold=False), MergeOptions(quiet=True)
+    )
+    count_rankable([t for t in tensors if not t.vocabulary], Selection(top_k=int(top_k)))
 
 
 def count_rankable(tensors: list[PlannedTensor], selection: Selection) -> None:

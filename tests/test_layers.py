@@ -17,7 +17,7 @@ HOOK = "_mergekit_safety_autoload"
 LAYERS = (
     ("math", {"", "errors", "stats", "subspace", "roles", "selection", "parameters", "preflight",
               "calibration",
-              "acceptance", "runs", "hub_card"}),
+              "acceptance", "runs", "hub_card", "outputs"}),
     ("the door into mergekit", {"mergekit_internals"}),
     ("methods", {"methods"}),
     ("recipe machinery", {"recipe", "lora_cache", "scoring", "planning", "adapter", "inspection",

@@ -61,7 +61,8 @@ def _cases(family, tmp_path):
         ),
         "vocabularies differ": (
             with_model(small_vocab),
-            "lm_head.weight: the models' vocabularies differ in size",
+            "model.embed_tokens.weight: the models' vocabularies differ in size ((40, 32), "
+            "(50, 32)); add `tokenizer: {source: base}` to the recipe to align them",
         ),
         "tensor missing": (
             with_model(missing),
@@ -83,10 +84,14 @@ CASES = [
 
 @pytest.mark.parametrize("case", CASES)
 def test_mergekit_failures_give_one_line_and_no_output(tmp_path, family, case):
+    """Each is known from the recipe and the file headers: refused before any tensor merges
+    (issue #40: dtype, vocabularies and a missing tensor were found while executing)."""
     recipe, message = _cases(family, tmp_path)[case]
     out = tmp_path / "out"
-    line = one_line(yaml_in_process(write_recipe(tmp_path / "r.yml", recipe), out))
+    result = yaml_in_process(write_recipe(tmp_path / "r.yml", recipe), out)
+    line = one_line(result)
     assert line.startswith(message), line
+    assert "Executing graph" not in result.stderr
     assert not out.exists()
 
 
@@ -142,10 +147,12 @@ def test_a_lora_adapter_for_another_model_gives_one_line(tmp_path, family):
     result = yaml_in_process(
         write_recipe(tmp_path / "r.yml", recipe), out, "--lora-merge-cache", cache
     )
-    assert one_line(result) == (
-        "a LoRA adapter does not fit its base model: model.layers.0.self_attn.q_proj.lora_A is "
-        "8×128, the base model needs 8×32 (the adapter was trained on another model)"
+    assert one_line(result) == (  # from the files, before mergekit merges the adapter (#40)
+        f"{adapter}: model.layers.0.mlp.down_proj has LoRA factors for a 128×256 weight, but "
+        f"{family['aligned']} has model.layers.0.mlp.down_proj.weight of 32×64: the adapter was "
+        "trained on another model"
     )
+    assert "Warmup loader cache" not in result.stderr
     assert not out.exists()
 
 

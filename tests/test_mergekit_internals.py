@@ -142,6 +142,23 @@ def test_14_recipes_are_read_through_model_validate():
     )
 
 
+def test_16_17_card_asks_is_hf_and_tasks_gather_weight_infos():
+    import mergekit.card
+    from mergekit.io.tasks import GatherTensors
+
+    assert "is_hf(" in inspect.getsource(mergekit.card.extract_hf_paths), (
+        "assumption 16: mergekit's card asks mergekit.card.is_hf whether a model is on the Hub"
+    )
+    assert "weight_info" in fields(GatherTensors), (
+        "assumption 17: GatherTensors.weight_info holds each input's WeightInfo"
+    )
+    from mergekit.architecture import WeightInfo
+
+    assert {"name", "aliases", "tied_names", "optional"} <= fields(WeightInfo), (
+        "assumption 17: a WeightInfo names the tensor, its aliases and tied names"
+    )
+
+
 def test_11_torch_dtype_is_a_config_property():
     from transformers import configuration_utils
 

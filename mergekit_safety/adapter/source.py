@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -116,6 +118,7 @@ def factors_of(
             )
         sides.setdefault(match["module"], {})[match["side"]] = tensor
     alphas = dict(getattr(config, "alpha_pattern", None) or {})
+    ranks = dict(getattr(config, "rank_pattern", None) or {})
     modules = {}
     for module, pair in sides.items():
         if set(pair) != {"A", "B"}:
@@ -127,6 +130,18 @@ def factors_of(
                 f"{FULL_MODEL}"
             )
         rank = a.shape[0]
+        said = ranks.get(get_pattern_key(list(ranks), module), config.r)  # as peft reads r
+        if rank != said:
+            raise ConfigError(
+                f"{path}: {module} has LoRA factors of rank {rank}, but adapter_config.json "
+                f"says r = {said}: the config and the weights are of different adapters"
+            )
+        for side, factor in (("lora_A", a), ("lora_B", b)):
+            if not bool(torch.isfinite(factor).all()):
+                raise ConfigError(
+                    f"{path}: {module}.{side} holds NaN or Inf values; nothing was merged "
+                    "(check that adapter)"
+                )
         alpha = alphas.get(get_pattern_key(list(alphas), module), config.lora_alpha)  # as peft
         scale = alpha / (math.sqrt(rank) if getattr(config, "use_rslora", False) else rank)
         modules[module] = ModuleFactors(b=b, a=a, scale=scale)
@@ -136,3 +151,66 @@ def factors_of(
 def _first_line(error: BaseException) -> str:
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return lines[0] if lines else type(error).__name__
+
+
+def check_fits(path: str, shapes: Mapping[str, tuple[int, ...]], model: Any) -> None:
+    """A local LoRA adapter fits ``model`` (its tensors' ``shapes``, from the file headers):
+    every ``lora_A``/``lora_B`` pair adapts a weight the model has, of that weight's shape, at the
+    rank ``adapter_config.json`` gives, with finite values. Made before mergekit merges the
+    adapter into the model (which reports a misfit in several lines, or not at all for a wrong
+    ``r``); any other tensor (DoRA's magnitude, a saved module) is left to peft."""
+    import json
+
+    from safetensors import safe_open
+
+    folder = Path(path).expanduser()
+    weights, config_file = folder / "adapter_model.safetensors", folder / "adapter_config.json"
+    if not shapes or not weights.is_file() or not config_file.is_file():
+        return  # a Hub id, .bin weights: peft reads them and says what is wrong
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        with safe_open(str(weights), framework="pt", device="cpu") as handle:
+            sides: dict[str, dict[str, torch.Tensor]] = {}
+            for key in handle.keys():
+                match = KEY.match(key)
+                if match is not None:
+                    sides.setdefault(match["module"], {})[match["side"]] = handle.get_tensor(key)
+    except Exception as error:  # noqa: BLE001 - not JSON, a truncated file: one line
+        raise ConfigError(f"{path}: not a readable peft adapter ({_first_line(error)})") from None
+    ranks = dict(config.get("rank_pattern") or {})
+    for module, pair in sides.items():
+        if set(pair) != {"A", "B"}:
+            raise ConfigError(f"{path}: {module} has lora_A or lora_B but not both")
+        a, b = pair["A"], pair["B"]
+        want = shapes.get(f"{module}.weight")
+        if want is None:
+            raise ConfigError(
+                f"{path}: adapts {module}, which has no weight {module}.weight in {model}: the "
+                "adapter was trained on another model"
+            )
+        if a.ndim != 2 or b.ndim != 2 or (b.shape[0], a.shape[1]) != tuple(want):
+            got = f"{b.shape[0]}×{a.shape[1]}" if a.ndim == b.ndim == 2 else "another"
+            raise ConfigError(
+                f"{path}: {module} has LoRA factors for a {got} weight, but {model} has "
+                f"{module}.weight of {'×'.join(map(str, want))}: the adapter was trained on "
+                "another model"
+            )
+        said = ranks.get(_pattern_key(list(ranks), module), config.get("r"))
+        if said is not None and a.shape[0] != said:
+            raise ConfigError(
+                f"{path}: {module} has LoRA factors of rank {a.shape[0]}, but "
+                f"adapter_config.json says r = {said}: the config and the weights are of "
+                "different adapters"
+            )
+        for side, factor in (("lora_A", a), ("lora_B", b)):
+            if not bool(torch.isfinite(factor).all()):
+                raise ConfigError(
+                    f"{path}: {module}.{side} holds NaN or Inf values; nothing was merged "
+                    "(check that adapter)"
+                )
+
+
+def _pattern_key(keys: list[str], module: str) -> str:
+    from peft.utils.other import get_pattern_key
+
+    return get_pattern_key(keys, module)

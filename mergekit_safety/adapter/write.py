@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +19,7 @@ from pathlib import Path
 from mergekit_safety.adapter.merge import MergedModule
 from mergekit_safety.adapter.source import PREFIX
 from mergekit_safety.errors import ConfigError
+from mergekit_safety.outputs import check_writable, staged
 
 RECIPE_FILE = "mergekit_config.yml"
 
@@ -30,6 +29,7 @@ def check_out(out: str | os.PathLike) -> Path:
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"{out} exists and is not empty; give a new directory")
+    check_writable(out, "OUT")
     return out
 
 
@@ -73,21 +73,13 @@ def write_adapter(
     for m in modules:
         tensors[f"{PREFIX}{m.module}.lora_A.weight"] = m.a
         tensors[f"{PREFIX}{m.module}.lora_B.weight"] = m.b
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged(out) as staging:
         config.save_pretrained(staging)
         _sort_targets(staging / "adapter_config.json")
         save_file(tensors, staging / "adapter_model.safetensors", metadata={"format": "pt"})
         (staging / RECIPE_FILE).write_text(recipe_text, encoding="utf-8")
         (staging / "README.md").write_text(card, encoding="utf-8")
         _default_modes(staging)
-        if out.exists():
-            out.rmdir()
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out
 
 
@@ -99,10 +91,9 @@ def _sort_targets(path: Path) -> None:
 
 
 def _default_modes(directory: Path) -> None:
-    """The modes a plain mkdir/open would give (mkdtemp makes 0700, safetensors 0600)."""
+    """The modes a plain open would give (safetensors writes 0600)."""
     umask = os.umask(0)
     os.umask(umask)
-    directory.chmod(0o777 & ~umask)
     for path in directory.iterdir():
         path.chmod(0o666 & ~umask)
 

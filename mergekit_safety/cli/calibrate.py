@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from mergekit_safety.cli.common import DTYPE_CHOICES, config_errors
+from mergekit_safety.cli.common import DTYPE_CHOICES, config_errors, terminate_unwinds
 
 
 @click.command("calibrate")
@@ -57,7 +57,7 @@ def calibrate_command(
     whatever the number of prompts. The output is what the `safe_delta` merge method reads
     (`parameters: {calibration: DIR}`), one layer at a time.
     """
-    with config_errors():
+    with config_errors(), terminate_unwinds():
         from mergekit_safety.evaluation.calibration import calibrate
         from mergekit_safety.evaluation.prompts import calibration_conversations
         from mergekit_safety.planning import check_device

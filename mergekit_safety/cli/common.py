@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import signal
-import sys
-import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import click
 
 from mergekit_safety.errors import explain, run_cleanups, show_traceback
+from mergekit_safety.errors import terminate_unwinds as terminate_unwinds  # for the commands
 
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 """What ``--dtype`` takes in ``eval`` and ``sweep``."""
@@ -26,8 +25,8 @@ def lm_eval_options(command: Callable[..., Any]) -> Callable[..., Any]:
             "--lm-eval",
             "lm_eval_tasks",
             metavar="TASK[,TASK]",
-            help="Also run these lm-evaluation-harness tasks on each model (pip install "
-            "'mergekit-safety[lm-eval]'): metrics go to summary.json and the card's model-index.",
+            help="Also run these lm-evaluation-harness tasks on each model (pip install lm-eval): "
+            "metrics go to summary.json and the card's model-index.",
         ),
         click.option(
             "--lm-eval-include",
@@ -203,6 +202,21 @@ def prompt_options(command: Callable[..., Any]) -> Callable[..., Any]:
     ])  # fmt: skip
 
 
+def check_outputs(*, out: Path | None = None, report: Path | None = None,
+                  storage: str | None = None) -> None:  # fmt: skip
+    """Where a sweep or search will write takes files (its folder made for a sqlite
+    ``--storage``, as for ``--out``): checked before any model is evaluated, not after."""
+    from mergekit_safety.outputs import check_writable
+
+    for label, where in (("--out", out), ("--report", report)):
+        if where is not None:
+            check_writable(where, label)
+    if storage is not None:
+        from mergekit_safety.search.study import prepare_storage
+
+        prepare_storage(storage)
+
+
 JUDGE_HELP = (
     "Who judges the replies. keyword (default): refusal phrases. A classifier: wildguard "
     "(allenai/wildguard, 7B; also judges the look-alikes), llama-guard-3-1b | llama-guard-3-8b "
@@ -224,7 +238,7 @@ def ray_options(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]
             click.option(
                 "--ray", "ray_address", is_flag=False, flag_value="local", metavar="[ADDRESS]",
                 callback=lambda _ctx, _param, value: _ray_address(value),
-                help=f"{what} (pip install 'mergekit-safety[ray]'): one CPU each, one GPU each "
+                help=f"{what} (pip install 'ray[client]'): one CPU each, one GPU each "
                 "with --cuda. Alone (or `local`): a cluster on this machine for the run; else an "
                 "existing cluster's address (`auto`, ray://HOST:10001). Put it after RECIPE.",
             ),
@@ -236,7 +250,14 @@ def ray_options(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]
 
 
 def _ray_address(address: str | None) -> str | None:
-    """--ray before RECIPE takes the recipe as its address: say so, not "Missing argument"."""
+    """--ray before RECIPE takes the recipe as its address: say so, not "Missing argument";
+    an empty address (``--ray ""``, an unset variable) is no address: say so, not run serially."""
+    if address is not None and not address.strip():
+        raise click.BadParameter(
+            "an empty address; give a cluster's address (auto, ray://HOST:10001), `local`, or "
+            "--ray alone for a cluster on this machine",
+            param_hint="--ray",
+        )
     if address is not None and address.endswith((".yml", ".yaml")):
         raise click.BadParameter(
             f"took {address!r} as the cluster address; put --ray after RECIPE or write --ray local",
@@ -246,22 +267,15 @@ def _ray_address(address: str | None) -> str | None:
 
 
 def check_ray(address: str | None, workers: int | None) -> None:
-    """--ray-workers sizes a cluster this command starts; an existing one has its own."""
+    """--ray-workers sizes a cluster this command starts; an existing one has its own. Ray must
+    be installed (checked now, before any model is evaluated)."""
     if workers is not None and address != "local":
         raise click.BadParameter(
             "sizes the local cluster that --ray starts; an existing cluster has its own",
             param_hint="--ray-workers",
         )
+    if address is not None:
+        from mergekit_safety.sweep.distributed import check_ray_installed
 
-
-@contextlib.contextmanager
-def terminate_unwinds() -> Iterator[None]:
-    """SIGTERM (a scheduler's kill) unwinds like Ctrl-C, so temporary files are removed too."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(128 + signal.SIGTERM))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+        with config_errors():
+            check_ray_installed(address)

@@ -1,4 +1,5 @@
-"""``mergekit-safety demo build``: rebuild the small trained demo models under recipes/demo."""
+"""``mergekit-safety demo build``: rebuild the small trained demo models (``--out recipes/demo``
+replaces the committed ones)."""
 
 from __future__ import annotations
 
@@ -18,9 +19,13 @@ def demo_group() -> None:
 @click.option(
     "--out",
     type=click.Path(file_okay=False),
-    default="recipes/demo",
+    default="demo",
     show_default=True,
-    help="Directory for unaligned/, aligned/, finetuned/, safe/ and prompts/.",
+    help="Directory for unaligned/, aligned/, finetuned/, safe/, harmful/, their adapters and "
+    "prompts/ (recipes/demo: the committed models, with --overwrite).",
+)
+@click.option(
+    "--overwrite", is_flag=True, help="Replace the demo models --out already holds (only those)."
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Base training seed.")
 @click.option(
@@ -38,19 +43,34 @@ def demo_group() -> None:
     help="torch threads; the weights are reproducible for a fixed value.",
 )
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def build_command(out: str, seed: int, steps_scale: float, threads: int, quiet: bool) -> None:
+def build_command(
+    out: str, overwrite: bool, seed: int, steps_scale: float, threads: int, quiet: bool
+) -> None:
     """Train unaligned -> aligned -> finetuned (LoRA, subtraction) and safe (LoRA, refusals).
 
     Deterministic on CPU: the defaults rebuild the committed recipes/demo bit for bit (on the
     same torch build and CPU type) in about 10 minutes. Writes each model's build_info.json with
     the seed, schedule, data sizes and the sha256 of its weights, and the held-out prompt sets
-    to OUT/prompts.
+    to OUT/prompts. Built in a staging directory beside OUT and moved in at the end: Ctrl-C
+    leaves OUT as it was.
     """
-    from mergekit_safety.demo.build import DemoSpec, build_demo
+    from mergekit_safety.cli.common import config_errors, terminate_unwinds
+    from mergekit_safety.demo.build import DemoSpec, build_demo, built_entries
+    from mergekit_safety.outputs import check_writable, staged
 
     spec = DemoSpec(seed=seed, threads=threads).scaled(steps_scale)
+    there = [name for name in built_entries(spec) if (Path(out) / name).exists()]
+    if there and not overwrite:
+        raise click.BadParameter(
+            f"{out} already holds {', '.join(there[:3])}{', ...' if len(there) > 3 else ''}; "
+            "choose a new directory or pass --overwrite to replace them",
+            param_hint="--out",
+        )
     started = time.perf_counter()
-    summary = build_demo(Path(out), spec, progress=not quiet)
+    with config_errors(), terminate_unwinds():
+        check_writable(out, "--out")
+        with staged(Path(out), merge=True) as staging:
+            summary = build_demo(staging, spec, progress=not quiet)
     for name, info in summary["models"].items():
         digest = info["sha256"]["model.safetensors"][:12]
         click.echo(

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from mergekit_safety.cli.common import DTYPE_CHOICES, JUDGE_HELP, config_errors, lm_eval_options
+from mergekit_safety.outputs import check_writable
 
 
 @click.command("eval")
@@ -131,6 +132,8 @@ def eval_command(
         raise click.BadParameter("names no task to run: add --lm-eval TASK",
                                  param_hint="--lm-eval-include")  # fmt: skip
     with config_errors():
+        if out is not None:  # before any model is evaluated
+            check_writable(out, "--out")
         from mergekit_safety.evaluation.judge import check_judge
 
         check_judge(judge)

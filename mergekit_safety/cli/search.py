@@ -14,6 +14,7 @@ from mergekit_safety.acceptance import Gate
 from mergekit_safety.cli.common import (
     NOTHING_PASSES,
     check_objective,
+    check_outputs,
     check_ray,
     config_errors,
     gate_options,
@@ -169,6 +170,7 @@ def search_command(
         from mergekit_safety.search.space import check_space, load_space, parse_param
 
         check_device("cuda" if cuda else device)
+        check_outputs(out=out_path, storage=storage)
         dimensions = [
             *(load_space(space_file) if space_file else []),
             *(parse_param(text) for text in params),

@@ -13,6 +13,7 @@ from mergekit_safety.acceptance import Gate
 from mergekit_safety.cli.common import (
     NOTHING_PASSES,
     check_objective,
+    check_outputs,
     check_ray,
     config_errors,
     gate_options,
@@ -168,6 +169,7 @@ def sweep_command(
         from mergekit_safety.planning import check_device
 
         check_device("cuda" if cuda else device)  # before minutes of reference evaluation
+        check_outputs(out=out_path, report=report_dir)
         plan = plan_grid(recipe, grid)
         if adapter:  # every reason it has no adapter form, before any evaluation
             from mergekit_safety.adapter import plan_adapter

@@ -147,6 +147,14 @@ def _build_model(
     return info
 
 
+def built_entries(spec: DemoSpec | None = None) -> list[str]:
+    """What :func:`build_demo` writes into its directory: each model, its adapter, the prompts."""
+    spec = spec or DemoSpec()
+    names = [n for n in PARENTS if n in spec.stages]
+    adapters = [f"{n}{ADAPTER_SUFFIX}" for n in names if spec.stages[n].lora_rank]
+    return [*names, *adapters, "prompts"]
+
+
 def build_stage(
     out: Path, name: str, spec: DemoSpec | None = None, *, progress: bool = True
 ) -> dict:

@@ -180,5 +180,7 @@ def save_adapter(model: Any, path: Path) -> None:
     if path.exists():
         shutil.rmtree(path)
     model.peft_config["default"].base_model_name_or_path = ADAPTER_BASE
-    model.save_pretrained(path, safe_serialization=True)
+    # save_embedding_layers=False: the LoRA adapts no embedding; peft's "auto" would look for
+    # ADAPTER_BASE's config (relative to the adapter, not to here) and warn on every build
+    model.save_pretrained(path, safe_serialization=True, save_embedding_layers=False)
     (path / "README.md").unlink(missing_ok=True)

@@ -35,9 +35,9 @@ from typing import Any
 import yaml
 
 from mergekit_safety.errors import ConfigError
-from mergekit_safety.evaluation.named_sets import package_file
+from mergekit_safety.evaluation.named_sets import THIRD_PARTY, package_file
 
-PYRIT = ("pyrit", "1.1.0")
+PYRIT = ("pyrit", THIRD_PARTY["pyrit"])
 TEMPLATES = "pyrit/datasets/jailbreak/templates/"
 FEW_SHOT = 3
 """Compliant examples in the few-shot prefix (pyrit's many-shot attack defaults to 100; a small
@@ -128,6 +128,25 @@ def _base64() -> Attack:
     )
 
 
+def _check_template(name: str) -> None:
+    """``pyrit:<template>`` names a template the installed pyrit ships; else the closest ones."""
+    import difflib
+
+    known = package_file(PYRIT[0], TEMPLATES + _PYRIT_FILES["aim"], needed_for=f"--attacks "
+                         f"{name}", version=PYRIT[1]).parent  # fmt: skip
+    templates = sorted(path.stem for path in known.glob("*.yaml"))
+    wanted = name.removeprefix("pyrit:")
+    if wanted in templates:
+        return
+    close = difflib.get_close_matches(wanted, templates, n=3, cutoff=0.6)
+    hint = (
+        f"did you mean {', '.join(f'pyrit:{c}' for c in close)}?"
+        if close
+        else (f"{len(templates)} templates in {known}")
+    )
+    raise ConfigError(f"--attacks {name}: pyrit ships no template {wanted!r}; {hint}")
+
+
 def parse_attacks(spec: str | Sequence[str] | None) -> list[str]:
     """``"aim,base64"`` (or a list) → the names, in order, without repeats; [] for None."""
     if spec is None:
@@ -154,6 +173,7 @@ def load_attacks(spec: str | Sequence[str] | None) -> list[Attack]:
         elif name == "base64":
             attacks.append(_base64())
         elif name.startswith("pyrit:") and name[6:] and "/" not in name and "." not in name:
+            _check_template(name)
             attacks.append(_template_attack(name, f"{name[6:]}.yaml"))
         else:
             raise ConfigError(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +25,7 @@ import torch
 from mergekit_safety.calibration import FORMAT, METADATA, TENSOR, file_of
 from mergekit_safety.errors import ConfigError
 from mergekit_safety.evaluation.generation import load_model, release, render
+from mergekit_safety.outputs import check_writable, staged
 
 
 def texts_of(tokenizer: Any, conversations: Sequence[Any]) -> list[list[int]]:
@@ -39,7 +41,9 @@ def texts_of(tokenizer: Any, conversations: Sequence[Any]) -> list[list[int]]:
             )
         else:
             text = " ".join(turn["content"] for turn in conversation)
-        rows.append(tokenizer(text, add_special_tokens=not chat)["input_ids"])
+        # verbose=False: the caller cuts each row to --max-length; the tokenizer's warning about
+        # its model_max_length would repeat on every run
+        rows.append(tokenizer(text, add_special_tokens=not chat, verbose=False)["input_ids"])
     return rows
 
 
@@ -137,8 +141,26 @@ def calibrate(
 
 
 def check_empty(out: Path) -> None:
-    if Path(out).exists() and any(Path(out).iterdir()):
+    """``--out`` is new, empty, or holds only an interrupted calibration; and it can be written.
+
+    Made before the model loads. An interrupted run of this version leaves nothing in ``--out``
+    (it writes a staging sibling, :func:`mergekit_safety.outputs.staged`); one of an older version
+    left per-layer files without ``calibration.json``: that is replaced, not "not empty".
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; give a directory")
+    if out.is_dir() and any(out.iterdir()) and not interrupted(out):
         raise ConfigError(f"--out {out} is not empty; choose a new directory")
+    check_writable(out, "--out")
+
+
+def interrupted(out: Path) -> bool:
+    """``out`` holds per-layer statistics and no ``calibration.json``: a calibration cut short."""
+    entries = list(Path(out).iterdir())
+    return bool(entries) and all(
+        entry.is_file() and entry.suffix == ".safetensors" for entry in entries
+    )
 
 
 def batches_of(
@@ -159,9 +181,6 @@ def write(
     from safetensors.torch import save_file
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    for name, total in sums.items():
-        save_file({TENSOR: total.cpu().contiguous()}, str(file_of(out, name)))
     record = {
         "format": FORMAT,
         **fields,
@@ -171,5 +190,10 @@ def write(
         "seconds": round(seconds, 2),
         "modules": {name: int(total.shape[0]) for name, total in sums.items()},
     }
-    (out / METADATA).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    with staged(out) as staging:  # all files or none: Ctrl-C leaves no half calibration
+        for name, total in sums.items():
+            save_file({TENSOR: total.cpu().contiguous()}, str(file_of(staging, name)))
+        (staging / METADATA).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        if out.is_dir() and interrupted(out):
+            shutil.rmtree(out)
     return record

@@ -5,7 +5,7 @@ over-refusal in ``summary.json`` and in the card's ``model-index``. The model ru
 own ``hf`` model (``vllm`` with ``--backend vllm``) with the same device and dtype as our
 evaluation; an adapter (``base+adapter``) through its ``peft`` argument. Tasks are lm-eval's
 registry plus any YAML tasks under ``include`` (a local task over a local JSONL file runs offline).
-lm-eval is an optional extra: ``pip install 'mergekit-safety[lm-eval]'``.
+lm-eval is an optional extra: ``pip install lm-eval`` (``pip install -e '.[lm-eval]'`` in a clone).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from mergekit_safety.errors import ConfigError
+from mergekit_safety.errors import ConfigError, install_hint
 from mergekit_safety.evaluation.adapters import adapter_rank, parse_model
 
 STDERR = "_stderr"
@@ -147,6 +147,6 @@ def _task_manager(include: str | None) -> Any:
         from lm_eval.tasks import TaskManager
     except ImportError:
         raise ConfigError(
-            "--lm-eval needs lm-evaluation-harness: pip install 'mergekit-safety[lm-eval]'"
+            f"--lm-eval needs lm-evaluation-harness: {install_hint('lm-eval', 'lm-eval')}"
         ) from None
     return TaskManager(include_path=include) if include else TaskManager()

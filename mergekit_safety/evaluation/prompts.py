@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from mergekit_safety.errors import ConfigError
-from mergekit_safety.evaluation.named_sets import is_named, load_named
+from mergekit_safety.evaluation.named_sets import did_you_mean, is_named, load_named
 
 SETS = ("harmful", "benign", "task")
 SUFFIXES = (".jsonl", ".txt", ".csv", ".json")
@@ -167,7 +167,10 @@ def _read_source(source: str, *, split: str) -> list[Any]:
         or source.startswith((".", "/", "~"))
         or not _HUB_ID.match(source)
     ):
-        raise PromptFileNotFound(f"prompt file not found: {source}")
+        bare = "/" not in source and not path.suffix  # a name: a named set misspelled?
+        raise PromptFileNotFound(
+            f"prompt file not found: {source}" + (did_you_mean(source) if bare else "")
+        )
     return _read_hub(source, split)
 
 

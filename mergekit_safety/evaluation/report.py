@@ -12,6 +12,7 @@ from mergekit_safety.acceptance import interval, metric
 from mergekit_safety.evaluation.attacks import PLAIN
 from mergekit_safety.evaluation.evaluator import EvalResult
 from mergekit_safety.evaluation.harness import task_metrics
+from mergekit_safety.outputs import staged
 
 COLUMNS = (
     ("refusal_rate", "harmful: refused ↑"),
@@ -90,15 +91,18 @@ def lm_eval_table(summaries: Sequence[Mapping[str, Any]]) -> str:
 def write_report(results: Sequence[EvalResult], out_dir: str | os.PathLike) -> dict[str, Path]:
     """Write ``records.jsonl``, ``summary.json`` (a list, models in order) and ``summary.md``.
 
-    Returns the paths by kind ("records", "json", "md"). Existing files of these names are replaced.
+    Returns the paths by kind ("records", "json", "md"). Existing files of these names are
+    replaced, all three at the end (:func:`mergekit_safety.outputs.staged`): an interrupted write
+    leaves the directory as it was.
     """
     directory = Path(out_dir)
-    directory.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "records": directory / "records.jsonl",
-        "json": directory / "summary.json",
-        "md": directory / "summary.md",
-    }
+    names = {"records": "records.jsonl", "json": "summary.json", "md": "summary.md"}
+    with staged(directory, merge=True) as staging:
+        _write_files(results, {kind: staging / name for kind, name in names.items()})
+    return {kind: directory / name for kind, name in names.items()}
+
+
+def _write_files(results: Sequence[EvalResult], paths: dict[str, Path]) -> None:
     summaries = [result.summary() for result in results]
     with paths["records"].open("w", encoding="utf-8") as handle:
         for result in results:
@@ -123,4 +127,3 @@ def write_report(results: Sequence[EvalResult], out_dir: str | os.PathLike) -> d
     paths["md"].write_text(
         "# Safety evaluation\n\n" + markdown_table(summaries) + note + harness, encoding="utf-8"
     )
-    return paths

@@ -38,6 +38,9 @@ from mergekit_safety.runs import Decision, MergeRun
 from mergekit_safety.selection import SELECTORS, parse_selection, resolve, with_threshold
 from mergekit_safety.subspace import compute_dtype, drifts, rounding_tolerance, score
 
+Changes = Callable[[str, tuple[int, ...], bool, Mapping[str, Any]], bool]
+"""``changes(name, shape, vocabulary, parameters)``: does the method change this tensor?"""
+
 
 class RoleCheckedMethod(PluginMethod):
     """A group kernel whose inputs carry roles, with an optional batch kernel for plain cases.
@@ -67,6 +70,8 @@ class RoleCheckedMethod(PluginMethod):
         weighted: frozenset[Role] = frozenset({Role.FINETUNED}),
         needs_calibration: bool = False,
         unmerged: str = "finetuned",
+        read_only_with: Mapping[str, tuple[str, Any]] | None = None,
+        changes: Changes | None = None,
     ):
         self.spec: MergeMethodSpec = dataclasses.replace(
             group.spec, parameters=(*group.spec.parameters, *SELECTION_PARAMETERS)
@@ -82,6 +87,12 @@ class RoleCheckedMethod(PluginMethod):
         """The roles whose ``weight`` the method reads."""
         self.needs_calibration = needs_calibration
         self.unmerged = unmerged
+        self.read_only_with = dict(read_only_with or {})
+        """Parameter -> (another parameter, the value that makes the method read it): set
+        otherwise it would be ignored, so a recipe setting it is refused (``recipe_keys``)."""
+        self.changes = changes
+        """Whether an ungated merge changes a tensor, from its name, shape, vocabulary axis and
+        resolved parameters (what the done line counts); None: every tensor."""
         self.supports_batching = batch is not None
 
     def validate_inputs(

@@ -56,10 +56,17 @@ def decide(inputs: GateInputs, parameters: Mapping[str, Any]) -> Decision:
     return Decision(True, f"extrapolated: {what}, alpha {parameters.get('alpha', LOX_ALPHA):g}")
 
 
+def changes(name: str, shape: tuple[int, ...], vocabulary: bool, parameters: Mapping) -> bool:
+    """What the kernel extrapolates: every tensor of two or more axes; 1-D ones stay aligned."""
+    return len(shape) >= 2
+
+
 lox = RoleCheckedMethod(
     group=lox_merge,
     decide=decide,
+    changes=changes,
     rule=RoleRule("lox", {Role.UNALIGNED: (1, 1)}),
     gates=False,
     weighted=frozenset(),
+    unmerged="aligned",
 )

@@ -189,9 +189,20 @@ def decide(inputs: GateInputs, parameters: Mapping[str, Any]) -> Decision:
     )
 
 
+def changes(name: str, shape: tuple[int, ...], vocabulary: bool, parameters: Mapping) -> bool:
+    """What the kernel fuses: 2-D weights without a vocabulary axis (with calibration, those
+    with statistics); the rest keep the fine-tuned model's values."""
+    if len(shape) != 2 or vocabulary:
+        return False
+    where = parameters.get("calibration")
+    modules = calibration_files.read(where).modules if where is not None else None
+    return modules is None or calibration_files.module_of(name) in modules
+
+
 lssf = RoleCheckedMethod(
     group=lssf_merge,
     decide=decide,
+    changes=changes,
     rule=RoleRule("lssf", {Role.FINETUNED: (1, None), Role.UNALIGNED: (1, 1)}),
     gates=False,
     weighted=frozenset(),

@@ -170,9 +170,18 @@ def decide(inputs: GateInputs, parameters: Mapping[str, Any]) -> Decision:
     return Decision(True, f"Safe Delta, budget {budget:g}")
 
 
+def changes(name: str, shape: tuple[int, ...], vocabulary: bool, parameters: Mapping) -> bool:
+    """What the kernel edits: 2-D weights with calibration statistics; the rest stay aligned."""
+    where = parameters.get("calibration")
+    if len(shape) != 2 or where is None:
+        return False
+    return calibration_files.module_of(name) in calibration_files.read(where).modules
+
+
 safe_delta_method = RoleCheckedMethod(
     group=safe_delta_merge,
     decide=decide,
+    changes=changes,
     rule=RoleRule("safe_delta", {Role.FINETUNED: (1, None)}),
     gates=False,
     weighted=frozenset(),

@@ -98,4 +98,8 @@ safemerge = RoleCheckedMethod(
         "safemerge", {Role.FINETUNED: (1, None), Role.UNALIGNED: (1, 1), Role.SAFE: (1, 1)}
     ),
     weighted=frozenset(SAFEMERGE_WEIGHTS),
+    read_only_with={
+        "density": ("merge_type", "dare_linear"),
+        "seed": ("merge_type", "dare_linear"),
+    },
 )

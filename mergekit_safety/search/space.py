@@ -242,6 +242,7 @@ def check_space(dimensions: Sequence[Dimension], recipe_path: str | Path) -> tup
     except ValueError as error:
         raise ConfigError(str(error)) from None
     plan = plan_grid(recipe_path, [(d.name, [d.low, d.high]) for d in dimensions])
+    _check_filters(dimensions, plan.recipe)
     method = merge_methods.get(plan.method)
     specs = {spec.name: spec for spec in method.spec.parameters}
     checked = []
@@ -259,6 +260,24 @@ def check_space(dimensions: Sequence[Dimension], recipe_path: str | Path) -> tup
             _check_domain(plan.method, specs[dimension.name], dimension.name, value, plan.recipe)
         checked.append(dimension)
     return Space(tuple(checked)), plan
+
+
+def _check_filters(dimensions: Sequence[Dimension], recipe: Mapping[str, Any]) -> None:
+    """Each filter matches some tensor of the base model (from its file headers): a filter that
+    matches none would leave those anchors unused and the search varying nothing there."""
+    from mergekit.common import ModelReference
+
+    from mergekit_safety import mergekit_internals
+    from mergekit_safety.recipe_keys import check_filter
+
+    filtered = [d for d in dimensions if d.filters]
+    if not filtered:
+        return
+    base = ModelReference.model_validate(recipe["base_model"])
+    names = mergekit_internals.tensor_shapes(base)
+    for dimension in filtered:
+        for text in dimension.filters:
+            check_filter(text, names, base, f"{dimension.name} (search space)")
 
 
 def _typed(dimension: Dimension, integer: bool) -> Dimension:

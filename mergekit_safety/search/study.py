@@ -25,12 +25,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from mergekit_safety.acceptance import Gate, metric
-from mergekit_safety.errors import ConfigError
+from mergekit_safety.errors import ConfigError, install_hint
 from mergekit_safety.search.space import Space
 
-OPTUNA_MISSING = (
-    "search needs Optuna: pip install 'mergekit-safety[search]' (or pip install optuna)"
-)
+OPTUNA_MISSING = f"search needs Optuna: {install_hint('search', 'optuna')}"
 KEPT = (
     "refusal_rate",
     "engaged_rate",
@@ -149,19 +147,61 @@ def identity(
     }
 
 
+def prepare_storage(url: str) -> None:
+    """``--storage URL`` is a database URL whose driver is installed; a sqlite file's folder is
+    made (as ``--out`` is) and takes files. One line for each, before any model is evaluated."""
+    from pathlib import Path
+
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    from mergekit_safety.outputs import check_writable
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError(
+            f"--storage {url}: not a database URL; for a file write sqlite:///{url}"
+        ) from None
+    try:
+        parsed.get_dialect()
+    except (NoSuchModuleError, ImportError) as error:
+        raise ConfigError(
+            f"--storage {url}: no database driver for {parsed.drivername}:// ({_first_line(error)}"
+            "); for a file write sqlite:///FILE"
+        ) from None
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return
+    folder = Path(parsed.database).expanduser().parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"--storage {url}: cannot make {folder} ({error.strerror})") from None
+    check_writable(folder, f"--storage {url}: the folder")
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
 def open_study(
     plan: SearchPlan, budget: Budget, gate: Gate, evaluation: Mapping[str, Any] | None = None
 ) -> Any:
     """Create the study, or load it (``storage``) after checking it is this search."""
     optuna = import_optuna()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+    if budget.storage is not None:
+        prepare_storage(budget.storage)
+    from sqlalchemy.exc import SQLAlchemyError
+
     try:
         study = optuna.create_study(
             storage=budget.storage, study_name=budget.study_name, direction="maximize",
             load_if_exists=True, sampler=optuna.samplers.RandomSampler(seed=budget.seed),
         )  # fmt: skip
-    except (ValueError, ImportError, RuntimeError) as error:  # a malformed URL, no driver
-        raise ConfigError(f"--storage {budget.storage}: {error}".splitlines()[0]) from None
+    except (ValueError, ImportError, RuntimeError, SQLAlchemyError) as error:  # no driver, ...
+        raise ConfigError(f"--storage {budget.storage}: {_first_line(error)}") from None
     wanted = json.loads(json.dumps(identity(plan, budget, gate, evaluation), default=str))
     found = study.user_attrs.get("search")
     if found is None:

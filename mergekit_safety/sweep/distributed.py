@@ -13,6 +13,7 @@ SIGTERM) cancels every task and removes what they wrote. Ray is imported when a 
 from __future__ import annotations
 
 import contextlib
+import logging
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from mergekit_safety.acceptance import NO_GATE, Gate
-from mergekit_safety.errors import ConfigError
+from mergekit_safety.errors import ConfigError, install_hint
 from mergekit_safety.sweep.executor import Evaluator, Job, Outcome, describe_error
 from mergekit_safety.sweep.grid import SweepPlan
 from mergekit_safety.sweep.merging import Merge, evaluable, install, merge_adapter, merge_recipe
@@ -183,6 +184,9 @@ def start_ray(ray: Any, address: str, workers: int | None) -> None:
 
     main = threading.current_thread() is threading.main_thread()
     handler = signal.getsignal(signal.SIGTERM) if main else None
+    notice = logging.getLogger(TOKEN_NOTICE_LOGGER)
+    quiet = _DropTokenNotice()
+    notice.addFilter(quiet)  # every run's own cluster: a notice on every run buries the result
     try:
         if address == LOCAL:
             ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False,
@@ -191,8 +195,22 @@ def start_ray(ray: Any, address: str, workers: int | None) -> None:
             ray.init(address=address, log_to_driver=False, configure_logging=False)
     except (ConnectionError, RuntimeError, ValueError) as error:
         raise ConfigError(f"--ray {address}: cannot join the Ray cluster: {error}") from None
+    finally:
+        notice.removeFilter(quiet)
     if handler is not None:
         signal.signal(signal.SIGTERM, handler)
+
+
+TOKEN_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
+"""Where Ray says "Token authentication is enabled for this Ray cluster" as it starts one."""
+
+
+class _DropTokenNotice:
+    """A logging filter: drop Ray's notice that the cluster it starts uses token authentication
+    (its default, nothing to act on), keep every other record (a disabled-auth warning too)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled for")
 
 
 def cancel_tasks(ray: Any, pending: list[Any]) -> None:
@@ -211,11 +229,27 @@ def task_error(error: BaseException) -> str:
     return describe_error(getattr(error, "cause", None) or error)
 
 
+RAY_MISSING = f"--ray needs Ray: {install_hint('ray', 'ray[client]')}"
+RAY_CLIENT_MISSING = (
+    f"--ray ray://...: a ray:// address needs Ray's client (grpcio): "
+    f"{install_hint('ray', 'ray[client]')}"
+)
+
+
+def check_ray_installed(address: str) -> None:
+    """Ray (and, for a ``ray://`` address, its client) is installed: found without importing
+    it, so a missing extra is one line before any model is evaluated."""
+    from importlib.util import find_spec
+
+    if find_spec("ray") is None:
+        raise ConfigError(RAY_MISSING)
+    if address.startswith("ray://") and find_spec("grpc") is None:
+        raise ConfigError(RAY_CLIENT_MISSING)
+
+
 def import_ray() -> Any:
     try:
         import ray
     except ImportError:
-        raise ConfigError(
-            "--ray needs Ray: pip install 'mergekit-safety[ray]' (or pip install ray)"
-        ) from None
+        raise ConfigError(RAY_MISSING) from None
     return ray

@@ -278,7 +278,7 @@ def plan_grid(
     for parameter, _values in assignments:
         if parameter in GATE_CHOICES:
             _check_gate_choice(roles, parameter, method)
-    return SweepPlan(
+    plan = SweepPlan(
         recipe_path=Path(recipe_path),
         recipe=recipe,
         method=config.merge_method,
@@ -287,6 +287,32 @@ def plan_grid(
         aligned=reference_name(config.base_model),
         finetuned=tuple(reference_name(model) for model in finetuned),
     )
+    if plan.values:  # a swept key the method would ignore here (safemerge's density): refused
+        from mergekit_safety.recipe_keys import check_recipe_keys
+
+        check_recipe_keys(plan.recipe_with(plan.values[0]))
+    if any(model.lora is not None for model in config.referenced_models()):
+        return plan  # LoRA inputs are merged later, in the run's cache; checked as they are
+    if "top_k" in plan.parameters:  # every point above the rankable count would fail, later
+        from mergekit_safety.scoring import check_top_k
+
+        check_top_k(config, max(plan.axes[plan.parameters.index("top_k")]))
+    check_finite_inputs(config)
+    return plan
+
+
+def check_finite_inputs(config: Any) -> None:
+    """Every input model's tensors are finite: a NaN would fail every point of the sweep, after
+    the references were evaluated. One read of each model, one tensor at a time."""
+    from mergekit_safety import mergekit_internals
+
+    for model in config.referenced_models():
+        name = mergekit_internals.first_non_finite(model)
+        if name is not None:
+            raise ConfigError(
+                f"{name} of {model} holds NaN or Inf values; nothing was merged (check that "
+                "checkpoint)"
+            )
 
 
 def _check_sweepable(method: Any, method_name: str, parameter: str) -> None:
