@@ -16,6 +16,7 @@ from helpers import mergekit_yaml, write_recipe
 from safetensors.torch import load_file
 from transformers import LlamaForCausalLM
 
+from mergekit_safety.acceptance import Gate
 from mergekit_safety.adapter import merge_recipe_to_adapter
 from mergekit_safety.cli import main
 from mergekit_safety.subspace import lowrank_factors_score_and_project, project, score
@@ -394,8 +395,8 @@ def test_sweep_in_adapter_space(family, adapters, tmp_path):
     plan = plan_sweep(recipe, "weight", [0.4, 0.8])
     out = tmp_path / "chosen"
     result = run_sweep(
-        plan, evaluator, merge_options=MergeOptions(), min_refusal=0.5, out=out, adapter=True,
-        progress=False,
+        plan, evaluator, merge_options=MergeOptions(), gate=Gate(min_refusal=0.5), out=out,
+        adapter=True, progress=False,
     )  # fmt: skip
     assert seen[1] == f"{family['aligned']}+{adapters['one']}"  # evaluated through peft
     assert len(seen) == 4

@@ -459,7 +459,7 @@ def test_sweep_evaluates_an_adapter_and_keys_its_cache_by_content(tmp_path, fami
 
 
 def test_eval_reports_empty_replies_apart_and_the_gate_fails_them(tmp_path, family):
-    """A broken model that says nothing scored refusal 1.000 before; now it scores 0 refusals."""
+    """A broken model that says nothing scored refusal 1.000 once; now every reply is broken."""
     from safetensors.torch import load_file as load
 
     broken = copy_model(family["aligned"], tmp_path / "broken")
@@ -471,7 +471,9 @@ def test_eval_reports_empty_replies_apart_and_the_gate_fails_them(tmp_path, fami
     assert result.returncode == 0, result.stderr[-3000:]
     (summary,) = json.loads((tmp_path / "ev" / "summary.json").read_text())
     assert summary["empty_rate"] == 1.0 and summary["refusal_rate"] == 0.0
-    assert "empty replies" in result.stdout
+    assert summary["broken_rate"] == summary["benign_broken_rate"] == 1.0
+    assert summary["engaged_rate"] == summary["helpful_rate"] == 0.0
+    assert "broken ↓" in result.stdout
 
     from mergekit_safety.sweep import passes
 

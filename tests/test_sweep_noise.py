@@ -10,7 +10,7 @@ import json
 
 from helpers import REPO
 
-from mergekit_safety.sweep import SweepPoint, SweepResult, plan_sweep, write_reports
+from mergekit_safety.sweep import Gate, SweepPoint, SweepResult, plan_sweep, write_reports
 
 
 def summary(refusal: int, task: int, n: int = 40) -> dict:
@@ -27,7 +27,9 @@ def summary(refusal: int, task: int, n: int = 40) -> dict:
 
 def result_with(tasks: dict[float, int]) -> SweepResult:
     plan = plan_sweep(REPO / "recipes" / "safe_linear.yml", "weight", sorted(tasks))
-    result = SweepResult(plan, 0.9, 0.05, summary(40, 2), [summary(5, 30)])
+    result = SweepResult(
+        plan, Gate(min_refusal=0.9, max_over_refusal=0.05), summary(40, 2), [summary(5, 30)]
+    )
     result.points = [SweepPoint(value, summary(40, task)) for value, task in sorted(tasks.items())]
     result.chosen = max(result.points, key=lambda p: p.metrics["task_accuracy"])
     return result
