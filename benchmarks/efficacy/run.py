@@ -556,6 +556,7 @@ def _sweep_evaluator(config: Config, cached: dict[str, dict]) -> Evaluator:
 
 def do_sweep(config: Config, stage: Stage) -> None:
     from benchmarks.efficacy.evals import read_summary
+    from mergekit_safety.acceptance import Gate
     from mergekit_safety.sweep import SerialExecutor, plan_grid, run_sweep
 
     method, grid = stage.args["method"], stage.args["grid"]
@@ -582,7 +583,9 @@ def do_sweep(config: Config, stage: Stage) -> None:
         path.write_text(yaml.safe_dump(body, sort_keys=False), encoding="utf-8")
         sweep_plan = plan_grid(path, [(k, [float(x) for x in v]) for k, v in grid.items()])
         executor = SerialExecutor(_merge_options(config), work_dir=tmp, progress=False)
-        result = run_sweep(sweep_plan, evaluator, executor, min_refusal=low, max_over_refusal=high)
+        result = run_sweep(
+            sweep_plan, evaluator, executor, gate=Gate(min_refusal=low, max_over_refusal=high)
+        )
         rows = result.rows()
         chosen = (
             None
@@ -622,8 +625,10 @@ def _resta_sweep(
     """β loop for stock task_arithmetic (the sweep takes role-checked methods only), chosen by
     the sweep's own rule (:func:`~mergekit_safety.sweep.select`): the best task accuracy among the
     passing points, ties to the smaller β."""
-    from mergekit_safety.sweep import SweepPoint, merge_recipe, passes, select
+    from mergekit_safety.acceptance import Gate
+    from mergekit_safety.sweep import SweepPoint, merge_recipe, select
 
+    gate = Gate(min_refusal=low, max_over_refusal=high)
     rows, points = [], []
     for beta in betas:
         out = tmp / f"resta-{beta:g}"
@@ -634,9 +639,9 @@ def _resta_sweep(
         shutil.rmtree(out)
         points.append(SweepPoint(beta, summary))
         rows.append(
-            {"kind": "merged", "beta": beta, **summary, "passes": passes(summary, low, high)}
+            {"kind": "merged", "beta": beta, **summary, "passes": gate.passes(summary)}
         )
-    chosen = select(points, low, high, "beta", toward_finetuned=[RESTA_TOWARD_FINETUNED])
+    chosen = select(points, gate, "beta", toward_finetuned=[RESTA_TOWARD_FINETUNED])
     for row, point in zip(rows, points, strict=True):
         row["chosen"] = point is chosen
     return {"rows": rows, "chosen": None if chosen is None else {"beta": chosen.value}}
