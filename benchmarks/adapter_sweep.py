@@ -102,14 +102,15 @@ def child(recipe, weights, mode, limit, tokens, rows_path) -> None:
     """One sweep, as `mergekit-safety sweep --adapter` runs it; its rows to ROWS."""
     from mergekit.options import MergeOptions
 
-    from mergekit_safety.evaluation import Evaluator, load_prompt_sets
     from mergekit_safety.evaluation.resident import ResidentBase
+    from mergekit_safety.evaluation.settings import EvalSettings, PromptSources
     from mergekit_safety.sweep import plan_sweep, run_sweep
 
     loading = _time_loading()
     loader = ResidentBase() if mode == "resident" else None
-    prompts = load_prompt_sets(limit=limit)
-    evaluator = Evaluator(prompts, None, 16, tokens, "cpu", False, "float32", loader)
+    settings = EvalSettings(PromptSources(limit=limit), max_new_tokens=tokens, progress=False,
+                            dtype="float32")  # fmt: skip
+    evaluator = settings.build(loader=loader)
     plan = plan_sweep(recipe, "weight", [float(w) for w in weights.split(",")])
     result = run_sweep(plan, evaluator, merge_options=MergeOptions(quiet=True), adapter=True,
                        progress=False)  # fmt: skip

@@ -6,9 +6,11 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+import click  # noqa: E402
 import pytest  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 from helpers import tiny_llama  # noqa: E402
@@ -22,6 +24,8 @@ from mergekit_safety.evaluation import (  # noqa: E402
     write_report,
 )
 from mergekit_safety.evaluation.prompts import PromptFileNotFound  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
 
 SUMMARY_KEYS = {
     "model",
@@ -331,13 +335,37 @@ def test_eval_runs_the_library_evaluator(two_models, monkeypatch):
     assert seen == [(Evaluator, model, 5)]
 
 
-def test_sweep_builds_the_library_evaluator():
+def test_the_settings_build_the_library_evaluator():
     from mergekit_safety import evaluation
-    from mergekit_safety.cli import sweep as cli_sweep
+    from mergekit_safety.evaluation.settings import EvalSettings, PromptSources
 
-    assert cli_sweep.make_evaluator is evaluation.make_evaluator
-    evaluator = evaluation.make_evaluator(harmful=None, benign=None, task=None, prompts_dir=None,
-                                          limit=1, judge=None, batch_size=2, max_new_tokens=3,
-                                          device="cpu", progress=False)  # fmt: skip
+    settings = EvalSettings(PromptSources(limit=1), batch_size=2, max_new_tokens=3, progress=False)
+    evaluator = settings.build()
     assert type(evaluator) is evaluation.Evaluator
     assert evaluator.prompts.counts() == {"harmful": 1, "benign": 1, "task": 1}
+    assert (evaluator.batch_size, evaluator.max_new_tokens, evaluator.lm_eval) == (2, 3, None)
+
+
+@pytest.mark.parametrize("command", ["eval", "sweep", "search"])
+def test_every_command_builds_the_evaluator_one_way(command, monkeypatch, tmp_path):
+    """eval, sweep and search read the same flags into one EvalSettings and build from it."""
+    from mergekit_safety.evaluation.settings import EvalSettings
+
+    seen = []
+
+    def build(self, **_kwargs):
+        seen.append(self)
+        raise click.ClickException("stop here")
+
+    monkeypatch.setattr(EvalSettings, "build", build)
+    recipe = str(REPO / "recipes" / "safe_linear.yml")
+    first = {"eval": [str(REPO / "recipes" / "demo" / "aligned")],
+             "sweep": [recipe, "--set", "weight=0.5"],
+             "search": [recipe, "--param", "weight=0:1", "--max-engaged", "0.1", "--out",
+                        str(tmp_path / "o")]}[command]  # fmt: skip
+    args = [command, *first, "--limit", "3", "--max-new-tokens", "7", "--judge", "keyword",
+            "--quiet"]  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert "stop here" in result.output, result.output
+    [settings] = seen
+    assert (settings.prompts.limit, settings.max_new_tokens, settings.judge) == (3, 7, "keyword")

@@ -229,15 +229,15 @@ def test_sweep_passes_attacks_to_the_evaluator(monkeypatch, tmp_path):
     from click.testing import CliRunner
 
     from mergekit_safety.cli import main
-    from mergekit_safety.cli import sweep as cli_sweep
+    from mergekit_safety.evaluation.settings import EvalSettings
 
     seen = {}
 
-    def capture(**kwargs):
-        seen.update(kwargs)
+    def capture(self, **_kwargs):
+        seen.update(attacks=self.prompts.attacks, attack_limit=self.prompts.attack_limit)
         raise ConfigError("stop here")
 
-    monkeypatch.setattr(cli_sweep, "make_evaluator", capture)
+    monkeypatch.setattr(EvalSettings, "build", capture)
     recipe = REPO / "recipes" / "safe_linear.yml"
     args = ["sweep", str(recipe), "--set", "weight=0.6,0.8", "--attacks", "base64",
             "--attack-limit", "2", "--quiet"]  # fmt: skip
@@ -246,12 +246,11 @@ def test_sweep_passes_attacks_to_the_evaluator(monkeypatch, tmp_path):
     assert seen["attacks"] == "base64" and seen["attack_limit"] == 2
 
 
-def test_make_evaluator_wraps_the_first_harmful_prompts():
-    from mergekit_safety.evaluation import make_evaluator
+def test_the_evaluator_wraps_the_first_harmful_prompts():
+    from mergekit_safety.evaluation.settings import EvalSettings, PromptSources
 
-    evaluator = make_evaluator(harmful=None, benign=None, task=None, prompts_dir=None, limit=5,
-                               judge=None, batch_size=1, max_new_tokens=1, device="cpu",
-                               progress=False, attacks="base64", attack_limit=2)  # fmt: skip
+    sources = PromptSources(limit=5, attacks="base64", attack_limit=2)
+    evaluator = EvalSettings(sources, batch_size=1, max_new_tokens=1, progress=False).build()
     prompts = evaluator.prompts
     wrapped = prompts.attacks["base64"]
     assert [base64.b64decode(t.split("\n")[1]).decode() for t in wrapped] == prompts.harmful[:2]

@@ -159,7 +159,8 @@ def slow(path):
     return {{"refusal_rate": 1.0, "over_refusal_rate": 0.0, "task_accuracy": 0.5,
              "n_harmful": 1, "n_benign": 1, "n_task": 1}}
 
-sweep.make_evaluator = lambda **_kwargs: slow
+from mergekit_safety.evaluation.settings import EvalSettings
+EvalSettings.build = lambda self, **_kwargs: slow
 main({args!r})
 """
 

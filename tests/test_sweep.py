@@ -389,7 +389,8 @@ def slow(path):
         time.sleep(60)
     return fake(path)
 
-sweep.make_evaluator = lambda **_kwargs: slow
+from mergekit_safety.evaluation.settings import EvalSettings
+EvalSettings.build = lambda self, **_kwargs: slow
 main({args!r})
 """
 
@@ -477,10 +478,10 @@ def test_lora_finetune_is_merged_in_the_work_dir(family, tmp_path):
 @pytest.fixture
 def fake_cli_evaluator(monkeypatch):
     """Swap the real evaluator for a fake one in the CLI; return the fake."""
-    from mergekit_safety.cli import sweep as cli_sweep
+    from mergekit_safety.evaluation.settings import EvalSettings
 
     evaluator = FakeEvaluator()
-    monkeypatch.setattr(cli_sweep, "make_evaluator", lambda **_kwargs: evaluator)
+    monkeypatch.setattr(EvalSettings, "build", lambda _self, **_kwargs: evaluator)
     return evaluator
 
 

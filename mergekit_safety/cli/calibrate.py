@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from mergekit_safety.cli.common import DTYPE_CHOICES, config_errors, terminate_unwinds
+from mergekit_safety.cli.common import config_errors, terminate_unwinds
+from mergekit_safety.cli.options import DTYPE_CHOICES
 
 
 @click.command("calibrate")

@@ -7,7 +7,8 @@ from pathlib import Path
 import click
 
 from mergekit_safety.acceptance import Gate
-from mergekit_safety.cli.common import config_errors, gate_options
+from mergekit_safety.cli.common import config_errors
+from mergekit_safety.cli.options import gate_options
 
 
 @click.command("card")

@@ -4,27 +4,23 @@ choose merge coefficients — global or per layer and module — under the safet
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import click
 
 from mergekit_safety.acceptance import Gate
-from mergekit_safety.cli.common import (
-    NOTHING_PASSES,
-    check_objective,
-    check_outputs,
-    check_ray,
-    config_errors,
+from mergekit_safety.cli.choice import check_before_work, report_context, write_card
+from mergekit_safety.cli.common import NOTHING_PASSES, config_errors, terminate_unwinds
+from mergekit_safety.cli.options import (
+    RaySettings,
+    evaluation_options,
     gate_options,
-    lm_eval_options,
     merge_options,
-    merge_options_from,
-    prompt_options,
+    needs_gate,
     ray_options,
-    terminate_unwinds,
 )
+from mergekit_safety.evaluation.settings import EvalSettings
 
 
 @click.command("search")
@@ -87,7 +83,8 @@ from mergekit_safety.cli.common import (
     help="A directory of test prompt sets, disjoint from the validation ones: the "
     "chosen model is evaluated there too and reported beside validation.",
 )
-@prompt_options
+@evaluation_options(device_help="Evaluation device [default: cuda with --cuda, else cpu].",
+                    auto_device=False)  # fmt: skip
 @click.option(
     "--work-dir",
     type=click.Path(file_okay=False, exists=True),
@@ -95,7 +92,6 @@ from mergekit_safety.cli.common import (
 )
 @merge_options
 @ray_options("Evaluate each batch's trials on Ray actors, one resident model each")
-@lm_eval_options
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def search_command(
     recipe: str,
@@ -111,28 +107,10 @@ def search_command(
     storage: str | None,
     study_name: str | None,
     test_prompts: str | None,
-    harmful: str | None,
-    benign: str | None,
-    task: str | None,
-    prompts_dir: str | None,
-    limit: int | None,
-    batch_size: int,
-    max_new_tokens: int,
-    device: str | None,
-    dtype: str | None,
-    judge: str | None,
+    evaluation: EvalSettings,
     work_dir: str | None,
-    cuda: bool,
-    lazy_unpickle: bool,
-    trust_remote_code: bool,
-    random_seed: int | None,
-    lora_merge_cache: str | None,
-    ray_address: str | None,
-    ray_workers: int | None,
-    lm_eval_tasks: str | None,
-    lm_eval_include: str | None,
-    lm_eval_chat_template: bool,
-    lm_eval_limit: int | None,
+    merging: Any,
+    ray: RaySettings | None,
     quiet: bool,
 ):
     """Search RECIPE's parameters (--space, --param) for the best task accuracy under the gate.
@@ -145,296 +123,101 @@ def search_command(
     """
     from mergekit_safety.search import study as studies
 
-    if not gate.active:
-        raise click.BadParameter(
-            "search chooses under a safety gate: give --max-engaged (or --min-refusal) and/or "
-            "--max-over-refusal",
-            param_hint="--max-engaged",
-        )
+    needs_gate(gate, "--max-engaged", "search chooses under a safety gate")
+    if evaluation.backend == "vllm":
+        raise click.BadParameter("search evaluates trials in memory with transformers; vllm "
+                                 "is for eval and sweep", param_hint="--backend")  # fmt: skip
     out_path = Path(out)
-    if out_path.is_dir() and any(out_path.iterdir()) and not overwrite:
-        raise click.BadParameter(
-            f"{out} is not empty; choose a new directory or pass --overwrite", param_hint="--out"
-        )
-    check_ray(ray_address, ray_workers)
-    if ray_address is None and ray_workers is not None:
-        raise click.BadParameter("needs --ray", param_hint="--ray-workers")
-    from mergekit_safety.evaluation import harness
-
-    tasks = harness.parse_tasks(lm_eval_tasks)
-    check_objective(gate.objective, tasks)
-    device = device or ("cuda" if cuda else "cpu")
+    evaluation = evaluation.replace(progress=False)  # one bar for the search, not one per model
+    check_before_work(gate, evaluation, merging, out=out_path, overwrite=overwrite,
+                      storage=storage)  # fmt: skip
     with config_errors():
         studies.import_optuna()  # the missing extra: one line, before any work
-        from mergekit_safety.planning import check_device
         from mergekit_safety.search.space import check_space, load_space, parse_param
 
-        check_device("cuda" if cuda else device)
-        check_outputs(out=out_path, storage=storage)
         dimensions = [
             *(load_space(space_file) if space_file else []),
             *(parse_param(text) for text in params),
         ]
         space, sweep_plan = check_space(dimensions, recipe)
-        evaluator = _build_evaluator(
-            harmful,
-            benign,
-            task,
-            prompts_dir,
-            limit,
-            judge,
-            batch_size,
-            max_new_tokens,
-            device,
-            dtype,
-        )
-        tester = None
-        if test_prompts is not None:
-            tester = _build_evaluator(
-                None,
-                None,
-                None,
-                test_prompts,
-                limit,
-                judge,
-                batch_size,
-                max_new_tokens,
-                device,
-                dtype,
-            )
-            _check_disjoint(evaluator.prompts, tester.prompts, prompts_dir, test_prompts)
-        if tasks:  # lm-eval runs on each trial's network in memory, and on the references
-            harness.check_tasks(tasks, lm_eval_include)
-            settings = {
-                "tasks": tasks,
-                "include": lm_eval_include,
-                "chat_template": lm_eval_chat_template,
-                "limit": lm_eval_limit,
-            }
-            evaluator.lm_eval = settings
+        evaluator, tester = _evaluators(evaluation, test_prompts)
         plan = studies.SearchPlan(space, sweep_plan)
-        budget = studies.Budget(
-            trials,
-            parallel,
-            seed,
-            startup_trials,
-            storage,
-            study_name or f"search-{Path(recipe).stem}",
-        )
-        measured = {
-            "prompt_sets": evaluator.prompt_sets(),
-            "judge": judge,
-            "max_new_tokens": max_new_tokens,
-            "dtype": dtype,
-            "lm_eval": evaluator.lm_eval,
-        }
-        study = studies.open_study(plan, budget, gate, measured)
-    options = merge_options_from(
-        cuda=cuda,
-        lazy_unpickle=lazy_unpickle,
-        trust_remote_code=trust_remote_code,
-        random_seed=random_seed,
-        lora_merge_cache=lora_merge_cache,
-    )
+        budget = studies.Budget(trials, parallel, seed, startup_trials, storage,
+                                study_name or f"search-{Path(recipe).stem}")  # fmt: skip
+        study = studies.open_study(plan, budget, gate, _measured(evaluator, evaluation))
+    from mergekit_safety.search.execute import run_search
+
     with config_errors(), terminate_unwinds():
-        result = _search(
-            study,
-            plan,
-            budget,
-            gate,
-            evaluator,
-            tester,
-            options,
-            out_path,
-            work_dir=work_dir,
-            device=device,
-            dtype=dtype,
-            ray_address=ray_address,
-            ray_workers=ray_workers,
-            progress=not quiet,
-        )
-    _report(result, evaluator, tester, judge, limit, out_path)
+        result = run_search(study, plan, budget, gate, evaluator, tester, merging, out_path,
+                            work_dir=work_dir, device=evaluation.device, dtype=evaluation.dtype,
+                            ray=ray, progress=not quiet)  # fmt: skip
+    _report(result, evaluator, tester, evaluation, out_path)
 
 
-def _search(
-    study: Any,
-    plan: Any,
-    budget: Any,
-    gate: Any,
-    evaluator: Any,
-    tester: Any,
-    options: Any,
-    out: Path,
-    *,
-    work_dir: str | None,
-    device: str,
-    dtype: str | None,
-    ray_address: str | None,
-    ray_workers: int | None,
-    progress: bool,
-) -> Any:
-    """References, the trials, the choice, the chosen model in ``out`` and its test numbers."""
-    import tempfile
-
-    from mergekit_safety.lora_cache import lora_cache
-    from mergekit_safety.search import runners
-    from mergekit_safety.search.report import SearchResult, choose, trial_rows
-    from mergekit_safety.search.study import run_study
-    from mergekit_safety.sweep.merging import evaluable, install, merge_recipe, references
-
-    recipe = plan.sweep.recipe
-    with (
-        tempfile.TemporaryDirectory(prefix="mergekit-safety-search-", dir=work_dir) as tmp,
-        lora_cache(references(recipe), options.lora_merge_cache, tmp) as cache,
-    ):
-        options = options.model_copy(update={"lora_merge_cache": cache})
-        names = [plan.sweep.aligned, *plan.sweep.finetuned]
-        paths = [evaluable(name, options) for name in names]
-        summaries = study.user_attrs.get("references")  # a resumed study measured them
-        if summaries is None:
-            summaries = [
-                {**evaluator(path), "model": name} for name, path in zip(names, paths, strict=True)
-            ]
-            study.set_user_attr("references", summaries)
-        started = time.perf_counter()
-        settings = {"device": device, "dtype": dtype}
-        if ray_address:
-            import dataclasses
-
-            shipped = dataclasses.replace(evaluator)  # no loaded judge in the pickle
-            gpus = 1 if device.startswith("cuda") else 0
-            opened = runners.ray_runner(
-                recipe,
-                options,
-                shipped,
-                **settings,
-                actors=budget.parallel,
-                address=ray_address,
-                workers=ray_workers,
-                gpus=gpus,
-            )
-        else:
-            opened = runners.serial_runner(recipe, options, evaluator, **settings)
-        with opened as runner:
-            run_study(study, plan, runner, budget, gate, progress=progress)
-        rows = trial_rows(study, gate)
-        chosen, close = choose(plan, rows, gate)
-        result = SearchResult(
-            plan,
-            budget,
-            gate,
-            summaries[0],
-            summaries[1:],
-            rows,
-            chosen,
-            close,
-            time.perf_counter() - started,
-        )
-        if chosen is None:
-            return result
-        import yaml
-
-        chosen_recipe = plan.recipe_for(chosen.params)
-        text = yaml.safe_dump(chosen_recipe, sort_keys=False)
-        where = Path(tmp) / "chosen" / out.resolve().name
-        merge_recipe(chosen_recipe, where, options, config_source=text)
-        install(where, out)
-        (out / "recipe.yml").write_text(text, encoding="utf-8")
-        if tester is not None:
-            result.test = {
-                "chosen": {**tester(str(out)), "model": "chosen"},
-                "aligned": {**tester(paths[0]), "model": names[0]},
-                "finetuned": [
-                    {**tester(p), "model": n} for n, p in zip(names[1:], paths[1:], strict=True)
-                ],
-            }
-    return result
-
-
-def _report(
-    result: Any, evaluator: Any, tester: Any, judge: str | None, limit: int | None, out: Path
-) -> None:
+def _report(result: Any, evaluator: Any, tester: Any, evaluation: EvalSettings, out: Path) -> None:
+    from mergekit_safety.acceptance import objective_label
     from mergekit_safety.search.report import write_reports
 
-    context = {
-        "prompt_sets": {**evaluator.prompt_sets(), "limit": limit},
-        "test_prompt_sets": None if tester is None else {**tester.prompt_sets(), "limit": limit},
-        "judge": judge or result.aligned.get("judge"),
-        "generation": {
-            "batch_size": evaluator.batch_size,
-            "max_new_tokens": evaluator.max_new_tokens,
-            "device": evaluator.device,
-            "dtype": evaluator.dtype,
-        },
-    }
+    context = report_context(evaluator, evaluation, result.aligned)
+    if tester is not None:
+        context["test_prompt_sets"] = {**tester.prompt_sets(), "limit": evaluation.prompts.limit}
+    else:
+        context["test_prompt_sets"] = None
     paths = write_reports(result, out, context)
     click.echo(paths["md"].read_text(encoding="utf-8"))
     click.echo(f"Reports: {', '.join(str(p) for p in paths.values())}")
     if result.chosen is None:
         click.echo("No trial passes the gate; no model written.", err=True)
         sys.exit(NOTHING_PASSES)
-    _write_card(result, context["prompt_sets"], judge, out)
+    plan = result.plan
+    space = "; ".join(d.describe() for d in plan.space.dimensions)
+    note = (
+        f"Trial {result.chosen.number} of {len(result.counted)}, chosen by "
+        f"`mergekit-safety search` over {space}: the best "
+        f"{objective_label(result.gate.objective)} among the trials that pass the gate, on "
+        "the validation prompts above (a choice fitted to them; see search.md for test "
+        "numbers when given). Recipe: recipe.yml; details: search.json, search.png."
+    )
+    write_card(out, result, plan.sweep.method, [plan.sweep.aligned, *plan.sweep.finetuned],
+               context, note)  # fmt: skip
     click.echo(
         f"Chosen trial {result.chosen.number}; merge written to {out}, recipe {out}/recipe.yml"
     )
 
 
-def _write_card(result: Any, prompt_sets: dict, judge: str | None, out: Path) -> None:
-    from mergekit_safety.acceptance import objective_label
-    from mergekit_safety.card import SafetyEvaluation, update_card
+def _evaluators(evaluation: EvalSettings, test_prompts: str | None) -> tuple[Any, Any]:
+    """The validation evaluator, and the test one on ``--test-prompts`` (disjoint) if given."""
+    from mergekit_safety.evaluation.settings import PromptSources
 
-    plan = result.plan
-    space = "; ".join(d.describe() for d in plan.space.dimensions)
-    update_card(
-        out,
-        SafetyEvaluation(
-            method=plan.sweep.method,
-            merged=result.chosen.metrics,
-            aligned=result.aligned,
-            finetuned=result.finetuned,
-            base_models=[plan.sweep.aligned, *plan.sweep.finetuned],
-            gate=result.gate,
-            prompt_sets=prompt_sets,
-            judge=judge,
-            note=f"Trial {result.chosen.number} of {len(result.counted)}, chosen by "
-            f"`mergekit-safety search` over {space}: the best "
-            f"{objective_label(result.gate.objective)} among the trials that pass the gate, on "
-            "the validation prompts above (a choice fitted to them; see search.md for test "
-            "numbers when given). Recipe: recipe.yml; details: search.json, search.png.",
-        ),
-    )
+    evaluator = evaluation.build()
+    if test_prompts is None:
+        return evaluator, None
+    sources = PromptSources(prompts_dir=test_prompts, limit=evaluation.prompts.limit)
+    tester = evaluation.replace(prompts=sources).build()
+    _check_disjoint(evaluator.prompts, tester.prompts, evaluation.prompts, test_prompts)
+    return evaluator, tester
 
 
-def _build_evaluator(
-    harmful, benign, task, prompts_dir, limit, judge, batch_size, max_new_tokens, device, dtype
-):
-    """The sweep's evaluator, without per-model progress bars (one bar for the search)."""
-    from mergekit_safety.cli.sweep import _build_evaluator as build
-
-    return build(
-        harmful=harmful,
-        benign=benign,
-        task=task,
-        prompts_dir=prompts_dir,
-        limit=limit,
-        judge=judge,
-        batch_size=batch_size,
-        max_new_tokens=max_new_tokens,
-        device=device,
-        dtype=dtype,
-        progress=False,
-        backend="transformers",
-    )
+def _measured(evaluator: Any, evaluation: EvalSettings) -> dict[str, Any]:
+    """How trials are measured: part of what makes a stored study this search."""
+    return {
+        "prompt_sets": evaluator.prompt_sets(),
+        "judge": evaluation.judge,
+        "max_new_tokens": evaluation.max_new_tokens,
+        "dtype": evaluation.dtype,
+        "lm_eval": evaluator.lm_eval,
+    }
 
 
-def _check_disjoint(validation: Any, test: Any, validation_dir: str | None, test_dir: str) -> None:
+def _check_disjoint(validation: Any, test: Any, sources: Any, test_dir: str) -> None:
     """Validation and test share no prompt, in any set."""
     from mergekit_safety.errors import ConfigError
 
+    given = sources.prompts_dir or "built-in"
     seen = {*validation.harmful, *validation.benign, *(item.prompt for item in validation.task)}
     for prompt in [*test.harmful, *test.benign, *(item.prompt for item in test.task)]:
         if prompt in seen:
             raise ConfigError(
                 f"--test-prompts {test_dir} shares a prompt with the validation prompts "
-                f"({validation_dir or 'built-in'}): {prompt[:60]!r}; keep them disjoint"
+                f"({given}): {prompt[:60]!r}; keep them disjoint"
             )

@@ -14,7 +14,7 @@ Usage::
 from mergekit_safety.evaluation.answers import answer_matches, extract_answer
 from mergekit_safety.evaluation.evaluator import EvalResult, check_model, evaluate
 from mergekit_safety.evaluation.judge import Judge, KeywordJudge, load_judge
-from mergekit_safety.evaluation.prompt_evaluator import Evaluator, make_evaluator
+from mergekit_safety.evaluation.prompt_evaluator import Evaluator
 from mergekit_safety.evaluation.prompts import PromptSets, TaskItem, load_prompt_sets
 from mergekit_safety.evaluation.report import markdown_table, write_report
 
@@ -30,7 +30,6 @@ __all__ = [
     "extract_answer",
     "load_judge",
     "load_prompt_sets",
-    "make_evaluator",
     "markdown_table",
     "answer_matches",
     "write_report",

@@ -107,35 +107,5 @@ class Evaluator:
         return {**self.prompts.sources, "counts": self.prompts.counts()}
 
 
-def make_evaluator(
-    *,
-    harmful: str | None,
-    benign: str | None,
-    task: str | None,
-    prompts_dir: str | None,
-    limit: int | None,
-    judge: str | None,
-    batch_size: int,
-    max_new_tokens: int,
-    device: str,
-    progress: bool,
-    dtype: str | None = None,
-    backend: str = "transformers",
-    attacks: str | None = None,
-    attack_limit: int | None = None,
-) -> Evaluator:
-    """Read the prompt sets and check the judge now, so a bad path fails before any merge."""
-    from mergekit_safety.evaluation.judge import load_judge
-    from mergekit_safety.evaluation.prompts import load_prompt_sets
-
-    prompts = load_prompt_sets(
-        harmful=harmful, benign=benign, task=task, prompts_dir=prompts_dir, limit=limit
-    ).with_attacks(attacks, attack_limit)
-    load_judge(judge, device=device)  # a classifier only loads on first use: this is cheap
-    return Evaluator(
-        prompts, judge, batch_size, max_new_tokens, device, progress, dtype, backend=backend
-    )
-
-
 def _key(path: str) -> str:
     return str(Path(path).resolve())
