@@ -14,9 +14,14 @@ mergekit (a failing check names the assumption):
    recipe is normalised and before any tensor task exists, with ``self.config``,
    ``self.options``, ``self.arch_info``, ``self.out_model_config`` set: wrapped to run the
    recipe-level checks and the ``top_k`` ρ pass (:func:`install`'s ``on_recipe``).
-2. ``MergePlanner.plan_to_disk(self, out_path)`` is how ``run_merge`` plans: wrapped to open the
-   merge's run (:mod:`mergekit_safety.runs`) with its output directory (otherwise out of reach);
-   a plan that raises undoes what the run wrote.
+2. ``MergePlanner.plan_to_disk(self, out_path)`` is how ``run_merge`` plans: wrapped to hand
+   the recipe hook its output directory (otherwise out of reach), and, once it returns the tasks
+   (each ``SaveTensor`` with a ``tensor_task``), to hand the planned tensors to ``on_planned``
+   (the ``top_k`` ρ pass over the very tasks the merge runs) before anything executes.
+   ``mergekit.merge.run_merge(merge_config, out_path, options, ...)`` is every command's merge
+   (``mergekit-yaml``, ``-multi``, ``-evolve``, the Python API), and the ``mergekit-pytorch``
+   command's click ``callback`` its whole merge: each is wrapped to run inside a merge run of its
+   own (:mod:`mergekit_safety.runs`), which ends with it and undoes its output if it fails.
 3. ``mergekit.merge_methods.task_adapter.ExecuteMergeMethodTask`` is built once per output tensor
    (by the planner and by ``mergekit-pytorch``) with fields ``method_name``, ``model_order``,
    ``base_model``, ``parameters``, ``input_parameters``, ``output_weight``: its ``__init__`` is
@@ -187,6 +192,8 @@ class Hooks:
     """(the recipe as read, the ``MergeConfiguration`` mergekit made of it)."""
     on_recipe: Callable[[PlannedRecipe], None]
     on_tensor: Callable[[PlannedTensor], None]
+    on_planned: Callable[[PlannedRecipe, list[PlannedTensor]], None]
+    """Once a ``MergePlanner`` planned every tensor, before anything runs (the ``top_k`` pass)."""
     on_written: Callable[[WrittenMerge], None]
 
 
@@ -202,6 +209,8 @@ def install(hooks: Hooks, after_import: AfterImport) -> None:
     """
     after_import("mergekit.config", lambda module: _wrap_config(module, hooks))
     after_import("mergekit.plan", lambda module: _wrap_planner(module, hooks))
+    after_import("mergekit.merge", wrap_merge)  # the .pth hook wraps it sooner (it binds early)
+    after_import("mergekit.scripts.merge_raw_pytorch", _wrap_raw_pytorch)
     after_import("mergekit.merge_methods.task_adapter", lambda module: _wrap_task(module, hooks))
     after_import("mergekit.io.tasks", lambda module: _wrap_finalize(module, hooks))
     after_import("mergekit.graph", _wrap_executor)
@@ -246,32 +255,76 @@ _OUT_PATH = "_mergekit_safety_out_path"
 """Set on a ``MergePlanner`` while ``plan_to_disk`` runs: where that plan writes."""
 
 
-def _wrap_planner(module: Any, hooks: Hooks) -> None:
-    """A plan to disk opens the merge's run (:mod:`mergekit_safety.runs`); a failed plan undoes it.
+def wrap_merge(module: Any) -> None:
+    """``run_merge`` is one merge from plan to written files: it runs inside a run of its own
+    (:func:`mergekit_safety.runs.opened`), which ends with it and undoes its output if it fails."""
 
-    The run stays current after planning, while mergekit's executor runs the plan: mergekit
-    returns from ``plan_to_disk`` before the merge runs and gives no end to wrap, so the next
-    merge's plan replaces it. A plan aimed at ``os.devnull`` is our own scoring plan (see
-    :func:`plan_tensors`): it runs inside the current merge and opens none.
+    def run_merge(original: Callable) -> Callable:
+        @functools.wraps(original)
+        def wrapper(merge_config: Any, out_path: str, options: Any, *args: Any, **kw: Any) -> Any:
+            run = runs.MergeRun(out_path=str(out_path), quiet=bool(options.quiet))
+            with runs.opened(run):
+                return original(merge_config, out_path, options, *args, **kw)
+
+        return wrapper
+
+    _once(module, "run_merge", run_merge)
+
+
+def _wrap_raw_pytorch(module: Any) -> None:
+    """``mergekit-pytorch`` plans without ``MergePlanner``: its command is one merge, one run."""
+    command = module.main
+
+    def callback(original: Callable) -> Callable:
+        @functools.wraps(original)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with runs.opened(runs.MergeRun()):
+                return original(*args, **kwargs)
+
+        return wrapper
+
+    _once(command, "callback", callback)
+
+
+def _wrap_planner(module: Any, hooks: Hooks) -> None:
+    """The recipe-level hook before any task exists; the planned-merge hook once every task does.
+
+    A plan to disk tells the hooks where it writes (otherwise out of reach); the merge's run was
+    opened by ``run_merge`` (:func:`_wrap_merge`). A plan aimed at ``os.devnull`` (our scoring
+    plans, a search's in-memory merge) writes nowhere.
     """
     planner = module.MergePlanner
+
+    def recipe_of(self: Any) -> PlannedRecipe:
+        return PlannedRecipe(
+            config=self.config,
+            options=self.options,
+            arch_info=self.arch_info,
+            out_config=self.out_model_config,
+            out_path=getattr(self, _OUT_PATH, None),
+        )
 
     def plan_to_disk(original: Callable) -> Callable:
         @functools.wraps(original)
         def wrapper(self: Any, out_path: str, *args: Any, **kwargs: Any) -> Any:
             import os
 
-            if str(out_path) == os.devnull:
-                return original(self, out_path, *args, **kwargs)
-            run = runs.start(runs.MergeRun(out_path=str(out_path), quiet=self.options.quiet))
-            setattr(self, _OUT_PATH, str(out_path))
+            from mergekit.merge_methods.task_adapter import ExecuteMergeMethodTask
+
+            if str(out_path) != os.devnull:
+                setattr(self, _OUT_PATH, str(out_path))
             try:
-                return original(self, out_path, *args, **kwargs)
-            except BaseException:
-                run.fail()
-                raise
+                targets = original(self, out_path, *args, **kwargs)
+                tensors = [
+                    PlannedTensor.of(target.tensor_task)
+                    for target in targets
+                    if isinstance(getattr(target, "tensor_task", None), ExecuteMergeMethodTask)
+                ]
+                hooks.on_planned(recipe_of(self), tensors)
+                return targets
             finally:
-                delattr(self, _OUT_PATH)
+                if hasattr(self, _OUT_PATH):
+                    delattr(self, _OUT_PATH)
 
         return wrapper
 
@@ -279,15 +332,7 @@ def _wrap_planner(module: Any, hooks: Hooks) -> None:
         @functools.wraps(original)
         def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
             result = original(self, *args, **kwargs)
-            hooks.on_recipe(
-                PlannedRecipe(
-                    config=self.config,
-                    options=self.options,
-                    arch_info=self.arch_info,
-                    out_config=self.out_model_config,
-                    out_path=getattr(self, _OUT_PATH, None),
-                )
-            )
+            hooks.on_recipe(recipe_of(self))
             return result
 
         return wrapper
@@ -479,9 +524,13 @@ def plan_tensors(
     )
     # plan_in_memory() fails in mergekit 0.1.5 (pydantic re-validates the generic Task), so take
     # the merge tasks from the to-disk plan, aimed at os.devnull (the output guard skips it).
+    # Outside a merge, the plan's checks share a run of their own (headers read once).
+    opened = runs.opened(runs.MergeRun(quiet=True)) if runs.current() is None else None
+    with opened or contextlib.nullcontext():
+        targets = planner.plan_to_disk(out_path=os.devnull)
     return [
         PlannedTensor.of(target.tensor_task)
-        for target in planner.plan_to_disk(out_path=os.devnull)
+        for target in targets
         if isinstance(getattr(target, "tensor_task", None), ExecuteMergeMethodTask)
     ]
 

@@ -9,6 +9,7 @@ as the full merge checks them. Every reason an exact adapter is impossible is on
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -75,11 +76,17 @@ class AdapterPlan:
         return alignment
 
 
-def plan_adapter(recipe: str, *, device: str = "cpu") -> AdapterPlan:
-    """Everything checked and every adapter read; no full tensor loaded yet."""
+def plan_adapter(recipe: Any, *, device: str = "cpu", source: str | None = None) -> AdapterPlan:
+    """Everything checked and every adapter read; no full tensor loaded yet.
+
+    ``recipe``: the recipe's path, or its configuration already read (``source`` names it).
+    """
     from mergekit.options import MergeOptions
 
-    config = load_recipe(recipe)
+    if isinstance(recipe, str | os.PathLike):
+        config, recipe = load_recipe(recipe), str(recipe)
+    else:
+        config, recipe = recipe, source or "the recipe"
     method = config.merge_method
     if method in NO_ADAPTER_FORM:
         raise ConfigError(

@@ -222,12 +222,14 @@ class RoleCheckedMethod(PluginMethod):
         parameters: list[dict[str, Any]],
         input_dtypes: Sequence[torch.dtype | None],
     ) -> list[dict[str, Any]]:
-        """Resolve top_k/fraction over the groups of one API call: τ from every group's ρ.
-
-        Costs one extra ρ per matrix (the kernel scores it again at τ). Reached from mergekit's
-        executor only if planning did not resolve the selection: one tensor cannot be ranked.
+        """top_k/fraction as τ: the one the merge's ρ pass resolved while planning
+        (:func:`mergekit_safety.planning.on_planned`), or, in one API call, τ from every group's
+        ρ (one extra ρ per matrix: the kernel scores it again at τ). A single tensor outside
+        either cannot be ranked.
         """
         run = runs.current()
+        if run is not None and run.threshold is not None:
+            return [with_threshold(values, run.threshold) for values in parameters]
         if run is None or not run.api_selection:
             raise ConfigError(
                 "top_k/fraction reached a single tensor: the planner did not rank the model; "
