@@ -18,6 +18,7 @@ from mergekit_safety.adapter.merge import merge_adapters
 from mergekit_safety.adapter.plan import plan_adapter
 from mergekit_safety.errors import ConfigError
 from mergekit_safety.lora_cache import lora_cache, merged_copy
+from mergekit_safety.methods import method_names
 from mergekit_safety.methods.base import RoleCheckedMethod
 from mergekit_safety.preflight import read_recipe
 from mergekit_safety.recipe import without_selection
@@ -66,8 +67,7 @@ def inspect(
     method = get(config.merge_method)
     if not isinstance(method, RoleCheckedMethod):
         raise ConfigError(
-            f"inspect explains safe_linear, safemerge and safe_lora recipes; "
-            f"{recipe} uses {config.merge_method}"
+            f"inspect explains {method_names()} recipes; {recipe} uses {config.merge_method}"
         )
     if selection is None:
         selection = selection_of(config)

@@ -48,9 +48,9 @@ from mergekit_safety.mergekit_internals import (
     WrittenMerge,
 )
 from mergekit_safety.methods.alignment_check import watch_planned
-from mergekit_safety.methods.base import RoleCheckedMethod
+from mergekit_safety.methods.base import RoleCheckedMethod, missing_calibration
 from mergekit_safety.outputs import check_writable
-from mergekit_safety.parameters import check_domains, check_parameters, check_rank
+from mergekit_safety.parameters import check_domains
 from mergekit_safety.preflight import check_same_architecture
 from mergekit_safety.recipe import inputs, resolve_selection, role_of
 from mergekit_safety.recipe_keys import check_filters, check_recipe_keys, ours
@@ -152,14 +152,14 @@ def on_recipe(recipe: PlannedRecipe) -> None:
     check_device(recipe.options)
     check_roles_on_base(recipe.config, method.spec.name)
     check_alignment_present(recipe.config, method.spec.name)
-    if "k" in {p.name for p in method.spec.parameters} and recipe.config.base_model is not None:
-        k = (recipe.config.parameters or {}).get("k")
-        check_rank(method.spec.name, k, mergekit_internals.tensor_shapes(recipe.config.base_model))
     if recipe.config.base_model is not None:
         base = recipe.config.base_model
-        check_filters(recipe.config, mergekit_internals.tensor_shapes(base), base)
+        shapes = mergekit_internals.tensor_shapes(base)
+        if method.check_recipe is not None:  # the method's own checks (LoX: its rank k)
+            method.check_recipe(recipe.config, shapes)
+        check_filters(recipe.config, shapes, base)
     if "calibration" in {p.name for p in method.spec.parameters}:
-        check_calibration(recipe.config, method.needs_calibration)
+        check_calibration(recipe.config, method)
     run = runs.current()
     if recipe.out_path is not None and run is not None and run.out_path == recipe.out_path:
         guard_output(Path(recipe.out_path), run)
@@ -167,16 +167,15 @@ def on_recipe(recipe: PlannedRecipe) -> None:
     expect_selection(recipe)
 
 
-def check_calibration(config: Any, required: bool) -> None:
-    """Calibration statistics: given (if ``required``), readable, of base_model's layers, taken
-    on base_model, and every file as its header and values should be (one line if not)."""
+def check_calibration(config: Any, method: RoleCheckedMethod) -> None:
+    """Calibration statistics: given (if the method needs them), readable, of base_model's layers,
+    taken on base_model, and every file as its header and values should be (one line if not)."""
     from mergekit_safety.calibration import check_against, check_files, read
-    from mergekit_safety.methods.safe_delta import missing_calibration
 
     where = (config.parameters or {}).get("calibration")
     if where is None:
-        if required:
-            raise ConfigError(missing_calibration())
+        if method.needs_calibration:
+            raise ConfigError(missing_calibration(method.spec.name))
         return
     calibration = read(where)
     if config.base_model is not None:
@@ -376,7 +375,7 @@ def on_tensor(tensor: PlannedTensor) -> None:
     run = runs.current() or runs.MergeRun()  # a task built outside any merge: checked alone
     if unaligned:
         watch_planned((tensor.base, unaligned[0]), tensor.name)
-    check_parameters(method.spec.name, tensor.parameters, tensor.input_parameters)
+    method.check_values(tensor.parameters, tensor.input_parameters)
     others = tuple(m for m in tensor.models if m != tensor.base)
     models = (tensor.base, *others) if tensor.base else others
     if run.first_time(("architecture", models)):  # once per merge, not per tensor

@@ -8,9 +8,10 @@ from pathlib import Path
 import click
 
 from mergekit_safety.cli.common import config_errors
+from mergekit_safety.cli.methods_help import MethodsCommand
 
 
-@click.command("inspect")
+@click.command("inspect", cls=MethodsCommand, methods="all")
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON record per weight.")
 @click.option("--cuda", is_flag=True, help="Compute on the GPU, as mergekit-yaml --cuda does.")

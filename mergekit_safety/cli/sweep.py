@@ -24,10 +24,11 @@ from mergekit_safety.cli.common import (
     ray_options,
     terminate_unwinds,
 )
+from mergekit_safety.cli.methods_help import MethodsCommand
 from mergekit_safety.evaluation.prompt_evaluator import Evaluator, make_evaluator
 
 
-@click.command("sweep")
+@click.command("sweep", cls=MethodsCommand, methods="all")
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.option(
     "--set",
