@@ -73,6 +73,11 @@ mergekit (a failing check names the assumption):
     ``tied_names``, ``optional``) is what a planned tensor loads per input, possibly wrapped
     (``PermutedVocabulary``, ``TruncatedVocabulary``: an attribute ``gather_tensors``), read by
     :class:`PlannedTensor` to check every input against the file headers while planning.
+18. ``ModelReference.merged(cache_dir)`` writes a ``model+adapter`` merge to
+    ``cache_dir/{model._unique_id()}_{lora._unique_id()}`` (:func:`merged_copy_name`), where
+    ``lora_cache`` finds (and clears) an interrupted one.
+19. mergekit's, transformers' and torch's own error texts for user mistakes
+    (:data:`FOREIGN_MESSAGES`), which the one-line reports match.
 13. ``mergekit.merge_methods.base.MergeMethod._bind_parameters(groups, parameters)`` (the Python
     API's binding) and ``MergeMethod._execute(groups, parameters, options, *, input_dtypes,
     out_dtype)`` (both entry points' execution) are overridden by :class:`PluginMethod`, and
@@ -91,6 +96,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -806,6 +812,12 @@ def stand_in(models: Iterable[Any], for_model: Any) -> Iterator[None]:
             cache.loaders.pop(model, None)
 
 
+def merged_copy_name(reference: Any) -> str:
+    """The directory name mergekit gives ``model+adapter`` merged into a cache (assumption 18:
+    ``ModelReference.merged`` writes to ``{model._unique_id()}_{lora._unique_id()}``)."""
+    return f"{reference.model._unique_id()}_{reference.lora._unique_id()}"
+
+
 def forget_loaded(models: Iterable[Any]) -> None:
     """Drop ``models`` from mergekit's process-wide loader cache (their files are gone)."""
     from mergekit.io.tasks import LoaderCache
@@ -864,3 +876,111 @@ def execute_method(
     return method._execute(
         groups, parameters, options, input_dtypes=input_dtypes, out_dtype=out_dtype
     )
+
+
+# --- mergekit's, transformers' and torch's own texts for a user mistake ---------------------------
+
+
+FOREIGN_PATTERNS: list[str] = []
+"""The message texts matched (what ``tests/test_layers.py`` looks for outside the door)."""
+
+
+def _message(pattern: str, template: str, kinds: tuple[type, ...] = (Exception,)):
+    compiled = re.compile(pattern)
+    FOREIGN_PATTERNS.append(pattern)
+
+    def rule(error: BaseException) -> str | None:
+        if not isinstance(error, kinds):
+            return None
+        match = compiled.search(str(error))
+        return template.format(*match.groups()) if match else None
+
+    return rule
+
+
+FOREIGN_MESSAGES = (
+    _message(r"Unimplemented merge method (\S+)", "unknown merge_method {0!r}", (RuntimeError,)),
+    _message(
+        r"Merge method requires a base input",
+        "this merge method needs base_model (for the safety methods: the aligned model)",
+        (ValueError,),
+    ),
+    _message(
+        r"Repo id must be in the form .*?: '([^']*)'",
+        "model not found: {0} (no such directory, and not a Hub id)",
+    ),
+    _message(
+        r"Unrecognized model in (.*?)\. Should have a `model_type`",
+        "not a model directory (no config.json with a model_type): {0}",
+    ),
+    _message(
+        r"(\S+) does not appear to have a file named config\.json",
+        "not a model directory (no config.json): {0}",
+    ),
+    _message(
+        r"(?:outgoing traffic has been disabled|offline mode is enabled|"
+        r"cannot find the requested files in the (?:disk )?cache)",
+        "a model is neither a local directory nor in the Hub cache, and the Hub is offline",
+    ),
+    _message(
+        r"Need to specify cache dir to merge adapters",
+        "a `base+adapter` model needs --lora-merge-cache DIR (where the merged copy is kept)",
+        (RuntimeError,),
+    ),
+    _message(
+        r"(Torch not compiled with CUDA enabled|Found no NVIDIA driver|no CUDA GPUs are available)",
+        "--cuda: no CUDA device here ({0}); run without --cuda",
+    ),
+    _message(
+        r"Exactly one of 'models', 'slices', or 'modules' must be present",
+        "the recipe needs exactly one of `models`, `slices` or `modules`",
+        (RuntimeError,),
+    ),
+    _message(r"No output requested", "the recipe lists no models", (RuntimeError,)),
+    _message(
+        r'Unimplemented dtype "([^"]*)"',
+        "dtype: unknown dtype {0!r} (use float32, float16 or bfloat16)",
+        (RuntimeError,),
+    ),
+    _message(
+        r"Unable to find model files at (.*)",
+        "no weights in {0} (no *.safetensors or *.bin files): not a model directory",
+        (RuntimeError,),
+    ),
+    _message(
+        r"config file at '(.*?)' is not a valid JSON file",
+        "{0} is not valid JSON: not a model directory",
+        (OSError,),
+    ),
+    _message(
+        r"Tensor size mismatch for (\S+): \[(.*?)\]\. Align vocabulary",
+        "{0}: the models' vocabularies differ in size ({1}); add `tokenizer: {{source: base}}` "
+        "to the recipe to align them",
+        (ValueError,),
+    ),
+    _message(
+        r"Tensor (\S+) required but not present in model (\S+)",
+        "{1} has no tensor {0}: the models are not of one architecture, or a checkpoint is "
+        "incomplete",
+        (RuntimeError,),
+    ),
+    _message(
+        r"size mismatch for base_model\.model\.(\S+?)\.(lora_[AB])\S*: copying a param with shape "
+        r"torch\.Size\(\[(\d+), (\d+)\]\) from checkpoint, the shape in current model is "
+        r"torch\.Size\(\[(\d+), (\d+)\]\)",
+        "a LoRA adapter does not fit its base model: {0}.{1} is {2}×{3}, the base model needs "
+        "{4}×{5} (the adapter was trained on another model)",
+        (RuntimeError,),
+    ),
+)
+"""Each a rule ``error -> our one line | None``, from the message text mergekit, transformers or
+torch raise for a user mistake with a traceback (assumption 19)."""
+
+
+def foreign_message(error: BaseException) -> str | None:
+    """Our one line for a user mistake that mergekit, transformers or torch reported by text."""
+    for rule in FOREIGN_MESSAGES:
+        message = rule(error)
+        if message:
+            return message
+    return None
