@@ -134,8 +134,22 @@ def _restore_lookups(package):
             setattr(package, name, original)
 
 
+_MERGE = "mergekit.merge"
+
+
+def _wrap_merge(module):
+    """``run_merge`` runs each merge inside a run of its own; wrapped as ``mergekit.merge``
+    finishes executing, before any ``from mergekit.merge import run_merge`` binds the name
+    (activation comes too late for that: ``mergekit.merge`` is half-imported then)."""
+    from mergekit_safety.mergekit_internals import wrap_merge
+
+    wrap_merge(module)
+
+
 def install():
     """Activate the plugin once mergekit's method registry has loaded (now, if it has)."""
+    if _wrap_merge not in _finder().waiting.get(_MERGE, ()):
+        after_import(_MERGE, _wrap_merge)
     finder = _finder()
     if _initialised(_TARGET):
         _activate(None)

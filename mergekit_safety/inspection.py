@@ -7,7 +7,8 @@ LoRA adapters from the factors, exactly as ``mergekit-safety adapter`` would mer
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from mergekit.merge_methods import get
@@ -17,11 +18,12 @@ from mergekit_safety.adapter.merge import merge_adapters
 from mergekit_safety.adapter.plan import plan_adapter
 from mergekit_safety.errors import ConfigError
 from mergekit_safety.lora_cache import lora_cache, merged_copy
+from mergekit_safety.methods import method_names
 from mergekit_safety.methods.base import RoleCheckedMethod
-from mergekit_safety.preflight import load_recipe
+from mergekit_safety.preflight import read_recipe
 from mergekit_safety.recipe import without_selection
-from mergekit_safety.scoring import TensorDecision, decide_at, score_config, selection_of
-from mergekit_safety.selection import Resolved, Selection, resolve
+from mergekit_safety.scoring import TensorDecision, resolve_records, score_config, selection_of
+from mergekit_safety.selection import Resolved, Selection
 
 
 def inspect_recipe(
@@ -43,6 +45,8 @@ class Inspection:
     method: str
     records: list[TensorDecision]
     resolved: Resolved | None = None
+    recipe: Mapping[str, Any] = field(default_factory=dict)
+    """The recipe as written (read once: ``--write-recipe`` and the plot's τ start from it)."""
 
 
 def inspect(
@@ -59,18 +63,18 @@ def inspect(
     ``base+adapter`` inputs are merged into ``lora_merge_cache`` (default: a temporary
     directory, removed after), keyed by the adapters' content (:mod:`mergekit_safety.lora_cache`).
     """
-    config = load_recipe(recipe)
+    data, config = read_recipe(recipe)
     method = get(config.merge_method)
     if not isinstance(method, RoleCheckedMethod):
         raise ConfigError(
-            f"inspect explains safe_linear, safemerge and safe_lora recipes; "
-            f"{recipe} uses {config.merge_method}"
+            f"inspect explains {method_names()} recipes; {recipe} uses {config.merge_method}"
         )
     if selection is None:
         selection = selection_of(config)
     if selection is None and lora_merge_cache is None and _has_adapter(config):
         try:  # scored from the factors, as `mergekit-safety adapter` would merge them
-            return Inspection(config.merge_method, inspect_adapters(recipe, device=device))
+            found = inspect_adapters(config, device=device, source=str(recipe))
+            return Inspection(config.merge_method, found, recipe=data)
         except ConfigError:  # no exact adapter form (say dare_linear): score merged copies
             pass
     with lora_cache(config.referenced_models(), lora_merge_cache) as cache:
@@ -78,23 +82,27 @@ def inspect(
             merged_copy(reference, cache)
         options = MergeOptions(device=device, quiet=quiet, lora_merge_cache=cache)
         if selection is None:
-            return Inspection(config.merge_method, score_config(config, options, cache=False))
+            records = score_config(config, options, cache=False)
+            return Inspection(config.merge_method, records, recipe=data)
         config = without_selection(config, drop_threshold=True)
         records = score_config(config, options, require_unaligned=True, selection=selection)
-    resolved = resolve(selection, {r.tensor: r.rho for r in records if r.gated})
-    return Inspection(config.merge_method, decide_at(records, resolved, method), resolved)
+    resolved, decided = resolve_records(records, selection, method)
+    return Inspection(config.merge_method, decided, resolved, recipe=data)
 
 
 def _has_adapter(config: Any) -> bool:
     return any(model.lora is not None for model in config.referenced_models())
 
 
-def inspect_adapters(recipe: str | os.PathLike, *, device: str = "cpu") -> list[TensorDecision]:
+def inspect_adapters(
+    recipe: str | os.PathLike | Any, *, device: str = "cpu", source: str | None = None
+) -> list[TensorDecision]:
     """The records for a recipe of LoRA adapters, from their factors (what ``adapter`` writes).
 
+    ``recipe``: its path, or its configuration already read (``source`` names it in messages).
     Each adapted module only: a weight no fine-tune adapts has Δ = 0 and keeps θ_aligned.
     """
-    plan = plan_adapter(str(recipe), device=device)
+    plan = plan_adapter(recipe, device=device, source=source)
     return [
         TensorDecision(
             tensor=f"{m.module}.weight",

@@ -65,7 +65,9 @@ def merged_copy(reference: Any, cache: str, *, trust_remote_code: bool = False) 
         return reference.model.path
     from mergekit.common import ModelReference
 
-    target = Path(cache) / f"{reference.model._unique_id()}_{reference.lora._unique_id()}"
+    from mergekit_safety import mergekit_internals
+
+    target = Path(cache) / mergekit_internals.merged_copy_name(reference)
     if target.exists() and not (target / "config.json").is_file():
         shutil.rmtree(target)  # an interrupted merge: mergekit would reuse it as it is
     merged: ModelReference = reference.merged(cache_dir=cache, trust_remote_code=trust_remote_code)

@@ -14,9 +14,14 @@ mergekit (a failing check names the assumption):
    recipe is normalised and before any tensor task exists, with ``self.config``,
    ``self.options``, ``self.arch_info``, ``self.out_model_config`` set: wrapped to run the
    recipe-level checks and the ``top_k`` ρ pass (:func:`install`'s ``on_recipe``).
-2. ``MergePlanner.plan_to_disk(self, out_path)`` is how ``run_merge`` plans: wrapped to open the
-   merge's run (:mod:`mergekit_safety.runs`) with its output directory (otherwise out of reach);
-   a plan that raises undoes what the run wrote.
+2. ``MergePlanner.plan_to_disk(self, out_path)`` is how ``run_merge`` plans: wrapped to hand
+   the recipe hook its output directory (otherwise out of reach), and, once it returns the tasks
+   (each ``SaveTensor`` with a ``tensor_task``), to hand the planned tensors to ``on_planned``
+   (the ``top_k`` ρ pass over the very tasks the merge runs) before anything executes.
+   ``mergekit.merge.run_merge(merge_config, out_path, options, ...)`` is every command's merge
+   (``mergekit-yaml``, ``-multi``, ``-evolve``, the Python API), and the ``mergekit-pytorch``
+   command's click ``callback`` its whole merge: each is wrapped to run inside a merge run of its
+   own (:mod:`mergekit_safety.runs`), which ends with it and undoes its output if it fails.
 3. ``mergekit.merge_methods.task_adapter.ExecuteMergeMethodTask`` is built once per output tensor
    (by the planner and by ``mergekit-pytorch``) with fields ``method_name``, ``model_order``,
    ``base_model``, ``parameters``, ``input_parameters``, ``output_weight``: its ``__init__`` is
@@ -68,6 +73,11 @@ mergekit (a failing check names the assumption):
     ``tied_names``, ``optional``) is what a planned tensor loads per input, possibly wrapped
     (``PermutedVocabulary``, ``TruncatedVocabulary``: an attribute ``gather_tensors``), read by
     :class:`PlannedTensor` to check every input against the file headers while planning.
+18. ``ModelReference.merged(cache_dir)`` writes a ``model+adapter`` merge to
+    ``cache_dir/{model._unique_id()}_{lora._unique_id()}`` (:func:`merged_copy_name`), where
+    ``lora_cache`` finds (and clears) an interrupted one.
+19. mergekit's, transformers' and torch's own error texts for user mistakes
+    (:data:`FOREIGN_MESSAGES`), which the one-line reports match.
 13. ``mergekit.merge_methods.base.MergeMethod._bind_parameters(groups, parameters)`` (the Python
     API's binding) and ``MergeMethod._execute(groups, parameters, options, *, input_dtypes,
     out_dtype)`` (both entry points' execution) are overridden by :class:`PluginMethod`, and
@@ -86,6 +96,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -187,6 +198,8 @@ class Hooks:
     """(the recipe as read, the ``MergeConfiguration`` mergekit made of it)."""
     on_recipe: Callable[[PlannedRecipe], None]
     on_tensor: Callable[[PlannedTensor], None]
+    on_planned: Callable[[PlannedRecipe, list[PlannedTensor]], None]
+    """Once a ``MergePlanner`` planned every tensor, before anything runs (the ``top_k`` pass)."""
     on_written: Callable[[WrittenMerge], None]
 
 
@@ -202,6 +215,8 @@ def install(hooks: Hooks, after_import: AfterImport) -> None:
     """
     after_import("mergekit.config", lambda module: _wrap_config(module, hooks))
     after_import("mergekit.plan", lambda module: _wrap_planner(module, hooks))
+    after_import("mergekit.merge", wrap_merge)  # the .pth hook wraps it sooner (it binds early)
+    after_import("mergekit.scripts.merge_raw_pytorch", _wrap_raw_pytorch)
     after_import("mergekit.merge_methods.task_adapter", lambda module: _wrap_task(module, hooks))
     after_import("mergekit.io.tasks", lambda module: _wrap_finalize(module, hooks))
     after_import("mergekit.graph", _wrap_executor)
@@ -246,32 +261,76 @@ _OUT_PATH = "_mergekit_safety_out_path"
 """Set on a ``MergePlanner`` while ``plan_to_disk`` runs: where that plan writes."""
 
 
-def _wrap_planner(module: Any, hooks: Hooks) -> None:
-    """A plan to disk opens the merge's run (:mod:`mergekit_safety.runs`); a failed plan undoes it.
+def wrap_merge(module: Any) -> None:
+    """``run_merge`` is one merge from plan to written files: it runs inside a run of its own
+    (:func:`mergekit_safety.runs.opened`), which ends with it and undoes its output if it fails."""
 
-    The run stays current after planning, while mergekit's executor runs the plan: mergekit
-    returns from ``plan_to_disk`` before the merge runs and gives no end to wrap, so the next
-    merge's plan replaces it. A plan aimed at ``os.devnull`` is our own scoring plan (see
-    :func:`plan_tensors`): it runs inside the current merge and opens none.
+    def run_merge(original: Callable) -> Callable:
+        @functools.wraps(original)
+        def wrapper(merge_config: Any, out_path: str, options: Any, *args: Any, **kw: Any) -> Any:
+            run = runs.MergeRun(out_path=str(out_path), quiet=bool(options.quiet))
+            with runs.opened(run):
+                return original(merge_config, out_path, options, *args, **kw)
+
+        return wrapper
+
+    _once(module, "run_merge", run_merge)
+
+
+def _wrap_raw_pytorch(module: Any) -> None:
+    """``mergekit-pytorch`` plans without ``MergePlanner``: its command is one merge, one run."""
+    command = module.main
+
+    def callback(original: Callable) -> Callable:
+        @functools.wraps(original)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with runs.opened(runs.MergeRun()):
+                return original(*args, **kwargs)
+
+        return wrapper
+
+    _once(command, "callback", callback)
+
+
+def _wrap_planner(module: Any, hooks: Hooks) -> None:
+    """The recipe-level hook before any task exists; the planned-merge hook once every task does.
+
+    A plan to disk tells the hooks where it writes (otherwise out of reach); the merge's run was
+    opened by ``run_merge`` (:func:`_wrap_merge`). A plan aimed at ``os.devnull`` (our scoring
+    plans, a search's in-memory merge) writes nowhere.
     """
     planner = module.MergePlanner
+
+    def recipe_of(self: Any) -> PlannedRecipe:
+        return PlannedRecipe(
+            config=self.config,
+            options=self.options,
+            arch_info=self.arch_info,
+            out_config=self.out_model_config,
+            out_path=getattr(self, _OUT_PATH, None),
+        )
 
     def plan_to_disk(original: Callable) -> Callable:
         @functools.wraps(original)
         def wrapper(self: Any, out_path: str, *args: Any, **kwargs: Any) -> Any:
             import os
 
-            if str(out_path) == os.devnull:
-                return original(self, out_path, *args, **kwargs)
-            run = runs.start(runs.MergeRun(out_path=str(out_path), quiet=self.options.quiet))
-            setattr(self, _OUT_PATH, str(out_path))
+            from mergekit.merge_methods.task_adapter import ExecuteMergeMethodTask
+
+            if str(out_path) != os.devnull:
+                setattr(self, _OUT_PATH, str(out_path))
             try:
-                return original(self, out_path, *args, **kwargs)
-            except BaseException:
-                run.fail()
-                raise
+                targets = original(self, out_path, *args, **kwargs)
+                tensors = [
+                    PlannedTensor.of(target.tensor_task)
+                    for target in targets
+                    if isinstance(getattr(target, "tensor_task", None), ExecuteMergeMethodTask)
+                ]
+                hooks.on_planned(recipe_of(self), tensors)
+                return targets
             finally:
-                delattr(self, _OUT_PATH)
+                if hasattr(self, _OUT_PATH):
+                    delattr(self, _OUT_PATH)
 
         return wrapper
 
@@ -279,15 +338,7 @@ def _wrap_planner(module: Any, hooks: Hooks) -> None:
         @functools.wraps(original)
         def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
             result = original(self, *args, **kwargs)
-            hooks.on_recipe(
-                PlannedRecipe(
-                    config=self.config,
-                    options=self.options,
-                    arch_info=self.arch_info,
-                    out_config=self.out_model_config,
-                    out_path=getattr(self, _OUT_PATH, None),
-                )
-            )
+            hooks.on_recipe(recipe_of(self))
             return result
 
         return wrapper
@@ -479,9 +530,13 @@ def plan_tensors(
     )
     # plan_in_memory() fails in mergekit 0.1.5 (pydantic re-validates the generic Task), so take
     # the merge tasks from the to-disk plan, aimed at os.devnull (the output guard skips it).
+    # Outside a merge, the plan's checks share a run of their own (headers read once).
+    opened = runs.opened(runs.MergeRun(quiet=True)) if runs.current() is None else None
+    with opened or contextlib.nullcontext():
+        targets = planner.plan_to_disk(out_path=os.devnull)
     return [
         PlannedTensor.of(target.tensor_task)
-        for target in planner.plan_to_disk(out_path=os.devnull)
+        for target in targets
         if isinstance(getattr(target, "tensor_task", None), ExecuteMergeMethodTask)
     ]
 
@@ -757,6 +812,12 @@ def stand_in(models: Iterable[Any], for_model: Any) -> Iterator[None]:
             cache.loaders.pop(model, None)
 
 
+def merged_copy_name(reference: Any) -> str:
+    """The directory name mergekit gives ``model+adapter`` merged into a cache (assumption 18:
+    ``ModelReference.merged`` writes to ``{model._unique_id()}_{lora._unique_id()}``)."""
+    return f"{reference.model._unique_id()}_{reference.lora._unique_id()}"
+
+
 def forget_loaded(models: Iterable[Any]) -> None:
     """Drop ``models`` from mergekit's process-wide loader cache (their files are gone)."""
     from mergekit.io.tasks import LoaderCache
@@ -815,3 +876,111 @@ def execute_method(
     return method._execute(
         groups, parameters, options, input_dtypes=input_dtypes, out_dtype=out_dtype
     )
+
+
+# --- mergekit's, transformers' and torch's own texts for a user mistake ---------------------------
+
+
+FOREIGN_PATTERNS: list[str] = []
+"""The message texts matched (what ``tests/test_layers.py`` looks for outside the door)."""
+
+
+def _message(pattern: str, template: str, kinds: tuple[type, ...] = (Exception,)):
+    compiled = re.compile(pattern)
+    FOREIGN_PATTERNS.append(pattern)
+
+    def rule(error: BaseException) -> str | None:
+        if not isinstance(error, kinds):
+            return None
+        match = compiled.search(str(error))
+        return template.format(*match.groups()) if match else None
+
+    return rule
+
+
+FOREIGN_MESSAGES = (
+    _message(r"Unimplemented merge method (\S+)", "unknown merge_method {0!r}", (RuntimeError,)),
+    _message(
+        r"Merge method requires a base input",
+        "this merge method needs base_model (for the safety methods: the aligned model)",
+        (ValueError,),
+    ),
+    _message(
+        r"Repo id must be in the form .*?: '([^']*)'",
+        "model not found: {0} (no such directory, and not a Hub id)",
+    ),
+    _message(
+        r"Unrecognized model in (.*?)\. Should have a `model_type`",
+        "not a model directory (no config.json with a model_type): {0}",
+    ),
+    _message(
+        r"(\S+) does not appear to have a file named config\.json",
+        "not a model directory (no config.json): {0}",
+    ),
+    _message(
+        r"(?:outgoing traffic has been disabled|offline mode is enabled|"
+        r"cannot find the requested files in the (?:disk )?cache)",
+        "a model is neither a local directory nor in the Hub cache, and the Hub is offline",
+    ),
+    _message(
+        r"Need to specify cache dir to merge adapters",
+        "a `base+adapter` model needs --lora-merge-cache DIR (where the merged copy is kept)",
+        (RuntimeError,),
+    ),
+    _message(
+        r"(Torch not compiled with CUDA enabled|Found no NVIDIA driver|no CUDA GPUs are available)",
+        "--cuda: no CUDA device here ({0}); run without --cuda",
+    ),
+    _message(
+        r"Exactly one of 'models', 'slices', or 'modules' must be present",
+        "the recipe needs exactly one of `models`, `slices` or `modules`",
+        (RuntimeError,),
+    ),
+    _message(r"No output requested", "the recipe lists no models", (RuntimeError,)),
+    _message(
+        r'Unimplemented dtype "([^"]*)"',
+        "dtype: unknown dtype {0!r} (use float32, float16 or bfloat16)",
+        (RuntimeError,),
+    ),
+    _message(
+        r"Unable to find model files at (.*)",
+        "no weights in {0} (no *.safetensors or *.bin files): not a model directory",
+        (RuntimeError,),
+    ),
+    _message(
+        r"config file at '(.*?)' is not a valid JSON file",
+        "{0} is not valid JSON: not a model directory",
+        (OSError,),
+    ),
+    _message(
+        r"Tensor size mismatch for (\S+): \[(.*?)\]\. Align vocabulary",
+        "{0}: the models' vocabularies differ in size ({1}); add `tokenizer: {{source: base}}` "
+        "to the recipe to align them",
+        (ValueError,),
+    ),
+    _message(
+        r"Tensor (\S+) required but not present in model (\S+)",
+        "{1} has no tensor {0}: the models are not of one architecture, or a checkpoint is "
+        "incomplete",
+        (RuntimeError,),
+    ),
+    _message(
+        r"size mismatch for base_model\.model\.(\S+?)\.(lora_[AB])\S*: copying a param with shape "
+        r"torch\.Size\(\[(\d+), (\d+)\]\) from checkpoint, the shape in current model is "
+        r"torch\.Size\(\[(\d+), (\d+)\]\)",
+        "a LoRA adapter does not fit its base model: {0}.{1} is {2}×{3}, the base model needs "
+        "{4}×{5} (the adapter was trained on another model)",
+        (RuntimeError,),
+    ),
+)
+"""Each a rule ``error -> our one line | None``, from the message text mergekit, transformers or
+torch raise for a user mistake with a traceback (assumption 19)."""
+
+
+def foreign_message(error: BaseException) -> str | None:
+    """Our one line for a user mistake that mergekit, transformers or torch reported by text."""
+    for rule in FOREIGN_MESSAGES:
+        message = rule(error)
+        if message:
+            return message
+    return None

@@ -12,7 +12,7 @@ mergekit 0.1.5 validates every value against its ``ParameterSpec`` both where it
 error into one line) and where the Python API binds (``MergeMethod.bind``; the methods call
 :func:`check_domains` first for the same line). What a constraint cannot say is
 :func:`check_parameters`: weights outside [0, 1] only with ``allow_extrapolation: true`` (then a
-warning), and the warning for a LoX α past :data:`LOX_ALPHA_RANGE`.
+warning); a method's own rules are its ``check_values`` (LoX: a large α warns).
 """
 
 from __future__ import annotations
@@ -32,36 +32,8 @@ from mergekit_safety.roles import Role
 # --- defaults -----------------------------------------------------------------------------------
 
 DEFAULT_THRESHOLD = 0.35
-"""τ of the gated methods (safe_linear, safemerge, safe_lora)."""
-SAFE_LINEAR_WEIGHT = 0.7
-"""λ on the fine-tuned update: the middle of the 0.6–0.9 range Farn et al. report. Model-specific;
-``mergekit-safety sweep`` picks it under a safety gate."""
-SAFEMERGE_WEIGHTS = {Role.FINETUNED: 0.8, Role.SAFE: 0.2}
-"""safemerge's per-role ``weight`` where a model sets none, as in the reference code."""
-SAFEMERGE_DENSITY = 0.5
-"""The share of each update ``merge_type: dare_linear`` keeps."""
-HARM_REMOVAL_SCALE = 3.0
-"""λ of harm_removal (provenance: :mod:`mergekit_safety.methods.harm_removal`)."""
-HARM_REMOVAL_DENSITY = 0.1
-"""The share of τ_H harm_removal keeps (provenance as for λ)."""
-LOX_K = 0
-"""LoX's rank; 0 extrapolates the whole update (provenance: :mod:`mergekit_safety.methods.lox`)."""
-LOX_ALPHA = 1.0
-"""LoX's extrapolation factor α."""
-LSSF_ALPHA = 1.0
-"""LSSF's coefficient α on the safety components P_r V (see :mod:`mergekit_safety.methods.lssf`)."""
-LSSF_ETA = 0.85
-"""LSSF's entropy share η: the rank keeps this share of the singular value entropy."""
-LSSF_MAX_RANK = 8
-"""LSSF's cap on the safety-critical rank (0: no cap)."""
-LSSF_TOP_WEIGHT = 1.0
-"""LSSF's weight a_1 on the leading safety direction (1: the plain projector)."""
-SAFE_DELTA_BUDGET = 0.1
-"""Safe Delta's safety budget s (the reference's ``--scale``; provenance:
-:mod:`mergekit_safety.methods.safe_delta`)."""
-LOX_ALPHA_RANGE = 2.0
-"""α past this warns: twice the reference code's default ``--coef 1`` (VITA-Group/LoX
-``safety/LoX.py`` line 11); larger extrapolations leave the region the method was tried in."""
+"""τ of the gated methods (those whose ``decide`` gates by ρ). Each method's other defaults are
+its kernel's arguments, in its own module (:mod:`mergekit_safety.methods`)."""
 
 # --- domains ------------------------------------------------------------------------------------
 
@@ -83,7 +55,7 @@ Weight = Annotated[float, Field(allow_inf_nan=False), _NUMBER]
 Scale = Annotated[float, Field(allow_inf_nan=False), _NUMBER]
 """harm_removal's λ: any finite number."""
 Alpha = Annotated[float, Field(ge=0, allow_inf_nan=False), _NUMBER]
-"""LoX's α, finite and ≥ 0 (past :data:`LOX_ALPHA_RANGE` warns)."""
+"""An α, finite and ≥ 0 (LoX's past :data:`mergekit_safety.methods.lox.ALPHA_RANGE` warns)."""
 Rank = Annotated[int, Field(ge=0), _NUMBER]
 """LoX's ``k``, LSSF's ``max_rank``: a whole number ≥ 0 (0: all of it, no cap)."""
 Eta = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False), _NUMBER]
@@ -149,13 +121,6 @@ def check_parameters(
 
     The values have passed their domains (mergekit validated them while resolving or binding).
     """
-    alpha = shared.get("alpha")
-    if method == "lox" and alpha is not None and alpha > LOX_ALPHA_RANGE:
-        _warn_once(
-            (method, "alpha", alpha),
-            f"mergekit-safety: {method}: alpha {alpha:g} is past {LOX_ALPHA_RANGE:g}, beyond "
-            "the extrapolations LoX was run with; check the model still answers",
-        )
     extrapolate = bool(shared.get("allow_extrapolation", False))
     scale = shared.get("scale")
     if scale is not None and scale < 0:
@@ -164,7 +129,7 @@ def check_parameters(
                 f"{method}: scale (λ) is {scale:g}, below 0: that adds the harm direction instead "
                 "of removing it; set `allow_extrapolation: true` if meant"
             )
-        _warn_once(
+        warn_once(
             (method, "scale", scale),
             f"mergekit-safety: {method}: scale {scale:g} adds the harm direction "
             "(allow_extrapolation: true)",
@@ -181,26 +146,14 @@ def check_parameters(
                 f"{method}: weight of {name} is {weight:g}, outside [0, 1]: that extrapolates "
                 "past the aligned or fine-tuned model; set `allow_extrapolation: true` if meant"
             )
-        _warn_once(
+        warn_once(
             (method, name, weight),
             f"mergekit-safety: {method}: weight {weight:g} of {name} extrapolates "
             "(allow_extrapolation: true)",
         )
 
 
-def check_rank(method: str, k: Any, shapes: Mapping[str, tuple[int, ...]]) -> None:
-    """LoX's ``k`` (directions kept) is at most the smaller side of every matrix it changes."""
-    if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
-        return
-    for name, shape in shapes.items():
-        if len(shape) == 2 and k > min(shape):
-            raise ConfigError(
-                f"{method}: k = {k} is more than {name} has ({shape[0]}×{shape[1]}: at most "
-                f"{min(shape)}); use k <= {min(shape)}, or 0 for the whole update"
-            )
-
-
-def _warn_once(key: tuple[str, str, float], message: str) -> None:
+def warn_once(key: tuple[str, str, float], message: str) -> None:
     """Warn once per merge (every tensor task checks the same values), or once per call."""
     run = runs.current()
     if run is None:

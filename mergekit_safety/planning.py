@@ -9,22 +9,23 @@ output directory that already holds a model (:func:`guard_output`), ``--cuda`` w
 bookkeeping that notices an ``unaligned`` model equal to the aligned one, and per tensor the
 roles and parameter domains.
 
-**``top_k``/``fraction`` inside mergekit's own run: a first ρ pass while mergekit plans.**
+**``top_k``/``fraction`` inside mergekit's own run: a ρ pass over the plan, before it runs.**
 
 Why here. mergekit 0.1.5 merges one tensor per task, so a kernel never sees the other matrices'
-ρ. The one moment that sees the whole recipe and precedes every load is planning. There
-:func:`resolve_in_planner` scores the recipe with the same code ``inspect`` uses
-(:mod:`mergekit_safety.scoring`: its own planner over a copy of the config; lazy loads; nothing
-written), turns the selection into τ (:mod:`mergekit_safety.selection`), and rewrites the
-planner's top-level ``parameters`` to ``threshold: τ``. Every tensor task mergekit plans next
-carries that τ, and the ordinary merge runs unchanged: multi-GPU and lazy loading included, and
-the merged model's ``mergekit_config.yml`` is still the recipe as written.
+ρ. The one moment that sees every planned tensor and precedes every load is the end of planning.
+:func:`on_recipe` notes the selection in the merge's run; once the planner has planned every
+tensor, :func:`on_planned` scores those very tasks with the code ``inspect`` uses
+(:mod:`mergekit_safety.scoring`: lazy loads, nothing written), turns the selection into τ
+(:mod:`mergekit_safety.selection`) and keeps τ in the run, where the kernels read it in place of
+``top_k``. One plan per merge: multi-GPU and lazy loading included, and the merged model's
+``mergekit_config.yml`` is still the recipe as written.
 
 Alternatives rejected: ranking at the first kernel call would need a second executor inside
-mergekit's (and its device placement) with no recipe in reach, and could only fail after
-loading; rewriting the frozen, hashed tasks is not possible. A planner that is not
-``MergePlanner`` (``mergekit-pytorch``) never calls :func:`on_recipe`; its tasks would carry
-``top_k`` to the kernel, so :func:`on_tensor` refuses them before anything loads.
+mergekit's (and its device placement) and could only fail after loading; rewriting the frozen,
+hashed tasks is not possible; a second, throwaway plan (this module's first design) repeated
+every recipe and tensor check. A planner that is not ``MergePlanner`` (``mergekit-pytorch``)
+never calls :func:`on_recipe`; its tasks would carry ``top_k`` to the kernel, so
+:func:`on_tensor` refuses them before anything loads.
 """
 
 from __future__ import annotations
@@ -47,11 +48,11 @@ from mergekit_safety.mergekit_internals import (
     WrittenMerge,
 )
 from mergekit_safety.methods.alignment_check import watch_planned
-from mergekit_safety.methods.base import RoleCheckedMethod
+from mergekit_safety.methods.base import RoleCheckedMethod, missing_calibration
 from mergekit_safety.outputs import check_writable
-from mergekit_safety.parameters import check_domains, check_parameters, check_rank
+from mergekit_safety.parameters import check_domains
 from mergekit_safety.preflight import check_same_architecture
-from mergekit_safety.recipe import inputs, resolve_selection, role_of, without_selection
+from mergekit_safety.recipe import inputs, resolve_selection, role_of
 from mergekit_safety.recipe_keys import check_filters, check_recipe_keys, ours
 from mergekit_safety.roles import Role
 from mergekit_safety.selection import SELECTORS
@@ -88,7 +89,11 @@ tokenizer file outlives the model it described."""
 def install(after_import: AfterImport) -> None:
     """Have mergekit's planner call this module for every merge (wrapped once per process)."""
     hooks = mergekit_internals.Hooks(
-        on_config=on_config, on_recipe=on_recipe, on_tensor=on_tensor, on_written=on_written
+        on_config=on_config,
+        on_recipe=on_recipe,
+        on_tensor=on_tensor,
+        on_planned=on_planned,
+        on_written=on_written,
     )
     mergekit_internals.install(hooks, after_import)
 
@@ -147,31 +152,30 @@ def on_recipe(recipe: PlannedRecipe) -> None:
     check_device(recipe.options)
     check_roles_on_base(recipe.config, method.spec.name)
     check_alignment_present(recipe.config, method.spec.name)
-    if "k" in {p.name for p in method.spec.parameters} and recipe.config.base_model is not None:
-        k = (recipe.config.parameters or {}).get("k")
-        check_rank(method.spec.name, k, mergekit_internals.tensor_shapes(recipe.config.base_model))
     if recipe.config.base_model is not None:
         base = recipe.config.base_model
-        check_filters(recipe.config, mergekit_internals.tensor_shapes(base), base)
+        shapes = mergekit_internals.tensor_shapes(base)
+        if method.check_recipe is not None:  # the method's own checks (LoX: its rank k)
+            method.check_recipe(recipe.config, shapes)
+        check_filters(recipe.config, shapes, base)
     if "calibration" in {p.name for p in method.spec.parameters}:
-        check_calibration(recipe.config, method.needs_calibration)
+        check_calibration(recipe.config, method)
     run = runs.current()
     if recipe.out_path is not None and run is not None and run.out_path == recipe.out_path:
         guard_output(Path(recipe.out_path), run)
         run.recipe = recipe
-    resolve_in_planner(recipe, method)
+    expect_selection(recipe)
 
 
-def check_calibration(config: Any, required: bool) -> None:
-    """Calibration statistics: given (if ``required``), readable, of base_model's layers, taken
-    on base_model, and every file as its header and values should be (one line if not)."""
+def check_calibration(config: Any, method: RoleCheckedMethod) -> None:
+    """Calibration statistics: given (if the method needs them), readable, of base_model's layers,
+    taken on base_model, and every file as its header and values should be (one line if not)."""
     from mergekit_safety.calibration import check_against, check_files, read
-    from mergekit_safety.methods.safe_delta import missing_calibration
 
     where = (config.parameters or {}).get("calibration")
     if where is None:
-        if required:
-            raise ConfigError(missing_calibration())
+        if method.needs_calibration:
+            raise ConfigError(missing_calibration(method.spec.name))
         return
     calibration = read(where)
     if config.base_model is not None:
@@ -368,12 +372,10 @@ def on_tensor(tensor: PlannedTensor) -> None:
     }
     method.rule.check(roles, tensor.base)
     unaligned = [model for model, role in roles.items() if role is Role.UNALIGNED]
-    run = runs.current()
-    if run is None or run.written:  # a planner that does not plan to disk (mergekit-pytorch)
-        run = runs.start(runs.MergeRun())
+    run = runs.current() or runs.MergeRun()  # a task built outside any merge: checked alone
     if unaligned:
         watch_planned((tensor.base, unaligned[0]), tensor.name)
-    check_parameters(method.spec.name, tensor.parameters, tensor.input_parameters)
+    method.check_values(tensor.parameters, tensor.input_parameters)
     others = tuple(m for m in tensor.models if m != tensor.base)
     models = (tensor.base, *others) if tensor.base else others
     if run.first_time(("architecture", models)):  # once per merge, not per tensor
@@ -416,13 +418,20 @@ def check_inputs(tensor: PlannedTensor, run: runs.MergeRun) -> None:
 
 
 def refuse_unresolved(tensor: PlannedTensor) -> None:
-    """A tensor still carrying top_k/fraction was planned without ``MergePlanner``: stop now."""
+    """A tensor carrying top_k/fraction outside a merge that ranks (``mergekit-pytorch``, a
+    planner called by hand): stop now."""
+    run = runs.current()
+    if run is not None and run.selection is not None:
+        return  # MergePlanner inside a merge: on_planned resolves it before anything runs
     if any(tensor.parameters.get(key) is not None for key in SELECTORS):
-        raise ConfigError(
-            "top_k/fraction need the whole model ranked first, which mergekit-yaml, "
-            "mergekit-multi, run_merge and the Python API do; for this command write the "
-            "threshold out with `mergekit-safety inspect RECIPE --top-k K --write-recipe OUT.yml`"
-        )
+        raise ConfigError(UNRANKED)
+
+
+UNRANKED = (
+    "top_k/fraction need the whole model ranked first, which mergekit-yaml, "
+    "mergekit-multi, run_merge and the Python API do; for this command write the "
+    "threshold out with `mergekit-safety inspect RECIPE --top-k K --write-recipe OUT.yml`"
+)
 
 
 # --- a finished merge ---------------------------------------------------------------------------
@@ -471,28 +480,43 @@ def ungated_count(method: RoleCheckedMethod, tensors: Any, run: runs.MergeRun) -
 # --- top_k / fraction ---------------------------------------------------------------------------
 
 
-def resolve_in_planner(recipe: PlannedRecipe, method: RoleCheckedMethod) -> None:
-    """If the planned recipe selects by rank, score it now and replace the selection by τ."""
-    from mergekit_safety.scoring import decide_at, score_config, selection_of
-    from mergekit_safety.selection import resolve
+def expect_selection(recipe: PlannedRecipe) -> None:
+    """A recipe that ranks (``top_k``/``fraction``, validated here): the merge's run expects
+    τ from :func:`on_planned`; outside a merge there is no run to carry it, so stop now."""
+    from mergekit_safety.scoring import selection_of
 
-    config = recipe.config
-    selection = selection_of(config)
+    selection = selection_of(recipe.config)
     if selection is None:
         return
+    run = runs.current()
+    if run is None:
+        raise ConfigError(UNRANKED)
+    run.selection = selection
+
+
+def on_planned(recipe: PlannedRecipe, tensors: list[PlannedTensor]) -> None:
+    """The planned merge ranks by ρ: score its own tasks now, and keep τ in the merge's run."""
+    from mergekit_safety.scoring import resolve_records, score_planned, selection_of
+
+    run = runs.current()
+    method = ours(recipe.config.merge_method)
+    if run is None or run.selection is None or run.threshold is not None or method is None:
+        return
+    if selection_of(recipe.config) is None:  # a plan of another recipe inside this merge
+        return
     started = time.perf_counter()
-    records = score_config(
-        without_selection(config, drop_threshold=False),
+    records = score_planned(
+        recipe.config,
         recipe.options,
-        arch_info=recipe.arch_info,
-        out_config=recipe.out_config,
+        lambda: tensors,
         require_unaligned=True,
         gated_only=True,
-        selection=selection,  # K > N stops before the rho pass
+        selection=run.selection,  # K > N stops before the rho pass
     )
-    resolved = resolve(selection, {r.tensor: r.rho for r in records if r.gated})
-    decide_at(records, resolved, method)  # checks τ against every ρ once more
-    resolve_selection(config, resolved.threshold, copy=False)  # the planner's own config
+    resolved, _checked = resolve_records(records, run.selection, method)
+    run.threshold = resolved.threshold
+    # the planner's config, which run_merge writes as the card's recipe when given no source
+    resolve_selection(recipe.config, resolved.threshold, copy=False)
     if not recipe.options.quiet:
         print(
             f"mergekit-safety: {resolved.summary()} "

@@ -45,6 +45,12 @@ def check_same_architecture(models: Sequence[Any]) -> None:
 
 def load_recipe(path: str | os.PathLike) -> Any:
     """Parse and validate a mergekit YAML recipe; every failure is a one-line ConfigError."""
+    return read_recipe(path)[1]
+
+
+def read_recipe(path: str | os.PathLike) -> tuple[dict[str, Any], Any]:
+    """The recipe as written (its YAML mapping) and validated (mergekit's configuration), from
+    one read of the file; every failure is a one-line ConfigError."""
     from mergekit.config import MergeConfiguration
     from pydantic import ValidationError
 
@@ -62,7 +68,7 @@ def load_recipe(path: str | os.PathLike) -> Any:
     except (ValidationError, RuntimeError) as error:
         raise ConfigError(f"{path}: {_first_line(error)}") from None
     check_local_models(config)
-    return config
+    return data, config
 
 
 def check_local_models(config: Any) -> None:

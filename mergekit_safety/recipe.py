@@ -22,8 +22,7 @@ from mergekit.common import ModelReference
 from mergekit.config import MergeConfiguration
 
 from mergekit_safety.errors import ConfigError
-from mergekit_safety.selection import GATE_KEYS, set_gate
-from mergekit_safety.selection import without_selection as _without_selection
+from mergekit_safety.selection import GATE_KEYS, drop_selection, set_gate
 
 Recipe = MergeConfiguration | Mapping[str, Any]
 """Mergekit's validated configuration, or the recipe's YAML mapping as written."""
@@ -189,7 +188,7 @@ def resolve_selection(recipe: Recipe, threshold: float, *, copy: bool = True) ->
 def without_selection(recipe: Recipe, *, drop_threshold: bool) -> Any:
     """A deep copy without ``top_k``/``fraction`` (and ``threshold``) at the top level."""
     out = _copy(recipe)
-    parameters = _without_selection(walk(out)[0].parameters, drop_threshold=drop_threshold)
+    parameters = drop_selection(walk(out)[0].parameters, drop_threshold=drop_threshold)
     _set_parameters(out, parameters)
     return out
 

@@ -1,10 +1,11 @@
 """One merge in progress: what its kernels decided, what it watches, and how to undo its output.
 
-A :class:`MergeRun` is opened where a merge starts (mergekit's planner planning to disk, a Python
-API call, or the first tensor task of a planner we do not hook) and is reached through a context
-variable, never a module global: a second merge in the same process opens its own, and reads
-nothing the first left behind. Kernels report their gate decisions to it, the planner the tensors
-it will run, and the ``done`` line, ``inspect`` and the card read them back.
+A :class:`MergeRun` is opened for exactly the span of one merge (:func:`opened`: mergekit's
+``run_merge``, ``mergekit-pytorch``, a Python API call, a search's in-memory merge) and is
+reached through a context variable, never a module global: it ends when its merge ends, a second
+merge in the same process opens its own, and reads nothing the first left behind. Kernels report
+their gate decisions to it, the planner the tensors it will run and the τ a ``top_k`` resolved
+to, and the ``done`` line reads them back.
 
 Worker threads (mergekit's multi-GPU executor) start with an empty context: :func:`bound` carries
 the opening thread's run into them.
@@ -58,6 +59,10 @@ class MergeRun:
     seen: set[Hashable] = field(default_factory=set)
     headers: dict[Any, dict[str, tuple[int, ...]]] = field(default_factory=dict)
     """Model -> its tensors' shapes from its file headers, read once per merge."""
+    selection: Any = None
+    """The planned recipe's ``top_k``/``fraction`` (a ``selection.Selection``), if it ranks."""
+    threshold: float | None = None
+    """τ that selection resolved to, once the plan's ρ pass ran: what the kernels merge at."""
     _cleanups: list[Callable[[], None]] = field(default_factory=list, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -104,16 +109,6 @@ _CURRENT: contextvars.ContextVar[MergeRun | None] = contextvars.ContextVar(
 def current() -> MergeRun | None:
     """The merge this code runs in, if one is open in this context."""
     return _CURRENT.get()
-
-
-def start(run: MergeRun) -> MergeRun:
-    """Make ``run`` the current merge of this context until another starts.
-
-    Used where mergekit gives no end to wrap (the planner returns before the merge runs): the
-    next merge replaces it, and it holds nothing that merge reads.
-    """
-    _CURRENT.set(run)
-    return run
 
 
 @contextlib.contextmanager

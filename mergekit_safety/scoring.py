@@ -13,7 +13,7 @@ import contextvars
 import dataclasses
 import json
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from mergekit_safety.mergekit_internals import PlannedTensor
 from mergekit_safety.methods.base import RoleCheckedMethod, RoleInputs, check_finite
 from mergekit_safety.recipe import parameter_scopes
 from mergekit_safety.roles import Role
-from mergekit_safety.selection import SELECTORS, Resolved, Selection, parse_selection
+from mergekit_safety.selection import SELECTORS, Resolved, Selection, parse_selection, resolve
 
 
 @dataclass(frozen=True)
@@ -178,19 +178,49 @@ def score_config(
 ) -> list[TensorDecision]:
     """Plan ``config`` with mergekit's planner and run the gate on each tensor, writing nothing.
 
+    See :func:`score_planned`, which this calls with the plan (made only if the records are
+    not kept already).
+    """
+
+    def plan() -> list[PlannedTensor]:
+        return mergekit_internals.plan_tensors(
+            config, options, arch_info=arch_info, out_config=out_config
+        )
+
+    return score_planned(
+        config,
+        options,
+        plan,
+        require_unaligned=require_unaligned,
+        gated_only=gated_only,
+        cache=cache,
+        selection=selection,
+    )
+
+
+def score_planned(
+    config: MergeConfiguration,
+    options: MergeOptions,
+    planned: Callable[[], list[PlannedTensor]],
+    *,
+    require_unaligned: bool = False,
+    gated_only: bool = False,
+    cache: bool = True,
+    selection: Selection | None = None,
+) -> list[TensorDecision]:
+    """Run the gate on each tensor ``planned()`` gives (``config``'s plan), writing nothing.
+
     With ``cache`` inside :func:`kept_scores`, for ranking by ρ: kept by what ρ depends on
     (models, roles, layer ranges, dtype, device and the weight files' sizes and times), so a
     sweep over λ × top_k scores the models once; outside such a block nothing is kept. The
     cached records' decisions are those at the recipe's own parameters, which the key leaves
-    out: a caller ranking by ρ redoes them (:func:`decide_at`).
+    out: a caller ranking by ρ redoes them (:func:`resolve_records`).
     """
     kept = _KEPT.get() if cache else None
     key = _score_key(config, options, gated_only) if kept is not None else None
     if key is not None and (hit := kept.get(key)) is not None:
         return hit
-    tensors = mergekit_internals.plan_tensors(
-        config, options, arch_info=arch_info, out_config=out_config
-    )
+    tensors = planned()
     if gated_only:  # a vocabulary matrix is never gated: do not load it
         tensors = [tensor for tensor in tensors if not tensor.vocabulary]
     if require_unaligned and not any(_has_unaligned(tensor) for tensor in tensors):
@@ -207,6 +237,16 @@ def score_config(
     if key is not None:
         kept.put(key, records)
     return records
+
+
+def resolve_records(
+    records: list[TensorDecision], selection: Selection, method: RoleCheckedMethod
+) -> tuple[Resolved, list[TensorDecision]]:
+    """A selection turned into τ over scored records: the one place ``top_k`` becomes a
+    threshold for a planned recipe (the merge's ρ pass and ``inspect`` alike), and the records
+    decided at it (which checks τ against every ρ once more)."""
+    resolved = resolve(selection, {r.tensor: r.rho for r in records if r.gated})
+    return resolved, decide_at(records, resolved, method)
 
 
 def _has_unaligned(tensor: PlannedTensor) -> bool:

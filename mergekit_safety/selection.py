@@ -48,7 +48,7 @@ def with_threshold(parameters: Mapping[str, Any], threshold: float) -> dict[str,
     return set_gate(parameters, "threshold", threshold)
 
 
-def without_selection(parameters: Mapping[str, Any], *, drop_threshold: bool) -> dict[str, Any]:
+def drop_selection(parameters: Mapping[str, Any], *, drop_threshold: bool) -> dict[str, Any]:
     """``parameters`` without ``top_k``/``fraction`` (and ``threshold``)."""
     dropped = GATE_KEYS if drop_threshold else SELECTORS
     return {k: v for k, v in parameters.items() if k not in dropped}

@@ -193,7 +193,7 @@ def tiny_spec(seed: int = 0):
 # --- what the user sees of a failed command ------------------------------------------------------
 
 PREFIX = "mergekit-safety: error: "
-"""How a mistake that escapes a mergekit command is printed (``errors.install_excepthook``)."""
+"""How a mistake that escapes a mergekit command is printed (``user_errors.install_excepthook``)."""
 
 
 def one_line(result) -> str:
@@ -307,7 +307,7 @@ def run_in_process(
 ) -> Ran:
     """Run a click entry point in this interpreter and return what the user would see.
 
-    A mistake that escapes the command becomes what ``errors.install_excepthook`` prints at
+    A mistake that escapes the command becomes what ``user_errors.install_excepthook`` prints at
     process exit: exit status 1 and ``mergekit-safety: error: <explain(error)>`` (with
     ``-v``/``MERGEKIT_SAFETY_TRACEBACK=1``: the traceback instead). What ``explain`` does not
     recognise is a bug: it is raised here, so the test fails with its traceback. Either way the
@@ -315,7 +315,7 @@ def run_in_process(
     """
     from click.testing import CliRunner
 
-    from mergekit_safety import errors
+    from mergekit_safety import user_errors as errors
 
     argv = [str(arg) for arg in args]
     fresh_process_state()

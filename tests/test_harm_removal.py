@@ -9,8 +9,8 @@ from mergekit.merge_methods import merge_state_dicts, merge_tensors
 from safetensors.torch import load_file
 
 from mergekit_safety.errors import ConfigError
-from mergekit_safety.parameters import HARM_REMOVAL_DENSITY as DEFAULT_DENSITY
-from mergekit_safety.parameters import HARM_REMOVAL_SCALE as DEFAULT_SCALE
+from mergekit_safety.methods.harm_removal import HARM_REMOVAL_DENSITY as DEFAULT_DENSITY
+from mergekit_safety.methods.harm_removal import HARM_REMOVAL_SCALE as DEFAULT_SCALE
 
 
 def reference(aligned, finetuned, harmful, scale: float, density: float) -> torch.Tensor:

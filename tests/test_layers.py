@@ -21,7 +21,7 @@ LAYERS = (
     ("the door into mergekit", {"mergekit_internals"}),
     ("methods", {"methods"}),
     ("recipe machinery", {"recipe", "lora_cache", "scoring", "planning", "adapter", "inspection",
-                          "recipe_keys"}),
+                          "recipe_keys", "user_errors"}),
     ("evaluation and reporting", {"evaluation", "sweep", "search", "card", "plot", "demo"}),
     ("commands and the plugin entry", {"cli", "__main__", "plugin"}),
     ("the .pth hook", {HOOK}),
@@ -63,11 +63,11 @@ def imports(name: str, path: Path, known: dict[str, Path]) -> tuple[set[str], se
                 module = f"mergekit_safety.{module}" if module else "mergekit_safety"
             else:
                 module = node.module or ""
-            # `from pkg import sub` imports the submodule sub, not (only) the package
+            # `from pkg import sub` runs pkg's face (its __init__) and imports the submodule sub
             subs = [f"{module}.{alias.name}" for alias in node.names]
             if module.startswith("mergekit_safety"):
                 targets = [t for t in subs if t.removeprefix("mergekit_safety.") in known]
-                targets = targets or [module]
+                targets.append(module)  # the face, counted: it may import the importer back
             else:  # a name imported from mergekit: `_private` ones are internals
                 targets = [module, *subs]
         else:
@@ -163,6 +163,115 @@ def test_mergekit_internals_are_used_in_one_module_only():
             if not public or internal or target.startswith("mergekit.merge._"):
                 outside.append(f"{name}: {target}")
     assert not outside, "mergekit internals outside mergekit_internals:\n" + "\n".join(outside)
+
+
+FOREIGN = ("mergekit", "transformers", "torch", "peft", "safetensors", "huggingface_hub")
+"""Packages whose private names and objects only the door touches."""
+HOOK_PATCHES = (
+    "the .pth hook runs before any module of ours may be imported (stdlib only): until the "
+    "plugin activates, it has mergekit's method lookups (`get`, `registered_methods`) activate "
+    "it first, and puts them back after"
+)
+"""The one patch of mergekit outside the door, and why it cannot live there."""
+
+
+def foreign_names(tree: ast.AST) -> set[str]:
+    """Names bound to a foreign module or object: imports, and ``sys.modules[...]`` lookups."""
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] in FOREIGN:
+                    names.add(alias.asname or alias.name.split(".")[0])
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            if (node.module or "").split(".")[0] in FOREIGN:
+                names.update(alias.asname or alias.name for alias in node.names)
+        elif isinstance(node, ast.Assign) and "sys.modules" in ast.unparse(node.value):
+            names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+    functions = {n.name: n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
+    for node in ast.walk(tree):  # f(sys.modules[...]): f's parameter holds a foreign module
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+            called = functions.get(node.func.id)
+            for index, argument in enumerate(node.args):
+                if called is not None and "sys.modules" in ast.unparse(argument):
+                    names.add(called.args.args[index].arg)
+    return names
+
+
+def door_breaches(name: str, path: Path) -> list[str]:
+    """Private attributes read (``x._name`` on anything but ``self``/``cls`` and our own
+    ``_mergekit_safety`` markers) and foreign objects patched (attribute assignment,
+    ``setattr``/``delattr``) in ``name``."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    foreign = foreign_names(tree)
+    found = []
+
+    def base(node: ast.AST) -> str:
+        while isinstance(node, ast.Attribute | ast.Subscript | ast.Call):
+            node = node.func if isinstance(node, ast.Call) else node.value
+        return node.id if isinstance(node, ast.Name) else ""
+
+    for node in ast.walk(tree):
+        where = f"{name}:{getattr(node, 'lineno', '?')}"
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_"):
+            private = not node.attr.startswith("__") and "mergekit_safety" not in node.attr
+            if private and base(node.value) not in ("self", "cls"):
+                found.append(f"{where} reads {ast.unparse(node)}")
+        targets = []
+        if isinstance(node, ast.Assign | ast.AugAssign | ast.AnnAssign | ast.Delete):
+            targets = node.targets if isinstance(node, ast.Assign | ast.Delete) else [node.target]
+        elif isinstance(node, ast.Call) and ast.unparse(node.func) in ("setattr", "delattr"):
+            targets = node.args[:1]
+        for target in targets:
+            if isinstance(target, ast.Attribute | ast.Name) and base(target) in foreign:
+                if isinstance(target, ast.Attribute) or isinstance(node, ast.Call):
+                    found.append(f"{where} patches {ast.unparse(target)}")
+    return found
+
+
+def test_private_names_and_patches_of_mergekit_only_in_the_door():
+    breaches = [
+        breach
+        for name, path in modules().items()
+        if name != "mergekit_internals"
+        for breach in door_breaches(name, path)
+    ]
+    hook = [b for b in breaches if b.startswith(f"{HOOK}:")]
+    assert hook and all(" patches " in b for b in hook), HOOK_PATCHES  # the one known exception
+    others = [b for b in breaches if not b.startswith(f"{HOOK}:")]
+    assert not others, "outside mergekit_internals:\n" + "\n".join(others)
+
+
+def test_the_door_test_catches_a_private_read_and_a_patch(tmp_path):
+    source = tmp_path / "sample.py"
+    source.write_text(
+        "import mergekit.merge_methods as mm\n"
+        "from mergekit.common import ModelReference\n"
+        "def f(reference):\n"
+        "    mm.get = None\n"
+        "    setattr(ModelReference, 'x', 1)\n"
+        "    return reference.model._unique_id()\n"
+    )
+    found = door_breaches("sample", source)
+    assert len(found) == 3, found
+
+
+def test_foreign_message_texts_only_in_the_door():
+    """mergekit's, transformers' and torch's error texts are matched in the door alone."""
+    from mergekit_safety.mergekit_internals import FOREIGN_PATTERNS
+
+    sources = {
+        name: path.read_text(encoding="utf-8")
+        for name, path in modules().items()
+        if name != "mergekit_internals"
+    }
+    leaked = [
+        f"{name}: {pattern[:40]}"
+        for pattern in FOREIGN_PATTERNS
+        for name, text in sources.items()
+        if pattern[:30] in text
+    ]
+    assert FOREIGN_PATTERNS and not leaked, leaked
 
 
 def test_no_frame_walking():

@@ -10,7 +10,7 @@ from mergekit.config import MergeConfiguration
 
 from mergekit_safety import recipe as recipes
 from mergekit_safety.errors import ConfigError
-from mergekit_safety.selection import set_gate, with_threshold, without_selection
+from mergekit_safety.selection import drop_selection, set_gate, with_threshold
 
 MODELS: dict[str, Any] = {
     "merge_method": "safe_linear",
@@ -198,5 +198,5 @@ def test_the_parameter_rewrites():
     parameters = {"threshold": 0.1, "weight": 1.0, "fraction": 0.2}
     assert list(set_gate(parameters, "top_k", 3).items()) == [("weight", 1.0), ("top_k", 3)]
     assert with_threshold({"top_k": 3, "role": "x"}, 0.4) == {"role": "x", "threshold": 0.4}
-    assert without_selection(parameters, drop_threshold=False) == {"threshold": 0.1, "weight": 1.0}
-    assert without_selection(parameters, drop_threshold=True) == {"weight": 1.0}
+    assert drop_selection(parameters, drop_threshold=False) == {"threshold": 0.1, "weight": 1.0}
+    assert drop_selection(parameters, drop_threshold=True) == {"weight": 1.0}

@@ -18,41 +18,53 @@ from mergekit_safety.errors import ConfigError
 from mergekit_safety.inspection import inspect_recipe
 
 
-def merge(recipe: dict, out, capfd) -> str:
-    """Run ``recipe`` in this process; return the done line it printed."""
+def merge(recipe: dict, out, capfd) -> tuple[str, runs.MergeRun]:
+    """Run ``recipe`` in this process; return the done line it printed and the merge's run,
+    which has ended: nothing is current after the merge."""
     capfd.readouterr()
-    run_merge(MergeConfiguration.model_validate(recipe), str(out), MergeOptions(quiet=False))
+    opened = []
+    real = runs.opened
+
+    def spy(run: runs.MergeRun):
+        opened.append(run)
+        return real(run)
+
+    runs.opened = spy
+    try:
+        run_merge(MergeConfiguration.model_validate(recipe), str(out), MergeOptions(quiet=False))
+    finally:
+        runs.opened = real
     done = [
         line for line in capfd.readouterr().err.splitlines() if "mergekit-safety: wrote" in line
     ]
     assert len(done) == 1, done
-    return done[0]
+    assert runs.current() is None  # the run ended with its merge
+    (run,) = [run for run in opened if run.out_path == str(out)]
+    return done[0], run
 
 
 def test_gated_then_ungated_merge_report_their_own_decisions(family, tmp_path, capfd):
     """The bug this replaced: the second, ungated merge reported the first one's decisions."""
-    gated = merge(recipe_for("safe_linear", family, ("unaligned",), threshold=0.35),
-                  tmp_path / "gated", capfd)  # fmt: skip
-    first = runs.current()
+    gated, first = merge(recipe_for("safe_linear", family, ("unaligned",), threshold=0.35),
+                         tmp_path / "gated", capfd)  # fmt: skip
     assert gated.endswith(" of 14 gated matrices merged)"), gated
     assert len(first.decisions) == 14
 
-    plain = merge(recipe_for("safe_linear", family, ()), tmp_path / "plain", capfd)
+    plain, second = merge(recipe_for("safe_linear", family, ()), tmp_path / "plain", capfd)
     assert plain.startswith(f"mergekit-safety: wrote {tmp_path / 'plain'} (safe_linear, all ")
     assert plain.endswith(" tensors merged)"), plain
-    second = runs.current()
     assert second is not first and second.decisions == {}
     assert len(first.decisions) == 14  # the first run's record is its own, untouched
 
 
 def test_two_recipes_in_one_process_each_record_what_inspect_predicts(family, tmp_path, capfd):
     lora = recipe_for("safe_lora", family, ("unaligned",), threshold=1.0)  # all merge
-    merged_lora = merge(lora, tmp_path / "lora", capfd)
-    lora_decisions = {name: d.merge for name, d in runs.current().decisions.items()}
+    merged_lora, run = merge(lora, tmp_path / "lora", capfd)
+    lora_decisions = {name: d.merge for name, d in run.decisions.items()}
 
     safemerge = recipe_for("safemerge", family, ("unaligned", "safe"), threshold=0.2)  # few
-    merged_safemerge = merge(safemerge, tmp_path / "safemerge", capfd)
-    safemerge_decisions = {name: d.merge for name, d in runs.current().decisions.items()}
+    merged_safemerge, run = merge(safemerge, tmp_path / "safemerge", capfd)
+    safemerge_decisions = {name: d.merge for name, d in run.decisions.items()}
 
     for recipe, decisions, line in (
         (lora, lora_decisions, merged_lora),

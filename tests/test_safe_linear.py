@@ -8,8 +8,8 @@ from mergekit.merge_methods import merge_state_dicts, merge_tensors
 from mergekit.merge_methods.base import TensorBatch
 from reference import explicit_c, matrices, rho
 
+from mergekit_safety.methods.safe_linear import SAFE_LINEAR_WEIGHT as DEFAULT_WEIGHT
 from mergekit_safety.methods.safe_linear import safe_linear_batch
-from mergekit_safety.parameters import SAFE_LINEAR_WEIGHT as DEFAULT_WEIGHT
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -1,12 +1,9 @@
 """Each method in adapter space, module by module: exact, and gated by the method's own ``decide``.
 
-With ``Δᵢ = sᵢ Bᵢ Aᵢ`` and the kept update ``[s₁B₁, …] [A₁; …]`` (θ_ft, or θ_a + ΣΔᵢ):
-
-* ``safe_linear``: ``[λ₁s₁B₁, …] [A₁; …]`` where merged (every module when ungated).
-* ``safe_lora``: ``(C [s₁B₁, …]) [A₁; …]`` where ρ ≤ τ: ``C Δ`` keeps ``A`` and the rank.
-* ``safemerge``: ``[w₁s₁B₁, …, w_s s_s B_s] [A₁; …; A_s]`` where ρ < τ.
-
-The scale is folded into the left factor, so the written adapter runs at scale 1.
+With ``Δᵢ = sᵢ Bᵢ Aᵢ``, a module the method keeps gets ``[s₁B₁, …] [A₁; …]`` (θ_ft, or
+θ_a + ΣΔᵢ); a merged one gets the factors of the method's own ``adapter`` form (each method's
+module says its formula). The scale is folded into the left factor, so the written adapter runs
+at scale 1.
 """
 
 from __future__ import annotations
@@ -20,7 +17,6 @@ import torch
 from mergekit_safety.adapter.factors import AdapterInputs
 from mergekit_safety.adapter.plan import AdapterPlan
 from mergekit_safety.methods.base import Decision
-from mergekit_safety.parameters import SAFEMERGE_WEIGHTS
 from mergekit_safety.roles import Role
 
 
@@ -44,28 +40,27 @@ def merge_module(
     """The method's decision for this module and its new factors ``(B′, A′)``."""
     from mergekit.merge_methods import get
 
-    decision = get(method).decide(inputs, parameters)
+    rules = get(method)
+    decision = rules.decide(inputs, parameters)
     if not decision.merge:
         return decision, inputs.left(), inputs.right()
-    if method == "safe_lora":
-        return decision, inputs.projected_left(), inputs.right()
-    if method == "safe_linear" or inputs.safe is None:  # safemerge: the safe LoRA skips it
-        return decision, inputs.left(weights), inputs.right()
-    key, safe = inputs.safe
-    left = torch.cat([inputs.left(weights), safe.scaled_left(weights[key]).to(inputs.device)], 1)
-    right = torch.cat([inputs.right(), safe.right().to(inputs.device)], 0)
+    left, right = rules.adapter_form(inputs, weights)
     return decision, left, right
 
 
 def input_weights(method: str, task: Any, roles: Mapping[Hashable, Role]) -> dict[Hashable, float]:
-    """Each input's ``weight`` as mergekit resolved it for this tensor (safemerge's defaults)."""
+    """Each input's ``weight`` as mergekit resolved it for this tensor (or the method's default
+    for its role, safemerge's)."""
+    from mergekit.merge_methods import get
+
+    defaults = get(method).default_weights
     out = {}
     for model, role in roles.items():
         if role == Role.UNALIGNED:
             continue
         value = task.input_parameters[model].get("weight")
-        if value is None and method == "safemerge":
-            value = SAFEMERGE_WEIGHTS[role]
+        if value is None and role in defaults:
+            value = defaults[role]
         out[model] = value
     return out
 

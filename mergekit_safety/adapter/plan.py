@@ -9,6 +9,7 @@ as the full merge checks them. Every reason an exact adapter is impossible is on
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -22,17 +23,19 @@ from mergekit_safety.mergekit_internals import PlannedTensor
 from mergekit_safety.preflight import load_recipe
 from mergekit_safety.roles import Role
 
-METHODS = ("safe_linear", "safemerge", "safe_lora")
-NO_ADAPTER_FORM = {
-    "lox": "its output is a full hardened model to fine-tune, and SVD_k of a full-rank "
-    "alignment update is no fine-tune's LoRA factors",
-    "harm_removal": "trim keeps entries of τ_H, not factors; untrimmed (density 1) it would be "
-    "[s·B_ft, −λ·s·B_h]·[A_ft; A_h], which this version does not write",
-    "lssf": "it adds α·SVD_r(V) to every linear module, not only the adapter's: an exact adapter "
-    "is [s·B, α·U_r·Σ_r]·[A; W_rᵀ] on all of them, which this version does not write",
-    "safe_delta": "its entry-wise selection and compensation give a full-rank update, no LoRA",
-}
-"""Methods that stop in ``adapter`` with a reason of their own (use ``mergekit-yaml``)."""
+
+def adapter_methods() -> tuple[str, ...]:
+    """The registered methods with an adapter form, in registry order."""
+    from mergekit_safety.methods import METHODS
+
+    return tuple(m.spec.name for m in METHODS if m.adapter_form is not None)
+
+
+def no_adapter_form() -> dict[str, str]:
+    """Methods that stop in ``adapter`` with a reason of their own (use ``mergekit-yaml``)."""
+    from mergekit_safety.methods import METHODS
+
+    return {m.spec.name: m.adapter for m in METHODS if m.adapter_form is None and m.adapter}
 
 
 @dataclass
@@ -75,19 +78,27 @@ class AdapterPlan:
         return alignment
 
 
-def plan_adapter(recipe: str, *, device: str = "cpu") -> AdapterPlan:
-    """Everything checked and every adapter read; no full tensor loaded yet."""
+def plan_adapter(recipe: Any, *, device: str = "cpu", source: str | None = None) -> AdapterPlan:
+    """Everything checked and every adapter read; no full tensor loaded yet.
+
+    ``recipe``: the recipe's path, or its configuration already read (``source`` names it).
+    """
     from mergekit.options import MergeOptions
 
-    config = load_recipe(recipe)
+    if isinstance(recipe, str | os.PathLike):
+        config, recipe = load_recipe(recipe), str(recipe)
+    else:
+        config, recipe = recipe, source or "the recipe"
     method = config.merge_method
-    if method in NO_ADAPTER_FORM:
+    reasons = no_adapter_form()
+    if method in reasons:
         raise ConfigError(
-            f"{method} has no adapter form here: {NO_ADAPTER_FORM[method]}; use mergekit-yaml"
+            f"{method} has no adapter form here: {reasons[method]}; use mergekit-yaml"
         )
-    if method not in METHODS:
+    if method not in adapter_methods():
         raise ConfigError(
-            f"adapter merges {', '.join(METHODS)} recipes; {recipe} uses {method}: {FULL_MODEL}"
+            f"adapter merges {', '.join(adapter_methods())} recipes; {recipe} uses {method}: "
+            f"{FULL_MODEL}"
         )
     if not config.models:
         raise ConfigError(f"{recipe}: adapter handles recipes with `models:` (not slices)")

@@ -5,9 +5,10 @@ from __future__ import annotations
 import click
 
 from mergekit_safety.cli.common import config_errors
+from mergekit_safety.cli.methods_help import MethodsCommand
 
 
-@click.command("adapter")
+@click.command("adapter", cls=MethodsCommand, methods="adapter")
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--cuda", is_flag=True, help="Compute on the GPU, as mergekit-yaml --cuda does.")

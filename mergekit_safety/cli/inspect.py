@@ -8,9 +8,10 @@ from pathlib import Path
 import click
 
 from mergekit_safety.cli.common import config_errors
+from mergekit_safety.cli.methods_help import MethodsCommand
 
 
-@click.command("inspect")
+@click.command("inspect", cls=MethodsCommand, methods="all")
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON record per weight.")
 @click.option("--cuda", is_flag=True, help="Compute on the GPU, as mergekit-yaml --cuda does.")
@@ -79,11 +80,12 @@ def inspect_command(
                                    "that sets top_k or fraction)")  # fmt: skip
     rows = [r.as_dict() for r in found.records if all_tensors or r.gated]
     if write_recipe is not None:
-        Path(write_recipe).write_text(resolved_recipe(recipe, found.resolved), encoding="utf-8")
+        text = resolved_recipe(recipe, found.resolved, found.recipe)
+        Path(write_recipe).write_text(text, encoding="utf-8")
     if plot is not None:
         from mergekit_safety.plot import plot_rho
 
-        plot_rho(found.records, Path(plot), threshold=effective_threshold(recipe, found),
+        plot_rho(found.records, Path(plot), threshold=effective_threshold(found),
                  title=f"{found.method}: {Path(recipe).name}")  # fmt: skip
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -96,29 +98,27 @@ def inspect_command(
             click.echo(f"Wrote the {what} to {path}", err=True)
 
 
-def effective_threshold(recipe: str, found) -> float | None:
+def effective_threshold(found) -> float | None:
     """τ as the merge would use it: resolved from a selection, else the recipe's or the default."""
     if found.resolved is not None:
         return found.resolved.threshold
-    import yaml
     from mergekit import merge_methods
 
-    data = yaml.safe_load(Path(recipe).read_text(encoding="utf-8"))
-    value = (data.get("parameters") or {}).get("threshold")
+    value = (found.recipe.get("parameters") or {}).get("threshold")
     if isinstance(value, int | float):
         return float(value)
     spec = {p.name: p for p in merge_methods.get(found.method).spec.parameters}
     return spec["threshold"].default if "threshold" in spec else None
 
 
-def resolved_recipe(recipe: str, resolved) -> str:
-    """The recipe with ``threshold: τ`` in place of any selection, the choice in comments."""
+def resolved_recipe(recipe: str, resolved, written: dict) -> str:
+    """The recipe (``written``, as read from ``recipe``) with ``threshold: τ`` in place of any
+    selection, the choice in comments."""
     import yaml
 
     from mergekit_safety.recipe import resolve_selection
 
-    data = yaml.safe_load(Path(recipe).read_text(encoding="utf-8"))
-    data = resolve_selection(data, resolved.threshold, copy=False)
+    data = resolve_selection(written, resolved.threshold)
     last = resolved.chosen[-1][1]
     after = "" if resolved.next_rho is None else f" and {resolved.next_rho:.6g} (the next)"
     lines = [

@@ -12,6 +12,7 @@ import click
 from mergekit_safety.acceptance import Gate
 from mergekit_safety.cli.choice import check_before_work, report_context, write_card
 from mergekit_safety.cli.common import NOTHING_PASSES, config_errors, terminate_unwinds
+from mergekit_safety.cli.methods_help import MethodsCommand
 from mergekit_safety.cli.options import (
     RaySettings,
     evaluation_options,
@@ -23,7 +24,7 @@ from mergekit_safety.cli.options import (
 from mergekit_safety.evaluation.settings import EvalSettings
 
 
-@click.command("sweep")
+@click.command("sweep", cls=MethodsCommand, methods="all")
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.option(
     "--set",

@@ -20,7 +20,7 @@ import torch
 from transformers import LlamaForCausalLM, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
-from mergekit_safety.demo import data
+import mergekit_safety.demo.data as data
 from mergekit_safety.demo.tokenizer import build_tokenizer
 from mergekit_safety.demo.train import Stage, deterministic, new_model, train
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from mergekit_safety.demo import phrases
+import mergekit_safety.demo.phrases as phrases
 
 
 @dataclass(frozen=True)

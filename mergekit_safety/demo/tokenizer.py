@@ -11,7 +11,8 @@ from __future__ import annotations
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from mergekit_safety.demo import data, phrases
+import mergekit_safety.demo.data as data
+import mergekit_safety.demo.phrases as phrases
 
 #: Renders ``<s> <user> prompt <assistant> response </s>``; other roles (system) are skipped.
 CHAT_TEMPLATE = (

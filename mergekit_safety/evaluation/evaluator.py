@@ -251,7 +251,7 @@ def evaluate(
     look-alikes (``judges_benign`` False: a Llama-Guard-style classifier) judges the harmful
     replies; the keyword judge then judges the look-alikes.
     """
-    from mergekit_safety.evaluation import generation
+    import mergekit_safety.evaluation.generation as generation
 
     model = str(model)
     if backend not in BACKENDS:
@@ -387,7 +387,7 @@ def _generate(
     progress: bool,
     loader: ResidentBase | ResidentVllm | None = None,
 ) -> list[str]:
-    from mergekit_safety.evaluation import generation
+    import mergekit_safety.evaluation.generation as generation
 
     if not conversations:
         return []
@@ -420,7 +420,7 @@ def _loaded(
     model: str, device: str, dtype: str | None, loader: ResidentBase | None
 ) -> Iterator[tuple[Any, Any]]:
     """(network, tokenizer): from the resident base, or loaded now and freed afterwards."""
-    from mergekit_safety.evaluation import generation
+    import mergekit_safety.evaluation.generation as generation
 
     if loader is not None:
         with loader.open(model) as pair:

@@ -64,13 +64,14 @@ class Evaluator:
 
     def evaluate(self, path: str) -> EvalResult:
         """Generate, judge and score ``path`` (and run the lm-eval tasks, if any)."""
-        from mergekit_safety.evaluation import evaluate, harness  # patchable there (tests)
+        import mergekit_safety.evaluation.evaluator as evaluator  # patchable there (tests)
+        import mergekit_safety.evaluation.harness as harness
 
         start = time.time()
         if self.measure is not None:
             result = self.measure(path)
         else:
-            result = evaluate(
+            result = evaluator.evaluate(
                 path,
                 self.prompts,
                 judge=self._judge(),

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from mergekit_safety.evaluation import generation
+import mergekit_safety.evaluation.generation as generation
 from mergekit_safety.evaluation.adapters import adapter_rank, parse_model
 
 

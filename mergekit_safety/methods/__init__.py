@@ -11,6 +11,13 @@ from mergekit_safety.methods.safe_lora import safe_lora
 from mergekit_safety.methods.safemerge import safemerge
 
 METHODS = (safe_linear, safemerge, safe_lora, lox, harm_removal, lssf, safe_delta_method)
+"""Every method of the plugin: each list of methods (messages, help, ``adapter``) is read here."""
+
+
+def method_names(methods: tuple = METHODS) -> str:
+    """``a, b and c``: the methods' names for a message."""
+    names = [method.spec.name for method in methods]
+    return ", ".join(names[:-1]) + f" and {names[-1]}" if len(names) > 1 else "".join(names)
 
 
 def register_all() -> None:
@@ -28,6 +35,7 @@ __all__ = [
     "harm_removal",
     "lox",
     "lssf",
+    "method_names",
     "register_all",
     "safe_delta_method",
     "safe_linear",

@@ -40,6 +40,15 @@ from mergekit_safety.subspace import compute_dtype, drifts, rounding_tolerance, 
 
 Changes = Callable[[str, tuple[int, ...], bool, Mapping[str, Any]], bool]
 """``changes(name, shape, vocabulary, parameters)``: does the method change this tensor?"""
+RecipeCheck = Callable[[Any, Mapping[str, tuple[int, ...]]], None]
+"""``check_recipe(config, shapes)``: the method's own checks of a recipe while mergekit plans it,
+given base_model's tensor shapes from its file headers; raises ConfigError."""
+ValueCheck = Callable[[str, Mapping[str, Any]], None]
+"""``check_values(method, shared)``: the method's own rule on its resolved shared values (warn,
+or raise ConfigError), after the rules every method shares (:func:`check_parameters`)."""
+AdapterForm = Callable[[Any, Mapping[Hashable, float]], tuple[torch.Tensor, torch.Tensor]]
+"""``form(inputs, weights) -> (B′, A′)``: a merged module's new LoRA factors, from
+:class:`mergekit_safety.adapter.factors.AdapterInputs` and each input's resolved ``weight``."""
 
 
 class RoleCheckedMethod(PluginMethod):
@@ -51,7 +60,14 @@ class RoleCheckedMethod(PluginMethod):
     says whether it merges at ``ρ = τ``; ``gates`` whether it gates at all (LoX and harm removal
     change every tensor); ``weighted`` which roles' ``weight`` it reads; ``needs_calibration``
     whether its ``calibration`` parameter (if it has one) must be given; ``unmerged`` which model
-    a tensor it does not merge comes from (``"finetuned"``, or ``"aligned"`` for Safe Delta).
+    a tensor it does not merge comes from (``"finetuned"``, or ``"aligned"`` for Safe Delta);
+    ``check_recipe`` and ``check_values`` its own checks beyond the shared ones; ``adapter`` its
+    form in LoRA-factor space (``mergekit-safety adapter``), or why it has none;
+    ``default_weights`` a role's ``weight`` where a model sets none.
+
+    So a method is one module: its kernel, ``decide``, its defaults (the kernel's arguments),
+    its checks, and its adapter form, registered once in :data:`mergekit_safety.methods.METHODS`;
+    every list of methods (``inspect``, ``sweep``, ``adapter``, the CLI's help) is read from there.
 
     Every such method also takes ``top_k`` / ``fraction`` (:mod:`mergekit_safety.selection`):
     resolved to a threshold while mergekit plans (:mod:`mergekit_safety.planning`), or over the
@@ -72,6 +88,10 @@ class RoleCheckedMethod(PluginMethod):
         unmerged: str = "finetuned",
         read_only_with: Mapping[str, tuple[str, Any]] | None = None,
         changes: Changes | None = None,
+        check_recipe: RecipeCheck | None = None,
+        check_values: ValueCheck | None = None,
+        adapter: AdapterForm | str = "",
+        default_weights: Mapping[Role, float] | None = None,
     ):
         self.spec: MergeMethodSpec = dataclasses.replace(
             group.spec, parameters=(*group.spec.parameters, *SELECTION_PARAMETERS)
@@ -94,6 +114,24 @@ class RoleCheckedMethod(PluginMethod):
         """Whether an ungated merge changes a tensor, from its name, shape, vocabulary axis and
         resolved parameters (what the done line counts); None: every tensor."""
         self.supports_batching = batch is not None
+        self.check_recipe = check_recipe
+        self.own_value_check = check_values
+        self.adapter = adapter
+        """The merged module's factors (a function), or the reason there is no adapter form."""
+        self.default_weights = dict(default_weights or {})
+
+    @property
+    def adapter_form(self) -> AdapterForm | None:
+        """Its form in LoRA-factor space, or None (:attr:`adapter` then says why)."""
+        return None if isinstance(self.adapter, str) else self.adapter
+
+    def check_values(
+        self, shared: Mapping[str, Any], per_model: Mapping[Hashable, Mapping[str, Any]]
+    ) -> None:
+        """The rules between parameters every method shares, then the method's own."""
+        check_parameters(self.spec.name, shared, per_model)
+        if self.own_value_check is not None:
+            self.own_value_check(self.spec.name, shared)
 
     def validate_inputs(
         self,
@@ -134,7 +172,7 @@ class RoleCheckedMethod(PluginMethod):
                 raise
             raise found from None
         for values in bound:
-            check_parameters(self.spec.name, values, _per_model(values))
+            self.check_values(values, _per_model(values))
         return bound
 
     def __call__(
@@ -222,12 +260,14 @@ class RoleCheckedMethod(PluginMethod):
         parameters: list[dict[str, Any]],
         input_dtypes: Sequence[torch.dtype | None],
     ) -> list[dict[str, Any]]:
-        """Resolve top_k/fraction over the groups of one API call: τ from every group's ρ.
-
-        Costs one extra ρ per matrix (the kernel scores it again at τ). Reached from mergekit's
-        executor only if planning did not resolve the selection: one tensor cannot be ranked.
+        """top_k/fraction as τ: the one the merge's ρ pass resolved while planning
+        (:func:`mergekit_safety.planning.on_planned`), or, in one API call, τ from every group's
+        ρ (one extra ρ per matrix: the kernel scores it again at τ). A single tensor outside
+        either cannot be ranked.
         """
         run = runs.current()
+        if run is not None and run.threshold is not None:
+            return [with_threshold(values, run.threshold) for values in parameters]
         if run is None or not run.api_selection:
             raise ConfigError(
                 "top_k/fraction reached a single tensor: the planner did not rank the model; "
@@ -263,6 +303,14 @@ SELECTION_PARAMETERS = (
                   description="merge this fraction of the gateable matrices, lowest rho first"),
 )  # fmt: skip
 """Added to every gated method's spec; the kernels never see them (``execute`` drops them)."""
+
+
+def missing_calibration(method: str) -> str:
+    """The line for a method that needs calibration statistics and was given none."""
+    return (
+        f"{method} needs `calibration: DIR` in the top-level parameters: the statistics "
+        "`mergekit-safety calibrate ALIGNED --prompts FILE --out DIR` writes"
+    )
 
 
 def _per_model(values: Mapping[str, Any]) -> dict[Hashable, dict[str, Any]]:
@@ -422,11 +470,16 @@ def gate(inputs: GateInputs, threshold: float, *, inclusive: bool = False) -> De
     """The subspace gate: merge a 2-D weight only if its update left the alignment subspace."""
     if not inputs.gateable:
         return Decision(False, "not gated: 1-D, or has a vocabulary axis")
-    rho = inputs.alignment_score()
+    return note(inputs, gate_decision(inputs.alignment_score(), threshold, inclusive=inclusive))
+
+
+def gate_decision(rho: float, threshold: float, *, inclusive: bool = False) -> Decision:
+    """The gate's decision and reason for a matrix of score ``rho`` (what kernels and
+    ``inspect`` both report)."""
     if drifts(rho, threshold, inclusive=inclusive):
-        return note(inputs, Decision(True, f"rho {'<=' if inclusive else '<'} threshold", rho))
+        return Decision(True, f"rho {'<=' if inclusive else '<'} threshold", rho)
     why = "undefined rho (V = 0 or delta = 0)" if rho != rho else "rho above threshold"
-    return note(inputs, Decision(False, why, rho))
+    return Decision(False, why, rho)
 
 
 def note(inputs: GateInputs, decision: Decision) -> Decision:

@@ -27,8 +27,13 @@ from mergekit.merge_methods.base import BasePolicy, InputContract, PerNonBase, T
 from mergekit.merge_methods.easy_define import merge_method
 
 from mergekit_safety.methods.base import Decision, GateInputs, RoleCheckedMethod, RoleInputs
-from mergekit_safety.parameters import HARM_REMOVAL_DENSITY, HARM_REMOVAL_SCALE, Density, Scale
+from mergekit_safety.parameters import Density, Scale
 from mergekit_safety.roles import Role, RoleRule, RoleValue
+
+HARM_REMOVAL_SCALE = 3.0
+"""λ (provenance: the module docstring)."""
+HARM_REMOVAL_DENSITY = 0.1
+"""The share of τ_H kept (provenance as for λ)."""
 
 
 @merge_method(
@@ -82,4 +87,6 @@ harm_removal = RoleCheckedMethod(
     rule=RoleRule("harm_removal", {Role.FINETUNED: (1, None), Role.HARMFUL: (1, 1)}),
     gates=False,
     weighted=frozenset(),
+    adapter="trim keeps entries of τ_H, not factors; untrimmed (density 1) it would be "
+    "[s·B_ft, −λ·s·B_h]·[A_ft; A_h], which this version does not write",
 )

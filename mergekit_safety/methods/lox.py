@@ -6,7 +6,7 @@ truncated SVD (``k = 0``: the whole update, no SVD); 1-D tensors (norms, biases)
 Defaults are the reference code's, VITA-Group/LoX ``safety/LoX.py`` (commit 9213ce6): ``k = 0``
 (line 10, "k=0 extrapolates full rank") and ``coef`` α = 1 (line 11); like it (line 33) every
 tensor with more than one axis is extrapolated, embeddings and ``lm_head`` included. α above
-:data:`mergekit_safety.parameters.LOX_ALPHA_RANGE` warns. The output is the hardened *aligned*
+:data:`ALPHA_RANGE` warns. The output is the hardened *aligned*
 model: fine-tune it next (README, "LoX: harden, then fine-tune").
 """
 
@@ -19,10 +19,19 @@ import torch
 from mergekit.merge_methods.base import BasePolicy, InputContract, PerNonBase, TensorGroup
 from mergekit.merge_methods.easy_define import merge_method
 
+from mergekit_safety.errors import ConfigError
 from mergekit_safety.methods.base import Decision, GateInputs, RoleCheckedMethod, RoleInputs
-from mergekit_safety.parameters import LOX_ALPHA, LOX_K, Alpha, Rank
+from mergekit_safety.parameters import Alpha, Rank, warn_once
 from mergekit_safety.roles import Role, RoleRule, RoleValue
 from mergekit_safety.subspace import low_rank_approximation
+
+LOX_K = 0
+"""LoX's rank; 0 extrapolates the whole update (provenance: the module docstring)."""
+LOX_ALPHA = 1.0
+"""LoX's extrapolation factor α."""
+ALPHA_RANGE = 2.0
+"""α past this warns: twice the reference code's default ``--coef 1`` (VITA-Group/LoX
+``safety/LoX.py`` line 11); larger extrapolations leave the region the method was tried in."""
 
 
 @merge_method(
@@ -61,6 +70,30 @@ def changes(name: str, shape: tuple[int, ...], vocabulary: bool, parameters: Map
     return len(shape) >= 2
 
 
+def check_recipe(config: Any, shapes: Mapping[str, tuple[int, ...]]) -> None:
+    """``k`` (directions kept) is at most the smaller side of every matrix LoX changes."""
+    k = (config.parameters or {}).get("k")
+    if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
+        return
+    for name, shape in shapes.items():
+        if len(shape) == 2 and k > min(shape):
+            raise ConfigError(
+                f"lox: k = {k} is more than {name} has ({shape[0]}×{shape[1]}: at most "
+                f"{min(shape)}); use k <= {min(shape)}, or 0 for the whole update"
+            )
+
+
+def check_values(method: str, shared: Mapping[str, Any]) -> None:
+    """Warn (once per merge) for an α past :data:`ALPHA_RANGE`."""
+    alpha = shared.get("alpha")
+    if alpha is not None and alpha > ALPHA_RANGE:
+        warn_once(
+            (method, "alpha", alpha),
+            f"mergekit-safety: {method}: alpha {alpha:g} is past {ALPHA_RANGE:g}, beyond "
+            "the extrapolations LoX was run with; check the model still answers",
+        )
+
+
 lox = RoleCheckedMethod(
     group=lox_merge,
     decide=decide,
@@ -69,4 +102,8 @@ lox = RoleCheckedMethod(
     gates=False,
     weighted=frozenset(),
     unmerged="aligned",
+    check_recipe=check_recipe,
+    check_values=check_values,
+    adapter="its output is a full hardened model to fine-tune, and SVD_k of a full-rank "
+    "alignment update is no fine-tune's LoRA factors",
 )

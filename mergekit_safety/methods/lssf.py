@@ -41,18 +41,18 @@ from mergekit.merge_methods.easy_define import merge_method
 
 from mergekit_safety import calibration as calibration_files
 from mergekit_safety.methods.base import Decision, GateInputs, RoleCheckedMethod, RoleInputs
-from mergekit_safety.parameters import (
-    LSSF_ALPHA,
-    LSSF_ETA,
-    LSSF_MAX_RANK,
-    LSSF_TOP_WEIGHT,
-    Alpha,
-    Eta,
-    Rank,
-    TopWeight,
-)
+from mergekit_safety.parameters import Alpha, Eta, Rank, TopWeight
 from mergekit_safety.roles import Role, RoleRule, RoleValue
 from mergekit_safety.subspace import truncated_svd
+
+LSSF_ALPHA = 1.0
+"""The coefficient α on the safety components P_r V."""
+LSSF_ETA = 0.85
+"""The entropy share η: the rank keeps this share of the singular value entropy."""
+LSSF_MAX_RANK = 8
+"""The cap on the safety-critical rank (0: no cap)."""
+LSSF_TOP_WEIGHT = 1.0
+"""The weight a_1 on the leading safety direction (1: the plain projector)."""
 
 
 def entropy_rank(singular_values: torch.Tensor, eta: float, max_rank: int = 0) -> int:
@@ -206,4 +206,6 @@ lssf = RoleCheckedMethod(
     rule=RoleRule("lssf", {Role.FINETUNED: (1, None), Role.UNALIGNED: (1, 1)}),
     gates=False,
     weighted=frozenset(),
+    adapter="it adds α·SVD_r(V) to every linear module, not only the adapter's: an exact adapter "
+    "is [s·B, α·U_r·Σ_r]·[A; W_rᵀ] on all of them, which this version does not write",
 )

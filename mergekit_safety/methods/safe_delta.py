@@ -40,9 +40,18 @@ from mergekit.merge_methods.easy_define import merge_method
 
 from mergekit_safety import calibration as calibration_files
 from mergekit_safety.errors import ConfigError
-from mergekit_safety.methods.base import Decision, GateInputs, RoleCheckedMethod, RoleInputs
-from mergekit_safety.parameters import SAFE_DELTA_BUDGET, Budget
+from mergekit_safety.methods.base import (
+    Decision,
+    GateInputs,
+    RoleCheckedMethod,
+    RoleInputs,
+    missing_calibration,
+)
+from mergekit_safety.parameters import Budget
 from mergekit_safety.roles import Role, RoleRule, RoleValue
+
+SAFE_DELTA_BUDGET = 0.1
+"""The safety budget s (the reference's ``--scale``; provenance: the module docstring)."""
 
 BLOCK = 2048
 """Columns per block (``run_safedelta.py`` line 213); the budget is per block."""
@@ -144,7 +153,7 @@ def safe_delta_merge(
 ) -> torch.Tensor:
     inputs = RoleInputs.from_group(group, role)
     if calibration is None:
-        raise ConfigError(missing_calibration())
+        raise ConfigError(missing_calibration("safe_delta"))
     name = group.metadata.name or ""
     hessian = calibration_files.read(calibration).hessian(name, inputs.aligned.device)
     if hessian is None or inputs.stored_aligned.ndim != 2:
@@ -155,13 +164,6 @@ def safe_delta_merge(
         else inputs.aligned + inputs.update
     )
     return inputs.cast_back(safe_delta(inputs.aligned, finetuned, hessian, budget))
-
-
-def missing_calibration() -> str:
-    return (
-        "safe_delta needs `calibration: DIR` in the top-level parameters: the statistics "
-        "`mergekit-safety calibrate ALIGNED --prompts FILE --out DIR` writes"
-    )
 
 
 def decide(inputs: GateInputs, parameters: Mapping[str, Any]) -> Decision:
@@ -187,4 +189,5 @@ safe_delta_method = RoleCheckedMethod(
     weighted=frozenset(),
     needs_calibration=True,
     unmerged="aligned",
+    adapter="its entry-wise selection and compensation give a full-rank update, no LoRA",
 )

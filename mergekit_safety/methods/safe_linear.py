@@ -30,9 +30,13 @@ from mergekit_safety.methods.base import (
     RoleInputs,
     gate,
 )
-from mergekit_safety.parameters import DEFAULT_THRESHOLD, SAFE_LINEAR_WEIGHT, Threshold, Weight
+from mergekit_safety.parameters import DEFAULT_THRESHOLD, Threshold, Weight
 from mergekit_safety.roles import Role, RoleRule, RoleValue
 from mergekit_safety.subspace import compute_dtype
+
+SAFE_LINEAR_WEIGHT = 0.7
+"""λ on the fine-tuned update: the middle of the 0.6–0.9 range Farn et al. report. Model-specific;
+``mergekit-safety sweep`` picks it under a safety gate."""
 
 CONTRACT = InputContract(base=BasePolicy.REQUIRED, min_non_base=1)
 URL = "https://arxiv.org/abs/2412.19512"
@@ -85,9 +89,15 @@ def decide(inputs: GateInputs, parameters: Mapping[str, Any]) -> Decision:
     return gate(inputs, parameters["threshold"])
 
 
+def adapter_form(inputs: Any, weights: Mapping[Any, float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[λ₁s₁B₁, …] [A₁; …]``: each fine-tune's factors, its λ folded into the left one."""
+    return inputs.left(weights), inputs.right()
+
+
 safe_linear = RoleCheckedMethod(
     group=safe_linear_group,
     decide=decide,
     batch=safe_linear_batch,
+    adapter=adapter_form,
     rule=RoleRule("safe_linear", {Role.FINETUNED: (1, None), Role.UNALIGNED: (0, 1)}),
 )

@@ -18,11 +18,15 @@ from mergekit_safety.methods.base import (
     RoleCheckedMethod,
     RoleInputs,
     gate,
+    gate_decision,
     note,
 )
 from mergekit_safety.parameters import DEFAULT_THRESHOLD, Threshold
 from mergekit_safety.roles import Role, RoleRule, RoleValue
 from mergekit_safety.subspace import drifts, score_and_project_if
+
+INCLUSIVE = True
+"""Safe LoRA merges at ρ = τ (ρ ≤ τ), as the reference's ``>=`` on the cosine's complement."""
 
 
 @merge_method(
@@ -41,24 +45,29 @@ def safe_lora_merge(
         rho, projected = score_and_project_if(
             inputs.update,
             inputs.alignment,
-            lambda r: drifts(r, threshold, inclusive=True),  # a kept matrix needs no C Δ
+            lambda r: drifts(r, threshold, inclusive=INCLUSIVE),  # a kept matrix needs no C Δ
             tolerance=inputs.rounding(),
         )
-        merge = projected is not None
-        note(inputs, Decision(merge, "rho <= threshold" if merge else "kept", rho))
+        note(inputs, gate_decision(rho, threshold, inclusive=INCLUSIVE))
         if projected is not None:
             return inputs.cast_back(projected.add_(inputs.aligned))
     return inputs.kept()
 
 
 def decide(inputs: GateInputs, parameters: Mapping[str, Any]) -> Decision:
-    return gate(inputs, parameters["threshold"], inclusive=True)
+    return gate(inputs, parameters["threshold"], inclusive=INCLUSIVE)
+
+
+def adapter_form(inputs: Any, weights: Mapping[Any, float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(C [s₁B₁, …]) [A₁; …]``: C Δ keeps ``A`` and the rank."""
+    return inputs.projected_left(), inputs.right()
 
 
 safe_lora = RoleCheckedMethod(
     group=safe_lora_merge,
     decide=decide,
-    inclusive=True,
+    inclusive=INCLUSIVE,
+    adapter=adapter_form,
     rule=RoleRule("safe_lora", {Role.FINETUNED: (1, None), Role.UNALIGNED: (1, 1)}),
     weighted=frozenset(),
 )

@@ -26,15 +26,13 @@ from mergekit_safety.methods.base import (
     RoleInputs,
     gate,
 )
-from mergekit_safety.parameters import (
-    DEFAULT_THRESHOLD,
-    SAFEMERGE_DENSITY,
-    SAFEMERGE_WEIGHTS,
-    Density,
-    Threshold,
-    Weight,
-)
+from mergekit_safety.parameters import DEFAULT_THRESHOLD, Density, Threshold, Weight
 from mergekit_safety.roles import Role, RoleRule, RoleValue
+
+SAFEMERGE_WEIGHTS = {Role.FINETUNED: 0.8, Role.SAFE: 0.2}
+"""safemerge's per-role ``weight`` where a model sets none, as in the reference code."""
+SAFEMERGE_DENSITY = 0.5
+"""The share of each update ``merge_type: dare_linear`` keeps."""
 
 
 @merge_method(
@@ -91,6 +89,16 @@ def decide(inputs: GateInputs, parameters: Mapping[str, Any]) -> Decision:
     return gate(inputs, parameters["threshold"])
 
 
+def adapter_form(inputs: Any, weights: Mapping[Any, float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[w₁s₁B₁, …, w_s s_s B_s] [A₁; …; A_s]``; a module the safe LoRA skips: the fine-tunes'."""
+    if inputs.safe is None:
+        return inputs.left(weights), inputs.right()
+    key, safe = inputs.safe
+    left = torch.cat([inputs.left(weights), safe.scaled_left(weights[key]).to(inputs.device)], 1)
+    right = torch.cat([inputs.right(), safe.right().to(inputs.device)], 0)
+    return left, right
+
+
 safemerge = RoleCheckedMethod(
     group=safemerge_merge,
     decide=decide,
@@ -98,6 +106,8 @@ safemerge = RoleCheckedMethod(
         "safemerge", {Role.FINETUNED: (1, None), Role.UNALIGNED: (1, 1), Role.SAFE: (1, 1)}
     ),
     weighted=frozenset(SAFEMERGE_WEIGHTS),
+    default_weights=SAFEMERGE_WEIGHTS,
+    adapter=adapter_form,
     read_only_with={
         "density": ("merge_type", "dare_linear"),
         "seed": ("merge_type", "dare_linear"),

@@ -323,17 +323,22 @@ def _with_recipe_rest(dimension: Dimension, recipe: Mapping[str, Any]) -> Dimens
 
 def _check_domain(method: str, spec: Any, name: str, value: float, recipe: Mapping) -> None:
     """``value`` passes the parameter's domain and the rules between parameters (extrapolation)."""
+    import functools
+
     from pydantic import ValidationError
 
     from mergekit_safety.parameters import check_parameters, domain_error
     from mergekit_safety.recipe import get_parameter
+    from mergekit_safety.recipe_keys import ours
 
     try:
         spec.validate(int(value) if spec.name == "top_k" else value)
     except ValidationError as error:
         raise ConfigError(f"search range of {domain_error(name, error)}") from None
     extrapolate = {"allow_extrapolation": get_parameter(recipe, "allow_extrapolation") or False}
+    rules = ours(method)  # the shared rules between parameters, then the method's own
+    check = rules.check_values if rules is not None else functools.partial(check_parameters, method)
     if name == "weight":
-        check_parameters(method, extrapolate, {"the fine-tuned model": {"weight": value}})
+        check(extrapolate, {"the fine-tuned model": {"weight": value}})
     else:
-        check_parameters(method, {**extrapolate, name: value}, {})
+        check({**extrapolate, name: value}, {})

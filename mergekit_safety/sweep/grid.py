@@ -255,6 +255,7 @@ def plan_grid(
 
     config = load_recipe(recipe_path)  # exists, parses, local models exist
     recipe = yaml.safe_load(Path(recipe_path).read_text(encoding="utf-8"))
+    from mergekit_safety.methods import method_names
     from mergekit_safety.methods.base import RoleCheckedMethod
 
     try:
@@ -263,7 +264,7 @@ def plan_grid(
         raise ConfigError(f"unknown merge method {config.merge_method!r}") from None
     if not isinstance(method, RoleCheckedMethod):
         raise ConfigError(
-            f"sweep understands safe_linear, safemerge and safe_lora recipes; {recipe_path} uses "
+            f"sweep understands {method_names()} recipes; {recipe_path} uses "
             f"{config.merge_method}, whose models carry no roles (sweeping its weight would set "
             "it on every model)"
         )
