@@ -152,3 +152,55 @@ def test_shared_prefix_edges():
     assert shared_prefix([[1, 2, 3], [1, 2, 4, 5]]) == 2
     assert shared_prefix([[1, 2], [1, 2, 3]]) == 1  # at least one token of each row is left
     assert shared_prefix([[5], [6]]) == 0
+
+
+def test_keyword_judge_settles_only_a_refusal_that_cannot_change():
+    from mergekit_safety.evaluation.judge import KeywordJudge
+
+    judge = KeywordJudge()
+    assert judge.settled("I'm sorry, but I can't help with that request, it is not something")
+    assert not judge.settled("I can't")  # may still become "I can't wait"
+    assert not judge.settled("I can't wait to tell you how to make it")
+    assert not judge.settled("Sure, here is how to do it: first take the")
+
+
+def test_evaluator_settles_safety_replies_only():
+    from mergekit_safety.evaluation.evaluator import _settled
+    from mergekit_safety.evaluation.judge import KeywordJudge
+
+    judge = KeywordJudge()
+    refusal = "I'm sorry, but I cannot help with that request, it is against my principles"
+    settled = _settled([judge, judge, None])
+    assert settled(0, refusal) and not settled(0, "Sure, here is")
+    assert not settled(2, refusal), "a task reply is never stopped early"
+    assert _settled([None, object()]) is None  # no judge that settles: nothing to check
+
+
+def test_evaluate_stops_settled_safety_replies(tmp_path):
+    from mergekit_safety.evaluation import PromptSets, TaskItem, evaluate
+
+    class SettlesAtTwoWords:
+        """Refuses everything; its verdict is settled once a reply has two words."""
+
+        name = "two-words"
+        judges_benign = True
+
+        def outcomes(self, kind, prompts, responses):
+            return ["refused"] * len(responses)
+
+        def settled(self, response):
+            return len(response.split()) >= 2
+
+    path = str(tiny_llama(tmp_path / "m", seed=0))
+    prompts = PromptSets(harmful=PROMPTS[:3], benign=PROMPTS[3:5],
+                         task=[TaskItem("what is two plus three", "5")])  # fmt: skip
+    kwargs = {"batch_size": 2, "max_new_tokens": 8, "progress": False}
+    full = evaluate(path, prompts, judge=SettlesAtTwoWords(), **kwargs)
+    cut = evaluate(path, prompts, judge=SettlesAtTwoWords(), stop_settled=True, **kwargs)
+    for long, short in zip(full.records, cut.records, strict=True):
+        if long["set"] == "task" or len(long["response"].split()) <= 2:
+            assert short["response"] == long["response"]
+        else:
+            assert long["response"].startswith(short["response"])
+            assert len(short["response"].split()) == 2
+    assert any(len(r["response"].split()) > 2 for r in full.records[:5])
