@@ -93,6 +93,14 @@ from mergekit_safety.cli.common import (
     type=click.Path(file_okay=False, exists=True),
     help="Where the chosen merge and LoRA-merged inputs live [default: $TMPDIR].",
 )
+@click.option(
+    "--backend",
+    type=click.Choice(["transformers", "vllm"]),
+    default="transformers",
+    show_default=True,
+    help="Generation backend, as for `mergekit-safety eval`; vllm: one engine, each trial's "
+    "merged weights loaded into it in place (needs vLLM installed).",
+)
 @merge_options
 @ray_options("Evaluate each batch's trials on Ray actors, one resident model each")
 @lm_eval_options
@@ -122,6 +130,7 @@ def search_command(
     dtype: str | None,
     judge: str | None,
     work_dir: str | None,
+    backend: str,
     cuda: bool,
     lazy_unpickle: bool,
     trust_remote_code: bool,
@@ -163,6 +172,7 @@ def search_command(
 
     tasks = harness.parse_tasks(lm_eval_tasks)
     check_objective(gate.objective, tasks)
+    _check_backend(backend, tasks)
     device = device or ("cuda" if cuda else "cpu")
     with config_errors():
         studies.import_optuna()  # the missing extra: one line, before any work
@@ -187,6 +197,7 @@ def search_command(
             max_new_tokens,
             device,
             dtype,
+            backend,
         )
         tester = None
         if test_prompts is not None:
@@ -201,6 +212,7 @@ def search_command(
                 max_new_tokens,
                 device,
                 dtype,
+                backend,
             )
             _check_disjoint(evaluator.prompts, tester.prompts, prompts_dir, test_prompts)
         if tasks:  # lm-eval runs on each trial's network in memory, and on the references
@@ -405,9 +417,21 @@ def _write_card(result: Any, prompt_sets: dict, judge: str | None, out: Path) ->
     )
 
 
+def _check_backend(backend: str, tasks: Any) -> None:
+    from mergekit_safety.cli.sweep import _check_backend as check
+
+    check(backend)
+    if backend == "vllm" and tasks:
+        raise click.BadParameter(
+            "lm-eval tasks run on the trial's network in memory: not with vllm",
+            param_hint="--backend",
+        )
+
+
 def _build_evaluator(
-    harmful, benign, task, prompts_dir, limit, judge, batch_size, max_new_tokens, device, dtype
-):
+    harmful, benign, task, prompts_dir, limit, judge, batch_size, max_new_tokens, device, dtype,
+    backend="transformers",
+):  # fmt: skip
     """The sweep's evaluator, without per-model progress bars (one bar for the search)."""
     from mergekit_safety.cli.sweep import _build_evaluator as build
 
@@ -423,7 +447,7 @@ def _build_evaluator(
         device=device,
         dtype=dtype,
         progress=False,
-        backend="transformers",
+        backend=backend,
     )
 
 

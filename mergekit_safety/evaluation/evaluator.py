@@ -259,9 +259,9 @@ def evaluate(
         raise ConfigError(f"unknown backend {backend!r}; use {' or '.join(BACKENDS)}")
     if backend == "vllm" and not generation.vllm_available():
         raise ConfigError("--backend vllm needs vLLM installed (pip install vllm)")
-    from mergekit_safety.evaluation.resident import ResidentNetwork
+    from mergekit_safety.evaluation.resident import ResidentNetwork, ResidentVllmMerge
 
-    if not isinstance(loader, ResidentNetwork):  # a resident network's name is only a label
+    if not isinstance(loader, ResidentNetwork | ResidentVllmMerge):  # the name is a label
         check_model(model)
     try:
         device = generation.resolve_device(device)

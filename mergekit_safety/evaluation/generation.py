@@ -354,15 +354,27 @@ def vllm_lora_rank(rank: int) -> int:
     raise ConfigError(f"vLLM serves LoRA ranks up to {VLLM_LORA_RANKS[-1]}; an adapter has {rank}")
 
 
-def vllm_engine(model: str, *, dtype: str | None = None, max_lora_rank: int | None = None) -> Any:
-    """A vLLM ``LLM`` for ``model``; with ``max_lora_rank``, one that serves LoRA requests."""
+def vllm_engine(
+    model: str,
+    *,
+    dtype: str | None = None,
+    max_lora_rank: int | None = None,
+    worker_extension: str | None = None,
+) -> Any:
+    """A vLLM ``LLM`` for ``model``; with ``max_lora_rank``, one that serves LoRA requests;
+    with ``worker_extension`` (a class path), its methods callable on the workers
+    (``collective_rpc``)."""
     if not vllm_available():
         raise ImportError("the vllm backend needs `pip install vllm`")
     from vllm import LLM
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    lora = {} if max_lora_rank is None else {"enable_lora": True, "max_lora_rank": max_lora_rank}
-    return LLM(model=model, dtype=dtype or "auto", **lora)
+    extra: dict[str, Any] = {}
+    if max_lora_rank is not None:
+        extra = {"enable_lora": True, "max_lora_rank": max_lora_rank}
+    if worker_extension is not None:
+        extra["worker_extension_cls"] = worker_extension
+    return LLM(model=model, dtype=dtype or "auto", **extra)
 
 
 def generate_vllm(
