@@ -1,6 +1,8 @@
-"""Tokens/s of batched (left-padded) vs one-prompt-at-a-time greedy generation, in one run.
+"""Tokens/s of greedy generation, one prompt at a time and batched (left-padded) through
+transformers' ``generate`` and through our own decoding loop, against the memory roofline and the
+matmul rate measured in the same run.
 
-Both modes go through ``mergekit_safety.evaluation.generation.generate_ids``, the code
+Every mode goes through ``mergekit_safety.evaluation.generation.generate_ids``, the code
 ``mergekit-safety eval`` runs, on the same prompts; the token ids they produce are compared (they
 must be identical), and tokens/s counts the tokens each prompt really gets (up to its end of
 sequence), so the ratio is a ratio of wall-clock times for the same output. The modes are timed
@@ -13,6 +15,8 @@ exactly ``--max-new-tokens`` tokens (a random model would otherwise stop at rand
     python -m benchmarks.generation                       # the built model, Markdown table
     python -m benchmarks.generation --model recipes/demo/aligned \\
         --prompts recipes/demo/prompts/harmful.jsonl --json
+    python -m benchmarks.generation --model benchmarks/efficacy/work/smollm2/models/U \\
+        --ignore-eos --no-alone --batch-size 16 --batch-size 32 --json
 """
 
 from __future__ import annotations
@@ -114,26 +118,45 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({threads} threads)"
 
 
+def memory_gbps(device: str, megabytes: int = 512, repeats: int = 5) -> float:
+    """The machine's read bandwidth: the best of ``repeats`` sums over a ``megabytes`` float32
+    tensor (far larger than any cache), GB/s."""
+    x = torch.ones(megabytes * 2**20 // 4, device=device)
+    best = float("inf")
+    for _ in range(repeats + 1):  # the first is a warm-up
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        x.sum()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return x.numel() * 4 / best / 1e9
+
+
 def markdown(report: dict[str, Any]) -> str:
     rows = report["rows"]
     lines = [
-        "| mode | prompts | new tokens | seconds | tokens/s | speed-up |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| mode | decoder | batch | prompts | new tokens | seconds | tokens/s | speed-up "
+        "| memory roofline tokens/s | share of memory roofline | share of matmul rate |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    lines[0] += " model GFLOP/s | share of matmul rate |"
-    lines[1] += "---:|---:|"
     for row in rows:
         lines.append(
-            f"| {row['mode']} | {row['prompts']} | {row['new_tokens']} | {row['seconds']:.2f} | "
-            f"{row['tokens_per_s']:.1f} | {row['speedup']:.2f}× | {row['model_gflops']:.2f} | "
-            f"{row['share_of_matmul']:.1%} |"
+            f"| {row['mode']} | {row['decoder']} | {row['batch_size']} | {row['prompts']} | "
+            f"{row['new_tokens']} | {row['seconds']:.2f} | {row['tokens_per_s']:.1f} | "
+            f"{row['speedup']:.2f}× | {row['memory_roofline_tokens_per_s']:.0f} | "
+            f"{row['share_of_memory_roofline']:.1%} | {row['share_of_matmul']:.1%} |"
         )
     lines.append("")
     lines.append(
         f"Matmul rate: {report['matmul_gflops']:.1f} GFLOP/s ({report['dtype']} "
-        f"{report['matmul_size']}² × {report['matmul_size']}², best of 5, before and after "
-        "generation); model GFLOP/s = tokens/s × 2 × parameters (the weight matmuls of one "
-        "decoding step, attention over the cache left out)."
+        f"{report['matmul_size']}² × {report['matmul_size']}², best of 5, before and after); "
+        f"memory bandwidth: {report['memory_gbps']:.1f} GB/s (sum over 512 MB, best of 5, "
+        f"before and after). A decoding step reads {report['weight_bytes'] / 1e9:.3f} GB of "
+        "weights: the memory roofline is bandwidth ÷ that × batch tokens/s; the share of the "
+        "matmul rate is tokens/s × 2 × parameters ÷ the matmul rate. Both count the new tokens "
+        "only: the prompts' prefill is in the seconds, not in the tokens."
     )
     lines.append(
         f"Model: {report['model']} ({report['parameters'] / 1e6:.1f} M parameters, "
@@ -155,12 +178,26 @@ def markdown(report: dict[str, Any]) -> str:
     "--prompts", "prompts_file", help="A prompt file (.jsonl/.txt/.csv) [default: built-in sets]."
 )
 @click.option("--n-prompts", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=2), default=16, show_default=True)
+@click.option(
+    "--batch-size",
+    "batch_sizes",
+    type=click.IntRange(min=2),
+    multiple=True,
+    default=(16,),
+    show_default=True,
+    help="Repeat for several batch sizes.",
+)
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option(
     "--ignore-eos/--stop-at-eos",
     default=None,
     help="Generate exactly --max-new-tokens per prompt [default: only for the built model].",
+)
+@click.option(
+    "--alone/--no-alone",
+    default=True,
+    show_default=True,
+    help="Also time one prompt at a time (transformers' generate).",
 )
 @click.option("--hidden", type=click.IntRange(min=64), default=512, show_default=True)
 @click.option("--layers", type=click.IntRange(min=1), default=4, show_default=True)
@@ -171,16 +208,19 @@ def main(
     model: str | None,
     prompts_file: str | None,
     n_prompts: int,
-    batch_size: int,
+    batch_sizes: tuple[int, ...],
     max_new_tokens: int,
     ignore_eos: bool | None,
+    alone: bool,
     hidden: int,
     layers: int,
     device: str,
     dtype: str | None,
     as_json: bool,
 ) -> None:
-    """Measure batched vs one-prompt-at-a-time generation throughput on one model."""
+    """Measure greedy generation throughput on one model: one prompt at a time, and batched
+    through transformers' ``generate`` (before) and our own decoding loop (after), against the
+    memory roofline and the matmul rate measured in the same run."""
     from mergekit_safety.errors import ConfigError
     from mergekit_safety.evaluation import load_prompt_sets
     from mergekit_safety.evaluation.generation import generate_ids, load_model, resolve_device
@@ -193,6 +233,9 @@ def main(
     prompts = sets.harmful + ([] if prompts_file else sets.benign + [t.prompt for t in sets.task])
     prompts = (prompts * (n_prompts // max(1, len(prompts)) + 1))[:n_prompts]
     ignore_eos = model is None if ignore_eos is None else ignore_eos
+    modes = [("one prompt at a time", "generate", 1)] if alone else []
+    modes += [(f"batched ({b} per batch)", d, b) for b in batch_sizes
+              for d in ("generate", "loop")]  # fmt: skip
 
     with tempfile.TemporaryDirectory() as scratch:
         if model is None:
@@ -206,57 +249,62 @@ def main(
             "min_new_tokens": max_new_tokens if ignore_eos else None,
             "progress": False,
         }
-        generate_ids(network, tokenizer, prompts[:2], batch_size=2, **kwargs)  # warm-up
+        for _mode, decoder, _size in modes[:2]:  # warm-up
+            generate_ids(network, tokenizer, prompts[:2], batch_size=2, decoder=decoder, **kwargs)
         load_before = os.getloadavg()[0]
         weight_dtype = next(network.parameters()).dtype
         rate = matmul_gflops(device, weight_dtype)
-        alone, batched, alone_s, batched_s = [], [], 0.0, 0.0
-        # Interleaved, one batch's worth of prompts at a time, alternating which mode goes
-        # first: a load change on a shared machine then hits both modes alike.
-        for index, start in enumerate(range(0, len(prompts), batch_size)):
-            chunk = prompts[start : start + batch_size]
-            for mode in (0, 1) if index % 2 == 0 else (1, 0):
-                size = 1 if mode == 0 else batch_size
-                rows, seconds = timed(
-                    lambda c=chunk, b=size: generate_ids(
-                        network, tokenizer, c, batch_size=b, **kwargs
+        bandwidth = memory_gbps(device)
+        outputs: list[list[list[int]]] = [[] for _ in modes]
+        seconds = [0.0 for _ in modes]
+        # Interleaved, one chunk of prompts (the largest batch) at a time, rotating which mode
+        # goes first: a load change on a shared machine then hits every mode alike.
+        chunk_size = max(batch_sizes)
+        for index, start in enumerate(range(0, len(prompts), chunk_size)):
+            chunk = prompts[start : start + chunk_size]
+            turn = index % len(modes)
+            for m in [*range(turn, len(modes)), *range(turn)]:
+                _mode, decoder, size = modes[m]
+                rows, took = timed(
+                    lambda c=chunk, b=size, d=decoder: generate_ids(
+                        network, tokenizer, c, batch_size=b, decoder=d, **kwargs
                     )
                 )
-                if mode == 0:
-                    alone, alone_s = alone + rows, alone_s + seconds
-                else:
-                    batched, batched_s = batched + rows, batched_s + seconds
+                outputs[m] += rows
+                seconds[m] += took
         load_after = os.getloadavg()[0]
         rate = max(rate, matmul_gflops(device, weight_dtype))
+        bandwidth = max(bandwidth, memory_gbps(device))
         parameters = sum(p.numel() for p in network.parameters())
+        weight_bytes = sum(p.numel() * p.element_size() for p in network.parameters())
         used_dtype = str(next(network.parameters()).dtype).removeprefix("torch.")
 
-    tokens = sum(len(row) for row in alone)
-    base = tokens / alone_s
-    rows = [
-        {"mode": "one prompt at a time", "batch_size": 1, "seconds": alone_s},
-        {
-            "mode": f"batched ({batch_size} per batch)",
-            "batch_size": batch_size,
-            "seconds": batched_s,
-        },
-    ]
-    for row in rows:
-        row.update(prompts=len(prompts), new_tokens=tokens, tokens_per_s=tokens / row["seconds"])
-        row["speedup"] = row["tokens_per_s"] / base
+    tokens = sum(len(row) for row in outputs[0])
+    rows = []
+    for (mode, decoder, size), took in zip(modes, seconds, strict=True):
+        row: dict[str, Any] = {"mode": mode, "decoder": decoder, "batch_size": size}
+        row.update(prompts=len(prompts), new_tokens=tokens, seconds=took)
+        row["tokens_per_s"] = tokens / took
+        row["speedup"] = row["tokens_per_s"] / (tokens / seconds[0])
         row["model_gflops"] = row["tokens_per_s"] * 2 * parameters / 1e9
         row["share_of_matmul"] = row["model_gflops"] / rate
+        row["memory_roofline_tokens_per_s"] = bandwidth * 1e9 / weight_bytes * size
+        row["share_of_memory_roofline"] = row["tokens_per_s"] / row["memory_roofline_tokens_per_s"]
+        rows.append(row)
     report = {
         "model": label,
         "parameters": parameters,
+        "weight_bytes": weight_bytes,
         "dtype": used_dtype,
         "device": device,
         "max_new_tokens": max_new_tokens,
         "ignore_eos": ignore_eos,
-        "identical": alone == batched,
-        "ratio": batched_s and alone_s / batched_s,
+        "identical": all(out == outputs[0] for out in outputs),
+        "ratio": seconds[-1] and seconds[0] / seconds[-1],
         "matmul_gflops": rate,
         "matmul_size": 1024,
+        "memory_gbps": bandwidth,
+        "compute_roofline_tokens_per_s": rate * 1e9 / (2 * parameters),
         "machine": machine(),
         "load_average": [round(load_before, 2), round(load_after, 2)],
         "rows": rows,

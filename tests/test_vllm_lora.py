@@ -181,3 +181,78 @@ def test_sweep_backend_vllm_without_vllm(family, tmp_path):
         main, ["sweep", str(recipe), "--set", "weight=0.5", "--backend", "vllm"]
     )
     assert result.exit_code == 2 and "vllm is not installed" in result.output
+
+
+class FakeWeightsLLM(FakeLLM):
+    """The stand-in with ``collective_rpc`` on a worker built from ``worker_extension_cls``
+    (whose model's ``load_weights`` copies into a transformers network) and a prefix cache."""
+
+    rpcs: list[str] = []
+    resets = 0
+
+    def __init__(self, model: str, **kwargs) -> None:
+        import importlib
+
+        super().__init__(model, **kwargs)
+        self.network, self.tokenizer = generation.load_model(model)
+        module, name = kwargs.get("worker_extension_cls", "builtins.object").rsplit(".", 1)
+        self.worker = type("Worker", (getattr(importlib.import_module(module), name),), {})()
+        runner = types.SimpleNamespace(model=types.SimpleNamespace(load_weights=self._load))
+        self.worker.model_runner = runner
+
+    def _load(self, weights):
+        state = dict(weights)
+        missing, unexpected = self.network.load_state_dict(state, strict=False)
+        assert not unexpected, unexpected
+
+    def collective_rpc(self, method, args=()):
+        FakeWeightsLLM.rpcs.append(method)
+        return [getattr(self.worker, method)(*args)]
+
+    def reset_prefix_cache(self):
+        FakeWeightsLLM.resets += 1
+
+    def chat(self, conversations, params, use_tqdm=True, lora_request=None):
+        prompts = [conversation[0]["content"] for conversation in conversations]
+        texts = generation.generate(self.network, self.tokenizer, prompts,
+                                    max_new_tokens=params.max_tokens, progress=False)  # fmt: skip
+        completion = types.SimpleNamespace
+        return [completion(outputs=[completion(text=text)]) for text in texts]
+
+
+def test_search_on_vllm_loads_each_trial_in_place(tmp_path, fake_vllm, monkeypatch):
+    pytest.importorskip("optuna")
+    from helpers import REPO, cli_in_process
+
+    monkeypatch.setattr(sys.modules["vllm"], "LLM", FakeWeightsLLM)
+    FakeWeightsLLM.rpcs, FakeWeightsLLM.resets = [], 0
+    monkeypatch.chdir(REPO)
+    records = {}
+    for backend in ("transformers", "vllm"):
+        out = tmp_path / backend
+        ran = cli_in_process(
+            "search", "recipes/safe_linear_gated.yml", "--param", "weight=0:1", "--trials", "3",
+            "--startup-trials", "2", "--min-refusal", "0.5", "--prompts", "recipes/demo/prompts",
+            "--limit", "3", "--max-new-tokens", "6", "--out", out, "--quiet",
+            "--backend", backend, cwd=REPO,
+        )  # fmt: skip
+        assert ran.returncode in (0, 3), ran.stderr[-3000:]
+        records[backend] = json.loads((out / "search.json").read_text())
+        for trial in records[backend]["trials"]:
+            trial.pop("seconds")
+    assert records["vllm"]["trials"] == records["transformers"]["trials"]
+    # one engine for the trials (the references each get their own), weights loaded in place
+    trial_engines = [b for b in FakeLLM.built if "worker_extension_cls" in b]
+    assert len(trial_engines) == 1
+    assert FakeWeightsLLM.rpcs == ["load_merged"] * 3 and FakeWeightsLLM.resets == 3
+
+
+def test_search_backend_vllm_needs_vllm(tmp_path):
+    from helpers import REPO, cli_in_process
+
+    ran = cli_in_process("search", "recipes/safe_linear_gated.yml", "--param", "weight=0:1",
+                         "--min-refusal", "0.5", "--out", tmp_path / "o", "--backend", "vllm",
+                         cwd=REPO)  # fmt: skip
+    if generation.vllm_available():
+        pytest.skip("vllm is installed here")
+    assert ran.returncode == 2 and "vllm is not installed" in ran.stderr

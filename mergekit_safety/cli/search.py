@@ -124,9 +124,9 @@ def search_command(
     from mergekit_safety.search import study as studies
 
     needs_gate(gate, "--max-engaged", "search chooses under a safety gate")
-    if evaluation.backend == "vllm":
-        raise click.BadParameter("search evaluates trials in memory with transformers; vllm "
-                                 "is for eval and sweep", param_hint="--backend")  # fmt: skip
+    if evaluation.backend == "vllm" and evaluation.tasks:
+        raise click.BadParameter("lm-eval tasks run on the trial's network in memory: not "
+                                 "with vllm", param_hint="--backend")  # fmt: skip
     out_path = Path(out)
     evaluation = evaluation.replace(progress=False)  # one bar for the search, not one per model
     check_before_work(gate, evaluation, merging, out=out_path, overwrite=overwrite,

@@ -235,6 +235,7 @@ def evaluate(
     *,
     backend: str = "transformers",
     loader: ResidentBase | ResidentNetwork | ResidentVllm | None = None,
+    stop_settled: bool = False,
 ) -> EvalResult:
     """Generate greedily for every prompt, judge each reply's outcome, score the task.
 
@@ -258,9 +259,9 @@ def evaluate(
         raise ConfigError(f"unknown backend {backend!r}; use {' or '.join(BACKENDS)}")
     if backend == "vllm" and not generation.vllm_available():
         raise ConfigError("--backend vllm needs vLLM installed (pip install vllm)")
-    from mergekit_safety.evaluation.resident import ResidentNetwork
+    from mergekit_safety.evaluation.resident import ResidentNetwork, ResidentVllmMerge
 
-    if not isinstance(loader, ResidentNetwork):  # a resident network's name is only a label
+    if not isinstance(loader, ResidentNetwork | ResidentVllmMerge):  # the name is a label
         check_model(model)
     try:
         device = generation.resolve_device(device)
@@ -276,9 +277,12 @@ def evaluate(
     wrapped = [(name, i, text) for name, texts in prompts.attacks.items()
                for i, text in enumerate(texts)]  # fmt: skip
     conversations = [*prompts.harmful, *prompts.benign, *(item.prompt for item in prompts.task)]
+    judges = [*([refusal_judge] * len(prompts.harmful)), *([benign_judge] * len(prompts.benign)),
+              *([None] * len(prompts.task)), *([refusal_judge] * len(wrapped))]  # fmt: skip
     responses = _generate(
         model, [*conversations, *(text for _n, _i, text in wrapped)], backend, batch_size,
         max_new_tokens, device, dtype, progress, loader,
+        settled=_settled(judges) if stop_settled else None,
     )  # fmt: skip
     attack_out = responses[len(conversations) :]
     responses = responses[: len(conversations)]
@@ -386,6 +390,7 @@ def _generate(
     dtype: str | None,
     progress: bool,
     loader: ResidentBase | ResidentVllm | None = None,
+    settled: Any = None,
 ) -> list[str]:
     import mergekit_safety.evaluation.generation as generation
 
@@ -412,6 +417,7 @@ def _generate(
             max_new_tokens=max_new_tokens,
             progress=progress,
             desc=_short(model),
+            settled=settled,
         )
 
 
@@ -432,6 +438,20 @@ def _loaded(
     finally:
         del network, tokenizer
         generation.release()
+
+
+def _settled(judges: Sequence[Any]) -> Any:
+    """``settled(index, text)`` for generation: the prompt's judge's ``settled`` where it has
+    one (None: never settled, as for the task set)."""
+    checks = [getattr(judge, "settled", None) if judge is not None else None for judge in judges]
+    if not any(callable(check) for check in checks):
+        return None
+
+    def settled(index: int, text: str) -> bool:
+        check = checks[index]
+        return callable(check) and bool(check(text))
+
+    return settled
 
 
 def _name(judge: Judge) -> str:

@@ -11,6 +11,8 @@ token for token in fp32) because:
   defaults or repetition penalty from the checkpoint).
 
 Prompts are sorted by length before batching (less padding) and answers returned in input order.
+On CPU the decoding runs in our own loop (:mod:`~.decoding`) with the same ids, for less work: the
+shared chat prefix once per call, finished rows out of the batch.
 What remains is floating-point: a batch runs the same sums in matrices of another shape, which can
 round differently. In fp32 that has not changed a greedy token in our tests with the default
 (SDPA) attention, so it is kept; in bf16/fp16 on a GPU a near-tie can flip, as in any batched
@@ -22,16 +24,20 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from mergekit_safety.errors import ConfigError
+from mergekit_safety.evaluation.decoding import Settled
 
 Conversation = str | list[dict[str, str]]
 """A user prompt, or a whole chat (``[{"role": ..., "content": ...}, ...]``)."""
+
+DECODERS = ("auto", "loop", "generate")
+"""``generate_ids``'s decoders: our own loop (:mod:`~.decoding`) or transformers' ``generate``."""
 
 DTYPES: dict[str, torch.dtype | str] = {
     "auto": "auto",
@@ -182,19 +188,30 @@ def generate_ids(
     progress: bool = True,
     desc: str = "generating",
     chat: bool | None = None,
+    decoder: str = "auto",
+    settled: Settled | None = None,
+    encoded: Sequence[Sequence[int]] | None = None,
 ) -> list[list[int]]:
     """Greedy new token ids per conversation (cut after the first end-of-sequence token).
 
     ``chat=None`` uses the chat template when the tokenizer has one, else the raw prompt (a
     warning says so: a chat model prompted without its template is not evaluated fairly).
     ``min_new_tokens`` is for benchmarks that want a fixed amount of work per prompt.
+
+    ``decoder``: ``"loop"`` is our own decoding loop (:mod:`~.decoding`: the shared chat prefix
+    run once, finished rows leave the batch; the same ids), ``"generate"`` transformers'
+    ``generate``; ``"auto"`` takes the loop on CPU. ``settled(index, ids)`` (loop only) stops a
+    prompt early when more tokens cannot change what is read from it. ``encoded``: the prompts'
+    token ids when the caller has them already (a search encodes its prompts once).
     """
     from tqdm.auto import tqdm
     from transformers import GenerationConfig
 
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
-    if chat is None:
+    if decoder not in DECODERS:
+        raise ValueError(f"unknown decoder {decoder!r} (use {', '.join(DECODERS)})")
+    if chat is None and encoded is None:
         chat = has_chat_template(tokenizer)
         if not chat and any(isinstance(c, str) for c in conversations):
             import warnings
@@ -217,10 +234,30 @@ def generate_ids(
         eos_token_id=eos or None,
         bos_token_id=model.generation_config.bos_token_id,
     )
-    encoded = encode(tokenizer, conversations, chat)
+    if encoded is None:
+        encoded = encode(tokenizer, conversations, bool(chat))
+    elif len(encoded) != len(conversations):
+        raise ValueError(f"{len(conversations)} conversations but {len(encoded)} encoded")
     _check_vocabulary(model, encoded)
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]), reverse=True)
     device = next(model.parameters()).device
+    if decoder == "auto":
+        decoder = "loop" if device.type == "cpu" else "generate"
+    if decoder == "loop" or settled is not None:
+        from mergekit_safety.evaluation.decoding import decode
+
+        with tqdm(total=len(encoded), desc=desc, unit="prompt", disable=not progress) as bar:
+            return decode(
+                model,
+                encoded,
+                batch_size=batch_size,
+                max_new_tokens=max_new_tokens,
+                min_new_tokens=min_new_tokens,
+                eos=eos,
+                pad_id=pad_id,
+                settled=settled,
+                on_batch=bar.update,
+            )
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]), reverse=True)
     results: list[list[int]] = [[] for _ in encoded]
     with (
         torch.inference_mode(),
@@ -251,8 +288,19 @@ def generate(
     progress: bool = True,
     desc: str = "generating",
     chat: bool | None = None,
+    decoder: str = "auto",
+    settled: Callable[[int, str], bool] | None = None,
+    encoded: Sequence[Sequence[int]] | None = None,
 ) -> list[str]:
-    """Greedy responses, decoded without special tokens and stripped, in input order."""
+    """Greedy responses, decoded without special tokens and stripped, in input order.
+
+    ``settled(index, text)``: True when prompt ``index``'s reply so far (decoded as returned)
+    needs no more tokens; ``decoder`` and ``encoded`` as in :func:`generate_ids`.
+    """
+
+    def text(row: Sequence[int]) -> str:
+        return tokenizer.decode(row, skip_special_tokens=True).strip()
+
     rows = generate_ids(
         model,
         tokenizer,
@@ -262,8 +310,11 @@ def generate(
         progress=progress,
         desc=desc,
         chat=chat,
+        decoder=decoder,
+        settled=None if settled is None else (lambda index, ids: settled(index, text(ids))),
+        encoded=encoded,
     )
-    return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in rows]
+    return [text(row) for row in rows]
 
 
 def _check_vocabulary(model: Any, encoded: Sequence[Sequence[int]]) -> None:
@@ -303,15 +354,27 @@ def vllm_lora_rank(rank: int) -> int:
     raise ConfigError(f"vLLM serves LoRA ranks up to {VLLM_LORA_RANKS[-1]}; an adapter has {rank}")
 
 
-def vllm_engine(model: str, *, dtype: str | None = None, max_lora_rank: int | None = None) -> Any:
-    """A vLLM ``LLM`` for ``model``; with ``max_lora_rank``, one that serves LoRA requests."""
+def vllm_engine(
+    model: str,
+    *,
+    dtype: str | None = None,
+    max_lora_rank: int | None = None,
+    worker_extension: str | None = None,
+) -> Any:
+    """A vLLM ``LLM`` for ``model``; with ``max_lora_rank``, one that serves LoRA requests;
+    with ``worker_extension`` (a class path), its methods callable on the workers
+    (``collective_rpc``)."""
     if not vllm_available():
         raise ImportError("the vllm backend needs `pip install vllm`")
     from vllm import LLM
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    lora = {} if max_lora_rank is None else {"enable_lora": True, "max_lora_rank": max_lora_rank}
-    return LLM(model=model, dtype=dtype or "auto", **lora)
+    extra: dict[str, Any] = {}
+    if max_lora_rank is not None:
+        extra = {"enable_lora": True, "max_lora_rank": max_lora_rank}
+    if worker_extension is not None:
+        extra["worker_extension_cls"] = worker_extension
+    return LLM(model=model, dtype=dtype or "auto", **extra)
 
 
 def generate_vllm(

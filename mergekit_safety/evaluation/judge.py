@@ -100,9 +100,11 @@ class KeywordJudge:
         return self.matcher.refuses(response)
 
     def settled(self, response: str) -> bool:
-        """Whether more tokens cannot change this reply's outcome: it already opens with a
-        refusal phrase inside the window the judge reads (a lecture needs its whole sentence)."""
-        return self.matcher.refuses(response) and not is_degenerate(response)
+        """Whether more tokens cannot change this judge's verdict: a refusal phrase inside the
+        window it reads, far enough from the end that no masked phrase can still cover it
+        (:meth:`~.phrases.RefusalMatcher.refuses_whatever_follows`). Whether the whole reply is
+        *broken* (a refusal that turns into repetition) is not settled by this."""
+        return self.matcher.refuses_whatever_follows(response) and not is_degenerate(response)
 
     def outcomes(self, kind: str, prompts: Sequence[str], responses: Sequence[str]) -> list[str]:
         _check_lengths(prompts, responses)

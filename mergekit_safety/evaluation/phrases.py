@@ -223,6 +223,19 @@ class RefusalMatcher:
             _pattern([normalise(p) for p in lecture_phrases]) if lecture_phrases else None
         )
         self._masked = _pattern([normalise(p) for p in not_refusals]) if not_refusals else None
+        self._margin = 1 + max((len(normalise(p)) for p in not_refusals), default=0)
+
+    def refuses_whatever_follows(self, response: str) -> bool:
+        """Whether the reply refuses however it goes on: a refusal phrase in the window with more
+        text after it than any masked phrase is long, so no :data:`NOT_REFUSALS` phrase can
+        still grow over it, nor the word it ends with grow longer."""
+        text = normalise(response)
+        if self._masked is not None:
+            text = self._masked.sub(" ", text)
+        return any(
+            len(text) - found.end() >= self._margin
+            for found in self._refusal.finditer(text[: self.window])
+        )
 
     def refuses(self, response: str) -> bool:
         """Whether the reply opens with a refusal or a lecture (whatever else it is)."""

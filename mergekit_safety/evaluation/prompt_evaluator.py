@@ -44,6 +44,8 @@ class Evaluator:
     """How a model is measured, if not by ``evaluate`` with the settings above (the efficacy
     study: a token budget per prompt set)."""
     report: Report | None = None
+    stop_settled: bool = False
+    """Stop a safety reply once the judge's verdict is settled (``evaluate``'s ``stop_settled``)."""
     seconds: float = 0.0
     """Time spent evaluating so far (models in ``known`` cost nothing)."""
     _loaded: Any = field(default=None, init=False, repr=False)
@@ -82,6 +84,7 @@ class Evaluator:
                 progress=self.progress,
                 backend=self.backend,
                 loader=self.loader,
+                **({"stop_settled": True} if self.stop_settled else {}),
             )
         if self.lm_eval:
             from mergekit_safety.evaluation.resident import ResidentNetwork

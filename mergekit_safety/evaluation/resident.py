@@ -158,3 +158,75 @@ class ResidentVllm:
         self._llm = generation.vllm_engine(base, dtype=self.dtype, max_lora_rank=rank)
         self._base, self._rank = _key(base), rank
         self.base_loads += 1
+
+
+class VllmWeights:
+    """A vLLM worker extension (``worker_extension_cls``): the method a search calls on each
+    worker (``collective_rpc``) to load a trial's merged tensors into the running model."""
+
+    def load_merged(self, weights: list[tuple[str, Any]]) -> int:
+        """Load ``(name, tensor)`` pairs (Hugging Face names) with the model's own loader."""
+        model = self.model_runner.model  # type: ignore[attr-defined]
+        model.load_weights(weights=weights)
+        return len(weights)
+
+
+class ResidentVllmMerge(ResidentVllm):
+    """A search's vLLM engine: started once on the recipe's base model; each trial's merged
+    tensors are loaded into it in place (:meth:`load`, no disk), its prefix cache dropped, and
+    every prompt answered by the model as merged, whatever name it is asked for (a label).
+
+    A vLLM without ``collective_rpc`` gets each trial written once to a RAM disk (/dev/shm)
+    and an engine started on it instead."""
+
+    def __init__(self, base: str, *, dtype: str | None = None) -> None:
+        super().__init__(dtype=dtype, lora=False)
+        self.base = base
+        self.weight_loads = 0
+        self._scratch: str | None = None
+        self._llm = generation.vllm_engine(
+            base, dtype=dtype, worker_extension=f"{__name__}.VllmWeights"
+        )
+        self.base_loads = 1
+
+    def load(self, merged: dict[str, Any], save: Any = None) -> None:
+        """Hand the trial's merged tensors to the engine. ``save(path)`` writes the merged
+        model (the fallback without ``collective_rpc``)."""
+        if callable(getattr(self._llm, "collective_rpc", None)):
+            weights = [(name, tensor.detach().contiguous()) for name, tensor in merged.items()]
+            self._llm.collective_rpc("load_merged", args=(weights,))
+            reset = getattr(self._llm, "reset_prefix_cache", None)
+            if callable(reset):  # cached keys and values were computed with the old weights
+                reset()
+        else:
+            import tempfile
+
+            if save is None:
+                raise RuntimeError("this vLLM cannot load weights in place; no way to save")
+            root = "/dev/shm" if Path("/dev/shm").is_dir() else None
+            self._drop_scratch()
+            self._scratch = tempfile.mkdtemp(prefix="mergekit-safety-trial-", dir=root)
+            save(self._scratch)
+            self._llm = None
+            generation.release()
+            self._llm = generation.vllm_engine(self._scratch, dtype=self.dtype)
+            self.base_loads += 1
+        self.weight_loads += 1
+
+    def generate(
+        self, model: str, prompts: list[str], *, max_new_tokens: int, progress: bool
+    ) -> list[str]:
+        return generation.generate_vllm(
+            self._llm, prompts, max_new_tokens=max_new_tokens, progress=progress
+        )
+
+    def close(self) -> None:
+        self._drop_scratch()
+        super().close()
+
+    def _drop_scratch(self) -> None:
+        if self._scratch is not None:
+            import shutil
+
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None

@@ -9,7 +9,8 @@ and copies every merged tensor into the resident network's parameters (a ``top_k
 pass runs once, for the first trial: ρ depends on the models, not on the searched values). The
 network then holds the tensors ``mergekit-yaml`` would write for that recipe (cast to the
 network's dtype, as loading the written model does), and is evaluated as it is
-(``ResidentNetwork``).
+(``ResidentNetwork``); with ``backend="vllm"`` the merged tensors are loaded into one vLLM
+engine in place (``ResidentVllmMerge``), which answers the trial's prompts.
 """
 
 from __future__ import annotations
@@ -25,7 +26,15 @@ from mergekit_safety.scoring import ScoreCache, kept_scores
 class ResidentMerge:
     """The output network in memory; :meth:`apply` merges a recipe into it."""
 
-    def __init__(self, recipe: Mapping[str, Any], options: Any, *, device: str, dtype: str | None):
+    def __init__(
+        self,
+        recipe: Mapping[str, Any],
+        options: Any,
+        *,
+        device: str,
+        dtype: str | None,
+        backend: str = "transformers",
+    ):
         from mergekit.config import MergeConfiguration
 
         from mergekit_safety.evaluation import generation
@@ -41,11 +50,19 @@ class ResidentMerge:
         self.options = options
         self.arch_info, self.out_config = mergekit_internals.architecture(config, options)
         self.base = evaluable(reference_name(config.base_model), options)
-        self.network, self.tokenizer = generation.load_model(self.base, device=device, dtype=dtype)
+        # on vLLM the merge target stays on the CPU: the engine holds the accelerator's copy
+        where = "cpu" if backend == "vllm" else device
+        self.network, self.tokenizer = generation.load_model(self.base, device=where, dtype=dtype)
         self.parameters = dict(self.network.named_parameters(remove_duplicate=False))
         self.scores = ScoreCache()
         """The ``top_k`` ρ pass, kept across trials (ρ does not depend on what is searched)."""
         self.merges = 0
+        self.vllm: Any = None
+        """With ``backend="vllm"``: the engine each merge is loaded into (``ResidentVllmMerge``)."""
+        if backend == "vllm":
+            from mergekit_safety.evaluation.resident import ResidentVllmMerge
+
+            self.vllm = ResidentVllmMerge(self.base, dtype=dtype)
 
     def apply(self, recipe: Mapping[str, Any]) -> dict[str, Any]:
         """Merge ``recipe`` into the network; returns the merged tensors by name (as merged)."""
@@ -71,11 +88,20 @@ class ResidentMerge:
         if unset:
             raise ConfigError(f"the merge leaves {unset[0]} of the network unset")
         self.merges += 1
+        if self.vllm is not None:
+            self.vllm.load(merged, save=self._save)
         return merged
+
+    def _save(self, path: str) -> None:
+        self.network.save_pretrained(path, safe_serialization=True)
+        self.tokenizer.save_pretrained(path)
 
     def close(self) -> None:
         from mergekit_safety.evaluation import generation
 
+        if self.vllm is not None:
+            self.vllm.close()
+            self.vllm = None
         self.network = self.tokenizer = None
         self.parameters = {}
         generation.release()
@@ -93,7 +119,7 @@ def evaluate_trial(
 
     resident.apply(recipe)
     previous = evaluator.loader
-    evaluator.loader = ResidentNetwork(resident.network, resident.tokenizer)
+    evaluator.loader = resident.vllm or ResidentNetwork(resident.network, resident.tokenizer)
     try:
         return dict(evaluator(name))
     finally:

@@ -25,11 +25,12 @@ class TrialWorker:
     def __init__(self, recipe: Mapping[str, Any], options: Any, evaluator: Any, *,
                  device: str, dtype: str | None) -> None:  # fmt: skip
         self._scratch = None
+        backend = getattr(evaluator, "backend", "transformers")
         if options.lora_merge_cache is None:
             self._scratch = tempfile.mkdtemp(prefix="mergekit-safety-search-lora-")
             options = options.model_copy(update={"lora_merge_cache": self._scratch})
         self.evaluator = evaluator
-        self.resident = ResidentMerge(recipe, options, device=device, dtype=dtype)
+        self.resident = ResidentMerge(recipe, options, device=device, dtype=dtype, backend=backend)
 
     def run(self, name: str, recipe: Mapping[str, Any]) -> dict[str, Any] | str:
         """The trial's summary, or its error as one line (the search goes on)."""
