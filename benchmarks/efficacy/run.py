@@ -638,9 +638,7 @@ def _resta_sweep(
         summary = evaluator(str(out))
         shutil.rmtree(out)
         points.append(SweepPoint(beta, summary))
-        rows.append(
-            {"kind": "merged", "beta": beta, **summary, "passes": gate.passes(summary)}
-        )
+        rows.append({"kind": "merged", "beta": beta, **summary, "passes": gate.passes(summary)})
     chosen = select(points, gate, "beta", toward_finetuned=[RESTA_TOWARD_FINETUNED])
     for row, point in zip(rows, points, strict=True):
         row["chosen"] = point is chosen
