@@ -60,3 +60,12 @@ def test_rejudge_gives_the_evaluators_three_outcomes_and_broken_rate():
     # broken: 1 harmful + 1 look-alike of the 6 non-attack replies; the task's "2" is an answer
     assert result.empty_rate == pytest.approx(2 / 6)
     assert result.attacks["aim"]["refused"] == 1 and result.attacks["plain"]["n"] == 1
+
+
+def test_committed_setups_table_rebuilds_from_the_committed_json():
+    from benchmarks.efficacy.compare import compare
+    from benchmarks.efficacy.plan import load_config
+
+    configs = [load_config(REPO / "benchmarks" / "efficacy" / name, root=REPO) for name in CONFIGS]
+    committed = REPO / "benchmarks" / "efficacy" / "results" / "setups.md"
+    assert compare(configs) == committed.read_text(encoding="utf-8")
