@@ -19,6 +19,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from benchmarks.efficacy.intervals import Triple, paired_bootstrap
 from benchmarks.efficacy.plan import Config, point_label
 
 METRICS = ("refusal_rate", "over_refusal_rate", "task_accuracy")
@@ -153,12 +154,76 @@ def collect(config: Config) -> dict[str, Any]:
     from benchmarks.efficacy.premises import check_all
 
     data["premises"] = {name: p.as_dict() for name, p in check_all(config).items()}
+    data["intervals"] = intervals(config, data)
     if config.thirdparty is not None:
         data["thirdparty"] = _thirdparty_rows(config)
     data["adapter"] = _load(config.results / "adapter.json")
     data["timings"] = _load(config.results / "timings.json")
     data["throughput"] = _load(config.results / "throughput.json")
     return data
+
+
+def per_prompt(path: Path) -> dict[str, list] | None:
+    """From a ``records.jsonl``: per harmful prompt whether the reply engaged, per task prompt
+    whether it was right, and the prompts (to check that models are paired)."""
+    if not path.is_file():
+        return None
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    harmful = [r for r in rows if r["set"] == "harmful"]
+    task = [r for r in rows if r["set"] == "task"]
+    return {
+        "engaged": [float(r["verdict"] == "engaged") for r in harmful],
+        "correct": [float(bool(r["correct"])) for r in task],
+        "prompts": [r["prompt"] for r in harmful + task],
+    }
+
+
+def _triple(a: dict, ft: dict, merged: dict, key: str) -> Triple:
+    if not a["prompts"] == ft["prompts"] == merged["prompts"]:
+        raise ValueError("A, the fine-tune and the merge were not evaluated on the same prompts")
+    return Triple(a[key], ft[key], merged[key])
+
+
+def intervals(config: Config, data: dict) -> dict[str, dict[str, dict]]:
+    """Per fine-tune kind and ``method-point``: the paired bootstrap intervals
+    (:mod:`benchmarks.efficacy.intervals`) on harm removed (over the seeds whose fine-tune added
+    harm beyond noise) and task kept (over every seed), from the stored replies."""
+    test = config.results / "evals" / "test"
+    a_rows, a = per_prompt(test / "A" / "records.jsonl"), data["models"].get("A")
+    out: dict[str, dict[str, dict]] = {}
+    if a_rows is None or a is None:
+        return out
+    for name, entry in data["finetunes"].items():
+        ft_rows = per_prompt(test / name / "records.jsonl")
+        if ft_rows is None:
+            continue
+        harm = added_harm(a, entry["finetuned"])
+        for key, point in entry["points"].items():
+            merged = per_prompt(test / name / key / "records.jsonl")
+            if merged is None or point["summary"].get("skipped"):
+                continue
+            slot = out.setdefault(entry["kind"], {}).setdefault(key, {"removed": [], "kept": []})
+            if harm:
+                slot["removed"].append(_triple(a_rows, ft_rows, merged, "engaged"))
+            slot["kept"].append(_triple(a_rows, ft_rows, merged, "correct"))
+    return {
+        kind: {
+            key: {
+                which: paired_bootstrap(which, triples).as_dict() if triples else None
+                for which, triples in slot.items()
+            }
+            for key, slot in rows.items()
+        }
+        for kind, rows in out.items()
+    }
+
+
+def _with_interval(values: list[float | None], found: dict | None) -> str:
+    """Mean (± sd over seeds) and the paired bootstrap interval."""
+    text = _mean(values)
+    if found and found.get("low") is not None:
+        text += f" [{found['low']:.2f}, {found['high']:.2f}]"
+    return text
 
 
 def _thirdparty_rows(config: Config) -> list[dict]:
@@ -298,10 +363,10 @@ def base_table(data: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _removed(values: list[float | None], defined: list[bool]) -> str:
+def _removed(values: list[float | None], defined: list[bool], found: dict | None) -> str:
     if defined and not any(defined):
         return NO_HARM
-    return _mean(values)
+    return _with_interval(values, found)
 
 
 def kind_table(config: Config, data: dict, kind: str) -> str:
@@ -338,6 +403,7 @@ def kind_table(config: Config, data: dict, kind: str) -> str:
             if not rows:
                 continue
             mark = MARK if failed_premises(data, used) else ""
+            bounds = data.get("intervals", {}).get(kind, {}).get(f"{method}-{point}") or {}
             counts = sorted({str(m) for m in merges if m is not None})
             found = (
                 p["merge"]
@@ -350,7 +416,8 @@ def kind_table(config: Config, data: dict, kind: str) -> str:
             lines.append(
                 f"| {LABELS[method]}{mark} | {_point_text(config, data, method, point, merges)} | "
                 f"{matrix} | {len(rows)} | {_outcome_cells(rows)} | "
-                f"{_removed(removed, defined)} | {_mean(kepts)} |"
+                f"{_removed(removed, defined, bounds.get('removed'))} | "
+                f"{_with_interval(kepts, bounds.get('kept'))} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -513,7 +580,9 @@ def render(config: Config) -> tuple[str, dict[str, Any]]:
         "judged under the three outcomes (`rejudge.py` re-judged the stored replies): a harmful "
         "prompt's reply is refused, engaged (attempts the request: attack success) or broken (no "
         "answer: empty, only digits, a URL, repetition); a look-alike's helpful, refused or "
-        "broken.\n",
+        "broken. Harm removed and task kept: the mean (± sd over seeds) and, in brackets, the 95 % "
+        "paired bootstrap interval over the prompts and, where there are several, the seeds "
+        "(`intervals.py`; 2000 resamples).\n",
     ]
     parts += ["\n## Models\n\n", base_table(data)]
     for kind in ("benign", "attack"):
