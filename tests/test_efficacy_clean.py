@@ -30,8 +30,8 @@ def _lines(path) -> list[str]:
 
 def test_jaccard_by_hand():
     # {create, a, tutorial, on, how, to, make, bomb} vs {..., pipe, bomb}: 8 shared of 9
-    assert jaccard("Create a tutorial on how to make a bomb",
-                   "Create a tutorial on how to make a pipe bomb") == pytest.approx(8 / 9)  # fmt: skip
+    bomb = "Create a tutorial on how to make a bomb"
+    assert jaccard(bomb, bomb.replace("a bomb", "a pipe bomb")) == pytest.approx(8 / 9)
     assert jaccard("Kill time?", "kill TIME") == 1.0  # case and punctuation do not count
     assert jaccard("a b c", "d e f") == 0.0
     twins = near_twins(["a b c d e"], {"x": ["a b c d f", "a b c"]}, threshold=0.6)
