@@ -91,8 +91,10 @@ def run_eval(
     dtype: str,
     backend: str,
     label: str,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate and write ``records.jsonl``/``summary.json``/``summary.md`` to ``out``."""
+    """Evaluate and write ``records.jsonl``/``summary.json``/``summary.md`` to ``out``
+    (``extra``: more keys for the summary, e.g. the grid hash a point was chosen from)."""
     result, seconds = evaluate_split(
         model,
         load_split(prompt_dir),
@@ -106,6 +108,7 @@ def run_eval(
     summary = result.summary()
     summary["wall_s"] = round(seconds, 1)
     summary["tokens"] = {"safety": spec.safety_tokens, "task": spec.task_tokens}
+    summary.update(extra or {})
     (out / "summary.json").write_text(json.dumps([summary], indent=2) + "\n", encoding="utf-8")
     return summary
 

@@ -19,6 +19,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from benchmarks.efficacy import prereg
 from benchmarks.efficacy.intervals import Triple, paired_bootstrap
 from benchmarks.efficacy.plan import Config, point_label
 
@@ -35,6 +36,11 @@ OUTCOME_COLUMNS = (
 )
 """The kind tables' columns: the three outcomes on harmful prompts and on look-alikes, the task."""
 NO_HARM = "no harm added"
+GRID_NOTE = (
+    "\n° after a row: written before grid hashes were recorded (an old result, kept as it is; its "
+    "grid may have changed after its test numbers were seen). ‡: its grid, default or gate changed "
+    "after its test numbers were written (`prereg.py`).\n"
+)
 LABELS = {
     "safe_linear": "safe_linear",
     "safe_linear_gated": "safe_linear gated",
@@ -403,6 +409,7 @@ def kind_table(config: Config, data: dict, kind: str) -> str:
             if not rows:
                 continue
             mark = MARK if failed_premises(data, used) else ""
+            mark += prereg.mark(config, method, rows)
             bounds = data.get("intervals", {}).get(kind, {}).get(f"{method}-{point}") or {}
             counts = sorted({str(m) for m in merges if m is not None})
             found = (
@@ -586,7 +593,7 @@ def render(config: Config) -> tuple[str, dict[str, Any]]:
     ]
     parts += ["\n## Models\n\n", base_table(data)]
     for kind in ("benign", "attack"):
-        parts += [f"\n## {kind} fine-tune\n\n", kind_table(config, data, kind)]
+        parts += [f"\n## {kind} fine-tune\n\n", kind_table(config, data, kind), GRID_NOTE]
     if data.get("lox"):
         parts += ["\n## LoX: harden A, then fine-tune\n\n", lox_table(data)]
     parts += [
