@@ -162,6 +162,10 @@ def collect(config: Config) -> dict[str, Any]:
     data["premises"] = {name: p.as_dict() for name, p in check_all(config).items()}
     data["intervals"] = intervals(config, data)
     if config.thirdparty is not None:
+        from benchmarks.efficacy.plan import EXTRA
+
+        data["intervals_extra"] = intervals(config, data, EXTRA)
+    if config.thirdparty is not None:
         data["thirdparty"] = _thirdparty_rows(config)
     data["adapter"] = _load(config.results / "adapter.json")
     data["timings"] = _load(config.results / "timings.json")
@@ -190,28 +194,30 @@ def _triple(a: dict, ft: dict, merged: dict, key: str) -> Triple:
     return Triple(a[key], ft[key], merged[key])
 
 
-def intervals(config: Config, data: dict) -> dict[str, dict[str, dict]]:
+def intervals(config: Config, data: dict, split: str = "test") -> dict[str, dict[str, dict]]:
     """Per fine-tune kind and ``method-point``: the paired bootstrap intervals
     (:mod:`benchmarks.efficacy.intervals`) on harm removed (over the seeds whose fine-tune added
-    harm beyond noise) and task kept (over every seed), from the stored replies."""
-    test = config.results / "evals" / "test"
-    a_rows, a = per_prompt(test / "A" / "records.jsonl"), data["models"].get("A")
+    harm beyond noise on ``split``) and task kept (over every seed, where ``split`` has the
+    task), from the stored replies of ``split`` ("test", or "extra": the third-party set)."""
+    root = config.results / "evals" / split
+    a_rows, a = per_prompt(root / "A" / "records.jsonl"), _load(root / "A" / "summary.json")
     out: dict[str, dict[str, dict]] = {}
     if a_rows is None or a is None:
         return out
     for name, entry in data["finetunes"].items():
-        ft_rows = per_prompt(test / name / "records.jsonl")
-        if ft_rows is None:
+        ft_rows, ft = per_prompt(root / name / "records.jsonl"), _load(root / name / "summary.json")
+        if ft_rows is None or ft is None:
             continue
-        harm = added_harm(a, entry["finetuned"])
-        for key, point in entry["points"].items():
-            merged = per_prompt(test / name / key / "records.jsonl")
-            if merged is None or point["summary"].get("skipped"):
+        harm = added_harm(a, ft)
+        for key in entry["points"]:
+            merged = per_prompt(root / name / key / "records.jsonl")
+            if merged is None:
                 continue
             slot = out.setdefault(entry["kind"], {}).setdefault(key, {"removed": [], "kept": []})
             if harm:
                 slot["removed"].append(_triple(a_rows, ft_rows, merged, "engaged"))
-            slot["kept"].append(_triple(a_rows, ft_rows, merged, "correct"))
+            if ft_rows["correct"]:
+                slot["kept"].append(_triple(a_rows, ft_rows, merged, "correct"))
     return {
         kind: {
             key: {
@@ -222,6 +228,34 @@ def intervals(config: Config, data: dict) -> dict[str, dict[str, dict]]:
         }
         for kind, rows in out.items()
     }
+
+
+def removed_table(config: Config, data: dict) -> str:
+    """Harm removed on AdvBench test beside the third-party harmful set, per method's point
+    (mean over the seeds whose fine-tune added harm on that set, with its paired interval)."""
+    assert config.thirdparty is not None
+    name = config.thirdparty.harmful
+    lines = [f"| fine-tune | method, point | harm removed (AdvBench) | harm removed ({name}) |",
+             "|---|---|---:|---:|"]  # fmt: skip
+    extra = data.get("intervals_extra") or {}
+    for kind, rows in extra.items():
+        for key, found in rows.items():
+            method, point = key.rsplit("-", 1)
+            test = (data.get("intervals", {}).get(kind, {}).get(key) or {}).get("removed")
+            cells = [prereg_fmt(test), prereg_fmt(found.get("removed"))]
+            lines.append(f"| {kind} | {LABELS[method]} ({point}) | " + " | ".join(cells) + " |")
+    if len(lines) == 2:
+        return f"_no method's point evaluated on {name} yet_\n"
+    return "\n".join(lines) + "\n"
+
+
+def prereg_fmt(found: dict | None) -> str:
+    """``point [low, high]`` of an interval's dict; "no harm added" where there is none."""
+    if not found or found.get("point") is None:
+        return NO_HARM
+    if found.get("low") is None:
+        return f"{found['point']:.2f}"
+    return f"{found['point']:.2f} [{found['low']:.2f}, {found['high']:.2f}]"
 
 
 def _with_interval(values: list[float | None], found: dict | None) -> str:
@@ -612,6 +646,11 @@ def render(config: Config) -> tuple[str, dict[str, Any]]:
             "\nThe same over the seeds of each kind of fine-tune (± : sd over seeds; one seed: its "
             "interval):\n\n",
             thirdparty_summary(config, data),
+            f"\nHarm removed on AdvBench test and on {spec.harmful} (the share of the engagement "
+            "the fine-tune added over A that the merge removes, mean over the seeds whose "
+            "fine-tune added harm beyond noise on that set; brackets: paired bootstrap over "
+            "prompts and seeds):\n\n",
+            removed_table(config, data),
         ]
     parts += [
         "\n## Fine-tune checks (test)\n\n```json\n",
