@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from helpers import REPO
 
-CONFIGS = ["smollm2.yml", "smollm2-farn.yml"]
+CONFIGS = ["smollm2.yml", "smollm2-farn.yml", "smollm2-chat.yml"]
 
 
 @pytest.mark.parametrize("name", CONFIGS)
