@@ -66,6 +66,7 @@ def test_committed_setups_table_rebuilds_from_the_committed_json():
     from benchmarks.efficacy.compare import compare
     from benchmarks.efficacy.plan import load_config
 
-    configs = [load_config(REPO / "benchmarks" / "efficacy" / name, root=REPO) for name in CONFIGS]
+    old = ["smollm2.yml", "smollm2-farn.yml"]  # setups.md compares the two earlier setups
+    configs = [load_config(REPO / "benchmarks" / "efficacy" / name, root=REPO) for name in old]
     committed = REPO / "benchmarks" / "efficacy" / "results" / "setups.md"
     assert compare(configs) == committed.read_text(encoding="utf-8")
