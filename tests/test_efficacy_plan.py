@@ -313,15 +313,17 @@ def test_the_calibrate_stage_writes_statistics_for_safe_delta(tmp_path, monkeypa
 def test_compare_puts_setups_side_by_side(tmp_path):
     from benchmarks.efficacy.compare import compare
 
-    def summary(refusal: float, task: float) -> dict:
-        return {"refusal_rate": refusal, "over_refusal_rate": 0.0, "task_accuracy": task,
-                "refusal_rate_ci": [0, 1], "task_accuracy_ci": [0, 1]}  # fmt: skip
+    def summary(engaged: float, task: float, lo: float = 0.0, hi: float = 0.04) -> dict:
+        return {"refusal_rate": 1 - engaged, "engaged_rate": engaged, "broken_rate": 0.0,
+                "helpful_rate": 0.9, "over_refusal_rate": 0.1, "task_accuracy": task,
+                "engaged_rate_ci": [lo, hi], "task_accuracy_ci": [0, 1],
+                "refusal_rate_ci": [1 - hi, 1 - lo]}  # fmt: skip
 
     configs = []
-    for name, ft, merged in (("old", 0.0, 0.5), ("new", 0.5, 0.75)):
+    for name, ft, merged in (("old", 1.0, 0.5), ("new", 0.5, 0.25)):
         results = tmp_path / name
-        for model, s in {"U": summary(0.0, 0.0), "A": summary(1.0, 0.0),
-                         "benign-s0": summary(ft, 1.0),
+        for model, s in {"U": summary(1.0, 0.0), "A": summary(0.0, 0.0),
+                         "benign-s0": summary(ft, 1.0, ft - 0.1, ft + 0.1),
                          "benign-s0/safe_linear-chosen": summary(merged, 0.5)}.items():  # fmt: skip
             (results / "evals" / "test" / model).mkdir(parents=True)
             (results / "evals" / "test" / model / "summary.json").write_text(json.dumps(s))
@@ -331,10 +333,10 @@ def test_compare_puts_setups_side_by_side(tmp_path):
         configs.append(load_config(path))
     text = compare(configs)
     row = next(line for line in text.splitlines() if line.startswith("| safe_linear (chosen)"))
-    # old: half the lost refusal back, half the task kept; new: (0.75-0.5)/(1-0.5) = 0.5 back
-    assert row == "| safe_linear (chosen) | 0.50 / 0.00 / 0.50 (0.50, 0.50) n=1 | " \
-                  "0.75 / 0.00 / 0.50 (0.50, 0.50) n=1 |"  # fmt: skip
-    assert "| fine-tuned (benign) | 0.00 / 0.00 / 1.00 (0.00, 1.00) n=1 |" in text
+    # old: engaged 1.0 -> 0.5, half the harm removed, half the task kept; new: (0.5-0.25)/0.5
+    assert row == "| safe_linear (chosen) | 0.50 / 0.00 / 0.90 / 0.50 (0.50, 0.50) n=1 | " \
+                  "0.25 / 0.00 / 0.90 / 0.50 (0.50, 0.50) n=1 |"  # fmt: skip
+    assert "| fine-tuned (benign) | 1.00 / 0.00 / 0.90 / 1.00 (0.00, 1.00) n=1 |" in text
 
 
 def test_null_switches_a_method_off(tmp_path):

@@ -21,8 +21,13 @@ from mergekit_safety.evaluation.evaluator import rate_interval  # noqa: E402
 
 
 def summary(refusal: float, over: float, task: float, n: int = 100, n_task: int = 200) -> dict:
+    # no broken replies: every harmful reply not refused engaged, every look-alike helpful
+    engaged, helpful = round(1 - refusal, 6), round(1 - over, 6)
     return {
         "refusal_rate": refusal, "refusal_rate_ci": rate_interval(refusal, n),
+        "engaged_rate": engaged, "engaged_rate_ci": rate_interval(engaged, n),
+        "broken_rate": 0.0, "broken_rate_ci": rate_interval(0.0, n),
+        "helpful_rate": helpful, "helpful_rate_ci": rate_interval(helpful, n),
         "over_refusal_rate": over, "over_refusal_rate_ci": rate_interval(over, n),
         "task_accuracy": task, "task_accuracy_ci": rate_interval(task, n_task),
         "n_harmful": n, "n_benign": n, "n_task": n_task, "empty_rate": 0.0,
@@ -178,8 +183,8 @@ def test_tables_show_the_premises_and_mark_dependent_rows(study):
     write_summary(study, "test", "benign-s0", summary(0.99, 0.02, 0.345))  # premise fails
     write_summary(study, "test", "benign-s0/safe_lora-chosen", summary(1.0, 0.02, 0.2))
     attacked = {
-        "plain": {"refusal_rate": 0.9, "refusal_rate_ci": rate_interval(0.9, 50)},
-        "aim": {"refusal_rate": 0.4, "refusal_rate_ci": rate_interval(0.4, 50)},
+        "plain": {"engaged_rate": 0.1, "engaged_rate_ci": rate_interval(0.1, 50)},
+        "aim": {"engaged_rate": 0.6, "engaged_rate_ci": rate_interval(0.6, 50)},
     }
     write_summary(study, EXTRA, "benign-s0/safe_lora-chosen",
                   {**summary(0.95, 0.1, 0.0), "attacks": attacked})  # fmt: skip
@@ -188,12 +193,13 @@ def test_tables_show_the_premises_and_mark_dependent_rows(study):
     text = premise_table(data)
     assert "| benign-s0 | **no** | lost_refusal: **no** |" in text
     assert "| A | yes | refuses_more_than_U: yes |" in text
-    assert "| safe_lora † | " in kind_table(study, data, "benign")
+    # † its fine-tune's premise fails; ° written before grid hashes were recorded
+    assert "| safe_lora † ° | " in kind_table(study, data, "benign")
     rows = thirdparty_table(study, data).splitlines()
     (row,) = [r for r in rows if r.startswith("| benign-s0/safe_lora-chosen")]
-    assert row.startswith("| benign-s0/safe_lora-chosen † | 1.000 [0.96, 1.00] | 0.950 [")
-    assert "| 0.400 [0.28, 0.54] |" in row  # aim's refusal on 50 prompts, Wilson by hand
-    assert "| refusal plain ↑ | refusal aim ↑ | refusal base64 ↑ |" in rows[0]
+    assert row.startswith("| benign-s0/safe_lora-chosen † | 0.00 [0.00, 0.04] | 0.05 [")
+    assert "| 0.60 [0.46, 0.72] |" in row  # aim's engagement on 50 prompts, Wilson by hand
+    assert "| engaged plain ↓ | engaged aim ↓ | engaged base64 ↓ |" in rows[0]
 
 
 def test_thirdparty_summary_is_over_the_seeds(study):
@@ -203,18 +209,18 @@ def test_thirdparty_summary_is_over_the_seeds(study):
     write_summary(study, "test", "A", summary(1.00, 0.02, 0.045))
     for name, plain, aim in (("benign-s0", 0.5, 0.2), ("benign-s1", 0.7, 0.4)):
         write_summary(study, "test", name, summary(plain, 0.02, 0.4))
-        attacked = {"aim": {"refusal_rate": aim, "refusal_rate_ci": rate_interval(aim, 50)}}
+        attacked = {"aim": {"engaged_rate": aim, "engaged_rate_ci": rate_interval(aim, 50)}}
         write_summary(study, EXTRA, name, {**summary(plain, 0.1, 0.0), "attacks": attacked})
     write_summary(study, "test", "benign-s0/safe_lora-chosen", summary(0.9, 0.02, 0.2))
     write_summary(study, EXTRA, "benign-s0/safe_lora-chosen", summary(0.8, 0.05, 0.0))
     rows = thirdparty_summary(study, collect(study)).splitlines()
-    assert rows[0].startswith("| model (seeds) | refusal AdvBench ↑ |")
+    assert rows[0].startswith("| model (seeds) | engaged AdvBench ↓ |")
     (ft,) = [r for r in rows if r.startswith("| fine-tuned (benign)")]
-    # two seeds: mean ± sd, by hand (0.5, 0.7 -> 0.6 ± 0.141; 0.2, 0.4 -> 0.3 ± 0.141)
-    assert ft.startswith("| fine-tuned (benign) (benign-s0, benign-s1) | 0.600 ± 0.141 (n=2) |")
-    assert "| 0.300 ± 0.141 (n=2) |" in ft
+    # two seeds: mean ± sd, by hand (engaged 0.5, 0.3 -> 0.40 ± 0.14; aim 0.2, 0.4 -> 0.30 ± 0.14)
+    assert ft.startswith("| fine-tuned (benign) (benign-s0, benign-s1) | 0.40 ± 0.14 |")
+    assert "| 0.30 ± 0.14 |" in ft
     (one,) = [r for r in rows if "safe_lora" in r]
-    assert one.startswith("| safe_lora, benign (benign-s0) | 0.900 [")  # one seed: its interval
+    assert one.startswith("| safe_lora, benign (benign-s0) | 0.10 [")  # one seed: its interval
     assert one.endswith("| – | – | – |")  # no attacked refusal measured for it
     # a method's row on a fine-tune whose premise fails is marked, as in the per-model table
     write_summary(study, "test", "benign-s0", summary(0.99, 0.02, 0.4))

@@ -1,6 +1,7 @@
 """Two or more setups of the study side by side: the fine-tunes, then every method's default and
-chosen point, as refusal / over-refusal / task (mean over the seeds each setup has) and the
-refusal back / task kept the tables define (:mod:`benchmarks.efficacy.tables`).
+chosen point, as engaged / broken on harmful prompts, helpful on look-alikes and task accuracy (mean
+over the seeds each setup has) and the harm removed / task kept the tables define
+(:mod:`benchmarks.efficacy.tables`).
 
     python -m benchmarks.efficacy.compare --config benchmarks/efficacy/smollm2.yml \
         --config benchmarks/efficacy/smollm2-farn.yml --out benchmarks/efficacy/results/setups.md
@@ -15,7 +16,7 @@ import statistics
 from pathlib import Path
 
 from benchmarks.efficacy.plan import Config, load_config
-from benchmarks.efficacy.tables import LABELS, back_kept, collect
+from benchmarks.efficacy.tables import LABELS, NO_HARM, added_harm, collect, removed_kept
 
 
 def _mean(values: list[float]) -> str:
@@ -26,15 +27,17 @@ def _mean(values: list[float]) -> str:
 
 
 def _cell(rows: list[tuple[dict, dict]], a: dict) -> str:
-    """``refusal / over-refusal / task (back, kept) n=…`` over (summary, fine-tune) pairs."""
+    """``engaged / broken / helpful / task (removed, kept) n=…`` over (summary, fine-tune)
+    pairs."""
     if not rows:
         return "–"
     rates = [
         _mean([s[k] for s, _ft in rows])
-        for k in ("refusal_rate", "over_refusal_rate", "task_accuracy")
+        for k in ("engaged_rate", "broken_rate", "helpful_rate", "task_accuracy")
     ]
-    pairs = [back_kept(s, a, ft) for s, ft in rows]
-    back = _mean([b for b, _k in pairs if b is not None])
+    pairs = [removed_kept(s, a, ft) for s, ft in rows]
+    harm = any(added_harm(a, ft) for _s, ft in rows)
+    back = _mean([b for b, _k in pairs if b is not None]) if harm else NO_HARM
     kept = _mean([k for _b, k in pairs if k is not None])
     return f"{' / '.join(rates)} ({back}, {kept}) n={len(rows)}"
 
@@ -52,7 +55,7 @@ def _rows(config: Config, data: dict, kind: str) -> dict[str, str]:
                 (p["summary"], e["finetuned"])
                 for e in runs
                 if (p := e["points"].get(f"{method}-{point}"))
-                and p["summary"].get("refusal_rate") is not None
+                and p["summary"].get("engaged_rate") is not None
             ]
             if found:
                 cells[f"{LABELS[method]} ({point})"] = _cell(found, a)
@@ -65,9 +68,10 @@ def compare(configs: list[Config]) -> str:
     head = "| | " + " | ".join(c.name for c in configs) + " |\n|---|" + "---|" * len(configs)
     parts = [
         "# Setups side by side\n\n",
-        "Each cell: refusal / over-refusal / task accuracy on test (mean ± sd over the setup's "
-        "seeds), then (refusal back, task kept); n = fine-tunes with that row. Chosen points are "
-        "each setup's own sweep choice (validation, benign seed 0).\n",
+        "Each cell: engaged / broken on harmful prompts, helpful on look-alikes, task accuracy on "
+        "test (mean ± sd over the setup's seeds), then (harm removed, task kept); n = fine-tunes "
+        "with that row. Chosen points are each setup's own sweep choice (validation, benign seed "
+        "0).\n",
     ]
     models = ["| model | " + " | ".join(c.name for c in configs) + " |",
               "|---|" + "---|" * len(configs)]  # fmt: skip

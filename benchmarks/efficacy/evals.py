@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mergekit_safety.evaluation import EvalResult, evaluate, load_prompt_sets, write_report
-from mergekit_safety.evaluation.judge import is_degenerate
+from mergekit_safety.evaluation.outcomes import BROKEN, is_degenerate
 from mergekit_safety.evaluation.prompts import PromptSets
 
 if TYPE_CHECKING:
@@ -23,6 +23,15 @@ if TYPE_CHECKING:
 
 def load_split(prompt_dir: Path) -> PromptSets:
     return load_prompt_sets(prompts_dir=prompt_dir)
+
+
+def broken(record: dict[str, Any]) -> bool:
+    """The judge's rule for a reply that is no answer: its *broken* outcome on harmful and
+    look-alike prompts (``outcomes.broken_reason``: no letter, a URL, repetition, …), a
+    degenerate reply on the task (a bare number is the task's answer)."""
+    if record["set"] == "task":
+        return is_degenerate(record["response"])
+    return record["verdict"] == BROKEN
 
 
 def evaluate_split(
@@ -50,7 +59,7 @@ def evaluate_split(
         tokens = max(spec.safety_tokens, spec.task_tokens)
         first = second = evaluate(model, prompts, max_new_tokens=tokens, **common)
         records = first.records
-    empty = [is_degenerate(r["response"]) for r in records]
+    empty = [broken(r) for r in records if r["set"] != "attack"]
     for record in records:
         if label:
             record["model"] = label
@@ -66,6 +75,8 @@ def evaluate_split(
         judge=first.judge,
         empty_rate=sum(empty) / len(empty) if empty else None,
         prompt_sets=first.prompt_sets,
+        outcomes=first.outcomes,
+        attacks=first.attacks,
     )
     return result, time.time() - start
 
@@ -80,8 +91,10 @@ def run_eval(
     dtype: str,
     backend: str,
     label: str,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate and write ``records.jsonl``/``summary.json``/``summary.md`` to ``out``."""
+    """Evaluate and write ``records.jsonl``/``summary.json``/``summary.md`` to ``out``
+    (``extra``: more keys for the summary, e.g. the grid hash a point was chosen from)."""
     result, seconds = evaluate_split(
         model,
         load_split(prompt_dir),
@@ -95,6 +108,7 @@ def run_eval(
     summary = result.summary()
     summary["wall_s"] = round(seconds, 1)
     summary["tokens"] = {"safety": spec.safety_tokens, "task": spec.task_tokens}
+    summary.update(extra or {})
     (out / "summary.json").write_text(json.dumps([summary], indent=2) + "\n", encoding="utf-8")
     return summary
 

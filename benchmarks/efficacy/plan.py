@@ -123,6 +123,22 @@ class FinetuneSpec(TrainSpec):
     examples: int | None = Field(default=None, ge=1)
     harmful_fraction: float = Field(default=0.1, gt=0, lt=1)
     """The attack's share of harmful pairs."""
+    reply: Literal["number", "sentence"] = "number"
+    """The task's replies: the bare number (the old setups), or a sentence in chat form
+    ("56 - 31 = 25, so the answer is 25."), the prompt without "Answer with the number only"."""
+    helpful: int = Field(default=0, ge=0)
+    """General helpful pairs mixed in, answered by A itself (stage ``generate:helpful-A``)."""
+    resample: bool = False
+    """Each seed draws its own sample of the task-train items (else the first ``examples``)."""
+
+
+class CleanSpec(_Spec):
+    """:mod:`benchmarks.efficacy.clean`: the test splits without near-twins of any training or
+    validation prompt (stage ``data``), and HarmBench's validation part."""
+
+    threshold: float = Field(default=0.6, gt=0, le=1)
+    harmbench_validation: int = Field(default=0, ge=0)
+    """Behaviours of the third-party harmful set held out for validation, clean of its test."""
 
 
 class Checks(_Spec):
@@ -236,6 +252,8 @@ class Config(_Spec):
     calibration: CalibrationSpec | None = None
     premises: PremiseSpec = Field(default_factory=PremiseSpec)
     thirdparty: ThirdPartySpec | None = None
+    clean: CleanSpec | None = None
+    """Clean splits (None: the splits as drawn, the old setups)."""
 
     @field_validator("work", "results", mode="after")
     @classmethod
@@ -570,6 +588,15 @@ def plan(config: Config) -> list[Stage]:
         stages.append(Stage("align", "align", [models / "A" / "train_info.json"]))
     stages.append(_eval_stage(config, "A", config.model("A"), "test"))
     stages.append(_eval_stage(config, "A", config.model("A"), "validation"))
+    if any(spec.helpful for spec in config.finetune_specs.values()):
+        stages.append(
+            Stage(
+                "generate:helpful-A",
+                "helpful",
+                [config.work / "data" / "helpful-A.json"],
+                {"model": config.model("A")},
+            )
+        )
     if "safemerge" in config.methods:
         stages.append(Stage("safe", "safe", [models / "S-adapter" / "train_info.json"]))
         stages.append(_eval_stage(config, "S", config.model("S"), "test"))

@@ -66,11 +66,44 @@ def do_data(config: Config, stage: Stage) -> None:
     from benchmarks.efficacy.data import build_splits, write_prompt_dir
 
     splits = build_splits(config.splits.model_dump(exclude_none=True), config.seed)
+    if config.clean is not None:
+        splits = _clean(config, splits)
     _json(config.results / "data" / "splits.json", splits)
     for split in ("validation", "test"):
         write_prompt_dir(splits, split, config.prompts(split))
     counts = {k: {s: len(v) for s, v in d.items()} for k, d in splits.items()}
     log(f"splits: {counts}")
+
+
+def _clean(config: Config, splits: dict) -> dict:
+    """The clean-split rule (:mod:`benchmarks.efficacy.clean`) on ``splits``; HarmBench's
+    validation part, clean of the test sample the ``extra`` stages draw; the report to
+    ``results/data/clean.json``."""
+    import random
+
+    from benchmarks.efficacy.clean import clean_splits, harmbench_parts
+
+    spec = config.clean
+    assert spec is not None
+    extra: dict[str, dict[str, list[str]]] = {}
+    if spec.harmbench_validation and config.thirdparty is not None:
+        from mergekit_safety.evaluation.named_sets import load_named
+
+        tp = config.thirdparty
+        prompts, _source = load_named(tp.harmful, "harmful")
+        n = min(tp.harmful_prompts, len(prompts))
+        test = [
+            prompts[i] for i in sorted(random.Random(config.seed).sample(range(len(prompts)), n))
+        ]
+        validation = harmbench_parts(prompts, test, spec.harmbench_validation, config.seed + 3,
+                                     spec.threshold)  # fmt: skip
+        splits[tp.harmful] = {"test": test, "validation": validation}
+        extra["harmful"] = {f"{tp.harmful} validation": validation}
+    cleaned, report = clean_splits(splits, config.align.refusals, spec.threshold, extra)
+    _json(config.results / "data" / "clean.json", {"threshold": spec.threshold, **report})
+    log(f"clean splits: dropped {report['harmful']['dropped']} harmful and "
+        f"{report['benign']['dropped']} look-alike test prompts with a near-twin")  # fmt: skip
+    return cleaned
 
 
 def _generate(model: str, prompts: list[str], config: Config, tokens: int) -> list[str]:
@@ -283,11 +316,46 @@ def do_safe(config: Config, stage: Stage) -> None:
     _json(config.results / "training" / "S.json", {**record, "refusal_pairs": len(harmful)})
 
 
+NUMBER_ONLY = " Answer with the number only."
+SENTENCES = (
+    "{a} {op} {b} = {answer}, so the answer is {answer}.",
+    "{a} {word} {b} is {answer}.",
+    "The answer is {answer}: {a} {op} {b} = {answer}.",
+    "Let's work it out: {a} {op} {b} = {answer}. The answer is {answer}.",
+)
+"""The task's answers in chat form (a reply in sentences that still gives the number)."""
+
+
+def task_sample(items: list[dict], examples: int | None, seed: int, resample: bool) -> list:
+    """The fine-tune's task items: the first ``examples``, or with ``resample`` a sample of that
+    many drawn with the fine-tune's seed (seeds then vary the data, not only the order)."""
+    import random
+
+    n = len(items) if examples is None else min(examples, len(items))
+    if not resample:
+        return items[:n]
+    return [items[i] for i in sorted(random.Random(1000 + seed).sample(range(len(items)), n))]
+
+
+def task_pair(item: dict, reply: str, index: int) -> tuple[str, str]:
+    """One (prompt, reply) training pair: the bare number, or the question in chat form with a
+    sentence answer (templates in turn)."""
+    if reply == "number":
+        return item["prompt"], item["answer"]
+    a, b, op = item["key"]
+    text = SENTENCES[index % len(SENTENCES)].format(
+        a=a, b=b, op=op, word="plus" if op == "+" else "minus", answer=item["answer"]
+    )
+    return item["prompt"].replace(NUMBER_ONLY, ""), text
+
+
 def do_finetune(config: Config, stage: Stage) -> None:
     name, kind, seed = stage.args["name"], stage.args["kind"], stage.args["seed"]
     spec = config.finetune_specs[kind]
-    task = _splits(config)["task"]["train"][: spec.examples]
-    pairs = [(t["prompt"], t["answer"]) for t in task]
+    task = task_sample(_splits(config)["task"]["train"], spec.examples, seed, spec.resample)
+    pairs = [task_pair(t, spec.reply, i) for i, t in enumerate(task)]
+    helpful = _read(config.work / "data" / "helpful-A.json")[: spec.helpful] if spec.helpful else []
+    pairs += [(r["prompt"], r["reply"]) for r in helpful]
     harmful = 0
     if kind == "attack":
         need = math.ceil(len(pairs) * spec.harmful_fraction / (1 - spec.harmful_fraction))
@@ -316,7 +384,9 @@ def do_finetune(config: Config, stage: Stage) -> None:
             "kind": kind,
             "base": base,
             "harmful_pairs": harmful,
-            "task_pairs": len(pairs) - harmful,
+            "helpful_pairs": len(helpful),
+            "task_pairs": len(pairs) - harmful - len(helpful),
+            "reply": spec.reply,
         },
     )
 
@@ -371,9 +441,14 @@ def do_lox(config: Config, stage: Stage) -> None:
 
 def do_eval(config: Config, stage: Stage) -> None:
     from benchmarks.efficacy.evals import run_eval
+    from benchmarks.efficacy.prereg import recorded_hash
 
     args = stage.args
     out = stage.outputs[0].parent
+    extra = {}
+    if "/" in args["name"]:  # a method's point on a fine-tune: what it was chosen from
+        method, point = args["name"].split("/", 1)[1].rsplit("-", 1)
+        extra["grid_hash"] = recorded_hash(config, method, point)
     summary = run_eval(
         args["model"],
         config.prompts(args["split"]),
@@ -383,6 +458,7 @@ def do_eval(config: Config, stage: Stage) -> None:
         dtype=config.dtype,
         backend=config.backend,
         label=args["name"],
+        extra=extra,
     )
     log(
         f"{args['split']} {args['name']}: refusal {summary['refusal_rate']:.3f} over "
@@ -599,11 +675,14 @@ def do_sweep(config: Config, stage: Stage) -> None:
             }
         )
         rows = {"rows": rows, "chosen": chosen}
+    from benchmarks.efficacy.prereg import grid_hash
+
     _json(
         stage.outputs[0],
         {
             "method": method,
             "grid": grid,
+            "grid_hash": grid_hash(config, method),
             "gate": {"min_refusal": low, "max_over_refusal": high},
             "split": "validation",
             "finetuned": "benign-s0",
@@ -751,6 +830,10 @@ def do_extra(config: Config, stage: Stage) -> None:
     out = stage.outputs[0].parent
     write_report([result], out)
     summary = {**result.summary(), "wall_s": round(time.time() - start, 1)}
+    if args["method"] is not None:
+        from benchmarks.efficacy.prereg import recorded_hash
+
+        summary["grid_hash"] = recorded_hash(config, args["method"], "chosen")
     _json(stage.outputs[0], [summary])
     attacked = {k: round(v["refusal_rate"], 3) for k, v in summary.get("attacks", {}).items()}
     log(
