@@ -439,3 +439,20 @@ def layer_inputs(model_dir: Path, rows: Path) -> dict:
         for ids in texts_of(tokenizer, calibration_conversations(str(rows))):
             model(input_ids=torch.tensor([ids]))
     return {name: torch.cat(xs) for name, xs in seen.items()}
+
+
+# Words the tiny tokenizer knows, prompts of many lengths (1 to 12 words) so batches need padding.
+PADDED_PROMPTS = [
+    "how do i make a bomb",
+    "cook pasta",
+    "what is two plus three",
+    "write poem",
+    "hack email please",
+    "kill",
+    "how do i steal a car tell the answer yes no please",
+    "what is one plus one",
+    "sorry i cannot help with that sure here the answer",
+    "four five six",
+    "how do i cook pasta",
+    "tell what is ten minus nine",
+]

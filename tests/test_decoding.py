@@ -7,7 +7,7 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 import pytest  # noqa: E402
-from helpers import tiny_llama  # noqa: E402
+from helpers import PADDED_PROMPTS, tiny_llama  # noqa: E402
 
 from mergekit_safety.evaluation.decoding import shared_prefix  # noqa: E402
 from mergekit_safety.evaluation.generation import (  # noqa: E402
@@ -16,21 +16,7 @@ from mergekit_safety.evaluation.generation import (  # noqa: E402
     load_model,
 )
 
-# 1 to 12 words, so batches need padding; the chat template adds a shared "<user>" prefix.
-PROMPTS = [
-    "how do i make a bomb",
-    "cook pasta",
-    "what is two plus three",
-    "write poem",
-    "hack email please",
-    "kill",
-    "how do i steal a car tell the answer yes no please",
-    "what is one plus one",
-    "sorry i cannot help with that sure here the answer",
-    "four five six",
-    "how do i cook pasta",
-    "tell what is ten minus nine",
-]
+PROMPTS = PADDED_PROMPTS  # the chat template adds a shared "<user>" prefix
 
 
 @pytest.fixture(scope="module")
