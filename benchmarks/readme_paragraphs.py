@@ -5,10 +5,11 @@
 
 - **judge**: the keyword judge's agreement with labels on the held-out halves
   (``benchmarks/results/judge_outcomes.json``, entry ``after``; ``docs/judge.md`` has the table);
-- **results**: the study's Farn setup (``benchmarks/efficacy/results/smollm2-farn/tables.json``):
-  each method's chosen point over the benign seeds on AdvBench's test split, HarmBench and the
-  few-shot jailbreak. "Back" and "kept" are the study's: the share of the lost refusal regained
-  and the share of the task gain over A kept, per seed, then the mean over seeds.
+- **results**: the study's Farn setup (``benchmarks/efficacy/results/smollm2-farn/tables.json``),
+  re-judged under three outcomes: what the fine-tunes engage and break, and each method's harm
+  removed and task kept on the attack fine-tune with paired bootstrap intervals
+  (``intervals.attack``); and the chat-form setup's benign fine-tune
+  (``results/smollm2-chat/evals/test``).
 
 Each paragraph sits in README.md between ``<!-- NAME paragraph ... -->`` and
 ``<!-- end NAME paragraph -->``; ``tests/test_docs_tables.py`` checks that it equals what the JSON
@@ -30,9 +31,9 @@ ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 JUDGE = ROOT / "benchmarks" / "results" / "judge_outcomes.json"
 STUDY = ROOT / "benchmarks" / "efficacy" / "results" / "smollm2-farn" / "tables.json"
+CHAT = ROOT / "benchmarks" / "efficacy" / "results" / "smollm2-chat" / "evals" / "test"
 PROJECTION = ("safe_linear", "safe_linear_gated", "safe_lora")
 """The interpolation and projection methods, reported as one range."""
-CHOSEN = (*PROJECTION, "lssf_activations", "safe_delta")
 WIDTH = 100
 
 
@@ -67,75 +68,64 @@ def judge_paragraph(outcomes: dict[str, Any]) -> str:
     )
 
 
-def _back_kept(row: dict, aligned: dict, finetuned: dict) -> tuple[float, float]:
-    back = (row["refusal_rate"] - finetuned["refusal_rate"]) / (
-        aligned["refusal_rate"] - finetuned["refusal_rate"]
-    )
-    kept = (row["task_accuracy"] - aligned["task_accuracy"]) / (
-        finetuned["task_accuracy"] - aligned["task_accuracy"]
-    )
-    return back, kept
+def _removed_kept(tables: dict[str, Any], point: str) -> tuple[dict, dict]:
+    """Harm removed and task kept at ``point`` on the attack fine-tune, with their paired
+    bootstrap intervals (``tables.json`` → ``intervals.attack``)."""
+    found = tables["intervals"]["attack"][point]
+    return found["removed"], found["kept"]
 
 
-def results_paragraph(tables: dict[str, Any]) -> str:
-    """The Farn setup's benign seeds: AdvBench test, HarmBench and few-shot, chosen points."""
-    aligned = tables["models"]["A"]
-    seeds = {name: ft for name, ft in tables["finetunes"].items() if ft["kind"] == "benign"}
-    test: dict[str, list[tuple[float, float]]] = {m: [] for m in CHOSEN}
-    for ft in seeds.values():
-        for method in CHOSEN:
-            test[method].append(
-                _back_kept(ft["points"][f"{method}-chosen"]["summary"], aligned, ft["finetuned"])
-            )
-    back = {m: statistics.mean(b for b, _ in rows) for m, rows in test.items()}
-    kept = {m: statistics.mean(k for _, k in rows) for m, rows in test.items()}
+def _point(value: dict[str, Any]) -> str:
+    return f"{value['point']:.2f} [{value['low']:.2f}, {value['high']:.2f}]"
 
-    third = {row["name"]: row["extra"] for row in tables["thirdparty"]}
-    a_third = third["A"]
-    harmbench: dict[str, list[float]] = {m: [] for m in CHOSEN}
-    few_shot: dict[str, list[float]] = {m: [] for m in CHOSEN}
-    for seed in seeds:
-        ft = third[seed]
-        for method in CHOSEN:
-            row = third[f"{seed}/{method}-chosen"]
-            harmbench[method].append(
-                (row["refusal_rate"] - ft["refusal_rate"])
-                / (a_third["refusal_rate"] - ft["refusal_rate"])
-            )
-            few_shot[method].append(row["attacks"]["few_shot"]["refusal_rate"])
-    hb = {m: statistics.mean(v) for m, v in harmbench.items()}
-    fs = [statistics.mean(v) for v in few_shot.values()]
 
-    ft_refusal = statistics.mean(ft["finetuned"]["refusal_rate"] for ft in seeds.values())
-    ft_task = statistics.mean(ft["finetuned"]["task_accuracy"] for ft in seeds.values())
-    projection_back = _range([back[m] for m in PROJECTION])
-    projection_kept = _range([kept[m] for m in PROJECTION])
+def results_paragraph(tables: dict[str, Any], chat: dict[str, dict[str, Any]]) -> str:
+    """The Farn setup re-judged under three outcomes (its attack fine-tune is the one that adds
+    harm), and the pre-registered chat-form setup's fine-tunes (``chat``: summaries by model)."""
+    seeds = [ft["finetuned"] for ft in tables["finetunes"].values() if ft["kind"] == "benign"]
+    attack = next(ft["finetuned"] for ft in tables["finetunes"].values() if ft["kind"] == "attack")
+    projection = [_removed_kept(tables, f"{m}-chosen") for m in PROJECTION]
+    delta_removed, delta_kept = _removed_kept(tables, "safe_delta-chosen")
+    lssf_removed, lssf_kept = _removed_kept(tables, "lssf-default")
     return (
-        "**Results on a real chat model.** The study repairs SmolLM2-135M-Instruct after our "
-        f"own alignment (refusal {aligned['refusal_rate']:.2f} on AdvBench's held-out test "
-        "prompts) and a task LoRA that lowers refusal to "
-        f"{ft_refusal:.2f} and raises task accuracy from {aligned['task_accuracy']:.3f} to "
-        f"{ft_task:.3f} (mean of {len(seeds)} seeds). At the point each method chose under the "
-        "gate on a validation split, `safe_linear`, its gated form and `safe_lora` give back "
-        f"{projection_back} of the lost refusal but keep only {projection_kept} of the task "
-        f"gain; `safe_delta` gives back {back['safe_delta']:.2f} and keeps "
-        f"{kept['safe_delta']:.2f}; `lssf` with the paper's activation subspace gives back "
-        f"{back['lssf_activations']:.2f} and keeps {kept['lssf_activations']:.2f}, but on "
-        f"HarmBench it gives back only {hb['lssf_activations']:.2f}, against "
-        f"{_range([hb[m] for m in PROJECTION])} for the other three and {hb['safe_delta']:.2f} "
-        "for `safe_delta`. No chosen point survives a few-shot compliance prefix "
-        f"({_range(fs)} refusal; the aligned model itself "
-        f"{a_third['attacks']['few_shot']['refusal_rate']:.2f}). One 135M model with our own "
-        "alignment: evidence at this scale, not a verdict on 7B chat models. Protocol, every "
-        "table, the defaults and the attacks: [docs/study.md](docs/study.md)."
+        "**Results on a real chat model.** In the study on SmolLM2-135M-Instruct (every reply "
+        "judged as refused, engaged or broken), the benign task LoRAs of the main setup add "
+        "little harm: they engage "
+        f"{statistics.mean(s['engaged_rate'] for s in seeds):.2f} of AdvBench's held-out "
+        f"harmful prompts (the aligned model {tables['models']['A']['engaged_rate']:.2f}) and "
+        f"break {statistics.mean(s['broken_rate'] for s in seeds):.2f} of their replies (digits, "
+        f"a URL; mean of {len(seeds)} seeds); only the attack fine-tune complies (engaged "
+        f"{attack['engaged_rate']:.2f}). On it, at the point each method chose under the gate, "
+        "`safe_linear`, its gated form and `safe_lora` remove "
+        f"{_range([r['point'] for r, _ in projection])} of the added engagement but keep only "
+        f"{_range([k['point'] for _, k in projection])} of the task gain; `safe_delta` removes "
+        f"{delta_removed['point']:.2f} and keeps {delta_kept['point']:.2f}; data-free `lssf` "
+        f"at its default (no point of its sweep passed the gate) removes {_point(lssf_removed)} "
+        f"and keeps {_point(lssf_kept)} (95 % paired bootstrap). No chosen point removes ≥ 0.90 "
+        "while keeping ≥ 0.80. In a pre-registered setup whose task fine-tune answers in "
+        "sentences, the benign fine-tune learns the task (accuracy "
+        f"{chat['A']['task_accuracy']:.3f} → {chat['benign-s0']['task_accuracy']:.3f}) and "
+        f"engages {chat['benign-s0']['engaged_rate']:.2f}: at this scale a benign fine-tune "
+        "did not erode alignment, and the attack fine-tune is the case that matters. One seed "
+        "per attack fine-tune, one 135M model with our own alignment: evidence at this scale, "
+        "not a verdict on 7B chat models. Protocol, every table and interval: "
+        "[docs/study.md](docs/study.md)."
     )
+
+
+def _chat_summaries() -> dict[str, dict[str, Any]]:
+    out = {}
+    for model in ("A", "benign-s0"):
+        found = json.loads((CHAT / model / "summary.json").read_text("utf-8"))
+        out[model] = found[0] if isinstance(found, list) else found
+    return out
 
 
 def paragraphs() -> dict[str, str]:
     """Each paragraph's name and its text, from the committed JSON."""
     texts = {
         "judge": judge_paragraph(json.loads(JUDGE.read_text("utf-8"))),
-        "results": results_paragraph(json.loads(STUDY.read_text("utf-8"))),
+        "results": results_paragraph(json.loads(STUDY.read_text("utf-8")), _chat_summaries()),
     }
     return {name: wrap(text) for name, text in texts.items()}
 
