@@ -179,3 +179,25 @@ def test_evaluate_rejects_bad_models(tmp_path):
         evaluate(f"{tmp_path / 'adapter'}+{tmp_path}", PromptSets(), progress=False)
     with pytest.raises(ConfigError, match="backend"):
         evaluate(str(tmp_path), PromptSets(), backend="tgi", progress=False)
+
+
+def test_encoding_a_long_prompt_warns_nothing(models, caplog):
+    """The tokenizer's "Token indices ... longer than the specified maximum" is not repeated for
+    every model evaluated (issue 40: warnings that bury the line that matters)."""
+    import logging
+
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    from mergekit_safety.evaluation.generation import encode
+
+    tokenizer = AutoTokenizer.from_pretrained(str(models[0]))
+    tokenizer.model_max_length = 4
+    hf_logging.enable_propagation()
+    try:
+        with caplog.at_level(logging.WARNING):
+            ids = encode(tokenizer, [PROMPTS[6]], chat=True)
+    finally:
+        hf_logging.disable_propagation()
+    assert len(ids[0]) > 4
+    assert "Token indices" not in caplog.text

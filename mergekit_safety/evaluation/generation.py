@@ -151,9 +151,13 @@ def has_chat_template(tokenizer: Any) -> bool:
 
 
 def encode(tokenizer: Any, conversations: Sequence[Conversation], chat: bool) -> list[list[int]]:
-    """Token ids per conversation. A chat template writes its own BOS; a raw prompt gets one."""
+    """Token ids per conversation. A chat template writes its own BOS; a raw prompt gets one.
+
+    Without the tokenizer's "Token indices sequence length is longer than the specified maximum"
+    warning, repeated for every model: ``model_max_length`` is often a placeholder, and a prompt
+    longer than the model's context fails in the model itself."""
     texts = [render(tokenizer, c, chat) for c in conversations]
-    return tokenizer(list(texts), add_special_tokens=not chat)["input_ids"]
+    return tokenizer(list(texts), add_special_tokens=not chat, verbose=False)["input_ids"]
 
 
 def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
