@@ -18,7 +18,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from mergekit_safety.errors import ConfigError
@@ -47,12 +47,15 @@ def check_writable(out: str | os.PathLike, label: str = "output") -> None:
 
 
 @contextlib.contextmanager
-def staged(out: str | os.PathLike, *, merge: bool = False) -> Iterator[Path]:
+def staged(
+    out: str | os.PathLike, *, merge: bool = False, stale: Sequence[str] = ()
+) -> Iterator[Path]:
     """A fresh sibling directory to write ``out``'s files into; renamed to ``out`` at the end.
 
     ``out`` must not exist or be empty, unless ``merge``: then each entry of the sibling replaces
-    the entry of that name in ``out`` (others stay), one rename each. If the block raises
-    (an error, Ctrl-C, SIGTERM), the sibling is removed and ``out`` is as it was.
+    the entry of that name in ``out`` (others stay), one rename each, after the entries of
+    ``out`` matching a ``stale`` pattern are removed (an earlier model's other shards). If the
+    block raises (an error, Ctrl-C, SIGTERM), the sibling is removed and ``out`` is as it was.
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -66,6 +69,9 @@ def staged(out: str | os.PathLike, *, merge: bool = False) -> Iterator[Path]:
                 out.rmdir()
                 staging.rename(out)
                 return
+            for pattern in stale:
+                for entry in out.glob(pattern):
+                    entry.unlink()
             for entry in staging.iterdir():
                 target = out / entry.name
                 if target.is_dir() and not target.is_symlink():

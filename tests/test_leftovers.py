@@ -128,3 +128,43 @@ def test_our_commands_refuse_cuda_without_cuda_first(tmp_path, family, command):
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
     assert len(errors) == 1 and errors[0].startswith("Error: --cuda: no CUDA device here")
     assert not (tmp_path / "out").exists()
+
+
+def test_an_interrupted_install_of_the_chosen_merge_leaves_out_as_it_was(tmp_path, monkeypatch):
+    """sweep and search install their choice all at once: Ctrl-C while the files move leaves
+    the old model whole in --out and no staging sibling (issue 40)."""
+    import shutil
+
+    from mergekit_safety.sweep.merging import install
+
+    out, merged = tmp_path / "out", tmp_path / "merged"
+    out.mkdir()
+    merged.mkdir()
+    (out / "model.safetensors").write_text("old")
+    (out / "README.md").write_text("old card")
+    new = ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
+           "model.safetensors.index.json", "config.json")  # fmt: skip
+    for name in new:
+        (merged / name).write_text("new")
+    real_move, moved = shutil.move, []
+
+    def interrupted(source, target):
+        if moved:
+            raise KeyboardInterrupt
+        moved.append(source)
+        return real_move(source, target)
+
+    monkeypatch.setattr(shutil, "move", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        install(merged, out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["merged", "out"]
+    assert {p.name: p.read_text() for p in out.iterdir()} == {
+        "model.safetensors": "old", "README.md": "old card"}  # fmt: skip
+
+    monkeypatch.setattr(shutil, "move", real_move)
+    for name in new:  # the next run's merge (the interrupted one is gone with its temp folder)
+        (merged / name).write_text("new")
+    install(merged, out)  # the old single file goes, the card stays
+    assert sorted(p.name for p in out.iterdir()) == [
+        "README.md", "config.json", "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors", "model.safetensors.index.json"]  # fmt: skip

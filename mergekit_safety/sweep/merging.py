@@ -68,13 +68,11 @@ WEIGHT_FILES = (
 
 
 def install(source: Path, out: Path) -> None:
-    """Move a finished merge's files into ``out`` (created if needed; same-named files replaced)."""
-    out.mkdir(parents=True, exist_ok=True)
-    for pattern in WEIGHT_FILES:
-        for stale in out.glob(pattern):
-            stale.unlink()
-    for item in source.iterdir():
-        target = out / item.name
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        shutil.move(str(item), str(target))
+    """Move a finished merge's files into ``out`` (created if needed; same-named files and an
+    earlier model's weights replaced), all at the end (:func:`~mergekit_safety.outputs.staged`):
+    an interruption leaves ``out`` as it was."""
+    from mergekit_safety.outputs import staged
+
+    with staged(out, merge=True, stale=WEIGHT_FILES) as staging:
+        for item in source.iterdir():
+            shutil.move(str(item), str(staging / item.name))
