@@ -239,6 +239,39 @@ def needs_gate(gate: Any, flag: str, why: str = "needs a safety gate") -> None:
         )
 
 
+# --- a search's trials -------------------------------------------------------------------------
+
+BUDGET_FLAGS = ("trials", "parallel", "seed", "startup_trials", "storage", "study_name")
+
+
+def budget_options(command: Command) -> Command:
+    """How many trials, how many at a time, the seed and where the study lives (``search``),
+    handed to the command as one :class:`~mergekit_safety.search.study.Budget`, ``budget``
+    (``study_name`` empty when not given: the command names it after the recipe)."""
+
+    def build(others: dict[str, Any], study_name: str | None, **flags: Any) -> Any:
+        from mergekit_safety.search.study import Budget
+
+        return Budget(**flags, study_name=study_name or "")
+
+    return _stack(_collapse(command, "budget", BUDGET_FLAGS, build), [
+        click.option("--trials", type=click.IntRange(min=1), default=20, show_default=True,
+                     help="The trial budget in all: a rerun on the same --storage continues "
+                     "to it."),
+        click.option("--parallel", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="Trials asked and evaluated at a time (Ray actors with --ray)."),
+        click.option("--seed", type=int, default=0, show_default=True,
+                     help="The sampler's seed."),
+        click.option("--startup-trials", type=click.IntRange(min=1), default=10,
+                     show_default=True, help="Random trials before TPE models the results."),
+        click.option("--storage", metavar="URL", help="Optuna storage, e.g. "
+                     "sqlite:///search.db: a stopped search continues there [default: in "
+                     "memory]."),
+        click.option("--study-name",
+                     help="The study in --storage [default: search-<recipe name>]."),
+    ])  # fmt: skip
+
+
 # --- merging ------------------------------------------------------------------------------------
 
 MERGE_FLAGS = ("cuda", "lazy_unpickle", "trust_remote_code", "random_seed", "lora_merge_cache",

@@ -3,6 +3,7 @@ choose merge coefficients — global or per layer and module — under the safet
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from mergekit_safety.cli.choice import check_before_work, report_context, write_
 from mergekit_safety.cli.common import NOTHING_PASSES, config_errors, terminate_unwinds
 from mergekit_safety.cli.options import (
     RaySettings,
+    budget_options,
     evaluation_options,
     gate_options,
     merge_options,
@@ -48,35 +50,7 @@ from mergekit_safety.evaluation.settings import EvalSettings
     help="The chosen model, recipe.yml, its card, search.json/.md and the plots.",
 )
 @click.option("--overwrite", is_flag=True, help="Allow a non-empty --out.")
-@click.option(
-    "--trials",
-    type=click.IntRange(min=1),
-    default=20,
-    show_default=True,
-    help="The trial budget in all: a rerun on the same --storage continues to it.",
-)
-@click.option(
-    "--parallel",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Trials asked and evaluated at a time (Ray actors with --ray).",
-)
-@click.option("--seed", type=int, default=0, show_default=True, help="The sampler's seed.")
-@click.option(
-    "--startup-trials",
-    type=click.IntRange(min=1),
-    default=10,
-    show_default=True,
-    help="Random trials before TPE models the results.",
-)
-@click.option(
-    "--storage",
-    metavar="URL",
-    help="Optuna storage, e.g. sqlite:///search.db: a stopped search continues there "
-    "[default: in memory].",
-)
-@click.option("--study-name", help="The study in --storage [default: search-<recipe name>].")
+@budget_options
 @click.option(
     "--test-prompts",
     type=click.Path(file_okay=False, exists=True),
@@ -100,12 +74,7 @@ def search_command(
     gate: Gate,
     out: str,
     overwrite: bool,
-    trials: int,
-    parallel: int,
-    seed: int,
-    startup_trials: int,
-    storage: str | None,
-    study_name: str | None,
+    budget: Any,
     test_prompts: str | None,
     evaluation: EvalSettings,
     work_dir: str | None,
@@ -124,13 +93,10 @@ def search_command(
     from mergekit_safety.search import study as studies
 
     needs_gate(gate, "--max-engaged", "search chooses under a safety gate")
-    if evaluation.backend == "vllm" and evaluation.tasks:
-        raise click.BadParameter("lm-eval tasks run on the trial's network in memory: not "
-                                 "with vllm", param_hint="--backend")  # fmt: skip
     out_path = Path(out)
     evaluation = evaluation.replace(progress=False)  # one bar for the search, not one per model
     check_before_work(gate, evaluation, merging, out=out_path, overwrite=overwrite,
-                      storage=storage)  # fmt: skip
+                      storage=budget.storage)  # fmt: skip
     with config_errors():
         studies.import_optuna()  # the missing extra: one line, before any work
         from mergekit_safety.search.space import check_space, load_space, parse_param
@@ -142,8 +108,8 @@ def search_command(
         space, sweep_plan = check_space(dimensions, recipe)
         evaluator, tester = _evaluators(evaluation, test_prompts)
         plan = studies.SearchPlan(space, sweep_plan)
-        budget = studies.Budget(trials, parallel, seed, startup_trials, storage,
-                                study_name or f"search-{Path(recipe).stem}")  # fmt: skip
+        if not budget.study_name:
+            budget = dataclasses.replace(budget, study_name=f"search-{Path(recipe).stem}")
         study = studies.open_study(plan, budget, gate, _measured(evaluator, evaluation))
     from mergekit_safety.search.execute import run_search
 
@@ -189,6 +155,9 @@ def _evaluators(evaluation: EvalSettings, test_prompts: str | None) -> tuple[Any
     """The validation evaluator, and the test one on ``--test-prompts`` (disjoint) if given."""
     from mergekit_safety.evaluation.settings import PromptSources
 
+    if evaluation.backend == "vllm" and evaluation.tasks:
+        raise click.BadParameter("lm-eval tasks run on the trial's network in memory: not "
+                                 "with vllm", param_hint="--backend")  # fmt: skip
     evaluator = evaluation.build()
     if test_prompts is None:
         return evaluator, None
