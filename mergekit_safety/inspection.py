@@ -16,14 +16,14 @@ from mergekit.options import MergeOptions
 
 from mergekit_safety.adapter.merge import merge_adapters
 from mergekit_safety.adapter.plan import plan_adapter
-from mergekit_safety.errors import ConfigError
+from mergekit_safety.core.errors import ConfigError
+from mergekit_safety.core.selection import Resolved, Selection
 from mergekit_safety.lora_cache import lora_cache, merged_copy
 from mergekit_safety.methods import method_names
 from mergekit_safety.methods.base import RoleCheckedMethod
 from mergekit_safety.preflight import read_recipe
 from mergekit_safety.recipe import without_selection
 from mergekit_safety.scoring import TensorDecision, resolve_records, score_config, selection_of
-from mergekit_safety.selection import Resolved, Selection
 
 
 def inspect_recipe(

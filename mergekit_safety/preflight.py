@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from mergekit_safety.errors import ConfigError
+from mergekit_safety.core.errors import ConfigError
 
 SHAPE_KEYS = (
     "model_type",

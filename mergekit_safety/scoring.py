@@ -23,12 +23,12 @@ from mergekit.merge_methods import TensorGroup, get
 from mergekit.options import MergeOptions
 
 from mergekit_safety import mergekit_internals
-from mergekit_safety.errors import ConfigError
+from mergekit_safety.core.errors import ConfigError
+from mergekit_safety.core.roles import Role
+from mergekit_safety.core.selection import SELECTORS, Resolved, Selection, parse_selection, resolve
 from mergekit_safety.mergekit_internals import PlannedTensor
 from mergekit_safety.methods.base import RoleCheckedMethod, RoleInputs, check_finite
 from mergekit_safety.recipe import parameter_scopes
-from mergekit_safety.roles import Role
-from mergekit_safety.selection import SELECTORS, Resolved, Selection, parse_selection, resolve
 
 
 @dataclass(frozen=True)

@@ -235,7 +235,7 @@ def fresh_process_state() -> None:
       ``base+adapter`` reference merged once would never be merged (or refused for a missing
       ``--lora-merge-cache``) again, and a model rewritten at the same path would be read from
       the old index; its options (``lora_cache_dir``, ...) also stay from the last run.
-    What a merge decided lives in its own run (``mergekit_safety.runs``), and ρ passes are kept
+    What a merge decided lives in its own run (``mergekit_safety.core.runs``), and ρ passes are kept
     only inside a sweep (``scoring.kept_scores``): neither needs a reset.
     """
     from mergekit.io.tasks import LoaderCache

@@ -16,10 +16,10 @@ from helpers import mergekit_yaml, write_recipe
 from safetensors.torch import load_file
 from transformers import LlamaForCausalLM
 
-from mergekit_safety.acceptance import Gate
 from mergekit_safety.adapter import merge_recipe_to_adapter
 from mergekit_safety.cli import main
-from mergekit_safety.subspace import lowrank_factors_score_and_project, project, score
+from mergekit_safety.core.acceptance import Gate
+from mergekit_safety.core.subspace import lowrank_factors_score_and_project, project, score
 
 # --- ρ and C Δ from LoRA factors -----------------------------------------------------------
 

@@ -37,8 +37,8 @@ from helpers import (
 from mergekit.merge_methods import merge_state_dicts, merge_tensors
 from safetensors.torch import load_file, save_file
 
-from mergekit_safety.acceptance import Gate
-from mergekit_safety.errors import ConfigError
+from mergekit_safety.core.acceptance import Gate
+from mergekit_safety.core.errors import ConfigError
 
 
 def with_weight(recipe: dict, weight) -> dict:

@@ -23,7 +23,7 @@ from mergekit_safety.card import (  # noqa: E402
     update_card,
 )
 from mergekit_safety.cli import main  # noqa: E402
-from mergekit_safety.errors import ConfigError  # noqa: E402
+from mergekit_safety.core.errors import ConfigError  # noqa: E402
 
 ALIGNED, FINETUNED, UNALIGNED = "/models/aligned", "/models/finetuned", "/models/unaligned"
 

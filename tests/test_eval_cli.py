@@ -16,7 +16,7 @@ from click.testing import CliRunner  # noqa: E402
 from helpers import tiny_llama  # noqa: E402
 
 from mergekit_safety.cli import main  # noqa: E402
-from mergekit_safety.errors import ConfigError  # noqa: E402
+from mergekit_safety.core.errors import ConfigError  # noqa: E402
 from mergekit_safety.evaluation import (  # noqa: E402
     EvalResult,
     load_prompt_sets,

@@ -15,9 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mergekit_safety"
 
 HOOK = "_mergekit_safety_autoload"
 LAYERS = (
-    ("math", {"", "errors", "stats", "subspace", "roles", "selection", "parameters", "preflight",
-              "calibration",
-              "acceptance", "runs", "hub_card", "outputs"}),
+    ("what every layer shares", {"", "core", "preflight"}),
     ("the door into mergekit", {"mergekit_internals"}),
     ("methods", {"methods"}),
     ("recipe machinery", {"recipe", "lora_cache", "scoring", "planning", "adapter", "inspection",

@@ -13,7 +13,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 import pytest  # noqa: E402
 from helpers import REPO, cli_in_process  # noqa: E402
 
-from mergekit_safety.errors import ConfigError  # noqa: E402
+from mergekit_safety.core.errors import ConfigError  # noqa: E402
 from mergekit_safety.evaluation import load_prompt_sets  # noqa: E402
 from mergekit_safety.evaluation.agreement import agreement  # noqa: E402
 from mergekit_safety.evaluation.attacks import (  # noqa: E402

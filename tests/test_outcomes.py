@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mergekit_safety.acceptance import Gate
+from mergekit_safety.core.acceptance import Gate
 from mergekit_safety.evaluation.evaluator import EvalResult, attack_rates
 from mergekit_safety.evaluation.judge import KeywordJudge, judge_replies
 from mergekit_safety.evaluation.outcomes import Judged, broken_reason, tally

@@ -11,11 +11,11 @@ from helpers import one_line, recipe_for, write_recipe, yaml_in_process
 from mergekit.merge_methods import merge_tensors
 from mergekit.sparsify import magnitude
 
-from mergekit_safety import parameters
-from mergekit_safety.errors import ConfigError
+from mergekit_safety.core import parameters
+from mergekit_safety.core.errors import ConfigError
+from mergekit_safety.core.parameters import DEFAULT_THRESHOLD
 from mergekit_safety.methods import METHODS
 from mergekit_safety.methods.harm_removal import trim
-from mergekit_safety.parameters import DEFAULT_THRESHOLD
 
 ROLES = {
     "safe_linear": {"u": "unaligned"},
@@ -174,7 +174,11 @@ def test_parameters_import_nothing_above_the_lowest_layer():
         if isinstance(node, ast.ImportFrom) and node.module and "mergekit_safety" in node.module
         for alias in node.names
     }
-    assert ours <= {"mergekit_safety.runs", "mergekit_safety.errors", "mergekit_safety.roles"}
+    assert ours <= {
+        "mergekit_safety.core.runs",
+        "mergekit_safety.core.errors",
+        "mergekit_safety.core.roles",
+    }
 
 
 # --- harm_removal's trim and mergekit.sparsify.magnitude ---------------------------------------

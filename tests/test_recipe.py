@@ -9,8 +9,8 @@ import pytest
 from mergekit.config import MergeConfiguration
 
 from mergekit_safety import recipe as recipes
-from mergekit_safety.errors import ConfigError
-from mergekit_safety.selection import drop_selection, set_gate, with_threshold
+from mergekit_safety.core.errors import ConfigError
+from mergekit_safety.core.selection import drop_selection, set_gate, with_threshold
 
 MODELS: dict[str, Any] = {
     "merge_method": "safe_linear",

@@ -13,8 +13,8 @@ from mergekit.merge import run_merge
 from mergekit.merge_methods import merge_tensors
 from mergekit.options import MergeOptions
 
-from mergekit_safety import runs
-from mergekit_safety.errors import ConfigError
+from mergekit_safety.core import runs
+from mergekit_safety.core.errors import ConfigError
 from mergekit_safety.inspection import inspect_recipe
 
 

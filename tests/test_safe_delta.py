@@ -23,7 +23,7 @@ from helpers import (
 )
 from safetensors.torch import load_file
 
-from mergekit_safety.calibration import read
+from mergekit_safety.core.calibration import read
 from mergekit_safety.methods.safe_delta import safe_delta
 
 

@@ -21,8 +21,8 @@ from safetensors.torch import load_file
 
 pytest.importorskip("optuna")
 
-from mergekit_safety.acceptance import Gate  # noqa: E402
-from mergekit_safety.errors import ConfigError  # noqa: E402
+from mergekit_safety.core.acceptance import Gate  # noqa: E402
+from mergekit_safety.core.errors import ConfigError  # noqa: E402
 from mergekit_safety.search.space import SEARCHED, Dimension, check_space, parse_param  # noqa: E402
 from mergekit_safety.search.study import (  # noqa: E402
     Budget,

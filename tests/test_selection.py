@@ -12,9 +12,9 @@ import torch
 from helpers import REPO, cli_in_process, recipe_for, write_recipe, yaml_in_process
 from safetensors.torch import load_file
 
-from mergekit_safety.errors import ConfigError
+from mergekit_safety.core.errors import ConfigError
+from mergekit_safety.core.selection import Selection, cut_threshold, parse_selection, resolve
 from mergekit_safety.inspection import inspect
-from mergekit_safety.selection import Selection, cut_threshold, parse_selection, resolve
 
 # --- the rule ------------------------------------------------------------------------------------
 

@@ -18,9 +18,9 @@ import yaml  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 from helpers import FakeEvaluator, write_recipe  # noqa: E402
 
-from mergekit_safety.acceptance import Gate  # noqa: E402
 from mergekit_safety.cli import main  # noqa: E402
-from mergekit_safety.errors import ConfigError  # noqa: E402
+from mergekit_safety.core.acceptance import Gate  # noqa: E402
+from mergekit_safety.core.errors import ConfigError  # noqa: E402
 from mergekit_safety.plot import pareto_front  # noqa: E402
 from mergekit_safety.sweep import (  # noqa: E402
     SweepPoint,

@@ -632,7 +632,7 @@ def _sweep_evaluator(config: Config, cached: dict[str, dict]) -> Evaluator:
 
 def do_sweep(config: Config, stage: Stage) -> None:
     from benchmarks.efficacy.evals import read_summary
-    from mergekit_safety.acceptance import Gate
+    from mergekit_safety.core.acceptance import Gate
     from mergekit_safety.sweep import SerialExecutor, plan_grid, run_sweep
 
     method, grid = stage.args["method"], stage.args["grid"]
@@ -704,7 +704,7 @@ def _resta_sweep(
     """β loop for stock task_arithmetic (the sweep takes role-checked methods only), chosen by
     the sweep's own rule (:func:`~mergekit_safety.sweep.select`): the best task accuracy among the
     passing points, ties to the smaller β."""
-    from mergekit_safety.acceptance import Gate
+    from mergekit_safety.core.acceptance import Gate
     from mergekit_safety.sweep import SweepPoint, merge_recipe, select
 
     gate = Gate(min_refusal=low, max_over_refusal=high)

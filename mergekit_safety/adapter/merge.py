@@ -16,8 +16,8 @@ import torch
 
 from mergekit_safety.adapter.factors import AdapterInputs
 from mergekit_safety.adapter.plan import AdapterPlan
+from mergekit_safety.core.roles import Role
 from mergekit_safety.methods.base import Decision
-from mergekit_safety.roles import Role
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import click
 
-from mergekit_safety.acceptance import Gate
 from mergekit_safety.cli.common import config_errors
 from mergekit_safety.cli.options import gate_options
+from mergekit_safety.core.acceptance import Gate
 
 
 @click.command("card")

@@ -9,9 +9,9 @@ from typing import Any
 
 import click
 
-from mergekit_safety.acceptance import Gate
 from mergekit_safety.cli.common import check_outputs, config_errors
 from mergekit_safety.cli.options import check_objective
+from mergekit_safety.core.acceptance import Gate
 from mergekit_safety.evaluation.settings import EvalSettings
 
 

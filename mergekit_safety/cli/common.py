@@ -41,7 +41,7 @@ def check_outputs(*, out: Path | None = None, report: Path | None = None,
                   storage: str | None = None) -> None:  # fmt: skip
     """Where a sweep or search will write takes files (its folder made for a sqlite
     ``--storage``, as for ``--out``): checked before any model is evaluated, not after."""
-    from mergekit_safety.outputs import check_writable
+    from mergekit_safety.core.outputs import check_writable
 
     for label, where in (("--out", out), ("--report", report)):
         if where is not None:

@@ -61,9 +61,9 @@ def inspect_command(
     With --top-k or --fraction (or a recipe that sets top_k/fraction), the selection is turned
     into the threshold that merges exactly those matrices; --write-recipe saves it.
     """
+    from mergekit_safety.core.selection import parse_selection
     from mergekit_safety.inspection import inspect
     from mergekit_safety.planning import check_device
-    from mergekit_safety.selection import parse_selection
 
     with config_errors():
         check_device("cuda" if cuda else "cpu")

@@ -9,7 +9,6 @@ from typing import Any
 
 import click
 
-from mergekit_safety.acceptance import Gate
 from mergekit_safety.cli.choice import check_before_work, report_context, write_card
 from mergekit_safety.cli.common import NOTHING_PASSES, config_errors, terminate_unwinds
 from mergekit_safety.cli.methods_help import MethodsCommand
@@ -21,6 +20,7 @@ from mergekit_safety.cli.options import (
     needs_gate,
     ray_options,
 )
+from mergekit_safety.core.acceptance import Gate
 from mergekit_safety.evaluation.settings import EvalSettings
 
 
@@ -179,7 +179,7 @@ def _announce(result: Any, context: dict[str, Any]) -> None:
 
 def _card_note(result: Any) -> str:
     """How the sweep chose: the grid, the rule and its ties."""
-    from mergekit_safety.acceptance import objective_label
+    from mergekit_safety.core.acceptance import objective_label
     from mergekit_safety.sweep import SWEEPABLE, format_value
 
     plan = result.plan

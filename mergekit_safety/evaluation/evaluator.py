@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mergekit_safety.errors import ConfigError
+from mergekit_safety.core.errors import ConfigError
+from mergekit_safety.core.stats import wilson_interval
 from mergekit_safety.evaluation.answers import answer_matches, extract_answer, parse_number
 from mergekit_safety.evaluation.attacks import PLAIN
 from mergekit_safety.evaluation.judge import (
@@ -35,7 +36,6 @@ from mergekit_safety.evaluation.outcomes import (
     tally,
 )
 from mergekit_safety.evaluation.prompts import PromptSets
-from mergekit_safety.stats import wilson_interval
 
 if TYPE_CHECKING:
     from mergekit_safety.evaluation.resident import (

@@ -28,15 +28,16 @@ from mergekit.merge_methods.base import (
     TensorGroup,
 )
 
-from mergekit_safety import mergekit_internals, runs
-from mergekit_safety.errors import ConfigError, find_config_error
+from mergekit_safety import mergekit_internals
+from mergekit_safety.core import runs
+from mergekit_safety.core.errors import ConfigError, find_config_error
+from mergekit_safety.core.parameters import check_domains, check_parameters
+from mergekit_safety.core.roles import Role, RoleRule, parse_role, split_by_role
+from mergekit_safety.core.runs import Decision, MergeRun
+from mergekit_safety.core.selection import SELECTORS, parse_selection, resolve, with_threshold
+from mergekit_safety.core.subspace import compute_dtype, drifts, rounding_tolerance, score
 from mergekit_safety.mergekit_internals import PluginMethod, execute_method
 from mergekit_safety.methods.alignment_check import alignment_vanished
-from mergekit_safety.parameters import check_domains, check_parameters
-from mergekit_safety.roles import Role, RoleRule, parse_role, split_by_role
-from mergekit_safety.runs import Decision, MergeRun
-from mergekit_safety.selection import SELECTORS, parse_selection, resolve, with_threshold
-from mergekit_safety.subspace import compute_dtype, drifts, rounding_tolerance, score
 
 Changes = Callable[[str, tuple[int, ...], bool, Mapping[str, Any]], bool]
 """``changes(name, shape, vocabulary, parameters)``: does the method change this tensor?"""
@@ -69,7 +70,7 @@ class RoleCheckedMethod(PluginMethod):
     its checks, and its adapter form, registered once in :data:`mergekit_safety.methods.METHODS`;
     every list of methods (``inspect``, ``sweep``, ``adapter``, the CLI's help) is read from there.
 
-    Every such method also takes ``top_k`` / ``fraction`` (:mod:`mergekit_safety.selection`):
+    Every such method also takes ``top_k`` / ``fraction`` (:mod:`mergekit_safety.core.selection`):
     resolved to a threshold while mergekit plans (:mod:`mergekit_safety.planning`), or over the
     tensors handed over in one Python API call; the kernels themselves only ever see τ.
     """

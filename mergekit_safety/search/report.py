@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mergekit_safety.acceptance import METRICS, TITLES, Gate, metric, objective_label
+from mergekit_safety.core.acceptance import METRICS, TITLES, Gate, metric, objective_label
 from mergekit_safety.search.study import Budget, SearchPlan, finished
 from mergekit_safety.sweep.choice import SweepPoint, close_to_chosen, select
 from mergekit_safety.sweep.report import markdown_rows, with_intervals
@@ -264,7 +264,7 @@ def _side_by_side(result: SearchResult) -> str:
 
 
 def _cell(summary: Mapping[str, Any], key: str) -> str:
-    from mergekit_safety.acceptance import interval
+    from mergekit_safety.core.acceptance import interval
 
     value, bounds = metric(summary, key), interval(summary, key)
     if value is None:

@@ -3,7 +3,7 @@
 The output network is loaded once from the recipe's ``base_model`` (its architecture and tokenizer
 are the merge's: mergekit writes the base model's config). Each trial plans the trial's recipe
 with mergekit's own planner and executor (:func:`~mergekit_safety.mergekit_internals.
-merge_in_memory`), inside a merge run of its own (:mod:`mergekit_safety.runs`) so the planning
+merge_in_memory`), inside a merge run of its own (:mod:`mergekit_safety.core.runs`) so the planning
 hooks — checks, the ``top_k`` ρ pass, the gated kernels' decisions — apply as in ``mergekit-yaml``,
 and copies every merged tensor into the resident network's parameters (a ``top_k`` recipe's ρ
 pass runs once, for the first trial: ρ depends on the models, not on the searched values). The
@@ -18,8 +18,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from mergekit_safety import mergekit_internals, runs
-from mergekit_safety.errors import ConfigError
+from mergekit_safety import mergekit_internals
+from mergekit_safety.core import runs
+from mergekit_safety.core.errors import ConfigError
 from mergekit_safety.scoring import ScoreCache, kept_scores
 
 

@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from mergekit_safety.errors import ConfigError
+from mergekit_safety.core.errors import ConfigError
 
 KEYS = ("low", "high", "log", "step", "int", "anchors", "filters", "rest")
 """What a dimension of a space YAML may hold."""
@@ -223,7 +223,7 @@ def check_space(dimensions: Sequence[Dimension], recipe_path: str | Path) -> tup
 
     Every problem is one ConfigError line: an unknown or repeated parameter, one the recipe's
     method does not take there, two alternatives of the gate, anchors on a recipe-wide
-    parameter, bounds outside the parameter's domain (:mod:`mergekit_safety.parameters`).
+    parameter, bounds outside the parameter's domain (:mod:`mergekit_safety.core.parameters`).
     """
     from mergekit import merge_methods
 
@@ -327,7 +327,7 @@ def _check_domain(method: str, spec: Any, name: str, value: float, recipe: Mappi
 
     from pydantic import ValidationError
 
-    from mergekit_safety.parameters import check_parameters, domain_error
+    from mergekit_safety.core.parameters import check_parameters, domain_error
     from mergekit_safety.recipe import get_parameter
     from mergekit_safety.recipe_keys import ours
 

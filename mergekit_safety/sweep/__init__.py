@@ -4,7 +4,7 @@ A safety merge trades task skill for refusals, and the best ``weight`` (λ) and 
 or ``top_k``/``fraction``) are model-specific — and interact: the best gated point needs both.
 The sweep merges the recipe once per point of the grid (one parameter: a line) with mergekit's own
 ``run_merge``, evaluates each merge, and keeps the point with the best task accuracy among those
-that pass the gate (:mod:`mergekit_safety.acceptance`).
+that pass the gate (:mod:`mergekit_safety.core.acceptance`).
 
 - :mod:`.grid`: the ``--set`` value ranges and the checked plan;
 - :mod:`.run`: the loop: every reference and point evaluated on an executor, the choice kept;
@@ -15,7 +15,7 @@ that pass the gate (:mod:`mergekit_safety.acceptance`).
 - :mod:`.report`: ``sweep.json``/``.csv``/``.md`` and the plots.
 """
 
-from mergekit_safety.acceptance import Gate, format_value, metric, passes
+from mergekit_safety.core.acceptance import Gate, format_value, metric, passes
 from mergekit_safety.sweep.choice import SweepPoint, close_to_chosen, select
 from mergekit_safety.sweep.executor import Executor, describe_error
 from mergekit_safety.sweep.grid import (

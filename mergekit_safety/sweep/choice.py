@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mergekit_safety.acceptance import Gate, metric, within_noise
+from mergekit_safety.core.acceptance import Gate, metric, within_noise
 from mergekit_safety.sweep.grid import SWEEPABLE, Value
 
 

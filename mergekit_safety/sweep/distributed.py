@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mergekit_safety.acceptance import NO_GATE, Gate
-from mergekit_safety.errors import ConfigError, install_hint
+from mergekit_safety.core.acceptance import NO_GATE, Gate
+from mergekit_safety.core.errors import ConfigError, install_hint
 from mergekit_safety.sweep.executor import Evaluator, Job, Outcome, describe_error
 from mergekit_safety.sweep.grid import SweepPlan
 from mergekit_safety.sweep.merging import Merge, evaluable, install, merge_adapter, merge_recipe

@@ -13,9 +13,9 @@ from typing import Any
 
 import yaml
 
-from mergekit_safety.acceptance import format_value
-from mergekit_safety.errors import ConfigError
-from mergekit_safety.selection import GATE_KEYS
+from mergekit_safety.core.acceptance import format_value
+from mergekit_safety.core.errors import ConfigError
+from mergekit_safety.core.selection import GATE_KEYS
 
 MAX_VALUES = 200
 """More values than this is almost surely a typo in the step (each value is a merge + eval)."""

@@ -69,9 +69,9 @@ WEIGHT_FILES = (
 
 def install(source: Path, out: Path) -> None:
     """Move a finished merge's files into ``out`` (created if needed; same-named files and an
-    earlier model's weights replaced), all at the end (:func:`~mergekit_safety.outputs.staged`):
-    an interruption leaves ``out`` as it was."""
-    from mergekit_safety.outputs import staged
+    earlier model's weights replaced), all at the end
+    (:func:`~mergekit_safety.core.outputs.staged`): an interruption leaves ``out`` as it was."""
+    from mergekit_safety.core.outputs import staged
 
     with staged(out, merge=True, stale=WEIGHT_FILES) as staging:
         for item in source.iterdir():

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mergekit_safety.acceptance import (
+from mergekit_safety.core.acceptance import (
     METRICS,
     TITLES,
     interval,

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mergekit_safety.acceptance import Gate
+from mergekit_safety.core.acceptance import Gate
 from mergekit_safety.sweep.choice import SweepPoint
 from mergekit_safety.sweep.grid import SweepPlan, Value
 

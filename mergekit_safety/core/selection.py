@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mergekit_safety.errors import ConfigError
+from mergekit_safety.core.errors import ConfigError
 
 SELECTORS = ("top_k", "fraction")
 """The recipe parameters that select by rank; at most one of them, and never with ``threshold``."""

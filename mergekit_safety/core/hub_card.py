@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from mergekit_safety.errors import ConfigError
+from mergekit_safety.core.errors import ConfigError
 
 if TYPE_CHECKING:
     from huggingface_hub import ModelCard, ModelCardData
