@@ -315,7 +315,7 @@ def run_in_process(
     """
     from click.testing import CliRunner
 
-    from mergekit_safety import user_errors as errors
+    from mergekit_safety.recipe import user_errors as errors
 
     argv = [str(arg) for arg in args]
     fresh_process_state()

@@ -351,7 +351,7 @@ def test_inspect_reads_adapters_and_agrees_with_the_full_model(family, adapters,
     """inspect on the adapter recipe (factors) and on mergekit's merged copy (dense): same ρ."""
     from mergekit.common import ModelReference
 
-    from mergekit_safety.inspection import inspect_recipe
+    from mergekit_safety.recipe.inspection import inspect_recipe
 
     aligned = family["aligned"]
     threshold = threshold_between(family, [adapters["one"]])

@@ -482,7 +482,7 @@ def test_eval_reports_empty_replies_apart_and_the_gate_fails_them(tmp_path, fami
 
 
 def test_a_genuine_bug_keeps_its_traceback():
-    from mergekit_safety.user_errors import explain
+    from mergekit_safety.recipe.user_errors import explain
 
     assert explain(RuntimeError("index 3 is out of bounds")) is None
     assert explain(KeyError("model.layers.0.weight")) is None

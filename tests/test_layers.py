@@ -15,11 +15,10 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mergekit_safety"
 
 HOOK = "_mergekit_safety_autoload"
 LAYERS = (
-    ("what every layer shares", {"", "core", "preflight"}),
+    ("what every layer shares", {"", "core"}),
     ("the door into mergekit", {"mergekit_internals"}),
     ("methods", {"methods"}),
-    ("recipe machinery", {"recipe", "lora_cache", "scoring", "planning", "adapter", "inspection",
-                          "recipe_keys", "user_errors"}),
+    ("recipe machinery", {"recipe", "adapter"}),
     ("evaluation and reporting", {"evaluation", "sweep", "search", "card", "plot", "demo"}),
     ("commands and the plugin entry", {"cli", "__main__", "plugin"}),
     ("the .pth hook", {HOOK}),

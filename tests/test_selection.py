@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from mergekit_safety.core.errors import ConfigError
 from mergekit_safety.core.selection import Selection, cut_threshold, parse_selection, resolve
-from mergekit_safety.inspection import inspect
+from mergekit_safety.recipe.inspection import inspect
 
 # --- the rule ------------------------------------------------------------------------------------
 

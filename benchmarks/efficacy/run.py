@@ -582,7 +582,7 @@ def _matrices(recipe_path: str, method: str) -> dict:
     if method in ("safe_linear", "resta", "harm_removal", "lssf", *CALIBRATED):
         return {"matrices_merged": "all"}
     try:
-        from mergekit_safety.inspection import inspect
+        from mergekit_safety.recipe.inspection import inspect
 
         records = inspect(recipe_path, quiet=True).records
     except Exception as error:  # noqa: BLE001  the count is a nicety; the merge already ran

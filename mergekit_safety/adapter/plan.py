@@ -21,7 +21,7 @@ from mergekit_safety.adapter.source import FULL_MODEL, Adapter, read_adapter
 from mergekit_safety.core.errors import ConfigError
 from mergekit_safety.core.roles import Role
 from mergekit_safety.mergekit_internals import PlannedTensor
-from mergekit_safety.preflight import load_recipe
+from mergekit_safety.recipe.load import load_recipe
 
 
 def adapter_methods() -> tuple[str, ...]:

@@ -33,7 +33,7 @@ def check_before_work(
             f"{out} is not empty; choose a new directory or pass --overwrite", param_hint="--out"
         )
     with config_errors():
-        from mergekit_safety.planning import check_device
+        from mergekit_safety.recipe.planning import check_device
 
         check_device("cuda" if merging.cuda else evaluation.device)
         check_outputs(out=out, report=report, storage=storage)

@@ -62,8 +62,8 @@ def inspect_command(
     into the threshold that merges exactly those matrices; --write-recipe saves it.
     """
     from mergekit_safety.core.selection import parse_selection
-    from mergekit_safety.inspection import inspect
-    from mergekit_safety.planning import check_device
+    from mergekit_safety.recipe.inspection import inspect
+    from mergekit_safety.recipe.planning import check_device
 
     with config_errors():
         check_device("cuda" if cuda else "cpu")
@@ -116,7 +116,7 @@ def resolved_recipe(recipe: str, resolved, written: dict) -> str:
     selection, the choice in comments."""
     import yaml
 
-    from mergekit_safety.recipe import resolve_selection
+    from mergekit_safety.recipe.walk import resolve_selection
 
     data = resolve_selection(written, resolved.threshold)
     last = resolved.chosen[-1][1]

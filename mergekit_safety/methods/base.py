@@ -2,9 +2,9 @@
 
 A method here knows nothing of who calls it. mergekit 0.1.5 gives a method no planning hook that
 sees per-model parameters, so the checks that must run before any tensor loads (roles, parameter
-domains, ``top_k``) are made by :mod:`mergekit_safety.planning`, which mergekit's planner calls
-through :mod:`mergekit_safety.mergekit_internals`. For the Python API, which plans nothing, the
-same checks run here when the parameters are bound. Every input tensor is checked for NaN/Inf
+domains, ``top_k``) are made by :mod:`mergekit_safety.recipe.planning`, which mergekit's planner
+calls through :mod:`mergekit_safety.mergekit_internals`. For the Python API, which plans nothing,
+the same checks run here when the parameters are bound. Every input tensor is checked for NaN/Inf
 before its kernel runs.
 """
 
@@ -71,8 +71,8 @@ class RoleCheckedMethod(PluginMethod):
     every list of methods (``inspect``, ``sweep``, ``adapter``, the CLI's help) is read from there.
 
     Every such method also takes ``top_k`` / ``fraction`` (:mod:`mergekit_safety.core.selection`):
-    resolved to a threshold while mergekit plans (:mod:`mergekit_safety.planning`), or over the
-    tensors handed over in one Python API call; the kernels themselves only ever see τ.
+    resolved to a threshold while mergekit plans (:mod:`mergekit_safety.recipe.planning`), or over
+    the tensors handed over in one Python API call; the kernels themselves only ever see τ.
     """
 
     def __init__(
@@ -262,8 +262,8 @@ class RoleCheckedMethod(PluginMethod):
         input_dtypes: Sequence[torch.dtype | None],
     ) -> list[dict[str, Any]]:
         """top_k/fraction as τ: the one the merge's ρ pass resolved while planning
-        (:func:`mergekit_safety.planning.on_planned`), or, in one API call, τ from every group's
-        ρ (one extra ρ per matrix: the kernel scores it again at τ). A single tensor outside
+        (:func:`mergekit_safety.recipe.planning.on_planned`), or, in one API call, τ from every
+        group's ρ (one extra ρ per matrix: the kernel scores it again at τ). A single tensor outside
         either cannot be ranked.
         """
         run = runs.current()

@@ -28,7 +28,7 @@ def run_search(
     ``recipe.yml``, and evaluate it on ``tester``'s prompts when given."""
     import tempfile
 
-    from mergekit_safety.lora_cache import lora_cache
+    from mergekit_safety.recipe.lora_cache import lora_cache
     from mergekit_safety.search import runners
     from mergekit_safety.search.report import SearchResult, choose, trial_rows
     from mergekit_safety.search.study import run_study

@@ -21,7 +21,7 @@ from typing import Any
 from mergekit_safety import mergekit_internals
 from mergekit_safety.core import runs
 from mergekit_safety.core.errors import ConfigError
-from mergekit_safety.scoring import ScoreCache, kept_scores
+from mergekit_safety.recipe.scoring import ScoreCache, kept_scores
 
 
 class ResidentMerge:

@@ -17,7 +17,7 @@ def evaluable(name: str, merge_options: Any) -> str:
     """The directory to evaluate for a reference: itself, or its LoRA merged, with a tokenizer."""
     from mergekit.common import ModelReference
 
-    from mergekit_safety.lora_cache import merged_copy
+    from mergekit_safety.recipe.lora_cache import merged_copy
 
     return merged_copy(
         ModelReference.parse(name),

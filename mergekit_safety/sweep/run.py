@@ -12,7 +12,7 @@ from pathlib import Path
 
 from mergekit_safety.core.acceptance import NO_GATE, Gate
 from mergekit_safety.core.errors import ConfigError
-from mergekit_safety.scoring import kept_scores
+from mergekit_safety.recipe.scoring import kept_scores
 from mergekit_safety.sweep.choice import SweepPoint, close_to_chosen, select
 from mergekit_safety.sweep.executor import Evaluator, Executor, Outcome, sweep_jobs
 from mergekit_safety.sweep.grid import SweepPlan

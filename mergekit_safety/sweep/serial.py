@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mergekit_safety.lora_cache import lora_cache
+from mergekit_safety.recipe.lora_cache import lora_cache
 from mergekit_safety.sweep.executor import Evaluator, Job, Outcome, describe_error
 from mergekit_safety.sweep.grid import SweepPlan
 from mergekit_safety.sweep.merging import Merge, evaluable, merge_adapter, merge_recipe, references

@@ -28,7 +28,7 @@ from mergekit_safety.core.roles import Role
 from mergekit_safety.core.selection import SELECTORS, Resolved, Selection, parse_selection, resolve
 from mergekit_safety.mergekit_internals import PlannedTensor
 from mergekit_safety.methods.base import RoleCheckedMethod, RoleInputs, check_finite
-from mergekit_safety.recipe import parameter_scopes
+from mergekit_safety.recipe.walk import parameter_scopes
 
 
 @dataclass(frozen=True)
@@ -283,7 +283,7 @@ def _score_key(config: MergeConfiguration, options: MergeOptions, gated_only: bo
 def check_top_k(config: MergeConfiguration, top_k: int) -> None:
     """``top_k`` (a sweep's or a search's largest) fits the recipe's rankable matrices: planned
     by mergekit, counted from the file headers; nothing is loaded, no ρ computed."""
-    from mergekit_safety.recipe import without_selection
+    from mergekit_safety.recipe.walk import without_selection
 
     tensors = mergekit_internals.plan_tensors(
         without_selection(config, drop_threshold=False), MergeOptions(quiet=True)

@@ -21,7 +21,7 @@ from mergekit_safety.core.errors import ConfigError
 from mergekit_safety.core.roles import Role, parse_role
 from mergekit_safety.core.selection import GATE_KEYS
 from mergekit_safety.methods.base import RoleCheckedMethod
-from mergekit_safety.recipe import walk
+from mergekit_safety.recipe.walk import walk
 
 SECTIONS = ("merge_method", "base_model", "models", "slices", "modules", "parameters", "dtype",
             "out_dtype", "tokenizer_source", "tokenizer", "chat_template", "name")  # fmt: skip
