@@ -19,7 +19,7 @@ LAYERS = (
     ("the door into mergekit", {"mergekit_internals"}),
     ("methods", {"methods"}),
     ("recipe machinery", {"recipe", "adapter"}),
-    ("evaluation and reporting", {"evaluation", "sweep", "search", "card", "plot", "demo"}),
+    ("evaluation and reporting", {"evaluation", "publish", "sweep", "search", "demo"}),
     ("commands and the plugin entry", {"cli", "__main__", "plugin"}),
     ("the .pth hook", {HOOK}),
 )  # fmt: skip

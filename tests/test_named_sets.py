@@ -275,8 +275,8 @@ def test_sweep_markdown_shows_the_attacks_beside_plain():
 
 
 def test_the_card_shows_refusal_under_each_attack():
-    from mergekit_safety.card import SafetyEvaluation, render_section
     from mergekit_safety.evaluation.evaluator import attack_rates
+    from mergekit_safety.publish.model_card import SafetyEvaluation, render_section
 
     merged = {"model": "out", "refusal_rate": 0.9, "asr": 0.1,
               "attacks": attack_rates({"plain": (9, 10), "few_shot": (3, 10)})}  # fmt: skip

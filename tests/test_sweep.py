@@ -21,7 +21,7 @@ from helpers import FakeEvaluator, write_recipe  # noqa: E402
 from mergekit_safety.cli import main  # noqa: E402
 from mergekit_safety.core.acceptance import Gate  # noqa: E402
 from mergekit_safety.core.errors import ConfigError  # noqa: E402
-from mergekit_safety.plot import pareto_front  # noqa: E402
+from mergekit_safety.publish.plot import pareto_front  # noqa: E402
 from mergekit_safety.sweep import (  # noqa: E402
     SweepPoint,
     parse_assignment,

@@ -59,7 +59,7 @@ def card_command(
     options override that description (they run nothing).
     Re-running replaces the section; mergekit's front matter keys are kept.
     """
-    from mergekit_safety.card import (
+    from mergekit_safety.publish.model_card import (
         describe_prompt_sets,
         evaluation_from_results,
         load_results,

@@ -83,7 +83,7 @@ def inspect_command(
         text = resolved_recipe(recipe, found.resolved, found.recipe)
         Path(write_recipe).write_text(text, encoding="utf-8")
     if plot is not None:
-        from mergekit_safety.plot import plot_rho
+        from mergekit_safety.publish.plot import plot_rho
 
         plot_rho(found.records, Path(plot), threshold=effective_threshold(found),
                  title=f"{found.method}: {Path(recipe).name}")  # fmt: skip

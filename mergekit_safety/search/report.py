@@ -275,7 +275,7 @@ def _cell(summary: Mapping[str, Any], key: str) -> str:
 def write_reports(result: SearchResult, directory: Path, context: Mapping[str, Any]) -> dict:
     """``search.json``, ``search.md``, ``search.png`` (trade-off, Pareto front, gate) and
     ``search-coefficients.png`` (the chosen per-layer values over depth) in ``directory``."""
-    from mergekit_safety.plot import plot_coefficients, plot_sweep
+    from mergekit_safety.publish.plot import plot_coefficients, plot_sweep
 
     directory.mkdir(parents=True, exist_ok=True)
     paths = {kind: directory / f"search.{kind}" for kind in ("json", "md", "png")}

@@ -13,7 +13,7 @@ from mergekit_safety.core.acceptance import (
     metric,
     objective_label,
 )
-from mergekit_safety.plot import plot_grid, plot_sweep
+from mergekit_safety.publish.plot import plot_grid, plot_sweep
 from mergekit_safety.sweep.choice import close_to_chosen
 from mergekit_safety.sweep.grid import TIE_BREAK
 from mergekit_safety.sweep.result import SweepResult
