@@ -423,7 +423,7 @@ def layer_inputs(model_dir: Path, rows: Path) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from mergekit_safety.evaluation.calibration import linear_layers, texts_of
+    from mergekit_safety.evaluation.calibration_pass import linear_layers, texts_of
     from mergekit_safety.evaluation.prompts import calibration_conversations
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()

@@ -22,7 +22,7 @@ from helpers import write_recipe
 from mergekit_safety.core.errors import ConfigError
 from mergekit_safety.evaluation import evaluate, generation, harness, load_prompt_sets
 from mergekit_safety.evaluation.adapters import adapter_rank
-from mergekit_safety.evaluation.resident import ResidentBase, ResidentVllm
+from mergekit_safety.evaluation.resident_models import ResidentBase, ResidentVllm
 
 
 @dataclass(frozen=True)

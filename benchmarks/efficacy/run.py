@@ -245,7 +245,7 @@ def do_calibrate(config: Config, stage: Stage) -> None:
     """A's statistics (safe_delta, lssf_activations): A's own greedy replies to harmful train
     prompts (the reference's self-generated safety data), then the calibration pass; its time
     recorded on its own."""
-    from mergekit_safety.evaluation.calibration import calibrate
+    from mergekit_safety.evaluation.calibration_pass import calibrate
 
     spec = config.calibration
     assert spec is not None

@@ -136,7 +136,7 @@ def _evaluator(evaluation: EvalSettings, *, adapter: bool, ray: RaySettings | No
         return evaluation.replace(progress=False).build()
     if not adapter:
         return evaluation.build()
-    from mergekit_safety.evaluation.resident import ResidentBase, ResidentVllm
+    from mergekit_safety.evaluation.resident_models import ResidentBase, ResidentVllm
 
     if evaluation.backend == "vllm":
         return evaluation.build(loader=ResidentVllm(dtype=evaluation.dtype))

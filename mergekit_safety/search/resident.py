@@ -61,7 +61,7 @@ class ResidentMerge:
         self.vllm: Any = None
         """With ``backend="vllm"``: the engine each merge is loaded into (``ResidentVllmMerge``)."""
         if backend == "vllm":
-            from mergekit_safety.evaluation.resident import ResidentVllmMerge
+            from mergekit_safety.evaluation.resident_models import ResidentVllmMerge
 
             self.vllm = ResidentVllmMerge(self.base, dtype=dtype)
 
@@ -116,7 +116,7 @@ def evaluate_trial(
     ``evaluator``: an ``Evaluator`` (or anything callable on a name with a ``loader``
     attribute), pointed at the resident network for the call.
     """
-    from mergekit_safety.evaluation.resident import ResidentNetwork
+    from mergekit_safety.evaluation.resident_models import ResidentNetwork
 
     resident.apply(recipe)
     previous = evaluator.loader

@@ -143,7 +143,7 @@ def write_reports(
     chosen = (
         "none passes the gate" if result.chosen is None else result.plan.label(result.chosen.value)
     )
-    from mergekit_safety.evaluation.report import attack_table
+    from mergekit_safety.evaluation.eval_report import attack_table
 
     attacks = attack_table(rows)
     paths["md"].write_text(

@@ -11,8 +11,8 @@ from typing import Any
 from mergekit_safety.core.acceptance import interval, metric
 from mergekit_safety.core.outputs import staged
 from mergekit_safety.evaluation.attacks import PLAIN
-from mergekit_safety.evaluation.evaluator import EvalResult
 from mergekit_safety.evaluation.harness import task_metrics
+from mergekit_safety.evaluation.pipeline import EvalResult
 
 COLUMNS = (
     ("refusal_rate", "harmful: refused ↑"),
