@@ -10,7 +10,6 @@ from typing import Any
 
 import click
 
-from mergekit_safety.cli.choice import check_before_work, report_context, write_card
 from mergekit_safety.cli.common import NOTHING_PASSES, config_errors, terminate_unwinds
 from mergekit_safety.cli.options import (
     RaySettings,
@@ -21,6 +20,7 @@ from mergekit_safety.cli.options import (
     needs_gate,
     ray_options,
 )
+from mergekit_safety.cli.sweep_search import check_before_work, report_context, write_card
 from mergekit_safety.core.acceptance import Gate
 from mergekit_safety.evaluation.settings import EvalSettings
 
