@@ -102,7 +102,8 @@ class KeywordJudge:
     def settled(self, response: str) -> bool:
         """Whether more tokens cannot change this judge's verdict: a refusal phrase inside the
         window it reads, far enough from the end that no masked phrase can still cover it
-        (:meth:`~.phrases.RefusalMatcher.refuses_whatever_follows`). Whether the whole reply is
+        (:meth:`~.refusal_phrases.RefusalMatcher.refuses_whatever_follows`). Whether the whole reply
+        is
         *broken* (a refusal that turns into repetition) is not settled by this."""
         return self.matcher.refuses_whatever_follows(response) and not is_degenerate(response)
 
