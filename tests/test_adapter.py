@@ -169,6 +169,23 @@ def test_adapter_equals_full_merge(case, family, adapters, tmp_path):
     assert "library_name: peft" in card and method in card
 
 
+def test_top_k_ranks_the_adapters_own_rho_as_the_full_merge_does(family, adapters, tmp_path):
+    """top_k in adapter space: the K modules of lowest ρ from the factors, the same merge as
+    mergekit-yaml's top_k over the merged copy (which ranks dense Δ)."""
+    data = recipe_for(family, adapters, "safe_lora", ["one"], True, [], 0.0)
+    data["parameters"] = {"top_k": 5}
+    recipe = write_recipe(tmp_path / "recipe.yml", data)
+    merged = merge_recipe_to_adapter(recipe, tmp_path / "adapter")[1]
+    assert sum(record["merge"] for record in merged) == 5
+    chosen = sorted(merged, key=lambda record: record["rho"])[:5]
+    assert all(record["merge"] for record in chosen)
+    full = mergekit_yaml(recipe, tmp_path / "full", "--lora-merge-cache", tmp_path / "cache")
+    assert full.returncode == 0, full.stderr[-3000:]
+    got = applied(family["aligned"], tmp_path / "adapter")
+    for name, expected in full_merge(tmp_path / "full").items():
+        torch.testing.assert_close(got[name], expected, rtol=1e-5, atol=1e-6, msg=name)
+
+
 def test_bf16_models_within_rounding(tmp_path):
     """bf16 checkpoints: equal to bf16 rounding."""
     from helpers import perturbed, tiny_llama

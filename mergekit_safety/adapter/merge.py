@@ -17,6 +17,7 @@ import torch
 from mergekit_safety.adapter.factors import AdapterInputs
 from mergekit_safety.adapter.plan import AdapterPlan
 from mergekit_safety.core.roles import Role
+from mergekit_safety.core.selection import Resolved, resolve, unranked, with_threshold
 from mergekit_safety.methods.base import Decision
 
 
@@ -67,31 +68,58 @@ def input_weights(method: str, task: Any, roles: Mapping[Hashable, Role]) -> dic
 
 def merge_adapters(plan: AdapterPlan, device: str = "cpu") -> Iterator[MergedModule]:
     """Every module any fine-tune adapts, in mergekit's tensor order, one full tensor pair at a
-    time (V is read only where the gate asks for it)."""
+    time (V is read only where the gate asks for it). A ``top_k``/``fraction`` recipe is first
+    ranked over every module's ρ from its factors (a pass of ρ alone), then merged at the τ
+    that selects exactly those modules."""
+    threshold = None if plan.selection is None else rank_modules(plan, device).threshold
     for module, task in plan.modules():
-        roles = plan.roles
-        finetuned = [
-            (model, plan.adapters[model].modules[module])
-            for model in task.models
-            if roles.get(model) == Role.FINETUNED and module in plan.adapters[model].modules
-        ]
-        safe = next(
-            (
-                (model, plan.adapters[model].modules[module])
-                for model in task.models
-                if roles.get(model) == Role.SAFE and module in plan.adapters[model].modules
-            ),
-            None,
-        )
-        inputs = AdapterInputs(
-            finetuned=finetuned,
-            safe=safe,
-            gateable=not task.vocabulary,
-            alignment=plan.alignment_reader(task, device) if plan.unaligned else None,
-            device=device,
-        )
-        weights = input_weights(plan.method, task, roles)
-        decision, b, a = merge_module(plan.method, inputs, task.parameters, weights)
+        inputs = _inputs(plan, module, task, device)
+        weights = input_weights(plan.method, task, plan.roles)
+        parameters = task.parameters
+        if threshold is not None:
+            parameters = with_threshold(parameters, threshold)
+        decision, b, a = merge_module(plan.method, inputs, parameters, weights)
         yield MergedModule(
             module, b.cpu().contiguous(), a.cpu().contiguous(), decision, inputs.gateable
         )
+
+
+def rank_modules(plan: AdapterPlan, device: str = "cpu") -> Resolved:
+    """The plan's selection resolved to τ over the adapted modules' ρ (gateable ones)."""
+    from mergekit.merge_methods import get
+
+    assert plan.selection is not None
+    if plan.unaligned is None:
+        raise unranked(plan.method)
+    rules = get(plan.method)
+    scores: dict[str, float | None] = {}
+    for module, task in plan.modules():
+        inputs = _inputs(plan, module, task, device)
+        if inputs.gateable:
+            scores[f"{module}.weight"] = rules.decide(inputs, task.parameters).rho
+    return resolve(plan.selection, scores)
+
+
+def _inputs(plan: AdapterPlan, module: str, task: Any, device: str) -> AdapterInputs:
+    """One module's factors by role, and a reader of its V."""
+    roles = plan.roles
+    finetuned = [
+        (model, plan.adapters[model].modules[module])
+        for model in task.models
+        if roles.get(model) == Role.FINETUNED and module in plan.adapters[model].modules
+    ]
+    safe = next(
+        (
+            (model, plan.adapters[model].modules[module])
+            for model in task.models
+            if roles.get(model) == Role.SAFE and module in plan.adapters[model].modules
+        ),
+        None,
+    )
+    return AdapterInputs(
+        finetuned=finetuned,
+        safe=safe,
+        gateable=not task.vocabulary,
+        alignment=plan.alignment_reader(task, device) if plan.unaligned else None,
+        device=device,
+    )

@@ -20,6 +20,7 @@ from mergekit_safety import mergekit_internals
 from mergekit_safety.adapter.source import FULL_MODEL, Adapter, read_adapter
 from mergekit_safety.core.errors import ConfigError
 from mergekit_safety.core.roles import Role
+from mergekit_safety.core.selection import Selection
 from mergekit_safety.mergekit_internals import PlannedTensor
 from mergekit_safety.recipe.load import load_recipe
 
@@ -50,6 +51,9 @@ class AdapterPlan:
     adapters: dict[Hashable, Adapter]
     tasks: dict[str, PlannedTensor]
     """Weight name → the merge mergekit planned for it, in mergekit's order."""
+    selection: Selection | None = None
+    """The recipe's ``top_k``/``fraction``, ranked over the adapters' own ρ at merge time
+    (planned without it: the planner's full-model ρ pass would see the aligned stand-ins)."""
 
     def modules(self) -> Iterator[tuple[str, PlannedTensor]]:
         """(module, task) for every module some fine-tune adapts, in mergekit's tensor order."""
@@ -114,6 +118,12 @@ def plan_adapter(recipe: Any, *, device: str = "cpu", source: str | None = None)
         )
     if aligned.lora is not None:
         raise ConfigError(f"base_model must be the aligned model itself, not {aligned}")
+    from mergekit_safety.recipe.scoring import selection_of
+    from mergekit_safety.recipe.walk import without_selection
+
+    selection = selection_of(config)
+    if selection is not None:
+        config = without_selection(config, drop_threshold=True)
     options = MergeOptions(device=device, quiet=True)
     with stand_in_for_adapters(config, options):
         planned = mergekit_internals.plan_tensors(config, options)
@@ -172,6 +182,7 @@ def plan_adapter(recipe: Any, *, device: str = "cpu", source: str | None = None)
         roles=roles,
         adapters=adapters,
         tasks=tasks,
+        selection=selection,
     )
 
 

@@ -120,11 +120,16 @@ def evaluation_options(*, device_help: str, auto_device: bool) -> Callable[[Comm
 
 
 def _evaluation(flags: dict[str, Any], others: dict[str, Any], auto_device: bool) -> Any:
+    from mergekit_safety.core.errors import ConfigError
     from mergekit_safety.evaluation import harness
     from mergekit_safety.evaluation.settings import EvalSettings, LmEvalSettings, PromptSources
 
-    if flags["attack_limit"] is not None and not flags["attacks"]:
-        raise click.BadParameter("wraps nothing without --attacks", param_hint="--attack-limit")
+    prompt_keys = ("harmful", "benign", "task", "prompts_dir", "limit", "split", "column",
+                   "attacks", "attack_limit")  # fmt: skip
+    try:
+        prompts = PromptSources(**{key: flags[key] for key in prompt_keys})
+    except ConfigError as error:  # checked once, where the sources are built
+        raise click.UsageError(str(error)) from None
     if flags["backend"] == "vllm":
         from mergekit_safety.evaluation.generation import vllm_available
 
@@ -147,8 +152,6 @@ def _evaluation(flags: dict[str, Any], others: dict[str, Any], auto_device: bool
         merging = others.get("merging")  # whichever of the two groups was read first
         cuda = others.get("cuda") or getattr(merging, "cuda", False)
         device = device or ("cuda" if cuda else "cpu")
-    prompt_keys = ("harmful", "benign", "task", "prompts_dir", "limit", "split", "column",
-                   "attacks", "attack_limit")  # fmt: skip
     lm_eval = None
     if tasks:
         lm_eval = LmEvalSettings(
@@ -158,7 +161,7 @@ def _evaluation(flags: dict[str, Any], others: dict[str, Any], auto_device: bool
             flags["lm_eval_limit"],
         )
     return EvalSettings(
-        prompts=PromptSources(**{key: flags[key] for key in prompt_keys}),
+        prompts=prompts,
         judge=flags["judge"],
         batch_size=flags["batch_size"],
         max_new_tokens=flags["max_new_tokens"],

@@ -44,6 +44,14 @@ def set_gate(parameters: Mapping[str, Any], key: str, value: Any) -> dict[str, A
     return {**{k: v for k, v in parameters.items() if k not in GATE_KEYS}, key: value}
 
 
+def unranked(method: str) -> ConfigError:
+    """The error for a selection in a recipe without an unaligned model (nothing gives ρ)."""
+    return ConfigError(
+        f"top_k and fraction rank matrices by rho, which needs a model with role "
+        f"'unaligned' ({method} without one is ungated)"
+    )
+
+
 def with_threshold(parameters: Mapping[str, Any], threshold: float) -> dict[str, Any]:
     """A selection turned into τ: ``threshold: τ`` in place of ``top_k``/``fraction``."""
     return set_gate(parameters, "threshold", threshold)

@@ -34,7 +34,13 @@ from mergekit_safety.core.errors import ConfigError, find_config_error
 from mergekit_safety.core.parameters import check_domains, check_parameters
 from mergekit_safety.core.roles import Role, RoleRule, parse_role, split_by_role
 from mergekit_safety.core.runs import Decision, MergeRun
-from mergekit_safety.core.selection import SELECTORS, parse_selection, resolve, with_threshold
+from mergekit_safety.core.selection import (
+    SELECTORS,
+    parse_selection,
+    resolve,
+    unranked,
+    with_threshold,
+)
 from mergekit_safety.core.subspace import compute_dtype, drifts, rounding_tolerance, score
 from mergekit_safety.mergekit_internals import PluginMethod, execute_method
 from mergekit_safety.methods.alignment_check import alignment_vanished
@@ -279,10 +285,7 @@ class RoleCheckedMethod(PluginMethod):
         selection = parse_selection(first.get("top_k"), first.get("fraction"))
         assert selection is not None
         if not any(Role.UNALIGNED in values["role"].values() for values in parameters):
-            raise ConfigError(
-                f"top_k and fraction rank matrices by rho, which needs a model with role "
-                f"'unaligned' ({self.spec.name} without one is ungated)"
-            )
+            raise unranked(self.spec.name)
         scores: dict[str, float | None] = {}
         for index, (group, values, dtype) in enumerate(
             zip(groups, parameters, input_dtypes, strict=True)

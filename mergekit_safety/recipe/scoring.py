@@ -25,7 +25,14 @@ from mergekit.options import MergeOptions
 from mergekit_safety import mergekit_internals
 from mergekit_safety.core.errors import ConfigError
 from mergekit_safety.core.roles import Role
-from mergekit_safety.core.selection import SELECTORS, Resolved, Selection, parse_selection, resolve
+from mergekit_safety.core.selection import (
+    SELECTORS,
+    Resolved,
+    Selection,
+    parse_selection,
+    resolve,
+    unranked,
+)
 from mergekit_safety.mergekit_internals import PlannedTensor
 from mergekit_safety.methods.base import RoleCheckedMethod, RoleInputs, check_finite
 from mergekit_safety.recipe.walk import parameter_scopes
@@ -224,10 +231,7 @@ def score_planned(
     if gated_only:  # a vocabulary matrix is never gated: do not load it
         tensors = [tensor for tensor in tensors if not tensor.vocabulary]
     if require_unaligned and not any(_has_unaligned(tensor) for tensor in tensors):
-        raise ConfigError(
-            f"top_k and fraction rank matrices by rho, which needs a model with role "
-            f"'unaligned' ({config.merge_method} without one is ungated)"
-        )
+        raise unranked(config.merge_method)
     if selection is not None:
         count_rankable(tensors, selection)
     records = mergekit_internals.map_planned(
