@@ -169,7 +169,9 @@ def test_every_gated_method_defaults_to_the_one_threshold():
 def test_parameters_import_nothing_above_the_lowest_layer():
     tree = ast.parse(open(parameters.__file__, encoding="utf-8").read())
     ours = {
-        node.module if node.module != "mergekit_safety" else f"mergekit_safety.{alias.name}"
+        f"{node.module}.{alias.name}"
+        if node.module in ("mergekit_safety", "mergekit_safety.core")  # a package: name the module
+        else node.module
         for node in ast.walk(tree)
         if isinstance(node, ast.ImportFrom) and node.module and "mergekit_safety" in node.module
         for alias in node.names
