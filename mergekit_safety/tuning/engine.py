@@ -69,8 +69,11 @@ class Sampler(Protocol):
     toward_finetuned: Sequence[int]
     """Per value of a point: +1 where larger keeps more of the fine-tune (the ties' side)."""
     total: int
+    """How many points the sampler will ask for in all (the progress bar's length)."""
     done: int
+    """How many of them an earlier run of the same study already evaluated."""
     label: str
+    """The progress bar's name: ``sweep weight``, ``search``."""
 
     def known_references(self) -> list[dict[str, Any]] | None:
         """The references' summaries from an earlier run of the same study, if any."""
