@@ -53,7 +53,6 @@ class InMemory:
 
     device: str
     dtype: str | None = None
-    adapter = False
 
     def merger(self) -> Merge:
         return merge_recipe
@@ -99,7 +98,8 @@ class Worker:
 
     def _evaluate(self, job: Job, scratch: Path, options: Any) -> tuple[dict, Path | None]:
         if job.kind == "reference":
-            path = job.name if self.how.adapter else evaluable(job.name, options)
+            through_peft = isinstance(self.how, OnDisk) and self.how.adapter
+            path = job.name if through_peft else evaluable(job.name, options)
             self.status(f"evaluating {job.role}")
             return dict(self.evaluator(path)), None
         assert job.recipe is not None
