@@ -103,7 +103,7 @@ def test_sweep_and_search_share_the_loop_and_record_a_failed_point_alike(family,
                        Scores(lambda name: name == "trial 1"), None, search_runner,
                        tmp_path / "searched", progress=False)  # fmt: skip
 
-    loop = {(engine.__file__, "tune"), (engine.__file__, "_references")}
+    loop = {(engine.__file__, "tune"), (engine.__file__, "evaluate_references")}
     assert sweep_runner.drivers == search_runner.drivers == loop
     assert swept.failed == [(0.6, ERROR)]  # the point's value and the runner's one line
     assert [(t.number, t.state, t.error) for t in found.trials] == [

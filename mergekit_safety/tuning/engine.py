@@ -166,7 +166,10 @@ def tune(
         kept_scores(),  # one ρ pass per model set
         runner.open(sampler.template, evaluator, name, bar.set_postfix_str) as run,
     ):
-        references = known if known is not None else _references(run, sampler, bar)
+        references = known
+        if references is None:
+            references = evaluate_references(run, sampler.references, bar)
+            sampler.keep_references(references)
         started = time.perf_counter()
         while batch := sampler.ask():
             for outcome in run.run(batch):
@@ -196,21 +199,20 @@ def tune(
     return Tuned(references, chosen, close, installed, seconds)
 
 
-def _references(run: Run, sampler: Sampler, bar: Any) -> list[dict[str, Any]]:
-    """Each reference's summary (a failure ends the run), kept by the sampler."""
-    names = sampler.references
+def evaluate_references(run: Run, names: Sequence[str], bar: Any = None) -> list[dict[str, Any]]:
+    """Each reference's summary, aligned first, on ``run`` (a failure ends the run): the one way
+    the loop, and ``search --test-prompts``, evaluate them."""
     jobs = [Job("reference", i, name, "fine-tuned" if i else "aligned")
             for i, name in enumerate(names)]  # fmt: skip
     found: dict[int, dict[str, Any]] = {}
     for outcome in run.run(jobs):
-        bar.update()
+        if bar is not None:
+            bar.update()
         if outcome.error is not None:
             raise ConfigError(f"evaluating {outcome.job.name} failed: {outcome.error}")
         assert outcome.summary is not None
         found[outcome.job.index] = {**outcome.summary, "model": outcome.job.name}
-    summaries = [found[i] for i in range(len(names))]
-    sampler.keep_references(summaries)
-    return summaries
+    return [found[i] for i in range(len(names))]
 
 
 def _choice(sampler: Sampler, gate: Gate) -> Any:

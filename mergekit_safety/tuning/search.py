@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from mergekit_safety.acceptance import Gate
-from mergekit_safety.tuning.engine import Job, Outcome, Runner, tune
+from mergekit_safety.tuning.engine import Job, Outcome, Runner, evaluate_references, tune
 from mergekit_safety.tuning.search_report import SearchResult, TrialRow, trial_row
 from mergekit_safety.tuning.study import Budget, SearchPlan
 
@@ -113,14 +113,11 @@ def run_search(
 
 
 def _references_on(tester: Any, plan: SearchPlan, runner: Any) -> dict[str, Any]:
-    """The references evaluated by ``tester`` (their LoRA merged first, into a temporary cache)."""
-    from mergekit_safety.lora_cache import lora_cache
-    from mergekit_safety.tuning.merging import evaluable, references
+    """The references evaluated by ``tester``, here, as the loop evaluates them."""
+    from mergekit_safety.tuning.runners import SerialRunner
 
-    options = runner.merge_options
     names = [plan.sweep.aligned, *plan.sweep.finetuned]
-    with lora_cache(references(plan.sweep.recipe), options.lora_merge_cache,
-                    runner.work_dir) as cache:  # fmt: skip
-        options = options.model_copy(update={"lora_merge_cache": cache})
-        found = [{**tester(evaluable(name, options)), "model": name} for name in names]
+    here = SerialRunner(runner.merge_options, runner.how, runner.work_dir)
+    with here.open(plan.sweep.recipe, tester, "test") as run:
+        found = evaluate_references(run, names)
     return {"aligned": found[0], "finetuned": found[1:]}
