@@ -22,7 +22,7 @@ LAYERS = (
     ("methods", {"methods"}),
     ("recipe machinery", {"recipe", "lora_cache", "scoring", "planning", "adapter", "inspection",
                           "recipe_keys", "user_errors"}),
-    ("evaluation and reporting", {"evaluation", "sweep", "search", "card", "plot", "demo"}),
+    ("evaluation and reporting", {"evaluation", "tuning", "card", "plot", "demo"}),
     ("commands and the plugin entry", {"cli", "__main__", "plugin"}),
     ("the .pth hook", {HOOK}),
 )  # fmt: skip
