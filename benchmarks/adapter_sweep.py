@@ -8,8 +8,9 @@ the child's peak RSS), interleaved round by round, minima over rounds:
 * ``large``: a random Llama of ≥ 100M parameters (hidden 1024, the ≈0.5B model's MLP width, the
   demo's tokenizer) with a random rank-8 LoRA on every linear layer, plain ``safe_linear``.
 
-Both paths run the same ``run_sweep(adapter=True)`` with the CLI's evaluator; only its ``loader``
-differs (``ResidentBase`` or none). Their sweep rows must be identical, and the run says so.
+Both paths run the same ``run_sweep`` (an ``OnDisk(adapter=True)`` runner) with the CLI's
+evaluator; only its ``loader`` differs (``ResidentBase`` or none). Their sweep rows must be
+identical, and the run says so.
 
     python -m benchmarks.adapter_sweep main --rounds 3
 """
@@ -104,7 +105,9 @@ def child(recipe, weights, mode, limit, tokens, rows_path) -> None:
 
     from mergekit_safety.evaluation.resident_models import ResidentBase
     from mergekit_safety.evaluation.settings import EvalSettings, PromptSources
-    from mergekit_safety.sweep import plan_sweep, run_sweep
+    from mergekit_safety.tuning.grid import plan_sweep
+    from mergekit_safety.tuning.runners import OnDisk, SerialRunner
+    from mergekit_safety.tuning.sweep import run_sweep
 
     loading = _time_loading()
     loader = ResidentBase() if mode == "resident" else None
@@ -112,8 +115,8 @@ def child(recipe, weights, mode, limit, tokens, rows_path) -> None:
                             dtype="float32")  # fmt: skip
     evaluator = settings.build(loader=loader)
     plan = plan_sweep(recipe, "weight", [float(w) for w in weights.split(",")])
-    result = run_sweep(plan, evaluator, merge_options=MergeOptions(quiet=True), adapter=True,
-                       progress=False)  # fmt: skip
+    runner = SerialRunner(MergeOptions(quiet=True), OnDisk(adapter=True))
+    result = run_sweep(plan, evaluator, runner, progress=False)
     Path(rows_path).write_text(json.dumps(result.rows(), indent=1), encoding="utf-8")
     Path(f"{rows_path}.load.json").write_text(json.dumps(loading), encoding="utf-8")
 

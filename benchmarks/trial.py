@@ -2,7 +2,7 @@
 
 - **point** (what ``sweep`` does per value): ``run_merge`` to a directory, load it, evaluate it.
 - **trial** (what ``search`` does per trial): merge in memory into the resident network (loaded
-  once per search, not timed) and evaluate it as it is (``search/resident.py``).
+  once per search, not timed) and evaluate it as it is (``tuning/resident.py``).
 - **trial, settled**: the trial with ``stop_settled`` (a refusal stops once the keyword judge's
   verdict cannot change); its outcomes are compared with the plain trial's.
 
@@ -67,8 +67,8 @@ def main(
     from benchmarks.generation import machine
     from mergekit_safety.cli.common import merge_options_from
     from mergekit_safety.evaluation import Evaluator, load_prompt_sets
-    from mergekit_safety.search.resident import ResidentMerge, evaluate_trial
-    from mergekit_safety.sweep.merging import merge_recipe
+    from mergekit_safety.tuning.merging import merge_recipe
+    from mergekit_safety.tuning.resident import ResidentMerge, evaluate_trial
 
     prompts = load_prompt_sets(limit=limit)
     with tempfile.TemporaryDirectory(prefix="trial-bench-") as scratch:

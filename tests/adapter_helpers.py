@@ -84,7 +84,9 @@ def adapter_sweep_rows(tmp_path: Path, aligned: str, adapter: Path, evaluator) -
     from helpers import write_recipe
     from mergekit.options import MergeOptions
 
-    from mergekit_safety.sweep import plan_sweep, run_sweep
+    from mergekit_safety.tuning.grid import plan_sweep
+    from mergekit_safety.tuning.runners import OnDisk, SerialRunner
+    from mergekit_safety.tuning.sweep import run_sweep
 
     recipe = write_recipe(
         tmp_path / "recipe.yml",
@@ -96,7 +98,8 @@ def adapter_sweep_rows(tmp_path: Path, aligned: str, adapter: Path, evaluator) -
         },
     )
     plan = plan_sweep(recipe, "weight", [0.0, 0.5, 1.0])
-    result = run_sweep(plan, evaluator, merge_options=MergeOptions(), adapter=True, progress=False)
+    runner = SerialRunner(MergeOptions(), OnDisk(adapter=True))
+    result = run_sweep(plan, evaluator, runner, progress=False)
     return yaml.safe_dump(result.rows())
 
 

@@ -391,7 +391,9 @@ def test_sweep_in_adapter_space(family, adapters, tmp_path):
     """--adapter: each value a peft adapter, references through peft, the choice an adapter."""
     from mergekit.options import MergeOptions
 
-    from mergekit_safety.sweep import plan_sweep, run_sweep
+    from mergekit_safety.tuning.grid import plan_sweep
+    from mergekit_safety.tuning.runners import OnDisk, SerialRunner
+    from mergekit_safety.tuning.sweep import run_sweep
 
     recipe = write_recipe(
         tmp_path / "recipe.yml",
@@ -411,10 +413,9 @@ def test_sweep_in_adapter_space(family, adapters, tmp_path):
 
     plan = plan_sweep(recipe, "weight", [0.4, 0.8])
     out = tmp_path / "chosen"
-    result = run_sweep(
-        plan, evaluator, merge_options=MergeOptions(), gate=Gate(min_refusal=0.5), out=out,
-        adapter=True, progress=False,
-    )  # fmt: skip
+    runner = SerialRunner(MergeOptions(), OnDisk(adapter=True))
+    result = run_sweep(plan, evaluator, runner, gate=Gate(min_refusal=0.5), out=out,
+                       progress=False)  # fmt: skip
     assert seen[1] == f"{family['aligned']}+{adapters['one']}"  # evaluated through peft
     assert len(seen) == 4
     assert result.chosen is not None and result.chosen.value == 0.8

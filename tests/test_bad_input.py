@@ -475,7 +475,7 @@ def test_eval_reports_empty_replies_apart_and_the_gate_fails_them(tmp_path, fami
     assert summary["engaged_rate"] == summary["helpful_rate"] == 0.0
     assert "broken ↓" in result.stdout
 
-    from mergekit_safety.sweep import passes
+    from mergekit_safety.core.acceptance import passes
 
     assert not passes(summary | {"refusal_rate": 1.0}, Gate(min_refusal=0.9))
     assert passes(summary | {"refusal_rate": 1.0, "empty_rate": 0.1}, Gate(min_refusal=0.9))
@@ -1139,7 +1139,7 @@ def test_a_local_cluster_says_nothing_about_its_token():
     dropped; any other record of that logger (auth disabled: a warning worth reading) stays."""
     import logging
 
-    from mergekit_safety.sweep.distributed import _DropTokenNotice
+    from mergekit_safety.tuning.ray_cluster import _DropTokenNotice
 
     def record(message: str) -> logging.LogRecord:
         return logging.LogRecord("ray", logging.WARNING, __file__, 1, message, None, None)

@@ -84,7 +84,7 @@ def test_stages_come_after_their_inputs(full_size):
 def test_the_new_methods_are_stages_with_a_default_and_a_sweepable_grid(full_size, tmp_path):
     from benchmarks.efficacy.plan import calibration_dir
     from mergekit_safety.core.calibration import METADATA
-    from mergekit_safety.sweep import plan_grid
+    from mergekit_safety.tuning.grid import plan_grid
 
     config, u, a = full_size
     stages = {s.name: s for s in plan(config)}
@@ -264,14 +264,18 @@ def test_the_study_sweeps_with_the_library_evaluator(tmp_path):
 
 def test_the_resta_loop_chooses_by_the_sweeps_rule(tmp_path, monkeypatch):
     import benchmarks.efficacy.run as study
-    import mergekit_safety.sweep as sweep
+    from mergekit_safety.tuning import runners
 
-    monkeypatch.setattr(sweep, "merge_recipe", lambda body, out, options: out.mkdir(parents=True))
+    def merge(body, out, options):  # no model: the β the recipe holds, for the evaluator
+        out.mkdir(parents=True)
+        (out / "beta").write_text(f"{body['models'][0]['parameters']['weight']:g}")
+
+    monkeypatch.setattr(runners, "merge_recipe", merge)
     config = load_config(ROOT / "benchmarks/efficacy/smollm2.yml", ROOT)
     accuracy = {"1": 0.5, "1.5": 0.7, "2": 0.7, "3": None}  # 1.5 and 2 tie; 3 has none
 
     def evaluator(path: str) -> dict:
-        beta = Path(path).name.removeprefix("resta-")
+        beta = (Path(path) / "beta").read_text()
         return {"refusal_rate": 0.9, "over_refusal_rate": 0.1, "task_accuracy": accuracy[beta]}
 
     found = study._resta_sweep(config, [3.0, 2.0, 1.5, 1.0], str(tmp_path / "ft"), evaluator,
@@ -288,7 +292,7 @@ def test_the_calibrate_stage_writes_statistics_for_safe_delta(tmp_path, monkeypa
     """A's replies (stubbed: no generation here), then the pass, then a safe_delta merge on them."""
     from benchmarks.efficacy import run
     from mergekit_safety.core.calibration import read
-    from mergekit_safety.sweep import merge_recipe
+    from mergekit_safety.tuning.merging import merge_recipe
 
     a = tiny_llama(tmp_path / "A", seed=1)
     raw = smollm2_raw()

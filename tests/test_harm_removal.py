@@ -152,7 +152,7 @@ def test_shipped_recipe_runs(tmp_path):
 
 
 def test_sweep_sets_scale_and_density_on_the_recipe():
-    from mergekit_safety.sweep import parse_assignment, plan_grid, set_parameter
+    from mergekit_safety.tuning.grid import parse_assignment, plan_grid, set_parameter
 
     assert parse_assignment("scale=0.5,1,3,5") == ("scale", [0.5, 1.0, 3.0, 5.0])
     recipe = REPO / "recipes" / "harm_removal.yml"

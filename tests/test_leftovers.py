@@ -135,7 +135,7 @@ def test_an_interrupted_install_of_the_chosen_merge_leaves_out_as_it_was(tmp_pat
     the old model whole in --out and no staging sibling (issue 40)."""
     import shutil
 
-    from mergekit_safety.sweep.merging import install
+    from mergekit_safety.tuning.merging import install
 
     out, merged = tmp_path / "out", tmp_path / "merged"
     out.mkdir()

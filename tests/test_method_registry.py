@@ -16,7 +16,7 @@ from mergekit_safety.core.errors import ConfigError
 from mergekit_safety.core.roles import Role
 from mergekit_safety.methods import METHODS, register_all
 from mergekit_safety.recipe.inspection import inspect
-from mergekit_safety.sweep.grid import plan_grid
+from mergekit_safety.tuning.grid import plan_grid
 
 REPO = Path(__file__).resolve().parent.parent
 NAMES = [method.spec.name for method in METHODS]

@@ -59,10 +59,11 @@ def test_ray_sweep_equals_the_serial_sweep(tmp_path):
 def test_a_failed_point_is_reported_and_the_others_go_on(family, tmp_path):
     import ray
 
-    from mergekit_safety.sweep import plan_sweep
-    from mergekit_safety.sweep.distributed import run_sweep_ray
-    from mergekit_safety.sweep.report import markdown_rows, sweep_record
-    from mergekit_safety.sweep.run import merge_recipe
+    from mergekit_safety.tuning.grid import plan_sweep
+    from mergekit_safety.tuning.merging import merge_recipe
+    from mergekit_safety.tuning.runners import OnDisk, RayRunner
+    from mergekit_safety.tuning.sweep import run_sweep
+    from mergekit_safety.tuning.sweep_report import markdown_rows, sweep_record
 
     recipe = write_recipe(tmp_path / "r.yaml", {
         "merge_method": "safe_linear", "base_model": str(family["aligned"]),
@@ -86,9 +87,8 @@ def test_a_failed_point_is_reported_and_the_others_go_on(family, tmp_path):
 
     work = tmp_path / "work"
     work.mkdir()
-    result = run_sweep_ray(plan, evaluator, merge_options=MergeOptions(quiet=True),
-                           gate=Gate(min_refusal=0.5), work_dir=work, progress=False, merge=merge,
-                           workers=2)  # fmt: skip
+    runner = RayRunner(MergeOptions(quiet=True), OnDisk(merge=merge), work, workers=2)
+    result = run_sweep(plan, evaluator, runner, gate=Gate(min_refusal=0.5), progress=False)
     assert not ray.is_initialized(), "the local cluster it started is stopped"
     assert [p.value for p in result.points] == [0.3, 0.9]
     assert [(value, "ValueError" in error) for value, error in result.failed] == [(0.6, True)]
@@ -101,11 +101,12 @@ def test_a_failed_point_is_reported_and_the_others_go_on(family, tmp_path):
 
 
 def test_a_failed_evaluation_is_the_same_row_serially_and_on_ray(family, tmp_path):
-    """One loop records failures for both executors: the serial one with keep_going."""
+    """One loop records failures for both runners."""
     from mergekit.options import MergeOptions
 
-    from mergekit_safety.sweep import SerialExecutor, plan_sweep, run_sweep
-    from mergekit_safety.sweep.distributed import RayExecutor
+    from mergekit_safety.tuning.grid import plan_sweep
+    from mergekit_safety.tuning.runners import RayRunner, SerialRunner
+    from mergekit_safety.tuning.sweep import run_sweep
 
     recipe = write_recipe(tmp_path / "r.yaml", {
         "merge_method": "safe_linear", "base_model": str(family["aligned"]),
@@ -129,15 +130,13 @@ def test_a_failed_evaluation_is_the_same_row_serially_and_on_ray(family, tmp_pat
     for mode in ("serial", "ray"):
         work = tmp_path / f"work-{mode}"
         work.mkdir()
-        common = {"work_dir": work, "progress": False}
-        executor = (
-            SerialExecutor(MergeOptions(quiet=True), **common, keep_going=True)
+        runner = (
+            SerialRunner(MergeOptions(quiet=True), work_dir=work)
             if mode == "serial"
-            else RayExecutor(MergeOptions(quiet=True), **common, workers=2)
+            else RayRunner(MergeOptions(quiet=True), work_dir=work, workers=2)
         )
-        result = run_sweep(
-            plan, evaluator, executor, gate=Gate(min_refusal=0.05), out=tmp_path / mode
-        )
+        result = run_sweep(plan, evaluator, runner, gate=Gate(min_refusal=0.05),
+                           out=tmp_path / mode, progress=False)  # fmt: skip
         assert result.failed == [(0.6, "ValueError: no evaluation at 0.6, on purpose")]
         assert result.chosen is not None and result.chosen.value == 0.9
         assert list(work.iterdir()) == []
@@ -206,7 +205,7 @@ def test_without_ray_installed_the_error_says_how_to_get_it(monkeypatch):
     import builtins
 
     from mergekit_safety.core.errors import ConfigError
-    from mergekit_safety.sweep.distributed import import_ray
+    from mergekit_safety.tuning.ray_cluster import import_ray
 
     real = builtins.__import__
 

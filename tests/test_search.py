@@ -7,6 +7,7 @@ a Ray search equals a serial one with the same seed and --parallel.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -23,14 +24,10 @@ pytest.importorskip("optuna")
 
 from mergekit_safety.core.acceptance import Gate  # noqa: E402
 from mergekit_safety.core.errors import ConfigError  # noqa: E402
-from mergekit_safety.search.space import SEARCHED, Dimension, check_space, parse_param  # noqa: E402
-from mergekit_safety.search.study import (  # noqa: E402
-    Budget,
-    SearchPlan,
-    finished,
-    open_study,
-    run_study,
-)
+from mergekit_safety.tuning.engine import Outcome, tune  # noqa: E402
+from mergekit_safety.tuning.search import OptunaSampler  # noqa: E402
+from mergekit_safety.tuning.space import SEARCHED, Dimension, check_space, parse_param  # noqa: E402
+from mergekit_safety.tuning.study import Budget, SearchPlan, finished, open_study  # noqa: E402
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0",
        "PYTHONPATH": str(REPO)}  # fmt: skip
@@ -94,7 +91,7 @@ def test_space_refusals_name_the_problem(family, tmp_path, params, message):
 
 
 def test_space_yaml_and_the_recipe_value_off_the_filters(family, tmp_path):
-    from mergekit_safety.search.space import load_space
+    from mergekit_safety.tuning.space import load_space
 
     space_file = tmp_path / "space.yml"
     space_file.write_text(
@@ -137,7 +134,7 @@ def test_rendered_recipe_is_plain_mergekit_and_reproduces_the_trial(family, tmp_
     trial merge (and the resident network's parameters) bit for bit."""
     from mergekit.options import MergeOptions
 
-    from mergekit_safety.search.resident import ResidentMerge
+    from mergekit_safety.tuning.resident import ResidentMerge
 
     recipe_path = gated_recipe(family, tmp_path)
     space, sweep = check_space(
@@ -168,25 +165,37 @@ def test_rendered_recipe_is_plain_mergekit_and_reproduces_the_trial(family, tmp_
 
 
 class FakeRunner:
-    """Scores from the recipe's numbers, deterministically: no model. Stops after ``stop`` jobs."""
+    """Scores from the recipe's numbers, deterministically: no model. Stops after ``stop`` points
+    (the references are not counted)."""
 
     def __init__(self, stop: int | None = None):
         self.jobs = 0
         self.stop = stop
 
+    @contextlib.contextmanager
+    def open(self, template, evaluator, name, status=None):
+        yield self
+
     def run(self, jobs):
-        out = []
-        for _name, recipe in jobs:
+        for job in jobs:
+            if job.kind == "reference":
+                yield Outcome(job, {"refusal_rate": 1.0, "task_accuracy": 0.5})
+                continue
             if self.stop is not None and self.jobs >= self.stop:
                 raise KeyboardInterrupt
             self.jobs += 1
-            weights = recipe["models"][0]["parameters"]["weight"]
+            weights = job.recipe["models"][0]["parameters"]["weight"]
             values = [v for entry in weights for v in _as_list(entry["value"])]
             mean = sum(values) / len(values)
-            out.append({"refusal_rate": 1 - mean * 0.8, "over_refusal_rate": 0.05,
-                        "task_accuracy": mean, "empty_rate": 0.0, "n_harmful": 50,
-                        "n_benign": 50, "n_task": 50})  # fmt: skip
-        return out
+            yield Outcome(job, {"refusal_rate": 1 - mean * 0.8, "over_refusal_rate": 0.05,
+                                "task_accuracy": mean, "empty_rate": 0.0, "n_harmful": 50,
+                                "n_benign": 50, "n_task": 50}, seconds=0.0)  # fmt: skip
+
+
+def run_study(study, plan, runner, budget, gate):
+    """The engine with the study's sampler (no output: the study is the record)."""
+    tune(OptunaSampler(study, plan, budget, gate), runner, None, gate=gate, progress=False)
+    return study
 
 
 def _as_list(value):
@@ -209,28 +218,26 @@ def test_a_resumed_search_equals_an_uninterrupted_one(family, tmp_path, parallel
     gate = Gate(min_refusal=0.5, max_over_refusal=0.2)
     whole = Budget(10, parallel, seed=7, startup_trials=3,
                    storage=f"sqlite:///{tmp_path}/whole.db", study_name="s")  # fmt: skip
-    reference = run_study(open_study(plan, whole, gate), plan, FakeRunner(), whole, gate,
-                          progress=False)  # fmt: skip
+    reference = run_study(open_study(plan, whole, gate), plan, FakeRunner(), whole, gate)
     cut = Budget(**{**whole.__dict__, "storage": f"sqlite:///{tmp_path}/cut.db"})
     with pytest.raises(KeyboardInterrupt):  # stopped in the middle of a batch
-        run_study(open_study(plan, cut, gate), plan, FakeRunner(stop=4), cut, gate,
-                  progress=False)  # fmt: skip
-    resumed = run_study(open_study(plan, cut, gate), plan, FakeRunner(), cut, gate,
-                        progress=False)  # fmt: skip
+        run_study(open_study(plan, cut, gate), plan, FakeRunner(stop=4), cut, gate)
+    resumed = run_study(open_study(plan, cut, gate), plan, FakeRunner(), cut, gate)
     expected = [(p, v, m) for _n, p, v, m in trials_of(reference)]
     assert [(p, v, m) for _n, p, v, m in trials_of(resumed)] == expected
     assert len(expected) == 10
     assert len(resumed.trials) > 10, "the stopped run's trials stay, marked failed"
     more = Budget(**{**cut.__dict__, "trials": 12})  # a larger budget continues the study
-    assert len(finished(run_study(open_study(plan, more, gate), plan, FakeRunner(), more, gate,
-                                  progress=False))) == 12  # fmt: skip
+    assert (
+        len(finished(run_study(open_study(plan, more, gate), plan, FakeRunner(), more, gate))) == 12
+    )
 
 
 def test_another_search_in_the_same_study_is_refused(family, tmp_path):
     plan = fake_plan(family, tmp_path)
     budget = Budget(2, storage=f"sqlite:///{tmp_path}/s.db", study_name="s")
     run_study(open_study(plan, budget, Gate(min_refusal=0.5)), plan, FakeRunner(), budget,
-              Gate(min_refusal=0.5), progress=False)  # fmt: skip
+              Gate(min_refusal=0.5))  # fmt: skip
     with pytest.raises(ConfigError, match="is another search \\(its gate differ"):
         open_study(plan, budget, Gate(min_refusal=0.9))
 
@@ -354,8 +361,8 @@ def test_a_ray_search_equals_a_serial_one(tmp_path):
 
 @pytest.mark.subprocess
 def test_the_core_imports_neither_optuna_nor_ray():
-    code = ("import sys, mergekit_safety.cli, mergekit_safety.cli.search, mergekit_safety.search."
-            "study, mergekit_safety.search.runners, mergekit_safety.search.report\n"
+    code = ("import sys, mergekit_safety.cli, mergekit_safety.cli.search, mergekit_safety.tuning."
+            "study, mergekit_safety.tuning.runners, mergekit_safety.tuning.search_report\n"
             "print(sorted({'optuna', 'ray'} & set(sys.modules)))")  # fmt: skip
     ran = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=ENV, capture_output=True,
                          text=True, timeout=300)  # fmt: skip

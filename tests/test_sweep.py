@@ -19,19 +19,20 @@ from click.testing import CliRunner  # noqa: E402
 from helpers import FakeEvaluator, write_recipe  # noqa: E402
 
 from mergekit_safety.cli import main  # noqa: E402
-from mergekit_safety.core.acceptance import Gate  # noqa: E402
+from mergekit_safety.core.acceptance import Gate, passes  # noqa: E402
 from mergekit_safety.core.errors import ConfigError  # noqa: E402
 from mergekit_safety.publish.plot import pareto_front  # noqa: E402
-from mergekit_safety.sweep import (  # noqa: E402
-    SweepPoint,
-    parse_assignment,
-    parse_values,
-    passes,
-    plan_sweep,
-    run_sweep,
-    select,
-    write_reports,
-)
+from mergekit_safety.tuning.choice import SweepPoint, choose, directions  # noqa: E402
+from mergekit_safety.tuning.grid import parse_assignment, parse_values, plan_sweep  # noqa: E402
+from mergekit_safety.tuning.runners import SerialRunner  # noqa: E402
+from mergekit_safety.tuning.sweep import run_sweep  # noqa: E402
+from mergekit_safety.tuning.sweep_report import write_reports  # noqa: E402
+
+
+def choose_by_side(points, gate, parameters):
+    """The choice rule with each parameter's side from SWEEPABLE."""
+    return choose(points, gate, directions(parameters))
+
 
 # --- value ranges -------------------------------------------------------------------------------
 
@@ -81,7 +82,7 @@ def test_assignment():
         parse_assignment("weight")
 
 
-# --- selection ----------------------------------------------------------------------------------
+# --- the choice ----------------------------------------------------------------------------------
 
 
 def point(value, refusal=0.9, over=0.1, accuracy=0.5):
@@ -91,25 +92,25 @@ def point(value, refusal=0.9, over=0.1, accuracy=0.5):
     )
 
 
-def test_select_best_accuracy_among_passing():
+def test_choose_best_accuracy_among_passing():
     points = [
         point(0.3, 0.95, accuracy=0.4),
         point(0.6, 0.85, accuracy=0.6),
         point(0.9, 0.5, 0.1, 0.9),
     ]
-    chosen = select(points, Gate(min_refusal=0.8), "weight")
+    chosen = choose_by_side(points, Gate(min_refusal=0.8), "weight")
     assert chosen is points[1]  # 0.9 has better accuracy but fails the refusal gate
 
 
-def test_select_over_refusal_gate():
+def test_choose_over_refusal_gate():
     points = [point(0.3, over=0.5, accuracy=0.9), point(0.6, over=0.2, accuracy=0.4)]
-    assert select(points, Gate(max_over_refusal=0.3), "weight") is points[1]
+    assert choose_by_side(points, Gate(max_over_refusal=0.3), "weight") is points[1]
     assert (
-        select(points, Gate(max_over_refusal=0.5), "weight") is points[0]
+        choose_by_side(points, Gate(max_over_refusal=0.5), "weight") is points[0]
     )  # the bound is inclusive
 
 
-def test_select_gate_bounds_are_inclusive():
+def test_choose_gate_bounds_are_inclusive():
     assert passes(
         {"refusal_rate": 0.8, "over_refusal_rate": 0.2}, Gate(min_refusal=0.8, max_over_refusal=0.2)
     )
@@ -121,36 +122,40 @@ def test_select_gate_bounds_are_inclusive():
 
 def test_ties_go_to_the_finetuned_side():
     weights = [point(0.3), point(0.7), point(0.5)]
-    assert select(weights, Gate(min_refusal=0.5), "weight").value == 0.7
+    assert choose_by_side(weights, Gate(min_refusal=0.5), "weight").value == 0.7
     thresholds = [point(0.3), point(0.1), point(0.5)]
-    assert select(thresholds, Gate(min_refusal=0.5), "threshold").value == 0.1
+    assert choose_by_side(thresholds, Gate(min_refusal=0.5), "threshold").value == 0.1
 
 
 def test_missing_gate_metric_fails_the_gate():
     points = [point(0.3, refusal=None, accuracy=0.9), point(0.6, refusal=math.nan, accuracy=0.8)]
     points.append(point(0.9, accuracy=0.1))
-    assert select(points, Gate(min_refusal=0.5), "weight") is points[2]
+    assert choose_by_side(points, Gate(min_refusal=0.5), "weight") is points[2]
     no_over = SweepPoint(0.2, {"refusal_rate": 1.0, "task_accuracy": 1.0})
-    assert select([no_over], Gate(max_over_refusal=0.5), "weight") is None
-    assert select([no_over], Gate(min_refusal=0.5), "weight") is no_over  # over-refusal not gated
+    assert choose_by_side([no_over], Gate(max_over_refusal=0.5), "weight") is None
+    assert (
+        choose_by_side([no_over], Gate(min_refusal=0.5), "weight") is no_over
+    )  # over-refusal not gated
 
 
 def test_missing_accuracy_ranks_last_but_can_be_chosen():
     points = [point(0.9, accuracy=None), point(0.3, accuracy=0.0)]
-    assert select(points, Gate(min_refusal=0.5), "weight") is points[1]
-    assert select(points[:1], Gate(min_refusal=0.5), "weight") is points[0]
+    assert choose_by_side(points, Gate(min_refusal=0.5), "weight") is points[1]
+    assert choose_by_side(points[:1], Gate(min_refusal=0.5), "weight") is points[0]
     ties = [point(0.9, accuracy=None), point(0.3, accuracy=None)]
-    assert select(ties, Gate(min_refusal=0.5), "weight").value == 0.9
+    assert choose_by_side(ties, Gate(min_refusal=0.5), "weight").value == 0.9
 
 
 def test_nothing_passes():
-    assert select([point(0.3, 0.2), point(0.6, 0.1)], Gate(min_refusal=0.5), "weight") is None
-    assert select([], Gate(min_refusal=0.5), "weight") is None
+    assert (
+        choose_by_side([point(0.3, 0.2), point(0.6, 0.1)], Gate(min_refusal=0.5), "weight") is None
+    )
+    assert choose_by_side([], Gate(min_refusal=0.5), "weight") is None
 
 
 def test_no_gate_means_best_accuracy():
     points = [point(0.3, 0.0, 1.0, 0.2), point(0.6, 0.0, 1.0, 0.7)]
-    assert select(points, Gate(), "weight") is points[1]
+    assert choose_by_side(points, Gate(), "weight") is points[1]
 
 
 def test_pareto_front():
@@ -256,15 +261,8 @@ def test_run_keeps_the_choice_and_nothing_else(family, tmp_path):
     work.mkdir()
     evaluator = FakeEvaluator()
     plan = plan_sweep(recipe, "weight", [0.2, 0.5, 0.8])
-    result = run_sweep(
-        plan,
-        evaluator,
-        merge_options=merge_options(),
-        gate=Gate(min_refusal=0.4),
-        out=out,
-        work_dir=work,
-        progress=False,
-    )
+    runner = SerialRunner(merge_options(), work_dir=work)
+    result = run_sweep(plan, evaluator, runner, gate=Gate(min_refusal=0.4), out=out, progress=False)
     assert result.chosen is not None and result.chosen.value == 0.5
     assert evaluator.calls.count(str(family["aligned"])) == 1
     assert evaluator.calls.count(str(family["finetuned"])) == 1
@@ -296,15 +294,8 @@ def test_interrupted_run_leaves_no_temporary_models(family, tmp_path, error, rai
     plan = plan_sweep(recipe, "weight", [0.2, 0.5, 0.8])
     evaluator = FakeEvaluator(raise_at=raise_at, error=error)
     with pytest.raises(error, match="on purpose"):
-        run_sweep(
-            plan,
-            evaluator,
-            merge_options=merge_options(),
-            gate=Gate(min_refusal=0.0),
-            out=out,
-            work_dir=work,
-            progress=False,
-        )
+        runner = SerialRunner(merge_options(), work_dir=work)
+        run_sweep(plan, evaluator, runner, gate=Gate(min_refusal=0.0), out=out, progress=False)
     assert len(evaluator.calls) == raise_at
     assert list(work.iterdir()) == []
     assert not out.exists()
@@ -324,16 +315,16 @@ def fails_at(weight: float):
     return evaluator
 
 
-def test_serial_executor_records_a_failed_point_as_ray_does(family, tmp_path):
-    from mergekit_safety.sweep import SerialExecutor
-    from mergekit_safety.sweep.report import markdown_rows, sweep_record
+def test_serial_runner_records_a_failed_point_as_ray_does(family, tmp_path):
+    from mergekit_safety.tuning.sweep_report import markdown_rows, sweep_record
 
     recipe = write_recipe(tmp_path / "r.yaml", recipe_dict(family))
     work, out = tmp_path / "work", tmp_path / "chosen"
     work.mkdir()
     plan = plan_sweep(recipe, "weight", [0.2, 0.5, 0.8])
-    executor = SerialExecutor(merge_options(), work_dir=work, progress=False)  # the default
-    result = run_sweep(plan, fails_at(0.5), executor, gate=Gate(min_refusal=0.1), out=out)
+    runner = SerialRunner(merge_options(), work_dir=work)
+    result = run_sweep(plan, fails_at(0.5), runner, gate=Gate(min_refusal=0.1), out=out,
+                       progress=False)  # fmt: skip
     assert [p.value for p in result.points] == [0.2, 0.8]
     assert result.failed == [(0.5, "ValueError: no evaluation at 0.5, on purpose")]
     assert result.chosen is not None and result.chosen.value == 0.8  # the failed point ignored
@@ -350,27 +341,15 @@ def test_serial_executor_records_a_failed_point_as_ray_does(family, tmp_path):
     assert list(work.iterdir()) == []
 
 
-def test_serial_executor_still_stops_on_a_failed_reference(family, tmp_path):
-    from mergekit_safety.sweep import SerialExecutor
-
+def test_a_failed_reference_ends_the_run(family, tmp_path):
     recipe = write_recipe(tmp_path / "r.yaml", recipe_dict(family))
     work = tmp_path / "work"
     work.mkdir()
     plan = plan_sweep(recipe, "weight", [0.2])
-    executor = SerialExecutor(merge_options(), work_dir=work, progress=False, keep_going=True)
+    runner = SerialRunner(merge_options(), work_dir=work)
     with pytest.raises(ConfigError, match=r"evaluating .*aligned failed: RuntimeError: evaluator"):
-        run_sweep(plan, FakeEvaluator(raise_at=1), executor)
+        run_sweep(plan, FakeEvaluator(raise_at=1), runner, progress=False)
     assert list(work.iterdir()) == []
-
-
-def test_run_sweep_takes_the_executor_or_its_settings_not_both(family, tmp_path):
-    from mergekit_safety.sweep import SerialExecutor
-
-    plan = plan_sweep(write_recipe(tmp_path / "r.yaml", recipe_dict(family)), "weight", [0.2])
-    with pytest.raises(TypeError, match="executor"):
-        run_sweep(plan, FakeEvaluator())
-    with pytest.raises(TypeError, match="belong to the executor"):
-        run_sweep(plan, FakeEvaluator(), SerialExecutor(merge_options()), work_dir=tmp_path)
 
 
 DRIVER = """
@@ -384,7 +363,7 @@ from helpers import FakeEvaluator
 fake = FakeEvaluator()
 
 def slow(path):
-    if "mergekit-safety-sweep-" in path:
+    if "mergekit-safety-" in path:
         print("EVALUATING", flush=True)
         time.sleep(60)
     return fake(path)
@@ -464,7 +443,7 @@ def test_lora_finetune_is_merged_in_the_work_dir(family, tmp_path):
         return FakeEvaluator()(path)
 
     result = run_sweep(
-        plan, evaluator, merge_options=merge_options(), work_dir=work, progress=False
+        plan, evaluator, SerialRunner(merge_options(), work_dir=work), progress=False
     )
     lora_path, existed = seen[1]
     assert existed and str(work) in lora_path  # the adapter merged into the work dir
@@ -670,7 +649,7 @@ def test_sweep_end_to_end(family, tmp_path):
 
 
 def test_assignments_make_a_grid_of_at_most_two():
-    from mergekit_safety.sweep import parse_assignments
+    from mergekit_safety.tuning.grid import parse_assignments
 
     assert parse_assignments(["weight=0.5,0.7", "top_k=2:6:2"]) == [
         ("weight", [0.5, 0.7]),
@@ -691,13 +670,19 @@ def test_assignments_make_a_grid_of_at_most_two():
 def test_grid_ties_go_to_the_finetuned_side_in_set_order():
     points = [SweepPoint((w, t), {"refusal_rate": 1.0, "task_accuracy": 0.5})
               for w in (0.5, 0.7) for t in (0.2, 0.4)]  # fmt: skip
-    assert select(points, Gate(min_refusal=0.5), ("weight", "threshold")).value == (0.7, 0.2)
+    assert choose_by_side(points, Gate(min_refusal=0.5), ("weight", "threshold")).value == (
+        0.7,
+        0.2,
+    )
     swapped = [SweepPoint(p.value[::-1], p.metrics) for p in points]
-    assert select(swapped, Gate(min_refusal=0.5), ("threshold", "weight")).value == (0.2, 0.7)
+    assert choose_by_side(swapped, Gate(min_refusal=0.5), ("threshold", "weight")).value == (
+        0.2,
+        0.7,
+    )
 
 
 def test_grid_plan_sets_both_and_one_gate_choice(family, tmp_path):
-    from mergekit_safety.sweep import plan_grid
+    from mergekit_safety.tuning.grid import plan_grid
 
     recipe = write_recipe(tmp_path / "r.yaml", recipe_dict(family))
     plan = plan_grid(recipe, [("weight", [0.5, 0.7]), ("top_k", [2, 4, 6])])

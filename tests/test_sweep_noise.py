@@ -10,7 +10,11 @@ import json
 
 from helpers import REPO
 
-from mergekit_safety.sweep import Gate, SweepPoint, SweepResult, plan_sweep, write_reports
+from mergekit_safety.core.acceptance import Gate
+from mergekit_safety.tuning.choice import SweepPoint
+from mergekit_safety.tuning.grid import plan_sweep
+from mergekit_safety.tuning.sweep import SweepResult
+from mergekit_safety.tuning.sweep_report import write_reports
 
 
 def summary(refusal: int, task: int, n: int = 40) -> dict:

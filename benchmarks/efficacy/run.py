@@ -14,6 +14,7 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -424,7 +425,7 @@ def do_harmful(config: Config, stage: Stage) -> None:
 def do_lox(config: Config, stage: Stage) -> None:
     """A hardened with LoX (mergekit-yaml on the lox recipe): the model a LoX user fine-tunes."""
     from benchmarks.efficacy.plan import lox_recipe
-    from mergekit_safety.sweep import merge_recipe
+    from mergekit_safety.tuning.merging import merge_recipe
 
     out = Path(stage.args["out"])
     body = lox_recipe(config, stage.args["point"])
@@ -499,7 +500,7 @@ def chosen_point(config: Config, method: str) -> dict | None:
 def _make_merge(config: Config, args: dict) -> dict | None:
     """Merge ``args["method"]`` at its point on ``args["ft"]`` into ``args["out"]`` (nothing when
     it is there); the merge's record, {} when it existed, None when the sweep chose no point."""
-    from mergekit_safety.sweep import merge_recipe
+    from mergekit_safety.tuning.merging import merge_recipe
 
     if args["method"] == "search":  # the search's chosen recipe, this fine-tune swapped in
         from benchmarks.efficacy.search import chosen_recipe
@@ -633,7 +634,9 @@ def _sweep_evaluator(config: Config, cached: dict[str, dict]) -> Evaluator:
 def do_sweep(config: Config, stage: Stage) -> None:
     from benchmarks.efficacy.evals import read_summary
     from mergekit_safety.core.acceptance import Gate
-    from mergekit_safety.sweep import SerialExecutor, plan_grid, run_sweep
+    from mergekit_safety.tuning.grid import plan_grid
+    from mergekit_safety.tuning.runners import SerialRunner
+    from mergekit_safety.tuning.sweep import run_sweep
 
     method, grid = stage.args["method"], stage.args["grid"]
     ft = stage.args["finetuned"]
@@ -658,10 +661,9 @@ def do_sweep(config: Config, stage: Stage) -> None:
         body = recipe(config, method, {**default, **first}, ft)
         path.write_text(yaml.safe_dump(body, sort_keys=False), encoding="utf-8")
         sweep_plan = plan_grid(path, [(k, [float(x) for x in v]) for k, v in grid.items()])
-        executor = SerialExecutor(_merge_options(config), work_dir=tmp, progress=False)
-        result = run_sweep(
-            sweep_plan, evaluator, executor, gate=Gate(min_refusal=low, max_over_refusal=high)
-        )
+        runner = SerialRunner(_merge_options(config), work_dir=tmp)
+        result = run_sweep(sweep_plan, evaluator, runner, progress=False,
+                           gate=Gate(min_refusal=low, max_over_refusal=high))  # fmt: skip
         rows = result.rows()
         chosen = (
             None
@@ -701,27 +703,46 @@ RESTA_TOWARD_FINETUNED = -1
 def _resta_sweep(
     config: Config, betas: list, ft: str, evaluator: Evaluator, tmp: Path, low: float, high: float
 ) -> dict:
-    """β loop for stock task_arithmetic (the sweep takes role-checked methods only), chosen by
-    the sweep's own rule (:func:`~mergekit_safety.sweep.select`): the best task accuracy among the
-    passing points, ties to the smaller β."""
+    """RESTA's β values for stock task_arithmetic (``plan_grid`` takes role-checked methods
+    only) on the sweep's own engine (:func:`~mergekit_safety.tuning.engine.tune`): the best task
+    accuracy among the passing points, ties to the smaller β; a failed point is a row."""
     from mergekit_safety.core.acceptance import Gate
-    from mergekit_safety.sweep import SweepPoint, merge_recipe, select
+    from mergekit_safety.tuning.engine import tune
+    from mergekit_safety.tuning.runners import SerialRunner
+    from mergekit_safety.tuning.sweep import GridSampler
 
     gate = Gate(min_refusal=low, max_over_refusal=high)
-    rows, points = [], []
-    for beta in betas:
-        out = tmp / f"resta-{beta:g}"
-        if out.exists():
-            shutil.rmtree(out)
-        merge_recipe(recipe(config, "resta", {"beta": beta}, ft), out, _merge_options(config))
-        summary = evaluator(str(out))
-        shutil.rmtree(out)
-        points.append(SweepPoint(beta, summary))
-        rows.append({"kind": "merged", "beta": beta, **summary, "passes": gate.passes(summary)})
-    chosen = select(points, gate, "beta", toward_finetuned=[RESTA_TOWARD_FINETUNED])
-    for row, point in zip(rows, points, strict=True):
-        row["chosen"] = point is chosen
+    sampler = GridSampler(_BetaGrid(config, ft, tuple(betas)), [RESTA_TOWARD_FINETUNED])
+    runner = SerialRunner(_merge_options(config), work_dir=tmp)
+    chosen = tune(sampler, runner, evaluator, gate=gate, progress=False).chosen
+    rows = [{"kind": "merged", "beta": point.value, **point.metrics,
+             "passes": gate.passes(point.metrics), "chosen": point is chosen}
+            for point in sampler.points()]  # fmt: skip
+    rows += [{"kind": "failed", "beta": beta, "error": error, "passes": False, "chosen": False}
+             for beta, error in sampler.failures()]  # fmt: skip
     return {"rows": rows, "chosen": None if chosen is None else {"beta": chosen.value}}
+
+
+@dataclass(frozen=True)
+class _BetaGrid:
+    """RESTA's β values as the grid sampler reads a plan (no references: the study has them)."""
+
+    config: Config
+    finetuned_model: str
+    values: tuple[float, ...]
+    parameter = "beta"
+    aligned = None
+    finetuned = ()
+
+    @property
+    def recipe(self) -> dict:
+        return self.recipe_with(self.values[0])
+
+    def recipe_with(self, beta: float) -> dict:
+        return recipe(self.config, "resta", {"beta": beta}, self.finetuned_model)
+
+    def label(self, beta: float) -> str:
+        return f"beta={beta:g}"
 
 
 def do_adapter(config: Config, stage: Stage) -> None:

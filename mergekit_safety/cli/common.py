@@ -49,6 +49,6 @@ def check_outputs(*, out: Path | None = None, report: Path | None = None,
         if where is not None:
             check_writable(where, label)
     if storage is not None:
-        from mergekit_safety.search.study import prepare_storage
+        from mergekit_safety.tuning.study import prepare_storage
 
         prepare_storage(storage)

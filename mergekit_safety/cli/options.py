@@ -250,11 +250,11 @@ BUDGET_FLAGS = ("trials", "parallel", "seed", "startup_trials", "storage", "stud
 
 def budget_options(command: Command) -> Command:
     """How many trials, how many at a time, the seed and where the study lives (``search``),
-    handed to the command as one :class:`~mergekit_safety.search.study.Budget`, ``budget``
+    handed to the command as one :class:`~mergekit_safety.tuning.study.Budget`, ``budget``
     (``study_name`` empty when not given: the command names it after the recipe)."""
 
     def build(others: dict[str, Any], study_name: str | None, **flags: Any) -> Any:
-        from mergekit_safety.search.study import Budget
+        from mergekit_safety.tuning.study import Budget
 
         return Budget(**flags, study_name=study_name or "")
 
@@ -371,7 +371,7 @@ def check_ray(address: str | None, workers: int | None) -> None:
         )
     if address is not None:
         from mergekit_safety.cli.common import config_errors
-        from mergekit_safety.sweep.distributed import check_ray_installed
+        from mergekit_safety.tuning.ray_cluster import check_ray_installed
 
         with config_errors():
             check_ray_installed(address)

@@ -90,7 +90,7 @@ def search_command(
     per-layer values as mergekit's gradient lists and filters) and merged by mergekit's
     run_merge into OUT, as mergekit-yaml would. Exit status 3: no trial passes the gate.
     """
-    from mergekit_safety.search import study as studies
+    from mergekit_safety.tuning import study as studies
 
     needs_gate(gate, "--max-engaged", "search chooses under a safety gate")
     out_path = Path(out)
@@ -99,7 +99,7 @@ def search_command(
                       storage=budget.storage)  # fmt: skip
     with config_errors():
         studies.import_optuna()  # the missing extra: one line, before any work
-        from mergekit_safety.search.space import check_space, load_space, parse_param
+        from mergekit_safety.tuning.space import check_space, load_space, parse_param
 
         dimensions = [
             *(load_space(space_file) if space_file else []),
@@ -111,18 +111,18 @@ def search_command(
         if not budget.study_name:
             budget = dataclasses.replace(budget, study_name=f"search-{Path(recipe).stem}")
         study = studies.open_study(plan, budget, gate, _measured(evaluator, evaluation))
-    from mergekit_safety.search.execute import run_search
+    from mergekit_safety.tuning.search import run_search
 
+    runner = _runner(merging, work_dir, evaluation, ray, budget.parallel)
     with config_errors(), terminate_unwinds():
-        result = run_search(study, plan, budget, gate, evaluator, tester, merging, out_path,
-                            work_dir=work_dir, device=evaluation.device, dtype=evaluation.dtype,
-                            ray=ray, progress=not quiet)  # fmt: skip
+        result = run_search(study, plan, budget, gate, evaluator, tester, runner, out_path,
+                            progress=not quiet)  # fmt: skip
     _report(result, evaluator, tester, evaluation, out_path)
 
 
 def _report(result: Any, evaluator: Any, tester: Any, evaluation: EvalSettings, out: Path) -> None:
     from mergekit_safety.core.acceptance import objective_label
-    from mergekit_safety.search.report import write_reports
+    from mergekit_safety.tuning.search_report import write_reports
 
     context = report_context(evaluator, evaluation, result.aligned)
     if tester is not None:
@@ -149,6 +149,18 @@ def _report(result: Any, evaluator: Any, tester: Any, evaluation: EvalSettings, 
     click.echo(
         f"Chosen trial {result.chosen.number}; merge written to {out}, recipe {out}/recipe.yml"
     )
+
+
+def _runner(merging: Any, work_dir: str | None, evaluation: EvalSettings,
+            ray: RaySettings | None, parallel: int) -> Any:  # fmt: skip
+    """Each trial merged in memory into a resident model: here, or on ``parallel`` Ray actors."""
+    from mergekit_safety.tuning.runners import InMemory, RayRunner, SerialRunner
+
+    how = InMemory(evaluation.device, evaluation.dtype)
+    if ray is None:
+        return SerialRunner(merging, how, work_dir)
+    gpus = 1 if evaluation.device.startswith("cuda") else 0
+    return RayRunner(merging, how, work_dir, ray.address, ray.workers, gpus, actors=parallel)
 
 
 def _evaluators(evaluation: EvalSettings, test_prompts: str | None) -> tuple[Any, Any]:

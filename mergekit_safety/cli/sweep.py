@@ -93,7 +93,9 @@ def sweep_command(
     the larger weight, the smaller threshold, top_k or fraction. Merges live in a temporary
     directory that is removed however the run ends. Exit status 3: no point passes the gate.
     """
-    from mergekit_safety.sweep import parse_assignments, plan_grid, run_sweep, write_reports
+    from mergekit_safety.tuning.grid import parse_assignments, plan_grid
+    from mergekit_safety.tuning.sweep import run_sweep
+    from mergekit_safety.tuning.sweep_report import write_reports
 
     try:
         grid = parse_assignments(assignments)
@@ -112,11 +114,10 @@ def sweep_command(
 
             plan_adapter(recipe)
         evaluator = _evaluator(evaluation, adapter=adapter, ray=ray)
-    executor = _executor(merging, work_dir, adapter=adapter, ray=ray, device=evaluation.device,
-                         progress=not quiet)  # fmt: skip
+    runner = _runner(merging, work_dir, adapter=adapter, ray=ray, device=evaluation.device)
     try:
         with config_errors(), terminate_unwinds():
-            result = run_sweep(plan, evaluator, executor, gate=gate, out=out)
+            result = run_sweep(plan, evaluator, runner, gate=gate, out=out, progress=not quiet)
     finally:
         if getattr(evaluator, "loader", None) is not None:
             evaluator.loader.close()
@@ -143,19 +144,16 @@ def _evaluator(evaluation: EvalSettings, *, adapter: bool, ray: RaySettings | No
     return evaluation.build(loader=ResidentBase(device=evaluation.device, dtype=evaluation.dtype))
 
 
-def _executor(merging: Any, work_dir: Path | None, *, adapter: bool, ray: RaySettings | None,
-              device: str, progress: bool) -> Any:  # fmt: skip
-    """Where the points run: here, one after another, or as Ray tasks."""
-    from mergekit_safety.sweep import SerialExecutor
+def _runner(merging: Any, work_dir: Path | None, *, adapter: bool, ray: RaySettings | None,
+            device: str) -> Any:  # fmt: skip
+    """Where the points run: here, one after another, or as Ray tasks; each merged to disk."""
+    from mergekit_safety.tuning.runners import OnDisk, RayRunner, SerialRunner
 
-    where = {"work_dir": work_dir, "progress": progress, "adapter": adapter}
+    how = OnDisk(adapter=adapter)
     if ray is None:
-        return SerialExecutor(merging, **where)
-    from mergekit_safety.sweep.distributed import RayExecutor
-
+        return SerialRunner(merging, how, work_dir)
     gpus = 1 if merging.cuda or device.startswith("cuda") else 0
-    return RayExecutor(merging, **where, address=ray.address, workers=ray.workers,
-                       gpus_per_point=gpus)  # fmt: skip
+    return RayRunner(merging, how, work_dir, ray.address, ray.workers, gpus)
 
 
 def _announce(result: Any, context: dict[str, Any]) -> None:
@@ -179,8 +177,8 @@ def _announce(result: Any, context: dict[str, Any]) -> None:
 
 def _card_note(result: Any) -> str:
     """How the sweep chose: the grid, the rule and its ties."""
-    from mergekit_safety.core.acceptance import objective_label
-    from mergekit_safety.sweep import SWEEPABLE, format_value
+    from mergekit_safety.core.acceptance import format_value, objective_label
+    from mergekit_safety.tuning.grid import SWEEPABLE
 
     plan = result.plan
     over = " × ".join(

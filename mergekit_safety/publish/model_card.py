@@ -24,7 +24,7 @@ from mergekit_safety.core.acceptance import METRICS, NO_GATE, TITLES, Gate, metr
 from mergekit_safety.core.errors import ConfigError
 from mergekit_safety.core.hub_card import read_card, render_card
 from mergekit_safety.evaluation.harness import task_metrics
-from mergekit_safety.sweep.grid import recipe_roles, reference_name
+from mergekit_safety.tuning.grid import recipe_roles, reference_name
 
 if TYPE_CHECKING:
     from huggingface_hub import EvalResult, ModelCardData

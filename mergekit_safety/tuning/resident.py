@@ -39,8 +39,8 @@ class ResidentMerge:
         from mergekit.config import MergeConfiguration
 
         from mergekit_safety.evaluation import generation
-        from mergekit_safety.sweep.grid import reference_name
-        from mergekit_safety.sweep.merging import evaluable
+        from mergekit_safety.tuning.grid import reference_name
+        from mergekit_safety.tuning.merging import evaluable
 
         config = MergeConfiguration.model_validate(dict(recipe))
         if config.tokenizer_source is not None or config.tokenizer is not None:

@@ -4,17 +4,16 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mergekit_safety.core.acceptance import METRICS, TITLES, Gate, metric, objective_label
-from mergekit_safety.search.study import Budget, SearchPlan, finished
-from mergekit_safety.sweep.choice import SweepPoint, close_to_chosen, select
-from mergekit_safety.sweep.report import markdown_rows, with_intervals
+from mergekit_safety.tuning.study import Budget, SearchPlan
+from mergekit_safety.tuning.sweep_report import markdown_rows, with_intervals
 
-SELECTION = (
+CHOICE_RULE = (
     "the best {objective} among the trials that pass the gate (ties: the larger weight, the "
     "smaller threshold, top_k or fraction, key by key; then the earlier trial)"
 )
@@ -32,6 +31,8 @@ class TrialRow:
     passes: bool
     seconds: float | None
     error: str | None = None
+    values: tuple[float, ...] = ()
+    """``params`` in the space's key order (what the choice rule ranks)."""
 
 
 @dataclass
@@ -53,45 +54,26 @@ class SearchResult:
         return [t for t in self.trials if t.state != "interrupted"]
 
 
-def trial_rows(study: Any, gate: Gate) -> list[TrialRow]:
-    """Every trial of the study, in order (interrupted ones too, marked)."""
+def trial_row(trial: Any, gate: Gate, keys: Sequence[str], counted: Collection[int]) -> TrialRow:
+    """A finished Optuna trial as a row; ``counted``: the numbers of the trials that count
+    (complete, or failed with an error), the others were interrupted (asked again)."""
     from optuna.trial import TrialState
 
-    counted = {t.number for t in finished(study)}
-    rows = []
-    for trial in study.get_trials(deepcopy=False):
-        if trial.state == TrialState.RUNNING:
-            continue
-        metrics = dict(trial.user_attrs.get("metrics", {}))
-        state = "complete" if trial.state == TrialState.COMPLETE else "failed"
-        if trial.number not in counted:
-            state = "interrupted"
-        rows.append(
-            TrialRow(
-                number=trial.number,
-                state=state,
-                params=dict(trial.params),
-                metrics=metrics,
-                passes=state == "complete" and gate.passes(metrics),
-                seconds=trial.user_attrs.get("seconds"),
-                error=trial.user_attrs.get("error"),
-            )
-        )
-    return rows
-
-
-def choose(plan: SearchPlan, rows: Sequence[TrialRow], gate: Gate) -> tuple[Any, list[Any]]:
-    """The chosen trial (``sweep``'s rule: :func:`~mergekit_safety.sweep.choice.select`) and the
-    passing trials within noise of it (:func:`~mergekit_safety.sweep.choice.close_to_chosen`)."""
-    keys = plan.space.keys()
-    complete = [row for row in rows if row.state == "complete"]
-    points = [SweepPoint(tuple(row.params[k] for k in keys), row.metrics) for row in complete]
-    chosen = select(points, gate, keys, toward_finetuned=plan.directions())
-    if chosen is None:
-        return None, []
-    close = close_to_chosen(points, chosen, gate)
-    by_point = {id(point): row for point, row in zip(points, complete, strict=True)}
-    return by_point[id(chosen)], [by_point[id(point)] for point in close]
+    metrics = dict(trial.user_attrs.get("metrics", {}))
+    state = "complete" if trial.state == TrialState.COMPLETE else "failed"
+    if trial.number not in counted:
+        state = "interrupted"
+    params = dict(trial.params)
+    return TrialRow(
+        number=trial.number,
+        state=state,
+        params=params,
+        metrics=metrics,
+        passes=state == "complete" and gate.passes(metrics),
+        seconds=trial.user_attrs.get("seconds"),
+        error=trial.user_attrs.get("error"),
+        values=tuple(params[key] for key in keys) if state == "complete" else (),
+    )
 
 
 def search_record(result: SearchResult, context: Mapping[str, Any]) -> dict[str, Any]:
@@ -105,7 +87,7 @@ def search_record(result: SearchResult, context: Mapping[str, Any]) -> dict[str,
         "space": [d.record() for d in plan.space.dimensions],
         "objective": gate.objective,
         "gate": gate.record(),
-        "selection": SELECTION.format(objective=objective_label(gate.objective)),
+        "selection": CHOICE_RULE.format(objective=objective_label(gate.objective)),
         "sampler": {
             "name": "optuna TPESampler (multivariate, constraints_func = the gate)",
             "seed": budget.seed,

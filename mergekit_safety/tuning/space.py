@@ -1,7 +1,7 @@
 """What a search varies: recipe parameters with ranges, global or as per-layer gradients.
 
 Each dimension names a parameter ``sweep --set`` takes (``weight``, ``threshold``, ``top_k``,
-``fraction``, ``scale``, ``density``: :data:`~mergekit_safety.sweep.grid.SWEEPABLE`, which also
+``fraction``, ``scale``, ``density``: :data:`~mergekit_safety.tuning.grid.SWEEPABLE`, which also
 says where it lives) and a range. A per-model parameter (``weight``) may instead be a gradient:
 ``anchors: N`` values spread evenly over depth, one list per ``filters`` entry, written in
 mergekit's own syntax — on each fine-tuned input
@@ -227,7 +227,7 @@ def check_space(dimensions: Sequence[Dimension], recipe_path: str | Path) -> tup
     """
     from mergekit import merge_methods
 
-    from mergekit_safety.sweep.grid import SWEEPABLE, check_alternatives, plan_grid
+    from mergekit_safety.tuning.grid import SWEEPABLE, check_alternatives, plan_grid
 
     if not dimensions:
         raise ConfigError("nothing to search: give --space FILE or --param NAME=LOW:HIGH")

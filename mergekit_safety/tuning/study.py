@@ -1,16 +1,18 @@
-"""The search loop: Optuna asks for trials in batches, a runner evaluates them, Optuna is told.
+"""The Optuna study behind ``search``: the plan and budget, the study stored and resumed, the
+seeded sampler of each batch, and how a trial's outcome is told.
 
 Optuna's constrained TPE (``TPESampler(multivariate=True, constraints_func=...)``) maximises the
 objective (task accuracy by default) under the gate's constraints (engaged ≤ the most allowed,
 helpful ≥ the least, mostly-broken replies fail): ``Gate.constraints`` says exactly what
-``Gate.passes`` says (:class:`~mergekit_safety.core.acceptance.Gate`).
+``Gate.passes`` says (:class:`~mergekit_safety.core.acceptance.Gate`). The loop is the engine's
+(:func:`~.engine.tune`, with :class:`~.search.OptunaSampler`).
 
-Determinism: trials are asked ``parallel`` at a time and told in trial order, and the sampler is
-made afresh before each batch with a seed derived from (``seed``, trials finished), so a serial
-run and a Ray run with the same ``parallel`` and seed ask the same trials. On resume (the same
-``storage`` and study name), trials a stopped run left RUNNING are marked FAIL (without an
-``error``: they do not count) and asked again, so the resumed study holds the same finished trials
-as an uninterrupted one. One process drives a study at a time.
+Determinism: trials are asked ``parallel`` at a time, and the sampler is made afresh before each
+batch with a seed derived from (``seed``, trials finished), so a serial run and a Ray run with the
+same ``parallel`` and seed ask the same trials. On resume (the same ``storage`` and study name),
+trials a stopped run left RUNNING are marked FAIL (without an ``error``: they do not count) and
+asked again, so the resumed study holds the same finished trials as an uninterrupted one. One
+process drives a study at a time.
 """
 
 from __future__ import annotations
@@ -18,15 +20,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from mergekit_safety.core.acceptance import Gate, metric
 from mergekit_safety.core.errors import ConfigError, install_hint
-from mergekit_safety.search.space import Space
+from mergekit_safety.tuning.space import Space
 
 OPTUNA_MISSING = f"search needs Optuna: {install_hint('search', 'optuna')}"
 KEPT = (
@@ -60,7 +61,7 @@ class SearchPlan:
 
     def recipe_for(self, params: Mapping[str, float]) -> dict[str, Any]:
         """The plain mergekit recipe of a trial's parameters (a fresh copy)."""
-        from mergekit_safety.sweep.grid import set_parameter
+        from mergekit_safety.tuning.grid import set_parameter
 
         recipe = self.sweep.recipe
         for dimension in self.space.dimensions:
@@ -83,7 +84,7 @@ class SearchPlan:
 
     def directions(self) -> list[int]:
         """Per sampler key: +1 where a larger value keeps more of the fine-tune (ties' side)."""
-        from mergekit_safety.sweep.grid import SWEEPABLE
+        from mergekit_safety.tuning.grid import SWEEPABLE
 
         return [
             SWEEPABLE[d.name].toward_finetuned for d in self.space.dimensions for _k in d.keys()
@@ -100,12 +101,6 @@ class Budget:
     startup_trials: int = 10
     storage: str | None = None
     study_name: str = "search"
-
-
-class Runner(Protocol):
-    """Evaluates a batch of (name, recipe) trials: each one's summary, or its error (a line)."""
-
-    def run(self, jobs: Sequence[tuple[str, Mapping[str, Any]]]) -> list[dict[str, Any] | str]: ...
 
 
 def kept_metrics(summary: Mapping[str, Any]) -> dict[str, Any]:
@@ -231,7 +226,7 @@ def sampler(budget: Budget, done: int) -> Any:
 
     optuna = import_optuna()
     seed = int(numpy.random.SeedSequence([budget.seed, done]).generate_state(1)[0])
-    with _quiet(optuna):  # constraints_func: deprecated in Optuna 5, the one way in 3.5
+    with quiet(optuna):  # constraints_func: deprecated in Optuna 5, the one way in 3.5
         return optuna.samplers.TPESampler(
             seed=seed, multivariate=True, constant_liar=True, constraints_func=_constraints,
             n_startup_trials=budget.startup_trials,
@@ -242,38 +237,11 @@ def _constraints(trial: Any) -> Sequence[float]:
     return trial.user_attrs["constraints"]
 
 
-def run_study(
-    study: Any, plan: SearchPlan, runner: Runner, budget: Budget, gate: Gate, *,
-    progress: bool = True,
-) -> Any:  # fmt: skip
-    """Ask, evaluate and tell until ``budget.trials`` trials have finished (``study`` from
-    :func:`open_study`); returns the study."""
-    from tqdm.auto import tqdm
-
-    optuna = import_optuna()
-    abandon_running(study)
-    distributions = plan.distributions(optuna)
-    done = len(finished(study))
-    with tqdm(total=budget.trials, initial=min(done, budget.trials), desc="search",
-              unit="trial", disable=not progress) as bar:  # fmt: skip
-        while done < budget.trials:
-            study.sampler = sampler(budget, done)
-            size = min(budget.parallel, budget.trials - done)
-            with _quiet(optuna):
-                batch = [study.ask(distributions) for _ in range(size)]
-            jobs = [(f"trial {t.number}", plan.recipe_for(t.params)) for t in batch]
-            started = time.perf_counter()
-            outcomes = runner.run(jobs)
-            seconds = (time.perf_counter() - started) / len(batch)
-            for trial, outcome in zip(batch, outcomes, strict=True):
-                tell(study, trial, outcome, gate, seconds)
-                bar.update()
-            done = len(finished(study))
-    return study
-
-
-def tell(study: Any, trial: Any, outcome: Mapping[str, Any] | str, gate: Gate, seconds: float):
-    """Record a trial's metrics, intervals and constraints, then tell Optuna its value."""
+def tell(
+    study: Any, trial: Any, outcome: Mapping[str, Any] | str, gate: Gate, seconds: float | None
+) -> None:
+    """Record a trial's metrics, intervals and constraints, then tell Optuna its value; a
+    failed trial (``outcome`` its error) is told FAIL with its ``error``."""
     from optuna.trial import TrialState
 
     trial.set_user_attr("seconds", seconds)
@@ -292,7 +260,7 @@ def tell(study: Any, trial: Any, outcome: Mapping[str, Any] | str, gate: Gate, s
 
 
 @contextlib.contextmanager
-def _quiet(optuna: Any) -> Iterator[None]:
+def quiet(optuna: Any) -> Iterator[None]:
     """Without Optuna's experimental and deprecation warnings (multivariate, constraints_func)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

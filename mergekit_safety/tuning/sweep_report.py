@@ -14,9 +14,9 @@ from mergekit_safety.core.acceptance import (
     objective_label,
 )
 from mergekit_safety.publish.plot import plot_grid, plot_sweep
-from mergekit_safety.sweep.choice import close_to_chosen
-from mergekit_safety.sweep.grid import TIE_BREAK
-from mergekit_safety.sweep.result import SweepResult
+from mergekit_safety.tuning.choice import close_to_chosen
+from mergekit_safety.tuning.grid import TIE_BREAK
+from mergekit_safety.tuning.sweep import SweepResult
 
 COLUMNS = (
     "kind",
