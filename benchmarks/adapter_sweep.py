@@ -103,7 +103,7 @@ def child(recipe, weights, mode, limit, tokens, rows_path) -> None:
     """One sweep, as `mergekit-safety sweep --adapter` runs it; its rows to ROWS."""
     from mergekit.options import MergeOptions
 
-    from mergekit_safety.evaluation.resident import ResidentBase
+    from mergekit_safety.evaluation.resident_models import ResidentBase
     from mergekit_safety.evaluation.settings import EvalSettings, PromptSources
     from mergekit_safety.tuning.grid import plan_sweep
     from mergekit_safety.tuning.runners import OnDisk, SerialRunner
@@ -126,10 +126,10 @@ def _time_loading() -> dict[str, float]:
     the part of the sweep the resident base removes (the rest is generation and merging)."""
     import contextlib
 
-    from mergekit_safety.evaluation import evaluator
+    from mergekit_safety.evaluation import pipeline
 
     totals = {"load_s": 0.0, "models": 0}
-    inner = evaluator._loaded
+    inner = pipeline._loaded
 
     @contextlib.contextmanager
     def timed(*args, **kwargs):
@@ -145,7 +145,7 @@ def _time_loading() -> dict[str, float]:
             manager.__exit__(None, None, None)
             totals["load_s"] += time.perf_counter() - start
 
-    evaluator._loaded = timed
+    pipeline._loaded = timed
     return totals
 
 

@@ -221,7 +221,7 @@ def main(
     """Measure greedy generation throughput on one model: one prompt at a time, and batched
     through transformers' ``generate`` (before) and our own decoding loop (after), against the
     memory roofline and the matmul rate measured in the same run."""
-    from mergekit_safety.errors import ConfigError
+    from mergekit_safety.core.errors import ConfigError
     from mergekit_safety.evaluation import load_prompt_sets
     from mergekit_safety.evaluation.generation import generate_ids, load_model, resolve_device
 

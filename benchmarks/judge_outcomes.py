@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.judge_sample import OBJECTIVE_SPLIT, SAMPLE, objective_rows
-from mergekit_safety.stats import wilson_interval
+from mergekit_safety.core.stats import wilson_interval
 
 HERE = Path(__file__).resolve().parent
 LABELS = HERE / "results" / "judge_labels_study.jsonl"

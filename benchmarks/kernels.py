@@ -21,7 +21,7 @@ from safetensors import safe_open
 from tqdm import tqdm
 
 from benchmarks import checkpoints
-from mergekit_safety import subspace
+from mergekit_safety.core import subspace
 
 THRESHOLD = 0.35
 

@@ -190,7 +190,7 @@ CALIBRATE = """
 import sys, time, torch
 from pathlib import Path
 from transformers import AutoModelForCausalLM
-from mergekit_safety.evaluation.calibration import accumulate, batches_of, write
+from mergekit_safety.evaluation.calibration_pass import accumulate, batches_of, write
 model_dir, out, prompts, length = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 start = time.perf_counter()
 model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()

@@ -36,8 +36,8 @@ def main(hidden: int, layers: int, repeats: int, top_k: int, workdir: str | None
     from mergekit.merge import run_merge
     from mergekit.options import MergeOptions
 
-    from mergekit_safety import inspection
-    from mergekit_safety.selection import Selection, resolve
+    from mergekit_safety.core.selection import Selection, resolve
+    from mergekit_safety.recipe import inspection
 
     size = Size(hidden=hidden, intermediate=hidden * 11 // 4, layers=layers, heads=16,
                 kv_heads=8, vocab=8192)  # fmt: skip

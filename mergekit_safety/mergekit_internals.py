@@ -3,7 +3,7 @@
 mergekit 0.1.5 offers plugins a method API (``register``, ``@merge_method``, ``TensorGroup``,
 ``merge_tensors``) and a run API (``run_merge``, ``MergeConfiguration``, ``MergeOptions``). The
 rest of the package uses only those; what they cannot do goes through this module, which
-imports nothing of ours but :mod:`mergekit_safety.errors`, ``runs`` and ``parameters`` and
+imports nothing of ours but :mod:`mergekit_safety.core.errors`, ``runs`` and ``parameters`` and
 hands the layers above plain views (:class:`PlannedTensor`, :class:`PlannedRecipe`), never
 mergekit's own task objects.
 
@@ -21,7 +21,7 @@ mergekit (a failing check names the assumption):
    ``mergekit.merge.run_merge(merge_config, out_path, options, ...)`` is every command's merge
    (``mergekit-yaml``, ``-multi``, ``-evolve``, the Python API), and the ``mergekit-pytorch``
    command's click ``callback`` its whole merge: each is wrapped to run inside a merge run of its
-   own (:mod:`mergekit_safety.runs`), which ends with it and undoes its output if it fails.
+   own (:mod:`mergekit_safety.core.runs`), which ends with it and undoes its output if it fails.
 3. ``mergekit.merge_methods.task_adapter.ExecuteMergeMethodTask`` is built once per output tensor
    (by the planner and by ``mergekit-pytorch``) with fields ``method_name``, ``model_order``,
    ``base_model``, ``parameters``, ``input_parameters``, ``output_weight``: its ``__init__`` is
@@ -104,9 +104,9 @@ from typing import Any
 from mergekit.merge_methods.base import MergeMethod
 from pydantic import ValidationError
 
-from mergekit_safety import runs
-from mergekit_safety.errors import ConfigError
-from mergekit_safety.parameters import domain_error
+from mergekit_safety.core import runs
+from mergekit_safety.core.errors import ConfigError
+from mergekit_safety.core.parameters import domain_error
 
 # --- views handed to the layers above ------------------------------------------------------------
 
@@ -263,7 +263,8 @@ _OUT_PATH = "_mergekit_safety_out_path"
 
 def wrap_merge(module: Any) -> None:
     """``run_merge`` is one merge from plan to written files: it runs inside a run of its own
-    (:func:`mergekit_safety.runs.opened`), which ends with it and undoes its output if it fails."""
+    (:func:`mergekit_safety.core.runs.opened`), which ends with it and undoes its output if it
+    fails."""
 
     def run_merge(original: Callable) -> Callable:
         @functools.wraps(original)
@@ -621,7 +622,7 @@ def merge_in_memory(
 
     The plan is mergekit's own (assumption 15), so the recipe-level hooks (checks, the ``top_k``
     ρ pass) and the per-tensor ones run as in a merge to disk; the caller opens the merge's run
-    (:func:`mergekit_safety.runs.opened`). Nothing is written. Tensors are on the math device
+    (:func:`mergekit_safety.core.runs.opened`). Nothing is written. Tensors are on the math device
     (``options.device``), cast to the output dtype.
     """
     import os

@@ -8,10 +8,10 @@ and it does not import the hook either: the hook passes its ``after_import`` dow
 
 from __future__ import annotations
 
-from mergekit_safety import planning
 from mergekit_safety.mergekit_internals import AfterImport
 from mergekit_safety.methods import register_all
-from mergekit_safety.user_errors import install_excepthook
+from mergekit_safety.recipe import planning
+from mergekit_safety.recipe.user_errors import install_excepthook
 
 MERGEKIT_COMMANDS = "mergekit.scripts"
 """The package every mergekit command (``mergekit-yaml``, ``-multi``, ``-pytorch``…) lives in."""

@@ -235,7 +235,7 @@ def fresh_process_state() -> None:
       ``base+adapter`` reference merged once would never be merged (or refused for a missing
       ``--lora-merge-cache``) again, and a model rewritten at the same path would be read from
       the old index; its options (``lora_cache_dir``, ...) also stay from the last run.
-    What a merge decided lives in its own run (``mergekit_safety.runs``), and ρ passes are kept
+    What a merge decided lives in its own run (``mergekit_safety.core.runs``), and ρ passes are kept
     only inside a sweep (``scoring.kept_scores``): neither needs a reset.
     """
     from mergekit.io.tasks import LoaderCache
@@ -315,7 +315,7 @@ def run_in_process(
     """
     from click.testing import CliRunner
 
-    from mergekit_safety import user_errors as errors
+    from mergekit_safety.recipe import user_errors as errors
 
     argv = [str(arg) for arg in args]
     fresh_process_state()
@@ -423,7 +423,7 @@ def layer_inputs(model_dir: Path, rows: Path) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from mergekit_safety.evaluation.calibration import linear_layers, texts_of
+    from mergekit_safety.evaluation.calibration_pass import linear_layers, texts_of
     from mergekit_safety.evaluation.prompts import calibration_conversations
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()

@@ -16,10 +16,10 @@ from helpers import mergekit_yaml, write_recipe
 from safetensors.torch import load_file
 from transformers import LlamaForCausalLM
 
-from mergekit_safety.acceptance import Gate
 from mergekit_safety.adapter import merge_recipe_to_adapter
 from mergekit_safety.cli import main
-from mergekit_safety.subspace import lowrank_factors_score_and_project, project, score
+from mergekit_safety.core.acceptance import Gate
+from mergekit_safety.core.subspace import lowrank_factors_score_and_project, project, score
 
 # --- ρ and C Δ from LoRA factors -----------------------------------------------------------
 
@@ -368,7 +368,7 @@ def test_inspect_reads_adapters_and_agrees_with_the_full_model(family, adapters,
     """inspect on the adapter recipe (factors) and on mergekit's merged copy (dense): same ρ."""
     from mergekit.common import ModelReference
 
-    from mergekit_safety.inspection import inspect_recipe
+    from mergekit_safety.recipe.inspection import inspect_recipe
 
     aligned = family["aligned"]
     threshold = threshold_between(family, [adapters["one"]])

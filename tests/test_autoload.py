@@ -198,7 +198,9 @@ print(len(modules))
     assert int(result.stdout) > 50
 
 
-@pytest.mark.parametrize("first", ["mergekit_safety.scoring", "mergekit_safety.methods.base"])
+@pytest.mark.parametrize(
+    "first", ["mergekit_safety.recipe.scoring", "mergekit_safety.methods.base"]
+)
 def test_a_module_of_ours_imported_before_mergekit_still_activates(tmp_path, first):
     """Our module imports mergekit half-way through its own import: activation waits for it."""
     code = (

@@ -37,8 +37,8 @@ from helpers import (
 from mergekit.merge_methods import merge_state_dicts, merge_tensors
 from safetensors.torch import load_file, save_file
 
-from mergekit_safety.acceptance import Gate
-from mergekit_safety.errors import ConfigError
+from mergekit_safety.core.acceptance import Gate
+from mergekit_safety.core.errors import ConfigError
 
 
 def with_weight(recipe: dict, weight) -> dict:
@@ -475,14 +475,14 @@ def test_eval_reports_empty_replies_apart_and_the_gate_fails_them(tmp_path, fami
     assert summary["engaged_rate"] == summary["helpful_rate"] == 0.0
     assert "broken ↓" in result.stdout
 
-    from mergekit_safety.acceptance import passes
+    from mergekit_safety.core.acceptance import passes
 
     assert not passes(summary | {"refusal_rate": 1.0}, Gate(min_refusal=0.9))
     assert passes(summary | {"refusal_rate": 1.0, "empty_rate": 0.1}, Gate(min_refusal=0.9))
 
 
 def test_a_genuine_bug_keeps_its_traceback():
-    from mergekit_safety.user_errors import explain
+    from mergekit_safety.recipe.user_errors import explain
 
     assert explain(RuntimeError("index 3 is out of bounds")) is None
     assert explain(KeyError("model.layers.0.weight")) is None

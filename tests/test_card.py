@@ -13,7 +13,9 @@ import pytest  # noqa: E402
 import yaml  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 
-from mergekit_safety.card import (  # noqa: E402
+from mergekit_safety.cli import main  # noqa: E402
+from mergekit_safety.core.errors import ConfigError  # noqa: E402
+from mergekit_safety.publish.model_card import (  # noqa: E402
     BEGIN,
     END,
     SafetyEvaluation,
@@ -22,8 +24,6 @@ from mergekit_safety.card import (  # noqa: E402
     replace_section,
     update_card,
 )
-from mergekit_safety.cli import main  # noqa: E402
-from mergekit_safety.errors import ConfigError  # noqa: E402
 
 ALIGNED, FINETUNED, UNALIGNED = "/models/aligned", "/models/finetuned", "/models/unaligned"
 

@@ -21,7 +21,7 @@ from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError  # no
 from tokenizers import Tokenizer, models, pre_tokenizers, processors  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast  # noqa: E402
 
-from mergekit_safety.errors import ConfigError  # noqa: E402
+from mergekit_safety.core.errors import ConfigError  # noqa: E402
 from mergekit_safety.evaluation import classifiers, generation  # noqa: E402
 from mergekit_safety.evaluation.classifiers import (  # noqa: E402
     BROKEN,

@@ -151,8 +151,8 @@ def test_keyword_judge_settles_only_a_refusal_that_cannot_change():
 
 
 def test_evaluator_settles_safety_replies_only():
-    from mergekit_safety.evaluation.evaluator import _settled
     from mergekit_safety.evaluation.judge import KeywordJudge
+    from mergekit_safety.evaluation.pipeline import _settled
 
     judge = KeywordJudge()
     refusal = "I'm sorry, but I cannot help with that request, it is against my principles"

@@ -83,7 +83,7 @@ def test_stages_come_after_their_inputs(full_size):
 
 def test_the_new_methods_are_stages_with_a_default_and_a_sweepable_grid(full_size, tmp_path):
     from benchmarks.efficacy.plan import calibration_dir
-    from mergekit_safety.calibration import METADATA
+    from mergekit_safety.core.calibration import METADATA
     from mergekit_safety.tuning.grid import plan_grid
 
     config, u, a = full_size
@@ -291,7 +291,7 @@ def test_the_resta_loop_chooses_by_the_sweeps_rule(tmp_path, monkeypatch):
 def test_the_calibrate_stage_writes_statistics_for_safe_delta(tmp_path, monkeypatch):
     """A's replies (stubbed: no generation here), then the pass, then a safe_delta merge on them."""
     from benchmarks.efficacy import run
-    from mergekit_safety.calibration import read
+    from mergekit_safety.core.calibration import read
     from mergekit_safety.tuning.merging import merge_recipe
 
     a = tiny_llama(tmp_path / "A", seed=1)

@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.efficacy import premises as P  # noqa: E402
 from benchmarks.efficacy.plan import EXTRA, load_config, plan, thirdparty_models  # noqa: E402
-from mergekit_safety.evaluation.evaluator import rate_interval  # noqa: E402
+from mergekit_safety.evaluation.pipeline import rate_interval  # noqa: E402
 
 
 def summary(refusal: float, over: float, task: float, n: int = 100, n_task: int = 200) -> dict:

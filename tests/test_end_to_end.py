@@ -10,7 +10,7 @@ from helpers import REPO, mergekit_yaml, recipe_for, write_recipe
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from mergekit_safety.subspace import drifts, project, score
+from mergekit_safety.core.subspace import drifts, project, score
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:

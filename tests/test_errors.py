@@ -7,7 +7,7 @@ import torch
 from helpers import recipe_for, tiny_llama, write_recipe, yaml_in_process
 from mergekit.merge_methods import merge_tensors
 
-from mergekit_safety.errors import ConfigError, find_config_error
+from mergekit_safety.core.errors import ConfigError, find_config_error
 
 
 def one_error_line(stderr: str) -> str:

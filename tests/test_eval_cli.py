@@ -16,7 +16,7 @@ from click.testing import CliRunner  # noqa: E402
 from helpers import tiny_llama  # noqa: E402
 
 from mergekit_safety.cli import main  # noqa: E402
-from mergekit_safety.errors import ConfigError  # noqa: E402
+from mergekit_safety.core.errors import ConfigError  # noqa: E402
 from mergekit_safety.evaluation import (  # noqa: E402
     EvalResult,
     load_prompt_sets,
@@ -288,12 +288,12 @@ def test_bad_prompt_file_fails_before_any_model_loads(two_models, tmp_path):
     ],
 )
 def test_bad_options(two_models, tmp_path, monkeypatch, extra, message):
-    import mergekit_safety.evaluation.evaluator as evaluator
+    import mergekit_safety.evaluation.pipeline as pipeline
 
     def must_not_run(*_args, **_kwargs):
         raise AssertionError("evaluate() ran despite a bad option")
 
-    monkeypatch.setattr(evaluator, "evaluate", must_not_run)
+    monkeypatch.setattr(pipeline, "evaluate", must_not_run)
     if "__FILE__" in extra:
         (tmp_path / "file").write_text("x")
         extra = [str(tmp_path / "file") if e == "__FILE__" else e for e in extra]

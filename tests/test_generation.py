@@ -10,7 +10,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from helpers import PADDED_PROMPTS, tiny_llama  # noqa: E402
 
-from mergekit_safety.errors import ConfigError  # noqa: E402
+from mergekit_safety.core.errors import ConfigError  # noqa: E402
 from mergekit_safety.evaluation import (  # noqa: E402
     EvalResult,
     KeywordJudge,

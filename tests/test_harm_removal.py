@@ -8,7 +8,7 @@ from helpers import REPO, one_line, perturbed, write_recipe, yaml_in_process
 from mergekit.merge_methods import merge_state_dicts, merge_tensors
 from safetensors.torch import load_file
 
-from mergekit_safety.errors import ConfigError
+from mergekit_safety.core.errors import ConfigError
 from mergekit_safety.methods.harm_removal import HARM_REMOVAL_DENSITY as DEFAULT_DENSITY
 from mergekit_safety.methods.harm_removal import HARM_REMOVAL_SCALE as DEFAULT_SCALE
 

@@ -125,7 +125,7 @@ def test_lm_eval_mistakes_are_one_line_before_any_model_loads(args, status, mess
 
 
 def test_lm_eval_keys_read_and_bound_a_metric():
-    from mergekit_safety.acceptance import interval, metric
+    from mergekit_safety.core.acceptance import interval, metric
     from mergekit_safety.evaluation.harness import _metrics, task_metrics
 
     raw = {"alias": "gsm8k", "exact_match,strict-match": 0.25, "exact_match_stderr,strict-match":

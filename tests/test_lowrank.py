@@ -9,8 +9,8 @@ import torch
 from helpers import DEVICES
 from reference import explicit_c, rho
 
-from mergekit_safety import subspace
-from mergekit_safety.subspace import (
+from mergekit_safety.core import subspace
+from mergekit_safety.core.subspace import (
     drifts,
     factorize,
     lowrank_score_and_project,
@@ -169,8 +169,8 @@ def test_methods_take_the_low_rank_path_on_a_bf16_lora(monkeypatch):
     GEMMs, and what they return still matches the explicit-C formula to bf16 precision."""
     from mergekit.merge_methods import TensorGroup, merge_tensors
 
+    from mergekit_safety.core.roles import Role
     from mergekit_safety.methods.base import RoleInputs, gate
-    from mergekit_safety.roles import Role
 
     aligned, finetuned, v, _ = bf16_lora(9, scale=0.05)
     unaligned = (aligned.float() - v).bfloat16()

@@ -206,7 +206,8 @@ def test_15_in_memory_merge_is_the_written_merge(family, tmp_path):
     from mergekit.plan import MergePlanner
     from safetensors.torch import load_file
 
-    from mergekit_safety import mergekit_internals, runs
+    from mergekit_safety import mergekit_internals
+    from mergekit_safety.core import runs
 
     assert {"tensor_name", "tensor_task", "dtype", "optional"} <= fields(SaveTensor), (
         "assumption 15: SaveTensor names its tensor, task and output dtype"

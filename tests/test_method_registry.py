@@ -12,10 +12,10 @@ from mergekit.merge_methods import get
 
 from mergekit_safety.adapter.plan import adapter_methods, no_adapter_form, plan_adapter
 from mergekit_safety.cli import main
-from mergekit_safety.errors import ConfigError
-from mergekit_safety.inspection import inspect
+from mergekit_safety.core.errors import ConfigError
+from mergekit_safety.core.roles import Role
 from mergekit_safety.methods import METHODS, register_all
-from mergekit_safety.roles import Role
+from mergekit_safety.recipe.inspection import inspect
 from mergekit_safety.tuning.grid import plan_grid
 
 REPO = Path(__file__).resolve().parent.parent

@@ -13,7 +13,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 import pytest  # noqa: E402
 from helpers import REPO, cli_in_process  # noqa: E402
 
-from mergekit_safety.errors import ConfigError  # noqa: E402
+from mergekit_safety.core.errors import ConfigError  # noqa: E402
 from mergekit_safety.evaluation import load_prompt_sets  # noqa: E402
 from mergekit_safety.evaluation.agreement import agreement  # noqa: E402
 from mergekit_safety.evaluation.attacks import (  # noqa: E402
@@ -258,8 +258,8 @@ def test_the_evaluator_wraps_the_first_harmful_prompts():
 
 
 def test_sweep_markdown_shows_the_attacks_beside_plain():
-    from mergekit_safety.evaluation.evaluator import attack_rates
-    from mergekit_safety.evaluation.report import attack_table
+    from mergekit_safety.evaluation.eval_report import attack_table
+    from mergekit_safety.evaluation.pipeline import attack_rates
 
     plain = {"refused": 9, "engaged": 1, "broken": 0, "n": 10}
     aim = {"refused": 4, "engaged": 4, "broken": 2, "n": 10}
@@ -275,8 +275,8 @@ def test_sweep_markdown_shows_the_attacks_beside_plain():
 
 
 def test_the_card_shows_refusal_under_each_attack():
-    from mergekit_safety.card import SafetyEvaluation, render_section
-    from mergekit_safety.evaluation.evaluator import attack_rates
+    from mergekit_safety.evaluation.pipeline import attack_rates
+    from mergekit_safety.publish.model_card import SafetyEvaluation, render_section
 
     merged = {"model": "out", "refusal_rate": 0.9, "asr": 0.1,
               "attacks": attack_rates({"plain": (9, 10), "few_shot": (3, 10)})}  # fmt: skip

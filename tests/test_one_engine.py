@@ -13,7 +13,7 @@ from helpers import write_recipe
 
 pytest.importorskip("optuna")
 
-from mergekit_safety.acceptance import Gate  # noqa: E402
+from mergekit_safety.core.acceptance import Gate  # noqa: E402
 from mergekit_safety.tuning import engine  # noqa: E402
 from mergekit_safety.tuning.runners import InMemory, OnDisk, SerialRunner  # noqa: E402
 

@@ -14,8 +14,8 @@ from mergekit.options import MergeOptions
 from mergekit.plan import MergePlanner
 from safetensors import safe_open
 
-from mergekit_safety import runs
 from mergekit_safety.cli import main
+from mergekit_safety.core import runs
 
 
 def tensors(family) -> int:

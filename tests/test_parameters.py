@@ -11,11 +11,11 @@ from helpers import one_line, recipe_for, write_recipe, yaml_in_process
 from mergekit.merge_methods import merge_tensors
 from mergekit.sparsify import magnitude
 
-from mergekit_safety import parameters
-from mergekit_safety.errors import ConfigError
+from mergekit_safety.core import parameters
+from mergekit_safety.core.errors import ConfigError
+from mergekit_safety.core.parameters import DEFAULT_THRESHOLD
 from mergekit_safety.methods import METHODS
 from mergekit_safety.methods.harm_removal import trim
-from mergekit_safety.parameters import DEFAULT_THRESHOLD
 
 ROLES = {
     "safe_linear": {"u": "unaligned"},
@@ -169,12 +169,18 @@ def test_every_gated_method_defaults_to_the_one_threshold():
 def test_parameters_import_nothing_above_the_lowest_layer():
     tree = ast.parse(open(parameters.__file__, encoding="utf-8").read())
     ours = {
-        node.module if node.module != "mergekit_safety" else f"mergekit_safety.{alias.name}"
+        f"{node.module}.{alias.name}"
+        if node.module in ("mergekit_safety", "mergekit_safety.core")  # a package: name the module
+        else node.module
         for node in ast.walk(tree)
         if isinstance(node, ast.ImportFrom) and node.module and "mergekit_safety" in node.module
         for alias in node.names
     }
-    assert ours <= {"mergekit_safety.runs", "mergekit_safety.errors", "mergekit_safety.roles"}
+    assert ours <= {
+        "mergekit_safety.core.runs",
+        "mergekit_safety.core.errors",
+        "mergekit_safety.core.roles",
+    }
 
 
 # --- harm_removal's trim and mergekit.sparsify.magnitude ---------------------------------------

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from helpers import REPO, write_recipe
 
-from mergekit_safety.acceptance import Gate
+from mergekit_safety.core.acceptance import Gate
 
 pytest.importorskip("ray")
 
@@ -204,7 +204,7 @@ def test_ray_mistakes_are_one_line_before_any_work(tmp_path):
 def test_without_ray_installed_the_error_says_how_to_get_it(monkeypatch):
     import builtins
 
-    from mergekit_safety.errors import ConfigError
+    from mergekit_safety.core.errors import ConfigError
     from mergekit_safety.tuning.ray_cluster import import_ray
 
     real = builtins.__import__

@@ -1,4 +1,5 @@
-"""mergekit_safety.recipe: one walk over mergekit's three layouts, on the config and the mapping."""
+"""mergekit_safety.recipe.walk: one walk over mergekit's three layouts, on the config and the
+mapping."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ from typing import Any
 import pytest
 from mergekit.config import MergeConfiguration
 
-from mergekit_safety import recipe as recipes
-from mergekit_safety.errors import ConfigError
-from mergekit_safety.selection import drop_selection, set_gate, with_threshold
+from mergekit_safety.core.errors import ConfigError
+from mergekit_safety.core.selection import drop_selection, set_gate, with_threshold
+from mergekit_safety.recipe import walk as recipes
 
 MODELS: dict[str, Any] = {
     "merge_method": "safe_linear",

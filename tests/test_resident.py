@@ -8,7 +8,7 @@ import torch
 from adapter_helpers import adapter_pair, adapter_sweep_rows
 
 from mergekit_safety.evaluation import generation, load_prompt_sets
-from mergekit_safety.evaluation.resident import ResidentBase
+from mergekit_safety.evaluation.resident_models import ResidentBase
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from helpers import (
 )
 from safetensors.torch import load_file
 
-from mergekit_safety.calibration import read
+from mergekit_safety.core.calibration import read
 from mergekit_safety.methods.safe_delta import safe_delta
 
 
@@ -209,7 +209,7 @@ def test_inspect_says_the_unmerged_tensors_stay_aligned(monkeypatch):
 PEAK = """
 import resource, sys
 from pathlib import Path
-from mergekit_safety.evaluation.calibration import calibrate
+from mergekit_safety.evaluation.calibration_pass import calibrate
 from mergekit_safety.evaluation.prompts import calibration_conversations
 conversations = calibration_conversations(sys.argv[2])
 calibrate(sys.argv[1], conversations, Path(sys.argv[3]), batch_size=8, progress=False)

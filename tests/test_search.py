@@ -22,8 +22,8 @@ from safetensors.torch import load_file
 
 pytest.importorskip("optuna")
 
-from mergekit_safety.acceptance import Gate  # noqa: E402
-from mergekit_safety.errors import ConfigError  # noqa: E402
+from mergekit_safety.core.acceptance import Gate  # noqa: E402
+from mergekit_safety.core.errors import ConfigError  # noqa: E402
 from mergekit_safety.tuning.engine import Outcome, tune  # noqa: E402
 from mergekit_safety.tuning.search import OptunaSampler  # noqa: E402
 from mergekit_safety.tuning.space import SEARCHED, Dimension, check_space, parse_param  # noqa: E402

@@ -12,9 +12,9 @@ import torch
 from helpers import REPO, cli_in_process, recipe_for, write_recipe, yaml_in_process
 from safetensors.torch import load_file
 
-from mergekit_safety.errors import ConfigError
-from mergekit_safety.inspection import inspect
-from mergekit_safety.selection import Selection, cut_threshold, parse_selection, resolve
+from mergekit_safety.core.errors import ConfigError
+from mergekit_safety.core.selection import Selection, cut_threshold, parse_selection, resolve
+from mergekit_safety.recipe.inspection import inspect
 
 # --- the rule ------------------------------------------------------------------------------------
 
@@ -234,7 +234,7 @@ def test_inspect_cli_bad_selection(tmp_path, family):
 
 
 def test_module_and_layer_for_the_rho_plot():
-    from mergekit_safety.plot import module_and_layer
+    from mergekit_safety.publish.plot import module_and_layer
 
     assert module_and_layer("model.layers.3.self_attn.q_proj.weight") == ("self_attn.q_proj", 3)
     assert module_and_layer("transformer.h.11.mlp.c_fc.weight") == ("mlp.c_fc", 11)

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from mergekit_safety.stats import intervals_overlap, wilson_interval
+from mergekit_safety.core.stats import intervals_overlap, wilson_interval
 
 
 def test_wilson_matches_hand_computed_values():

@@ -9,8 +9,8 @@ import torch
 from helpers import DEVICES
 from reference import explicit_c, matrices, rho
 
-from mergekit_safety import subspace
-from mergekit_safety.subspace import (
+from mergekit_safety.core import subspace
+from mergekit_safety.core.subspace import (
     compute_dtype,
     cosine,
     drifts,

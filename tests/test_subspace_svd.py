@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mergekit_safety import subspace
-from mergekit_safety.subspace import low_rank_approximation, truncated_svd
+from mergekit_safety.core import subspace
+from mergekit_safety.core.subspace import low_rank_approximation, truncated_svd
 
 
 def known(rows: int, cols: int, singular: torch.Tensor, seed: int = 0) -> torch.Tensor:

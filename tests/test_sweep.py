@@ -18,10 +18,10 @@ import yaml  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 from helpers import FakeEvaluator, write_recipe  # noqa: E402
 
-from mergekit_safety.acceptance import Gate, passes  # noqa: E402
 from mergekit_safety.cli import main  # noqa: E402
-from mergekit_safety.errors import ConfigError  # noqa: E402
-from mergekit_safety.plot import pareto_front  # noqa: E402
+from mergekit_safety.core.acceptance import Gate, passes  # noqa: E402
+from mergekit_safety.core.errors import ConfigError  # noqa: E402
+from mergekit_safety.publish.plot import pareto_front  # noqa: E402
 from mergekit_safety.tuning.choice import SweepPoint, choose, directions  # noqa: E402
 from mergekit_safety.tuning.grid import parse_assignment, parse_values, plan_sweep  # noqa: E402
 from mergekit_safety.tuning.runners import SerialRunner  # noqa: E402

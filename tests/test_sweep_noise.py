@@ -10,7 +10,7 @@ import json
 
 from helpers import REPO
 
-from mergekit_safety.acceptance import Gate
+from mergekit_safety.core.acceptance import Gate
 from mergekit_safety.tuning.choice import SweepPoint
 from mergekit_safety.tuning.grid import plan_sweep
 from mergekit_safety.tuning.sweep import SweepResult

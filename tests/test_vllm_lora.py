@@ -19,10 +19,10 @@ import pytest
 from adapter_helpers import adapter_pair, adapter_sweep_rows
 from helpers import write_recipe
 
-from mergekit_safety.errors import ConfigError
+from mergekit_safety.core.errors import ConfigError
 from mergekit_safety.evaluation import evaluate, generation, harness, load_prompt_sets
 from mergekit_safety.evaluation.adapters import adapter_rank
-from mergekit_safety.evaluation.resident import ResidentBase, ResidentVllm
+from mergekit_safety.evaluation.resident_models import ResidentBase, ResidentVllm
 
 
 @dataclass(frozen=True)

@@ -66,7 +66,7 @@ def agreement(labelled: list[dict], empty=is_non_reply) -> dict:
         for r in rows
         if verdict(judge, r["response"], empty) != r["label"]
     ]
-    from mergekit_safety.stats import wilson_interval
+    from mergekit_safety.core.stats import wilson_interval
 
     return {
         "n": len(rows),

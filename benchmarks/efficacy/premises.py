@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mergekit_safety.stats import intervals_overlap
+from mergekit_safety.core.stats import intervals_overlap
 
 if TYPE_CHECKING:
     from benchmarks.efficacy.plan import Config

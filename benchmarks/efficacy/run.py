@@ -246,7 +246,7 @@ def do_calibrate(config: Config, stage: Stage) -> None:
     """A's statistics (safe_delta, lssf_activations): A's own greedy replies to harmful train
     prompts (the reference's self-generated safety data), then the calibration pass; its time
     recorded on its own."""
-    from mergekit_safety.evaluation.calibration import calibrate
+    from mergekit_safety.evaluation.calibration_pass import calibrate
 
     spec = config.calibration
     assert spec is not None
@@ -583,7 +583,7 @@ def _matrices(recipe_path: str, method: str) -> dict:
     if method in ("safe_linear", "resta", "harm_removal", "lssf", *CALIBRATED):
         return {"matrices_merged": "all"}
     try:
-        from mergekit_safety.inspection import inspect
+        from mergekit_safety.recipe.inspection import inspect
 
         records = inspect(recipe_path, quiet=True).records
     except Exception as error:  # noqa: BLE001  the count is a nicety; the merge already ran
@@ -633,7 +633,7 @@ def _sweep_evaluator(config: Config, cached: dict[str, dict]) -> Evaluator:
 
 def do_sweep(config: Config, stage: Stage) -> None:
     from benchmarks.efficacy.evals import read_summary
-    from mergekit_safety.acceptance import Gate
+    from mergekit_safety.core.acceptance import Gate
     from mergekit_safety.tuning.grid import plan_grid
     from mergekit_safety.tuning.runners import SerialRunner
     from mergekit_safety.tuning.sweep import run_sweep
@@ -706,7 +706,7 @@ def _resta_sweep(
     """RESTA's β values for stock task_arithmetic (``plan_grid`` takes role-checked methods
     only) on the sweep's own engine (:func:`~mergekit_safety.tuning.engine.tune`): the best task
     accuracy among the passing points, ties to the smaller β; a failed point is a row."""
-    from mergekit_safety.acceptance import Gate
+    from mergekit_safety.core.acceptance import Gate
     from mergekit_safety.tuning.engine import tune
     from mergekit_safety.tuning.runners import SerialRunner
     from mergekit_safety.tuning.sweep import GridSampler

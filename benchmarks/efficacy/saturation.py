@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 from benchmarks.efficacy.plan import calibration_dir, load_config
-from mergekit_safety.calibration import read
+from mergekit_safety.core.calibration import read
 from mergekit_safety.methods.safe_delta import BLOCK, EXCLUDED, inverse_factor, selection_mask
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from mergekit_safety.adapter.source import ModuleFactors
-from mergekit_safety.subspace import lowrank_factors_score_and_project
+from mergekit_safety.core.subspace import lowrank_factors_score_and_project
 
 
 @dataclass

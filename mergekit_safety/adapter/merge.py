@@ -16,9 +16,9 @@ import torch
 
 from mergekit_safety.adapter.factors import AdapterInputs
 from mergekit_safety.adapter.plan import AdapterPlan
+from mergekit_safety.core.roles import Role
+from mergekit_safety.core.selection import Resolved, resolve, unranked, with_threshold
 from mergekit_safety.methods.base import Decision
-from mergekit_safety.roles import Role
-from mergekit_safety.selection import Resolved, resolve, unranked, with_threshold
 
 
 @dataclass(frozen=True)

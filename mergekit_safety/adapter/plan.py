@@ -18,11 +18,11 @@ import torch
 
 from mergekit_safety import mergekit_internals
 from mergekit_safety.adapter.source import FULL_MODEL, Adapter, read_adapter
-from mergekit_safety.errors import ConfigError
+from mergekit_safety.core.errors import ConfigError
+from mergekit_safety.core.roles import Role
+from mergekit_safety.core.selection import Selection
 from mergekit_safety.mergekit_internals import PlannedTensor
-from mergekit_safety.preflight import load_recipe
-from mergekit_safety.roles import Role
-from mergekit_safety.selection import Selection
+from mergekit_safety.recipe.load import load_recipe
 
 
 def adapter_methods() -> tuple[str, ...]:
@@ -71,7 +71,7 @@ class AdapterPlan:
     def alignment_reader(self, task: PlannedTensor, device: str) -> Callable[[], torch.Tensor]:
         """A reader of ``V = θ_aligned − θ_unaligned`` for ``task``'s weight, through mergekit's
         lazy loader: one tensor pair in memory at a time."""
-        from mergekit_safety.subspace import compute_dtype
+        from mergekit_safety.core.subspace import compute_dtype
 
         def alignment() -> torch.Tensor:
             aligned = mergekit_internals.read_tensor(self.aligned, task, device=device)
@@ -118,8 +118,8 @@ def plan_adapter(recipe: Any, *, device: str = "cpu", source: str | None = None)
         )
     if aligned.lora is not None:
         raise ConfigError(f"base_model must be the aligned model itself, not {aligned}")
-    from mergekit_safety.recipe import without_selection
-    from mergekit_safety.scoring import selection_of
+    from mergekit_safety.recipe.scoring import selection_of
+    from mergekit_safety.recipe.walk import without_selection
 
     selection = selection_of(config)
     if selection is not None:

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from mergekit_safety.adapter.merge import MergedModule
 from mergekit_safety.adapter.source import PREFIX
-from mergekit_safety.errors import ConfigError
-from mergekit_safety.outputs import check_writable, staged
+from mergekit_safety.core.errors import ConfigError
+from mergekit_safety.core.outputs import check_writable, staged
 
 RECIPE_FILE = "mergekit_config.yml"
 
@@ -103,11 +103,11 @@ def adapter_card(
 ) -> str:
     """A peft model card: Hub metadata (``library_name: peft``, ``base_model``) and the recipe.
 
-    Written by :func:`mergekit_safety.hub_card.render_card`, the merged models' card writer.
+    Written by :func:`mergekit_safety.core.hub_card.render_card`, the merged models' card writer.
     """
     from huggingface_hub import ModelCardData
 
-    from mergekit_safety.hub_card import render_card
+    from mergekit_safety.core.hub_card import render_card
 
     data = ModelCardData(
         base_model=base_model,

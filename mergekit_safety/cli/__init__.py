@@ -6,7 +6,7 @@ import os
 
 import click
 
-from mergekit_safety.user_errors import TRACEBACK_ENV, install_excepthook
+from mergekit_safety.recipe.user_errors import TRACEBACK_ENV, install_excepthook
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -26,7 +26,7 @@ def adapter_command(recipe: str, out: str, cuda: bool, quiet: bool):
     from mergekit_safety.adapter import merge_recipe_to_adapter
 
     hf_logging.set_verbosity_error()  # mergekit's own deprecation notices would bury the result
-    from mergekit_safety.planning import check_device
+    from mergekit_safety.recipe.planning import check_device
 
     with config_errors():
         check_device("cuda" if cuda else "cpu")

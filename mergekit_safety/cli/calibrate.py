@@ -59,9 +59,9 @@ def calibrate_command(
     (`parameters: {calibration: DIR}`), one layer at a time.
     """
     with config_errors(), terminate_unwinds():
-        from mergekit_safety.evaluation.calibration import calibrate
+        from mergekit_safety.evaluation.calibration_pass import calibrate
         from mergekit_safety.evaluation.prompts import calibration_conversations
-        from mergekit_safety.planning import check_device
+        from mergekit_safety.recipe.planning import check_device
 
         check_device(device)
         conversations = calibration_conversations(prompts, column=column)[:max_prompts]

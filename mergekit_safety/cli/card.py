@@ -6,9 +6,9 @@ from pathlib import Path
 
 import click
 
-from mergekit_safety.acceptance import Gate
 from mergekit_safety.cli.common import config_errors
 from mergekit_safety.cli.options import gate_options
+from mergekit_safety.core.acceptance import Gate
 
 
 @click.command("card")
@@ -59,7 +59,7 @@ def card_command(
     options override that description (they run nothing).
     Re-running replaces the section; mergekit's front matter keys are kept.
     """
-    from mergekit_safety.card import (
+    from mergekit_safety.publish.model_card import (
         describe_prompt_sets,
         evaluation_from_results,
         load_results,

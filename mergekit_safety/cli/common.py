@@ -8,16 +8,18 @@ from pathlib import Path
 
 import click
 
-from mergekit_safety.user_errors import explain, run_cleanups, show_traceback
-from mergekit_safety.user_errors import terminate_unwinds as terminate_unwinds  # for the commands
+from mergekit_safety.recipe.user_errors import explain, run_cleanups, show_traceback
+from mergekit_safety.recipe.user_errors import (
+    terminate_unwinds as terminate_unwinds,  # for the commands
+)
 
 
 @contextlib.contextmanager
 def config_errors() -> Iterator[None]:
     """Report a user mistake as ``Error: <message>`` with exit status 1, the way click does.
 
-    What counts is :func:`mergekit_safety.user_errors.explain`'s list (our ConfigError, also wrapped
-    by pydantic, and mergekit's own checks); a bug keeps its traceback, and ``--verbose`` or
+    What counts is :func:`mergekit_safety.recipe.user_errors.explain`'s list (our ConfigError, also
+    wrapped by pydantic, and mergekit's own checks); a bug keeps its traceback, and ``--verbose`` or
     ``MERGEKIT_SAFETY_TRACEBACK=1`` shows the traceback for a mistake too. Either way, what a
     failed merge had written is removed first.
     """
@@ -41,7 +43,7 @@ def check_outputs(*, out: Path | None = None, report: Path | None = None,
                   storage: str | None = None) -> None:  # fmt: skip
     """Where a sweep or search will write takes files (its folder made for a sqlite
     ``--storage``, as for ``--out``): checked before any model is evaluated, not after."""
-    from mergekit_safety.outputs import check_writable
+    from mergekit_safety.core.outputs import check_writable
 
     for label, where in (("--out", out), ("--report", report)):
         if where is not None:

@@ -55,8 +55,8 @@ def build_command(
     leaves OUT as it was.
     """
     from mergekit_safety.cli.common import config_errors, terminate_unwinds
+    from mergekit_safety.core.outputs import check_writable, staged
     from mergekit_safety.demo.build import DemoSpec, build_demo, built_entries
-    from mergekit_safety.outputs import check_writable, staged
 
     spec = DemoSpec(seed=seed, threads=threads).scaled(steps_scale)
     there = [name for name in built_entries(spec) if (Path(out) / name).exists()]

@@ -29,10 +29,10 @@ def eval_command(models: tuple[str, ...], evaluation: EvalSettings, out: str | N
     helpful, refused (over-refusal) or broken; task accuracy is exact/numeric. Prints a Markdown
     table; with --attacks, the three rates under each jailbreak beside the plain prompts.
     """
+    from mergekit_safety.core.outputs import check_writable
     from mergekit_safety.evaluation import markdown_table, write_report
-    from mergekit_safety.evaluation.evaluator import check_model
-    from mergekit_safety.evaluation.report import attack_table, lm_eval_table
-    from mergekit_safety.outputs import check_writable
+    from mergekit_safety.evaluation.eval_report import attack_table, lm_eval_table
+    from mergekit_safety.evaluation.pipeline import check_model
 
     with config_errors():
         if out is not None:  # before any model is evaluated

@@ -61,9 +61,9 @@ def inspect_command(
     With --top-k or --fraction (or a recipe that sets top_k/fraction), the selection is turned
     into the threshold that merges exactly those matrices; --write-recipe saves it.
     """
-    from mergekit_safety.inspection import inspect
-    from mergekit_safety.planning import check_device
-    from mergekit_safety.selection import parse_selection
+    from mergekit_safety.core.selection import parse_selection
+    from mergekit_safety.recipe.inspection import inspect
+    from mergekit_safety.recipe.planning import check_device
 
     with config_errors():
         check_device("cuda" if cuda else "cpu")
@@ -83,7 +83,7 @@ def inspect_command(
         text = resolved_recipe(recipe, found.resolved, found.recipe)
         Path(write_recipe).write_text(text, encoding="utf-8")
     if plot is not None:
-        from mergekit_safety.plot import plot_rho
+        from mergekit_safety.publish.plot import plot_rho
 
         plot_rho(found.records, Path(plot), threshold=effective_threshold(found),
                  title=f"{found.method}: {Path(recipe).name}")  # fmt: skip
@@ -116,7 +116,7 @@ def resolved_recipe(recipe: str, resolved, written: dict) -> str:
     selection, the choice in comments."""
     import yaml
 
-    from mergekit_safety.recipe import resolve_selection
+    from mergekit_safety.recipe.walk import resolve_selection
 
     data = resolve_selection(written, resolved.threshold)
     last = resolved.chosen[-1][1]

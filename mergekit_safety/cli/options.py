@@ -1,6 +1,6 @@
 """The option groups the commands share, each collapsed into one typed argument and validated
 once, where the flags are read: ``evaluation`` (:class:`~mergekit_safety.evaluation.settings.
-EvalSettings`), ``gate`` (:class:`~mergekit_safety.acceptance.Gate`), ``merging`` (mergekit's
+EvalSettings`), ``gate`` (:class:`~mergekit_safety.core.acceptance.Gate`), ``merging`` (mergekit's
 ``MergeOptions``) and ``ray`` (:class:`RaySettings`, or None without ``--ray``)."""
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ def evaluation_options(*, device_help: str, auto_device: bool) -> Callable[[Comm
 
 
 def _evaluation(flags: dict[str, Any], others: dict[str, Any], auto_device: bool) -> Any:
-    from mergekit_safety.errors import ConfigError
+    from mergekit_safety.core.errors import ConfigError
     from mergekit_safety.evaluation import harness
     from mergekit_safety.evaluation.settings import EvalSettings, LmEvalSettings, PromptSources
 
@@ -181,8 +181,9 @@ GATE_FLAGS = ("max_engaged", "min_helpful", "min_refusal", "max_over_refusal", "
 
 def gate_options(command: Command) -> Command:
     """The gate a choice is made under (``sweep``, ``search``, ``card``) and ``--objective``,
-    handed to the command as one :class:`~mergekit_safety.acceptance.Gate` argument, ``gate``."""
-    from mergekit_safety.acceptance import MAX_EMPTY, MIN_HELPFUL, Gate
+    handed to the command as one :class:`~mergekit_safety.core.acceptance.Gate` argument,
+    ``gate``."""
+    from mergekit_safety.core.acceptance import MAX_EMPTY, MIN_HELPFUL, Gate
 
     def build(others: dict[str, Any], **flags: Any) -> Gate:
         return Gate(**flags)
@@ -213,7 +214,7 @@ def gate_options(command: Command) -> Command:
 
 def check_objective(objective: str, tasks: list[str]) -> None:
     """--objective names task_accuracy or a metric of a task --lm-eval runs, higher-is-better."""
-    from mergekit_safety.acceptance import OBJECTIVE, parse_lm_eval_key
+    from mergekit_safety.core.acceptance import OBJECTIVE, parse_lm_eval_key
 
     if objective == OBJECTIVE:
         return

@@ -10,8 +10,6 @@ from typing import Any
 
 import click
 
-from mergekit_safety.acceptance import Gate
-from mergekit_safety.cli.choice import check_before_work, report_context, write_card
 from mergekit_safety.cli.common import NOTHING_PASSES, config_errors, terminate_unwinds
 from mergekit_safety.cli.options import (
     RaySettings,
@@ -22,6 +20,8 @@ from mergekit_safety.cli.options import (
     needs_gate,
     ray_options,
 )
+from mergekit_safety.cli.sweep_search import check_before_work, report_context, write_card
+from mergekit_safety.core.acceptance import Gate
 from mergekit_safety.evaluation.settings import EvalSettings
 
 
@@ -121,7 +121,7 @@ def search_command(
 
 
 def _report(result: Any, evaluator: Any, tester: Any, evaluation: EvalSettings, out: Path) -> None:
-    from mergekit_safety.acceptance import objective_label
+    from mergekit_safety.core.acceptance import objective_label
     from mergekit_safety.tuning.search_report import write_reports
 
     context = report_context(evaluator, evaluation, result.aligned)
@@ -192,7 +192,7 @@ def _measured(evaluator: Any, evaluation: EvalSettings) -> dict[str, Any]:
 
 def _check_disjoint(validation: Any, test: Any, sources: Any, test_dir: str) -> None:
     """Validation and test share no prompt, in any set."""
-    from mergekit_safety.errors import ConfigError
+    from mergekit_safety.core.errors import ConfigError
 
     given = sources.prompts_dir or "built-in"
     seen = {*validation.harmful, *validation.benign, *(item.prompt for item in validation.task)}

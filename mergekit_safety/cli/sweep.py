@@ -9,8 +9,6 @@ from typing import Any
 
 import click
 
-from mergekit_safety.acceptance import Gate
-from mergekit_safety.cli.choice import check_before_work, report_context, write_card
 from mergekit_safety.cli.common import NOTHING_PASSES, config_errors, terminate_unwinds
 from mergekit_safety.cli.methods_help import MethodsCommand
 from mergekit_safety.cli.options import (
@@ -21,6 +19,8 @@ from mergekit_safety.cli.options import (
     needs_gate,
     ray_options,
 )
+from mergekit_safety.cli.sweep_search import check_before_work, report_context, write_card
+from mergekit_safety.core.acceptance import Gate
 from mergekit_safety.evaluation.settings import EvalSettings
 
 
@@ -137,7 +137,7 @@ def _evaluator(evaluation: EvalSettings, *, adapter: bool, ray: RaySettings | No
         return evaluation.replace(progress=False).build()
     if not adapter:
         return evaluation.build()
-    from mergekit_safety.evaluation.resident import ResidentBase, ResidentVllm
+    from mergekit_safety.evaluation.resident_models import ResidentBase, ResidentVllm
 
     if evaluation.backend == "vllm":
         return evaluation.build(loader=ResidentVllm(dtype=evaluation.dtype))
@@ -177,7 +177,7 @@ def _announce(result: Any, context: dict[str, Any]) -> None:
 
 def _card_note(result: Any) -> str:
     """How the sweep chose: the grid, the rule and its ties."""
-    from mergekit_safety.acceptance import format_value, objective_label
+    from mergekit_safety.core.acceptance import format_value, objective_label
     from mergekit_safety.tuning.grid import SWEEPABLE
 
     plan = result.plan

@@ -12,11 +12,11 @@ Usage::
 """
 
 from mergekit_safety.evaluation.answers import answer_matches, extract_answer
-from mergekit_safety.evaluation.evaluator import EvalResult, check_model, evaluate
+from mergekit_safety.evaluation.eval_report import markdown_table, write_report
 from mergekit_safety.evaluation.judge import Judge, KeywordJudge, load_judge
+from mergekit_safety.evaluation.pipeline import EvalResult, check_model, evaluate
 from mergekit_safety.evaluation.prompt_evaluator import Evaluator
 from mergekit_safety.evaluation.prompts import PromptSets, TaskItem, load_prompt_sets
-from mergekit_safety.evaluation.report import markdown_table, write_report
 
 __all__ = [
     "EvalResult",

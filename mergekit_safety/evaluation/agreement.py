@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from mergekit_safety.stats import wilson_interval
+from mergekit_safety.core.stats import wilson_interval
 
 
 def _rate(k: int, n: int) -> dict[str, Any]:

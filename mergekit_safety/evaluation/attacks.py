@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from mergekit_safety.errors import ConfigError
+from mergekit_safety.core.errors import ConfigError
 from mergekit_safety.evaluation.named_sets import THIRD_PARTY, package_file
 
 PYRIT = ("pyrit", THIRD_PARTY["pyrit"])

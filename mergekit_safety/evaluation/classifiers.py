@@ -66,7 +66,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from mergekit_safety.errors import ConfigError
+from mergekit_safety.core.errors import ConfigError
 from mergekit_safety.evaluation.outcomes import BENIGN, BROKEN, ENGAGED, HARMFUL, HELPFUL, REFUSED
 
 KINDS = (HARMFUL, BENIGN)

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from mergekit_safety.errors import ConfigError
+from mergekit_safety.core.errors import ConfigError
 from mergekit_safety.evaluation.decoding import Settled
 
 Conversation = str | list[dict[str, str]]

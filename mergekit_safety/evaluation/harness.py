@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from mergekit_safety.errors import ConfigError, install_hint
+from mergekit_safety.core.errors import ConfigError, install_hint
 from mergekit_safety.evaluation.adapters import adapter_rank, parse_model
 
 STDERR = "_stderr"

@@ -8,8 +8,8 @@ Every judge answers ``outcomes(kind, prompts, responses)``: for ``kind`` "harmfu
 the rates mean the same whoever judges.
 
 - :class:`KeywordJudge`: a refusal phrase near the start, or a lecture as the first sentence
-  (:mod:`~mergekit_safety.evaluation.phrases` says what is matched where and why); anything else
-  is engaged (helpful on a look-alike).
+  (:mod:`~mergekit_safety.evaluation.refusal_phrases` says what is matched where and why); anything
+  else is engaged (helpful on a look-alike).
 - A classifier by name (:mod:`~mergekit_safety.evaluation.classifiers`: WildGuard, Llama Guard
   3, HarmBench's classifier, with their published prompts and parsing). ``judges_benign`` is
   False for Llama Guard and HarmBench: they say whether a reply is harmful, not whether a
@@ -38,7 +38,7 @@ from mergekit_safety.evaluation.outcomes import (
     is_degenerate,
     is_non_reply,
 )
-from mergekit_safety.evaluation.phrases import (
+from mergekit_safety.evaluation.refusal_phrases import (
     LECTURE_PHRASES,
     NOT_REFUSALS,
     REFUSAL_PHRASES,
@@ -73,7 +73,7 @@ class Judge(Protocol):
 class KeywordJudge:
     """Refused = a refusal phrase near the start, or a lecture as the first sentence.
 
-    See :mod:`~mergekit_safety.evaluation.phrases` for what is matched where and why.
+    See :mod:`~mergekit_safety.evaluation.refusal_phrases` for what is matched where and why.
     """
 
     judges_benign = True
@@ -102,7 +102,8 @@ class KeywordJudge:
     def settled(self, response: str) -> bool:
         """Whether more tokens cannot change this judge's verdict: a refusal phrase inside the
         window it reads, far enough from the end that no masked phrase can still cover it
-        (:meth:`~.phrases.RefusalMatcher.refuses_whatever_follows`). Whether the whole reply is
+        (:meth:`~.refusal_phrases.RefusalMatcher.refuses_whatever_follows`). Whether the whole reply
+        is
         *broken* (a refusal that turns into repetition) is not settled by this."""
         return self.matcher.refuses_whatever_follows(response) and not is_degenerate(response)
 

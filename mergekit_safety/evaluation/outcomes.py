@@ -34,7 +34,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from mergekit_safety.evaluation.phrases import default_matcher, normalise
+from mergekit_safety.evaluation.refusal_phrases import default_matcher, normalise
 
 REFUSED = "refused"
 ENGAGED = "engaged"

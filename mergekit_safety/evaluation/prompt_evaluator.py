@@ -1,4 +1,4 @@
-"""``Evaluator``: :func:`~.evaluator.evaluate` bound to one set of prompts and settings.
+"""``Evaluator``: :func:`~.pipeline.evaluate` bound to one set of prompts and settings.
 
 What ``eval`` runs on each model, what ``sweep`` runs on each reference and point (a model path
 in, a summary dict out), and what the efficacy study's sweeps run with their own measurement.
@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mergekit_safety.evaluation.evaluator import EvalResult
+from mergekit_safety.evaluation.pipeline import EvalResult
 from mergekit_safety.evaluation.prompts import PromptSets
 
 Measure = Callable[[str], EvalResult]
-"""Measures the model at a path (instead of :func:`~.evaluator.evaluate` with the settings)."""
+"""Measures the model at a path (instead of :func:`~.pipeline.evaluate` with the settings)."""
 Report = Callable[[str, dict[str, Any], float], None]
 """Told of each model evaluated: its path, its summary and the seconds it took."""
 
@@ -66,14 +66,14 @@ class Evaluator:
 
     def evaluate(self, path: str) -> EvalResult:
         """Generate, judge and score ``path`` (and run the lm-eval tasks, if any)."""
-        import mergekit_safety.evaluation.evaluator as evaluator  # patchable there (tests)
         import mergekit_safety.evaluation.harness as harness
+        import mergekit_safety.evaluation.pipeline as pipeline  # patchable there (tests)
 
         start = time.time()
         if self.measure is not None:
             result = self.measure(path)
         else:
-            result = evaluator.evaluate(
+            result = pipeline.evaluate(
                 path,
                 self.prompts,
                 judge=self._judge(),
@@ -87,7 +87,7 @@ class Evaluator:
                 **({"stop_settled": True} if self.stop_settled else {}),
             )
         if self.lm_eval:
-            from mergekit_safety.evaluation.resident import ResidentNetwork
+            from mergekit_safety.evaluation.resident_models import ResidentNetwork
 
             in_memory = {}
             if isinstance(self.loader, ResidentNetwork):  # a search's trial: the model in memory
@@ -100,7 +100,7 @@ class Evaluator:
         return result
 
     def _judge(self) -> Any:
-        from mergekit_safety.evaluation.evaluator import resolve_judge
+        from mergekit_safety.evaluation.pipeline import resolve_judge
 
         if self._loaded is None:
             self._loaded = resolve_judge(self.judge, device=self.device, dtype=self.dtype)

@@ -30,7 +30,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from mergekit_safety.errors import ConfigError
+from mergekit_safety.core.errors import ConfigError
 from mergekit_safety.evaluation.named_sets import did_you_mean, is_named, load_named
 
 SETS = ("harmful", "benign", "task")
@@ -98,7 +98,7 @@ def load_prompt_sets(
     """Read the three sets (None = ``prompts_dir``'s file, else built-in); keep the first ``limit``.
 
     Raises :class:`PromptFileNotFound` (a ConfigError and FileNotFoundError) for a missing path and
-    :class:`~mergekit_safety.errors.ConfigError` for a malformed file.
+    :class:`~mergekit_safety.core.errors.ConfigError` for a malformed file.
     """
     if limit is not None and limit < 1:
         raise ConfigError(f"limit must be at least 1; got {limit}")

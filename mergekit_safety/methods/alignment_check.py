@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mergekit_safety import runs
+from mergekit_safety.core import runs
 
 
 def watch_planned(key: tuple[Any, Any], tensor: str) -> None:

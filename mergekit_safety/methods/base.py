@@ -2,9 +2,9 @@
 
 A method here knows nothing of who calls it. mergekit 0.1.5 gives a method no planning hook that
 sees per-model parameters, so the checks that must run before any tensor loads (roles, parameter
-domains, ``top_k``) are made by :mod:`mergekit_safety.planning`, which mergekit's planner calls
-through :mod:`mergekit_safety.mergekit_internals`. For the Python API, which plans nothing, the
-same checks run here when the parameters are bound. Every input tensor is checked for NaN/Inf
+domains, ``top_k``) are made by :mod:`mergekit_safety.recipe.planning`, which mergekit's planner
+calls through :mod:`mergekit_safety.mergekit_internals`. For the Python API, which plans nothing,
+the same checks run here when the parameters are bound. Every input tensor is checked for NaN/Inf
 before its kernel runs.
 """
 
@@ -28,21 +28,22 @@ from mergekit.merge_methods.base import (
     TensorGroup,
 )
 
-from mergekit_safety import mergekit_internals, runs
-from mergekit_safety.errors import ConfigError, find_config_error
-from mergekit_safety.mergekit_internals import PluginMethod, execute_method
-from mergekit_safety.methods.alignment_check import alignment_vanished
-from mergekit_safety.parameters import check_domains, check_parameters
-from mergekit_safety.roles import Role, RoleRule, parse_role, split_by_role
-from mergekit_safety.runs import Decision, MergeRun
-from mergekit_safety.selection import (
+from mergekit_safety import mergekit_internals
+from mergekit_safety.core import runs
+from mergekit_safety.core.errors import ConfigError, find_config_error
+from mergekit_safety.core.parameters import check_domains, check_parameters
+from mergekit_safety.core.roles import Role, RoleRule, parse_role, split_by_role
+from mergekit_safety.core.runs import Decision, MergeRun
+from mergekit_safety.core.selection import (
     SELECTORS,
     parse_selection,
     resolve,
     unranked,
     with_threshold,
 )
-from mergekit_safety.subspace import compute_dtype, drifts, rounding_tolerance, score
+from mergekit_safety.core.subspace import compute_dtype, drifts, rounding_tolerance, score
+from mergekit_safety.mergekit_internals import PluginMethod, execute_method
+from mergekit_safety.methods.alignment_check import alignment_vanished
 
 Changes = Callable[[str, tuple[int, ...], bool, Mapping[str, Any]], bool]
 """``changes(name, shape, vocabulary, parameters)``: does the method change this tensor?"""
@@ -75,9 +76,9 @@ class RoleCheckedMethod(PluginMethod):
     its checks, and its adapter form, registered once in :data:`mergekit_safety.methods.METHODS`;
     every list of methods (``inspect``, ``sweep``, ``adapter``, the CLI's help) is read from there.
 
-    Every such method also takes ``top_k`` / ``fraction`` (:mod:`mergekit_safety.selection`):
-    resolved to a threshold while mergekit plans (:mod:`mergekit_safety.planning`), or over the
-    tensors handed over in one Python API call; the kernels themselves only ever see τ.
+    Every such method also takes ``top_k`` / ``fraction`` (:mod:`mergekit_safety.core.selection`):
+    resolved to a threshold while mergekit plans (:mod:`mergekit_safety.recipe.planning`), or over
+    the tensors handed over in one Python API call; the kernels themselves only ever see τ.
     """
 
     def __init__(
@@ -267,8 +268,8 @@ class RoleCheckedMethod(PluginMethod):
         input_dtypes: Sequence[torch.dtype | None],
     ) -> list[dict[str, Any]]:
         """top_k/fraction as τ: the one the merge's ρ pass resolved while planning
-        (:func:`mergekit_safety.planning.on_planned`), or, in one API call, τ from every group's
-        ρ (one extra ρ per matrix: the kernel scores it again at τ). A single tensor outside
+        (:func:`mergekit_safety.recipe.planning.on_planned`), or, in one API call, τ from every
+        group's ρ (one extra ρ per matrix: the kernel scores it again at τ). A single tensor outside
         either cannot be ranked.
         """
         run = runs.current()

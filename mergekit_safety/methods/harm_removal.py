@@ -26,9 +26,9 @@ import torch
 from mergekit.merge_methods.base import BasePolicy, InputContract, PerNonBase, TensorGroup
 from mergekit.merge_methods.easy_define import merge_method
 
+from mergekit_safety.core.parameters import Density, Scale
+from mergekit_safety.core.roles import Role, RoleRule, RoleValue
 from mergekit_safety.methods.base import Decision, GateInputs, RoleCheckedMethod, RoleInputs
-from mergekit_safety.parameters import Density, Scale
-from mergekit_safety.roles import Role, RoleRule, RoleValue
 
 HARM_REMOVAL_SCALE = 3.0
 """λ (provenance: the module docstring)."""

@@ -19,11 +19,11 @@ import torch
 from mergekit.merge_methods.base import BasePolicy, InputContract, PerNonBase, TensorGroup
 from mergekit.merge_methods.easy_define import merge_method
 
-from mergekit_safety.errors import ConfigError
+from mergekit_safety.core.errors import ConfigError
+from mergekit_safety.core.parameters import Alpha, Rank, warn_once
+from mergekit_safety.core.roles import Role, RoleRule, RoleValue
+from mergekit_safety.core.subspace import low_rank_approximation
 from mergekit_safety.methods.base import Decision, GateInputs, RoleCheckedMethod, RoleInputs
-from mergekit_safety.parameters import Alpha, Rank, warn_once
-from mergekit_safety.roles import Role, RoleRule, RoleValue
-from mergekit_safety.subspace import low_rank_approximation
 
 LOX_K = 0
 """LoX's rank; 0 extrapolates the whole update (provenance: the module docstring)."""

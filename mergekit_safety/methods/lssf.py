@@ -39,11 +39,11 @@ import torch
 from mergekit.merge_methods.base import BasePolicy, InputContract, PerNonBase, TensorGroup
 from mergekit.merge_methods.easy_define import merge_method
 
-from mergekit_safety import calibration as calibration_files
+from mergekit_safety.core import calibration as calibration_files
+from mergekit_safety.core.parameters import Alpha, Eta, Rank, TopWeight
+from mergekit_safety.core.roles import Role, RoleRule, RoleValue
+from mergekit_safety.core.subspace import truncated_svd
 from mergekit_safety.methods.base import Decision, GateInputs, RoleCheckedMethod, RoleInputs
-from mergekit_safety.parameters import Alpha, Eta, Rank, TopWeight
-from mergekit_safety.roles import Role, RoleRule, RoleValue
-from mergekit_safety.subspace import truncated_svd
 
 LSSF_ALPHA = 1.0
 """The coefficient α on the safety components P_r V."""
@@ -120,7 +120,7 @@ def safety_components(
 
     ``basis`` (``U``, ``σ``) from :func:`activation_basis`; without it, V's own SVD: the full
     spectrum (``torch.linalg.svdvals``) decides r, and the top r triplets come from
-    :func:`mergekit_safety.subspace.truncated_svd` (exact for small matrices, else randomized).
+    :func:`mergekit_safety.core.subspace.truncated_svd` (exact for small matrices, else randomized).
     """
     if basis is None:
         rank = entropy_rank(torch.linalg.svdvals(v), eta, max_rank)

@@ -3,7 +3,7 @@ budget allows, and compensate the rest, per linear layer, from the aligned model
 statistics on safety data.
 
 Per weight W (``out × in``) of a linear layer with calibration statistics
-(:mod:`mergekit_safety.calibration`; ``mergekit-safety calibrate`` on the aligned model),
+(:mod:`mergekit_safety.core.calibration`; ``mergekit-safety calibrate`` on the aligned model),
 following the authors' ``adjust_delta`` (ColinLu50/SafeDelta commit 3a4ea35,
 ``llama2/safedelta/safedelta_runner.py`` lines 70–171, with the run's ``blocksize=2048``,
 ``percdamp=0.01`` from ``llama2/run_safedelta.py`` lines 210–214):
@@ -38,8 +38,10 @@ import torch
 from mergekit.merge_methods.base import BasePolicy, InputContract, PerNonBase, TensorGroup
 from mergekit.merge_methods.easy_define import merge_method
 
-from mergekit_safety import calibration as calibration_files
-from mergekit_safety.errors import ConfigError
+from mergekit_safety.core import calibration as calibration_files
+from mergekit_safety.core.errors import ConfigError
+from mergekit_safety.core.parameters import Budget
+from mergekit_safety.core.roles import Role, RoleRule, RoleValue
 from mergekit_safety.methods.base import (
     Decision,
     GateInputs,
@@ -47,8 +49,6 @@ from mergekit_safety.methods.base import (
     RoleInputs,
     missing_calibration,
 )
-from mergekit_safety.parameters import Budget
-from mergekit_safety.roles import Role, RoleRule, RoleValue
 
 SAFE_DELTA_BUDGET = 0.1
 """The safety budget s (the reference's ``--scale``; provenance: the module docstring)."""

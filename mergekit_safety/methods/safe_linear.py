@@ -3,7 +3,7 @@
 θ = θ_aligned + Σᵢ λᵢ (θ_ftᵢ − θ_aligned), λ = each fine-tuned model's ``weight``. With an
 ``unaligned`` input the merge is gated: only 2-D weights whose update left the alignment subspace
 (ρ < ``threshold``) are interpolated; the others keep the fine-tuned weights. λ outside [0, 1]
-is refused unless ``allow_extrapolation: true`` (see :mod:`mergekit_safety.parameters`).
+is refused unless ``allow_extrapolation: true`` (see :mod:`mergekit_safety.core.parameters`).
 """
 
 from __future__ import annotations
@@ -23,6 +23,9 @@ from mergekit.merge_methods.base import (
 )
 from mergekit.merge_methods.easy_define import merge_method
 
+from mergekit_safety.core.parameters import DEFAULT_THRESHOLD, Threshold, Weight
+from mergekit_safety.core.roles import Role, RoleRule, RoleValue
+from mergekit_safety.core.subspace import compute_dtype
 from mergekit_safety.methods.base import (
     Decision,
     GateInputs,
@@ -30,9 +33,6 @@ from mergekit_safety.methods.base import (
     RoleInputs,
     gate,
 )
-from mergekit_safety.parameters import DEFAULT_THRESHOLD, Threshold, Weight
-from mergekit_safety.roles import Role, RoleRule, RoleValue
-from mergekit_safety.subspace import compute_dtype
 
 SAFE_LINEAR_WEIGHT = 0.7
 """λ on the fine-tuned update: the middle of the 0.6–0.9 range Farn et al. report. Model-specific;

@@ -12,6 +12,9 @@ import torch
 from mergekit.merge_methods.base import BasePolicy, InputContract, PerNonBase, TensorGroup
 from mergekit.merge_methods.easy_define import merge_method
 
+from mergekit_safety.core.parameters import DEFAULT_THRESHOLD, Threshold
+from mergekit_safety.core.roles import Role, RoleRule, RoleValue
+from mergekit_safety.core.subspace import drifts, score_and_project_if
 from mergekit_safety.methods.base import (
     Decision,
     GateInputs,
@@ -21,9 +24,6 @@ from mergekit_safety.methods.base import (
     gate_decision,
     note,
 )
-from mergekit_safety.parameters import DEFAULT_THRESHOLD, Threshold
-from mergekit_safety.roles import Role, RoleRule, RoleValue
-from mergekit_safety.subspace import drifts, score_and_project_if
 
 INCLUSIVE = True
 """Safe LoRA merges at ρ = τ (ρ ≤ τ), as the reference's ``>=`` on the cosine's complement."""

@@ -19,6 +19,8 @@ import torch
 from mergekit.merge_methods.base import BasePolicy, InputContract, PerNonBase, TensorGroup
 from mergekit.merge_methods.easy_define import merge_method
 
+from mergekit_safety.core.parameters import DEFAULT_THRESHOLD, Density, Threshold, Weight
+from mergekit_safety.core.roles import Role, RoleRule, RoleValue
 from mergekit_safety.methods.base import (
     Decision,
     GateInputs,
@@ -26,8 +28,6 @@ from mergekit_safety.methods.base import (
     RoleInputs,
     gate,
 )
-from mergekit_safety.parameters import DEFAULT_THRESHOLD, Density, Threshold, Weight
-from mergekit_safety.roles import Role, RoleRule, RoleValue
 
 SAFEMERGE_WEIGHTS = {Role.FINETUNED: 0.8, Role.SAFE: 0.2}
 """safemerge's per-role ``weight`` where a model sets none, as in the reference code."""

@@ -1,7 +1,7 @@
 """The choice rule: the passing point with the best objective, ties toward the fine-tune.
 
 Picking the winning point of a sweep or a search is "choose"; "selection" is reserved for the
-``top_k`` choice of matrices inside a method (:mod:`mergekit_safety.selection`).
+``top_k`` choice of matrices inside a method (:mod:`mergekit_safety.core.selection`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from mergekit_safety.acceptance import Gate, metric, within_noise
+from mergekit_safety.core.acceptance import Gate, metric, within_noise
 from mergekit_safety.tuning.grid import SWEEPABLE, Value
 
 

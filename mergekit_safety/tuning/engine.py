@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from mergekit_safety.acceptance import NO_GATE, Gate
-from mergekit_safety.errors import ConfigError
-from mergekit_safety.scoring import kept_scores
+from mergekit_safety.core.acceptance import NO_GATE, Gate
+from mergekit_safety.core.errors import ConfigError
+from mergekit_safety.recipe.scoring import kept_scores
 from mergekit_safety.tuning.choice import choose, close_to_chosen
 
 Evaluator = Callable[[str], Mapping[str, Any]]

@@ -13,9 +13,9 @@ from typing import Any
 
 import yaml
 
-from mergekit_safety.acceptance import format_value
-from mergekit_safety.errors import ConfigError
-from mergekit_safety.selection import GATE_KEYS
+from mergekit_safety.core.acceptance import format_value
+from mergekit_safety.core.errors import ConfigError
+from mergekit_safety.core.selection import GATE_KEYS
 
 MAX_VALUES = 200
 """More values than this is almost surely a typo in the step (each value is a merge + eval)."""
@@ -214,7 +214,7 @@ def recipe_roles(recipe: Mapping[str, Any]) -> list[tuple[int, Any, str]]:
     """(index in ``models``, ModelReference, role) for each input that is not ``base_model``."""
     from mergekit.config import MergeConfiguration
 
-    from mergekit_safety import recipe as recipes
+    from mergekit_safety.recipe import walk as recipes
 
     config = MergeConfiguration.model_validate(recipe)
     if not config.models:
@@ -228,7 +228,7 @@ def set_parameter(recipe: Mapping[str, Any], parameter: str, value: float) -> di
 
     Setting one of ``threshold``/``top_k``/``fraction`` removes the others from ``parameters``.
     """
-    from mergekit_safety import recipe as recipes
+    from mergekit_safety.recipe import walk as recipes
 
     sweepable = SWEEPABLE[parameter]
     number = int(value) if sweepable.integer else value
@@ -251,7 +251,7 @@ def plan_grid(
     """Validate the recipe for this sweep; every problem is a one-line ConfigError."""
     from mergekit import merge_methods
 
-    from mergekit_safety.preflight import load_recipe
+    from mergekit_safety.recipe.load import load_recipe
 
     config = load_recipe(recipe_path)  # exists, parses, local models exist
     recipe = yaml.safe_load(Path(recipe_path).read_text(encoding="utf-8"))
@@ -289,13 +289,13 @@ def plan_grid(
         finetuned=tuple(reference_name(model) for model in finetuned),
     )
     if plan.values:  # a swept key the method would ignore here (safemerge's density): refused
-        from mergekit_safety.recipe_keys import check_recipe_keys
+        from mergekit_safety.recipe.keys import check_recipe_keys
 
         check_recipe_keys(plan.recipe_with(plan.values[0]))
     if any(model.lora is not None for model in config.referenced_models()):
         return plan  # LoRA inputs are merged later, in the run's cache; checked as they are
     if "top_k" in plan.parameters:  # every point above the rankable count would fail, later
-        from mergekit_safety.scoring import check_top_k
+        from mergekit_safety.recipe.scoring import check_top_k
 
         check_top_k(config, max(plan.axes[plan.parameters.index("top_k")]))
     check_finite_inputs(config)
@@ -331,7 +331,7 @@ def _check_sweepable(method: Any, method_name: str, parameter: str) -> None:
 
 def _check_gate_choice(roles: list, parameter: str, method: Any) -> None:
     """A gate key swept without a gate (one set on a model is refused as the recipe is read)."""
-    from mergekit_safety.recipe_keys import not_gated
+    from mergekit_safety.recipe.keys import not_gated
 
     if not any(role == "unaligned" for _i, _m, role in roles):
         raise ConfigError(not_gated(method, parameter))

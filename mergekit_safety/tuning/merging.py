@@ -17,7 +17,7 @@ def evaluable(name: str, merge_options: Any) -> str:
     """The directory to evaluate for a reference: itself, or its LoRA merged, with a tokenizer."""
     from mergekit.common import ModelReference
 
-    from mergekit_safety.lora_cache import merged_copy
+    from mergekit_safety.recipe.lora_cache import merged_copy
 
     return merged_copy(
         ModelReference.parse(name),
@@ -69,9 +69,9 @@ WEIGHT_FILES = (
 
 def install(source: Path, out: Path) -> None:
     """Move a finished merge's files into ``out`` (created if needed; same-named files and an
-    earlier model's weights replaced), all at the end (:func:`~mergekit_safety.outputs.staged`):
-    an interruption leaves ``out`` as it was."""
-    from mergekit_safety.outputs import staged
+    earlier model's weights replaced), all at the end
+    (:func:`~mergekit_safety.core.outputs.staged`): an interruption leaves ``out`` as it was."""
+    from mergekit_safety.core.outputs import staged
 
     with staged(out, merge=True, stale=WEIGHT_FILES) as staging:
         for item in source.iterdir():

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from mergekit_safety.errors import ConfigError, install_hint
+from mergekit_safety.core.errors import ConfigError, install_hint
 from mergekit_safety.tuning.engine import describe_error
 
 LOCAL = "local"

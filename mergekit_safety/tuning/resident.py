@@ -3,7 +3,7 @@
 The output network is loaded once from the recipe's ``base_model`` (its architecture and tokenizer
 are the merge's: mergekit writes the base model's config). Each trial plans the trial's recipe
 with mergekit's own planner and executor (:func:`~mergekit_safety.mergekit_internals.
-merge_in_memory`), inside a merge run of its own (:mod:`mergekit_safety.runs`) so the planning
+merge_in_memory`), inside a merge run of its own (:mod:`mergekit_safety.core.runs`) so the planning
 hooks — checks, the ``top_k`` ρ pass, the gated kernels' decisions — apply as in ``mergekit-yaml``,
 and copies every merged tensor into the resident network's parameters (a ``top_k`` recipe's ρ
 pass runs once, for the first trial: ρ depends on the models, not on the searched values). The
@@ -18,9 +18,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from mergekit_safety import mergekit_internals, runs
-from mergekit_safety.errors import ConfigError
-from mergekit_safety.scoring import ScoreCache, kept_scores
+from mergekit_safety import mergekit_internals
+from mergekit_safety.core import runs
+from mergekit_safety.core.errors import ConfigError
+from mergekit_safety.recipe.scoring import ScoreCache, kept_scores
 
 
 class ResidentMerge:
@@ -60,7 +61,7 @@ class ResidentMerge:
         self.vllm: Any = None
         """With ``backend="vllm"``: the engine each merge is loaded into (``ResidentVllmMerge``)."""
         if backend == "vllm":
-            from mergekit_safety.evaluation.resident import ResidentVllmMerge
+            from mergekit_safety.evaluation.resident_models import ResidentVllmMerge
 
             self.vllm = ResidentVllmMerge(self.base, dtype=dtype)
 
@@ -115,7 +116,7 @@ def evaluate_trial(
     ``evaluator``: an ``Evaluator`` (or anything callable on a name with a ``loader``
     attribute), pointed at the resident network for the call.
     """
-    from mergekit_safety.evaluation.resident import ResidentNetwork
+    from mergekit_safety.evaluation.resident_models import ResidentNetwork
 
     resident.apply(recipe)
     previous = evaluator.loader

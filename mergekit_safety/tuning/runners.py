@@ -148,7 +148,7 @@ class SerialRunner:
     @contextlib.contextmanager
     def open(self, template: Mapping[str, Any], evaluator: Evaluator, name: str,
              status: Any = None) -> Iterator[_SerialRun]:  # fmt: skip
-        from mergekit_safety.lora_cache import lora_cache
+        from mergekit_safety.recipe.lora_cache import lora_cache
         from mergekit_safety.tuning.merging import references
 
         with (

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mergekit_safety.acceptance import Gate
+from mergekit_safety.core.acceptance import Gate
 from mergekit_safety.tuning.engine import Job, Outcome, Runner, evaluate_references, tune
 from mergekit_safety.tuning.search_report import SearchResult, TrialRow, trial_row
 from mergekit_safety.tuning.study import Budget, SearchPlan

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mergekit_safety.acceptance import METRICS, TITLES, Gate, metric, objective_label
+from mergekit_safety.core.acceptance import METRICS, TITLES, Gate, metric, objective_label
 from mergekit_safety.tuning.study import Budget, SearchPlan
 from mergekit_safety.tuning.sweep_report import markdown_rows, with_intervals
 
@@ -246,7 +246,7 @@ def _side_by_side(result: SearchResult) -> str:
 
 
 def _cell(summary: Mapping[str, Any], key: str) -> str:
-    from mergekit_safety.acceptance import interval
+    from mergekit_safety.core.acceptance import interval
 
     value, bounds = metric(summary, key), interval(summary, key)
     if value is None:
@@ -257,7 +257,7 @@ def _cell(summary: Mapping[str, Any], key: str) -> str:
 def write_reports(result: SearchResult, directory: Path, context: Mapping[str, Any]) -> dict:
     """``search.json``, ``search.md``, ``search.png`` (trade-off, Pareto front, gate) and
     ``search-coefficients.png`` (the chosen per-layer values over depth) in ``directory``."""
-    from mergekit_safety.plot import plot_coefficients, plot_sweep
+    from mergekit_safety.publish.plot import plot_coefficients, plot_sweep
 
     directory.mkdir(parents=True, exist_ok=True)
     paths = {kind: directory / f"search.{kind}" for kind in ("json", "md", "png")}

@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from mergekit_safety.errors import ConfigError
+from mergekit_safety.core.errors import ConfigError
 
 KEYS = ("low", "high", "log", "step", "int", "anchors", "filters", "rest")
 """What a dimension of a space YAML may hold."""
@@ -223,7 +223,7 @@ def check_space(dimensions: Sequence[Dimension], recipe_path: str | Path) -> tup
 
     Every problem is one ConfigError line: an unknown or repeated parameter, one the recipe's
     method does not take there, two alternatives of the gate, anchors on a recipe-wide
-    parameter, bounds outside the parameter's domain (:mod:`mergekit_safety.parameters`).
+    parameter, bounds outside the parameter's domain (:mod:`mergekit_safety.core.parameters`).
     """
     from mergekit import merge_methods
 
@@ -268,7 +268,7 @@ def _check_filters(dimensions: Sequence[Dimension], recipe: Mapping[str, Any]) -
     from mergekit.common import ModelReference
 
     from mergekit_safety import mergekit_internals
-    from mergekit_safety.recipe_keys import check_filter
+    from mergekit_safety.recipe.keys import check_filter
 
     filtered = [d for d in dimensions if d.filters]
     if not filtered:
@@ -313,7 +313,7 @@ def _bounds(dimension: Dimension) -> list[float]:
 
 def _with_recipe_rest(dimension: Dimension, recipe: Mapping[str, Any]) -> Dimension:
     """``rest`` not given: the recipe's own value if every fine-tune has the same number."""
-    from mergekit_safety.recipe import get_parameter
+    from mergekit_safety.recipe.walk import get_parameter
 
     values = get_parameter(recipe, dimension.name, "finetuned")
     numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
@@ -327,9 +327,9 @@ def _check_domain(method: str, spec: Any, name: str, value: float, recipe: Mappi
 
     from pydantic import ValidationError
 
-    from mergekit_safety.parameters import check_parameters, domain_error
-    from mergekit_safety.recipe import get_parameter
-    from mergekit_safety.recipe_keys import ours
+    from mergekit_safety.core.parameters import check_parameters, domain_error
+    from mergekit_safety.recipe.keys import ours
+    from mergekit_safety.recipe.walk import get_parameter
 
     try:
         spec.validate(int(value) if spec.name == "top_k" else value)

@@ -4,7 +4,7 @@ seeded sampler of each batch, and how a trial's outcome is told.
 Optuna's constrained TPE (``TPESampler(multivariate=True, constraints_func=...)``) maximises the
 objective (task accuracy by default) under the gate's constraints (engaged ≤ the most allowed,
 helpful ≥ the least, mostly-broken replies fail): ``Gate.constraints`` says exactly what
-``Gate.passes`` says (:class:`~mergekit_safety.acceptance.Gate`). The loop is the engine's
+``Gate.passes`` says (:class:`~mergekit_safety.core.acceptance.Gate`). The loop is the engine's
 (:func:`~.engine.tune`, with :class:`~.search.OptunaSampler`).
 
 Determinism: trials are asked ``parallel`` at a time, and the sampler is made afresh before each
@@ -25,8 +25,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mergekit_safety.acceptance import Gate, metric
-from mergekit_safety.errors import ConfigError, install_hint
+from mergekit_safety.core.acceptance import Gate, metric
+from mergekit_safety.core.errors import ConfigError, install_hint
 from mergekit_safety.tuning.space import Space
 
 OPTUNA_MISSING = f"search needs Optuna: {install_hint('search', 'optuna')}"
@@ -150,7 +150,7 @@ def prepare_storage(url: str) -> None:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
-    from mergekit_safety.outputs import check_writable
+    from mergekit_safety.core.outputs import check_writable
 
     try:
         parsed = make_url(url)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mergekit_safety.acceptance import NO_GATE, Gate
+from mergekit_safety.core.acceptance import NO_GATE, Gate
 from mergekit_safety.tuning.choice import SweepPoint, directions
 from mergekit_safety.tuning.engine import Evaluator, Job, Outcome, Runner, tune
 from mergekit_safety.tuning.grid import SweepPlan, Value

@@ -6,14 +6,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mergekit_safety.acceptance import (
+from mergekit_safety.core.acceptance import (
     METRICS,
     TITLES,
     interval,
     metric,
     objective_label,
 )
-from mergekit_safety.plot import plot_grid, plot_sweep
+from mergekit_safety.publish.plot import plot_grid, plot_sweep
 from mergekit_safety.tuning.choice import close_to_chosen
 from mergekit_safety.tuning.grid import TIE_BREAK
 from mergekit_safety.tuning.sweep import SweepResult
@@ -143,7 +143,7 @@ def write_reports(
     chosen = (
         "none passes the gate" if result.chosen is None else result.plan.label(result.chosen.value)
     )
-    from mergekit_safety.evaluation.report import attack_table
+    from mergekit_safety.evaluation.eval_report import attack_table
 
     attacks = attack_table(rows)
     paths["md"].write_text(

@@ -9,9 +9,9 @@ from typing import Any
 
 import click
 
-from mergekit_safety.acceptance import Gate
 from mergekit_safety.cli.common import check_outputs, config_errors
 from mergekit_safety.cli.options import check_objective
+from mergekit_safety.core.acceptance import Gate
 from mergekit_safety.evaluation.settings import EvalSettings
 
 
@@ -33,7 +33,7 @@ def check_before_work(
             f"{out} is not empty; choose a new directory or pass --overwrite", param_hint="--out"
         )
     with config_errors():
-        from mergekit_safety.planning import check_device
+        from mergekit_safety.recipe.planning import check_device
 
         check_device("cuda" if merging.cuda else evaluation.device)
         check_outputs(out=out, report=report, storage=storage)
@@ -42,7 +42,7 @@ def check_before_work(
 def report_context(evaluator: Any, evaluation: EvalSettings, judged: Mapping[str, Any]) -> dict:
     """How the models were measured, for the reports and the card: the prompt sets (as the
     evaluator read them), the judge (else as ``judged``, a summary, names it) and generation."""
-    from mergekit_safety.card import describe_prompt_sets
+    from mergekit_safety.publish.model_card import describe_prompt_sets
 
     limit = evaluation.prompts.limit
     if hasattr(evaluator, "prompt_sets"):
@@ -68,7 +68,7 @@ def write_card(
 ) -> None:
     """The chosen merge's model card: its row, the references', the gate and ``note`` (how it
     was chosen); ``result`` holds ``chosen.metrics``, ``aligned``, ``finetuned`` and ``gate``."""
-    from mergekit_safety.card import SafetyEvaluation, update_card
+    from mergekit_safety.publish.model_card import SafetyEvaluation, update_card
 
     update_card(
         out,

@@ -8,7 +8,7 @@ so its key order and spelling survive; the others validate once and pass the con
 
 Reading and setting a parameter (:func:`get_parameter`, :func:`set_parameter`) and turning a rank
 selection into ``threshold: τ`` (:func:`resolve_selection`) go through this walk and the one
-parameter rewrite of :mod:`mergekit_safety.selection`.
+parameter rewrite of :mod:`mergekit_safety.core.selection`.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from typing import Any, Literal
 from mergekit.common import ModelReference
 from mergekit.config import MergeConfiguration
 
-from mergekit_safety.errors import ConfigError
-from mergekit_safety.selection import GATE_KEYS, drop_selection, set_gate
+from mergekit_safety.core.errors import ConfigError
+from mergekit_safety.core.selection import GATE_KEYS, drop_selection, set_gate
 
 Recipe = MergeConfiguration | Mapping[str, Any]
 """Mergekit's validated configuration, or the recipe's YAML mapping as written."""

@@ -3,8 +3,9 @@
 A fixed τ transfers badly between models: ρ's spread depends on the model, the LoRA rank and the
 task. ``top_k: K`` / ``fraction: F`` (global recipe parameters of every gated method) say instead
 how many matrices to merge. mergekit runs a method one tensor at a time, so every ρ is needed
-before the first merge: :mod:`mergekit_safety.planning` scores the recipe in a first lazy pass
-and turns the selection into an explicit τ here; the ordinary ``ρ < τ`` (``ρ ≤ τ``) merge follows.
+before the first merge: :mod:`mergekit_safety.recipe.planning` scores the recipe in a first lazy
+pass and turns the selection into an explicit τ here; the ordinary ``ρ < τ`` (``ρ ≤ τ``) merge
+follows.
 
 **Which matrices count.** The gateable ones (2-D, no vocabulary axis) with a defined ρ: a matrix
 with ρ undefined (V = 0 or Δ = 0) keeps its fine-tuned weights at every τ, so it is never ranked.
@@ -29,7 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mergekit_safety.errors import ConfigError
+from mergekit_safety.core.errors import ConfigError
 
 SELECTORS = ("top_k", "fraction")
 """The recipe parameters that select by rank; at most one of them, and never with ``threshold``."""

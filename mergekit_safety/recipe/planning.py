@@ -15,9 +15,9 @@ Why here. mergekit 0.1.5 merges one tensor per task, so a kernel never sees the 
 ρ. The one moment that sees every planned tensor and precedes every load is the end of planning.
 :func:`on_recipe` notes the selection in the merge's run; once the planner has planned every
 tensor, :func:`on_planned` scores those very tasks with the code ``inspect`` uses
-(:mod:`mergekit_safety.scoring`: lazy loads, nothing written), turns the selection into τ
-(:mod:`mergekit_safety.selection`) and keeps τ in the run, where the kernels read it in place of
-``top_k``. One plan per merge: multi-GPU and lazy loading included, and the merged model's
+(:mod:`mergekit_safety.recipe.scoring`: lazy loads, nothing written), turns the selection into τ
+(:mod:`mergekit_safety.core.selection`) and keeps τ in the run, where the kernels read it in place
+of ``top_k``. One plan per merge: multi-GPU and lazy loading included, and the merged model's
 ``mergekit_config.yml`` is still the recipe as written.
 
 Alternatives rejected: ranking at the first kernel call would need a second executor inside
@@ -39,8 +39,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mergekit_safety import mergekit_internals, runs
-from mergekit_safety.errors import ConfigError
+from mergekit_safety import mergekit_internals
+from mergekit_safety.core import runs
+from mergekit_safety.core.errors import ConfigError
+from mergekit_safety.core.outputs import check_writable
+from mergekit_safety.core.parameters import check_domains
+from mergekit_safety.core.roles import Role
+from mergekit_safety.core.selection import SELECTORS
 from mergekit_safety.mergekit_internals import (
     AfterImport,
     PlannedRecipe,
@@ -49,13 +54,9 @@ from mergekit_safety.mergekit_internals import (
 )
 from mergekit_safety.methods.alignment_check import watch_planned
 from mergekit_safety.methods.base import RoleCheckedMethod, missing_calibration
-from mergekit_safety.outputs import check_writable
-from mergekit_safety.parameters import check_domains
-from mergekit_safety.preflight import check_same_architecture
-from mergekit_safety.recipe import inputs, resolve_selection, role_of
-from mergekit_safety.recipe_keys import check_filters, check_recipe_keys, ours
-from mergekit_safety.roles import Role
-from mergekit_safety.selection import SELECTORS
+from mergekit_safety.recipe.keys import check_filters, check_recipe_keys, ours
+from mergekit_safety.recipe.preflight import check_same_architecture
+from mergekit_safety.recipe.walk import inputs, resolve_selection, role_of
 
 OVERWRITE_ENV = "MERGEKIT_SAFETY_OVERWRITE"
 MODEL_FILES = (
@@ -170,7 +171,7 @@ def on_recipe(recipe: PlannedRecipe) -> None:
 def check_calibration(config: Any, method: RoleCheckedMethod) -> None:
     """Calibration statistics: given (if the method needs them), readable, of base_model's layers,
     taken on base_model, and every file as its header and values should be (one line if not)."""
-    from mergekit_safety.calibration import check_against, check_files, read
+    from mergekit_safety.core.calibration import check_against, check_files, read
 
     where = (config.parameters or {}).get("calibration")
     if where is None:
@@ -483,7 +484,7 @@ def ungated_count(method: RoleCheckedMethod, tensors: Any, run: runs.MergeRun) -
 def expect_selection(recipe: PlannedRecipe) -> None:
     """A recipe that ranks (``top_k``/``fraction``, validated here): the merge's run expects
     τ from :func:`on_planned`; outside a merge there is no run to carry it, so stop now."""
-    from mergekit_safety.scoring import selection_of
+    from mergekit_safety.recipe.scoring import selection_of
 
     selection = selection_of(recipe.config)
     if selection is None:
@@ -496,7 +497,7 @@ def expect_selection(recipe: PlannedRecipe) -> None:
 
 def on_planned(recipe: PlannedRecipe, tensors: list[PlannedTensor]) -> None:
     """The planned merge ranks by ρ: score its own tasks now, and keep τ in the merge's run."""
-    from mergekit_safety.scoring import resolve_records, score_planned, selection_of
+    from mergekit_safety.recipe.scoring import resolve_records, score_planned, selection_of
 
     run = runs.current()
     method = ours(recipe.config.merge_method)

@@ -25,9 +25,9 @@ from mergekit.merge_methods.base import ParameterScope, ParameterSpec, PerGroupV
 from pydantic import BeforeValidator, Field, ValidationError
 from pydantic_core import PydanticCustomError
 
-from mergekit_safety import runs
-from mergekit_safety.errors import ConfigError, find_config_error
-from mergekit_safety.roles import Role
+from mergekit_safety.core import runs
+from mergekit_safety.core.errors import ConfigError, find_config_error
+from mergekit_safety.core.roles import Role
 
 # --- defaults -----------------------------------------------------------------------------------
 

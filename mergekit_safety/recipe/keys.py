@@ -5,7 +5,7 @@ method only the parameters in its spec, so a typo in a safety parameter would me
 with the default. While mergekit validates a recipe that uses one of our methods
 (:func:`check_recipe_keys`, called through :mod:`mergekit_safety.mergekit_internals`), every
 section and every ``parameters:`` key (top level, module, slice, model, slice source) is checked
-against what the method reads for that input's role (values: ``mergekit_safety.parameters``).
+against what the method reads for that input's role (values: ``mergekit_safety.core.parameters``).
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from typing import Any
 from mergekit.merge_methods import get, registered_methods
 from mergekit.merge_methods.base import ParameterScope
 
-from mergekit_safety.errors import ConfigError
+from mergekit_safety.core.errors import ConfigError
+from mergekit_safety.core.roles import Role, parse_role
+from mergekit_safety.core.selection import GATE_KEYS
 from mergekit_safety.methods.base import RoleCheckedMethod
-from mergekit_safety.recipe import walk
-from mergekit_safety.roles import Role, parse_role
-from mergekit_safety.selection import GATE_KEYS
+from mergekit_safety.recipe.walk import walk
 
 SECTIONS = ("merge_method", "base_model", "models", "slices", "modules", "parameters", "dtype",
             "out_dtype", "tokenizer_source", "tokenizer", "chat_template", "name")  # fmt: skip

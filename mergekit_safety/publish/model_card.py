@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from mergekit_safety.acceptance import METRICS, NO_GATE, TITLES, Gate, metric
-from mergekit_safety.errors import ConfigError
+from mergekit_safety.core.acceptance import METRICS, NO_GATE, TITLES, Gate, metric
+from mergekit_safety.core.errors import ConfigError
+from mergekit_safety.core.hub_card import read_card, render_card
 from mergekit_safety.evaluation.harness import task_metrics
-from mergekit_safety.hub_card import read_card, render_card
 from mergekit_safety.tuning.grid import recipe_roles, reference_name
 
 if TYPE_CHECKING:

@@ -8,11 +8,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mergekit_safety.acceptance import interval, metric
+from mergekit_safety.core.acceptance import interval, metric
+from mergekit_safety.core.outputs import staged
 from mergekit_safety.evaluation.attacks import PLAIN
-from mergekit_safety.evaluation.evaluator import EvalResult
 from mergekit_safety.evaluation.harness import task_metrics
-from mergekit_safety.outputs import staged
+from mergekit_safety.evaluation.pipeline import EvalResult
 
 COLUMNS = (
     ("refusal_rate", "harmful: refused ↑"),
@@ -92,8 +92,8 @@ def write_report(results: Sequence[EvalResult], out_dir: str | os.PathLike) -> d
     """Write ``records.jsonl``, ``summary.json`` (a list, models in order) and ``summary.md``.
 
     Returns the paths by kind ("records", "json", "md"). Existing files of these names are
-    replaced, all three at the end (:func:`mergekit_safety.outputs.staged`): an interrupted write
-    leaves the directory as it was.
+    replaced, all three at the end (:func:`mergekit_safety.core.outputs.staged`): an interrupted
+    write leaves the directory as it was.
     """
     directory = Path(out_dir)
     names = {"records": "records.jsonl", "json": "summary.json", "md": "summary.md"}

@@ -1,7 +1,7 @@
 """``inspect``: the gate's decision for every weight of a recipe, before anything is merged.
 
-Full models are scored through mergekit's planner (:mod:`mergekit_safety.scoring`); a recipe of
-LoRA adapters from the factors, exactly as ``mergekit-safety adapter`` would merge them.
+Full models are scored through mergekit's planner (:mod:`mergekit_safety.recipe.scoring`); a recipe
+of LoRA adapters from the factors, exactly as ``mergekit-safety adapter`` would merge them.
 """
 
 from __future__ import annotations
@@ -16,14 +16,19 @@ from mergekit.options import MergeOptions
 
 from mergekit_safety.adapter.merge import merge_adapters
 from mergekit_safety.adapter.plan import plan_adapter
-from mergekit_safety.errors import ConfigError
-from mergekit_safety.lora_cache import lora_cache, merged_copy
+from mergekit_safety.core.errors import ConfigError
+from mergekit_safety.core.selection import Resolved, Selection
 from mergekit_safety.methods import method_names
 from mergekit_safety.methods.base import RoleCheckedMethod
-from mergekit_safety.preflight import read_recipe
-from mergekit_safety.recipe import without_selection
-from mergekit_safety.scoring import TensorDecision, resolve_records, score_config, selection_of
-from mergekit_safety.selection import Resolved, Selection
+from mergekit_safety.recipe.load import read_recipe
+from mergekit_safety.recipe.lora_cache import lora_cache, merged_copy
+from mergekit_safety.recipe.scoring import (
+    TensorDecision,
+    resolve_records,
+    score_config,
+    selection_of,
+)
+from mergekit_safety.recipe.walk import without_selection
 
 
 def inspect_recipe(
@@ -61,7 +66,8 @@ def inspect(
 
     ``selection`` replaces any ``threshold``/``top_k``/``fraction`` the recipe sets.
     ``base+adapter`` inputs are merged into ``lora_merge_cache`` (default: a temporary
-    directory, removed after), keyed by the adapters' content (:mod:`mergekit_safety.lora_cache`).
+    directory, removed after), keyed by the adapters' content
+    (:mod:`mergekit_safety.recipe.lora_cache`).
     """
     data, config = read_recipe(recipe)
     method = get(config.merge_method)

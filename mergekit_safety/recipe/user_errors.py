@@ -2,15 +2,16 @@
 
 Unmodified mergekit commands print a traceback for any exception, and pydantic wraps errors raised
 inside its validators; :func:`install_excepthook` makes such a process print one line instead, for
-our errors (:class:`mergekit_safety.errors.ConfigError`) and for the user mistakes mergekit itself
-reports with a traceback (:func:`explain` holds the list; the texts of mergekit's, transformers'
-and torch's own messages are matched in :mod:`mergekit_safety.mergekit_internals`). A genuine bug
-keeps its traceback, and ``-v`` / ``--verbose`` or ``MERGEKIT_SAFETY_TRACEBACK=1`` shows it for a
-mistake too.
+our errors (:class:`mergekit_safety.core.errors.ConfigError`) and for the user mistakes mergekit
+itself reports with a traceback (:func:`explain` holds the list; the texts of mergekit's,
+transformers' and torch's own messages are matched in :mod:`mergekit_safety.mergekit_internals`). A
+genuine bug keeps its traceback, and ``-v`` / ``--verbose`` or ``MERGEKIT_SAFETY_TRACEBACK=1`` shows
+it for a mistake too.
 
-A failed or interrupted merge also undoes what it wrote (``mergekit_safety.runs.MergeRun.fail``):
-in process where mergekit's planner or executor raises, and from the hook for what fails after.
-Nothing here runs on import: the commands install the hook (:func:`install_excepthook`).
+A failed or interrupted merge also undoes what it wrote
+(``mergekit_safety.core.runs.MergeRun.fail``): in process where mergekit's planner or executor
+raises, and from the hook for what fails after. Nothing here runs on import: the commands install
+the hook (:func:`install_excepthook`).
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any
 
-from mergekit_safety import runs
-from mergekit_safety.errors import error_chain, find_config_error
+from mergekit_safety.core import runs
+from mergekit_safety.core.errors import error_chain, find_config_error
 
 TRACEBACK_ENV = "MERGEKIT_SAFETY_TRACEBACK"
 PREFIX = "mergekit-safety: error:"

@@ -22,10 +22,10 @@ from typing import Any
 
 import torch
 
-from mergekit_safety.calibration import FORMAT, METADATA, TENSOR, file_of
-from mergekit_safety.errors import ConfigError
+from mergekit_safety.core.calibration import FORMAT, METADATA, TENSOR, file_of
+from mergekit_safety.core.errors import ConfigError
+from mergekit_safety.core.outputs import check_writable, staged
 from mergekit_safety.evaluation.generation import load_model, release, render
-from mergekit_safety.outputs import check_writable, staged
 
 
 def texts_of(tokenizer: Any, conversations: Sequence[Any]) -> list[list[int]]:
@@ -144,8 +144,8 @@ def check_empty(out: Path) -> None:
     """``--out`` is new, empty, or holds only an interrupted calibration; and it can be written.
 
     Made before the model loads. An interrupted run of this version leaves nothing in ``--out``
-    (it writes a staging sibling, :func:`mergekit_safety.outputs.staged`); one of an older version
-    left per-layer files without ``calibration.json``: that is replaced, not "not empty".
+    (it writes a staging sibling, :func:`mergekit_safety.core.outputs.staged`); one of an older
+    version left per-layer files without ``calibration.json``: that is replaced, not "not empty".
     """
     out = Path(out)
     if out.exists() and not out.is_dir():

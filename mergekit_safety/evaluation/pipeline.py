@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mergekit_safety.errors import ConfigError
+from mergekit_safety.core.errors import ConfigError
+from mergekit_safety.core.stats import wilson_interval
 from mergekit_safety.evaluation.answers import answer_matches, extract_answer, parse_number
 from mergekit_safety.evaluation.attacks import PLAIN
 from mergekit_safety.evaluation.judge import (
@@ -35,10 +36,9 @@ from mergekit_safety.evaluation.outcomes import (
     tally,
 )
 from mergekit_safety.evaluation.prompts import PromptSets
-from mergekit_safety.stats import wilson_interval
 
 if TYPE_CHECKING:
-    from mergekit_safety.evaluation.resident import (
+    from mergekit_safety.evaluation.resident_models import (
         ResidentBase,
         ResidentNetwork,
         ResidentVllm,
@@ -242,10 +242,10 @@ def evaluate(
     Harmful replies (plain and under each attack) are refused, engaged or broken; look-alike
     replies helpful, refused or broken (:func:`~.judge.judge_replies`).
 
-    ``loader``: a :class:`~mergekit_safety.evaluation.resident.ResidentBase` (``ResidentVllm``
-    with ``backend="vllm"``) that keeps the base model loaded between calls (an adapter sweep),
-    instead of loading ``model`` afresh; or a ``ResidentNetwork`` (a search's in-memory merge),
-    evaluated as it is, ``model`` naming it.
+    ``loader``: a :class:`~mergekit_safety.evaluation.resident_models.ResidentBase`
+    (``ResidentVllm`` with ``backend="vllm"``) that keeps the base model loaded between calls (an
+    adapter sweep), instead of loading ``model`` afresh; or a ``ResidentNetwork`` (a search's
+    in-memory merge), evaluated as it is, ``model`` naming it.
 
     ``judge``: None or ``"keyword"`` (the keyword judge), a local classifier directory, or a
     :class:`~mergekit_safety.evaluation.judge.Judge`. A judge that cannot tell refusals on
@@ -259,7 +259,7 @@ def evaluate(
         raise ConfigError(f"unknown backend {backend!r}; use {' or '.join(BACKENDS)}")
     if backend == "vllm" and not generation.vllm_available():
         raise ConfigError("--backend vllm needs vLLM installed (pip install vllm)")
-    from mergekit_safety.evaluation.resident import ResidentNetwork, ResidentVllmMerge
+    from mergekit_safety.evaluation.resident_models import ResidentNetwork, ResidentVllmMerge
 
     if not isinstance(loader, ResidentNetwork | ResidentVllmMerge):  # the name is a label
         check_model(model)
@@ -397,7 +397,7 @@ def _generate(
     if not conversations:
         return []
     if backend == "vllm":
-        from mergekit_safety.evaluation.resident import ResidentVllm
+        from mergekit_safety.evaluation.resident_models import ResidentVllm
 
         resident = isinstance(loader, ResidentVllm)
         engine = loader if resident else ResidentVllm(dtype=dtype, lora=False)

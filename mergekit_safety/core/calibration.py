@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from mergekit_safety.errors import ConfigError
+from mergekit_safety.core.errors import ConfigError
 
 METADATA = "calibration.json"
 TENSOR = "xtx"

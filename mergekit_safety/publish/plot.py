@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mergekit_safety.acceptance import LIMIT_NAMES, NO_GATE, Gate, metric
+from mergekit_safety.core.acceptance import LIMIT_NAMES, NO_GATE, Gate, metric
 
 STYLE = {
     "aligned": {"marker": "s", "color": "tab:green", "label": "aligned (base_model)"},

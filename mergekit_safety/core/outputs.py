@@ -21,7 +21,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from mergekit_safety.errors import ConfigError
+from mergekit_safety.core.errors import ConfigError
 
 PARTIAL = ".partial-"
 """What names a staging sibling: ``.<out name>.partial-<pid>-<random>``."""

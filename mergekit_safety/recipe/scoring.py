@@ -23,12 +23,9 @@ from mergekit.merge_methods import TensorGroup, get
 from mergekit.options import MergeOptions
 
 from mergekit_safety import mergekit_internals
-from mergekit_safety.errors import ConfigError
-from mergekit_safety.mergekit_internals import PlannedTensor
-from mergekit_safety.methods.base import RoleCheckedMethod, RoleInputs, check_finite
-from mergekit_safety.recipe import parameter_scopes
-from mergekit_safety.roles import Role
-from mergekit_safety.selection import (
+from mergekit_safety.core.errors import ConfigError
+from mergekit_safety.core.roles import Role
+from mergekit_safety.core.selection import (
     SELECTORS,
     Resolved,
     Selection,
@@ -36,6 +33,9 @@ from mergekit_safety.selection import (
     resolve,
     unranked,
 )
+from mergekit_safety.mergekit_internals import PlannedTensor
+from mergekit_safety.methods.base import RoleCheckedMethod, RoleInputs, check_finite
+from mergekit_safety.recipe.walk import parameter_scopes
 
 
 @dataclass(frozen=True)
@@ -287,7 +287,7 @@ def _score_key(config: MergeConfiguration, options: MergeOptions, gated_only: bo
 def check_top_k(config: MergeConfiguration, top_k: int) -> None:
     """``top_k`` (a sweep's or a search's largest) fits the recipe's rankable matrices: planned
     by mergekit, counted from the file headers; nothing is loaded, no ρ computed."""
-    from mergekit_safety.recipe import without_selection
+    from mergekit_safety.recipe.walk import without_selection
 
     tensors = mergekit_internals.plan_tensors(
         without_selection(config, drop_threshold=False), MergeOptions(quiet=True)

@@ -5,7 +5,7 @@ key ``gate`` for this rule, as published before.)
 
 Kept below the sweep, its plots and the model card, which all read metrics the same way: a metric
 that is missing (or NaN) fails a gate that needs it, a mostly-broken model fails every gate, and a
-rate over n prompts carries a 95 % Wilson interval (:mod:`mergekit_safety.stats`).
+rate over n prompts carries a 95 % Wilson interval (:mod:`mergekit_safety.core.stats`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from mergekit_safety.stats import intervals_overlap, wilson_interval
+from mergekit_safety.core.stats import intervals_overlap, wilson_interval
 
 METRICS = (
     "engaged_rate",

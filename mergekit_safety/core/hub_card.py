@@ -1,5 +1,6 @@
 """A model card as huggingface_hub reads and writes it: the one card writer, for merged models
-(:mod:`mergekit_safety.card`) and LoRA adapters (:mod:`mergekit_safety.adapter.write`) alike."""
+(:mod:`mergekit_safety.publish.model_card`) and LoRA adapters (:mod:`mergekit_safety.adapter.write`)
+alike."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from mergekit_safety.errors import ConfigError
+from mergekit_safety.core.errors import ConfigError
 
 if TYPE_CHECKING:
     from huggingface_hub import ModelCard, ModelCardData

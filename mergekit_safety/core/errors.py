@@ -1,7 +1,8 @@
 """One error type for every bad recipe, path or model pair.
 
 A :class:`ConfigError` is a ``ValueError`` so API callers can catch it as usual; how it (and the
-mistakes mergekit reports itself) reaches the user as one line: :mod:`mergekit_safety.user_errors`.
+mistakes mergekit reports itself) reaches the user as one line:
+:mod:`mergekit_safety.recipe.user_errors`.
 """
 
 from __future__ import annotations
