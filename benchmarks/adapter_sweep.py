@@ -106,8 +106,8 @@ def child(recipe, weights, mode, limit, tokens, rows_path) -> None:
     from mergekit_safety.evaluation.resident_models import ResidentBase
     from mergekit_safety.evaluation.settings import EvalSettings, PromptSources
     from mergekit_safety.tuning.grid import plan_sweep
+    from mergekit_safety.tuning.grid_sampler import run_sweep
     from mergekit_safety.tuning.runners import OnDisk, SerialRunner
-    from mergekit_safety.tuning.sweep import run_sweep
 
     loading = _time_loading()
     loader = ResidentBase() if mode == "resident" else None

@@ -85,8 +85,8 @@ def adapter_sweep_rows(tmp_path: Path, aligned: str, adapter: Path, evaluator) -
     from mergekit.options import MergeOptions
 
     from mergekit_safety.tuning.grid import plan_sweep
+    from mergekit_safety.tuning.grid_sampler import run_sweep
     from mergekit_safety.tuning.runners import OnDisk, SerialRunner
-    from mergekit_safety.tuning.sweep import run_sweep
 
     recipe = write_recipe(
         tmp_path / "recipe.yml",

@@ -392,8 +392,8 @@ def test_sweep_in_adapter_space(family, adapters, tmp_path):
     from mergekit.options import MergeOptions
 
     from mergekit_safety.tuning.grid import plan_sweep
+    from mergekit_safety.tuning.grid_sampler import run_sweep
     from mergekit_safety.tuning.runners import OnDisk, SerialRunner
-    from mergekit_safety.tuning.sweep import run_sweep
 
     recipe = write_recipe(
         tmp_path / "recipe.yml",

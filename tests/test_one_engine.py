@@ -78,10 +78,10 @@ def test_sweep_and_search_share_the_loop_and_record_a_failed_point_alike(family,
     from mergekit.options import MergeOptions
 
     from mergekit_safety.tuning.grid import plan_sweep
-    from mergekit_safety.tuning.search import run_search
+    from mergekit_safety.tuning.grid_sampler import run_sweep
+    from mergekit_safety.tuning.optuna_sampler import run_search
     from mergekit_safety.tuning.space import check_space, parse_param
     from mergekit_safety.tuning.study import Budget, SearchPlan, open_study
-    from mergekit_safety.tuning.sweep import run_sweep
 
     recipe = gated_recipe(family, tmp_path)
     gate = Gate(min_refusal=0.5)

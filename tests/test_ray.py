@@ -60,9 +60,9 @@ def test_a_failed_point_is_reported_and_the_others_go_on(family, tmp_path):
     import ray
 
     from mergekit_safety.tuning.grid import plan_sweep
+    from mergekit_safety.tuning.grid_sampler import run_sweep
     from mergekit_safety.tuning.merging import merge_recipe
     from mergekit_safety.tuning.runners import OnDisk, RayRunner
-    from mergekit_safety.tuning.sweep import run_sweep
     from mergekit_safety.tuning.sweep_report import markdown_rows, sweep_record
 
     recipe = write_recipe(tmp_path / "r.yaml", {
@@ -105,8 +105,8 @@ def test_a_failed_evaluation_is_the_same_row_serially_and_on_ray(family, tmp_pat
     from mergekit.options import MergeOptions
 
     from mergekit_safety.tuning.grid import plan_sweep
+    from mergekit_safety.tuning.grid_sampler import run_sweep
     from mergekit_safety.tuning.runners import RayRunner, SerialRunner
-    from mergekit_safety.tuning.sweep import run_sweep
 
     recipe = write_recipe(tmp_path / "r.yaml", {
         "merge_method": "safe_linear", "base_model": str(family["aligned"]),

@@ -25,7 +25,7 @@ pytest.importorskip("optuna")
 from mergekit_safety.core.acceptance import Gate  # noqa: E402
 from mergekit_safety.core.errors import ConfigError  # noqa: E402
 from mergekit_safety.tuning.engine import Outcome, tune  # noqa: E402
-from mergekit_safety.tuning.search import OptunaSampler  # noqa: E402
+from mergekit_safety.tuning.optuna_sampler import OptunaSampler  # noqa: E402
 from mergekit_safety.tuning.space import SEARCHED, Dimension, check_space, parse_param  # noqa: E402
 from mergekit_safety.tuning.study import Budget, SearchPlan, finished, open_study  # noqa: E402
 

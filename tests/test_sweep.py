@@ -24,8 +24,8 @@ from mergekit_safety.core.errors import ConfigError  # noqa: E402
 from mergekit_safety.publish.plot import pareto_front  # noqa: E402
 from mergekit_safety.tuning.choice import SweepPoint, choose, directions  # noqa: E402
 from mergekit_safety.tuning.grid import parse_assignment, parse_values, plan_sweep  # noqa: E402
+from mergekit_safety.tuning.grid_sampler import run_sweep  # noqa: E402
 from mergekit_safety.tuning.runners import SerialRunner  # noqa: E402
-from mergekit_safety.tuning.sweep import run_sweep  # noqa: E402
 from mergekit_safety.tuning.sweep_report import write_reports  # noqa: E402
 
 

@@ -13,7 +13,7 @@ from helpers import REPO
 from mergekit_safety.core.acceptance import Gate
 from mergekit_safety.tuning.choice import SweepPoint
 from mergekit_safety.tuning.grid import plan_sweep
-from mergekit_safety.tuning.sweep import SweepResult
+from mergekit_safety.tuning.grid_sampler import SweepResult
 from mergekit_safety.tuning.sweep_report import write_reports
 
 

@@ -635,8 +635,8 @@ def do_sweep(config: Config, stage: Stage) -> None:
     from benchmarks.efficacy.evals import read_summary
     from mergekit_safety.core.acceptance import Gate
     from mergekit_safety.tuning.grid import plan_grid
+    from mergekit_safety.tuning.grid_sampler import run_sweep
     from mergekit_safety.tuning.runners import SerialRunner
-    from mergekit_safety.tuning.sweep import run_sweep
 
     method, grid = stage.args["method"], stage.args["grid"]
     ft = stage.args["finetuned"]
@@ -708,8 +708,8 @@ def _resta_sweep(
     accuracy among the passing points, ties to the smaller β; a failed point is a row."""
     from mergekit_safety.core.acceptance import Gate
     from mergekit_safety.tuning.engine import tune
+    from mergekit_safety.tuning.grid_sampler import GridSampler
     from mergekit_safety.tuning.runners import SerialRunner
-    from mergekit_safety.tuning.sweep import GridSampler
 
     gate = Gate(min_refusal=low, max_over_refusal=high)
     sampler = GridSampler(_BetaGrid(config, ft, tuple(betas)), [RESTA_TOWARD_FINETUNED])

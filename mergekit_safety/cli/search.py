@@ -111,7 +111,7 @@ def search_command(
         if not budget.study_name:
             budget = dataclasses.replace(budget, study_name=f"search-{Path(recipe).stem}")
         study = studies.open_study(plan, budget, gate, _measured(evaluator, evaluation))
-    from mergekit_safety.tuning.search import run_search
+    from mergekit_safety.tuning.optuna_sampler import run_search
 
     runner = _runner(merging, work_dir, evaluation, ray, budget.parallel)
     with config_errors(), terminate_unwinds():

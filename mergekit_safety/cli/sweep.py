@@ -94,7 +94,7 @@ def sweep_command(
     directory that is removed however the run ends. Exit status 3: no point passes the gate.
     """
     from mergekit_safety.tuning.grid import parse_assignments, plan_grid
-    from mergekit_safety.tuning.sweep import run_sweep
+    from mergekit_safety.tuning.grid_sampler import run_sweep
     from mergekit_safety.tuning.sweep_report import write_reports
 
     try:

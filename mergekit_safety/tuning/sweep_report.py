@@ -16,7 +16,7 @@ from mergekit_safety.core.acceptance import (
 from mergekit_safety.publish.plot import plot_grid, plot_sweep
 from mergekit_safety.tuning.choice import close_to_chosen
 from mergekit_safety.tuning.grid import TIE_BREAK
-from mergekit_safety.tuning.sweep import SweepResult
+from mergekit_safety.tuning.grid_sampler import SweepResult
 
 COLUMNS = (
     "kind",

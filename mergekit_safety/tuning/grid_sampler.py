@@ -1,4 +1,4 @@
-"""``sweep``: the engine with the grid as its sampler, and a sweep's outcome as flat rows."""
+"""The grid sampler: `sweep` is the engine with every grid point in one batch; its rows."""
 
 from __future__ import annotations
 
