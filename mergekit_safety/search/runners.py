@@ -32,10 +32,10 @@ class TrialWorker:
         self.evaluator = evaluator
         self.resident = ResidentMerge(recipe, options, device=device, dtype=dtype, backend=backend)
 
-    def run(self, name: str, recipe: Mapping[str, Any]) -> dict[str, Any] | str:
+    def run(self, name: str, recipe: Mapping[str, Any], settle: Any = None) -> dict[str, Any] | str:
         """The trial's summary, or its error as one line (the search goes on)."""
         try:
-            return evaluate_trial(self.resident, self.evaluator, recipe, name)
+            return evaluate_trial(self.resident, self.evaluator, recipe, name, settle=settle)
         except Exception as error:  # a trial's merge or evaluation; Ctrl-C still stops the run
             return describe_error(error)
 
@@ -51,8 +51,8 @@ class SerialRunner:
     def __init__(self, worker: TrialWorker) -> None:
         self.worker = worker
 
-    def run(self, jobs: Jobs) -> list[dict[str, Any] | str]:
-        return [self.worker.run(name, recipe) for name, recipe in jobs]
+    def run(self, jobs: Jobs, settle: Any = None) -> list[dict[str, Any] | str]:
+        return [self.worker.run(name, recipe, settle) for name, recipe in jobs]
 
 
 class RayRunner:
@@ -62,11 +62,11 @@ class RayRunner:
         self.ray = ray
         self.actors = actors
 
-    def run(self, jobs: Jobs) -> list[dict[str, Any] | str]:
+    def run(self, jobs: Jobs, settle: Any = None) -> list[dict[str, Any] | str]:
         from mergekit_safety.sweep.distributed import cancel_tasks, task_error
 
         refs = [
-            self.actors[i % len(self.actors)].run.remote(name, dict(recipe))
+            self.actors[i % len(self.actors)].run.remote(name, dict(recipe), settle)
             for i, (name, recipe) in enumerate(jobs)
         ]
         out: list[dict[str, Any] | str] = []

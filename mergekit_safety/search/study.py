@@ -100,29 +100,37 @@ class Budget:
     startup_trials: int = 10
     storage: str | None = None
     study_name: str = "search"
+    stop_failing: bool = True
+    """A trial that can no longer pass the gate stops evaluating (:mod:`~.settle`: the same
+    choice, by construction)."""
 
 
 class Runner(Protocol):
-    """Evaluates a batch of (name, recipe) trials: each one's summary, or its error (a line)."""
+    """Evaluates a batch of (name, recipe) trials: each one's summary, or its error (a line);
+    ``settle`` (:class:`~.settle.GateSettle`): when a trial's evaluation may stop."""
 
-    def run(self, jobs: Sequence[tuple[str, Mapping[str, Any]]]) -> list[dict[str, Any] | str]: ...
+    def run(
+        self, jobs: Sequence[tuple[str, Mapping[str, Any]]], settle: Any = None
+    ) -> list[dict[str, Any] | str]: ...
 
 
 def kept_metrics(summary: Mapping[str, Any]) -> dict[str, Any]:
     """What a trial keeps: rates, intervals, set sizes, the judge, lm-eval's metrics."""
     keys = [*KEPT, *(f"{k}_ci" for k in KEPT), "n_harmful", "n_benign", "n_task", "judge",
-            "lm_eval"]  # fmt: skip
+            "lm_eval", "settled"]  # fmt: skip
     return {key: summary[key] for key in keys if key in summary}
 
 
 def finished(study: Any) -> list[Any]:
-    """The trials that count: complete, or failed with an error (not a stopped run's)."""
+    """The trials that count: complete, stopped once settled (pruned), or failed with an error
+    (not a stopped run's)."""
     from optuna.trial import TrialState
 
     counted = []
     for trial in study.get_trials(deepcopy=False):
         failed = trial.state == TrialState.FAIL and "error" in trial.user_attrs
-        if trial.state == TrialState.COMPLETE or failed:
+        settled = trial.state == TrialState.PRUNED and "settled" in trial.user_attrs
+        if trial.state == TrialState.COMPLETE or failed or settled:
             counted.append(trial)
     return counted
 
@@ -229,12 +237,14 @@ def sampler(budget: Budget, done: int) -> Any:
     """The constrained, multivariate TPE sampler for the batch after ``done`` finished trials."""
     import numpy
 
+    from mergekit_safety.search.settle import gamma
+
     optuna = import_optuna()
     seed = int(numpy.random.SeedSequence([budget.seed, done]).generate_state(1)[0])
     with _quiet(optuna):  # constraints_func: deprecated in Optuna 5, the one way in 3.5
         return optuna.samplers.TPESampler(
             seed=seed, multivariate=True, constant_liar=True, constraints_func=_constraints,
-            n_startup_trials=budget.startup_trials,
+            n_startup_trials=budget.startup_trials, gamma=gamma,
         )  # fmt: skip
 
 
@@ -263,7 +273,7 @@ def run_study(
                 batch = [study.ask(distributions) for _ in range(size)]
             jobs = [(f"trial {t.number}", plan.recipe_for(t.params)) for t in batch]
             started = time.perf_counter()
-            outcomes = runner.run(jobs)
+            outcomes = runner.run(jobs, settle_for(study, budget, gate))
             seconds = (time.perf_counter() - started) / len(batch)
             for trial, outcome in zip(batch, outcomes, strict=True):
                 tell(study, trial, outcome, gate, seconds)
@@ -272,8 +282,16 @@ def run_study(
     return study
 
 
+def settle_for(study: Any, budget: Budget, gate: Gate) -> Any:
+    """How the next batch's trials may stop (:mod:`~.settle`): active once enough trials pass."""
+    from mergekit_safety.search.settle import GateSettle, may_stop
+
+    return GateSettle(gate, active=budget.stop_failing and may_stop(study, budget.trials))
+
+
 def tell(study: Any, trial: Any, outcome: Mapping[str, Any] | str, gate: Gate, seconds: float):
-    """Record a trial's metrics, intervals and constraints, then tell Optuna its value."""
+    """Record a trial's metrics, intervals and constraints, then tell Optuna its value (a trial
+    stopped once it could not pass, as pruned)."""
     from optuna.trial import TrialState
 
     trial.set_user_attr("seconds", seconds)
@@ -284,6 +302,12 @@ def tell(study: Any, trial: Any, outcome: Mapping[str, Any] | str, gate: Gate, s
     value = metric(outcome, gate.objective)
     trial.set_user_attr("metrics", kept_metrics(outcome))
     trial.set_user_attr("constraints", gate.constraints(outcome))
+    if outcome.get("settled"):
+        if gate.passes(outcome):
+            raise RuntimeError(f"trial {trial.number} stopped, but its metrics pass the gate")
+        trial.set_user_attr("settled", outcome["settled"])
+        study.tell(trial, state=TrialState.PRUNED)
+        return
     if value is None:
         trial.set_user_attr("error", f"no {gate.objective} (is its prompt set empty?)")
         study.tell(trial, state=TrialState.FAIL)
