@@ -174,7 +174,7 @@ class FakeRunner:
         self.jobs = 0
         self.stop = stop
 
-    def run(self, jobs):
+    def run(self, jobs, settle=None):
         out = []
         for _name, recipe in jobs:
             if self.stop is not None and self.jobs >= self.stop:
