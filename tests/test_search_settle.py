@@ -231,3 +231,24 @@ def test_a_search_with_stopping_chooses_what_one_without_does(family, tmp_path, 
     eager, chosen_eager, _ = search(True, "eager")
     assert [r.params for r in eager] != [r.params for r in full]
     assert chosen_eager is None or chosen_eager.number != chosen_full.number
+
+
+def test_decoding_by_group_stops_after_a_batch_with_the_same_ids(model):
+    from mergekit_safety.evaluation.generation import generate_ids, load_model
+
+    network, tokenizer = load_model(model, device="cpu")
+    groups = [i % 3 for i in range(len(PADDED_PROMPTS))]
+    settings = {"batch_size": 3, "max_new_tokens": 6, "progress": False}
+    plain = generate_ids(network, tokenizer, PADDED_PROMPTS, **settings)
+    batches: list[list[int]] = []
+
+    def stop(indices, rows):
+        batches.append(list(indices))
+        return len(batches) == 2
+
+    cut = generate_ids(network, tokenizer, PADDED_PROMPTS, groups=groups, stop=stop, **settings)
+    assert all(len({groups[i] for i in batch}) == 1 for batch in batches), "one group a batch"
+    assert {groups[i] for batch in batches for i in batch} == {0}, "group 0 first"
+    done = {i for batch in batches for i in batch}
+    assert [cut[i] for i in sorted(done)] == [plain[i] for i in sorted(done)]
+    assert all(cut[i] == [] for i in range(len(cut)) if i not in done)

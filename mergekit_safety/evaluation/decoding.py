@@ -172,8 +172,8 @@ def decode(
 
     ``on_batch(n)`` is called after each batch of ``n`` prompts (a progress bar). ``groups``:
     one number per prompt; prompts are decoded group by group (the smaller first), longest
-    first within a group. ``stop``: see :data:`Stop`; the batches up to it are the batches of a
-    call without it, so their ids are the same.
+    first within a group, and a batch holds one group's prompts. ``stop``: see :data:`Stop`;
+    the batches up to it are the batches of a call without it, so their ids are the same.
     """
     if not encoded:
         return []
@@ -182,11 +182,16 @@ def decode(
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]), reverse=True)
     if groups is not None:
         order.sort(key=lambda i: groups[i])  # stable: longest first within a group
+    batches: list[list[int]] = []
+    for index in order:
+        full = bool(batches) and len(batches[-1]) == batch_size
+        if not batches or full or (groups is not None and groups[index] != groups[batches[-1][0]]):
+            batches.append([])
+        batches[-1].append(index)
     results: list[list[int]] = [[] for _ in encoded]
     with torch.inference_mode():
         prefix_kv = _prefix_cache(model, encoded[0][:prefix], device) if prefix else None
-        for start in range(0, len(order), batch_size):
-            batch = order[start : start + batch_size]
+        for batch in batches:
             rows = decode_batch(
                 model,
                 [encoded[i][prefix:] for i in batch],

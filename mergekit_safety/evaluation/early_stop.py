@@ -3,8 +3,9 @@
 An evaluation given a ``settle`` check (:data:`Settle`) generates its prompts set by set
 (:data:`ORDER`: harmful first, then the look-alikes, the task, the attacks; longest first within
 a set) and, after each batch, judges the batch's replies and asks the check whether the verdict
-is settled whatever the remaining replies turn out to be. The batches up to the stop are the
-batches of the same evaluation without a stop, so what was generated is the same.
+is settled whatever the remaining replies turn out to be (a batch holds one set's prompts). The
+batches up to the stop are the batches of the same evaluation without a stop (a ``settle`` that
+never answers): what was generated is the same.
 
 Only judges that judge each reply on its own (the keyword judge) are asked after each batch: a
 classifier judging a few replies may read them otherwise than in the whole set.
