@@ -4,6 +4,7 @@ the same trial, asking the same trials, with and without stopping."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 
@@ -200,7 +201,7 @@ def test_a_search_with_stopping_chooses_what_one_without_does(family, tmp_path, 
     from test_search import fake_plan
 
     from mergekit_safety.search import settle
-    from mergekit_safety.search.report import choose, trial_rows
+    from mergekit_safety.search.report import SearchResult, choose, trial_rows, write_reports
     from mergekit_safety.search.study import Budget, open_study, run_study
 
     plan = fake_plan(family, tmp_path)
@@ -212,10 +213,17 @@ def test_a_search_with_stopping_chooses_what_one_without_does(family, tmp_path, 
         study = run_study(open_study(plan, budget, gate), plan, runner, budget, gate,
                           progress=False)  # fmt: skip
         rows = trial_rows(study, gate)
-        return rows, choose(plan, rows, gate)[0], runner.stopped
+        chosen, close = choose(plan, rows, gate)
+        result = SearchResult(plan, budget, gate, {"model": "aligned"}, [], rows, chosen, close)
+        paths = write_reports(result, tmp_path / name, {})
+        return rows, chosen, runner.stopped, paths
 
-    full, chosen_full, none = search(False, "full")
-    cut, chosen_cut, stopped = search(True, "cut")
+    full, chosen_full, none, _ = search(False, "full")
+    cut, chosen_cut, stopped, paths = search(True, "cut")
+    record = json.loads(paths["json"].read_text())
+    assert record["trials_stopped"] == stopped
+    assert f"{stopped} stopped once they could not pass the gate" in paths["md"].read_text()
+    assert "| stopped: engaged_rate ≥ " in paths["md"].read_text()
     assert none == 0 and stopped >= 5, stopped
     assert [r.params for r in cut] == [r.params for r in full], "the same trials asked"
     assert sum(r.state == "stopped" for r in cut) == stopped
@@ -228,7 +236,7 @@ def test_a_search_with_stopping_chooses_what_one_without_does(family, tmp_path, 
     assert (chosen_cut.number, chosen_cut.params) == (chosen_full.number, chosen_full.params)
 
     monkeypatch.setattr(settle, "may_stop", lambda study, trials: True)
-    eager, chosen_eager, _ = search(True, "eager")
+    eager, chosen_eager, _, _ = search(True, "eager")
     assert [r.params for r in eager] != [r.params for r in full]
     assert chosen_eager is None or chosen_eager.number != chosen_full.number
 
