@@ -260,3 +260,24 @@ def test_decoding_by_group_stops_after_a_batch_with_the_same_ids(model):
     done = {i for batch in batches for i in batch}
     assert [cut[i] for i in sorted(done)] == [plain[i] for i in sorted(done)]
     assert all(cut[i] == [] for i in range(len(cut)) if i not in done)
+
+
+def test_a_resident_network_encodes_its_prompts_once(model, monkeypatch):
+    from mergekit_safety.evaluation import generation
+    from mergekit_safety.evaluation.generation import load_model
+    from mergekit_safety.evaluation.resident import ResidentNetwork
+
+    network, tokenizer = load_model(model, device="cpu")
+    view = ResidentNetwork(network, tokenizer)
+    prompts = PromptSets(harmful=PADDED_PROMPTS[:3], benign=PADDED_PROMPTS[3:6])
+    settings = {"batch_size": 2, "max_new_tokens": 4, "progress": False}
+    fresh = evaluate(model, prompts, **settings)
+    calls = []
+    real = generation.encode
+    monkeypatch.setattr(generation, "encode", lambda *a: calls.append(1) or real(*a))
+    first = evaluate("trial 0", prompts, loader=view, **settings)
+    second = evaluate("trial 1", prompts, loader=view, **settings)
+    assert len(calls) == 1, "encoded for the first trial only"
+    responses = [r["response"] for r in fresh.records]
+    assert [r["response"] for r in first.records] == responses
+    assert [r["response"] for r in second.records] == responses
