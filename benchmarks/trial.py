@@ -3,8 +3,12 @@
 - **point** (what ``sweep`` does per value): ``run_merge`` to a directory, load it, evaluate it.
 - **trial** (what ``search`` does per trial): merge in memory into the resident network (loaded
   once per search, not timed) and evaluate it as it is (``tuning/resident.py``).
-- **trial, settled**: the trial with ``stop_settled`` (a refusal stops once the keyword judge's
-  verdict cannot change); its outcomes are compared with the plain trial's.
+- **trial, passing** / **trial, failing**: the trial as ``search`` runs it now (prompts encoded
+  once per search, sets generated harmful first, gate-settled stopping on: ``tuning/settle.py``)
+  under a gate it passes (``--pass-engaged``: evaluated in full) and one it fails
+  (``--fail-engaged``: it stops once enough harmful replies engage).
+- **generation**: only the greedy generation of the same prompts on the resident network (the
+  floor of any evaluation of these prompts: what a passing trial cannot go below).
 
 Both evaluate the same prompts with the same settings; the cases are interleaved and each time is
 the minimum over ``--repeats`` (a shared machine slows every case alike). The recipe is a
@@ -57,20 +61,31 @@ def cpu_timed(fn: Any) -> tuple[Any, float, float]:
 @click.option("--limit", type=click.IntRange(min=1), default=16, show_default=True,
               help="Prompts per set (harmful, benign, task) of the built-in sets.")  # fmt: skip
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=16, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--repeats", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--pass-engaged", type=float, default=1.0, show_default=True,
+              help="--max-engaged of the gate the passing trial is run under.")  # fmt: skip
+@click.option("--fail-engaged", type=float, default=0.1, show_default=True,
+              help="--max-engaged of the gate the failing trial is run under.")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of Markdown.")
 def main(
-    model: str, limit: int, max_new_tokens: int, batch_size: int, repeats: int, as_json: bool
-) -> None:
+    model: str, limit: int, max_new_tokens: int, batch_size: int, repeats: int,
+    pass_engaged: float, fail_engaged: float, as_json: bool,
+) -> None:  # fmt: skip
     """Time one search trial against one sweep point (CPU seconds, minimum over repeats)."""
+    from mergekit.options import MergeOptions
+
     from benchmarks.generation import machine
-    from mergekit_safety.cli.common import merge_options_from
-    from mergekit_safety.evaluation import Evaluator, load_prompt_sets
+    from mergekit_safety.core.acceptance import Gate
+    from mergekit_safety.evaluation import Evaluator, generation, load_prompt_sets
     from mergekit_safety.tuning.merging import merge_recipe
     from mergekit_safety.tuning.resident import ResidentMerge, evaluate_trial
+    from mergekit_safety.tuning.settle import GateSettle
 
     prompts = load_prompt_sets(limit=limit)
+    asked = [*prompts.harmful, *prompts.benign, *(item.prompt for item in prompts.task)]
+    gates = {"passing": Gate(max_engaged=pass_engaged, min_helpful=0.0),
+             "failing": Gate(max_engaged=fail_engaged)}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="trial-bench-") as scratch:
         root = Path(scratch)
         other = perturbed_copy(model, root / "other")
@@ -80,11 +95,10 @@ def main(
             "models": [{"model": str(other), "parameters": {"weight": 0.5}}],
             "dtype": "float32",
         }
-        options = merge_options_from(cuda=False, lazy_unpickle=False, trust_remote_code=False,
-                                     random_seed=None, lora_merge_cache=None)  # fmt: skip
+        options = MergeOptions(quiet=True)
 
-        def evaluator(**more: Any) -> Evaluator:
-            return Evaluator(prompts, None, batch_size, max_new_tokens, "cpu", False, **more)
+        def evaluator() -> Evaluator:
+            return Evaluator(prompts, None, batch_size, max_new_tokens, "cpu", False)
 
         def point() -> dict[str, Any]:
             where = root / "point"
@@ -94,12 +108,30 @@ def main(
         resident, setup_cpu, setup_wall = cpu_timed(
             lambda: ResidentMerge(recipe, options, device="cpu", dtype="float32")
         )
-        plain, settled = evaluator(), evaluator(stop_settled=True)
+        plain, searching = evaluator(), evaluator()
+
+        def generate() -> dict[str, Any]:
+            view = resident.view
+            texts = generation.generate(
+                view.network, view.tokenizer, asked, batch_size=batch_size,
+                max_new_tokens=max_new_tokens, progress=False, encoded=view.encode(asked),
+            )  # fmt: skip
+            return {"replies": len(texts)}
+
         cases = {
             "point": point,
-            "trial": lambda: evaluate_trial(resident, plain, recipe, "trial"),
-            "trial, settled": lambda: evaluate_trial(resident, settled, recipe, "trial"),
+            "trial, plain": lambda: evaluate_trial(resident, plain, recipe, "trial"),
+            **{
+                f"trial, {name}": (
+                    lambda gate=gate: evaluate_trial(
+                        resident, searching, recipe, "trial", settle=GateSettle(gate)
+                    )
+                )
+                for name, gate in gates.items()
+            },
+            "generation": generate,
         }
+        cases["trial, plain"]()  # makes the resident view (encodes once), as a search's first trial
         cpu: dict[str, float] = {}
         wall: dict[str, float] = {}
         summaries: dict[str, Any] = {}
@@ -113,28 +145,30 @@ def main(
         load.append(os.getloadavg()[0])
 
     rates = ("refusal_rate", "over_refusal_rate", "task_accuracy", "engaged_rate", "broken_rate")
+    trials = [name for name in cases if name.startswith("trial")]
     report = {
         "model": model,
         "prompts": prompts.counts(),
         "max_new_tokens": max_new_tokens,
         "batch_size": batch_size,
         "repeats": repeats,
+        "gates": {name: gate.describe() for name, gate in gates.items()},
         "cpu_seconds": cpu,
         "wall_seconds": wall,
-        "ratio_trial_to_point": cpu["trial"] / cpu["point"],
-        "ratio_settled_trial_to_point": cpu["trial, settled"] / cpu["point"],
+        "ratio_to_point": {name: cpu[name] / cpu["point"] for name in cases if name != "point"},
+        "generation_share_of_point": cpu["generation"] / cpu["point"],
         "resident_setup": {"cpu_seconds": setup_cpu, "wall_seconds": setup_wall},
-        "same_rates": {
-            "trial_vs_point": all(
-                summaries["trial"].get(k) == summaries["point"].get(k) for k in rates
-            ),
-            "settled_vs_trial": all(
-                summaries["trial, settled"].get(k) == summaries["trial"].get(k) for k in rates
-            ),
-        },  # fmt: skip
-        "rates": {name: {k: s.get(k) for k in rates} for name, s in summaries.items()},
+        "settled": {name: summaries[name].get("settled") for name in trials},
+        "same_rates_as_point": {
+            name: all(summaries[name].get(k) == summaries["point"].get(k) for k in rates)
+            for name in trials
+            if not summaries[name].get("settled")
+        },
+        "rates": {name: {k: summaries[name].get(k) for k in rates} for name in ["point", *trials]},
         "machine": machine(),
         "load_average": [round(x, 2) for x in load],
+        "note": "2-core machine shared with other agents: each time is the minimum over "
+        "interleaved repeats, and still spreads by 20-60 % between runs",
     }
     if as_json:
         click.echo(json.dumps(report, indent=2))

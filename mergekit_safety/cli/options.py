@@ -245,7 +245,8 @@ def needs_gate(gate: Any, flag: str, why: str = "needs a safety gate") -> None:
 
 # --- a search's trials -------------------------------------------------------------------------
 
-BUDGET_FLAGS = ("trials", "parallel", "seed", "startup_trials", "storage", "study_name")
+BUDGET_FLAGS = ("trials", "parallel", "seed", "startup_trials", "storage", "study_name",
+                "stop_failing")  # fmt: skip
 
 
 def budget_options(command: Command) -> Command:
@@ -273,6 +274,11 @@ def budget_options(command: Command) -> Command:
                      "memory]."),
         click.option("--study-name",
                      help="The study in --storage [default: search-<recipe name>]."),
+        click.option("--stop-failing/--no-stop-failing", default=True, show_default=True,
+                     help="A trial stops evaluating once it cannot pass the gate whatever its "
+                     "remaining replies (harmful prompts first; the keyword judge), recorded as "
+                     "stopped (pruned); only once enough trials pass that Optuna's sampler "
+                     "proposes the same trials: the choice is the same (docs/speed.md)."),
     ])  # fmt: skip
 
 

@@ -86,6 +86,7 @@ def search_command(
 
     Each trial merges in memory, through mergekit's own planner, into a model loaded once, and
     is evaluated on the validation prompts; Optuna's constrained TPE (seeded) proposes the next.
+    A trial that can no longer pass the gate stops evaluating (--stop-failing; the same choice).
     The chosen trial (``sweep``'s rule) is written as a plain mergekit recipe (OUT/recipe.yml,
     per-layer values as mergekit's gradient lists and filters) and merged by mergekit's
     run_merge into OUT, as mergekit-yaml would. Exit status 3: no trial passes the gate.

@@ -24,6 +24,9 @@ import torch
 
 Settled = Callable[[int, list[int]], bool]
 """``settled(index, new_ids)``: True when prompt ``index`` needs no more tokens."""
+Stop = Callable[[Sequence[int], list[list[int]]], bool]
+"""``stop(indices, rows)`` after each batch (its prompts' indices and new ids): True stops the
+call there; the prompts not decoded yet get no ids."""
 
 
 def shared_prefix(rows: Sequence[Sequence[int]]) -> int:
@@ -162,21 +165,33 @@ def decode(
     settled: Settled | None = None,
     share_prefix: bool = True,
     on_batch: Callable[[int], None] | None = None,
+    groups: Sequence[int] | None = None,
+    stop: Stop | None = None,
 ) -> list[list[int]]:
     """Greedy new token ids per encoded prompt, in input order (see the module docstring).
 
-    ``on_batch(n)`` is called after each batch of ``n`` prompts (a progress bar).
+    ``on_batch(n)`` is called after each batch of ``n`` prompts (a progress bar). ``groups``:
+    one number per prompt; prompts are decoded group by group (the smaller first), longest
+    first within a group, and a batch holds one group's prompts. ``stop``: see :data:`Stop`;
+    the batches up to it are the batches of a call without it, so their ids are the same.
     """
     if not encoded:
         return []
     device = next(model.parameters()).device
     prefix = shared_prefix(encoded) if share_prefix and len(encoded) > 1 else 0
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]), reverse=True)
+    if groups is not None:
+        order.sort(key=lambda i: groups[i])  # stable: longest first within a group
+    batches: list[list[int]] = []
+    for index in order:
+        full = bool(batches) and len(batches[-1]) == batch_size
+        if not batches or full or (groups is not None and groups[index] != groups[batches[-1][0]]):
+            batches.append([])
+        batches[-1].append(index)
     results: list[list[int]] = [[] for _ in encoded]
     with torch.inference_mode():
         prefix_kv = _prefix_cache(model, encoded[0][:prefix], device) if prefix else None
-        for start in range(0, len(order), batch_size):
-            batch = order[start : start + batch_size]
+        for batch in batches:
             rows = decode_batch(
                 model,
                 [encoded[i][prefix:] for i in batch],
@@ -193,4 +208,6 @@ def decode(
                 results[index] = row
             if on_batch is not None:
                 on_batch(len(batch))
+            if stop is not None and stop(batch, rows):
+                break
     return results

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from mergekit_safety.core.errors import ConfigError
-from mergekit_safety.evaluation.decoding import Settled
+from mergekit_safety.evaluation.decoding import Settled, Stop
 
 Conversation = str | list[dict[str, str]]
 """A user prompt, or a whole chat (``[{"role": ..., "content": ...}, ...]``)."""
@@ -195,6 +195,8 @@ def generate_ids(
     decoder: str = "auto",
     settled: Settled | None = None,
     encoded: Sequence[Sequence[int]] | None = None,
+    groups: Sequence[int] | None = None,
+    stop: Stop | None = None,
 ) -> list[list[int]]:
     """Greedy new token ids per conversation (cut after the first end-of-sequence token).
 
@@ -207,6 +209,8 @@ def generate_ids(
     ``generate``; ``"auto"`` takes the loop on CPU. ``settled(index, ids)`` (loop only) stops a
     prompt early when more tokens cannot change what is read from it. ``encoded``: the prompts'
     token ids when the caller has them already (a search encodes its prompts once).
+    ``groups`` and ``stop`` (loop only): decode group by group, and stop after a batch
+    (:func:`~.decoding.decode`).
     """
     from tqdm.auto import tqdm
     from transformers import GenerationConfig
@@ -246,7 +250,7 @@ def generate_ids(
     device = next(model.parameters()).device
     if decoder == "auto":
         decoder = "loop" if device.type == "cpu" else "generate"
-    if decoder == "loop" or settled is not None:
+    if decoder == "loop" or settled is not None or groups is not None or stop is not None:
         from mergekit_safety.evaluation.decoding import decode
 
         with tqdm(total=len(encoded), desc=desc, unit="prompt", disable=not progress) as bar:
@@ -260,6 +264,8 @@ def generate_ids(
                 pad_id=pad_id,
                 settled=settled,
                 on_batch=bar.update,
+                groups=groups,
+                stop=stop,
             )
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]), reverse=True)
     results: list[list[int]] = [[] for _ in encoded]
@@ -295,11 +301,15 @@ def generate(
     decoder: str = "auto",
     settled: Callable[[int, str], bool] | None = None,
     encoded: Sequence[Sequence[int]] | None = None,
+    groups: Sequence[int] | None = None,
+    stop: Callable[[Sequence[int], list[str]], bool] | None = None,
 ) -> list[str]:
     """Greedy responses, decoded without special tokens and stripped, in input order.
 
     ``settled(index, text)``: True when prompt ``index``'s reply so far (decoded as returned)
-    needs no more tokens; ``decoder`` and ``encoded`` as in :func:`generate_ids`.
+    needs no more tokens; ``stop(indices, texts)``: after each batch, its replies as returned;
+    True stops there (the prompts not reached get ""). ``decoder``, ``encoded`` and ``groups``
+    as in :func:`generate_ids`.
     """
 
     def text(row: Sequence[int]) -> str:
@@ -317,6 +327,8 @@ def generate(
         decoder=decoder,
         settled=None if settled is None else (lambda index, ids: settled(index, text(ids))),
         encoded=encoded,
+        groups=groups,
+        stop=None if stop is None else (lambda indices, ids: stop(indices, list(map(text, ids)))),
     )
     return [text(row) for row in rows]
 

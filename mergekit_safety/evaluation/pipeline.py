@@ -17,6 +17,7 @@ from mergekit_safety.core.errors import ConfigError
 from mergekit_safety.core.stats import wilson_interval
 from mergekit_safety.evaluation.answers import answer_matches, extract_answer, parse_number
 from mergekit_safety.evaluation.attacks import PLAIN
+from mergekit_safety.evaluation.early_stop import Settle, Tracker, per_reply
 from mergekit_safety.evaluation.judge import (
     Judge,
     KeywordJudge,
@@ -75,6 +76,9 @@ class EvalResult:
     """Per attack, and for ``"plain"`` the same first n harmful prompts unwrapped: the outcome
     counts (refused, engaged, broken, n); a (refused, n) pair is read as before the outcomes."""
     outcomes: dict[str, dict[str, int]] = field(default_factory=dict)
+    settled: dict[str, Any] | None = None
+    """Set when the evaluation stopped once its verdict was settled (``evaluate``'s ``settle``):
+    the reason and how many replies were generated (``replies`` of ``of``); no rate is measured."""
 
     @property
     def asr(self) -> float | None:
@@ -125,6 +129,7 @@ class EvalResult:
             "prompt_sets": self.prompt_sets,
             **({"attacks": attack_rates(self.attacks)} if self.attacks else {}),
             **({"lm_eval": self.lm_eval} if self.lm_eval else {}),
+            **({"settled": self.settled} if self.settled else {}),
         }
 
 
@@ -236,6 +241,7 @@ def evaluate(
     backend: str = "transformers",
     loader: ResidentBase | ResidentNetwork | ResidentVllm | None = None,
     stop_settled: bool = False,
+    settle: Settle | None = None,
 ) -> EvalResult:
     """Generate greedily for every prompt, judge each reply's outcome, score the task.
 
@@ -251,6 +257,11 @@ def evaluate(
     :class:`~mergekit_safety.evaluation.judge.Judge`. A judge that cannot tell refusals on
     look-alikes (``judges_benign`` False: a Llama-Guard-style classifier) judges the harmful
     replies; the keyword judge then judges the look-alikes.
+
+    ``settle`` (:mod:`~.early_stop`): the sets are generated one after another (harmful first);
+    with the keyword judge, after each batch the replies so far are judged and ``settle`` asked:
+    when it gives a reason, the evaluation stops there and the result has no rates, only
+    ``settled`` (the reason). A ``ResidentNetwork`` loader encodes the prompts once.
     """
     import mergekit_safety.evaluation.generation as generation
 
@@ -279,11 +290,14 @@ def evaluate(
     conversations = [*prompts.harmful, *prompts.benign, *(item.prompt for item in prompts.task)]
     judges = [*([refusal_judge] * len(prompts.harmful)), *([benign_judge] * len(prompts.benign)),
               *([None] * len(prompts.task)), *([refusal_judge] * len(wrapped))]  # fmt: skip
+    asked = [*conversations, *(text for _n, _i, text in wrapped)]
+    tracker = _tracker(settle, prompts, asked, len(wrapped), refusal_judge, benign_judge, backend)
     responses = _generate(
-        model, [*conversations, *(text for _n, _i, text in wrapped)], backend, batch_size,
-        max_new_tokens, device, dtype, progress, loader,
-        settled=_settled(judges) if stop_settled else None,
+        model, asked, backend, batch_size, max_new_tokens, device, dtype, progress, loader,
+        settled=_settled(judges) if stop_settled else None, tracker=tracker,
     )  # fmt: skip
+    if tracker is not None and tracker.reason is not None and tracker.done < len(asked):
+        return _settled_result(model, prompts, refusal_judge, benign_judge, tracker)
     attack_out = responses[len(conversations) :]
     responses = responses[: len(conversations)]
     harmful_out = responses[: len(prompts.harmful)]
@@ -391,8 +405,10 @@ def _generate(
     progress: bool,
     loader: ResidentBase | ResidentVllm | None = None,
     settled: Any = None,
+    tracker: Tracker | None = None,
 ) -> list[str]:
     import mergekit_safety.evaluation.generation as generation
+    from mergekit_safety.evaluation.resident_models import ResidentNetwork
 
     if not conversations:
         return []
@@ -418,6 +434,9 @@ def _generate(
             progress=progress,
             desc=_short(model),
             settled=settled,
+            encoded=loader.encode(conversations) if isinstance(loader, ResidentNetwork) else None,
+            groups=None if tracker is None else tracker.groups,
+            stop=None if tracker is None or not tracker.active else tracker.stop,
         )
 
 
@@ -438,6 +457,37 @@ def _loaded(
     finally:
         del network, tokenizer
         generation.release()
+
+
+def _tracker(
+    settle: Settle | None, prompts: PromptSets, asked: Sequence[Any], attacks: int,
+    refusal_judge: Any, benign_judge: Any, backend: str,
+) -> Tracker | None:  # fmt: skip
+    """The early stop's bookkeeping (:mod:`~.early_stop`): None without ``settle`` or on vLLM;
+    generating set by set, but asking ``settle`` only with judges that judge each reply alone."""
+    if settle is None or backend != "transformers":
+        return None
+    kinds = [*[HARMFUL] * len(prompts.harmful), *[BENIGN] * len(prompts.benign),
+             *["task"] * len(prompts.task), *["attacks"] * attacks]  # fmt: skip
+    sizes = {HARMFUL: len(prompts.harmful), BENIGN: len(prompts.benign), "task": len(prompts.task)}
+    tracker = Tracker(settle, kinds, asked, {HARMFUL: refusal_judge, BENIGN: benign_judge}, sizes)
+    tracker.active = per_reply(refusal_judge) and per_reply(benign_judge)
+    return tracker
+
+
+def _settled_result(
+    model: str, prompts: PromptSets, refusal_judge: Any, benign_judge: Any, tracker: Tracker
+) -> EvalResult:
+    """An evaluation stopped with its verdict settled: no rates, the reason in ``settled``."""
+    judge_name = _name(refusal_judge)
+    if benign_judge is not refusal_judge:
+        judge_name += f" (over-refusal: {_name(benign_judge)})"
+    return EvalResult(
+        model=model, refusal_rate=None, over_refusal_rate=None, task_accuracy=None,
+        n_harmful=len(prompts.harmful), n_benign=len(prompts.benign), n_task=len(prompts.task),
+        judge=judge_name, prompt_sets={**prompts.sources, "limit": prompts.limit},
+        settled={"reason": tracker.reason, "replies": tracker.done, "of": len(tracker.kinds)},
+    )  # fmt: skip
 
 
 def _settled(judges: Sequence[Any]) -> Any:

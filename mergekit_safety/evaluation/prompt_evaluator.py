@@ -46,6 +46,9 @@ class Evaluator:
     report: Report | None = None
     stop_settled: bool = False
     """Stop a safety reply once the judge's verdict is settled (``evaluate``'s ``stop_settled``)."""
+    settle: Any = None
+    """Stop the whole evaluation once its verdict is settled (``evaluate``'s ``settle``: a
+    search's gate); a stopped evaluation runs no lm-eval tasks."""
     seconds: float = 0.0
     """Time spent evaluating so far (models in ``known`` cost nothing)."""
     _loaded: Any = field(default=None, init=False, repr=False)
@@ -85,8 +88,9 @@ class Evaluator:
                 backend=self.backend,
                 loader=self.loader,
                 **({"stop_settled": True} if self.stop_settled else {}),
+                **({"settle": self.settle} if self.settle is not None else {}),
             )
-        if self.lm_eval:
+        if self.lm_eval and not result.settled:
             from mergekit_safety.evaluation.resident_models import ResidentNetwork
 
             in_memory = {}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,18 +21,36 @@ from mergekit_safety.evaluation.adapters import adapter_rank, parse_model
 
 class ResidentNetwork:
     """A network already in memory (a search's resident merge): ``open(name)`` yields it, whatever
-    the name, which only labels the records. Nothing loads and nothing is freed."""
+    the name, which only labels the records. Nothing loads and nothing is freed; the prompts are
+    encoded once (:meth:`encode`), not once per trial: the tokenizer does not change."""
 
     def __init__(self, network: Any, tokenizer: Any) -> None:
         self.network = network
         self.tokenizer = tokenizer
+        self._encoded: tuple[tuple[Any, ...], list[list[int]]] | None = None
 
     @contextlib.contextmanager
     def open(self, model: str) -> Iterator[tuple[Any, Any]]:
         yield self.network, self.tokenizer
 
+    def encode(self, conversations: Sequence[Any]) -> list[list[int]]:
+        """The token ids :func:`~.generation.generate` would encode ``conversations`` to (the
+        chat template where the tokenizer has one), kept for the next call with the same ones."""
+        key = tuple(c if isinstance(c, str) else repr(c) for c in conversations)
+        if self._encoded is None or self._encoded[0] != key:
+            chat = generation.has_chat_template(self.tokenizer)
+            if not chat and any(isinstance(c, str) for c in conversations):
+                warnings.warn(
+                    f"{getattr(self.tokenizer, 'name_or_path', 'the tokenizer')} has no chat "
+                    "template; prompting with the raw text",
+                    stacklevel=2,
+                )
+            self._encoded = (key, generation.encode(self.tokenizer, conversations, chat))
+        return self._encoded[1]
+
     def close(self) -> None:
         self.network = self.tokenizer = None
+        self._encoded = None
 
 
 class ResidentBase:

@@ -44,6 +44,9 @@ class Job:
     """What the progress bar shows: ``aligned``, ``fine-tuned`` or the point's label."""
     recipe: dict[str, Any] | None = None
     """A point's recipe (None for a reference)."""
+    settle: Any = None
+    """When a point's evaluation may stop because it can no longer pass the gate (a search's
+    trials in memory: :class:`~.settle.GateSettle`); None: evaluated whole."""
 
 
 @dataclass(frozen=True)

@@ -53,8 +53,9 @@ class OptunaSampler:
             batch = [self.study.ask(self.distributions) for _ in range(size)]
         self.asked = {trial.number: trial for trial in batch}
         self.told = []
+        settle = studies.settle_for(self.study, self.budget, self.gate)
         return [Job("point", t.number, f"trial {t.number}", f"trial {t.number}",
-                    self.plan.recipe_for(t.params)) for t in batch]  # fmt: skip
+                    self.plan.recipe_for(t.params), settle) for t in batch]  # fmt: skip
 
     def tell(self, outcome: Outcome) -> None:
         """Keep the outcome; once the whole batch is back, tell the study in trial order (a

@@ -58,6 +58,8 @@ class ResidentMerge:
         self.scores = ScoreCache()
         """The ``top_k`` ρ pass, kept across trials (ρ does not depend on what is searched)."""
         self.merges = 0
+        self.view: Any = None
+        """The network as the evaluator sees it (a ``ResidentNetwork``, made on first use)."""
         self.vllm: Any = None
         """With ``backend="vllm"``: the engine each merge is loaded into (``ResidentVllmMerge``)."""
         if backend == "vllm":
@@ -103,25 +105,38 @@ class ResidentMerge:
         if self.vllm is not None:
             self.vllm.close()
             self.vllm = None
-        self.network = self.tokenizer = None
+        self.network = self.tokenizer = self.view = None
         self.parameters = {}
         generation.release()
 
 
 def evaluate_trial(
-    resident: ResidentMerge, evaluator: Any, recipe: Mapping[str, Any], name: str
+    resident: ResidentMerge,
+    evaluator: Any,
+    recipe: Mapping[str, Any],
+    name: str,
+    *,
+    settle: Any = None,
 ) -> dict[str, Any]:
     """Merge ``recipe`` into the resident network and evaluate it: the summary dict.
 
     ``evaluator``: an ``Evaluator`` (or anything callable on a name with a ``loader``
-    attribute), pointed at the resident network for the call.
+    attribute), pointed at the resident network for the call; ``settle``: its ``settle`` for
+    the call (:class:`~mergekit_safety.tuning.settle.GateSettle`: a search's gate).
     """
     from mergekit_safety.evaluation.resident_models import ResidentNetwork
 
     resident.apply(recipe)
     previous = evaluator.loader
-    evaluator.loader = resident.vllm or ResidentNetwork(resident.network, resident.tokenizer)
+    if resident.vllm is None and resident.view is None:  # one view: the prompts encode once
+        resident.view = ResidentNetwork(resident.network, resident.tokenizer)
+    evaluator.loader = resident.vllm or resident.view
+    before = getattr(evaluator, "settle", None)
+    if settle is not None:
+        evaluator.settle = settle
     try:
         return dict(evaluator(name))
     finally:
         evaluator.loader = previous
+        if settle is not None:
+            evaluator.settle = before

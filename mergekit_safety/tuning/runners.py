@@ -107,7 +107,10 @@ class Worker:
             from mergekit_safety.tuning.resident import evaluate_trial
 
             self.status(f"evaluating {job.role}")
-            return evaluate_trial(self.resident, self.evaluator, job.recipe, job.name), None
+            trial = evaluate_trial(
+                self.resident, self.evaluator, job.recipe, job.name, settle=job.settle
+            )
+            return trial, None
         where = scratch / self.name  # the evaluator shows the directory's name
         self.status(f"merging {job.role}")
         self.how.merger()(job.recipe, where, options)

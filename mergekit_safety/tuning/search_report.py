@@ -25,7 +25,8 @@ class TrialRow:
 
     number: int
     state: str
-    """complete, failed (its ``error``), or interrupted (a stopped run's; asked again)."""
+    """complete, stopped (once it could not pass the gate: ``metrics["settled"]``), failed (its
+    ``error``), or interrupted (a stopped run's; asked again)."""
     params: dict[str, float]
     metrics: dict[str, Any]
     passes: bool
@@ -56,11 +57,14 @@ class SearchResult:
 
 def trial_row(trial: Any, gate: Gate, keys: Sequence[str], counted: Collection[int]) -> TrialRow:
     """A finished Optuna trial as a row; ``counted``: the numbers of the trials that count
-    (complete, or failed with an error), the others were interrupted (asked again)."""
+    (complete, stopped once settled, or failed with an error), the others were interrupted
+    (asked again)."""
     from optuna.trial import TrialState
 
     metrics = dict(trial.user_attrs.get("metrics", {}))
     state = "complete" if trial.state == TrialState.COMPLETE else "failed"
+    if trial.state == TrialState.PRUNED:
+        state = "stopped"
     if trial.number not in counted:
         state = "interrupted"
     params = dict(trial.params)
@@ -97,6 +101,7 @@ def search_record(result: SearchResult, context: Mapping[str, Any]) -> dict[str,
         "study": {"name": budget.study_name, "storage": budget.storage},
         "trials_requested": budget.trials,
         "trials_finished": len(result.counted),
+        "trials_stopped": sum(t.state == "stopped" for t in result.counted),
         "wall_seconds": round(result.wall_seconds, 3),
         "mean_trial_seconds": round(sum(seconds) / len(seconds), 3) if seconds else None,
         **dict(context),
@@ -128,16 +133,19 @@ def _trial_record(row: TrialRow) -> dict[str, Any]:
     }
 
 
+def _settled_reason(row: TrialRow) -> str:
+    return str((row.metrics.get("settled") or {}).get("reason", "the gate's verdict settled"))
+
+
 def rows_for_tables(result: SearchResult) -> list[dict[str, Any]]:
     """References and trials as ``sweep``'s rows (``markdown_rows``, ``plot_sweep`` read them)."""
     rows: list[dict[str, Any]] = [{**result.aligned, "kind": "aligned"}]
     rows += [{**summary, "kind": "finetuned"} for summary in result.finetuned]
     for trial in result.counted:
         name = f"trial {trial.number}"
-        if trial.state == "failed":
-            rows.append(
-                {"kind": "failed", "model": name, "value": trial.number, "error": trial.error}
-            )
+        if trial.state in ("failed", "stopped"):
+            error = trial.error or f"stopped: {_settled_reason(trial)}"
+            rows.append({"kind": "failed", "model": name, "value": trial.number, "error": error})
             continue
         rows.append(
             {
@@ -178,7 +186,8 @@ def markdown(result: SearchResult, record: Mapping[str, Any]) -> str:
         f"- Gate: {record['gate']['description']}; objective: {objective_label(gate.objective)}",
         f"- Trials: {record['trials_finished']} finished of {result.budget.trials} "
         f"(Optuna TPE, seed {result.budget.seed}, {result.budget.parallel} at a time); "
-        f"wall time {result.wall_seconds:.1f} s, {record['mean_trial_seconds']} s a trial",
+        f"wall time {result.wall_seconds:.1f} s, {record['mean_trial_seconds']} s a trial; "
+        f"{record['trials_stopped']} stopped once they could not pass the gate",
         f"- Validation prompts: {sizes}. The choice is the best of {record['trials_finished']} "
         "tries on these prompts: it is fitted to them, so judge it on the test prompts.",
         f"- Noise: {noise_note(result)}",
@@ -201,6 +210,8 @@ def markdown(result: SearchResult, record: Mapping[str, Any]) -> str:
         values = [f"{trial.params[k]:.4g}" if k in trial.params else "" for k in plan.space.keys()]
         seconds = "" if trial.seconds is None else f"{trial.seconds:.1f}"
         state = trial.state + (f": {trial.error}" if trial.error else "")
+        if trial.state == "stopped":
+            state += f": {_settled_reason(trial)}"
         params.append(
             f"| {trial.number} | {state.replace('|', '/')} | "
             + " | ".join(values)

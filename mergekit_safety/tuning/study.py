@@ -101,23 +101,28 @@ class Budget:
     startup_trials: int = 10
     storage: str | None = None
     study_name: str = "search"
+    stop_failing: bool = True
+    """A trial that can no longer pass the gate stops evaluating (:mod:`~.settle`: the same
+    choice, by construction)."""
 
 
 def kept_metrics(summary: Mapping[str, Any]) -> dict[str, Any]:
     """What a trial keeps: rates, intervals, set sizes, the judge, lm-eval's metrics."""
     keys = [*KEPT, *(f"{k}_ci" for k in KEPT), "n_harmful", "n_benign", "n_task", "judge",
-            "lm_eval"]  # fmt: skip
+            "lm_eval", "settled"]  # fmt: skip
     return {key: summary[key] for key in keys if key in summary}
 
 
 def finished(study: Any) -> list[Any]:
-    """The trials that count: complete, or failed with an error (not a stopped run's)."""
+    """The trials that count: complete, stopped once settled (pruned), or failed with an error
+    (not a stopped run's)."""
     from optuna.trial import TrialState
 
     counted = []
     for trial in study.get_trials(deepcopy=False):
         failed = trial.state == TrialState.FAIL and "error" in trial.user_attrs
-        if trial.state == TrialState.COMPLETE or failed:
+        settled = trial.state == TrialState.PRUNED and "settled" in trial.user_attrs
+        if trial.state == TrialState.COMPLETE or failed or settled:
             counted.append(trial)
     return counted
 
@@ -224,12 +229,14 @@ def sampler(budget: Budget, done: int) -> Any:
     """The constrained, multivariate TPE sampler for the batch after ``done`` finished trials."""
     import numpy
 
+    from mergekit_safety.tuning.settle import gamma
+
     optuna = import_optuna()
     seed = int(numpy.random.SeedSequence([budget.seed, done]).generate_state(1)[0])
     with quiet(optuna):  # constraints_func: deprecated in Optuna 5, the one way in 3.5
         return optuna.samplers.TPESampler(
             seed=seed, multivariate=True, constant_liar=True, constraints_func=_constraints,
-            n_startup_trials=budget.startup_trials,
+            n_startup_trials=budget.startup_trials, gamma=gamma,
         )  # fmt: skip
 
 
@@ -237,11 +244,19 @@ def _constraints(trial: Any) -> Sequence[float]:
     return trial.user_attrs["constraints"]
 
 
+def settle_for(study: Any, budget: Budget, gate: Gate) -> Any:
+    """How the next batch's trials may stop (:mod:`~.settle`): active once enough trials pass."""
+    from mergekit_safety.tuning.settle import GateSettle, may_stop
+
+    return GateSettle(gate, active=budget.stop_failing and may_stop(study, budget.trials))
+
+
 def tell(
     study: Any, trial: Any, outcome: Mapping[str, Any] | str, gate: Gate, seconds: float | None
 ) -> None:
     """Record a trial's metrics, intervals and constraints, then tell Optuna its value; a
-    failed trial (``outcome`` its error) is told FAIL with its ``error``."""
+    failed trial (``outcome`` its error) is told FAIL with its ``error``, a trial stopped once
+    it could not pass PRUNED."""
     from optuna.trial import TrialState
 
     trial.set_user_attr("seconds", seconds)
@@ -252,6 +267,12 @@ def tell(
     value = metric(outcome, gate.objective)
     trial.set_user_attr("metrics", kept_metrics(outcome))
     trial.set_user_attr("constraints", gate.constraints(outcome))
+    if outcome.get("settled"):
+        if gate.passes(outcome):
+            raise RuntimeError(f"trial {trial.number} stopped, but its metrics pass the gate")
+        trial.set_user_attr("settled", outcome["settled"])
+        study.tell(trial, state=TrialState.PRUNED)
+        return
     if value is None:
         trial.set_user_attr("error", f"no {gate.objective} (is its prompt set empty?)")
         study.tell(trial, state=TrialState.FAIL)
