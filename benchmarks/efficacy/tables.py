@@ -298,7 +298,9 @@ def headline(config: Config, data: dict) -> dict[str, dict[str, dict]]:
                 continue
             harm = added_harm(a_extra, ft_extra)
             slot["harm_extra"].append(harm)
-            slot["removed_extra"].append(removed_kept(merged_extra, a_extra, ft_extra)[0])
+            engaged = [x["engaged_rate"] for x in (ft_extra, merged_extra, ft_extra, a_extra)]
+            removed_extra = _ratio(engaged[0] - engaged[1], engaged[2] - engaged[3])
+            slot["removed_extra"].append(removed_extra if harm else None)
             if harm:
                 slot["triples"]["removed_extra"].append(
                     _triple(a_extra_rows, ft_extra_rows, merged_extra_rows, "engaged")
