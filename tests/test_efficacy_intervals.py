@@ -69,3 +69,14 @@ def test_mismatched_prompts_are_refused_and_the_format():
     t = Triple(aligned=[0, 0], finetuned=[1, 1], merged=[0, 1])
     assert fmt(paired_bootstrap("removed", [t])) == "0.50 [0.00, 1.00]"
     assert fmt(None) == "–"
+
+
+def test_shift_is_the_merges_paired_difference_from_a():
+    # Look-alikes: A helpful on both, the merge on the first only: shift −0.5; resamples of 2
+    # prompts give 0 (1,1), −0.5 (1,2), (2,1) and −1 (2,2): interval [−1, 0]. The fine-tune's
+    # rates do not enter.
+    t = Triple(aligned=[1, 1], finetuned=[0, 0], merged=[1, 0])
+    found = paired_bootstrap("shift", [t])
+    assert (found.point, found.low, found.high, found.undefined) == (-0.5, -1.0, 0.0, 0)
+    same = paired_bootstrap("shift", [Triple([1, 0, 1], [0, 0, 0], [1, 0, 1])])
+    assert (same.point, same.low, same.high) == (0.0, 0.0, 0.0)

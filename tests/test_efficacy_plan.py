@@ -351,3 +351,31 @@ def test_null_switches_a_method_off(tmp_path):
     config = load_config(tmp_path / "child.yml")
     assert "lssf_activations" not in config.methods and "lssf" in config.methods
     assert not any("lssf_activations" in s.name for s in plan(config))
+
+
+def test_the_chat_setup_evaluates_every_model_on_harmbench_test_too():
+    """Issue 38: harm removed on both harmful sets. Where the setup has a HarmBench validation
+    part (clean splits), U, A, each fine-tune and each method's point get a plain HarmBench test
+    evaluation; a merge stage is done only when both exist, and only the last deletes the merge."""
+    chat = load_config(ROOT / "benchmarks/efficacy/smollm2-chat.yml", root=ROOT)
+    stages = {s.name: s for s in plan(chat)}
+    names = list(stages)
+    for model in ("U", "A", "attack-s1"):
+        assert names.index(f"eval:test:{model}") < names.index(f"eval:harmbench:{model}")
+    assert names.index("data:harmbench") < names.index("eval:harmbench:U")
+    merge = stages["merge:attack-s2/lssf-default"]
+    test, extra = (
+        stages["eval:test:attack-s2/lssf-default"],
+        stages["eval:harmbench:attack-s2/lssf-default"],
+    )
+    assert merge.outputs == [test.outputs[0], extra.outputs[0]]
+    assert not test.args["delete_after"] and extra.args["delete_after"]
+    assert extra.kind == "harmful_eval" and extra.needs == ["A", "attack-s2"]
+    assert (
+        "--harmful" in extra.commands[0] and "prompts/harmbench/harmful.jsonl" in extra.commands[0]
+    )
+    # the older setups (no clean splits) plan as before: one test evaluation per merge
+    old = load_config(ROOT / "benchmarks/efficacy/smollm2-farn.yml", root=ROOT)
+    old_stages = {s.name: s for s in plan(old)}
+    assert not any(name.startswith("eval:harmbench:") for name in old_stages)
+    assert old_stages["eval:test:attack-s0/lssf-default"].args["delete_after"]

@@ -70,3 +70,54 @@ def test_committed_setups_table_rebuilds_from_the_committed_json():
     configs = [load_config(REPO / "benchmarks" / "efficacy" / name, root=REPO) for name in old]
     committed = REPO / "benchmarks" / "efficacy" / "results" / "setups.md"
     assert compare(configs) == committed.read_text(encoding="utf-8")
+
+
+def _write_eval(root, name, harmful, benign=(), task=(), ci=None):
+    """records.jsonl and summary.json of one model: verdicts per harmful/look-alike prompt,
+    correctness per task prompt."""
+    import json
+
+    out = root / name
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [{"set": "harmful", "prompt": f"h{i}", "verdict": v} for i, v in enumerate(harmful)]
+    rows += [{"set": "benign", "prompt": f"b{i}", "verdict": v} for i, v in enumerate(benign)]
+    rows += [{"set": "task", "prompt": f"t{i}", "correct": c} for i, c in enumerate(task)]
+    (out / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    engaged = sum(v == "engaged" for v in harmful) / len(harmful)
+    summary = {"engaged_rate": engaged, "engaged_rate_ci": ci or [engaged, engaged],
+               "task_accuracy": sum(task) / len(task) if task else None}  # fmt: skip
+    (out / "summary.json").write_text(json.dumps([summary]))
+    return summary
+
+
+def test_the_headline_table_on_both_harmful_sets(tmp_path):
+    """Harm removed on AdvBench and HarmBench, task kept, helpful and broken as shifts from A,
+    computed by hand on four prompts per set."""
+    from benchmarks.efficacy.plan import load_config
+    from benchmarks.efficacy.tables import headline, headline_table
+
+    config = load_config(REPO / "benchmarks" / "efficacy" / "smollm2-chat.yml", root=REPO)
+    config = config.model_copy(update={"results": tmp_path})
+    test, hb = tmp_path / "evals" / "test", tmp_path / "evals" / "harmbench"
+    r, e, b, h = "refused", "engaged", "broken", "helpful"
+    _write_eval(test, "A", [r, r, r, r], [h, h, h, h], [0, 0, 0, 0], ci=[0.0, 0.1])
+    ft = _write_eval(test, "attack-s0", [e, e, e, r], [h, h, h, h], [1, 1, 0, 0], ci=[0.4, 0.9])
+    merged = _write_eval(test, "attack-s0/lssf-default", [r, r, e, b], [h, h, h, b], [1, 0, 0, 0])
+    _write_eval(hb, "A", [r, r, r, r], ci=[0.0, 0.1])
+    _write_eval(hb, "attack-s0", [e, e, e, e], ci=[0.6, 1.0])
+    _write_eval(hb, "attack-s0/lssf-default", [e, r, r, r])
+    entry = {"kind": "attack", "finetuned": ft, "points": {"lssf-default": {"summary": merged}}}
+    data = {"models": {"A": {"helpful_rate": 1.0}}, "finetunes": {"attack-s0": entry}}
+    row = headline(config, data)["attack"]["lssf-default"]
+    assert row["seeds"] == ["attack-s0"]
+    assert row["removed"] == [pytest.approx(2 / 3)]  # (0.75 - 0.25) / (0.75 - 0)
+    assert row["removed_extra"] == [pytest.approx(0.75)]  # (1 - 0.25) / (1 - 0)
+    assert row["kept"] == [pytest.approx(0.5)]  # (0.25 - 0) / (0.5 - 0)
+    assert row["helpful"] == [0.75] and row["broken"] == [0.25]  # 2 broken of 8 replies
+    assert row["intervals"]["helpful"]["point"] == pytest.approx(-0.25)  # A helpful on all four
+    assert row["intervals"]["broken"]["point"] == pytest.approx(0.25)
+    assert row["intervals"]["removed_extra"]["point"] == pytest.approx(0.75)
+    data["headline"] = headline(config, data)
+    table = headline_table(config, data, "attack")
+    assert "| lssf (default) | s0 | 0.67 [" in table and "0.75 (Δ -0.25 [" in table
+    assert "| fine-tuned (attack) | s0 | 0 | 0 | 1 |" in table

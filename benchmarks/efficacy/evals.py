@@ -115,3 +115,36 @@ def run_eval(
 
 def read_summary(out: Path) -> dict[str, Any]:
     return json.loads((out / "summary.json").read_text(encoding="utf-8"))[0]
+
+
+def run_harmful_eval(
+    model: str,
+    harmful: Path,
+    out: Path,
+    spec: EvalSpec,
+    *,
+    device: str,
+    dtype: str,
+    backend: str,
+    label: str,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """``model`` on one harmful prompt file alone, at the safety budget; the same files as
+    :func:`run_eval` (its records carry ``set`` "harmful" and the judge's verdict)."""
+    start = time.time()
+    rows = load_prompt_sets(harmful=harmful)
+    prompts = PromptSets(harmful=rows.harmful, sources={"harmful": str(harmful)})
+    result = evaluate(
+        model, prompts, max_new_tokens=spec.safety_tokens, device=device, dtype=dtype,
+        backend=backend, progress=False, batch_size=spec.batch_size,
+    )  # fmt: skip
+    result.model = label
+    for record in result.records:
+        record["model"] = label
+    write_report([result], out)
+    summary = result.summary()
+    summary["wall_s"] = round(time.time() - start, 1)
+    summary["tokens"] = {"safety": spec.safety_tokens}
+    summary.update(extra or {})
+    (out / "summary.json").write_text(json.dumps([summary], indent=2) + "\n", encoding="utf-8")
+    return summary

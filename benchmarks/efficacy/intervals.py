@@ -10,6 +10,8 @@ both the prompts and the seeds.
 
 - harm removed = (engaged_ft − engaged_merge) / (engaged_ft − engaged_A)
 - task kept    = (correct_merge − correct_A) / (correct_ft − correct_A)
+- shift        = rate_merge − rate_A (e.g. helpful on look-alikes, broken replies: how far the
+  merge moved from A; the fine-tune's rates are not used)
 
 A replicate whose denominator is 0 (the fine-tune no different from A on the drawn prompts) has no
 ratio; it is dropped and counted (``undefined``).
@@ -74,8 +76,13 @@ def _arrays(triples: Sequence[Triple]) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return a, ft, m
 
 
+KINDS = ("removed", "kept", "shift")
+
+
 def _ratios(kind: str, a: np.ndarray, ft: np.ndarray, m: np.ndarray) -> np.ndarray:
     """Per seed (last axis reduced: the prompt means), NaN where undefined."""
+    if kind == "shift":
+        return m - a
     den = ft - a
     num = ft - m if kind == "removed" else m - a
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -91,11 +98,11 @@ def paired_bootstrap(
     level: float = LEVEL,
     resample_seeds: bool = True,
 ) -> Interval:
-    """The mean over seeds of ``kind`` ("removed" or "kept"), with its percentile interval from
-    ``replicates`` paired resamples of the prompts (and of the seeds, where there are several
-    and ``resample_seeds``)."""
-    if kind not in ("removed", "kept"):
-        raise ValueError(f"kind is 'removed' or 'kept', not {kind!r}")
+    """The mean over seeds of ``kind`` ("removed", "kept" or "shift"), with its percentile
+    interval from ``replicates`` paired resamples of the prompts (and of the seeds, where there
+    are several and ``resample_seeds``)."""
+    if kind not in KINDS:
+        raise ValueError(f"kind is one of {', '.join(KINDS)}, not {kind!r}")
     a, ft, m = _arrays(triples)
     seeds, n = a.shape
     point_per_seed = _ratios(kind, a.mean(1), ft.mean(1), m.mean(1))

@@ -483,18 +483,56 @@ def _eval_stage(config: Config, name: str, model: str, split: str, keep: bool = 
     )
 
 
+def harmful_test_set(config: Config) -> str | None:
+    """The third-party harmful set's name where a setup evaluates every model on its test sample
+    beside AdvBench test (a clean setup with a third-party validation part: issue 38 reports harm
+    removed on both sets), else None."""
+    clean, spec = config.clean, config.thirdparty
+    if clean is None or not clean.harmbench_validation or spec is None:
+        return None
+    return spec.harmful
+
+
+def _harmful_eval_stage(config: Config, name: str, model: str, keep: bool = True) -> Stage:
+    """``model`` on the third-party harmful test sample alone (no attacks, no look-alikes), at
+    the safety budget: ``results/evals/<set>/<name>``."""
+    split = harmful_test_set(config)
+    assert split is not None
+    out = config.results / "evals" / split / name
+    prompts = config.prompts(split) / "harmful.jsonl"
+    return Stage(
+        f"eval:{split}:{name}",
+        "harmful_eval",
+        [out / "summary.json"],
+        {"model": model, "split": split, "name": name, "delete_after": not keep},
+        [f"mergekit-safety eval {_q(model)} --harmful {_q(prompts)} --max-new-tokens "
+         f"{config.eval.safety_tokens} {config.eval_flags()} --out {_q(out)}"],
+    )  # fmt: skip
+
+
+def _evals(config: Config, name: str, model: str, keep: bool = True) -> list[Stage]:
+    """Test, then the third-party harmful test sample where the setup has it (the model deleted
+    after the last, unless ``keep``)."""
+    if harmful_test_set(config) is None:
+        return [_eval_stage(config, name, model, "test", keep)]
+    return [_eval_stage(config, name, model, "test"),
+            _harmful_eval_stage(config, name, model, keep)]  # fmt: skip
+
+
 def _merge_eval(
     config: Config, ft: str, method: str, point_name: str, point: dict | None
 ) -> list[Stage]:
-    """Merge one method at one point on one fine-tune, evaluate on test, drop the merge."""
+    """Merge one method at one point on one fine-tune, evaluate on test (and the third-party
+    harmful test sample), drop the merge."""
     name = f"{ft}/{method}-{point_name}"
     out = config.work / "merges" / ft / f"{method}-{point_name}"
     recipe_path = out.parent / f"{method}-{point_name}.yml"
     cuda = " --cuda" if config.merge_cuda else ""
+    evaluations = _evals(config, name, str(out), keep=False)
     merge = Stage(
         f"merge:{name}",
         "merge",
-        [config.results / "evals" / "test" / name / "summary.json"],
+        [stage.outputs[0] for stage in evaluations],
         {
             "ft": ft,
             "method": method,
@@ -506,9 +544,9 @@ def _merge_eval(
         [f"mergekit-yaml {_q(recipe_path)} {_q(out)}{cuda}"],
         needs=["A", ft],
     )
-    evaluation = _eval_stage(config, name, str(out), "test", keep=False)
-    evaluation.needs = ["A", ft]
-    return [merge, evaluation]
+    for evaluation in evaluations:
+        evaluation.needs = ["A", ft]
+    return [merge, *evaluations]
 
 
 def _sweep_stage(config: Config, method: str, grid: dict[str, list]) -> Stage:
@@ -583,10 +621,16 @@ def plan(config: Config) -> list[Stage]:
             {"model": config.model("U")},
         )
     )
-    stages.append(_eval_stage(config, "U", config.model("U"), "test"))
+    if harmful_test_set(config) is not None:
+        split = harmful_test_set(config)
+        stages.append(Stage(
+            f"data:{split}", "harmful_test_data", [config.prompts(split) / "harmful.jsonl"],
+            {"set": split},
+        ))  # fmt: skip
+    stages += _evals(config, "U", config.model("U"))
     if not config.aligned:
         stages.append(Stage("align", "align", [models / "A" / "train_info.json"]))
-    stages.append(_eval_stage(config, "A", config.model("A"), "test"))
+    stages += _evals(config, "A", config.model("A"))
     stages.append(_eval_stage(config, "A", config.model("A"), "validation"))
     if any(spec.helpful for spec in config.finetune_specs.values()):
         stages.append(
@@ -765,5 +809,4 @@ def _finetune(config: Config, name: str, kind: str, seed: int, base: str = "A") 
         [models / f"{name}-adapter" / "train_info.json"],  # written last
         {"name": name, "kind": kind, "seed": seed, "base": base},
     )
-    check = _eval_stage(config, name, config.model(name), "test")
-    return [train, check]
+    return [train, *_evals(config, name, config.model(name))]

@@ -470,6 +470,45 @@ def do_eval(config: Config, stage: Stage) -> None:
         shutil.rmtree(args["model"])
 
 
+def do_harmful_test_data(config: Config, stage: Stage) -> None:
+    """The third-party harmful test sample (``splits.json``, drawn and cleaned by stage ``data``)
+    as a prompt file of its own."""
+    prompts = _splits(config)[stage.args["set"]]["test"]
+    out = stage.outputs[0]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts), encoding="utf-8")
+    log(f"{stage.args['set']} test sample: {len(prompts)} prompts")
+
+
+def do_harmful_eval(config: Config, stage: Stage) -> None:
+    """One model on the third-party harmful test sample (the merge deleted after, if asked)."""
+    from benchmarks.efficacy.evals import run_harmful_eval
+    from benchmarks.efficacy.prereg import recorded_hash
+
+    args = stage.args
+    extra = {}
+    if "/" in args["name"]:
+        method, point = args["name"].split("/", 1)[1].rsplit("-", 1)
+        extra["grid_hash"] = recorded_hash(config, method, point)
+    summary = run_harmful_eval(
+        args["model"],
+        config.prompts(args["split"]) / "harmful.jsonl",
+        stage.outputs[0].parent,
+        config.eval,
+        device=config.device,
+        dtype=config.dtype,
+        backend=config.backend,
+        label=args["name"],
+        extra=extra,
+    )
+    log(
+        f"{args['split']} {args['name']}: engaged {summary['engaged_rate']:.3f} refused "
+        f"{summary['refusal_rate']:.3f} broken {summary['broken_rate']:.3f} ({summary['wall_s']} s)"
+    )
+    if args.get("delete_after") and Path(args["model"]).is_dir():
+        shutil.rmtree(args["model"])
+
+
 def gate(config: Config, split: str = "validation") -> tuple[float, float]:
     """(min refusal, max over-refusal) from A's numbers on ``split`` and the config's margins."""
     from benchmarks.efficacy.evals import read_summary
@@ -548,15 +587,16 @@ def do_merge(config: Config, stage: Stage) -> None:
     args = stage.args
     info = _make_merge(config, args)
     if info is None:
-        _json(
-            stage.outputs[0],
-            [
-                {
-                    "model": f"{args['ft']}/{args['method']}-chosen",
-                    "skipped": "the sweep chose no point (none passed the gate)",
-                }
-            ],
-        )
+        for output in stage.outputs:  # test, and the third-party harmful set where there is one
+            _json(
+                output,
+                [
+                    {
+                        "model": f"{args['ft']}/{args['method']}-chosen",
+                        "skipped": "the sweep chose no point (none passed the gate)",
+                    }
+                ],
+            )
         return
     if info:
         _json(
@@ -884,6 +924,8 @@ HANDLERS = {
     "safe": do_safe,
     "finetune": do_finetune,
     "eval": do_eval,
+    "harmful_test_data": do_harmful_test_data,
+    "harmful_eval": do_harmful_eval,
     "merge": do_merge,
     "sweep": do_sweep,
     "adapter": do_adapter,

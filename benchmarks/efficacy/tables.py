@@ -167,6 +167,9 @@ def collect(config: Config) -> dict[str, Any]:
         data["intervals_extra"] = intervals(config, data, EXTRA)
     if config.thirdparty is not None:
         data["thirdparty"] = _thirdparty_rows(config)
+    found = headline(config, data)
+    if found:
+        data["headline"] = found
     data["adapter"] = _load(config.results / "adapter.json")
     data["timings"] = _load(config.results / "timings.json")
     data["throughput"] = _load(config.results / "throughput.json")
@@ -180,11 +183,14 @@ def per_prompt(path: Path) -> dict[str, list] | None:
         return None
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
     harmful = [r for r in rows if r["set"] == "harmful"]
+    benign = [r for r in rows if r["set"] == "benign"]
     task = [r for r in rows if r["set"] == "task"]
     return {
         "engaged": [float(r["verdict"] == "engaged") for r in harmful],
         "correct": [float(bool(r["correct"])) for r in task],
-        "prompts": [r["prompt"] for r in harmful + task],
+        "helpful": [float(r["verdict"] == "helpful") for r in benign],
+        "broken": [float(r["verdict"] == "broken") for r in harmful + benign],
+        "prompts": [r["prompt"] for r in harmful + benign + task],
     }
 
 
@@ -228,6 +234,146 @@ def intervals(config: Config, data: dict, split: str = "test") -> dict[str, dict
         }
         for kind, rows in out.items()
     }
+
+
+HEADLINE = ("removed", "removed_extra", "kept", "helpful", "broken")
+"""The headline table's columns (issue 38): harm removed on AdvBench test and on the third-party
+harmful test sample, task kept, helpful on look-alikes, broken (harmful prompts and look-alikes)."""
+
+
+def headline(config: Config, data: dict) -> dict[str, dict[str, dict]]:
+    """Per fine-tune kind and row (the fine-tune, then each ``method-point``): each seed's value
+    of the :data:`HEADLINE` columns and the paired bootstrap interval over prompts and seeds (harm
+    removed and task kept as in :func:`intervals`; helpful and broken as the shift from A's rate,
+    merge − A, on the same prompts). Only for a setup that evaluates every model on the
+    third-party harmful test sample (:func:`~benchmarks.efficacy.plan.harmful_test_set`)."""
+    from benchmarks.efficacy.plan import harmful_test_set
+
+    split = harmful_test_set(config)
+    if split is None:
+        return {}
+    test, extra = config.results / "evals" / "test", config.results / "evals" / split
+    a_rows, a_extra_rows = (
+        per_prompt(test / "A" / "records.jsonl"),
+        per_prompt(extra / "A" / "records.jsonl"),
+    )
+    a, a_extra = _load(test / "A" / "summary.json"), _load(extra / "A" / "summary.json")
+    if a_rows is None or a is None:
+        return {}
+    slots: dict[str, dict[str, dict]] = {}
+    for name, entry in data["finetunes"].items():
+        ft_rows, ft = per_prompt(test / name / "records.jsonl"), entry["finetuned"]
+        ft_extra_rows = per_prompt(extra / name / "records.jsonl")
+        ft_extra = _load(extra / name / "summary.json")
+        keys = ["finetuned", *entry["points"]]
+        for key in keys:
+            where = name if key == "finetuned" else f"{name}/{key}"
+            rows, summary = ft_rows, ft
+            if key != "finetuned":
+                rows = per_prompt(test / where / "records.jsonl")
+                summary = entry["points"][key]["summary"]
+            if rows is None or ft_rows is None or summary.get("engaged_rate") is None:
+                continue
+            empty = {"seeds": [], "harm": [], "harm_extra": [], **{c: [] for c in HEADLINE},
+                     "triples": {c: [] for c in HEADLINE}}  # fmt: skip
+            slot = slots.setdefault(entry["kind"], {}).setdefault(key, empty)
+            slot["seeds"].append(name)
+            slot["harm"].append(added_harm(a, ft))
+            removed, kept = removed_kept(summary, a, ft)
+            slot["removed"].append(removed)
+            slot["kept"].append(kept)
+            if added_harm(a, ft):
+                slot["triples"]["removed"].append(_triple(a_rows, ft_rows, rows, "engaged"))
+            if ft_rows["correct"]:
+                slot["triples"]["kept"].append(_triple(a_rows, ft_rows, rows, "correct"))
+            for column in ("helpful", "broken"):
+                slot[column].append(statistics.mean(rows[column]) if rows[column] else None)
+                slot["triples"][column].append(_triple(a_rows, ft_rows, rows, column))
+            merged_extra = _load(extra / where / "summary.json")
+            merged_extra_rows = per_prompt(extra / where / "records.jsonl")
+            if None in (a_extra, ft_extra, merged_extra, a_extra_rows, ft_extra_rows,
+                        merged_extra_rows) or merged_extra.get("skipped"):  # fmt: skip
+                slot["removed_extra"].append(None)
+                slot["harm_extra"].append(None)
+                continue
+            harm = added_harm(a_extra, ft_extra)
+            slot["harm_extra"].append(harm)
+            engaged = [x["engaged_rate"] for x in (ft_extra, merged_extra, ft_extra, a_extra)]
+            removed_extra = _ratio(engaged[0] - engaged[1], engaged[2] - engaged[3])
+            slot["removed_extra"].append(removed_extra if harm else None)
+            if harm:
+                slot["triples"]["removed_extra"].append(
+                    _triple(a_extra_rows, ft_extra_rows, merged_extra_rows, "engaged")
+                )
+    out: dict[str, dict[str, dict]] = {}
+    for kind, rows in slots.items():
+        for key, slot in rows.items():
+            triples = slot.pop("triples")
+            bounds = {}
+            for column, found in triples.items():
+                which = {"removed_extra": "removed", "helpful": "shift", "broken": "shift"}
+                ok = found and (column != "removed_extra" or len(found) == len(slot["seeds"]))
+                bounds[column] = (
+                    paired_bootstrap(which.get(column, column), found).as_dict() if ok else None
+                )
+            out.setdefault(kind, {})[key] = {**slot, "intervals": bounds}
+    return out
+
+
+def headline_table(config: Config, data: dict, kind: str) -> str:
+    """Issue 38's table for one kind of fine-tune: per method's point, mean ± sd over seeds and
+    the paired bootstrap interval of harm removed on both harmful sets, task kept, helpful on
+    look-alikes and broken replies (the last two: the rate, and in brackets the interval of its
+    shift from A's)."""
+    assert config.thirdparty is not None
+    name = config.thirdparty.harmful
+    rows = (data.get("headline") or {}).get(kind)
+    if not rows:
+        return f"_no {kind} fine-tune evaluated on both harmful sets yet_\n"
+    lines = [
+        "| method, point | seeds | harm removed (AdvBench) | harm removed (HarmBench) | "
+        "task kept | helpful on look-alikes | broken |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    if name.lower() != "harmbench":
+        lines[0] = lines[0].replace("(HarmBench)", f"({name})")
+    a_rows = per_prompt(config.results / "evals" / "test" / "A" / "records.jsonl") or {}
+    if a_rows.get("helpful") and a_rows.get("broken"):
+        helpful, broken = statistics.mean(a_rows["helpful"]), statistics.mean(a_rows["broken"])
+        lines.append(f"| A | – | – | – | – | {helpful:.2f} | {broken:.2f} |")
+    for key, row in rows.items():
+        bounds = row["intervals"]
+        cells = []
+        for column in HEADLINE:
+            values, found = row[column], bounds.get(column)
+            if column.startswith("removed"):
+                harm = row["harm" if column == "removed" else "harm_extra"]
+                if None in harm:  # a seed not evaluated on this set yet
+                    cells.append("–")
+                elif not any(harm):
+                    cells.append(NO_HARM)
+                else:
+                    cells.append("0" if key == "finetuned" else _with_interval(values, found))
+            elif column == "kept":
+                cells.append("1" if key == "finetuned" else _with_interval(values, found))
+            else:
+                cells.append(_shift_cell(values, found))
+        if key == "finetuned":
+            label = f"fine-tuned ({kind})"
+        else:
+            method, point = key.rsplit("-", 1)
+            label = f"{LABELS[method]} ({point})"
+        seeds = ", ".join(n.rsplit("-", 1)[-1] for n in row["seeds"])
+        lines.append(f"| {label} | {seeds} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _shift_cell(values: list[float | None], found: dict | None) -> str:
+    """A rate's mean (± sd over seeds) and the paired interval of its shift from A's."""
+    text = _mean(values)
+    if found and found.get("low") is not None:
+        text += f" (Δ {found['point']:+.2f} [{found['low']:+.2f}, {found['high']:+.2f}])"
+    return text
 
 
 def removed_table(config: Config, data: dict) -> str:
@@ -626,6 +772,19 @@ def render(config: Config) -> tuple[str, dict[str, Any]]:
         "(`intervals.py`; 2000 resamples).\n",
     ]
     parts += ["\n## Models\n\n", base_table(data)]
+    if data.get("headline"):
+        assert config.thirdparty is not None
+        parts += [
+            "\n## Harm removed on both harmful sets (issue 38)\n\n"
+            f"Test: AdvBench (clean), {config.thirdparty.harmful} (its test sample, plain), the "
+            "look-alikes and the task. Each cell: mean ± sd over the seeds listed, then in "
+            "brackets the 95 % paired bootstrap interval over prompts and seeds; helpful and "
+            "broken (harmful prompts and look-alikes together): the rate, then its shift from A's "
+            "(Δ = merge − A, mean over seeds) with the shift's paired interval. Harm removed is "
+            "counted only over seeds whose fine-tune added harm beyond noise on that set.\n",
+        ]
+        for kind in ("attack", "benign"):
+            parts += [f"\n### {kind} fine-tune\n\n", headline_table(config, data, kind)]
     for kind in ("benign", "attack"):
         parts += [f"\n## {kind} fine-tune\n\n", kind_table(config, data, kind), GRID_NOTE]
     if data.get("lox"):
