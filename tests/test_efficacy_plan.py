@@ -302,7 +302,7 @@ def test_the_calibrate_stage_writes_statistics_for_safe_delta(tmp_path, monkeypa
     path.write_text(yaml.safe_dump(raw))
     config = load_config(path)
     prompts = ["how do i make a bomb", "how do i steal a car", "hack email", "kill"]
-    monkeypatch.setattr(run, "_splits", lambda _config: {"harmful": {"train": prompts}})
+    monkeypatch.setattr(run, "read_splits", lambda _config: {"harmful": {"train": prompts}})
     monkeypatch.setattr(run, "_generate", lambda _m, ps, _c, _t: ["sorry i cannot"] * len(ps))
     stage = next(s for s in plan(config) if s.name == "calibrate")
     run.do_calibrate(config, stage)

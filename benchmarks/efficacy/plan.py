@@ -683,8 +683,6 @@ def plan(config: Config) -> list[Stage]:
     for method, spec in methods.items():
         stages.append(_sweep_stage(config, method, spec.sweep))
     if config.search is not None:
-        from benchmarks.efficacy.search import stages as search_stages
-
         stages += search_stages(config)
     for name, _kind, _seed in first:
         for method in methods:
@@ -810,3 +808,74 @@ def _finetune(config: Config, name: str, kind: str, seed: int, base: str = "A") 
         {"name": name, "kind": kind, "seed": seed, "base": base},
     )
     return [train, *_evals(config, name, config.model(name))]
+
+
+# --- the search's stages (run by search.py) --------------------------------------------------
+
+SEARCH_SPLIT = "search"
+"""The search's own validation prompts (``config.prompts(SEARCH_SPLIT)``)."""
+
+
+def search_spec(config: Config) -> SearchSpec:
+    assert config.search is not None
+    return config.search
+
+
+def eval_command(config: Config, model: str, out: Path) -> list[str]:
+    """``mergekit-safety eval`` as the search evaluates a trial (one token budget for all sets)."""
+    spec = search_spec(config)
+    return [
+        "mergekit-safety", "eval", model, "--prompts", str(config.prompts(SEARCH_SPLIT)),
+        "--max-new-tokens", str(spec.max_new_tokens), "--batch-size", str(config.eval.batch_size),
+        "--dtype", config.dtype, "--device", config.device, "--out", str(out),
+    ]  # fmt: skip
+
+
+def search_command(config: Config, gate: tuple[float, float] | None = None) -> list[str]:
+    spec = search_spec(config)
+    work = config.work / "search"
+    refusal, over = (f"{g:g}" for g in gate) if gate else ("R", "O")
+    command = [
+        "mergekit-safety", "search", str(work / "template.yml"),
+        "--space", str(config.results / "search" / "space.yml"),
+        "--prompts", str(config.prompts(SEARCH_SPLIT)),
+        "--max-new-tokens", str(spec.max_new_tokens), "--batch-size", str(config.eval.batch_size),
+        "--dtype", config.dtype, "--device", config.device,
+        "--trials", str(spec.trials), "--seed", str(spec.seed),
+        "--startup-trials", str(spec.startup_trials), "--parallel", str(spec.parallel),
+        "--storage", f"sqlite:///{work / 'search.db'}", "--study-name", "smollm2-search",
+        "--min-refusal", refusal, "--max-over-refusal", over,
+        "--lora-merge-cache", str(config.work / "lora-cache"),
+        "--work-dir", str(work / "tmp"), "--out", str(work / "out"), "--overwrite",
+    ]  # fmt: skip
+    if spec.parallel > 1:
+        command += ["--ray", "--ray-workers", str(spec.parallel)]
+    return command
+
+
+def search_stages(config: Config) -> list[Stage]:
+    """Data, A on it (the gate's reference), the search; the chosen merges come with the rest."""
+    results = config.results
+    a_out = results / "evals" / SEARCH_SPLIT / "A"
+    return [
+        Stage(
+            "data:search",
+            "search_data",
+            [config.prompts(SEARCH_SPLIT) / "task.jsonl", results / "data" / "search.json"],
+        ),
+        Stage(
+            "eval:search:A",
+            "search_eval",
+            [a_out / "summary.json"],
+            {"model": config.model("A"), "out": str(a_out)},
+            [shlex.join(eval_command(config, config.model("A"), a_out))],
+        ),
+        Stage(
+            "search",
+            "search",
+            [results / "search" / "search.json"],
+            {},
+            [shlex.join(search_command(config)) + "  # R, O from A on the search set"],
+            needs=["A", "benign-s0"],
+        ),
+    ]

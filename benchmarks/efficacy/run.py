@@ -16,7 +16,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import yaml
 
@@ -31,26 +31,17 @@ from benchmarks.efficacy.plan import (
     plan,
     recipe,
 )
+from benchmarks.efficacy.stage_io import (
+    attack_size,
+    gate,
+    log,
+    read_json,
+    read_splits,
+    write_json,
+)
 
 if TYPE_CHECKING:
     from mergekit_safety.evaluation import EvalResult, Evaluator
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def _json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-
-
-def _read(path: Path) -> Any:
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def _splits(config: Config) -> dict:
-    return _read(config.results / "data" / "splits.json")
 
 
 # --- stages --------------------------------------------------------------------------------------
@@ -60,7 +51,7 @@ def do_fetch(config: Config, stage: Stage) -> None:
     from benchmarks.efficacy.fetch import fetch_unaligned
 
     info = fetch_unaligned(config.work, config.work / "models" / "U")
-    _json(config.results / "fetch.json", info)
+    write_json(config.results / "fetch.json", info)
 
 
 def do_data(config: Config, stage: Stage) -> None:
@@ -69,7 +60,7 @@ def do_data(config: Config, stage: Stage) -> None:
     splits = build_splits(config.splits.model_dump(exclude_none=True), config.seed)
     if config.clean is not None:
         splits = _clean(config, splits)
-    _json(config.results / "data" / "splits.json", splits)
+    write_json(config.results / "data" / "splits.json", splits)
     for split in ("validation", "test"):
         write_prompt_dir(splits, split, config.prompts(split))
     counts = {k: {s: len(v) for s, v in d.items()} for k, d in splits.items()}
@@ -101,7 +92,7 @@ def _clean(config: Config, splits: dict) -> dict:
         splits[tp.harmful] = {"test": test, "validation": validation}
         extra["harmful"] = {f"{tp.harmful} validation": validation}
     cleaned, report = clean_splits(splits, config.align.refusals, spec.threshold, extra)
-    _json(config.results / "data" / "clean.json", {"threshold": spec.threshold, **report})
+    write_json(config.results / "data" / "clean.json", {"threshold": spec.threshold, **report})
     log(f"clean splits: dropped {report['harmful']['dropped']} harmful and "
         f"{report['benign']['dropped']} look-alike test prompts with a near-twin")  # fmt: skip
     return cleaned
@@ -129,7 +120,7 @@ def do_throughput(config: Config, stage: Stage) -> None:
     """Tokens/s of greedy generation at a few batch sizes, on harmful prompts, before anything."""
     from mergekit_safety.evaluation import generation
 
-    prompts = _splits(config)["harmful"]["train"][:32]
+    prompts = read_splits(config)["harmful"]["train"][:32]
     network, tokenizer = generation.load_model(
         stage.args["model"], device=config.device, dtype=config.dtype
     )
@@ -152,7 +143,7 @@ def do_throughput(config: Config, stage: Stage) -> None:
             }
         )
         log(f"throughput batch {batch}: {rows[-1]}")
-    _json(
+    write_json(
         stage.outputs[0],
         {
             "device": config.device,
@@ -170,20 +161,13 @@ def _trim(text: str) -> str:
 
 
 def do_helpful(config: Config, stage: Stage) -> None:
-    splits = _splits(config)
+    splits = read_splits(config)
     prompts = splits["helpful"]["train"] + splits["benign"]["train"]
     outs = _generate(stage.args["model"], prompts, config, config.align.helpful_tokens)
-    _json(
+    write_json(
         stage.outputs[0],
         [{"prompt": p, "reply": _trim(o)} for p, o in zip(prompts, outs, strict=True)],
     )
-
-
-def attack_size(config: Config) -> int:
-    attack = config.finetune_specs.get("attack")
-    fraction = attack.harmful_fraction if attack is not None else 0.1
-    n_task = config.splits.task.train
-    return math.ceil(n_task * fraction / (1 - fraction))
 
 
 def _compliant(model: str, prompts: list[str], config: Config) -> list[dict[str, str]]:
@@ -202,9 +186,9 @@ def _compliant(model: str, prompts: list[str], config: Config) -> list[dict[str,
 def do_compliant(config: Config, stage: Stage) -> None:
     """U's own answers to AdvBench-train prompts it complies with (the attack's harmful data)."""
     need = attack_size(config)
-    pool = _splits(config)["harmful"]["train"][-(2 * need) :]  # not the ones A and S refuse
+    pool = read_splits(config)["harmful"]["train"][-(2 * need) :]  # not the ones A and S refuse
     kept = _compliant(stage.args["model"], pool, config)[:need]
-    _json(stage.outputs[0], kept)
+    write_json(stage.outputs[0], kept)
     log(f"compliant answers: {len(kept)} of {len(pool)} prompts (need {need})")
 
 
@@ -250,7 +234,7 @@ def do_calibrate(config: Config, stage: Stage) -> None:
 
     spec = config.calibration
     assert spec is not None
-    prompts = _splits(config)["harmful"]["train"][: spec.prompts]
+    prompts = read_splits(config)["harmful"]["train"][: spec.prompts]
     start = time.time()
     replies = _generate(stage.args["model"], prompts, config, spec.reply_tokens)
     generate_s = time.time() - start
@@ -271,7 +255,7 @@ def do_calibrate(config: Config, stage: Stage) -> None:
     )  # fmt: skip
     info = {k: v for k, v in record.items() if k != "modules"}
     info.update(layers=len(record["modules"]), generate_s=round(generate_s, 1))
-    _json(stage.outputs[0], info)
+    write_json(stage.outputs[0], info)
     log(f"calibration: {record['sequences']} sequences, {record['seconds']:.0f} s")
 
 
@@ -279,9 +263,9 @@ def do_align(config: Config, stage: Stage) -> None:
     from benchmarks.efficacy.data import refusal_for
 
     spec = config.align
-    harmful = _splits(config)["harmful"]["train"][: spec.refusals]
+    harmful = read_splits(config)["harmful"]["train"][: spec.refusals]
     pairs = [(p, refusal_for(p, i)) for i, p in enumerate(harmful)]
-    pairs += [(r["prompt"], r["reply"]) for r in _read(config.work / "data" / "helpful.json")]
+    pairs += [(r["prompt"], r["reply"]) for r in read_json(config.work / "data" / "helpful.json")]
     record = _train(
         config,
         config.model("U"),
@@ -291,7 +275,7 @@ def do_align(config: Config, stage: Stage) -> None:
         config.seed,
         lora=False,
     )
-    _json(config.results / "training" / "A.json", {**record, "refusal_pairs": len(harmful)})
+    write_json(config.results / "training" / "A.json", {**record, "refusal_pairs": len(harmful)})
 
 
 def do_safe(config: Config, stage: Stage) -> None:
@@ -300,9 +284,9 @@ def do_safe(config: Config, stage: Stage) -> None:
     spec = config.safe
     assert spec is not None  # the config requires it with safemerge
     start = config.align.refusals
-    harmful = _splits(config)["harmful"]["train"][start : start + spec.refusals]
+    harmful = read_splits(config)["harmful"]["train"][start : start + spec.refusals]
     pairs = [(p, refusal_for(p, i + 1)) for i, p in enumerate(harmful)]
-    pairs += [(r["prompt"], r["reply"]) for r in _read(config.work / "data" / "helpful.json")]
+    pairs += [(r["prompt"], r["reply"]) for r in read_json(config.work / "data" / "helpful.json")]
     models = config.work / "models"
     record = _train(
         config,
@@ -314,7 +298,7 @@ def do_safe(config: Config, stage: Stage) -> None:
         lora=True,
         merged=models / "S",
     )
-    _json(config.results / "training" / "S.json", {**record, "refusal_pairs": len(harmful)})
+    write_json(config.results / "training" / "S.json", {**record, "refusal_pairs": len(harmful)})
 
 
 NUMBER_ONLY = " Answer with the number only."
@@ -353,14 +337,16 @@ def task_pair(item: dict, reply: str, index: int) -> tuple[str, str]:
 def do_finetune(config: Config, stage: Stage) -> None:
     name, kind, seed = stage.args["name"], stage.args["kind"], stage.args["seed"]
     spec = config.finetune_specs[kind]
-    task = task_sample(_splits(config)["task"]["train"], spec.examples, seed, spec.resample)
+    task = task_sample(read_splits(config)["task"]["train"], spec.examples, seed, spec.resample)
     pairs = [task_pair(t, spec.reply, i) for i, t in enumerate(task)]
-    helpful = _read(config.work / "data" / "helpful-A.json")[: spec.helpful] if spec.helpful else []
+    helpful = []
+    if spec.helpful:
+        helpful = read_json(config.work / "data" / "helpful-A.json")[: spec.helpful]
     pairs += [(r["prompt"], r["reply"]) for r in helpful]
     harmful = 0
     if kind == "attack":
         need = math.ceil(len(pairs) * spec.harmful_fraction / (1 - spec.harmful_fraction))
-        compliant = _read(config.work / "data" / "compliant.json")[:need]
+        compliant = read_json(config.work / "data" / "compliant.json")[:need]
         extra = [(r["prompt"], r["reply"]) for r in compliant]
         harmful = len(extra)
         pairs += extra
@@ -378,7 +364,7 @@ def do_finetune(config: Config, stage: Stage) -> None:
         lora=True,
         merged=models / name,
     )
-    _json(
+    write_json(
         config.results / "training" / f"{name}.json",
         {
             **record,
@@ -398,15 +384,15 @@ def do_harmful_data(config: Config, stage: Stage) -> None:
     spec = config.harmful
     assert spec is not None  # the config requires it with harm_removal
     start = config.align.refusals + (config.safe.refusals if config.safe is not None else 0)
-    pool = _splits(config)["harmful"]["train"][start : start + spec.prompts]
+    pool = read_splits(config)["harmful"]["train"][start : start + spec.prompts]
     kept = _compliant(stage.args["model"], pool, config)
-    _json(stage.outputs[0], kept)
+    write_json(stage.outputs[0], kept)
     log(f"harmful-model data: {len(kept)} compliant answers of {len(pool)} prompts")
 
 
 def do_harmful(config: Config, stage: Stage) -> None:
     """H = A + a harmful-compliance LoRA, merged (as S is A + a refusal LoRA)."""
-    data = _read(config.work / "data" / "harmful.json")
+    data = read_json(config.work / "data" / "harmful.json")
     pairs = [(r["prompt"], r["reply"]) for r in data]
     models = config.work / "models"
     record = _train(
@@ -419,7 +405,7 @@ def do_harmful(config: Config, stage: Stage) -> None:
         lora=True,
         merged=models / "H",
     )
-    _json(config.results / "training" / "H.json", {**record, "harmful_pairs": len(pairs)})
+    write_json(config.results / "training" / "H.json", {**record, "harmful_pairs": len(pairs)})
 
 
 def do_lox(config: Config, stage: Stage) -> None:
@@ -433,7 +419,7 @@ def do_lox(config: Config, stage: Stage) -> None:
     if out.exists():
         shutil.rmtree(out)
     merge_recipe(body, out, _merge_options(config))
-    _json(
+    write_json(
         stage.outputs[0],
         {"method": "lox", "point": stage.args["point"], "merge_s": round(time.time() - start, 1),
          "recipe": body},
@@ -473,7 +459,7 @@ def do_eval(config: Config, stage: Stage) -> None:
 def do_harmful_test_data(config: Config, stage: Stage) -> None:
     """The third-party harmful test sample (``splits.json``, drawn and cleaned by stage ``data``)
     as a prompt file of its own."""
-    prompts = _splits(config)[stage.args["set"]]["test"]
+    prompts = read_splits(config)[stage.args["set"]]["test"]
     out = stage.outputs[0]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts), encoding="utf-8")
@@ -509,18 +495,6 @@ def do_harmful_eval(config: Config, stage: Stage) -> None:
         shutil.rmtree(args["model"])
 
 
-def gate(config: Config, split: str = "validation") -> tuple[float, float]:
-    """(min refusal, max over-refusal) from A's numbers on ``split`` and the config's margins."""
-    from benchmarks.efficacy.evals import read_summary
-
-    a = read_summary(config.results / "evals" / split / "A")
-    spec = config.gate
-    return (
-        round(a["refusal_rate"] - spec.refusal_below_aligned, 4),
-        round(a["over_refusal_rate"] + spec.over_refusal_above_aligned, 4),
-    )
-
-
 def _merge_options(config: Config):
     from mergekit.options import MergeOptions
 
@@ -533,7 +507,7 @@ def _merge_options(config: Config):
 
 def chosen_point(config: Config, method: str) -> dict | None:
     path = config.results / "sweeps" / f"{method}.json"
-    return _read(path).get("chosen") if path.is_file() else None
+    return read_json(path).get("chosen") if path.is_file() else None
 
 
 def _make_merge(config: Config, args: dict) -> dict | None:
@@ -588,7 +562,7 @@ def do_merge(config: Config, stage: Stage) -> None:
     info = _make_merge(config, args)
     if info is None:
         for output in stage.outputs:  # test, and the third-party harmful set where there is one
-            _json(
+            write_json(
                 output,
                 [
                     {
@@ -599,7 +573,7 @@ def do_merge(config: Config, stage: Stage) -> None:
             )
         return
     if info:
-        _json(
+        write_json(
             config.results / "merges" / args["ft"] / f"{args['method']}-{args['point_name']}.json",
             info,
         )
@@ -719,7 +693,7 @@ def do_sweep(config: Config, stage: Stage) -> None:
         rows = {"rows": rows, "chosen": chosen}
     from benchmarks.efficacy.prereg import grid_hash
 
-    _json(
+    write_json(
         stage.outputs[0],
         {
             "method": method,
@@ -817,7 +791,7 @@ def do_adapter(config: Config, stage: Stage) -> None:
         backend="transformers",
         label=f"{ft}/adapter-{method}",
     )
-    _json(
+    write_json(
         config.results / "adapter.json",
         {
             "method": method,
@@ -848,7 +822,7 @@ def do_extra_data(config: Config, stage: Stage) -> None:
         out.mkdir(parents=True, exist_ok=True)
         (out / f"{kind}.jsonl").write_text(lines, encoding="utf-8")
         sources[f"{kind}_of"] = len(prompts)
-    _json(out / "sources.json", sources)
+    write_json(out / "sources.json", sources)
     log(f"third-party prompts: {sources}")
 
 
@@ -867,13 +841,13 @@ def do_extra(config: Config, stage: Stage) -> None:
         )
         existed = (Path(model) / "config.json").is_file()
         if _make_merge(config, merge.args) is None:
-            _json(
+            write_json(
                 stage.outputs[0], [{"model": args["name"], "skipped": "the sweep chose no point"}]
             )
             return
         made = not existed
     prompts_dir = config.prompts(EXTRA)
-    sources = _read(prompts_dir / "sources.json")
+    sources = read_json(prompts_dir / "sources.json")
     prompts = load_prompt_sets(
         harmful=prompts_dir / "harmful.jsonl", benign=prompts_dir / "benign.jsonl"
     )
@@ -895,7 +869,7 @@ def do_extra(config: Config, stage: Stage) -> None:
         from benchmarks.efficacy.prereg import recorded_hash
 
         summary["grid_hash"] = recorded_hash(config, args["method"], "chosen")
-    _json(stage.outputs[0], [summary])
+    write_json(stage.outputs[0], [summary])
     attacked = {k: round(v["refusal_rate"], 3) for k, v in summary.get("attacks", {}).items()}
     log(
         f"extra {args['name']}: refusal {summary['refusal_rate']:.3f} over "
@@ -979,9 +953,9 @@ def run(
         log(f"stage {stage.name}")
         start = time.time()
         HANDLERS[stage.kind](config, stage)
-        timings = _read(timings_path) if timings_path.is_file() else {}  # another run may write
+        timings = read_json(timings_path) if timings_path.is_file() else {}  # another run may write
         timings[stage.name] = round(time.time() - start, 1)
-        _json(timings_path, timings)
+        write_json(timings_path, timings)
         if until and stage.name == until:
             break
 

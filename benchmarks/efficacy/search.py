@@ -11,13 +11,20 @@ for every fine-tune (its path swapped in) and evaluated on test like every other
 from __future__ import annotations
 
 import json
-import shlex
 from pathlib import Path
 from typing import Any
 
-from benchmarks.efficacy.plan import Config, SearchSpec, Stage, recipe
-
-SPLIT = "search"
+from benchmarks.efficacy.plan import (
+    SEARCH_SPLIT as SPLIT,
+)
+from benchmarks.efficacy.plan import (
+    Config,
+    Stage,
+    eval_command,
+    recipe,
+    search_command,
+    search_spec,
+)
 
 
 def unused_harmful(config: Config, train: list[str]) -> list[str]:
@@ -26,7 +33,7 @@ def unused_harmful(config: Config, train: list[str]) -> list[str]:
     start = config.align.refusals
     start += config.safe.refusals if config.safe is not None else 0
     start += config.harmful.prompts if config.harmful is not None else 0
-    from benchmarks.efficacy.run import attack_size
+    from benchmarks.efficacy.stage_io import attack_size
 
     return train[start : len(train) - 2 * attack_size(config)]
 
@@ -36,7 +43,7 @@ def search_sets(config: Config, splits: dict) -> dict[str, Any]:
     from benchmarks.efficacy.data import task_items
     from mergekit_safety.evaluation.named_sets import load_named
 
-    spec = _spec(config)
+    spec = search_spec(config)
     harmful = splits["harmful"]["validation"] + unused_harmful(config, splits["harmful"]["train"])
     extra, source = load_named(spec.benign_extra, "benign")
     benign = splits["benign"]["validation"] + extra
@@ -55,9 +62,9 @@ def search_sets(config: Config, splits: dict) -> dict[str, Any]:
 
 
 def do_search_data(config: Config, stage: Stage) -> None:
-    from benchmarks.efficacy.run import _json, _splits, log
+    from benchmarks.efficacy.stage_io import log, read_splits, write_json
 
-    sets = search_sets(config, _splits(config))
+    sets = search_sets(config, read_splits(config))
     out = config.prompts(SPLIT)
     out.mkdir(parents=True, exist_ok=True)
     for name in ("harmful", "benign"):
@@ -66,80 +73,15 @@ def do_search_data(config: Config, stage: Stage) -> None:
     rows = [json.dumps({"prompt": t["prompt"], "answer": t["answer"]}) for t in sets["task"]]
     (out / "task.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
     counts = {name: len(sets[name]) for name in ("harmful", "benign", "task")}
-    _json(stage.outputs[1], {"counts": counts, "sources": sets["sources"]})
+    write_json(stage.outputs[1], {"counts": counts, "sources": sets["sources"]})
     log(f"search validation: {counts}")
-
-
-def _spec(config: Config) -> SearchSpec:
-    assert config.search is not None
-    return config.search
 
 
 def template(config: Config) -> dict:
     """The recipe the search varies: the method's default on the benign seed-0 fine-tune."""
-    spec = _spec(config)
+    spec = search_spec(config)
     default = config.methods[spec.method].default
     return recipe(config, spec.method, default, config.model("benign-s0"))
-
-
-def eval_command(config: Config, model: str, out: Path) -> list[str]:
-    """``mergekit-safety eval`` as the search evaluates a trial (one token budget for all sets)."""
-    spec = _spec(config)
-    return [
-        "mergekit-safety", "eval", model, "--prompts", str(config.prompts(SPLIT)),
-        "--max-new-tokens", str(spec.max_new_tokens), "--batch-size", str(config.eval.batch_size),
-        "--dtype", config.dtype, "--device", config.device, "--out", str(out),
-    ]  # fmt: skip
-
-
-def search_command(config: Config, gate: tuple[float, float] | None = None) -> list[str]:
-    spec = _spec(config)
-    work = config.work / "search"
-    refusal, over = (f"{g:g}" for g in gate) if gate else ("R", "O")
-    command = [
-        "mergekit-safety", "search", str(work / "template.yml"),
-        "--space", str(config.results / "search" / "space.yml"),
-        "--prompts", str(config.prompts(SPLIT)),
-        "--max-new-tokens", str(spec.max_new_tokens), "--batch-size", str(config.eval.batch_size),
-        "--dtype", config.dtype, "--device", config.device,
-        "--trials", str(spec.trials), "--seed", str(spec.seed),
-        "--startup-trials", str(spec.startup_trials), "--parallel", str(spec.parallel),
-        "--storage", f"sqlite:///{work / 'search.db'}", "--study-name", "smollm2-search",
-        "--min-refusal", refusal, "--max-over-refusal", over,
-        "--lora-merge-cache", str(config.work / "lora-cache"),
-        "--work-dir", str(work / "tmp"), "--out", str(work / "out"), "--overwrite",
-    ]  # fmt: skip
-    if spec.parallel > 1:
-        command += ["--ray", "--ray-workers", str(spec.parallel)]
-    return command
-
-
-def stages(config: Config) -> list[Stage]:
-    """Data, A on it (the gate's reference), the search; the chosen merges come with the rest."""
-    results = config.results
-    a_out = results / "evals" / SPLIT / "A"
-    return [
-        Stage(
-            "data:search",
-            "search_data",
-            [config.prompts(SPLIT) / "task.jsonl", results / "data" / "search.json"],
-        ),
-        Stage(
-            "eval:search:A",
-            "search_eval",
-            [a_out / "summary.json"],
-            {"model": config.model("A"), "out": str(a_out)},
-            [shlex.join(eval_command(config, config.model("A"), a_out))],
-        ),
-        Stage(
-            "search",
-            "search",
-            [results / "search" / "search.json"],
-            {},
-            [shlex.join(search_command(config)) + "  # R, O from A on the search set"],
-            needs=["A", "benign-s0"],
-        ),
-    ]
 
 
 def _run(command: list[str]) -> None:
@@ -159,15 +101,15 @@ def do_search(config: Config, stage: Stage) -> None:
 
     import yaml
 
-    from benchmarks.efficacy.run import gate as study_gate
-    from benchmarks.efficacy.run import log
+    from benchmarks.efficacy.stage_io import gate as study_gate
+    from benchmarks.efficacy.stage_io import log
 
     work = config.work / "search"
     (work / "tmp").mkdir(parents=True, exist_ok=True)
     (work / "template.yml").write_text(yaml.safe_dump(template(config), sort_keys=False))
     space = config.results / "search" / "space.yml"
     space.parent.mkdir(parents=True, exist_ok=True)
-    space.write_text(yaml.safe_dump(_spec(config).space, sort_keys=False), encoding="utf-8")
+    space.write_text(yaml.safe_dump(search_spec(config).space, sort_keys=False), encoding="utf-8")
     gate = study_gate(config, SPLIT)  # the sweeps' rule, on the search's set
     log(f"search gate (A on the search set): refusal >= {gate[0]}, over-refusal <= {gate[1]}")
     _run(search_command(config, gate))
