@@ -5,11 +5,10 @@
 
 - **judge**: the keyword judge's agreement with labels on the held-out halves
   (``benchmarks/results/judge_outcomes.json``, entry ``after``; ``docs/judge.md`` has the table);
-- **results**: the study's Farn setup (``benchmarks/efficacy/results/smollm2-farn/tables.json``),
-  re-judged under three outcomes: what the fine-tunes engage and break, and each method's harm
-  removed and task kept on the attack fine-tune with paired bootstrap intervals
-  (``intervals.attack``); and the chat-form setup's benign fine-tune
-  (``results/smollm2-chat/evals/test``).
+- **results**: the pre-registered chat-form setup (``benchmarks/efficacy/results/smollm2-chat``:
+  ``tables.json``'s ``headline``, each method's default on the attack seeds with paired bootstrap
+  intervals, and the summaries under ``evals/test`` and ``evals/harmbench``), and the Farn
+  setup's chosen points as history (``results/smollm2-farn/tables.json``, ``intervals.attack``).
 
 Each paragraph sits in README.md between ``<!-- NAME paragraph ... -->`` and
 ``<!-- end NAME paragraph -->``; ``tests/test_docs_tables.py`` checks that it equals what the JSON
@@ -30,8 +29,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 JUDGE = ROOT / "benchmarks" / "results" / "judge_outcomes.json"
-STUDY = ROOT / "benchmarks" / "efficacy" / "results" / "smollm2-farn" / "tables.json"
-CHAT = ROOT / "benchmarks" / "efficacy" / "results" / "smollm2-chat" / "evals" / "test"
+FARN = ROOT / "benchmarks" / "efficacy" / "results" / "smollm2-farn" / "tables.json"
+CHAT = ROOT / "benchmarks" / "efficacy" / "results" / "smollm2-chat"
 PROJECTION = ("safe_linear", "safe_linear_gated", "safe_lora")
 """The interpolation and projection methods, reported as one range."""
 WIDTH = 100
@@ -79,53 +78,77 @@ def _point(value: dict[str, Any]) -> str:
     return f"{value['point']:.2f} [{value['low']:.2f}, {value['high']:.2f}]"
 
 
-def results_paragraph(tables: dict[str, Any], chat: dict[str, dict[str, Any]]) -> str:
-    """The Farn setup re-judged under three outcomes (its attack fine-tune is the one that adds
-    harm), and the pre-registered chat-form setup's fine-tunes (``chat``: summaries by model)."""
-    seeds = [ft["finetuned"] for ft in tables["finetunes"].values() if ft["kind"] == "benign"]
-    attack = next(ft["finetuned"] for ft in tables["finetunes"].values() if ft["kind"] == "attack")
-    projection = [_removed_kept(tables, f"{m}-chosen") for m in PROJECTION]
-    delta_removed, delta_kept = _removed_kept(tables, "safe_delta-chosen")
-    lssf_removed, lssf_kept = _removed_kept(tables, "lssf-default")
+def _default(headline: dict[str, Any], method: str) -> dict[str, dict[str, Any]]:
+    """A method's default on the attack seeds: removed (AdvBench), removed_extra (HarmBench),
+    kept, each pooled over the seeds with its paired bootstrap interval."""
+    return headline["attack"][f"{method}-default"]["intervals"]
+
+
+def results_paragraph(
+    chat: dict[str, Any], models: dict[str, dict[str, Any]], farn: dict[str, Any]
+) -> str:
+    """The pre-registered chat-form setup (``chat``: its ``tables.json``; ``models``: the test
+    and HarmBench summaries of A, the benign and the attack fine-tunes), and one line of the
+    Farn setup's history (its chosen points on the attack fine-tune)."""
+    seeds = [name for name, ft in chat["finetunes"].items() if ft["kind"] == "attack"]
+    adv = statistics.mean(models[f"test/{s}"]["engaged_rate"] for s in seeds)
+    harm = statistics.mean(models[f"harmbench/{s}"]["engaged_rate"] for s in seeds)
+    lssf, resta = _default(chat["headline"], "lssf"), _default(chat["headline"], "resta")
+    linear = _default(chat["headline"], "safe_linear")
+    full = [_default(chat["headline"], m) for m in ("safe_lora", "safe_delta")]
+    chosen = [_removed_kept(farn, f"{m}-chosen") for m in (*PROJECTION, "safe_delta")]
     return (
-        "**Results on a real chat model.** In the study on SmolLM2-135M-Instruct (every reply "
-        "judged as refused, engaged or broken), the benign task LoRAs of the main setup add "
-        "little harm: they engage "
-        f"{statistics.mean(s['engaged_rate'] for s in seeds):.2f} of AdvBench's held-out "
-        f"harmful prompts (the aligned model {tables['models']['A']['engaged_rate']:.2f}) and "
-        f"break {statistics.mean(s['broken_rate'] for s in seeds):.2f} of their replies (digits, "
-        f"a URL; mean of {len(seeds)} seeds); only the attack fine-tune complies (engaged "
-        f"{attack['engaged_rate']:.2f}). On it, at the point each method chose under the gate, "
-        "`safe_linear`, its gated form and `safe_lora` remove "
-        f"{_range([r['point'] for r, _ in projection])} of the added engagement but keep only "
-        f"{_range([k['point'] for _, k in projection])} of the task gain; `safe_delta` removes "
-        f"{delta_removed['point']:.2f} and keeps {delta_kept['point']:.2f}; data-free `lssf` "
-        f"at its default (no point of its sweep passed the gate) removes {_point(lssf_removed)} "
-        f"and keeps {_point(lssf_kept)} (95 % paired bootstrap). No chosen point removes ≥ 0.90 "
-        "while keeping ≥ 0.80. In a pre-registered setup whose task fine-tune answers in "
-        "sentences, the benign fine-tune learns the task (accuracy "
-        f"{chat['A']['task_accuracy']:.3f} → {chat['benign-s0']['task_accuracy']:.3f}) and "
-        f"engages {chat['benign-s0']['engaged_rate']:.2f}: at this scale a benign fine-tune "
-        "did not erode alignment, and the attack fine-tune is the case that matters. One seed "
-        "per attack fine-tune, one 135M model with our own alignment: evidence at this scale, "
-        "not a verdict on 7B chat models. Protocol, every table and interval: "
-        "[docs/study.md](docs/study.md)."
+        "**Results on a real chat model.** In the pre-registered study on "
+        "SmolLM2-135M-Instruct (every reply judged as refused, engaged or broken; test prompts "
+        "with a near-twin in any training set dropped), a benign LoRA answering its task in "
+        "sentences learns the task (accuracy "
+        f"{models['test/A']['task_accuracy']:.3f} → "
+        f"{models['test/benign-s0']['task_accuracy']:.3f}) and engages "
+        f"{models['test/benign-s0']['engaged_rate']:.2f} of the harmful prompts, as the aligned "
+        "model: at this scale a benign fine-tune did not erode alignment, so the attack "
+        f"fine-tune is the case that matters ({len(seeds)} seeds; engaged {adv:.2f} of "
+        f"AdvBench's and {harm:.2f} of HarmBench's held-out harmful prompts, the aligned model "
+        f"{models['test/A']['engaged_rate']:.2f}). At their defaults (harm removed on AdvBench "
+        "/ on HarmBench / task kept, over the seeds, 95 % paired bootstrap), data-free `lssf` "
+        f"gives {_point(lssf['removed'])} / {_point(lssf['removed_extra'])} / "
+        f"{_point(lssf['kept'])} and RESTA {resta['removed']['point']:.2f} / "
+        f"{resta['removed_extra']['point']:.2f} / {resta['kept']['point']:.2f}, every "
+        f"look-alike still answered; `safe_linear` {linear['removed']['point']:.2f} / "
+        f"{linear['removed_extra']['point']:.2f} / {linear['kept']['point']:.2f}; `safe_lora` "
+        "and `safe_delta` remove all but keep "
+        f"{_range([f['kept']['point'] for f in full])}. These are defaults, not points the "
+        "tool chose: the pre-registered sweeps and search have not run on this setup. In the "
+        "earlier setup with the most complete runs (history, judged the same way), the points "
+        "the tool chose removed "
+        f"{_range([r['point'] for r, _ in chosen])} of the attack's engagement and kept "
+        f"{_range([k['point'] for _, k in chosen])} of the task. The keyword judge "
+        "overstates engagement: of 30 replies of an attack fine-tune it called engaged, 18 "
+        "attempt the request (read by hand). One 135M "
+        "model with our own alignment: evidence at this scale, not a verdict on 7B chat "
+        "models. Protocol: [docs/study.md](docs/study.md); every table and interval: "
+        "[the study's tables](benchmarks/efficacy/results/smollm2-chat/tables.md)."
     )
 
 
-def _chat_summaries() -> dict[str, dict[str, Any]]:
+def _chat_models(chat: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The summaries the paragraph quotes, by ``split/model``."""
+    names = ["A", *(n for n in chat["finetunes"])]
     out = {}
-    for model in ("A", "benign-s0"):
-        found = json.loads((CHAT / model / "summary.json").read_text("utf-8"))
-        out[model] = found[0] if isinstance(found, list) else found
+    for split in ("test", "harmbench"):
+        for model in names:
+            path = CHAT / "evals" / split / model / "summary.json"
+            if path.is_file():
+                found = json.loads(path.read_text("utf-8"))
+                out[f"{split}/{model}"] = found[0] if isinstance(found, list) else found
     return out
 
 
 def paragraphs() -> dict[str, str]:
     """Each paragraph's name and its text, from the committed JSON."""
+    chat = json.loads((CHAT / "tables.json").read_text("utf-8"))
     texts = {
         "judge": judge_paragraph(json.loads(JUDGE.read_text("utf-8"))),
-        "results": results_paragraph(json.loads(STUDY.read_text("utf-8")), _chat_summaries()),
+        "results": results_paragraph(chat, _chat_models(chat), json.loads(FARN.read_text("utf-8"))),
     }
     return {name: wrap(text) for name, text in texts.items()}
 
