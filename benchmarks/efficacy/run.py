@@ -16,7 +16,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -428,14 +428,10 @@ def do_lox(config: Config, stage: Stage) -> None:
 
 def do_eval(config: Config, stage: Stage) -> None:
     from benchmarks.efficacy.evals import run_eval
-    from benchmarks.efficacy.prereg import recorded_hash
 
     args = stage.args
     out = stage.outputs[0].parent
-    extra = {}
-    if "/" in args["name"]:  # a method's point on a fine-tune: what it was chosen from
-        method, point = args["name"].split("/", 1)[1].rsplit("-", 1)
-        extra["grid_hash"] = recorded_hash(config, method, point)
+    extra = _chosen_from(config, args["name"])
     summary = run_eval(
         args["model"],
         config.prompts(args["split"]),
@@ -452,6 +448,22 @@ def do_eval(config: Config, stage: Stage) -> None:
         f"{summary['over_refusal_rate']:.3f} task {summary['task_accuracy']:.3f} "
         f"empty {summary['empty_rate']:.3f} ({summary['wall_s']} s)"
     )
+    _delete_after(args)
+
+
+def _chosen_from(config: Config, name: str) -> dict[str, str]:
+    """A method's point on a fine-tune (``ft/method-point``): the hash of what it was chosen
+    from, recorded with its evaluation; nothing for a model of its own."""
+    from benchmarks.efficacy.prereg import recorded_hash
+
+    if "/" not in name:
+        return {}
+    method, point = name.split("/", 1)[1].rsplit("-", 1)
+    return {"grid_hash": recorded_hash(config, method, point)}
+
+
+def _delete_after(args: dict[str, Any]) -> None:
+    """Delete the evaluated merge when its stage says so (it is rebuilt from its recipe)."""
     if args.get("delete_after") and Path(args["model"]).is_dir():
         shutil.rmtree(args["model"])
 
@@ -469,13 +481,9 @@ def do_harmful_test_data(config: Config, stage: Stage) -> None:
 def do_harmful_eval(config: Config, stage: Stage) -> None:
     """One model on the third-party harmful test sample (the merge deleted after, if asked)."""
     from benchmarks.efficacy.evals import run_harmful_eval
-    from benchmarks.efficacy.prereg import recorded_hash
 
     args = stage.args
-    extra = {}
-    if "/" in args["name"]:
-        method, point = args["name"].split("/", 1)[1].rsplit("-", 1)
-        extra["grid_hash"] = recorded_hash(config, method, point)
+    extra = _chosen_from(config, args["name"])
     summary = run_harmful_eval(
         args["model"],
         config.prompts(args["split"]) / "harmful.jsonl",
@@ -491,8 +499,7 @@ def do_harmful_eval(config: Config, stage: Stage) -> None:
         f"{args['split']} {args['name']}: engaged {summary['engaged_rate']:.3f} refused "
         f"{summary['refusal_rate']:.3f} broken {summary['broken_rate']:.3f} ({summary['wall_s']} s)"
     )
-    if args.get("delete_after") and Path(args["model"]).is_dir():
-        shutil.rmtree(args["model"])
+    _delete_after(args)
 
 
 def _merge_options(config: Config):
