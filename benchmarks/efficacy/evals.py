@@ -104,13 +104,8 @@ def run_eval(
         backend=backend,
         label=label,
     )
-    write_report([result], out)
-    summary = result.summary()
-    summary["wall_s"] = round(seconds, 1)
-    summary["tokens"] = {"safety": spec.safety_tokens, "task": spec.task_tokens}
-    summary.update(extra or {})
-    (out / "summary.json").write_text(json.dumps([summary], indent=2) + "\n", encoding="utf-8")
-    return summary
+    tokens = {"safety": spec.safety_tokens, "task": spec.task_tokens}
+    return _write(result, out, seconds, tokens, extra)
 
 
 def read_summary(out: Path) -> dict[str, Any]:
@@ -141,10 +136,22 @@ def run_harmful_eval(
     result.model = label
     for record in result.records:
         record["model"] = label
+    return _write(result, out, time.time() - start, {"safety": spec.safety_tokens}, extra)
+
+
+def _write(
+    result: EvalResult,
+    out: Path,
+    seconds: float,
+    tokens: dict[str, int],
+    extra: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """``records.jsonl``/``summary.md`` (``write_report``) and ``summary.json``: the summary with
+    its wall time, token budgets and ``extra``; returns that summary."""
     write_report([result], out)
     summary = result.summary()
-    summary["wall_s"] = round(time.time() - start, 1)
-    summary["tokens"] = {"safety": spec.safety_tokens}
+    summary["wall_s"] = round(seconds, 1)
+    summary["tokens"] = tokens
     summary.update(extra or {})
     (out / "summary.json").write_text(json.dumps([summary], indent=2) + "\n", encoding="utf-8")
     return summary

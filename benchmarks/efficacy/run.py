@@ -431,17 +431,12 @@ def do_eval(config: Config, stage: Stage) -> None:
 
     args = stage.args
     out = stage.outputs[0].parent
-    extra = _chosen_from(config, args["name"])
     summary = run_eval(
         args["model"],
         config.prompts(args["split"]),
         out,
         config.eval,
-        device=config.device,
-        dtype=config.dtype,
-        backend=config.backend,
-        label=args["name"],
-        extra=extra,
+        **_settings(config, args["name"]),
     )
     log(
         f"{args['split']} {args['name']}: refusal {summary['refusal_rate']:.3f} over "
@@ -451,15 +446,17 @@ def do_eval(config: Config, stage: Stage) -> None:
     _delete_after(args)
 
 
-def _chosen_from(config: Config, name: str) -> dict[str, str]:
-    """A method's point on a fine-tune (``ft/method-point``): the hash of what it was chosen
-    from, recorded with its evaluation; nothing for a model of its own."""
+def _settings(config: Config, name: str) -> dict[str, Any]:
+    """How an evaluation stage runs and is labelled; a method's point on a fine-tune
+    (``ft/method-point``) records the hash of the grid it was chosen from."""
     from benchmarks.efficacy.prereg import recorded_hash
 
-    if "/" not in name:
-        return {}
-    method, point = name.split("/", 1)[1].rsplit("-", 1)
-    return {"grid_hash": recorded_hash(config, method, point)}
+    extra = {}
+    if "/" in name:
+        method, point = name.split("/", 1)[1].rsplit("-", 1)
+        extra["grid_hash"] = recorded_hash(config, method, point)
+    return {"device": config.device, "dtype": config.dtype, "backend": config.backend,
+            "label": name, "extra": extra}  # fmt: skip
 
 
 def _delete_after(args: dict[str, Any]) -> None:
@@ -483,17 +480,12 @@ def do_harmful_eval(config: Config, stage: Stage) -> None:
     from benchmarks.efficacy.evals import run_harmful_eval
 
     args = stage.args
-    extra = _chosen_from(config, args["name"])
     summary = run_harmful_eval(
         args["model"],
         config.prompts(args["split"]) / "harmful.jsonl",
         stage.outputs[0].parent,
         config.eval,
-        device=config.device,
-        dtype=config.dtype,
-        backend=config.backend,
-        label=args["name"],
-        extra=extra,
+        **_settings(config, args["name"]),
     )
     log(
         f"{args['split']} {args['name']}: engaged {summary['engaged_rate']:.3f} refused "
