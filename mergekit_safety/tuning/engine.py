@@ -1,15 +1,15 @@
 """The one loop of ``sweep`` and ``search``: a sampler proposes points, a runner evaluates them,
 the loop records every outcome and chooses under the gate.
 
-A sweep is a search whose sampler is the grid (:class:`~.sweep.GridSampler`: every point in one
-batch); ``search``'s sampler is Optuna's constrained TPE (:class:`~.search.OptunaSampler`: batches
-of ``--parallel``, each asked once the last was told). Either runs on either runner
-(:mod:`.runners`: here, or on Ray), which merges a point to disk through mergekit or into a model
-held in memory. The loop, the same for all of them: the reference models are evaluated once, first
-(a failure ends the run); each point's outcome is told to the sampler (a failed point is recorded
-with its error and the run goes on); when the runner left a point's merge on disk, the best
-passing one so far is kept and the others removed; the choice (:func:`~.choice.choose`) is
-installed in ``out``, as the kept merge or merged once more.
+A sweep is a search whose sampler is the grid (:class:`~.grid_sampler.GridSampler`: every point in
+one batch); ``search``'s sampler is Optuna's constrained TPE
+(:class:`~.optuna_sampler.OptunaSampler`: batches of ``--parallel``, each asked once the last was
+told). Either runs on either runner (:mod:`.runners`: here, or on Ray), which merges a point to disk
+through mergekit or into a model held in memory. The loop, the same for all of them: the reference
+models are evaluated once, first (a failure ends the run); each point's outcome is told to the
+sampler (a failed point is recorded with its error and the run goes on); when the runner left a
+point's merge on disk, the best passing one so far is kept and the others removed; the choice
+(:func:`~.choice.choose`) is installed in ``out``, as the kept merge or merged once more.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ Optuna's constrained TPE (``TPESampler(multivariate=True, constraints_func=...)`
 objective (task accuracy by default) under the gate's constraints (engaged ≤ the most allowed,
 helpful ≥ the least, mostly-broken replies fail): ``Gate.constraints`` says exactly what
 ``Gate.passes`` says (:class:`~mergekit_safety.core.acceptance.Gate`). The loop is the engine's
-(:func:`~.engine.tune`, with :class:`~.search.OptunaSampler`).
+(:func:`~.engine.tune`, with :class:`~.optuna_sampler.OptunaSampler`).
 
 Determinism: trials are asked ``parallel`` at a time, and the sampler is made afresh before each
 batch with a seed derived from (``seed``, trials finished), so a serial run and a Ray run with the
