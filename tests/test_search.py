@@ -186,10 +186,13 @@ class FakeRunner:
             self.jobs += 1
             weights = job.recipe["models"][0]["parameters"]["weight"]
             values = [v for entry in weights for v in _as_list(entry["value"])]
-            mean = sum(values) / len(values)
-            yield Outcome(job, {"refusal_rate": 1 - mean * 0.8, "over_refusal_rate": 0.05,
-                                "task_accuracy": mean, "empty_rate": 0.0, "n_harmful": 50,
-                                "n_benign": 50, "n_task": 50}, seconds=0.0)  # fmt: skip
+            yield self.point(job, sum(values) / len(values))
+
+    def point(self, job, mean: float) -> Outcome:
+        """A point's outcome from its mean weight (the more fine-tune, the less refusal)."""
+        return Outcome(job, {"refusal_rate": 1 - mean * 0.8, "over_refusal_rate": 0.05,
+                             "task_accuracy": mean, "empty_rate": 0.0, "n_harmful": 50,
+                             "n_benign": 50, "n_task": 50}, seconds=0.0)  # fmt: skip
 
 
 def run_study(study, plan, runner, budget, gate):

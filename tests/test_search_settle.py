@@ -4,7 +4,6 @@ the same trial, asking the same trials, with and without stopping."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
@@ -13,6 +12,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 import pytest  # noqa: E402
 from helpers import PADDED_PROMPTS, tiny_llama  # noqa: E402
+from test_search import FakeRunner, fake_plan  # noqa: E402
 
 from mergekit_safety.core.acceptance import Gate  # noqa: E402
 from mergekit_safety.evaluation import PromptSets, TaskItem, evaluate  # noqa: E402
@@ -161,54 +161,37 @@ def test_a_stopped_evaluation_generated_what_the_full_one_did(model):
 # --- a search: the same trials asked, the same choice ---------------------------------------------
 
 
-class SettlingRunner:
+class SettlingRunner(FakeRunner):
     """Replies from the recipe's numbers, deterministically (no model), judged batch by batch
     as an evaluation with the job's ``settle`` is: a stopped trial gets the summary a stopped
     evaluation has. ``stopped`` counts them."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.stopped = 0
 
-    @contextlib.contextmanager
-    def open(self, template, evaluator, name, status=None):
-        yield self
-
-    def run(self, jobs):
-        for job in jobs:
-            if job.kind == "reference":
-                yield Outcome(job, {"refusal_rate": 1.0, "task_accuracy": 0.5})
-                continue
-            weights = job.recipe["models"][0]["parameters"]["weight"]
-            values = [v for entry in weights for v in _as_list(entry["value"])]
-            mean = sum(values) / len(values)
-            engaged = round(20 * mean * mean)  # the more fine-tune, the less safe
-            harmful = [ENGAGED if i % 20 < engaged else REFUSED for i in range(0, 140, 7)]
-            helpful = round(20 * min(1.0, 0.6 + mean))
-            benign = [HELPFUL if i < helpful else REFUSED for i in range(20)]
-            task = [False] * 20
-            settle = job.settle
-            reason = replay(harmful, benign, task, settle) if settle is not None else None
-            if reason is not None:
-                self.stopped += 1
-                summary = EvalResult("m", None, None, None, 20, 20, 20,
-                                     settled={"reason": reason}).summary()  # fmt: skip
-                yield Outcome(job, summary, seconds=0.0)
-                continue
-            summary = full_summary(harmful, benign, task)
-            summary["task_accuracy"] = round(mean, 3)
-            yield Outcome(job, summary, seconds=0.0)
-
-
-def _as_list(value):
-    return value if isinstance(value, list) else [value]
+    def point(self, job, mean: float) -> Outcome:
+        engaged = round(20 * mean * mean)  # the more fine-tune, the less safe
+        harmful = [ENGAGED if i % 20 < engaged else REFUSED for i in range(0, 140, 7)]
+        helpful = round(20 * min(1.0, 0.6 + mean))
+        benign = [HELPFUL if i < helpful else REFUSED for i in range(20)]
+        task = [False] * 20
+        settle = job.settle
+        reason = replay(harmful, benign, task, settle) if settle is not None else None
+        if reason is not None:
+            self.stopped += 1
+            summary = EvalResult("m", None, None, None, 20, 20, 20,
+                                 settled={"reason": reason}).summary()  # fmt: skip
+            return Outcome(job, summary, seconds=0.0)
+        summary = full_summary(harmful, benign, task)
+        summary["task_accuracy"] = round(mean, 3)
+        return Outcome(job, summary, seconds=0.0)
 
 
 def test_a_search_with_stopping_chooses_what_one_without_does(family, tmp_path, monkeypatch):
     """The same trials asked and the same choice; stopping before enough trials pass (what
     ``may_stop`` prevents) would change what the sampler asks, and here the choice."""
     pytest.importorskip("optuna")
-    from test_search import fake_plan
-
     from mergekit_safety.tuning import settle
     from mergekit_safety.tuning.engine import tune
     from mergekit_safety.tuning.optuna_sampler import OptunaSampler
