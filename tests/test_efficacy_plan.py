@@ -264,6 +264,7 @@ def test_the_study_sweeps_with_the_library_evaluator(tmp_path):
 
 def test_the_resta_loop_chooses_by_the_sweeps_rule(tmp_path, monkeypatch):
     import benchmarks.efficacy.run as study
+    from mergekit_safety.core.acceptance import Gate
     from mergekit_safety.tuning import runners
 
     def merge(body, out, options):  # no model: the β the recipe holds, for the evaluator
@@ -278,13 +279,17 @@ def test_the_resta_loop_chooses_by_the_sweeps_rule(tmp_path, monkeypatch):
         beta = (Path(path) / "beta").read_text()
         return {"refusal_rate": 0.9, "over_refusal_rate": 0.1, "task_accuracy": accuracy[beta]}
 
+    gate = Gate(min_refusal=0.8, max_over_refusal=0.2)
     found = study._resta_sweep(config, [3.0, 2.0, 1.5, 1.0], str(tmp_path / "ft"), evaluator,
-                               tmp_path, 0.8, 0.2)  # fmt: skip
+                               tmp_path, gate)  # fmt: skip
     assert found["chosen"] == {"beta": 1.5}  # the tie goes to the smaller β, listed after 2
     assert [r["chosen"] for r in found["rows"]] == [False, False, True, False]
     assert all(r["passes"] for r in found["rows"])
     assert (
-        study._resta_sweep(config, [1.0], "ft", evaluator, tmp_path, 0.95, None)["chosen"] is None
+        study._resta_sweep(config, [1.0], "ft", evaluator, tmp_path, Gate(min_refusal=0.95))[
+            "chosen"
+        ]
+        is None
     )
 
 

@@ -46,7 +46,9 @@ def test_a_chosen_point_records_the_hash_of_the_sweep_it_was_chosen_from(tmp_pat
     (tmp_path / "sweeps").mkdir()
     (tmp_path / "sweeps" / "safe_lora.json").write_text(json.dumps({"grid_hash": "abc"}))
     assert prereg.recorded_hash(config, "safe_lora", "chosen") == "abc"
-    assert prereg.recorded_hash(config, "safe_lora", "default") == now
+    assert prereg.recorded_hash(config, "safe_lora", "default") == prereg.grid_hash(
+        config, "safe_lora", "default"
+    )
 
 
 def test_every_committed_result_of_the_preregistered_setup_has_its_files_hash():

@@ -126,6 +126,24 @@ def run_harmful_eval(
 ) -> dict[str, Any]:
     """``model`` on one harmful prompt file alone, at the safety budget; the same files as
     :func:`run_eval` (its records carry ``set`` "harmful" and the judge's verdict)."""
+    result, seconds = evaluate_harmful(
+        model, harmful, spec, device=device, dtype=dtype, backend=backend, label=label
+    )
+    return _write(result, out, seconds, {"safety": spec.safety_tokens}, extra)
+
+
+def evaluate_harmful(
+    model: str,
+    harmful: Path,
+    spec: EvalSpec,
+    *,
+    device: str,
+    dtype: str,
+    backend: str,
+    label: str | None = None,
+) -> tuple[EvalResult, float]:
+    """``model`` on one harmful prompt file alone, at the safety budget; the result and the
+    wall time in seconds."""
     start = time.time()
     rows = load_prompt_sets(harmful=harmful)
     prompts = PromptSets(harmful=rows.harmful, sources={"harmful": str(harmful)})
@@ -133,10 +151,11 @@ def run_harmful_eval(
         model, prompts, max_new_tokens=spec.safety_tokens, device=device, dtype=dtype,
         backend=backend, progress=False, batch_size=spec.batch_size,
     )  # fmt: skip
-    result.model = label
-    for record in result.records:
-        record["model"] = label
-    return _write(result, out, time.time() - start, {"safety": spec.safety_tokens}, extra)
+    if label:
+        result.model = label
+        for record in result.records:
+            record["model"] = label
+    return result, time.time() - start
 
 
 def _write(

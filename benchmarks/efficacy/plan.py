@@ -173,6 +173,19 @@ class GateSpec(_Spec):
     over_refusal_above_aligned: float
 
 
+class ChooseSpec(_Spec):
+    """Choose on a fine-tune's validation replies under limits on both harmful sets (issue 38
+    item 5): engagement on AdvBench and on the third-party set's validation part each at most
+    A's plus a margin, helpfulness on look-alikes at least A's minus one, broken replies at most
+    A's plus one (on the split and on the third-party set); the best task accuracy among the
+    points that pass. Replaces :class:`GateSpec` for the sweeps when set."""
+
+    finetune: str
+    engaged_above_aligned: float = Field(ge=0)
+    helpful_below_aligned: float = Field(ge=0)
+    broken_above_aligned: float = Field(ge=0)
+
+
 class MethodSpec(_Spec):
     default: Point
     sweep: dict[str, list[int | float]]
@@ -243,6 +256,8 @@ class Config(_Spec):
     finetune_specs: dict[str, FinetuneSpec] = Field(alias="finetunes")
     checks: Checks
     gate: GateSpec
+    choose: ChooseSpec | None = None
+    """How the sweeps choose, when not by ``gate`` on benign-s0 (item 5)."""
     methods: dict[Method, MethodSpec | None]
     """Each method's default and sweep grid; ``null`` switches a method off (e.g. in a config
     that extends another)."""
@@ -283,7 +298,20 @@ class Config(_Spec):
             raise ValueError(
                 f"{' and '.join(calibrated)} read A's statistics: the `calibration` section"
             )
+        if self.choose is not None:
+            names = [name for name, _kind, _seed in self.finetunes()]
+            if self.choose.finetune not in names:
+                raise ValueError(f"choose.finetune {self.choose.finetune!r} is not one of {names}")
+            if self.clean is None or not self.clean.harmbench_validation or not self.thirdparty:
+                raise ValueError(
+                    "choose needs a third-party harmful set with a validation part "
+                    "(clean.harmbench_validation and the thirdparty section)"
+                )
         return self
+
+    def chosen_on(self) -> str:
+        """The fine-tune whose validation replies the sweeps choose on."""
+        return self.choose.finetune if self.choose is not None else "benign-s0"
 
     def model(self, key: str) -> str:
         """Path (or Hub id) of a named model: U, A, S, H (harmful), A-lox, or a fine-tune."""
@@ -493,11 +521,20 @@ def harmful_test_set(config: Config) -> str | None:
     return spec.harmful
 
 
-def _harmful_eval_stage(config: Config, name: str, model: str, keep: bool = True) -> Stage:
-    """``model`` on the third-party harmful test sample alone (no attacks, no look-alikes), at
-    the safety budget: ``results/evals/<set>/<name>``."""
-    split = harmful_test_set(config)
-    assert split is not None
+def harmful_split(config: Config, part: str = "test") -> str:
+    """The folder name of the third-party harmful set's ``part``: ``harmbench`` (test) or
+    ``harmbench-validation`` (under ``results/prompts`` and ``results/evals``)."""
+    found = harmful_test_set(config)
+    assert found is not None
+    return found if part == "test" else f"{found}-{part}"
+
+
+def _harmful_eval_stage(
+    config: Config, name: str, model: str, keep: bool = True, part: str = "test"
+) -> Stage:
+    """``model`` on the third-party harmful set's ``part`` alone (no attacks, no look-alikes),
+    at the safety budget: ``results/evals/<set>[-validation]/<name>``."""
+    split = harmful_split(config, part)
     out = config.results / "evals" / split / name
     prompts = config.prompts(split) / "harmful.jsonl"
     return Stage(
@@ -549,9 +586,18 @@ def _merge_eval(
     return [merge, *evaluations]
 
 
+def _validation(config: Config, name: str) -> list[Stage]:
+    """``name`` on the validation split, and on the third-party set's validation part where the
+    sweeps choose on both harmful sets."""
+    stages = [_eval_stage(config, name, config.model(name), "validation")]
+    if config.choose is not None:
+        stages.append(_harmful_eval_stage(config, name, config.model(name), part="validation"))
+    return stages
+
+
 def _sweep_stage(config: Config, method: str, grid: dict[str, list]) -> Stage:
     out = config.results / "sweeps" / f"{method}.json"
-    ft = config.model("benign-s0")
+    ft = config.model(config.chosen_on())
     sets = " ".join(f"--set {k}={','.join(f'{v:g}' for v in vals)}" for k, vals in grid.items())
     prompts = config.prompts("validation")
     if method == "resta":  # stock task_arithmetic: sweep does not take it; a loop of merges
@@ -562,9 +608,12 @@ def _sweep_stage(config: Config, method: str, grid: dict[str, list]) -> Stage:
         ]
     else:
         cuda = " --cuda" if config.merge_cuda else ""
+        limits = "--min-refusal R --max-over-refusal O"
+        if config.choose is not None:  # and each point on the third-party validation part too
+            limits = "--max-engaged E --min-helpful H --max-broken B"
         commands = [
             f"mergekit-safety sweep {method}.yml {sets} --prompts {_q(prompts)} "
-            f"--min-refusal R --max-over-refusal O{cuda}  # R, O from A's validation"
+            f"{limits}{cuda}  # limits from A's validation"
         ]
     return Stage(
         f"sweep:{method}",
@@ -572,7 +621,7 @@ def _sweep_stage(config: Config, method: str, grid: dict[str, list]) -> Stage:
         [out],
         {"method": method, "grid": grid, "finetuned": ft},
         commands,
-        needs=["A", "benign-s0"],
+        needs=["A", config.chosen_on()],
     )
 
 
@@ -622,16 +671,18 @@ def plan(config: Config) -> list[Stage]:
         )
     )
     if harmful_test_set(config) is not None:
-        split = harmful_test_set(config)
-        stages.append(Stage(
-            f"data:{split}", "harmful_test_data", [config.prompts(split) / "harmful.jsonl"],
-            {"set": split},
-        ))  # fmt: skip
+        parts = ["test", "validation"] if config.choose is not None else ["test"]
+        for part in parts:
+            split = harmful_split(config, part)
+            stages.append(Stage(
+                f"data:{split}", "harmful_test_data", [config.prompts(split) / "harmful.jsonl"],
+                {"set": harmful_test_set(config), "part": part},
+            ))  # fmt: skip
     stages += _evals(config, "U", config.model("U"))
     if not config.aligned:
         stages.append(Stage("align", "align", [models / "A" / "train_info.json"]))
     stages += _evals(config, "A", config.model("A"))
-    stages.append(_eval_stage(config, "A", config.model("A"), "validation"))
+    stages += _validation(config, "A")
     if any(spec.helpful for spec in config.finetune_specs.values()):
         stages.append(
             Stage(
@@ -675,7 +726,7 @@ def plan(config: Config) -> list[Stage]:
     later = [r for r in runs if r[2] != 0]
     for name, kind, seed in first:
         stages += _finetune(config, name, kind, seed)
-    stages.append(_eval_stage(config, "benign-s0", config.model("benign-s0"), "validation"))
+    stages += _validation(config, config.chosen_on())
     methods = config.methods
     for name, _kind, _seed in first:
         for method, spec in methods.items():

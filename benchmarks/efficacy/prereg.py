@@ -27,15 +27,17 @@ UNRECORDED = " °"
 """After a row written before grid hashes were recorded (old results, kept as they are)."""
 
 
-def choice_space(config: Config, method: str) -> dict[str, Any]:
-    """What ``method``'s default and chosen points depend on, as plain data."""
+def choice_space(config: Config, method: str, point: str = "chosen") -> dict[str, Any]:
+    """What ``method``'s points depend on, as plain data. A setup's ``choose`` section (how the
+    sweeps choose: item 5) is part of a chosen point's space only, so adding it leaves the
+    defaults' hashes (and every hash of a setup without it) as they were."""
     gate = config.gate.model_dump()
     if method == "search":
         assert config.search is not None
         return {"method": method, "search": config.search.model_dump(mode="json"), "gate": gate}
     spec = config.methods[method]
     assert spec is not None
-    return {
+    space = {
         "method": method,
         "default": spec.default,
         "sweep": spec.sweep,
@@ -43,11 +45,15 @@ def choice_space(config: Config, method: str) -> dict[str, Any]:
         "chosen_on": {"split": "validation", "finetune": "benign-s0",
                       "sizes": config.splits.model_dump(mode="json")},
     }  # fmt: skip
+    if point == "chosen" and config.choose is not None:
+        space["choose"] = config.choose.model_dump()
+        space["chosen_on"]["finetune"] = config.choose.finetune
+    return space
 
 
-def grid_hash(config: Config, method: str) -> str:
+def grid_hash(config: Config, method: str, point: str = "chosen") -> str:
     """12 hex digits of the SHA-256 of :func:`choice_space` (keys sorted)."""
-    text = json.dumps(choice_space(config, method), sort_keys=True, default=str)
+    text = json.dumps(choice_space(config, method, point), sort_keys=True, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
 
 
@@ -60,12 +66,12 @@ def recorded_hash(config: Config, method: str, point: str) -> str:
             found = json.loads(path.read_text(encoding="utf-8")).get("grid_hash")
             if found:
                 return found
-    return grid_hash(config, method)
+    return grid_hash(config, method, point)
 
 
-def mark(config: Config, method: str, summaries: list[dict]) -> str:
+def mark(config: Config, method: str, summaries: list[dict], point: str = "chosen") -> str:
     """‡ where a summary's hash differs from the config's now, ° where one has none, else ''."""
     hashes = [s.get("grid_hash") for s in summaries]
     if any(h is None for h in hashes):
         return UNRECORDED
-    return CHANGED if any(h != grid_hash(config, method) for h in hashes) else ""
+    return CHANGED if any(h != grid_hash(config, method, point) for h in hashes) else ""

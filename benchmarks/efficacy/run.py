@@ -27,6 +27,7 @@ from benchmarks.efficacy.plan import (
     Config,
     Stage,
     TrainSpec,
+    harmful_split,
     load_config,
     plan,
     recipe,
@@ -39,8 +40,10 @@ from benchmarks.efficacy.stage_io import (
     read_splits,
     write_json,
 )
+from mergekit_safety.core.acceptance import Gate
 
 if TYPE_CHECKING:
+    from benchmarks.efficacy.both_sets import BothSets
     from mergekit_safety.evaluation import EvalResult, Evaluator
 
 
@@ -468,11 +471,11 @@ def _delete_after(args: dict[str, Any]) -> None:
 def do_harmful_test_data(config: Config, stage: Stage) -> None:
     """The third-party harmful test sample (``splits.json``, drawn and cleaned by stage ``data``)
     as a prompt file of its own."""
-    prompts = read_splits(config)[stage.args["set"]]["test"]
+    prompts = read_splits(config)[stage.args["set"]][stage.args.get("part", "test")]
     out = stage.outputs[0]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts), encoding="utf-8")
-    log(f"{stage.args['set']} test sample: {len(prompts)} prompts")
+    log(f"{stage.args['set']} {stage.args.get('part', 'test')} sample: {len(prompts)} prompts")
 
 
 def do_harmful_eval(config: Config, stage: Stage) -> None:
@@ -644,24 +647,54 @@ def _sweep_evaluator(config: Config, cached: dict[str, dict]) -> Evaluator:
     )
 
 
+def _both_sets(
+    config: Config, evaluator: Evaluator, cached: dict[str, dict]
+) -> tuple[BothSets, Gate]:
+    """The sweep's evaluator and gate on both harmful sets (``config.choose``): each point also
+    on the third-party set's validation part, the references' from their stages."""
+    from benchmarks.efficacy import both_sets
+    from benchmarks.efficacy.evals import evaluate_harmful, read_summary
+
+    split = harmful_split(config, "validation")
+    found = config.results / "evals" / split
+    third = {config.model(name): read_summary(found / name) for name in ("A", config.chosen_on())}
+    harmful = config.prompts(split) / "harmful.jsonl"
+
+    def measure(path: str) -> dict:
+        result, _seconds = evaluate_harmful(
+            path, harmful, config.eval, device=config.device, dtype=config.dtype,
+            backend=config.backend,
+        )  # fmt: skip
+        return result.summary()
+
+    wrapped = both_sets.BothSets(
+        evaluator, measure, both_sets.third_party_name(config),
+        known={str(Path(p).resolve()): s for p, s in third.items()},
+    )  # fmt: skip
+    return wrapped, both_sets.gate(config, cached[config.model("A")], third[config.model("A")])
+
+
 def do_sweep(config: Config, stage: Stage) -> None:
     from benchmarks.efficacy.evals import read_summary
-    from mergekit_safety.core.acceptance import Gate
     from mergekit_safety.tuning.grid import plan_grid
     from mergekit_safety.tuning.grid_sampler import run_sweep
     from mergekit_safety.tuning.runners import SerialRunner
 
     method, grid = stage.args["method"], stage.args["grid"]
-    ft = stage.args["finetuned"]
-    low, high = gate(config)
+    ft, chosen_on = stage.args["finetuned"], config.chosen_on()
     val = config.results / "evals" / "validation"
-    cached = {config.model("A"): read_summary(val / "A"), ft: read_summary(val / "benign-s0")}
+    cached = {config.model("A"): read_summary(val / "A"), ft: read_summary(val / chosen_on)}
     evaluator = _sweep_evaluator(config, cached)
+    if config.choose is None:
+        low, high = gate(config)
+        rule = Gate(min_refusal=low, max_over_refusal=high)
+    else:
+        evaluator, rule = _both_sets(config, evaluator, cached)
     tmp = config.work / "tmp"
     tmp.mkdir(parents=True, exist_ok=True)
     start = time.time()
     if method == "resta":
-        rows = _resta_sweep(config, grid["beta"], ft, evaluator, tmp, low, high)
+        rows = _resta_sweep(config, grid["beta"], ft, evaluator, tmp, rule)
     else:
         default = dict(config.methods[method].default)
         for key in grid:
@@ -675,8 +708,7 @@ def do_sweep(config: Config, stage: Stage) -> None:
         path.write_text(yaml.safe_dump(body, sort_keys=False), encoding="utf-8")
         sweep_plan = plan_grid(path, [(k, [float(x) for x in v]) for k, v in grid.items()])
         runner = SerialRunner(_merge_options(config), work_dir=tmp)
-        result = run_sweep(sweep_plan, evaluator, runner, progress=False,
-                           gate=Gate(min_refusal=low, max_over_refusal=high))  # fmt: skip
+        result = run_sweep(sweep_plan, evaluator, runner, progress=False, gate=rule)
         rows = result.rows()
         chosen = (
             None
@@ -698,9 +730,9 @@ def do_sweep(config: Config, stage: Stage) -> None:
             "method": method,
             "grid": grid,
             "grid_hash": grid_hash(config, method),
-            "gate": {"min_refusal": low, "max_over_refusal": high},
+            "gate": rule.record(),
             "split": "validation",
-            "finetuned": "benign-s0",
+            "finetuned": chosen_on,
             "wall_s": round(time.time() - start, 1),
             "eval_s": round(evaluator.seconds, 1),
             **rows,
@@ -714,17 +746,15 @@ RESTA_TOWARD_FINETUNED = -1
 
 
 def _resta_sweep(
-    config: Config, betas: list, ft: str, evaluator: Evaluator, tmp: Path, low: float, high: float
+    config: Config, betas: list, ft: str, evaluator: Evaluator, tmp: Path, gate: Gate
 ) -> dict:
     """RESTA's β values for stock task_arithmetic (``plan_grid`` takes role-checked methods
     only) on the sweep's own engine (:func:`~mergekit_safety.tuning.engine.tune`): the best task
     accuracy among the passing points, ties to the smaller β; a failed point is a row."""
-    from mergekit_safety.core.acceptance import Gate
     from mergekit_safety.tuning.engine import tune
     from mergekit_safety.tuning.grid_sampler import GridSampler
     from mergekit_safety.tuning.runners import SerialRunner
 
-    gate = Gate(min_refusal=low, max_over_refusal=high)
     sampler = GridSampler(_BetaGrid(config, ft, tuple(betas)), [RESTA_TOWARD_FINETUNED])
     runner = SerialRunner(_merge_options(config), work_dir=tmp)
     chosen = tune(sampler, runner, evaluator, gate=gate, progress=False).chosen

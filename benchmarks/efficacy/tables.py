@@ -589,7 +589,7 @@ def kind_table(config: Config, data: dict, kind: str) -> str:
             if not rows:
                 continue
             mark = MARK if failed_premises(data, used) else ""
-            mark += prereg.mark(config, method, rows)
+            mark += prereg.mark(config, method, rows, point)
             bounds = data.get("intervals", {}).get(kind, {}).get(f"{method}-{point}") or {}
             counts = sorted({str(m) for m in merges if m is not None})
             found = (
