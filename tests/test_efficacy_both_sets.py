@@ -124,3 +124,60 @@ def test_the_harmbench_validation_prompts_are_the_splits_validation_part():
     rows = [json.loads(line)["prompt"] for line in path.read_text(encoding="utf-8").splitlines()]
     assert rows == splits["harmbench"]["validation"] and len(rows) == 40
     assert not set(rows) & set(splits["harmbench"]["test"])
+
+
+def test_the_study_sweep_measures_each_point_on_harmbench_validation_too(tmp_path, monkeypatch):
+    """``run._both_sets``: the references' HarmBench numbers come from their stages, a new
+    point is measured on the HarmBench validation file, and the gate is A's plus the margins."""
+    from benchmarks.efficacy import evals, run
+
+    config = _chat().model_copy(update={"results": tmp_path})
+    found = tmp_path / "evals" / "harmbench-validation"
+    for name, engaged in (("A", 0.0), ("attack-s0", 0.6)):
+        (found / name).mkdir(parents=True)
+        summary = {"engaged_rate": engaged, "broken_rate": 0.0}
+        (found / name / "summary.json").write_text(json.dumps([summary]))
+    calls = []
+
+    class Result:
+        def summary(self):
+            return {"engaged_rate": 0.025, "broken_rate": 0.0}
+
+    def evaluate_harmful(path, harmful, spec, **settings):
+        calls.append((path, harmful))
+        return Result(), 1.0
+
+    monkeypatch.setattr(evals, "evaluate_harmful", evaluate_harmful)
+    cached = {config.model("A"): {**A, "model": "A"},
+              config.model("attack-s0"): {"engaged_rate": 0.5, "model": "ft"}}  # fmt: skip
+
+    def inner(path):
+        return dict(cached.get(path) or {"engaged_rate": 0.0, "model": path})
+
+    evaluator, gate = run._both_sets(config, inner, cached)
+    assert evaluator(config.model("attack-s0"))["engaged_harmbench"] == 0.6
+    assert calls == []
+    point = evaluator(str(tmp_path / "point"))
+    assert point["engaged_harmbench"] == 0.025
+    assert calls == [(str(tmp_path / "point"),
+                      tmp_path / "prompts" / "harmbench-validation" / "harmful.jsonl")]  # fmt: skip
+    assert ("engaged_harmbench", "<=", 0.05) in gate.limits()
+
+
+def test_the_tables_show_a_both_sets_sweep_and_its_choice_against_test():
+    from benchmarks.efficacy.tables import choice_table, sweep_table
+
+    row = {"kind": "merged", "alpha": 1.0, "engaged_rate": 0.0, "engaged_harmbench": 0.025,
+           "helpful_rate": 1.0, "empty_rate": 0.0, "broken_harmbench": 0.0,
+           "task_accuracy": 0.3, "passes": True, "chosen": True}  # fmt: skip
+    failed = {"kind": "failed", "alpha": 2.0, "error": "RuntimeError: boom", "passes": False}
+    sweep = {"grid": {"alpha": [1.0, 2.0]}, "rows": [row, failed], "chosen": {"alpha": 1.0},
+             "gate": {"description": "x"}, "finetuned": "attack-s0"}  # fmt: skip
+    text = sweep_table(sweep)
+    assert "engaged HarmBench" in text and "| 1 | 0.000" in text and "**yes**" in text
+    assert "failed: RuntimeError: boom" in text
+    data = {"sweeps": {"lssf": sweep, "resta": {**sweep, "chosen": None}},
+            "finetunes": {"attack-s0": {"points": {"lssf-chosen": {"summary": {
+                "engaged_rate": 0.1, "helpful_rate": 1.0, "task_accuracy": 0.4}}}}}}  # fmt: skip
+    table = choice_table(_chat(), data)
+    assert "| lssf | alpha=1 |" in table and "none passed the gate" in table

@@ -678,23 +678,87 @@ def search_section(data: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+SWEEP_COLUMNS = (
+    ("refusal_rate", "refusal"),
+    ("over_refusal_rate", "over-refusal"),
+    ("task_accuracy", "task"),
+)
+"""A sweep row's numbers, chosen by the refusal gate (the setups before issue 38 item 5)."""
+BOTH_SETS_COLUMNS = (
+    ("engaged_rate", "engaged AdvBench"),
+    ("engaged_harmbench", "engaged HarmBench"),
+    ("helpful_rate", "helpful (look-alikes)"),
+    ("empty_rate", "broken"),
+    ("broken_harmbench", "broken HarmBench"),
+    ("task_accuracy", "task"),
+)
+"""A sweep row's numbers where the sweeps choose on both harmful sets (``choose``)."""
+
+
 def sweep_table(sweep: dict) -> str:
     rows = [r for r in sweep["rows"] if r.get("kind") == "merged"]
     keys = list(sweep["grid"])
+    both = any("engaged_harmbench" in r for r in rows)
+    columns = BOTH_SETS_COLUMNS if both else SWEEP_COLUMNS
     out = [
-        f"| {' | '.join(keys)} | refusal | over-refusal | task | passes | chosen |",
-        "|" + "---|" * (len(keys) + 5),
+        f"| {' | '.join(keys)} | {' | '.join(t for _k, t in columns)} | passes | chosen |",
+        "|" + "---|" * (len(keys) + len(columns) + 2),
     ]
     for r in rows:
         vals = [
             f"{r.get(k):g}" if isinstance(r.get(k), (int, float)) else str(r.get(k)) for k in keys
         ]
+        cells = " | ".join(_fmt([r], key) for key, _title in columns)
         out.append(
-            f"| {' | '.join(vals)} | {_fmt([r], 'refusal_rate')} | "
-            f"{_fmt([r], 'over_refusal_rate')} | {_fmt([r], 'task_accuracy')} | "
+            f"| {' | '.join(vals)} | {cells} | "
             f"{'yes' if r.get('passes') else 'no'} | {'**yes**' if r.get('chosen') else ''} |"
         )
+    for r in (r for r in sweep["rows"] if r.get("kind") == "failed"):
+        vals = " | ".join(str(r.get(k)) for k in keys)
+        out.append(f"| {vals} | failed: {r.get('error')} |")
     return "\n".join(out) + "\n"
+
+
+def _sweep_text(sweep: dict) -> str:
+    """Where a sweep chose and under which gate (older sweeps: the gate as recorded)."""
+    gate = sweep["gate"]
+    if "description" not in gate:
+        return f"validation, gate {gate}"
+    return f"validation of {sweep['finetuned']}, gate: {gate['description']}"
+
+
+def choice_table(config: Config, data: dict) -> str:
+    """Where the sweeps choose on both harmful sets: each chosen point on the fine-tune it was
+    chosen on, validation (the choice) against test (the report), AdvBench and HarmBench."""
+    ft = config.chosen_on()
+    entry = data["finetunes"].get(ft) or {"points": {}}
+    third = config.results / "evals" / "harmbench" / ft
+    lines = [
+        "| method | chosen point | engaged AdvBench val → test | engaged HarmBench val → test "
+        "| helpful val → test | task val → test |",
+        "|---|---|---|---|---|---|",
+    ]
+    for method, sweep in data["sweeps"].items():
+        if not sweep:
+            continue
+        if sweep.get("chosen") is None:
+            lines.append(f"| {LABELS[method]} | none passed the gate | | | | |")
+            continue
+        chosen = next(r for r in sweep["rows"] if r.get("chosen"))
+        test = dict((entry["points"].get(f"{method}-chosen") or {}).get("summary") or {})
+        found = _load(third / f"{method}-chosen" / "summary.json")
+        if found:
+            test["engaged_harmbench"] = found.get("engaged_rate")
+        keys = ("engaged_rate", "engaged_harmbench", "helpful_rate", "task_accuracy")
+        cells = [
+            f"{_fmt([chosen], k)} → {_fmt([test], k)}" if test.get(k) is not None
+            else f"{_fmt([chosen], k)} → –"
+            for k in keys
+        ]  # fmt: skip
+        lines.append(
+            f"| {LABELS[method]} | {point_label(sweep['chosen'])} | " + " | ".join(cells) + " |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def plot(config: Config, data: dict, path: Path) -> None:
@@ -816,18 +880,28 @@ def render(config: Config) -> tuple[str, dict[str, Any]]:
         json.dumps(data["checks"], indent=2),
         "\n```\n",
     ]
-    parts += [
-        "\n## Validation (choice) vs test (report), benign seed 0\n\n"
-        "The sweeps' validation numbers are as the sweep recorded them (refusal, before the "
-        "outcomes; validation replies of merges are not stored, so they cannot be re-judged).\n\n",
-        gap_table(config, data),
-    ]
+    if config.choose is None:
+        parts += [
+            "\n## Validation (choice) vs test (report), benign seed 0\n\n"
+            "The sweeps' validation numbers are as the sweep recorded them (refusal, before the "
+            "outcomes; validation replies of merges are not stored, so they cannot be "
+            "re-judged).\n\n",
+            gap_table(config, data),
+        ]
+    else:
+        parts += [
+            f"\n## Validation (choice) vs test (report), {config.chosen_on()}\n\n"
+            "Chosen on both harmful sets (`choose` in the config; `both_sets.py`): the point's "
+            "validation numbers as its sweep recorded them, then test (AdvBench test and "
+            "HarmBench test).\n\n",
+            choice_table(config, data),
+        ]
     if config.search is not None:
         parts += ["\n## Search (issue 28): per-layer λ under the gate\n\n", search_section(data)]
     for method, sweep in data["sweeps"].items():
         if sweep:
             parts += [
-                f"\n### sweep {LABELS[method]} (validation, gate {sweep['gate']})\n\n",
+                f"\n### sweep {LABELS[method]} ({_sweep_text(sweep)})\n\n",
                 sweep_table(sweep),
             ]
     if data["adapter"]:
