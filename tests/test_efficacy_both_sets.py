@@ -181,3 +181,26 @@ def test_the_tables_show_a_both_sets_sweep_and_its_choice_against_test():
                 "engaged_rate": 0.1, "helpful_rate": 1.0, "task_accuracy": 0.4}}}}}}  # fmt: skip
     table = choice_table(_chat(), data)
     assert "| lssf | alpha=1 |" in table and "none passed the gate" in table
+
+
+def test_the_search_searches_attack_s0_with_harmbench_in_its_harmful_set(tmp_path):
+    from benchmarks.efficacy import search
+
+    config = _chat()
+    assert search.template(config)["models"][0]["model"] == config.model("attack-s0")
+    stages = {s.name: s for s in plan(config)}
+    assert stages["search"].needs == ["A", "attack-s0"]
+    assert "--max-engaged E --min-helpful H --max-broken B" in stages["search"].commands[0]
+    splits = json.loads((config.results / "data" / "splits.json").read_text(encoding="utf-8"))
+    found = search.search_sets(config, splits)
+    assert found["harmful"][-40:] == splits["harmbench"]["validation"]
+    assert "harmbench's validation part" in found["sources"]["harmful"]
+    moved = config.model_copy(update={"results": tmp_path})
+    (tmp_path / "evals" / "search" / "A").mkdir(parents=True)
+    aligned = {"engaged_rate": 0.0069, "helpful_rate": 0.975, "empty_rate": 0.0}
+    (tmp_path / "evals" / "search" / "A" / "summary.json").write_text(json.dumps([aligned]))
+    assert search.gate_flags(moved) == [
+        "--max-engaged", "0.0569", "--min-helpful", "0.925", "--max-broken", "0.05",
+    ]  # fmt: skip
+    old = load_config(REPO / "benchmarks/efficacy/smollm2.yml", root=REPO)
+    assert search.template(old)["models"][0]["model"] == old.model("benign-s0")

@@ -215,7 +215,8 @@ class AdapterSpec(_Spec):
 
 
 class SearchSpec(_Spec):
-    """``mergekit-safety search`` on the benign seed-0 fine-tune (benchmarks/efficacy/search.py)."""
+    """``mergekit-safety search`` on the fine-tune the sweeps choose on
+    (benchmarks/efficacy/search.py)."""
 
     method: Method
     """The method whose default recipe on benign-s0 the search varies."""
@@ -882,10 +883,15 @@ def eval_command(config: Config, model: str, out: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def search_command(config: Config, gate: tuple[float, float] | None = None) -> list[str]:
+def search_command(config: Config, gate: list[str] | None = None) -> list[str]:
+    """``mergekit-safety search`` as the study runs it; ``gate``: its limit flags (placeholders
+    when not given, for ``--plan``)."""
     spec = search_spec(config)
     work = config.work / "search"
-    refusal, over = (f"{g:g}" for g in gate) if gate else ("R", "O")
+    if gate is None:
+        gate = ["--min-refusal", "R", "--max-over-refusal", "O"]
+        if config.choose is not None:
+            gate = ["--max-engaged", "E", "--min-helpful", "H", "--max-broken", "B"]
     command = [
         "mergekit-safety", "search", str(work / "template.yml"),
         "--space", str(config.results / "search" / "space.yml"),
@@ -895,7 +901,7 @@ def search_command(config: Config, gate: tuple[float, float] | None = None) -> l
         "--trials", str(spec.trials), "--seed", str(spec.seed),
         "--startup-trials", str(spec.startup_trials), "--parallel", str(spec.parallel),
         "--storage", f"sqlite:///{work / 'search.db'}", "--study-name", "smollm2-search",
-        "--min-refusal", refusal, "--max-over-refusal", over,
+        *gate,
         "--lora-merge-cache", str(config.work / "lora-cache"),
         "--work-dir", str(work / "tmp"), "--out", str(work / "out"), "--overwrite",
     ]  # fmt: skip
@@ -926,7 +932,7 @@ def search_stages(config: Config) -> list[Stage]:
             "search",
             [results / "search" / "search.json"],
             {},
-            [shlex.join(search_command(config)) + "  # R, O from A on the search set"],
-            needs=["A", "benign-s0"],
+            [shlex.join(search_command(config)) + "  # limits from A on the search set"],
+            needs=["A", config.chosen_on()],
         ),
     ]

@@ -34,7 +34,10 @@ def choice_space(config: Config, method: str, point: str = "chosen") -> dict[str
     gate = config.gate.model_dump()
     if method == "search":
         assert config.search is not None
-        return {"method": method, "search": config.search.model_dump(mode="json"), "gate": gate}
+        space = {"method": method, "search": config.search.model_dump(mode="json"), "gate": gate}
+        if point == "chosen" and config.choose is not None:
+            space["choose"] = config.choose.model_dump()
+        return space
     spec = config.methods[method]
     assert spec is not None
     space = {

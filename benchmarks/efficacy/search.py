@@ -21,6 +21,7 @@ from benchmarks.efficacy.plan import (
     Config,
     Stage,
     eval_command,
+    harmful_test_set,
     recipe,
     search_command,
     search_spec,
@@ -45,6 +46,11 @@ def search_sets(config: Config, splits: dict) -> dict[str, Any]:
 
     spec = search_spec(config)
     harmful = splits["harmful"]["validation"] + unused_harmful(config, splits["harmful"]["train"])
+    harmful_source = "AdvBench validation + the AdvBench-train prompts no stage trains on"
+    if config.choose is not None:  # item 5: HarmBench's validation part in the harmful set too
+        third = harmful_test_set(config)
+        harmful += splits[third]["validation"]
+        harmful_source += f" + {third}'s validation part"
     extra, source = load_named(spec.benign_extra, "benign")
     benign = splits["benign"]["validation"] + extra
     used = {tuple(item["key"]) for items in splits["task"].values() for item in items}
@@ -54,7 +60,7 @@ def search_sets(config: Config, splits: dict) -> dict[str, Any]:
         "benign": benign,
         "task": task,
         "sources": {
-            "harmful": "AdvBench validation + the AdvBench-train prompts no stage trains on",
+            "harmful": harmful_source,
             "benign": f"our look-alike validation prompts + {source}",
             "task": f"arithmetic validation + {spec.task_extra} new items (no operand pair shared)",
         },
@@ -78,10 +84,30 @@ def do_search_data(config: Config, stage: Stage) -> None:
 
 
 def template(config: Config) -> dict:
-    """The recipe the search varies: the method's default on the benign seed-0 fine-tune."""
+    """The recipe the search varies: the method's default on the fine-tune the sweeps choose on
+    (benign-s0, or ``choose.finetune``)."""
     spec = search_spec(config)
     default = config.methods[spec.method].default
-    return recipe(config, spec.method, default, config.model("benign-s0"))
+    return recipe(config, spec.method, default, config.model(config.chosen_on()))
+
+
+def gate_flags(config: Config) -> list[str]:
+    """The search's gate from A on the search set: the sweeps' refusal rule, or with ``choose``
+    its engagement, helpfulness and broken limits on the pooled harmful set (the library's
+    search reads one harmful set, so the limit on each set becomes one on both together)."""
+    from benchmarks.efficacy.evals import read_summary
+    from benchmarks.efficacy.stage_io import gate
+
+    spec = config.choose
+    if spec is None:
+        low, high = gate(config, SPLIT)
+        return ["--min-refusal", f"{low:g}", "--max-over-refusal", f"{high:g}"]
+    aligned = read_summary(config.results / "evals" / SPLIT / "A")
+    return [
+        "--max-engaged", f"{aligned['engaged_rate'] + spec.engaged_above_aligned:.4g}",
+        "--min-helpful", f"{aligned['helpful_rate'] - spec.helpful_below_aligned:.4g}",
+        "--max-broken", f"{aligned['empty_rate'] + spec.broken_above_aligned:.4g}",
+    ]  # fmt: skip
 
 
 def _run(command: list[str]) -> None:
@@ -101,7 +127,6 @@ def do_search(config: Config, stage: Stage) -> None:
 
     import yaml
 
-    from benchmarks.efficacy.stage_io import gate as study_gate
     from benchmarks.efficacy.stage_io import log
 
     work = config.work / "search"
@@ -110,20 +135,20 @@ def do_search(config: Config, stage: Stage) -> None:
     space = config.results / "search" / "space.yml"
     space.parent.mkdir(parents=True, exist_ok=True)
     space.write_text(yaml.safe_dump(search_spec(config).space, sort_keys=False), encoding="utf-8")
-    gate = study_gate(config, SPLIT)  # the sweeps' rule, on the search's set
-    log(f"search gate (A on the search set): refusal >= {gate[0]}, over-refusal <= {gate[1]}")
-    _run(search_command(config, gate))
+    flags = gate_flags(config)
+    log(f"search gate (A on the search set): {' '.join(flags)}")
+    _run(search_command(config, flags))
     for item in (work / "out").iterdir():
         if item.suffix in (".json", ".md", ".png") or item.name == "recipe.yml":
             shutil.copy2(item, config.results / "search" / item.name)
 
 
 def chosen_recipe(config: Config, finetuned: str) -> dict | None:
-    """The search's chosen recipe with ``finetuned`` in place of the benign seed-0 fine-tune."""
+    """The search's chosen recipe with ``finetuned`` in place of the one it searched on."""
     import yaml
 
     path = config.results / "search" / "recipe.yml"
     if not path.is_file():
         return None
-    text = path.read_text(encoding="utf-8").replace(config.model("benign-s0"), finetuned)
+    text = path.read_text(encoding="utf-8").replace(config.model(config.chosen_on()), finetuned)
     return yaml.safe_load(text)
