@@ -119,5 +119,5 @@ def test_the_headline_table_on_both_harmful_sets(tmp_path):
     assert row["intervals"]["removed_extra"]["point"] == pytest.approx(0.75)
     data["headline"] = headline(config, data)
     table = headline_table(config, data, "attack")
-    assert "| lssf (default) | s0 | 0.67 [" in table and "0.75 (Δ -0.25 [" in table
+    assert "| lssf, α=1,η=0.85,max_rank=8 (default) | s0 | 0.67 [" in table and "0.75 (Δ -0.25 [" in table
     assert "| fine-tuned (attack) | s0 | 0 | 0 | 1 |" in table

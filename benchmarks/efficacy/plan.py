@@ -219,7 +219,7 @@ class SearchSpec(_Spec):
     (benchmarks/efficacy/search.py)."""
 
     method: Method
-    """The method whose default recipe on benign-s0 the search varies."""
+    """The method whose default recipe (on the fine-tune chosen on) the search varies."""
     space: dict[str, dict[str, Any]]
     """The ``--space`` YAML: a range per recipe parameter, per layer with anchors and filters."""
     trials: int = Field(ge=1)

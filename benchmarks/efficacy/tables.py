@@ -362,7 +362,7 @@ def headline_table(config: Config, data: dict, kind: str) -> str:
             label = f"fine-tuned ({kind})"
         else:
             method, point = key.rsplit("-", 1)
-            label = f"{LABELS[method]} ({point})"
+            label = f"{LABELS[method]}, {_point_text(config, data, method, point, [])}"
         seeds = ", ".join(n.rsplit("-", 1)[-1] for n in row["seeds"])
         lines.append(f"| {label} | {seeds} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
