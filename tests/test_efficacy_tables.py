@@ -118,6 +118,10 @@ def test_the_headline_table_on_both_harmful_sets(tmp_path):
     assert row["intervals"]["broken"]["point"] == pytest.approx(0.25)
     assert row["intervals"]["removed_extra"]["point"] == pytest.approx(0.75)
     data["headline"] = headline(config, data)
+    data["sweeps"] = {"lssf": None, "safemerge": {"chosen": None}}
     table = headline_table(config, data, "attack")
-    assert "| lssf, α=1,η=0.85,max_rank=8 (default) | s0 | 0.67 [" in table and "0.75 (Δ -0.25 [" in table
+    assert "| lssf, α=1,η=0.85,max_rank=8 (default) | s0 | 0.67 [" in table
+    assert "0.75 (Δ -0.25 [" in table
+    assert "| safemerge, none passed the gate (chosen) | – |" in table  # chosen on attack-s0
+    assert "none passed" not in headline_table(config, data, "benign")
     assert "| fine-tuned (attack) | s0 | 0 | 0 | 1 |" in table

@@ -365,6 +365,11 @@ def headline_table(config: Config, data: dict, kind: str) -> str:
             label = f"{LABELS[method]}, {_point_text(config, data, method, point, [])}"
         seeds = ", ".join(n.rsplit("-", 1)[-1] for n in row["seeds"])
         lines.append(f"| {label} | {seeds} | " + " | ".join(cells) + " |")
+    chosen_here = kind == config.chosen_on().rsplit("-", 1)[0]  # the kind the sweeps chose on
+    for method, sweep in data["sweeps"].items():  # a sweep that chose nothing has no test row
+        if chosen_here and sweep and sweep.get("chosen") is None and f"{method}-chosen" not in rows:
+            lines.append(f"| {LABELS[method]}, none passed the gate (chosen) | – |"
+                         + " – |" * len(HEADLINE))  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
