@@ -519,6 +519,18 @@ def thirdparty_summary(config: Config, data: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+SYMBOLS = (("top_weight", "a₁"), ("weight", "λ"), ("threshold", "τ"), ("beta", "β"),
+           ("budget", "s"), ("alpha", "α"), ("eta", "η"), ("scale", "λ"))  # fmt: skip
+"""How the tables (and the README's paragraph) write a method's parameters, in this order."""
+
+
+def symbolic(text: str) -> str:
+    """A point's label (``point_label``) with the papers' symbols for its parameters."""
+    for name, symbol in SYMBOLS:
+        text = text.replace(name, symbol)
+    return text
+
+
 def _point_text(config: Config, data: dict, method: str, point: str, merges: list) -> str:
     if method == "search":
         chosen = (data.get("search") or {}).get("chosen")
@@ -529,10 +541,7 @@ def _point_text(config: Config, data: dict, method: str, point: str, merges: lis
         sweep = data["sweeps"].get(method) or {}
         chosen = sweep.get("chosen")
         text = (point_label(chosen) if chosen else "none passed") + " (chosen)"
-    text = text.replace("top_weight", "a₁").replace("weight", "λ").replace("threshold", "τ")
-    text = text.replace("beta", "β")
-    text = text.replace("budget", "s").replace("alpha", "α").replace("eta", "η")
-    return text.replace("scale", "λ")
+    return symbolic(text)
 
 
 def _outcome_cells(rows: list[dict]) -> str:
