@@ -111,6 +111,10 @@ def test_choose_moves_the_chosen_points_hash_only():
             without, method, "default"
         )
         assert prereg.grid_hash(config, method) != prereg.grid_hash(without, method)
+    noted = config.choose.model_copy(update={"registered": "another day"})
+    assert prereg.grid_hash(config.model_copy(update={"choose": noted}), "lssf") == (
+        prereg.grid_hash(config, "lssf")
+    )  # when the rule was written is told, not hashed
     harder = config.choose.model_copy(update={"engaged_above_aligned": 0.1})
     assert prereg.grid_hash(config.model_copy(update={"choose": harder}), "lssf") != (
         prereg.grid_hash(config, "lssf")

@@ -184,6 +184,9 @@ class ChooseSpec(_Spec):
     engaged_above_aligned: float = Field(ge=0)
     helpful_below_aligned: float = Field(ge=0)
     broken_above_aligned: float = Field(ge=0)
+    registered: str = ""
+    """When the rule was written, relative to the setup's test numbers (printed with the
+    tables; not part of the grid hash, which holds what the choice depends on)."""
 
 
 class MethodSpec(_Spec):

@@ -36,7 +36,7 @@ def choice_space(config: Config, method: str, point: str = "chosen") -> dict[str
         assert config.search is not None
         space = {"method": method, "search": config.search.model_dump(mode="json"), "gate": gate}
         if point == "chosen" and config.choose is not None:
-            space["choose"] = config.choose.model_dump()
+            space["choose"] = config.choose.model_dump(exclude={"registered"})
         return space
     spec = config.methods[method]
     assert spec is not None
@@ -49,7 +49,7 @@ def choice_space(config: Config, method: str, point: str = "chosen") -> dict[str
                       "sizes": config.splits.model_dump(mode="json")},
     }  # fmt: skip
     if point == "chosen" and config.choose is not None:
-        space["choose"] = config.choose.model_dump()
+        space["choose"] = config.choose.model_dump(exclude={"registered"})
         space["chosen_on"]["finetune"] = config.choose.finetune
     return space
 

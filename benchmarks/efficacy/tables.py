@@ -859,7 +859,12 @@ def render(config: Config) -> tuple[str, dict[str, Any]]:
             "brackets the 95 % paired bootstrap interval over prompts and seeds; helpful and "
             "broken (harmful prompts and look-alikes together): the rate, then its shift from A's "
             "(Δ = merge − A, mean over seeds) with the shift's paired interval. Harm removed is "
-            "counted only over seeds whose fine-tune added harm beyond noise on that set.\n",
+            "counted only over seeds whose fine-tune added harm beyond noise on that set."
+            + (
+                f" Chosen points: by the rule `choose`, registered {config.choose.registered}.\n"
+                if config.choose is not None and config.choose.registered
+                else "\n"
+            ),
         ]
         for kind in ("attack", "benign"):
             parts += [f"\n### {kind} fine-tune\n\n", headline_table(config, data, kind)]
@@ -907,7 +912,7 @@ def render(config: Config) -> tuple[str, dict[str, Any]]:
             f"\n## Validation (choice) vs test (report), {config.chosen_on()}\n\n"
             "Chosen on both harmful sets (`choose` in the config; `both_sets.py`): the point's "
             "validation numbers as its sweep recorded them, then test (AdvBench test and "
-            "HarmBench test).\n\n",
+            f"HarmBench test). The rule was registered {config.choose.registered or '–'}.\n\n",
             choice_table(config, data),
         ]
     if config.search is not None:
