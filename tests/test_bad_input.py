@@ -847,12 +847,15 @@ def test_calibrate_replaces_an_older_interrupted_attempt(tmp_path, family):
 
 INTERRUPT = """
 import os, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as at a terminal
 {patch}
 sys.argv = {argv!r}
 from {module} import main
 main()
 """
-"""A command in a fresh interpreter that sends itself ``signal`` part-way through writing."""
+"""A command in a fresh interpreter that sends itself ``signal`` part-way through writing. Ctrl-C's
+handler is set first: a process started in the background by a shell inherits SIGINT ignored, and
+Python then leaves it ignored (the SIGINT case would merge to the end)."""
 
 
 def interrupted_run(tmp_path: Path, module: str, argv: list, patch: str, sig: str):
