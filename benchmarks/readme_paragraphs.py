@@ -142,7 +142,9 @@ def results_paragraph(
     search_text = (
         "The per-layer search has not finished on this setup."
         if search is None
-        else f"The per-layer search's choice gives {_three(search)}."
+        else "The per-layer search (`safe_linear`'s λ per layer group; the search command "
+        "gates on one harmful set, so AdvBench and HarmBench validation were pooled) chose a "
+        f"point that gives {_three(search)}: the pooled limit let HarmBench engagement through."
     )
     return (
         "**Results on a real chat model.** In the pre-registered study on "
