@@ -65,7 +65,8 @@ def gate(config: Config, aligned: Mapping[str, Any], third: Mapping[str, Any]) -
 
 
 def third_party_name(config: Config) -> str:
-    return harmful_split(config, "test")
+    """The third-party set's name: the suffix of its keys (``engaged_harmbench``)."""
+    return harmful_split(config)
 
 
 @dataclass

@@ -21,7 +21,7 @@ from typing import Any
 
 from benchmarks.efficacy import prereg
 from benchmarks.efficacy.intervals import Triple, paired_bootstrap
-from benchmarks.efficacy.plan import Config, point_label
+from benchmarks.efficacy.plan import Config, harmful_split, point_label
 
 METRICS = ("refusal_rate", "over_refusal_rate", "task_accuracy")
 """What a sweep row and the validation-vs-test table report (the sweeps ran before the outcomes)."""
@@ -746,7 +746,7 @@ def choice_table(config: Config, data: dict) -> str:
     chosen on, validation (the choice) against test (the report), AdvBench and HarmBench."""
     ft = config.chosen_on()
     entry = data["finetunes"].get(ft) or {"points": {}}
-    third = config.results / "evals" / "harmbench" / ft
+    third = config.results / "evals" / harmful_split(config) / ft
     lines = [
         "| method | chosen point | engaged AdvBench val → test | engaged HarmBench val → test "
         "| helpful val → test | task val → test |",
