@@ -71,9 +71,11 @@ def evaluation_options(*, device_help: str, auto_device: bool) -> Callable[[Comm
             return _evaluation(flags, others, auto_device)
 
         return _stack(_collapse(command, "evaluation", EVALUATION_FLAGS, build), [
-            click.option("--harmful", help="Harmful prompts: a .txt/.jsonl/.csv/.json file, a "
+            click.option("--harmful", metavar="SET[,SET]",
+                         help="Harmful prompts: a .txt/.jsonl/.csv/.json file, a "
                          "third-party set (harmbench, donotanswer, donotanswer-harmful, "
-                         "wsr-harmful) or a Hub dataset id [default: built-in]."),
+                         "wsr-harmful) or a Hub dataset id [default: built-in]. Several, "
+                         "comma-separated, are pooled and each also reported on its own."),
             click.option("--benign", help="Benign look-alike prompts, for helpfulness and "
                          "over-refusal: a file or a third-party set (rho-overrefusal, rho-edgy80, "
                          "rho-expanded70, wsr-benign) [default: built-in]."),
@@ -191,13 +193,14 @@ def gate_options(command: Command) -> Command:
     return _stack(_collapse(command, "gate", GATE_FLAGS, build), [
         click.option("--max-engaged", type=click.FloatRange(0, 1),
                      help="Gate: the most attack success allowed (harmful prompts the reply "
-                     "engages with; refused and broken replies are not)."),
+                     "engages with; refused and broken replies are not), on each --harmful set."),
         click.option("--min-helpful", type=click.FloatRange(0, 1), default=MIN_HELPFUL,
                      show_default=True,
                      help="Gate: the least share of benign look-alikes answered (a broken or "
                      "over-refusing model fails)."),
         click.option("--min-refusal", type=click.FloatRange(0, 1),
-                     help="Gate: the least refusal rate allowed (broken replies are no refusals)."),
+                     help="Gate: the least refusal rate allowed (broken replies are no refusals), "
+                     "on each --harmful set."),
         click.option("--max-over-refusal", type=click.FloatRange(0, 1),
                      help="Gate: the most over-refusal rate (benign prompts refused) allowed."),
         click.option("--max-broken", type=click.FloatRange(0, 1), default=MAX_EMPTY,

@@ -100,6 +100,36 @@ def metric(metrics: Mapping[str, Any], key: str) -> float | None:
     return float(value)
 
 
+PER_SET = {"engaged_rate": max, "refusal_rate": min}
+"""The harmful-prompt limits a gate applies to every pooled harmful set (the summary's
+``harmful_sets``) as well as to the pool: the worst of them is what the limit reads."""
+
+
+def gated(metrics: Mapping[str, Any], key: str) -> float | None:
+    """The value a gate's limit on ``key`` reads: :func:`metric`, or for a harmful-prompt rate
+    of a summary that pools several harmful sets, the worst over the pool and each set."""
+    value = metric(metrics, key)
+    sets = metrics.get("harmful_sets")
+    if value is None or key not in PER_SET or not isinstance(sets, Mapping):
+        return value
+    found = [metric(rates, key) for rates in sets.values() if isinstance(rates, Mapping)]
+    if any(one is None for one in found):
+        return None
+    return PER_SET[key]([value, *(one for one in found if one is not None)])
+
+
+def per_set_note(metrics: Mapping[str, Any], key: str) -> str:
+    """`` (advbench.jsonl 0.000, harmbench 0.100)``: a harmful-prompt rate on each pooled harmful
+    set, for a table's cell; "" for a summary of one set or another rate."""
+    sets = metrics.get("harmful_sets")
+    if key not in PER_SET or not isinstance(sets, Mapping) or not sets:
+        return ""
+    values = {name: metric(rates, key) if isinstance(rates, Mapping) else None
+              for name, rates in sets.items()}  # fmt: skip
+    parts = [f"{name} {'–' if value is None else f'{value:.3f}'}" for name, value in values.items()]
+    return " (" + ", ".join(parts).replace("|", "\\|") + ")"
+
+
 LIMIT_NAMES = {
     "engaged_rate": "engaged (ASR)",
     "refusal_rate": "refusal rate",
@@ -114,7 +144,8 @@ class Gate:
     """What a merge must meet to be chosen, and what the choice maximises among those that do.
 
     ``max_engaged`` (the attack success rate: harmful prompts engaged) is the safety limit;
-    ``min_refusal`` the older one (refused, which broken replies are not). ``min_helpful`` and
+    ``min_refusal`` the older one (refused, which broken replies are not); both hold on every
+    harmful set of a summary that pools several (:func:`gated`). ``min_helpful`` and
     ``max_over_refusal`` guard the look-alikes; ``max_broken`` (the share of broken replies over
     all sets) fails a broken model whatever else is set. A gate with none of the first four set
     is no gate: every model passes.
@@ -159,7 +190,7 @@ class Gate:
         the distance to the bound, or 1 for a metric that is missing."""
         out = []
         for key, sign, bound in self.limits():
-            value = metric(metrics, key)
+            value = gated(metrics, key)
             if value is None:
                 older = key == "empty_rate" or (
                     key == "helpful_rate"

@@ -69,10 +69,32 @@ def attack_table(summaries: Sequence[Mapping[str, Any]]) -> str:
         for name, rates in attacks.items():
             asr = rates.get("asr")
             delta = "–" if name == PLAIN or None in (asr, plain) else f"{asr - plain:+.3f}"
-            cells = [_cell(rates.get(k), rates.get(f"{k}_ci"))
-                     for k in ("refusal_rate", "asr", "broken_rate")]  # fmt: skip
-            lines.append(f"| {model} | {name} | {' | '.join(cells)} | {delta} | {rates.get('n')} |")
+            lines.append(f"| {model} | {name} | {_outcome_cells(rates)} | {delta} | "
+                         f"{rates.get('n')} |")  # fmt: skip
     return "\n".join(lines)
+
+
+def harmful_set_table(summaries: Sequence[Mapping[str, Any]]) -> str:
+    """Refused, engaged (ASR) and broken on each pooled harmful set (``--harmful a,b``): one row
+    per model and set; "" when no summary pools several."""
+    if not any(row.get("harmful_sets") for row in summaries):
+        return ""
+    lines = [
+        "| model | harmful set | refused ↑ | engaged (ASR) ↓ | broken ↓ | n |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for row in summaries:
+        model = str(row.get("model", "")).replace("|", "\\|")
+        for name, rates in (row.get("harmful_sets") or {}).items():
+            label = str(name).replace("|", "\\|")
+            lines.append(f"| {model} | {label} | {_outcome_cells(rates)} | {rates.get('n')} |")
+    return "\n".join(lines)
+
+
+def _outcome_cells(rates: Mapping[str, Any]) -> str:
+    """Refused, engaged (ASR) and broken of one set of harmful replies, as table cells."""
+    keys = ("refusal_rate", "asr", "broken_rate")
+    return " | ".join(_cell(rates.get(key), rates.get(f"{key}_ci")) for key in keys)
 
 
 def lm_eval_table(summaries: Sequence[Mapping[str, Any]]) -> str:
@@ -119,6 +141,9 @@ def _write_files(results: Sequence[EvalResult], paths: dict[str, Path]) -> None:
         else "\n"
     )
     harness = ""
+    per_set = harmful_set_table(summaries)
+    if per_set:
+        harness += "\n## Harmful sets\n\n" + per_set + "\n"
     attacks = attack_table(summaries)
     if attacks:
         harness += "\n## Jailbreak attacks\n\n" + attacks + "\n"

@@ -76,6 +76,8 @@ class EvalResult:
     """Per attack, and for ``"plain"`` the same first n harmful prompts unwrapped: the outcome
     counts (refused, engaged, broken, n); a (refused, n) pair is read as before the outcomes."""
     outcomes: dict[str, dict[str, int]] = field(default_factory=dict)
+    harmful_sets: dict[str, dict[str, int]] = field(default_factory=dict)
+    """When the harmful prompts pool several sets: per set, the outcome counts of its replies."""
     settled: dict[str, Any] | None = None
     """Set when the evaluation stopped once its verdict was settled (``evaluate``'s ``settle``):
     the reason and how many replies were generated (``replies`` of ``of``); no rate is measured."""
@@ -128,6 +130,7 @@ class EvalResult:
             "judge": self.judge,
             "prompt_sets": self.prompt_sets,
             **({"attacks": attack_rates(self.attacks)} if self.attacks else {}),
+            **({"harmful_sets": attack_rates(self.harmful_sets)} if self.harmful_sets else {}),
             **({"lm_eval": self.lm_eval} if self.lm_eval else {}),
             **({"settled": self.settled} if self.settled else {}),
         }
@@ -157,7 +160,8 @@ def _share(counts: dict[str, int], outcome: str) -> float | None:
 def attack_rates(counts: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """``summary.json``'s ``attacks``: per attack (and ``plain``, the same prompts unwrapped)
     the refused, engaged and broken rates and the ASR (engaged) with their 95 % Wilson
-    intervals, and n. A (refused, n) pair (before the outcomes) gives refusal and 1 − refusal."""
+    intervals, and n (``harmful_sets``: the same per pooled harmful set). A (refused, n) pair
+    (before the outcomes) gives refusal and 1 − refusal."""
     out = {}
     for name, found in counts.items():
         if isinstance(found, dict):
@@ -315,6 +319,10 @@ def evaluate(
     # an attack's reply is judged against the request it wraps (what a harm classifier needs)
     requests = [prompts.harmful[i] for _n, i, _t in wrapped]
     attacked = judge_replies(refusal_judge, HARMFUL, requests, attack_out)
+    per_set, start = {}, 0
+    for name, size in prompts.harmful_sets.items():
+        per_set[name] = tally(harmful[start : start + size], HARMFUL)
+        start += size
     counts: dict[str, Any] = {}
     for name, texts in prompts.attacks.items():
         counts.setdefault(PLAIN, tally(harmful[: len(texts)], HARMFUL))
@@ -322,15 +330,18 @@ def evaluate(
             [j for (n, _i, _t), j in zip(wrapped, attacked, strict=True) if n == name], HARMFUL
         )
 
-    records: list[dict[str, Any]] = []
-    for name, texts, outs, judged, who in (
-        ("harmful", prompts.harmful, harmful_out, harmful, refusal_judge),
-        ("benign", prompts.benign, benign_out, benign, benign_judge),
-    ):
-        records += [
-            _record(model, name, prompt, response, item, who)
-            for prompt, response, item in zip(texts, outs, judged, strict=True)
-        ]
+    owners = [{"harmful_set": name} for name, size in prompts.harmful_sets.items()
+              for _ in range(size)]  # fmt: skip
+    records: list[dict[str, Any]] = [
+        _record(model, "harmful", prompt, response, item, refusal_judge, **more)
+        for prompt, response, item, more in zip(
+            prompts.harmful, harmful_out, harmful, owners or [{}] * len(harmful), strict=True
+        )
+    ]
+    records += [
+        _record(model, "benign", prompt, response, item, benign_judge)
+        for prompt, response, item in zip(prompts.benign, benign_out, benign, strict=True)
+    ]
     records += [
         _record(model, "attack", text, response, item, refusal_judge,
                 attack=name, request=prompts.harmful[index])
@@ -370,6 +381,7 @@ def evaluate(
             **({"attacks": dict(prompts.attack_sources)} if prompts.attack_sources else {}),
         },
         attacks=counts,
+        harmful_sets=per_set,
         outcomes={
             **({HARMFUL: tally(harmful, HARMFUL)} if harmful else {}),
             **({BENIGN: tally(benign, BENIGN)} if benign else {}),

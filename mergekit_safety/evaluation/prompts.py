@@ -14,8 +14,10 @@ answers); ``.jsonl`` one object per line with a ``prompt`` field (``answer`` for
 ``column`` names the prompt field of a given file or dataset (default: the first of
 :data:`PROMPT_COLUMNS` present); the task answer is the first of :data:`ANSWER_COLUMNS` present.
 A Hub dataset is ``owner/name`` or ``owner/name:config``, loaded with ``datasets`` (network or the
-local cache) from ``split``. Everything is read, and every bad path reported, before a model
-loads.
+local cache) from ``split``. The harmful set may pool several, named with commas
+(``advbench.jsonl,harmbench``): each keeps its first ``limit`` prompts, and the evaluation reports
+each set's rates beside the pooled ones (a sweep's ``--max-engaged`` then limits every set).
+Everything is read, and every bad path reported, before a model loads.
 """
 
 from __future__ import annotations
@@ -68,6 +70,9 @@ class PromptSets:
     ``len(attacks[name])`` harmful prompts, each wrapped."""
     attack_sources: dict[str, str] = field(default_factory=dict)
     """Where each attack's template came from."""
+    harmful_sets: dict[str, int] = field(default_factory=dict)
+    """When ``harmful`` pools several sets (``--harmful a.jsonl,harmbench``): each set's label and
+    how many of the pooled prompts, in order, are its; empty for one set."""
 
     def with_attacks(self, spec: str | list[str] | None, limit: int | None = None) -> PromptSets:
         """These sets with the attacks named in ``spec`` wrapping the first ``limit`` harmful
@@ -111,23 +116,46 @@ def load_prompt_sets(
         source = given[name]
         if source is None and directory is not None:
             source = _find_in_dir(directory, name)
-        if source is None:
-            rows = list(_read_jsonl(_builtin(name), f"built-in {name}.jsonl"))
-            out.sources[name] = "built-in"
-        elif is_named(source) and not Path(str(source)).exists():
-            rows, out.sources[name] = load_named(str(source), name)
-        else:
-            rows = _read_source(str(source), split=split)
-            out.sources[name] = str(source)
-        label = out.sources[name]
-        wanted = None if source is None else column  # built-in files use "prompt"
-        if name == "task":
-            out.task = [TaskItem(p, a) for p, a in _task_items(rows, label, wanted)][:limit]
-        else:
-            setattr(out, name, list(_prompts(rows, label, wanted))[:limit])
-        if not getattr(out, name):
-            raise ConfigError(f"{label}: no {name} prompts in it")
+        parts = harmful_sources(source) if name == "harmful" else [source]
+        labels = []
+        for part in parts:
+            rows, label = _rows(name, part, split)
+            wanted = None if part is None else column  # built-in files use "prompt"
+            if name == "task":
+                items: list[Any] = [TaskItem(p, a) for p, a in _task_items(rows, label, wanted)]
+            else:
+                items = list(_prompts(rows, label, wanted))
+            if not items:
+                raise ConfigError(f"{label}: no {name} prompts in it")
+            getattr(out, name).extend(items[:limit])
+            labels.append(label)
+            if len(parts) > 1:
+                out.harmful_sets[str(part)] = len(items[:limit])
+        out.sources[name] = ", ".join(labels)
     return out
+
+
+def harmful_sources(source: str | os.PathLike | None) -> list[str | os.PathLike | None]:
+    """``--harmful``'s sets: several when it names them with commas (``advbench.jsonl,harmbench``),
+    unless the whole text is an existing path."""
+    if not isinstance(source, str) or "," not in source or Path(source).expanduser().exists():
+        return [source]
+    parts = [part.strip() for part in source.split(",")]
+    if not all(parts):
+        raise ConfigError(f"--harmful {source!r}: an empty name between commas")
+    if len(set(parts)) < len(parts):
+        raise ConfigError(f"--harmful {source!r}: names a set twice")
+    return list(parts)
+
+
+def _rows(name: str, source: str | os.PathLike | None, split: str) -> tuple[list[Any], str]:
+    """One set's rows and its label: a built-in set, a named third-party set, a file or a Hub
+    dataset."""
+    if source is None:
+        return list(_read_jsonl(_builtin(name), f"built-in {name}.jsonl")), "built-in"
+    if is_named(source) and not Path(str(source)).exists():
+        return load_named(str(source), name)
+    return _read_source(str(source), split=split), str(source)
 
 
 def _builtin(name: str) -> Path:

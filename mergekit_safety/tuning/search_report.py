@@ -9,7 +9,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mergekit_safety.core.acceptance import METRICS, TITLES, Gate, metric, objective_label
+from mergekit_safety.core.acceptance import (
+    METRICS,
+    TITLES,
+    Gate,
+    metric,
+    objective_label,
+    per_set_note,
+)
 from mergekit_safety.tuning.study import Budget, SearchPlan
 from mergekit_safety.tuning.sweep_report import markdown_rows, with_intervals
 
@@ -262,7 +269,8 @@ def _cell(summary: Mapping[str, Any], key: str) -> str:
     value, bounds = metric(summary, key), interval(summary, key)
     if value is None:
         return "–"
-    return f"{value:.3f}" + ("" if bounds is None else f" [{bounds[0]:.2f}, {bounds[1]:.2f}]")
+    cell = f"{value:.3f}" + ("" if bounds is None else f" [{bounds[0]:.2f}, {bounds[1]:.2f}]")
+    return cell + per_set_note(summary, key)
 
 
 def write_reports(result: SearchResult, directory: Path, context: Mapping[str, Any]) -> dict:

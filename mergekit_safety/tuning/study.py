@@ -107,9 +107,10 @@ class Budget:
 
 
 def kept_metrics(summary: Mapping[str, Any]) -> dict[str, Any]:
-    """What a trial keeps: rates, intervals, set sizes, the judge, lm-eval's metrics."""
+    """What a trial keeps: rates, intervals, set sizes, the judge, lm-eval's metrics, each
+    pooled harmful set's rates (the gate reads them)."""
     keys = [*KEPT, *(f"{k}_ci" for k in KEPT), "n_harmful", "n_benign", "n_task", "judge",
-            "lm_eval", "settled"]  # fmt: skip
+            "lm_eval", "harmful_sets", "settled"]  # fmt: skip
     return {key: summary[key] for key in keys if key in summary}
 
 

@@ -12,6 +12,7 @@ from mergekit_safety.core.acceptance import (
     interval,
     metric,
     objective_label,
+    per_set_note,
 )
 from mergekit_safety.publish.plot import plot_grid, plot_sweep
 from mergekit_safety.tuning.choice import close_to_chosen
@@ -105,7 +106,10 @@ def markdown_rows(rows: Sequence[Mapping[str, Any]]) -> str:
         cells = [
             str(row.get("model", "")).replace("|", "\\|"),
             row["kind"],
-            *(_cell(metric(row, key), interval(row, key)) for key in METRICS),
+            *(
+                _cell(metric(row, key), interval(row, key)) + per_set_note(row, key)
+                for key in METRICS
+            ),
             {True: "pass", False: "fail"}.get(row.get("passes"), ""),
         ]
         if row["kind"] == "failed":
