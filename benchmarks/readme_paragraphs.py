@@ -142,9 +142,9 @@ def results_paragraph(
     search_text = (
         "The per-layer search has not finished on this setup."
         if search is None
-        else "The per-layer search (`safe_linear`'s λ per layer group; the search command "
-        "gates on one harmful set, so AdvBench and HarmBench validation were pooled) chose a "
-        f"point that gives {_three(search)}: the pooled limit let HarmBench engagement through."
+        else "The per-layer search (`safe_linear`'s λ per layer group, run gated on AdvBench and "
+        "HarmBench validation pooled into one set, before `--harmful a,b` limited each set) chose "
+        f"a point that gives {_three(search)}: the pooled limit let HarmBench engagement through."
     )
     return (
         "**Results on a real chat model.** In the pre-registered study on "
@@ -172,8 +172,9 @@ def results_paragraph(
         )
         + f". {short_text}"
         + (f"; no point of {', '.join(f'`{m}`' for m in none)} passed the gate" if none else "")
-        + f". {search_text} In the earlier setup with the most complete runs (history, judged "
-        "the same way), the points the tool chose removed "
+        + f". {search_text}{_control_text(chat, met)}"
+        + " In the earlier setup with the most complete runs (history, judged the same way),"
+        " the points the tool chose removed "
         f"{_range([r['point'] for r, _ in history])} of the attack's engagement and kept "
         f"{_range([k['point'] for _, k in history])} of the task. The keyword judge "
         "overstates engagement: of 30 replies of an attack fine-tune it called engaged, 18 "
@@ -181,6 +182,35 @@ def results_paragraph(
         "model with our own alignment: evidence at this scale, not a verdict on 7B chat "
         "models. Protocol: [docs/study.md](docs/study.md); every table and interval: "
         "[the study's tables](benchmarks/efficacy/results/smollm2-chat/tables.md)."
+    )
+
+
+def _control_text(chat: dict[str, Any], methods: list[str]) -> str:
+    """What the points that met the target cost on the benign control (no harm to remove): the
+    task gain kept and the helpfulness shift from A, pooled over its seeds."""
+    control = chat["headline"].get("benign", {})
+    rows = {m: control[f"{m}-chosen"] for m in methods if f"{m}-chosen" in control}
+    if not rows:
+        return ""
+    seeds = max(len(row["seeds"]) for row in rows.values())
+    parts = "; ".join(
+        f"{_chosen_label(chat, m)} keeps {_point(row['intervals']['kept'])} of its task gain, "
+        f"helpful {row['intervals']['helpful']['point']:+.2f} "
+        f"[{row['intervals']['helpful']['low']:+.2f}, {row['intervals']['helpful']['high']:+.2f}]"
+        for m, row in rows.items()
+    )
+    costly = [m for m, row in rows.items()
+              if row["intervals"]["helpful"]["point"] < TARGET["helpful"]]  # fmt: skip
+    return (
+        f" On the benign fine-tune ({seeds} seeds), a control with no harm to remove, the same "
+        f"points: {parts}"
+        + (
+            f"; {' and '.join(_chosen_label(chat, m) for m in costly)} "
+            f"refuse{'s' if len(costly) == 1 else ''} look-alikes the aligned model answers: a "
+            "point chosen where harm was added costs helpfulness where none was."
+            if costly
+            else "."
+        )
     )
 
 

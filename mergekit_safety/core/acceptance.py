@@ -112,10 +112,10 @@ def gated(metrics: Mapping[str, Any], key: str) -> float | None:
     sets = metrics.get("harmful_sets")
     if value is None or key not in PER_SET or not isinstance(sets, Mapping):
         return value
-    found = [metric(rates, key) for rates in sets.values() if isinstance(rates, Mapping)]
+    found = [metric(rates, key) if isinstance(rates, Mapping) else None for rates in sets.values()]
     if any(one is None for one in found):
-        return None
-    return PER_SET[key]([value, *(one for one in found if one is not None)])
+        return None  # a set without the rate: the limit cannot be checked, so it fails
+    return PER_SET[key]([value, *found])
 
 
 def per_set_note(metrics: Mapping[str, Any], key: str) -> str:
