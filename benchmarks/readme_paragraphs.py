@@ -205,13 +205,18 @@ def _control_text(chat: dict[str, Any], methods: list[str]) -> str:
         f" On the benign fine-tune ({seeds} seeds), a control with no harm to remove, the same "
         f"points: {parts}"
         + (
-            f"; {' and '.join(_chosen_label(chat, m) for m in costly)} "
+            f"; {_listed([_chosen_label(chat, m) for m in costly])} "
             f"refuse{'s' if len(costly) == 1 else ''} look-alikes the aligned model answers: a "
             "point chosen where harm was added costs helpfulness where none was."
             if costly
             else "."
         )
     )
+
+
+def _listed(names: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 def _chat_models(chat: dict[str, Any]) -> dict[str, dict[str, Any]]:
