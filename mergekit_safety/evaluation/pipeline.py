@@ -319,10 +319,11 @@ def evaluate(
     # an attack's reply is judged against the request it wraps (what a harm classifier needs)
     requests = [prompts.harmful[i] for _n, i, _t in wrapped]
     attacked = judge_replies(refusal_judge, HARMFUL, requests, attack_out)
-    per_set, start = {}, 0
-    for name, size in prompts.harmful_sets.items():
-        per_set[name] = tally(harmful[start : start + size], HARMFUL)
-        start += size
+    owners = [name for name, size in prompts.harmful_sets.items() for _ in range(size)]
+    per_set = {
+        name: tally([j for j, owner in zip(harmful, owners, strict=True) if owner == name], HARMFUL)
+        for name in prompts.harmful_sets
+    }
     counts: dict[str, Any] = {}
     for name, texts in prompts.attacks.items():
         counts.setdefault(PLAIN, tally(harmful[: len(texts)], HARMFUL))
@@ -330,14 +331,13 @@ def evaluate(
             [j for (n, _i, _t), j in zip(wrapped, attacked, strict=True) if n == name], HARMFUL
         )
 
-    owners = [{"harmful_set": name} for name, size in prompts.harmful_sets.items()
-              for _ in range(size)]  # fmt: skip
     records: list[dict[str, Any]] = [
-        _record(model, "harmful", prompt, response, item, refusal_judge, **more)
-        for prompt, response, item, more in zip(
-            prompts.harmful, harmful_out, harmful, owners or [{}] * len(harmful), strict=True
+        _record(model, "harmful", prompt, response, item, refusal_judge,
+                **({"harmful_set": owners[i]} if owners else {}))
+        for i, (prompt, response, item) in enumerate(
+            zip(prompts.harmful, harmful_out, harmful, strict=True)
         )
-    ]
+    ]  # fmt: skip
     records += [
         _record(model, "benign", prompt, response, item, benign_judge)
         for prompt, response, item in zip(prompts.benign, benign_out, benign, strict=True)
