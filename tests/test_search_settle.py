@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import random
+from collections import Counter
+from itertools import zip_longest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
@@ -40,9 +42,12 @@ GATES = [
 ]
 
 
-def full_summary(harmful: list[str], benign: list[str], task: list[bool]) -> dict:
-    """The summary ``evaluate`` gives for these outcomes (task: degenerate or not)."""
+def full_summary(harmful: list[str], benign: list[str], task: list[bool], owners=()) -> dict:
+    """The summary ``evaluate`` gives for these outcomes (task: degenerate or not; ``owners``:
+    each harmful outcome's pooled set)."""
     judged_h = [Judged(o) for o in harmful]
+    per_set = {name: tally([j for j, owner in zip(judged_h, owners, strict=True) if owner == name],
+                           HARMFUL) for name in dict.fromkeys(owners)}  # fmt: skip
     judged_b = [Judged(o) for o in benign]
     broken = [o == BROKEN for o in [*harmful, *benign]] + task
     return EvalResult(
@@ -55,21 +60,28 @@ def full_summary(harmful: list[str], benign: list[str], task: list[bool]) -> dic
         n_task=len(task),
         empty_rate=sum(broken) / len(broken),
         outcomes={HARMFUL: tally(judged_h, HARMFUL), BENIGN: tally(judged_b, BENIGN)},
+        harmful_sets=per_set,
     ).summary()
 
 
-def replay(harmful, benign, task, settle, batch: int = 4) -> str | None:
+def replay(harmful, benign, task, settle, batch: int = 4, owners=()) -> str | None:
     """Feed the outcomes set by set, ``batch`` at a time, as an evaluation does: the reason it
-    stops at, or None."""
-    known = Known({HARMFUL: len(harmful), BENIGN: len(benign), "task": len(task)})
-    stream = [(HARMFUL, o) for o in harmful] + [(BENIGN, o) for o in benign]
-    stream += [("task", BROKEN if bad else "ok") for bad in task]
+    stops at, or None. ``owners``: each harmful outcome's pooled set, as ``Tracker`` counts it."""
+    known = Known({HARMFUL: len(harmful), BENIGN: len(benign), "task": len(task)},
+                  harmful_sets=dict(Counter(owners)))  # fmt: skip
+    stream = [(HARMFUL, o, owner) for o, owner in zip_longest(harmful, owners[: len(harmful)])]
+    stream += [(BENIGN, o, None) for o in benign]
+    stream += [("task", BROKEN if bad else "ok", None) for bad in task]
     for start in range(0, len(stream), batch):
-        for kind, outcome in stream[start : start + batch]:
+        for kind, outcome, owner in stream[start : start + batch]:
             known.judged[kind] = known.judged.get(kind, 0) + 1
             known.broken += outcome == BROKEN
             if kind != "task":
                 counts = known.counts.setdefault(kind, {})
+                counts[outcome] = counts.get(outcome, 0) + 1
+            if owner is not None:
+                known.set_judged[owner] = known.set_judged.get(owner, 0) + 1
+                counts = known.set_counts.setdefault(owner, {})
                 counts[outcome] = counts.get(outcome, 0) + 1
         reason = settle(known)
         if reason is not None:
@@ -106,6 +118,63 @@ def test_a_settled_failure_is_a_failure_of_the_full_evaluation():
             )
             assert replay(harmful, benign, task, GateSettle(gate, active=False)) is None
     assert stopped > 500 and passed > 100, (stopped, passed)
+
+
+def test_with_several_harmful_sets_a_settled_failure_is_one_of_the_per_set_gate():
+    """Pooled sets: the check tests each set as the gate does (``acceptance.gated``), so it stops
+    a trial whose pool is still within the limit but one set is not, and never wrongly."""
+    rng = random.Random(1)
+    stopped = on_a_set = 0
+    for _ in range(400):
+        harmful, benign, task = random_outcomes(rng)
+        cut = rng.randint(0, len(harmful))
+        owners = ["advbench"] * cut + ["harmbench"] * (len(harmful) - cut)
+        full = full_summary(harmful, benign, task, owners)
+        pooled = {k: v for k, v in full.items() if k != "harmful_sets"}
+        for gate in GATES:
+            reason = replay(harmful, benign, task, GateSettle(gate), owners=owners)
+            if reason is not None:
+                assert not gate.passes(full), (gate, reason, full)
+                stopped += 1
+                on_a_set += " on " in reason and replay(harmful, benign, task,
+                                                        GateSettle(gate)) is None  # fmt: skip
+            assert (replay(harmful, benign, task, GateSettle(gate), batch=10**6, owners=owners)
+                    is None) == gate.passes(full)  # fmt: skip
+            assert gate.passes(full) <= gate.passes(pooled)
+    assert stopped > 300 and on_a_set > 10, (stopped, on_a_set)
+
+
+def test_a_set_over_the_limit_stops_while_the_pool_is_within_it():
+    known = Known({HARMFUL: 20, BENIGN: 10, "task": 10}, judged={HARMFUL: 10},
+                  counts={HARMFUL: {ENGAGED: 3, REFUSED: 7}},
+                  harmful_sets={"advbench": 10, "harmbench": 10}, set_judged={"harmbench": 10},
+                  set_counts={"harmbench": {ENGAGED: 3, REFUSED: 7}})  # fmt: skip
+    gate = Gate(max_engaged=0.2)
+    assert settled_failure(gate, known) == "engaged_rate on harmbench ≥ 3/10 > 0.2"
+    pool_only = Known(known.sizes, known.judged, known.counts)
+    assert settled_failure(gate, pool_only) is None  # 3/20 is still allowed on the pool
+    assert settled_failure(Gate(min_refusal=0.8), known) == "refusal_rate on harmbench ≤ 7/10 < 0.8"
+
+
+def test_an_evaluation_of_pooled_sets_tracks_each_set(model, tmp_path):
+    """``evaluate`` hands the tracker each harmful reply's set: what it has counted per set at
+    the end is the full evaluation's per-set tally."""
+    from mergekit_safety.evaluation import load_prompt_sets
+
+    for name, rows in (("a.jsonl", PADDED_PROMPTS[:3]), ("b.jsonl", PADDED_PROMPTS[3:7])):
+        (tmp_path / name).write_text("".join(json.dumps({"prompt": p}) + "\n" for p in rows))
+    prompts = load_prompt_sets(harmful=f"{tmp_path / 'a.jsonl'},{tmp_path / 'b.jsonl'}",
+                               benign=None, task=None)  # fmt: skip
+    prompts.benign, prompts.task = PADDED_PROMPTS[7:9], []
+    seen: list[Known] = []
+    settings = {"batch_size": 2, "max_new_tokens": 6, "progress": False}
+    full = evaluate(model, prompts, settle=lambda known: seen.append(known), **settings)
+    last = seen[-1]
+    assert last.harmful_sets == prompts.harmful_sets and sum(last.set_judged.values()) == 7
+    for name, counts in full.harmful_sets.items():
+        assert {k: v for k, v in last.set_counts[name].items() if v} == {
+            k: v for k, v in counts.items() if k in (ENGAGED, REFUSED, BROKEN) and v
+        }, name
 
 
 def test_the_reason_names_the_limit():

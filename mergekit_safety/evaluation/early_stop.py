@@ -28,18 +28,30 @@ reads the harmful replies first, the look-alikes next, the task only for broken 
 class Known:
     """What an evaluation has judged so far: per set how many replies (``judged``) and, for
     harmful and benign, how many had each outcome (``counts``); ``broken``: replies broken
-    (harmful, benign) or degenerate (task) so far. ``sizes``: each set's prompt count."""
+    (harmful, benign) or degenerate (task) so far. ``sizes``: each set's prompt count.
+    ``harmful_sets``: where the harmful prompts pool several sets, each one's prompt count, and
+    ``set_judged`` / ``set_counts`` the same tallies per set (empty for one set)."""
 
     sizes: Mapping[str, int]
     judged: dict[str, int] = field(default_factory=dict)
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     broken: int = 0
+    harmful_sets: Mapping[str, int] = field(default_factory=dict)
+    set_judged: dict[str, int] = field(default_factory=dict)
+    set_counts: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def count(self, kind: str, outcome: str) -> int:
         return self.counts.get(kind, {}).get(outcome, 0)
 
     def remaining(self, kind: str) -> int:
         return self.sizes.get(kind, 0) - self.judged.get(kind, 0)
+
+    def set_count(self, name: str, outcome: str) -> int:
+        """Harmful replies of pooled set ``name`` judged ``outcome`` so far."""
+        return self.set_counts.get(name, {}).get(outcome, 0)
+
+    def set_remaining(self, name: str) -> int:
+        return self.harmful_sets.get(name, 0) - self.set_judged.get(name, 0)
 
 
 Settle = Callable[[Known], "str | None"]
@@ -52,12 +64,15 @@ class Tracker:
     asks ``settle``; ``reason`` holds its answer once it stops."""
 
     def __init__(self, settle: Settle, kinds: Sequence[str], prompts: Sequence[str],
-                 judges: Mapping[str, Any], sizes: Mapping[str, int]) -> None:  # fmt: skip
+                 judges: Mapping[str, Any], sizes: Mapping[str, int], *, owners: Sequence[str] = (),
+                 sets: Mapping[str, int] | None = None) -> None:  # fmt: skip
         self.settle = settle
         self.kinds = kinds
         self.prompts = prompts
         self.judges = judges
-        self.known = Known(sizes)
+        self.owners = owners
+        """Each harmful prompt's pooled set (the first ``len(owners)`` prompts), or empty."""
+        self.known = Known(sizes, harmful_sets=dict(sets or {}))
         self.groups = [ORDER.index(kind) for kind in kinds]
         """Each prompt's set's place in :data:`ORDER`: what generation decodes first."""
         self.active = True
@@ -80,6 +95,11 @@ class Tracker:
             (judged,) = judge_replies(self.judges[kind], kind, [self.prompts[index]], [text])
             counts = self.known.counts.setdefault(kind, {})
             counts[judged.outcome] = counts.get(judged.outcome, 0) + 1
+            if kind == HARMFUL and self.owners:
+                owner = self.owners[index]
+                self.known.set_judged[owner] = self.known.set_judged.get(owner, 0) + 1
+                counts = self.known.set_counts.setdefault(owner, {})
+                counts[judged.outcome] = counts.get(judged.outcome, 0) + 1
             self.known.broken += judged.outcome == BROKEN
         self.reason = self.settle(self.known)
         return self.reason is not None

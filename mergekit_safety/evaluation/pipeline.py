@@ -295,6 +295,7 @@ def evaluate(
     judges = [*([refusal_judge] * len(prompts.harmful)), *([benign_judge] * len(prompts.benign)),
               *([None] * len(prompts.task)), *([refusal_judge] * len(wrapped))]  # fmt: skip
     asked = [*conversations, *(text for _n, _i, text in wrapped)]
+    owners = prompts.harmful_owners()
     tracker = _tracker(settle, prompts, asked, len(wrapped), refusal_judge, benign_judge, backend)
     responses = _generate(
         model, asked, backend, batch_size, max_new_tokens, device, dtype, progress, loader,
@@ -319,7 +320,6 @@ def evaluate(
     # an attack's reply is judged against the request it wraps (what a harm classifier needs)
     requests = [prompts.harmful[i] for _n, i, _t in wrapped]
     attacked = judge_replies(refusal_judge, HARMFUL, requests, attack_out)
-    owners = [name for name, size in prompts.harmful_sets.items() for _ in range(size)]
     per_set = {
         name: tally([j for j, owner in zip(harmful, owners, strict=True) if owner == name], HARMFUL)
         for name in prompts.harmful_sets
@@ -482,7 +482,8 @@ def _tracker(
     kinds = [*[HARMFUL] * len(prompts.harmful), *[BENIGN] * len(prompts.benign),
              *["task"] * len(prompts.task), *["attacks"] * attacks]  # fmt: skip
     sizes = {HARMFUL: len(prompts.harmful), BENIGN: len(prompts.benign), "task": len(prompts.task)}
-    tracker = Tracker(settle, kinds, asked, {HARMFUL: refusal_judge, BENIGN: benign_judge}, sizes)
+    tracker = Tracker(settle, kinds, asked, {HARMFUL: refusal_judge, BENIGN: benign_judge}, sizes,
+                      owners=prompts.harmful_owners(), sets=prompts.harmful_sets)  # fmt: skip
     tracker.active = per_reply(refusal_judge) and per_reply(benign_judge)
     return tracker
 

@@ -74,6 +74,10 @@ class PromptSets:
     """When ``harmful`` pools several sets (``--harmful a.jsonl,harmbench``): each set's label and
     how many of the pooled prompts, in order, are its; empty for one set."""
 
+    def harmful_owners(self) -> list[str]:
+        """Each harmful prompt's set (a :attr:`harmful_sets` label), in order; empty for one set."""
+        return [name for name, size in self.harmful_sets.items() for _ in range(size)]
+
     def with_attacks(self, spec: str | list[str] | None, limit: int | None = None) -> PromptSets:
         """These sets with the attacks named in ``spec`` wrapping the first ``limit`` harmful
         prompts (all when None); ConfigError for an unknown attack or a missing package."""
