@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from helpers import REPO
 
 from benchmarks.efficacy import both_sets, prereg
@@ -208,3 +209,42 @@ def test_the_search_searches_attack_s0_with_harmbench_in_its_harmful_set(tmp_pat
     ]  # fmt: skip
     old = load_config(REPO / "benchmarks/efficacy/smollm2.yml", root=REPO)
     assert search.template(old)["models"][0]["model"] == old.model("benign-s0")
+
+
+def test_the_search_again_gates_each_harmful_set(tmp_path):
+    """``search_each_set``: the search's command with the two harmful parts given apart (their
+    pool is the search's harmful set, in order), its own study and folders, a chosen point per
+    fine-tune, and a grid hash of its own."""
+    from benchmarks.efficacy import prereg, search
+    from benchmarks.efficacy.plan import harmful_parts
+
+    config = _chat()
+    assert config.searches() == ["search", "search_each_set"]
+    assert config.reported_methods()[-2:] == ["search", "search_each_set"]
+    stages = {s.name: s for s in plan(config)}
+    each, pooled = stages["search_each_set"], stages["search"]
+    assert each.args == {"name": "search_each_set"} and each.needs == pooled.needs
+    parts = harmful_parts(config)
+    assert f"--harmful {parts[0]},{parts[1]}" in each.commands[0]
+    assert "--harmful" not in pooled.commands[0]
+    assert "--study-name smollm2-search-each-set" in each.commands[0]
+    assert str(config.work / "search_each_set" / "out") in each.commands[0]
+    same = each.commands[0].replace(f" --harmful {parts[0]},{parts[1]}", "")
+    same = same.replace("smollm2-search-each-set", "smollm2-search")
+    assert same.replace("search_each_set", "search") == pooled.commands[0], "nothing else differs"
+    for ft in ("attack-s1", "benign-s2"):
+        assert f"merge:{ft}/search_each_set-chosen" in stages
+    splits = json.loads((config.results / "data" / "splits.json").read_text(encoding="utf-8"))
+    found = search.search_sets(config, splits)
+    assert [len(p) for p in found["parts"]] == [104, 40]
+    assert [p for part in found["parts"] for p in part] == found["harmful"]
+    moved = config.model_copy(update={"results": tmp_path})
+    (tmp_path / "prompts" / "search").mkdir(parents=True)
+    search.write_parts(moved, found)
+    read = [[json.loads(line)["prompt"] for line in path.read_text().splitlines()]
+            for path in harmful_parts(moved)]  # fmt: skip
+    assert read == found["parts"]
+    assert prereg.grid_hash(config, "search_each_set") != prereg.grid_hash(config, "search")
+    alone = config.model_copy(update={"choose": None})
+    with pytest.raises(ValueError, match="search_each_set needs"):
+        type(config).model_validate(alone.model_dump(by_alias=True))

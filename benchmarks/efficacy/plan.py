@@ -237,6 +237,16 @@ class SearchSpec(_Spec):
     max_new_tokens: int = Field(ge=1)
 
 
+class SearchEachSetSpec(_Spec):
+    """The search again, its gate's harmful limits held on each harmful set (AdvBench's and the
+    third-party set's validation parts, ``--harmful a,b``) rather than on their pool: what issue
+    38 item 5 asks, once the library could (the pre-registered search pooled them). Everything
+    else is ``search``'s."""
+
+    registered: str
+    """When it was added, relative to the setup's test numbers (printed with the tables)."""
+
+
 class Config(_Spec):
     """The study's YAML, checked once: paths resolved against the repository root."""
 
@@ -268,6 +278,7 @@ class Config(_Spec):
     lox: LoxSpec | None = None
     adapter: AdapterSpec | None = None
     search: SearchSpec | None = None
+    search_each_set: SearchEachSetSpec | None = None
     calibration: CalibrationSpec | None = None
     premises: PremiseSpec = Field(default_factory=PremiseSpec)
     thirdparty: ThirdPartySpec | None = None
@@ -302,6 +313,8 @@ class Config(_Spec):
             raise ValueError(
                 f"{' and '.join(calibrated)} read A's statistics: the `calibration` section"
             )
+        if self.search_each_set is not None and (self.search is None or self.choose is None):
+            raise ValueError("search_each_set needs `search` and `choose` (two harmful sets)")
         if self.choose is not None:
             names = [name for name, _kind, _seed in self.finetunes()]
             if self.choose.finetune not in names:
@@ -325,9 +338,13 @@ class Config(_Spec):
             return self.aligned
         return str(self.work / "models" / key)
 
+    def searches(self) -> list[str]:
+        """The searches this setup runs (each a "method" with a chosen point per fine-tune)."""
+        return [name for name in SEARCHES if getattr(self, name) is not None]
+
     def reported_methods(self) -> list[str]:
-        """The methods with a chosen point per fine-tune: the config's, then the search's."""
-        return [*self.methods, *(["search"] if self.search is not None else [])]
+        """The methods with a chosen point per fine-tune: the config's, then the searches'."""
+        return [*self.methods, *self.searches()]
 
     def finetunes(self) -> list[tuple[str, str, int]]:
         """(name, kind, seed) of every fine-tune, seed 0 of each kind first."""
@@ -742,8 +759,8 @@ def plan(config: Config) -> list[Stage]:
     for name, _kind, _seed in first:
         for method in methods:
             stages += _merge_eval(config, name, method, "chosen", None)
-        if config.search is not None:
-            stages += _merge_eval(config, name, "search", "chosen", None)
+        for search in config.searches():
+            stages += _merge_eval(config, name, search, "chosen", None)
     if config.adapter is not None:
         spec = config.adapter
         out = config.results / "evals" / "test" / f"{spec.finetune}/adapter-{spec.method}"
@@ -767,8 +784,8 @@ def plan(config: Config) -> list[Stage]:
         for method, spec in methods.items():
             stages += _merge_eval(config, name, method, "default", spec.default)
             stages += _merge_eval(config, name, method, "chosen", None)
-        if config.search is not None:
-            stages += _merge_eval(config, name, "search", "chosen", None)
+        for search in config.searches():
+            stages += _merge_eval(config, name, search, "chosen", None)
     if config.thirdparty is not None:
         stages += _thirdparty(config)
     stages.append(Stage("tables", "tables", [config.results / "tables.md"]))
@@ -869,6 +886,17 @@ def _finetune(config: Config, name: str, kind: str, seed: int, base: str = "A") 
 
 SEARCH_SPLIT = "search"
 """The search's own validation prompts (``config.prompts(SEARCH_SPLIT)``)."""
+SEARCHES = ("search", "search_each_set")
+"""The searches a setup may run; each one's files are under ``results/NAME`` and ``work/NAME``."""
+STUDY_NAMES = {"search": "smollm2-search", "search_each_set": "smollm2-search-each-set"}
+
+
+def harmful_parts(config: Config) -> list[Path]:
+    """The search set's harmful prompts as two files, AdvBench's part and the third-party
+    set's validation part: what ``search_each_set`` gates each of (``--harmful a,b``)."""
+    prompts = config.prompts(SEARCH_SPLIT)
+    third = harmful_test_set(config)
+    return [prompts / "harmful-advbench.jsonl", prompts / f"harmful-{third}.jsonl"]
 
 
 def search_spec(config: Config) -> SearchSpec:
@@ -886,11 +914,13 @@ def eval_command(config: Config, model: str, out: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def search_command(config: Config, gate: list[str] | None = None) -> list[str]:
+def search_command(
+    config: Config, gate: list[str] | None = None, name: str = "search"
+) -> list[str]:
     """``mergekit-safety search`` as the study runs it; ``gate``: its limit flags (placeholders
-    when not given, for ``--plan``)."""
+    when not given, for ``--plan``); ``name``: which of :data:`SEARCHES`."""
     spec = search_spec(config)
-    work = config.work / "search"
+    work = config.work / name
     if gate is None:
         gate = ["--min-refusal", "R", "--max-over-refusal", "O"]
         if config.choose is not None:
@@ -903,13 +933,15 @@ def search_command(config: Config, gate: list[str] | None = None) -> list[str]:
         "--dtype", config.dtype, "--device", config.device,
         "--trials", str(spec.trials), "--seed", str(spec.seed),
         "--startup-trials", str(spec.startup_trials), "--parallel", str(spec.parallel),
-        "--storage", f"sqlite:///{work / 'search.db'}", "--study-name", "smollm2-search",
+        "--storage", f"sqlite:///{work / 'search.db'}", "--study-name", STUDY_NAMES[name],
         *gate,
         "--lora-merge-cache", str(config.work / "lora-cache"),
         "--work-dir", str(work / "tmp"), "--out", str(work / "out"), "--overwrite",
     ]  # fmt: skip
     if spec.parallel > 1:
         command += ["--ray", "--ray-workers", str(spec.parallel)]
+    if name == "search_each_set":
+        command += ["--harmful", ",".join(str(path) for path in harmful_parts(config))]
     return command
 
 
@@ -938,4 +970,18 @@ def search_stages(config: Config) -> list[Stage]:
             [shlex.join(search_command(config)) + "  # limits from A on the search set"],
             needs=["A", config.chosen_on()],
         ),
+        *([_each_set_stage(config)] if config.search_each_set is not None else []),
     ]
+
+
+def _each_set_stage(config: Config) -> Stage:
+    """``search_each_set``: the search set's harmful prompts split in two, the search again."""
+    name = "search_each_set"
+    return Stage(
+        name,
+        "search",
+        [config.results / name / "search.json"],
+        {"name": name},
+        [shlex.join(search_command(config, name=name)) + "  # limits from A on the search set"],
+        needs=["A", config.chosen_on()],
+    )

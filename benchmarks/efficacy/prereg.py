@@ -18,6 +18,8 @@ import hashlib
 import json
 from typing import TYPE_CHECKING, Any
 
+from benchmarks.efficacy.plan import SEARCHES
+
 if TYPE_CHECKING:
     from benchmarks.efficacy.plan import Config
 
@@ -32,7 +34,7 @@ def choice_space(config: Config, method: str, point: str = "chosen") -> dict[str
     sweeps choose: item 5) is part of a chosen point's space only, so adding it leaves the
     defaults' hashes (and every hash of a setup without it) as they were."""
     gate = config.gate.model_dump()
-    if method == "search":
+    if method in SEARCHES:
         assert config.search is not None
         space = {"method": method, "search": config.search.model_dump(mode="json"), "gate": gate}
         if point == "chosen" and config.choose is not None:
@@ -63,7 +65,7 @@ def grid_hash(config: Config, method: str, point: str = "chosen") -> str:
 def recorded_hash(config: Config, method: str, point: str) -> str:
     """The hash a test result of ``method`` at ``point`` ("default"/"chosen") records: a chosen
     point its sweep's (the grid it was chosen from), otherwise the config's now."""
-    if point == "chosen" and method != "search":
+    if point == "chosen" and method not in SEARCHES:
         path = config.results / "sweeps" / f"{method}.json"
         if path.is_file():
             found = json.loads(path.read_text(encoding="utf-8")).get("grid_hash")

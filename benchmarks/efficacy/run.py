@@ -23,6 +23,7 @@ import yaml
 from benchmarks.efficacy import search
 from benchmarks.efficacy.plan import (
     CALIBRATED,
+    SEARCHES,
     AlignSpec,
     Config,
     Stage,
@@ -517,11 +518,11 @@ def _make_merge(config: Config, args: dict) -> dict | None:
     it is there); the merge's record, {} when it existed, None when the sweep chose no point."""
     from mergekit_safety.tuning.merging import merge_recipe
 
-    if args["method"] == "search":  # the search's chosen recipe, this fine-tune swapped in
+    if args["method"] in SEARCHES:  # the search's chosen recipe, this fine-tune swapped in
         from benchmarks.efficacy.search import chosen_recipe
 
-        body = chosen_recipe(config, config.model(args["ft"]))
-        point = None if body is None else {"recipe": "search/recipe.yml"}
+        body = chosen_recipe(config, config.model(args["ft"]), args["method"])
+        point = None if body is None else {"recipe": f"{args['method']}/recipe.yml"}
     else:
         point = args["point"] if args["point"] is not None else chosen_point(config, args["method"])
         body = (
@@ -548,7 +549,7 @@ def _make_merge(config: Config, args: dict) -> dict | None:
         shutil.rmtree(out)
     merge_recipe(body, out, _merge_options(config))
     counted = (
-        config.search.method if args["method"] == "search" and config.search else args["method"]
+        config.search.method if args["method"] in SEARCHES and config.search else args["method"]
     )
     return {
         "method": args["method"],

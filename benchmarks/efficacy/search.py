@@ -21,6 +21,7 @@ from benchmarks.efficacy.plan import (
     Config,
     Stage,
     eval_command,
+    harmful_parts,
     harmful_test_set,
     recipe,
     search_command,
@@ -40,16 +41,19 @@ def unused_harmful(config: Config, train: list[str]) -> list[str]:
 
 
 def search_sets(config: Config, splits: dict) -> dict[str, Any]:
-    """{harmful, benign, task, sources}: the search's validation prompts."""
+    """{harmful, benign, task, sources, parts}: the search's validation prompts (``parts``: the
+    harmful ones per set, in order, where a third-party set's validation part joins them)."""
     from benchmarks.efficacy.data import task_items
     from mergekit_safety.evaluation.named_sets import load_named
 
     spec = search_spec(config)
     harmful = splits["harmful"]["validation"] + unused_harmful(config, splits["harmful"]["train"])
     harmful_source = "AdvBench validation + the AdvBench-train prompts no stage trains on"
+    parts = [list(harmful)]
     if config.choose is not None:  # item 5: HarmBench's validation part in the harmful set too
         third = harmful_test_set(config)
-        harmful += splits[third]["validation"]
+        parts.append(splits[third]["validation"])
+        harmful = harmful + parts[-1]
         harmful_source += f" + {third}'s validation part"
     extra, source = load_named(spec.benign_extra, "benign")
     benign = splits["benign"]["validation"] + extra
@@ -59,6 +63,7 @@ def search_sets(config: Config, splits: dict) -> dict[str, Any]:
         "harmful": harmful,
         "benign": benign,
         "task": task,
+        "parts": parts,
         "sources": {
             "harmful": harmful_source,
             "benign": f"our look-alike validation prompts + {source}",
@@ -76,11 +81,20 @@ def do_search_data(config: Config, stage: Stage) -> None:
     for name in ("harmful", "benign"):
         rows = [json.dumps({"prompt": p}) for p in sets[name]]
         (out / f"{name}.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    write_parts(config, sets)
     rows = [json.dumps({"prompt": t["prompt"], "answer": t["answer"]}) for t in sets["task"]]
     (out / "task.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
     counts = {name: len(sets[name]) for name in ("harmful", "benign", "task")}
     write_json(stage.outputs[1], {"counts": counts, "sources": sets["sources"]})
     log(f"search validation: {counts}")
+
+
+def write_parts(config: Config, sets: dict[str, Any]) -> None:
+    """The harmful prompts per set (:func:`~benchmarks.efficacy.plan.harmful_parts`), where
+    there are several."""
+    if len(sets["parts"]) > 1:
+        for path, part in zip(harmful_parts(config), sets["parts"], strict=True):
+            path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in part), "utf-8")
 
 
 def template(config: Config) -> dict:
@@ -93,8 +107,9 @@ def template(config: Config) -> dict:
 
 def gate_flags(config: Config) -> list[str]:
     """The search's gate from A on the search set: the sweeps' refusal rule, or with ``choose``
-    its engagement, helpfulness and broken limits on the pooled harmful set (the library's
-    search reads one harmful set, so the limit on each set becomes one on both together)."""
+    its engagement, helpfulness and broken limits, from A on the pooled harmful set. The
+    pre-registered search reads that set as one (a limit on both together); ``search_each_set``
+    gives the sets apart, and the library holds the engagement limit on each."""
     from benchmarks.efficacy.evals import read_summary
     from benchmarks.efficacy.stage_io import gate
 
@@ -123,31 +138,40 @@ def do_search_eval(config: Config, stage: Stage) -> None:
 
 
 def do_search(config: Config, stage: Stage) -> None:
+    """One of the searches (``stage.args["name"]``, ``search`` by default); its space file is
+    written under ``results/search`` (the pre-registered one, shared), its reports under
+    ``results/NAME``."""
     import shutil
 
     import yaml
 
     from benchmarks.efficacy.stage_io import log
 
-    work = config.work / "search"
+    name = stage.args.get("name", "search")
+    work = config.work / name
     (work / "tmp").mkdir(parents=True, exist_ok=True)
     (work / "template.yml").write_text(yaml.safe_dump(template(config), sort_keys=False))
     space = config.results / "search" / "space.yml"
     space.parent.mkdir(parents=True, exist_ok=True)
     space.write_text(yaml.safe_dump(search_spec(config).space, sort_keys=False), encoding="utf-8")
+    if name != "search":  # the search set's harmful prompts per set (data:search ran before)
+        from benchmarks.efficacy.stage_io import read_splits
+
+        write_parts(config, search_sets(config, read_splits(config)))
     flags = gate_flags(config)
-    log(f"search gate (A on the search set): {' '.join(flags)}")
-    _run(search_command(config, flags))
+    log(f"{name} gate (A on the search set): {' '.join(flags)}")
+    _run(search_command(config, flags, name))
+    (config.results / name).mkdir(parents=True, exist_ok=True)
     for item in (work / "out").iterdir():
         if item.suffix in (".json", ".md", ".png") or item.name == "recipe.yml":
-            shutil.copy2(item, config.results / "search" / item.name)
+            shutil.copy2(item, config.results / name / item.name)
 
 
-def chosen_recipe(config: Config, finetuned: str) -> dict | None:
-    """The search's chosen recipe with ``finetuned`` in place of the one it searched on."""
+def chosen_recipe(config: Config, finetuned: str, name: str = "search") -> dict | None:
+    """Search ``name``'s chosen recipe with ``finetuned`` in place of the one it searched on."""
     import yaml
 
-    path = config.results / "search" / "recipe.yml"
+    path = config.results / name / "recipe.yml"
     if not path.is_file():
         return None
     text = path.read_text(encoding="utf-8").replace(config.model(config.chosen_on()), finetuned)

@@ -21,7 +21,7 @@ from typing import Any
 
 from benchmarks.efficacy import prereg
 from benchmarks.efficacy.intervals import Triple, paired_bootstrap
-from benchmarks.efficacy.plan import Config, harmful_split, point_label
+from benchmarks.efficacy.plan import SEARCHES, Config, harmful_split, point_label
 
 METRICS = ("refusal_rate", "over_refusal_rate", "task_accuracy")
 """What a sweep row and the validation-vs-test table report (the sweeps ran before the outcomes)."""
@@ -52,6 +52,7 @@ LABELS = {
     "lssf_activations": "lssf, activation subspace",
     "safe_delta": "safe_delta",
     "search": "search: safe_linear, per-layer λ",
+    "search_each_set": "search, each harmful set gated",
 }
 
 
@@ -146,7 +147,8 @@ def collect(config: Config) -> dict[str, Any]:
                 entry["points"][f"{method}-{point}"] = {"summary": summary, "merge": merge}
         data["finetunes"][name] = entry
     data["sweeps"] = {m: _load(config.results / "sweeps" / f"{m}.json") for m in config.methods}
-    data["search"] = _load(config.results / "search" / "search.json")
+    for search in config.searches():
+        data[search] = _load(config.results / search / "search.json")
     lox = config.lox
     if lox is not None:
         name = f"{lox.finetune}-lox-s{lox.seed}"
@@ -532,8 +534,8 @@ def symbolic(text: str) -> str:
 
 
 def _point_text(config: Config, data: dict, method: str, point: str, merges: list) -> str:
-    if method == "search":
-        chosen = (data.get("search") or {}).get("chosen")
+    if method in SEARCHES:
+        chosen = (data.get(method) or {}).get("chosen")
         return f"trial {chosen['number']} (chosen)" if chosen else "none passed (chosen)"
     if point == "default":
         text = point_label(config.methods[method].default) + " (default)"
@@ -663,19 +665,21 @@ def gap_table(config: Config, data: dict) -> str:
         lines.append(
             f"| {LABELS[method]} | {point_label(sweep['chosen'])} | " + " | ".join(cells) + " |"
         )
-    search = data.get("search") or {}
-    test = (entry or {}).get("points", {}).get("search-chosen", {}).get("summary")
-    if search.get("chosen") and test and not test.get("skipped"):
+    for name in SEARCHES:
+        search = data.get(name) or {}
+        test = (entry or {}).get("points", {}).get(f"{name}-chosen", {}).get("summary")
+        if not (search.get("chosen") and test and not test.get("skipped")):
+            continue
         chosen = search["chosen"]
         cells = [f"{chosen[k]:.3f} → {test[k]:.3f} ({test[k] - chosen[k]:+.3f})" for k in METRICS]
         label = f"trial {chosen['number']} (search set)"
-        lines.append(f"| {LABELS['search']} | {label} | " + " | ".join(cells) + " |")
+        lines.append(f"| {LABELS[name]} | {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def search_section(data: dict) -> str:
-    """The search's budget, gate, choice and noise (every trial: results/.../search/search.md)."""
-    search = data.get("search")
+def search_section(data: dict, name: str = "search") -> str:
+    """A search's budget, gate, choice and noise (every trial: results/.../NAME/search.md)."""
+    search = data.get(name)
     if not search:
         return "_the search has not run yet_\n"
     chosen = search.get("chosen") or {}
@@ -687,7 +691,7 @@ def search_section(data: dict) -> str:
         "",
         f"Chosen: trial {chosen.get('number', '–')}, values {chosen.get('recipe_values', '–')}.",
         f"Trials within noise of the choice: {search.get('within_noise') or 'none'}.",
-        "Every trial, the trade-off plot and the coefficients over depth: `search/search.md`.",
+        f"Every trial, the trade-off plot and the coefficients over depth: `{name}/search.md`.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -782,7 +786,7 @@ def plot(config: Config, data: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 5), sharey=True)
-    markers = dict(zip(config.reported_methods(), "osD^vPXh*p", strict=False))
+    markers = dict(zip(config.reported_methods(), "osD^vPXh*pd", strict=False))
     for ax, kind in zip(axes, ("benign", "attack"), strict=True):
         runs = [e for e in data["finetunes"].values() if e["kind"] == kind and e["seed"] == 0]
         for name in ("U", "A", "S"):
@@ -917,6 +921,14 @@ def render(config: Config) -> tuple[str, dict[str, Any]]:
         ]
     if config.search is not None:
         parts += ["\n## Search (issue 28): per-layer λ under the gate\n\n", search_section(data)]
+    if config.search_each_set is not None:
+        parts += [
+            "\n## Search, each harmful set gated (issue 38 item 5)\n\n"
+            "The same search (space, budget, seed, limits from A) with the engagement limit held "
+            "on AdvBench's and HarmBench's validation parts each, not on their pool. Registered "
+            f"{config.search_each_set.registered}.\n\n",
+            search_section(data, "search_each_set"),
+        ]
     for method, sweep in data["sweeps"].items():
         if sweep:
             parts += [
