@@ -145,6 +145,7 @@ def results_paragraph(
         else "The per-layer search (`safe_linear`'s λ per layer group, run gated on AdvBench and "
         "HarmBench validation pooled into one set, before `--harmful a,b` limited each set) chose "
         f"a point that gives {_three(search)}: the pooled limit let HarmBench engagement through."
+        + _each_set_text(chat)
     )
     return (
         "**Results on a real chat model.** In the pre-registered study on "
@@ -183,6 +184,23 @@ def results_paragraph(
         "models. Protocol: [docs/study.md](docs/study.md); every table and interval: "
         "[the study's tables](benchmarks/efficacy/results/smollm2-chat/tables.md)."
     )
+
+
+def _each_set_text(chat: dict[str, Any]) -> str:
+    """The search run again with its limit on each harmful set (registered after every test
+    number of the setup, so said to be not pre-registered), where it has run."""
+    search = chat.get("search_each_set")
+    if not search:
+        return ""
+    lead = (" Run again with the limit held on each set (added after every test number, so not "
+            "pre-registered), it")  # fmt: skip
+    if search.get("chosen") is None:
+        return f"{lead} found no trial that passes."
+    row = _row(chat["headline"], "search_each_set-chosen")
+    if row is None:
+        return f"{lead} chose trial {search['chosen']['number']}, not yet evaluated on every seed."
+    verdict = "meets the target" if meets(row) else "falls short of the target"
+    return f"{lead} chose a point that gives {_three(row)}: it {verdict}."
 
 
 def _control_text(chat: dict[str, Any], methods: list[str]) -> str:

@@ -122,7 +122,7 @@ def load_prompt_sets(
             source = _find_in_dir(directory, name)
         parts = harmful_sources(source) if name == "harmful" else [source]
         labels = []
-        for part in parts:
+        for part, short in zip(parts, set_labels(parts), strict=True):
             rows, label = _rows(name, part, split)
             wanted = None if part is None else column  # built-in files use "prompt"
             if name == "task":
@@ -134,7 +134,7 @@ def load_prompt_sets(
             getattr(out, name).extend(items[:limit])
             labels.append(label)
             if len(parts) > 1:
-                out.harmful_sets[str(part)] = len(items[:limit])
+                out.harmful_sets[short] = len(items[:limit])
         out.sources[name] = ", ".join(labels)
     return out
 
@@ -150,6 +150,19 @@ def harmful_sources(source: str | os.PathLike | None) -> list[str | os.PathLike 
     if len(set(parts)) < len(parts):
         raise ConfigError(f"--harmful {source!r}: names a set twice")
     return list(parts)
+
+
+def set_labels(parts: list[str | os.PathLike | None]) -> list[str]:
+    """How reports name each pooled set: a path by its file name (``/data/adv.jsonl`` →
+    ``adv.jsonl``), a named set as given; every path in full where two file names are alike."""
+    short = [str(part) if part is None or not _is_path_like(part) else Path(part).name
+             for part in parts]  # fmt: skip
+    return short if len(set(short)) == len(short) else [str(part) for part in parts]
+
+
+def _is_path_like(part: str | os.PathLike) -> bool:
+    text = os.fspath(part)
+    return "/" in text or os.sep in text
 
 
 def _rows(name: str, source: str | os.PathLike | None, split: str) -> tuple[list[Any], str]:
