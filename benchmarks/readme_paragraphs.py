@@ -199,7 +199,11 @@ def _each_set_text(chat: dict[str, Any]) -> str:
     row = _row(chat["headline"], "search_each_set-chosen")
     if row is None:
         return f"{lead} chose trial {search['chosen']['number']}, not yet evaluated on every seed."
-    verdict = "meets the target" if meets(row) else "falls short of the target"
+    names = {"removed": "harm removed on AdvBench", "removed_extra": "harm removed on HarmBench",
+             "kept": "task gain kept", "helpful": "helpfulness"}  # fmt: skip
+    missed = [names[c] for c, bound in TARGET.items()
+              if (row.get(c) or {}).get("point") is None or row[c]["point"] < bound]  # fmt: skip
+    verdict = "meets the target" if not missed else f"falls short on {_listed(missed)}"
     return f"{lead} chose a point that gives {_three(row)}: it {verdict}."
 
 

@@ -52,7 +52,7 @@ LABELS = {
     "lssf_activations": "lssf, activation subspace",
     "safe_delta": "safe_delta",
     "search": "search: safe_linear, per-layer λ",
-    "search_each_set": "search, each harmful set gated",
+    "search_each_set": "search, each harmful set gated (added after test)",
 }
 
 
