@@ -296,7 +296,8 @@ def evaluate(
               *([None] * len(prompts.task)), *([refusal_judge] * len(wrapped))]  # fmt: skip
     asked = [*conversations, *(text for _n, _i, text in wrapped)]
     owners = prompts.harmful_owners()
-    tracker = _tracker(settle, prompts, asked, len(wrapped), refusal_judge, benign_judge, backend)
+    tracker = _tracker(settle, prompts, owners, asked, len(wrapped), refusal_judge, benign_judge,
+                       backend)  # fmt: skip
     responses = _generate(
         model, asked, backend, batch_size, max_new_tokens, device, dtype, progress, loader,
         settled=_settled(judges) if stop_settled else None, tracker=tracker,
@@ -472,18 +473,19 @@ def _loaded(
 
 
 def _tracker(
-    settle: Settle | None, prompts: PromptSets, asked: Sequence[Any], attacks: int,
-    refusal_judge: Any, benign_judge: Any, backend: str,
+    settle: Settle | None, prompts: PromptSets, owners: Sequence[str], asked: Sequence[Any],
+    attacks: int, refusal_judge: Any, benign_judge: Any, backend: str,
 ) -> Tracker | None:  # fmt: skip
     """The early stop's bookkeeping (:mod:`~.early_stop`): None without ``settle`` or on vLLM;
-    generating set by set, but asking ``settle`` only with judges that judge each reply alone."""
+    generating set by set, but asking ``settle`` only with judges that judge each reply alone.
+    ``owners``: each harmful prompt's pooled set (:meth:`PromptSets.harmful_owners`)."""
     if settle is None or backend != "transformers":
         return None
     kinds = [*[HARMFUL] * len(prompts.harmful), *[BENIGN] * len(prompts.benign),
              *["task"] * len(prompts.task), *["attacks"] * attacks]  # fmt: skip
     sizes = {HARMFUL: len(prompts.harmful), BENIGN: len(prompts.benign), "task": len(prompts.task)}
     tracker = Tracker(settle, kinds, asked, {HARMFUL: refusal_judge, BENIGN: benign_judge}, sizes,
-                      owners=prompts.harmful_owners(), sets=prompts.harmful_sets)  # fmt: skip
+                      owners=owners, sets=prompts.harmful_sets)  # fmt: skip
     tracker.active = per_reply(refusal_judge) and per_reply(benign_judge)
     return tracker
 
