@@ -888,7 +888,6 @@ SEARCH_SPLIT = "search"
 """The search's own validation prompts (``config.prompts(SEARCH_SPLIT)``)."""
 SEARCHES = ("search", "search_each_set")
 """The searches a setup may run; each one's files are under ``results/NAME`` and ``work/NAME``."""
-STUDY_NAMES = {"search": "smollm2-search", "search_each_set": "smollm2-search-each-set"}
 
 
 def harmful_parts(config: Config) -> list[Path]:
@@ -933,7 +932,8 @@ def search_command(
         "--dtype", config.dtype, "--device", config.device,
         "--trials", str(spec.trials), "--seed", str(spec.seed),
         "--startup-trials", str(spec.startup_trials), "--parallel", str(spec.parallel),
-        "--storage", f"sqlite:///{work / 'search.db'}", "--study-name", STUDY_NAMES[name],
+        "--storage", f"sqlite:///{work / 'search.db'}",
+        "--study-name", f"smollm2-{name.replace('_', '-')}",  # smollm2-search(-each-set)
         *gate,
         "--lora-merge-cache", str(config.work / "lora-cache"),
         "--work-dir", str(work / "tmp"), "--out", str(work / "out"), "--overwrite",
